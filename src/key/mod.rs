@@ -1,0 +1,4 @@
+//! API keys: their textual format and how their secrets are hashed and digested.
+
+pub mod format;
+pub mod hash;

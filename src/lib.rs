@@ -1,0 +1,5 @@
+pub mod key;
+
+pub mod proto {
+    tonic::include_proto!("keygate.v1");
+}
