@@ -1,4 +1,8 @@
+pub mod clock;
+pub mod error;
 pub mod key;
+pub mod model;
+pub mod store;
 
 pub mod proto {
     tonic::include_proto!("keygate.v1");

@@ -1,0 +1,127 @@
+//! The records keygate keeps: owners and their API keys. Stores persist these as they are;
+//! the gRPC layer converts them to and from protobuf messages.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixTime;
+
+/// Whether an owner's keys may be used at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerState {
+    /// The account is in good standing.
+    Active,
+    /// The account is suspended; none of its keys are accepted.
+    Disabled,
+}
+
+/// The account that API keys belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Server-assigned id.
+    pub id: String,
+    /// The product's own id for the account; unique.
+    pub external_id: String,
+    /// Human-readable name.
+    pub display_name: String,
+    /// Account state.
+    pub state: OwnerState,
+    /// Name of a configured plan.
+    pub plan: String,
+    /// Free-form attributes the product attaches.
+    pub metadata: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it last changed.
+    pub updated_at: UnixTime,
+}
+
+/// Life-cycle state of a key, as set by operators. Expiry is not a state: it is computed from
+/// `expires_at` at the time of each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Usable.
+    Active,
+    /// Issued but waiting for ActivateKey.
+    PendingActivation,
+    /// Switched off by an operator; can be enabled again.
+    Disabled,
+    /// Revoked for good.
+    Revoked,
+}
+
+/// How the key is presented by clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// One string in `authorization: Bearer` or `x-api-key`.
+    Single,
+    /// `api-key` + `api-secret` headers.
+    Pair,
+    /// Issued elsewhere, in any format, and found by its digest.
+    Imported,
+}
+
+/// A secret that a rotation replaced and that keeps working for a grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// Its argon2id PHC string.
+    pub hash: String,
+    /// When it stops working.
+    pub expires_at: UnixTime,
+}
+
+/// An API key's record. It never holds the key's plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Public id, embedded in the key text (for issued keys).
+    pub id: String,
+    /// Owning account.
+    pub owner_id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Profile the current secret was issued with; `None` for imported keys.
+    pub profile: Option<String>,
+    /// How clients present it.
+    pub kind: KeyKind,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    /// Plan replacing the owner's for this key.
+    pub plan: Option<String>,
+    /// Client networks allowed to use it; empty allows any.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Free-form attributes.
+    pub metadata: BTreeMap<String, String>,
+    /// Life-cycle state.
+    pub state: KeyState,
+    /// argon2id PHC string of the whole key text.
+    pub secret_hash: String,
+    /// Lower-case hex HMAC digest of the key text, for keys found by digest (imported ones).
+    pub lookup_digest: Option<String>,
+    /// The secret replaced by the last rotation, while its grace period lasts.
+    pub previous_secret: Option<PreviousSecret>,
+    /// Hex HMAC digest of the one-time activation code, while activation is pending.
+    pub activation_digest: Option<String>,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it last changed.
+    pub updated_at: UnixTime,
+    /// When it stops working, if ever.
+    pub expires_at: Option<UnixTime>,
+    /// When it was revoked.
+    pub revoked_at: Option<UnixTime>,
+    /// When it was last used to authorize a request.
+    pub last_used_at: Option<UnixTime>,
+}
+
+impl KeyRecord {
+    /// Whether the key counts against its owner's maximum of active keys at `now`: every key
+    /// not revoked and not expired does, including disabled and pending ones.
+    pub fn counts_against_quota(&self, now: UnixTime) -> bool {
+        self.state != KeyState::Revoked && self.expires_at.is_none_or(|t| t > now)
+    }
+}

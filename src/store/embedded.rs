@@ -1,0 +1,366 @@
+//! The default store: one redb file in the data directory. Every write is one ACID
+//! transaction that is durable (fsynced) when it commits, so an acknowledged write survives
+//! a crash. redb is synchronous, so each operation runs on the blocking thread pool.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{KeyChange, OwnerChange, Quota, Store};
+use crate::error::{Error, Result};
+use crate::model::{KeyRecord, KeyState, Owner};
+
+/// Owner id → JSON owner.
+const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
+/// External id → owner id.
+const OWNERS_BY_EXTERNAL_ID: TableDefinition<&str, &str> =
+    TableDefinition::new("owners_by_external_id");
+/// Key id → JSON key record.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// (owner id, key id) → nothing: the owner's keys in id order.
+const KEYS_BY_OWNER: TableDefinition<(&str, &str), ()> = TableDefinition::new("keys_by_owner");
+/// Lookup digest (hex) → key id, for keys found by digest.
+const KEYS_BY_DIGEST: TableDefinition<&str, &str> = TableDefinition::new("keys_by_digest");
+
+/// The embedded store. Cheap to clone; clones share one database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot open the embedded store {}: {e}",
+                path.display()
+            ))
+        })?;
+        let store = EmbeddedStore { db: Arc::new(db) };
+        store.write_now(|txn| {
+            txn.open_table(OWNERS).map_err(fault)?;
+            txn.open_table(OWNERS_BY_EXTERNAL_ID).map_err(fault)?;
+            txn.open_table(KEYS).map_err(fault)?;
+            txn.open_table(KEYS_BY_OWNER).map_err(fault)?;
+            txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `work` in one write transaction on the current thread; commits if it succeeds.
+    fn write_now<T>(&self, work: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_write().map_err(fault)?;
+        let value = work(&txn)?;
+        txn.commit().map_err(fault)?;
+        Ok(value)
+    }
+
+    /// Runs `work` in one write transaction on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_now(work))
+            .await
+            .map_err(fault)?
+    }
+
+    /// Runs `work` in one read transaction on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(fault)?;
+            work(&txn)
+        })
+        .await
+        .map_err(fault)?
+    }
+}
+
+/// Any failure of the database itself: the caller may retry.
+fn fault(error: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("embedded store failure: {error}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(fault)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(fault)
+}
+
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<T>> {
+    table
+        .get(id)
+        .map_err(fault)?
+        .map(|v| decode(v.value()))
+        .transpose()
+}
+
+fn key_not_found(id: &str) -> Error {
+    Error::NotFound(format!("key {id:?} not found"))
+}
+
+fn owner_not_found(id: &str) -> Error {
+    Error::NotFound(format!("owner {id:?} not found"))
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_owner(&self, owner: &Owner) -> Result<()> {
+        let owner = owner.clone();
+        self.write(move |txn| {
+            let mut owners = txn.open_table(OWNERS).map_err(fault)?;
+            let mut by_external = txn.open_table(OWNERS_BY_EXTERNAL_ID).map_err(fault)?;
+            if owners.get(owner.id.as_str()).map_err(fault)?.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "owner {:?} already exists",
+                    owner.id
+                )));
+            }
+            if by_external
+                .get(owner.external_id.as_str())
+                .map_err(fault)?
+                .is_some()
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "an owner with external id {:?} already exists",
+                    owner.external_id
+                )));
+            }
+            owners
+                .insert(owner.id.as_str(), encode(&owner)?.as_slice())
+                .map_err(fault)?;
+            by_external
+                .insert(owner.external_id.as_str(), owner.id.as_str())
+                .map_err(fault)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_owner(&self, id: &str) -> Result<Option<Owner>> {
+        let id = id.to_owned();
+        self.read(move |txn| get_json(&txn.open_table(OWNERS).map_err(fault)?, &id))
+            .await
+    }
+
+    async fn list_owners(&self, after: Option<&str>, limit: usize) -> Result<Vec<Owner>> {
+        let after = after.map(str::to_owned);
+        self.read(move |txn| {
+            let owners = txn.open_table(OWNERS).map_err(fault)?;
+            let range = match &after {
+                Some(after) => owners.range::<&str>((
+                    std::ops::Bound::Excluded(after.as_str()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => owners.range::<&str>(..),
+            }
+            .map_err(fault)?;
+            range
+                .take(limit)
+                .map(|entry| decode(entry.map_err(fault)?.1.value()))
+                .collect()
+        })
+        .await
+    }
+
+    async fn update_owner(&self, id: &str, change: OwnerChange) -> Result<Owner> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut owners = txn.open_table(OWNERS).map_err(fault)?;
+            let mut owner: Owner = get_json(&owners, &id)?.ok_or_else(|| owner_not_found(&id))?;
+            let before = owner.clone();
+            change(&mut owner)?;
+            if owner.id != before.id || owner.external_id != before.external_id {
+                return Err(Error::InvalidArgument(
+                    "an owner's id and external id cannot be changed".into(),
+                ));
+            }
+            owners
+                .insert(id.as_str(), encode(&owner)?.as_slice())
+                .map_err(fault)?;
+            Ok(owner)
+        })
+        .await
+    }
+
+    async fn insert_key(&self, key: &KeyRecord, quota: Option<Quota>) -> Result<()> {
+        let key = key.clone();
+        self.write(move |txn| {
+            let owners = txn.open_table(OWNERS).map_err(fault)?;
+            if owners.get(key.owner_id.as_str()).map_err(fault)?.is_none() {
+                return Err(owner_not_found(&key.owner_id));
+            }
+            let mut keys = txn.open_table(KEYS).map_err(fault)?;
+            let mut by_owner = txn.open_table(KEYS_BY_OWNER).map_err(fault)?;
+            let mut by_digest = txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
+            if keys.get(key.id.as_str()).map_err(fault)?.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "key {:?} already exists",
+                    key.id
+                )));
+            }
+            if let Some(digest) = &key.lookup_digest
+                && by_digest.get(digest.as_str()).map_err(fault)?.is_some()
+            {
+                return Err(Error::AlreadyExists(
+                    "this key has been imported already".into(),
+                ));
+            }
+            if let Some(quota) = quota {
+                let mut counted = 0u32;
+                for entry in by_owner
+                    .range((key.owner_id.as_str(), "")..)
+                    .map_err(fault)?
+                {
+                    let (owned, _) = entry.map_err(fault)?;
+                    let (owner_id, key_id) = owned.value();
+                    if owner_id != key.owner_id {
+                        break;
+                    }
+                    let other: KeyRecord = get_json(&keys, key_id)?
+                        .ok_or_else(|| fault("owner index names a missing key"))?;
+                    counted += u32::from(other.counts_against_quota(quota.now));
+                }
+                if counted >= quota.max_active_keys {
+                    return Err(Error::FailedPrecondition(format!(
+                        "owner {:?} already has {counted} active keys, the most its plan allows; revoke or delete one first",
+                        key.owner_id
+                    )));
+                }
+            }
+            keys.insert(key.id.as_str(), encode(&key)?.as_slice())
+                .map_err(fault)?;
+            by_owner
+                .insert((key.owner_id.as_str(), key.id.as_str()), ())
+                .map_err(fault)?;
+            if let Some(digest) = &key.lookup_digest {
+                by_digest
+                    .insert(digest.as_str(), key.id.as_str())
+                    .map_err(fault)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let id = id.to_owned();
+        self.read(move |txn| get_json(&txn.open_table(KEYS).map_err(fault)?, &id))
+            .await
+    }
+
+    async fn find_key_by_digest(&self, digest_hex: &str) -> Result<Option<KeyRecord>> {
+        let digest = digest_hex.to_owned();
+        self.read(move |txn| {
+            let by_digest = txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
+            let Some(id) = by_digest.get(digest.as_str()).map_err(fault)? else {
+                return Ok(None);
+            };
+            get_json(&txn.open_table(KEYS).map_err(fault)?, id.value())
+        })
+        .await
+    }
+
+    async fn list_keys(
+        &self,
+        owner_id: &str,
+        state: Option<KeyState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>> {
+        let owner_id = owner_id.to_owned();
+        let after = after.unwrap_or("").to_owned();
+        self.read(move |txn| {
+            let by_owner = txn.open_table(KEYS_BY_OWNER).map_err(fault)?;
+            let keys = txn.open_table(KEYS).map_err(fault)?;
+            let mut found = Vec::new();
+            for entry in by_owner
+                .range((owner_id.as_str(), after.as_str())..)
+                .map_err(fault)?
+            {
+                let (owned, _) = entry.map_err(fault)?;
+                let (owner, key_id) = owned.value();
+                if owner != owner_id || found.len() == limit {
+                    break;
+                }
+                if key_id == after {
+                    continue;
+                }
+                let key: KeyRecord = get_json(&keys, key_id)?
+                    .ok_or_else(|| fault("owner index names a missing key"))?;
+                if state.is_none_or(|s| s == key.state) {
+                    found.push(key);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn update_key(&self, id: &str, change: KeyChange) -> Result<KeyRecord> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut keys = txn.open_table(KEYS).map_err(fault)?;
+            let mut key: KeyRecord = get_json(&keys, &id)?.ok_or_else(|| key_not_found(&id))?;
+            let before = key.clone();
+            change(&mut key)?;
+            if key.id != before.id || key.owner_id != before.owner_id {
+                return Err(Error::InvalidArgument(
+                    "a key's id and owner cannot be changed".into(),
+                ));
+            }
+            if key.lookup_digest != before.lookup_digest {
+                let mut by_digest = txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
+                if let Some(old) = &before.lookup_digest {
+                    by_digest.remove(old.as_str()).map_err(fault)?;
+                }
+                if let Some(new) = &key.lookup_digest {
+                    by_digest
+                        .insert(new.as_str(), key.id.as_str())
+                        .map_err(fault)?;
+                }
+            }
+            keys.insert(id.as_str(), encode(&key)?.as_slice())
+                .map_err(fault)?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<KeyRecord> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut keys = txn.open_table(KEYS).map_err(fault)?;
+            let key: KeyRecord = get_json(&keys, &id)?.ok_or_else(|| key_not_found(&id))?;
+            keys.remove(id.as_str()).map_err(fault)?;
+            txn.open_table(KEYS_BY_OWNER)
+                .map_err(fault)?
+                .remove((key.owner_id.as_str(), key.id.as_str()))
+                .map_err(fault)?;
+            if let Some(digest) = &key.lookup_digest {
+                txn.open_table(KEYS_BY_DIGEST)
+                    .map_err(fault)?
+                    .remove(digest.as_str())
+                    .map_err(fault)?;
+            }
+            Ok(key)
+        })
+        .await
+    }
+}

@@ -1,0 +1,77 @@
+//! Where owners and key records live. [`Store`] is small and async; every backend passes the
+//! same conformance suite (`tests/store_conformance.rs`).
+//!
+//! Multi-record writes (a key and its indexes, a quota check and the insert it guards, a
+//! read-modify-write) are atomic in every backend, so indexes never diverge from records and
+//! concurrent changes are never lost.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::clock::UnixTime;
+use crate::error::Result;
+use crate::model::{KeyRecord, KeyState, Owner};
+
+/// A change to an owner, applied atomically to the stored record. Returning an error leaves
+/// the record as it was and is passed to the caller.
+pub type OwnerChange = Arc<dyn Fn(&mut Owner) -> Result<()> + Send + Sync>;
+
+/// A change to a key record, applied atomically like [`OwnerChange`].
+pub type KeyChange = Arc<dyn Fn(&mut KeyRecord) -> Result<()> + Send + Sync>;
+
+/// The most keys an owner may hold that count against its quota, checked in the same
+/// transaction as an insert.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Maximum counted keys.
+    pub max_active_keys: u32,
+    /// The time at which expiry is judged.
+    pub now: UnixTime,
+}
+
+/// Persistent storage of owners and keys.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds an owner. `AlreadyExists` if its id or external id is taken.
+    async fn create_owner(&self, owner: &Owner) -> Result<()>;
+
+    /// The owner with this id.
+    async fn get_owner(&self, id: &str) -> Result<Option<Owner>>;
+
+    /// Up to `limit` owners in id order, starting after `after`.
+    async fn list_owners(&self, after: Option<&str>, limit: usize) -> Result<Vec<Owner>>;
+
+    /// Applies `change` to the owner and stores the result. `NotFound` if there is none.
+    async fn update_owner(&self, id: &str, change: OwnerChange) -> Result<Owner>;
+
+    /// Adds a key and its indexes. `AlreadyExists` if its id or lookup digest is taken;
+    /// `FailedPrecondition` if `quota` is given and the owner already holds that many
+    /// counted keys; `NotFound` if the owner does not exist.
+    async fn insert_key(&self, key: &KeyRecord, quota: Option<Quota>) -> Result<()>;
+
+    /// The key with this id.
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>>;
+
+    /// The key whose lookup digest (lower-case hex) this is.
+    async fn find_key_by_digest(&self, digest_hex: &str) -> Result<Option<KeyRecord>>;
+
+    /// Up to `limit` of an owner's keys in id order, starting after `after`, only those in
+    /// `state` when given.
+    async fn list_keys(
+        &self,
+        owner_id: &str,
+        state: Option<KeyState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>>;
+
+    /// Applies `change` to the key and stores the result, keeping indexes in step.
+    /// `NotFound` if there is none.
+    async fn update_key(&self, id: &str, change: KeyChange) -> Result<KeyRecord>;
+
+    /// Removes a key and its indexes, returning what was removed. `NotFound` if there is none.
+    async fn delete_key(&self, id: &str) -> Result<KeyRecord>;
+}

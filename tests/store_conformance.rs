@@ -1,0 +1,360 @@
+//! The behaviour every store backend must have. `conformance_suite!` expands to the whole
+//! suite for one backend; each backend adds one invocation with an expression that builds a
+//! fresh, empty store (and whatever must outlive it, e.g. its directory).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use keygate::error::Error;
+use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
+use keygate::store::{Quota, Store};
+
+fn owner(id: &str, external: &str) -> Owner {
+    Owner {
+        id: id.into(),
+        external_id: external.into(),
+        display_name: format!("Owner {id}"),
+        state: OwnerState::Active,
+        plan: "free".into(),
+        metadata: BTreeMap::from([("tier".into(), "gold".into())]),
+        created_at: 1_000,
+        updated_at: 1_000,
+    }
+}
+
+fn key(id: &str, owner_id: &str) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        owner_id: owner_id.into(),
+        name: format!("key {id}"),
+        profile: Some("kg_live".into()),
+        kind: KeyKind::Single,
+        scopes: vec!["read".into()],
+        plan: None,
+        allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        metadata: BTreeMap::new(),
+        state: KeyState::Active,
+        secret_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        lookup_digest: None,
+        previous_secret: None,
+        activation_digest: None,
+        created_at: 1_000,
+        updated_at: 1_000,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+pub async fn owners_round_trip(store: &dyn Store) {
+    let alice = owner("o1", "ext-alice");
+    store.create_owner(&alice).await.unwrap();
+    assert_eq!(store.get_owner("o1").await.unwrap(), Some(alice));
+    assert_eq!(store.get_owner("nobody").await.unwrap(), None);
+}
+
+pub async fn owner_ids_and_external_ids_are_unique(store: &dyn Store) {
+    store.create_owner(&owner("o1", "ext-1")).await.unwrap();
+    let same_id = store.create_owner(&owner("o1", "ext-2")).await.unwrap_err();
+    assert!(matches!(same_id, Error::AlreadyExists(_)), "{same_id:?}");
+    let same_external = store.create_owner(&owner("o2", "ext-1")).await.unwrap_err();
+    assert!(matches!(same_external, Error::AlreadyExists(_)), "{same_external:?}");
+    assert_eq!(store.get_owner("o2").await.unwrap(), None);
+}
+
+pub async fn owners_list_in_pages(store: &dyn Store) {
+    for i in 0..5 {
+        store
+            .create_owner(&owner(&format!("o{i}"), &format!("e{i}")))
+            .await
+            .unwrap();
+    }
+    let first = store.list_owners(None, 2).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, ["o0", "o1"]);
+    let rest = store.list_owners(Some("o1"), 10).await.unwrap();
+    let ids: Vec<_> = rest.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, ["o2", "o3", "o4"]);
+    assert!(store.list_owners(Some("o4"), 10).await.unwrap().is_empty());
+}
+
+pub async fn owner_updates_apply_atomically(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let updated = store
+        .update_owner(
+            "o1",
+            Arc::new(|o| {
+                o.state = OwnerState::Disabled;
+                o.updated_at = 2_000;
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.state, OwnerState::Disabled);
+    assert_eq!(store.get_owner("o1").await.unwrap(), Some(updated));
+    let refused = store
+        .update_owner(
+            "o1",
+            Arc::new(|o| {
+                o.display_name = "changed".into();
+                Err(Error::FailedPrecondition("no".into()))
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused, Error::FailedPrecondition("no".into()));
+    assert_eq!(store.get_owner("o1").await.unwrap().unwrap().display_name, "Owner o1");
+    let missing = store.update_owner("nobody", Arc::new(|_| Ok(()))).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))));
+    let renamed = store
+        .update_owner(
+            "o1",
+            Arc::new(|o| {
+                o.external_id = "other".into();
+                Ok(())
+            }),
+        )
+        .await;
+    assert!(matches!(renamed, Err(Error::InvalidArgument(_))));
+}
+
+pub async fn keys_round_trip_with_indexes(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let mut imported = key("k2", "o1");
+    imported.kind = KeyKind::Imported;
+    imported.lookup_digest = Some("ab".repeat(32));
+    imported.previous_secret = Some(PreviousSecret {
+        hash: "old".into(),
+        expires_at: 5_000,
+    });
+    store.insert_key(&key("k1", "o1"), None).await.unwrap();
+    store.insert_key(&imported, None).await.unwrap();
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(key("k1", "o1")));
+    assert_eq!(
+        store.find_key_by_digest(&"ab".repeat(32)).await.unwrap(),
+        Some(imported.clone())
+    );
+    assert_eq!(store.find_key_by_digest(&"cd".repeat(32)).await.unwrap(), None);
+    let listed = store.list_keys("o1", None, None, 10).await.unwrap();
+    assert_eq!(listed, vec![key("k1", "o1"), imported]);
+}
+
+pub async fn key_inserts_refuse_duplicates_and_unknown_owners(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    store.insert_key(&key("k1", "o1"), None).await.unwrap();
+    let dup = store.insert_key(&key("k1", "o1"), None).await.unwrap_err();
+    assert!(matches!(dup, Error::AlreadyExists(_)), "{dup:?}");
+    let mut a = key("k2", "o1");
+    a.lookup_digest = Some("11".repeat(32));
+    store.insert_key(&a, None).await.unwrap();
+    let mut b = key("k3", "o1");
+    b.lookup_digest = Some("11".repeat(32));
+    let dup_digest = store.insert_key(&b, None).await.unwrap_err();
+    assert!(matches!(dup_digest, Error::AlreadyExists(_)), "{dup_digest:?}");
+    assert_eq!(store.get_key("k3").await.unwrap(), None);
+    let orphan = store.insert_key(&key("k4", "ghost"), None).await.unwrap_err();
+    assert!(matches!(orphan, Error::NotFound(_)), "{orphan:?}");
+}
+
+pub async fn quota_counts_only_live_keys(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    store.create_owner(&owner("o2", "e2")).await.unwrap();
+    let quota = Some(Quota {
+        max_active_keys: 2,
+        now: 10_000,
+    });
+    let mut revoked = key("a-revoked", "o1");
+    revoked.state = KeyState::Revoked;
+    let mut expired = key("b-expired", "o1");
+    expired.expires_at = Some(9_000);
+    let mut disabled = key("c-disabled", "o1");
+    disabled.state = KeyState::Disabled;
+    for k in [&revoked, &expired, &disabled] {
+        store.insert_key(k, quota).await.unwrap();
+    }
+    store.insert_key(&key("d-live", "o1"), quota).await.unwrap();
+    let over = store.insert_key(&key("e-over", "o1"), quota).await.unwrap_err();
+    assert!(matches!(over, Error::FailedPrecondition(_)), "{over:?}");
+    assert_eq!(store.get_key("e-over").await.unwrap(), None);
+    // Another owner's keys do not count, and no quota means no check.
+    store.insert_key(&key("f", "o2"), quota).await.unwrap();
+    store.insert_key(&key("g-unlimited", "o1"), None).await.unwrap();
+}
+
+pub async fn concurrent_inserts_never_exceed_the_quota(store: Arc<dyn Store>) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let quota = Some(Quota {
+        max_active_keys: 3,
+        now: 10_000,
+    });
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_key(&key(&format!("k{i:02}"), "o1"), quota).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for task in tasks {
+        if task.await.unwrap().is_ok() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 3);
+    assert_eq!(store.list_keys("o1", None, None, 100).await.unwrap().len(), 3);
+}
+
+pub async fn keys_list_by_owner_state_and_page(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    store.create_owner(&owner("o2", "e2")).await.unwrap();
+    for i in 0..6 {
+        let mut k = key(&format!("k{i}"), "o1");
+        if i % 2 == 1 {
+            k.state = KeyState::Revoked;
+        }
+        store.insert_key(&k, None).await.unwrap();
+    }
+    store.insert_key(&key("k9", "o2"), None).await.unwrap();
+    let ids = |keys: Vec<KeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_keys("o1", None, None, 4).await.unwrap()),
+        ["k0", "k1", "k2", "k3"]
+    );
+    assert_eq!(
+        ids(store.list_keys("o1", None, Some("k3"), 4).await.unwrap()),
+        ["k4", "k5"]
+    );
+    assert_eq!(
+        ids(store.list_keys("o1", Some(KeyState::Active), None, 2).await.unwrap()),
+        ["k0", "k2"]
+    );
+    assert_eq!(
+        ids(store.list_keys("o1", Some(KeyState::Active), Some("k2"), 2).await.unwrap()),
+        ["k4"]
+    );
+    assert_eq!(ids(store.list_keys("o2", None, None, 10).await.unwrap()), ["k9"]);
+    assert!(store.list_keys("nobody", None, None, 10).await.unwrap().is_empty());
+}
+
+pub async fn key_updates_keep_indexes_in_step(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let mut k = key("k1", "o1");
+    k.lookup_digest = Some("aa".repeat(32));
+    store.insert_key(&k, None).await.unwrap();
+    let updated = store
+        .update_key(
+            "k1",
+            Arc::new(|k| {
+                k.state = KeyState::Revoked;
+                k.revoked_at = Some(3_000);
+                k.lookup_digest = Some("bb".repeat(32));
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.state, KeyState::Revoked);
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(updated.clone()));
+    assert_eq!(store.find_key_by_digest(&"aa".repeat(32)).await.unwrap(), None);
+    assert_eq!(
+        store.find_key_by_digest(&"bb".repeat(32)).await.unwrap(),
+        Some(updated.clone())
+    );
+    let refused = store
+        .update_key(
+            "k1",
+            Arc::new(|k| {
+                k.name = "changed".into();
+                Err(Error::FailedPrecondition("refused".into()))
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused, Error::FailedPrecondition("refused".into()));
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(updated));
+    let moved = store
+        .update_key(
+            "k1",
+            Arc::new(|k| {
+                k.owner_id = "o2".into();
+                Ok(())
+            }),
+        )
+        .await;
+    assert!(matches!(moved, Err(Error::InvalidArgument(_))));
+    let missing = store.update_key("nope", Arc::new(|_| Ok(()))).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))));
+}
+
+pub async fn deleting_a_key_removes_it_everywhere(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let mut k = key("k1", "o1");
+    k.lookup_digest = Some("cc".repeat(32));
+    store.insert_key(&k, None).await.unwrap();
+    assert_eq!(store.delete_key("k1").await.unwrap(), k);
+    assert_eq!(store.get_key("k1").await.unwrap(), None);
+    assert_eq!(store.find_key_by_digest(&"cc".repeat(32)).await.unwrap(), None);
+    assert!(store.list_keys("o1", None, None, 10).await.unwrap().is_empty());
+    assert!(matches!(store.delete_key("k1").await, Err(Error::NotFound(_))));
+    // The id and digest are free again.
+    store.insert_key(&k, None).await.unwrap();
+}
+
+/// Expands to one `#[tokio::test]` per conformance check for a backend. `$make` is an async
+/// expression yielding `(Arc<dyn Store>, guard)`; the guard lives until the test ends.
+macro_rules! conformance_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! check {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let (store, _guard) = $make.await;
+                        super::$name(store.as_ref()).await;
+                    }
+                };
+            }
+
+            check!(owners_round_trip);
+            check!(owner_ids_and_external_ids_are_unique);
+            check!(owners_list_in_pages);
+            check!(owner_updates_apply_atomically);
+            check!(keys_round_trip_with_indexes);
+            check!(key_inserts_refuse_duplicates_and_unknown_owners);
+            check!(quota_counts_only_live_keys);
+            check!(keys_list_by_owner_state_and_page);
+            check!(key_updates_keep_indexes_in_step);
+            check!(deleting_a_key_removes_it_everywhere);
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_inserts_never_exceed_the_quota() {
+                let (store, _guard) = $make.await;
+                super::concurrent_inserts_never_exceed_the_quota(store).await;
+            }
+        }
+    };
+}
+
+async fn embedded_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = keygate::store::embedded::EmbeddedStore::open(&dir.path().join("keygate.redb"))
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+conformance_suite!(embedded, embedded_store());
+
+#[tokio::test]
+async fn embedded_records_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keygate.redb");
+    {
+        let store = keygate::store::embedded::EmbeddedStore::open(&path).unwrap();
+        store.create_owner(&owner("o1", "e1")).await.unwrap();
+        store.insert_key(&key("k1", "o1"), None).await.unwrap();
+    }
+    let reopened = keygate::store::embedded::EmbeddedStore::open(&path).unwrap();
+    assert_eq!(reopened.get_key("k1").await.unwrap(), Some(key("k1", "o1")));
+}
