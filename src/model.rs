@@ -86,6 +86,8 @@ pub struct KeyRecord {
     pub name: String,
     /// Profile the current secret was issued with; `None` for imported keys.
     pub profile: Option<String>,
+    /// That profile's prefix, as issued; `None` for imported keys.
+    pub prefix: Option<String>,
     /// How clients present it.
     pub kind: KeyKind,
     /// Scopes granted.

@@ -28,6 +28,7 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
         owner_id: owner_id.into(),
         name: format!("key {id}"),
         profile: Some("kg_live".into()),
+        prefix: Some("kg_live".into()),
         kind: KeyKind::Single,
         scopes: vec!["read".into()],
         plan: None,

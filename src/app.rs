@@ -1,0 +1,69 @@
+//! [`App`]: what every RPC handler shares, built once from the configuration.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
+use crate::key::format::Profiles;
+use crate::key::hash::{Pepper, SecretHasher};
+use crate::secrets::{AdminToken, Secrets};
+use crate::store::Store;
+use crate::verify::KeyVerifier;
+
+/// Shared state of a running keygate.
+pub struct App {
+    /// Owners and keys.
+    pub store: Arc<dyn Store>,
+    /// argon2id hashing, bounded.
+    pub hasher: SecretHasher,
+    /// Key for digests.
+    pub pepper: Pepper,
+    /// Key shapes.
+    pub profiles: Arc<Profiles>,
+    /// Credential → key record.
+    pub verifier: KeyVerifier,
+    /// The configuration it was built from (plans, profiles, limits).
+    pub config: Config,
+    /// Full-access management token.
+    pub admin_token: Option<AdminToken>,
+    /// Whether management calls without credentials are accepted: only when no admin token
+    /// is configured and the management listener is on loopback.
+    pub allow_anonymous_management: bool,
+    /// Current time.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl App {
+    /// Assembles the shared state.
+    pub fn new(
+        config: &Config,
+        secrets: Secrets,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        let profiles = Arc::new(config.profiles()?);
+        let hasher = SecretHasher::new(&config.argon2).map_err(|message| ConfigError::Field {
+            field: "argon2".into(),
+            message,
+        })?;
+        let verifier = KeyVerifier::new(
+            store.clone(),
+            hasher.clone(),
+            secrets.pepper.clone(),
+            profiles.clone(),
+        );
+        Ok(App {
+            store,
+            hasher,
+            pepper: secrets.pepper,
+            profiles,
+            verifier,
+            config: config.clone(),
+            allow_anonymous_management: secrets.admin_token.is_none()
+                && config.listen.management.ip().is_loopback(),
+            admin_token: secrets.admin_token,
+            clock,
+        })
+    }
+
+}

@@ -1,0 +1,215 @@
+//! Listeners, services and the server's life cycle: start, serve, shut down on a signal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{error, info, warn};
+
+use crate::app::App;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError, ServeArgs};
+use crate::proto::key_manager_server::KeyManagerServer;
+use crate::secrets::{PepperSource, Secrets};
+use crate::service::key_manager::KeyManagerService;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// keygate's own protobuf descriptors, offered through gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keygate_descriptor");
+
+/// Exit code for a configuration or usage error, as clap uses for bad flags.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration or the secrets are unusable; the operator must fix them.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener or the store could not be opened.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            StartError::Config(_) => ExitCode::from(EXIT_USAGE),
+            StartError::Runtime(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// A started keygate; dropping it does not stop it, [`RunningServer::shutdown`] does.
+pub struct RunningServer {
+    management_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningServer {
+    /// The address the management API is bound to.
+    pub fn management_addr(&self) -> SocketAddr {
+        self.management_addr
+    }
+
+    /// Stops accepting calls, lets in-flight calls finish, and waits for the server to end.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits until the server ends by itself (a listener failure).
+    async fn wait(&mut self) -> Result<(), String> {
+        match (&mut self.task).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Refuses an exposed management API without an admin token: on a non-loopback address it
+/// would otherwise be open to the network.
+pub fn check_management_exposure(config: &Config, secrets: &Secrets) -> Result<(), ConfigError> {
+    if !config.listen.management.ip().is_loopback() && secrets.admin_token.is_none() {
+        return Err(ConfigError::Field {
+            field: "listen.management".into(),
+            message: format!(
+                "{} is not a loopback address; set KEYGATE_ADMIN_TOKEN or KEYGATE_ADMIN_TOKEN_FILE before exposing the management API",
+                config.listen.management
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Binds the listeners and starts serving. The store and clock are passed in so tests can
+/// drive a server over any backend and time.
+pub async fn start(
+    config: &Config,
+    secrets: Secrets,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, StartError> {
+    check_management_exposure(config, &secrets)?;
+    if secrets.admin_token.is_none() {
+        warn!(
+            "no admin token configured: the management API accepts unauthenticated calls on loopback; set KEYGATE_ADMIN_TOKEN to require one"
+        );
+    }
+    let app = Arc::new(App::new(config, secrets, store, clock)?);
+    let listener = TcpListener::bind(config.listen.management)
+        .await
+        .map_err(|e| {
+            StartError::Runtime(format!(
+                "cannot listen on {} (listen.management): {e}",
+                config.listen.management
+            ))
+        })?;
+    let management_addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<KeyManagerServer<KeyManagerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Runtime(format!("cannot build the reflection service: {e}")))?;
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(KeyManagerServer::new(KeyManagerService::new(app)));
+    let task = tokio::spawn(async move {
+        let result = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped.await;
+                health_reporter
+                    .set_not_serving::<KeyManagerServer<KeyManagerService>>()
+                    .await;
+            })
+            .await;
+        result
+    });
+    info!(addr = %management_addr, "management API listening");
+    Ok(RunningServer {
+        management_addr,
+        stop,
+        task,
+    })
+}
+
+/// `keygate serve`: loads configuration and secrets, opens the embedded store, serves until
+/// SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> ExitCode {
+    match serve_until_signal(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
+    let config = args.load()?;
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let (secrets, pepper_source) =
+        Secrets::load(&env, &config.data_dir).map_err(|e| ConfigError::Field {
+            field: "secrets".into(),
+            message: e.to_string(),
+        })?;
+    if let PepperSource::Generated(path) = &pepper_source {
+        warn!(path = %path.display(), "generated a new pepper; back it up with the data directory, imported keys depend on it");
+    }
+    let store_path = config.data_dir.join("keygate.redb");
+    let store = EmbeddedStore::open(&store_path).map_err(|e| StartError::Runtime(e.to_string()))?;
+    info!(path = %store_path.display(), "embedded store open");
+    let mut server = start(&config, secrets, Arc::new(store), Arc::new(SystemClock)).await?;
+    tokio::select! {
+        result = server.wait() => {
+            return result.map_err(StartError::Runtime);
+        }
+        () = shutdown_signal() => {}
+    }
+    info!("shutting down");
+    server.shutdown().await.map_err(StartError::Runtime)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    warn!("cannot listen for SIGTERM: {e}");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
