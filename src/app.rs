@@ -65,5 +65,4 @@ impl App {
             clock,
         })
     }
-
 }

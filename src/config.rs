@@ -237,7 +237,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut tree = serde_json::to_value(Config::default()).map_err(|e| field_error("", e.to_string()))?;
+        let mut tree =
+            serde_json::to_value(Config::default()).map_err(|e| field_error("", e.to_string()))?;
         if let Some(path) = file {
             merge(&mut tree, read_file(path)?);
         }
@@ -247,7 +248,9 @@ impl Config {
             .collect();
         env.sort();
         for (name, value) in env {
-            let path = name["KEYGATE_".len()..].to_ascii_lowercase().replace("__", ".");
+            let path = name["KEYGATE_".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
             set_path(&mut tree, &path, &value).map_err(|message| ConfigError::Override {
                 source_name: name.clone(),
                 message,
@@ -288,14 +291,20 @@ impl Config {
                     return Err(field_error(format!("{field}.limit"), "must be at least 1"));
                 }
                 if window.period < Duration::from_secs(1) {
-                    return Err(field_error(format!("{field}.period"), "must be at least 1s"));
+                    return Err(field_error(
+                        format!("{field}.period"),
+                        "must be at least 1s",
+                    ));
                 }
             }
         }
         if !names.contains(self.default_plan.as_str()) {
             return Err(field_error(
                 "default_plan",
-                format!("plan {:?} is not among the configured plans", self.default_plan),
+                format!(
+                    "plan {:?} is not among the configured plans",
+                    self.default_plan
+                ),
             ));
         }
         self.argon2
@@ -420,13 +429,17 @@ fn merge(base: &mut Value, top: Value) {
 /// Sets the dotted `path` in `tree` to `raw`, read as JSON if it parses, else as text.
 fn set_path(tree: &mut Value, path: &str, raw: &str) -> Result<(), String> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(format!("{path:?} is not a field path like listen.management"));
+        return Err(format!(
+            "{path:?} is not a field path like listen.management"
+        ));
     }
     let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
     let mut node = tree;
     for part in path.split('.') {
         if !node.is_object() {
-            return Err(format!("{path:?}: cannot set a field inside a non-table value"));
+            return Err(format!(
+                "{path:?}: cannot set a field inside a non-table value"
+            ));
         }
         node = node
             .as_object_mut()
@@ -487,7 +500,10 @@ api_access = false
 "#,
         );
         let env = [
-            ("KEYGATE_LISTEN__MANAGEMENT".to_string(), "127.0.0.1:7001".to_string()),
+            (
+                "KEYGATE_LISTEN__MANAGEMENT".to_string(),
+                "127.0.0.1:7001".to_string(),
+            ),
             ("KEYGATE_ADMIN_TOKEN".to_string(), "not config".to_string()),
             ("OTHER".to_string(), "ignored".to_string()),
         ];
@@ -533,10 +549,13 @@ api_access = false
         assert!(typo.to_string().contains("managment"), "{typo}");
         let weak = load(
             &[],
-            &[(
-                "profiles",
-                r#"[{"name":"ctw","alphabet":"hex","body_length":32}]"#,
-            ), ("default_profile", "ctw")],
+            &[
+                (
+                    "profiles",
+                    r#"[{"name":"ctw","alphabet":"hex","body_length":32}]"#,
+                ),
+                ("default_profile", "ctw"),
+            ],
         )
         .unwrap_err();
         assert_eq!(field_of(weak), "profiles");
@@ -544,13 +563,19 @@ api_access = false
         assert_eq!(field_of(plan), "default_plan");
         let zero = load(
             &[],
-            &[("plans", r#"[{"name":"default","rate_windows":[{"limit":0,"period":"1s"}]}]"#)],
+            &[(
+                "plans",
+                r#"[{"name":"default","rate_windows":[{"limit":0,"period":"1s"}]}]"#,
+            )],
         )
         .unwrap_err();
         assert_eq!(field_of(zero), "plans[0].rate_windows[0].limit");
         let period = load(
             &[],
-            &[("plans", r#"[{"name":"default","rate_windows":[{"limit":5,"period":"soon"}]}]"#)],
+            &[(
+                "plans",
+                r#"[{"name":"default","rate_windows":[{"limit":5,"period":"soon"}]}]"#,
+            )],
         )
         .unwrap_err();
         assert!(field_of(period).starts_with("plans[0].rate_windows[0]"));

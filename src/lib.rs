@@ -1,4 +1,5 @@
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod verify;
 
 pub mod proto {

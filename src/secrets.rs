@@ -125,20 +125,19 @@ fn from_env_or_file(
     let Some(path) = env.get(&file_var).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-        SecretsError::File {
-            what: "cannot read",
-            path: path.into(),
-            source,
-        }
-    })?);
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| SecretsError::File {
+                what: "cannot read",
+                path: path.into(),
+                source,
+            })?,
+        );
     Ok(Some(Zeroizing::new(text.trim().to_owned())))
 }
 
 /// The pepper kept in the data directory, created on first use with owner-only permissions.
-fn pepper_in_data_dir(
-    data_dir: &Path,
-) -> Result<(Zeroizing<String>, PepperSource), SecretsError> {
+fn pepper_in_data_dir(data_dir: &Path) -> Result<(Zeroizing<String>, PepperSource), SecretsError> {
     let path = data_dir.join("pepper");
     let io = |what: &'static str, path: &Path| {
         let path = path.to_owned();
@@ -188,7 +187,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("pepper")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("pepper"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let (second, source) = Secrets::load(&env(&[]), dir.path()).unwrap();
@@ -224,11 +226,17 @@ mod tests {
         let short = Secrets::load(&env(&[("KEYGATE_PEPPER", "short")]), dir.path());
         assert!(matches!(short, Err(SecretsError::Invalid { .. })));
         let token = Secrets::load(
-            &env(&[("KEYGATE_PEPPER", "a pepper of enough bytes"), ("KEYGATE_ADMIN_TOKEN", "abc")]),
+            &env(&[
+                ("KEYGATE_PEPPER", "a pepper of enough bytes"),
+                ("KEYGATE_ADMIN_TOKEN", "abc"),
+            ]),
             dir.path(),
         );
         assert!(matches!(token, Err(SecretsError::Invalid { .. })));
-        let missing = Secrets::load(&env(&[("KEYGATE_PEPPER_FILE", "/nonexistent/pepper")]), dir.path());
+        let missing = Secrets::load(
+            &env(&[("KEYGATE_PEPPER_FILE", "/nonexistent/pepper")]),
+            dir.path(),
+        );
         assert!(matches!(missing, Err(SecretsError::File { .. })));
     }
 }

@@ -124,27 +124,33 @@ pub async fn start(
     health_reporter
         .set_serving::<KeyManagerServer<KeyManagerService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Runtime(format!("cannot build the reflection service: {e}")))?;
+    // Both reflection versions: grpcurl before 1.9 and many other tools speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| {
+        StartError::Runtime(format!("cannot build the reflection service: {e}"))
+    };
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(KeyManagerServer::new(KeyManagerService::new(app)));
     let task = tokio::spawn(async move {
-        let result = router
+        router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stopped.await;
                 health_reporter
                     .set_not_serving::<KeyManagerServer<KeyManagerService>>()
                     .await;
             })
-            .await;
-        result
+            .await
     });
     info!(addr = %management_addr, "management API listening");
     Ok(RunningServer {
@@ -157,6 +163,7 @@ pub async fn start(
 /// `keygate serve`: loads configuration and secrets, opens the embedded store, serves until
 /// SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> ExitCode {
+    crate::telemetry::init_logging();
     match serve_until_signal(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -59,7 +59,10 @@ pub async fn owner_ids_and_external_ids_are_unique(store: &dyn Store) {
     let same_id = store.create_owner(&owner("o1", "ext-2")).await.unwrap_err();
     assert!(matches!(same_id, Error::AlreadyExists(_)), "{same_id:?}");
     let same_external = store.create_owner(&owner("o2", "ext-1")).await.unwrap_err();
-    assert!(matches!(same_external, Error::AlreadyExists(_)), "{same_external:?}");
+    assert!(
+        matches!(same_external, Error::AlreadyExists(_)),
+        "{same_external:?}"
+    );
     assert_eq!(store.get_owner("o2").await.unwrap(), None);
 }
 
@@ -105,7 +108,10 @@ pub async fn owner_updates_apply_atomically(store: &dyn Store) {
         .await
         .unwrap_err();
     assert_eq!(refused, Error::FailedPrecondition("no".into()));
-    assert_eq!(store.get_owner("o1").await.unwrap().unwrap().display_name, "Owner o1");
+    assert_eq!(
+        store.get_owner("o1").await.unwrap().unwrap().display_name,
+        "Owner o1"
+    );
     let missing = store.update_owner("nobody", Arc::new(|_| Ok(()))).await;
     assert!(matches!(missing, Err(Error::NotFound(_))));
     let renamed = store
@@ -136,7 +142,10 @@ pub async fn keys_round_trip_with_indexes(store: &dyn Store) {
         store.find_key_by_digest(&"ab".repeat(32)).await.unwrap(),
         Some(imported.clone())
     );
-    assert_eq!(store.find_key_by_digest(&"cd".repeat(32)).await.unwrap(), None);
+    assert_eq!(
+        store.find_key_by_digest(&"cd".repeat(32)).await.unwrap(),
+        None
+    );
     let listed = store.list_keys("o1", None, None, 10).await.unwrap();
     assert_eq!(listed, vec![key("k1", "o1"), imported]);
 }
@@ -152,9 +161,15 @@ pub async fn key_inserts_refuse_duplicates_and_unknown_owners(store: &dyn Store)
     let mut b = key("k3", "o1");
     b.lookup_digest = Some("11".repeat(32));
     let dup_digest = store.insert_key(&b, None).await.unwrap_err();
-    assert!(matches!(dup_digest, Error::AlreadyExists(_)), "{dup_digest:?}");
+    assert!(
+        matches!(dup_digest, Error::AlreadyExists(_)),
+        "{dup_digest:?}"
+    );
     assert_eq!(store.get_key("k3").await.unwrap(), None);
-    let orphan = store.insert_key(&key("k4", "ghost"), None).await.unwrap_err();
+    let orphan = store
+        .insert_key(&key("k4", "ghost"), None)
+        .await
+        .unwrap_err();
     assert!(matches!(orphan, Error::NotFound(_)), "{orphan:?}");
 }
 
@@ -175,12 +190,18 @@ pub async fn quota_counts_only_live_keys(store: &dyn Store) {
         store.insert_key(k, quota).await.unwrap();
     }
     store.insert_key(&key("d-live", "o1"), quota).await.unwrap();
-    let over = store.insert_key(&key("e-over", "o1"), quota).await.unwrap_err();
+    let over = store
+        .insert_key(&key("e-over", "o1"), quota)
+        .await
+        .unwrap_err();
     assert!(matches!(over, Error::FailedPrecondition(_)), "{over:?}");
     assert_eq!(store.get_key("e-over").await.unwrap(), None);
     // Another owner's keys do not count, and no quota means no check.
     store.insert_key(&key("f", "o2"), quota).await.unwrap();
-    store.insert_key(&key("g-unlimited", "o1"), None).await.unwrap();
+    store
+        .insert_key(&key("g-unlimited", "o1"), None)
+        .await
+        .unwrap();
 }
 
 pub async fn concurrent_inserts_never_exceed_the_quota(store: Arc<dyn Store>) {
@@ -192,7 +213,11 @@ pub async fn concurrent_inserts_never_exceed_the_quota(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.insert_key(&key(&format!("k{i:02}"), "o1"), quota).await })
+            tokio::spawn(async move {
+                store
+                    .insert_key(&key(&format!("k{i:02}"), "o1"), quota)
+                    .await
+            })
         })
         .collect();
     let mut accepted = 0;
@@ -202,7 +227,10 @@ pub async fn concurrent_inserts_never_exceed_the_quota(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(accepted, 3);
-    assert_eq!(store.list_keys("o1", None, None, 100).await.unwrap().len(), 3);
+    assert_eq!(
+        store.list_keys("o1", None, None, 100).await.unwrap().len(),
+        3
+    );
 }
 
 pub async fn keys_list_by_owner_state_and_page(store: &dyn Store) {
@@ -226,15 +254,30 @@ pub async fn keys_list_by_owner_state_and_page(store: &dyn Store) {
         ["k4", "k5"]
     );
     assert_eq!(
-        ids(store.list_keys("o1", Some(KeyState::Active), None, 2).await.unwrap()),
+        ids(store
+            .list_keys("o1", Some(KeyState::Active), None, 2)
+            .await
+            .unwrap()),
         ["k0", "k2"]
     );
     assert_eq!(
-        ids(store.list_keys("o1", Some(KeyState::Active), Some("k2"), 2).await.unwrap()),
+        ids(store
+            .list_keys("o1", Some(KeyState::Active), Some("k2"), 2)
+            .await
+            .unwrap()),
         ["k4"]
     );
-    assert_eq!(ids(store.list_keys("o2", None, None, 10).await.unwrap()), ["k9"]);
-    assert!(store.list_keys("nobody", None, None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        ids(store.list_keys("o2", None, None, 10).await.unwrap()),
+        ["k9"]
+    );
+    assert!(
+        store
+            .list_keys("nobody", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn key_updates_keep_indexes_in_step(store: &dyn Store) {
@@ -256,7 +299,10 @@ pub async fn key_updates_keep_indexes_in_step(store: &dyn Store) {
         .unwrap();
     assert_eq!(updated.state, KeyState::Revoked);
     assert_eq!(store.get_key("k1").await.unwrap(), Some(updated.clone()));
-    assert_eq!(store.find_key_by_digest(&"aa".repeat(32)).await.unwrap(), None);
+    assert_eq!(
+        store.find_key_by_digest(&"aa".repeat(32)).await.unwrap(),
+        None
+    );
     assert_eq!(
         store.find_key_by_digest(&"bb".repeat(32)).await.unwrap(),
         Some(updated.clone())
@@ -294,9 +340,21 @@ pub async fn deleting_a_key_removes_it_everywhere(store: &dyn Store) {
     store.insert_key(&k, None).await.unwrap();
     assert_eq!(store.delete_key("k1").await.unwrap(), k);
     assert_eq!(store.get_key("k1").await.unwrap(), None);
-    assert_eq!(store.find_key_by_digest(&"cc".repeat(32)).await.unwrap(), None);
-    assert!(store.list_keys("o1", None, None, 10).await.unwrap().is_empty());
-    assert!(matches!(store.delete_key("k1").await, Err(Error::NotFound(_))));
+    assert_eq!(
+        store.find_key_by_digest(&"cc".repeat(32)).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .list_keys("o1", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.delete_key("k1").await,
+        Err(Error::NotFound(_))
+    ));
     // The id and digest are free again.
     store.insert_key(&k, None).await.unwrap();
 }
@@ -340,8 +398,8 @@ macro_rules! conformance_suite {
 
 async fn embedded_store() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = keygate::store::embedded::EmbeddedStore::open(&dir.path().join("keygate.redb"))
-        .unwrap();
+    let store =
+        keygate::store::embedded::EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap();
     (Arc::new(store), dir)
 }
 

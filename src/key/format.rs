@@ -130,7 +130,9 @@ pub struct KeyProfile {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProfileError {
     /// The prefix is not lower-case letters and digits in `_`-separated words.
-    #[error("prefix {0:?} must be lower-case letters and digits, words joined by '_', starting with a letter")]
+    #[error(
+        "prefix {0:?} must be lower-case letters and digits, words joined by '_', starting with a letter"
+    )]
     BadPrefix(String),
     /// The body leaves too little room for the secret.
     #[error(
@@ -426,7 +428,10 @@ mod tests {
             let parsed = set.parse(key.text()).unwrap();
             assert_eq!(parsed.profile, profile.name);
             assert_eq!(parsed.id, id);
-            assert_eq!(key.text().len(), profile.prefix.len() + 1 + profile.body_len);
+            assert_eq!(
+                key.text().len(),
+                profile.prefix.len() + 1 + profile.body_len
+            );
             let (api_key, api_secret) = key.split_pair();
             assert_eq!(api_key, format!("{}_{id}", profile.prefix));
             assert_eq!(format!("{api_key}{api_secret}"), key.text());
@@ -436,13 +441,21 @@ mod tests {
     #[test]
     fn issued_keys_match_the_documented_shapes() {
         let set = profiles();
-        let text = set.default_profile().issue("AAAAAAAAAAAA").text().to_string();
+        let text = set
+            .default_profile()
+            .issue("AAAAAAAAAAAA")
+            .text()
+            .to_string();
         assert!(text.starts_with("kg_live_AAAAAAAAAAAA"));
         assert!(!text["kg_live_".len()..].contains('_'));
         let body = &text["kg_live_".len()..];
         assert!(body.bytes().all(|c| c.is_ascii_alphanumeric()));
         let hex = set.get("ctw").unwrap().issue("0123456789abcdef");
-        assert!(hex.text()["ctw_".len()..].bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+        assert!(
+            hex.text()["ctw_".len()..]
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        );
     }
 
     #[test]
@@ -508,7 +521,10 @@ mod tests {
             alphabet: Alphabet::Hex,
             body_len: 32,
         };
-        assert!(matches!(seed_001_shape.validate(), Err(ProfileError::WeakSecret { .. })));
+        assert!(matches!(
+            seed_001_shape.validate(),
+            Err(ProfileError::WeakSecret { .. })
+        ));
         let seed_000_shape = KeyProfile {
             name: "twa".into(),
             prefix: "twa".into(),
@@ -521,7 +537,10 @@ mod tests {
                 prefix: prefix.into(),
                 ..default_profile()
             };
-            assert!(matches!(p.validate(), Err(ProfileError::BadPrefix(_))), "{prefix}");
+            assert!(
+                matches!(p.validate(), Err(ProfileError::BadPrefix(_))),
+                "{prefix}"
+            );
         }
         let overlapping = Profiles::new(
             vec![
@@ -546,7 +565,12 @@ mod tests {
             counts[c as usize] += 1;
         }
         for &c in Alphabet::Base62.chars() {
-            assert!(counts[c as usize] > 100, "{} seen {}", c as char, counts[c as usize]);
+            assert!(
+                counts[c as usize] > 100,
+                "{} seen {}",
+                c as char,
+                counts[c as usize]
+            );
         }
     }
 }

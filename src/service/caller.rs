@@ -90,7 +90,10 @@ pub async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller> {
     let token = header
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
@@ -99,7 +102,8 @@ pub async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller> {
     if app.admin_token.as_ref().is_some_and(|t| t.matches(token)) {
         return Ok(Caller::Admin);
     }
-    let invalid = || Error::Unauthenticated("the bearer token is not a valid admin token or API key".into());
+    let invalid =
+        || Error::Unauthenticated("the bearer token is not a valid admin token or API key".into());
     let now = app.clock.now();
     let verified = app.verifier.verify(token, now).await?.ok_or_else(invalid)?;
     let key = verified.key;

@@ -49,7 +49,9 @@ pub fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<UnixTim
 /// A request duration as a std duration, refusing negative values.
 pub fn from_duration(field: &str, d: &prost_types::Duration) -> Result<Duration> {
     if d.seconds < 0 || d.nanos < 0 {
-        return Err(Error::InvalidArgument(format!("{field} must not be negative")));
+        return Err(Error::InvalidArgument(format!(
+            "{field} must not be negative"
+        )));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
@@ -323,13 +325,21 @@ mod tests {
         assert_eq!(parse_page_token(&token).unwrap(), Some("abcXYZ".into()));
         assert_eq!(parse_page_token("").unwrap(), None);
         for bad in ["nope", "p1.zz", "p1.abc", "p1.ff"] {
-            assert!(matches!(parse_page_token(bad), Err(Error::InvalidArgument(_))), "{bad}");
+            assert!(
+                matches!(parse_page_token(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn cidrs_accept_networks_and_addresses() {
-        let parsed = cidrs(&["10.1.2.3/8".into(), "2001:db8::1".into(), " 192.0.2.7 ".into()]).unwrap();
+        let parsed = cidrs(&[
+            "10.1.2.3/8".into(),
+            "2001:db8::1".into(),
+            " 192.0.2.7 ".into(),
+        ])
+        .unwrap();
         let text: Vec<_> = parsed.iter().map(ToString::to_string).collect();
         assert_eq!(text, ["10.0.0.0/8", "2001:db8::1/128", "192.0.2.7/32"]);
         let error = cidrs(&["10.0.0.300/8".into()]).unwrap_err();

@@ -82,7 +82,13 @@ impl KeyManagerService {
             return Ok(None);
         }
         if self.app.config.plan(plan).is_none() {
-            let known: Vec<_> = self.app.config.plans.iter().map(|p| p.name.as_str()).collect();
+            let known: Vec<_> = self
+                .app
+                .config
+                .plans
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
             return Err(Error::InvalidArgument(format!(
                 "{field}: unknown plan {plan:?}; configured plans are {known:?}"
             )));
@@ -171,14 +177,19 @@ impl KeyManagerService {
         let patch = req
             .owner
             .ok_or_else(|| Error::InvalidArgument("owner is required".into()))?;
-        let paths = mask_paths(req.update_mask, &["display_name", "plan", "state", "metadata"])?;
+        let paths = mask_paths(
+            req.update_mask,
+            &["display_name", "plan", "state", "metadata"],
+        )?;
         let mut display_name = None;
         let mut plan = None;
         let mut state = None;
         let mut metadata = None;
         for path in &paths {
             match path.as_str() {
-                "display_name" => display_name = Some(name("owner.display_name", &patch.display_name)?),
+                "display_name" => {
+                    display_name = Some(name("owner.display_name", &patch.display_name)?)
+                }
                 "plan" => {
                     plan = Some(self.plan_name("owner.plan", &patch.plan)?.ok_or_else(|| {
                         Error::InvalidArgument("owner.plan must name a configured plan".into())
@@ -236,9 +247,7 @@ impl KeyManagerService {
         let profile = self.profile(&req.profile)?.clone();
         let owner = self.owner_for_new_key(caller, &owner_id).await?;
         let quota = self.quota(&owner, plan.as_deref(), now);
-        let activation_code = req
-            .require_activation
-            .then(|| Alphabet::Base62.random(12));
+        let activation_code = req.require_activation.then(|| Alphabet::Base62.random(12));
 
         for _ in 0..ID_ATTEMPTS {
             let id = profile.new_key_id();
@@ -249,7 +258,11 @@ impl KeyManagerService {
                 name: name.clone(),
                 profile: Some(profile.name.clone()),
                 prefix: Some(profile.prefix.clone()),
-                kind: if req.pair { KeyKind::Pair } else { KeyKind::Single },
+                kind: if req.pair {
+                    KeyKind::Pair
+                } else {
+                    KeyKind::Single
+                },
                 scopes: scopes.clone(),
                 plan: plan.clone(),
                 allowed_cidrs: allowed_cidrs.clone(),
@@ -274,7 +287,8 @@ impl KeyManagerService {
             match self.app.store.insert_key(&record, quota).await {
                 Ok(()) => {
                     let mut answer = secret_answer(&record, &issued);
-                    answer.activation_code = activation_code.map(|c| c.to_string()).unwrap_or_default();
+                    answer.activation_code =
+                        activation_code.map(|c| c.to_string()).unwrap_or_default();
                     return Ok(answer);
                 }
                 // A random id collided with an existing one: draw another.
@@ -354,7 +368,14 @@ impl KeyManagerService {
             .ok_or_else(|| Error::InvalidArgument("key is required".into()))?;
         let paths = mask_paths(
             req.update_mask,
-            &["name", "scopes", "allowed_cidrs", "metadata", "expire_time", "disabled"],
+            &[
+                "name",
+                "scopes",
+                "allowed_cidrs",
+                "metadata",
+                "expire_time",
+                "disabled",
+            ],
         )?;
         let now = self.app.clock.now();
         let mut edit = KeyEdit::default();
@@ -370,7 +391,11 @@ impl KeyManagerService {
                 "metadata" => edit.metadata = Some(convert::metadata(&patch.metadata)?),
                 "expire_time" => {
                     edit.expires_at = Some(match &patch.expire_time {
-                        Some(t) => Some(future("key.expire_time", from_timestamp("key.expire_time", t)?, now)?),
+                        Some(t) => Some(future(
+                            "key.expire_time",
+                            from_timestamp("key.expire_time", t)?,
+                            now,
+                        )?),
                         None => None,
                     })
                 }
@@ -494,7 +519,10 @@ impl KeyManagerService {
         // A key already in a configured profile's format keeps its embedded id, so it is found
         // like any issued key; anything else gets a random id and is found by its digest.
         let (id, profile) = match self.app.profiles.parse(secret) {
-            Ok(parsed) => (parsed.id.to_owned(), self.app.profiles.get(parsed.profile).cloned()),
+            Ok(parsed) => (
+                parsed.id.to_owned(),
+                self.app.profiles.get(parsed.profile).cloned(),
+            ),
             Err(_) => (Alphabet::Base62.random(12).to_string(), None),
         };
         let record = KeyRecord {
@@ -619,19 +647,29 @@ fn mask_paths(mask: Option<prost_types::FieldMask>, allowed: &[&str]) -> Result<
 /// `t` if it lies after `now`.
 fn future(field: &str, t: UnixTime, now: UnixTime) -> Result<UnixTime> {
     if t <= now {
-        return Err(Error::InvalidArgument(format!("{field} must be in the future")));
+        return Err(Error::InvalidArgument(format!(
+            "{field} must be in the future"
+        )));
     }
     Ok(t)
 }
 
 /// The expiry a CreateKey request asks for.
-fn expiry(expiry: Option<proto::create_key_request::Expiry>, now: UnixTime) -> Result<Option<UnixTime>> {
+fn expiry(
+    expiry: Option<proto::create_key_request::Expiry>,
+    now: UnixTime,
+) -> Result<Option<UnixTime>> {
     use proto::create_key_request::Expiry;
     match expiry {
         None => Ok(None),
-        Some(Expiry::ExpireTime(t)) => Ok(Some(future("expire_time", from_timestamp("expire_time", &t)?, now)?)),
+        Some(Expiry::ExpireTime(t)) => Ok(Some(future(
+            "expire_time",
+            from_timestamp("expire_time", &t)?,
+            now,
+        )?)),
         Some(Expiry::ExpireInDays(0)) => Err(Error::InvalidArgument(
-            "expire_in_days must be at least 1; leave it unset for a key that does not expire".into(),
+            "expire_in_days must be at least 1; leave it unset for a key that does not expire"
+                .into(),
         )),
         Some(Expiry::ExpireInDays(days)) if days > 36_500 => Err(Error::InvalidArgument(
             "expire_in_days must be at most 36500 (100 years)".into(),
@@ -656,7 +694,8 @@ impl KeyManager for KeyManagerService {
         &self,
         request: Request<proto::CreateOwnerRequest>,
     ) -> Result<Response<proto::Owner>, Status> {
-        rpc!(self, request, |caller, req| self.create_owner_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .create_owner_inner(&caller, req))
     }
 
     async fn get_owner(
@@ -672,14 +711,16 @@ impl KeyManager for KeyManagerService {
         &self,
         request: Request<proto::ListOwnersRequest>,
     ) -> Result<Response<proto::ListOwnersResponse>, Status> {
-        rpc!(self, request, |caller, req| self.list_owners_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .list_owners_inner(&caller, req))
     }
 
     async fn update_owner(
         &self,
         request: Request<proto::UpdateOwnerRequest>,
     ) -> Result<Response<proto::Owner>, Status> {
-        rpc!(self, request, |caller, req| self.update_owner_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .update_owner_inner(&caller, req))
     }
 
     async fn list_plans(
@@ -698,14 +739,16 @@ impl KeyManager for KeyManagerService {
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        rpc!(self, request, |caller, req| self.create_key_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .create_key_inner(&caller, req))
     }
 
     async fn activate_key(
         &self,
         request: Request<proto::ActivateKeyRequest>,
     ) -> Result<Response<proto::Key>, Status> {
-        rpc!(self, request, |caller, req| self.activate_key_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .activate_key_inner(&caller, req))
     }
 
     async fn get_key(
@@ -721,28 +764,32 @@ impl KeyManager for KeyManagerService {
         &self,
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        rpc!(self, request, |caller, req| self.list_keys_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .list_keys_inner(&caller, req))
     }
 
     async fn update_key(
         &self,
         request: Request<proto::UpdateKeyRequest>,
     ) -> Result<Response<proto::Key>, Status> {
-        rpc!(self, request, |caller, req| self.update_key_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .update_key_inner(&caller, req))
     }
 
     async fn revoke_key(
         &self,
         request: Request<proto::RevokeKeyRequest>,
     ) -> Result<Response<proto::Key>, Status> {
-        rpc!(self, request, |caller, req| self.revoke_key_inner(&caller, &req.id))
+        rpc!(self, request, |caller, req| self
+            .revoke_key_inner(&caller, &req.id))
     }
 
     async fn rotate_key(
         &self,
         request: Request<proto::RotateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        rpc!(self, request, |caller, req| self.rotate_key_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .rotate_key_inner(&caller, req))
     }
 
     async fn delete_key(
@@ -760,6 +807,7 @@ impl KeyManager for KeyManagerService {
         &self,
         request: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::Key>, Status> {
-        rpc!(self, request, |caller, req| self.import_key_inner(&caller, req))
+        rpc!(self, request, |caller, req| self
+            .import_key_inner(&caller, req))
     }
 }

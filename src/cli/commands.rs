@@ -1,0 +1,906 @@
+//! One function per client command: each checks its input, builds the request, calls the
+//! KeyManager API and prints the answer.
+//!
+//! Input is checked before connecting, so mistakes on the command line are reported even
+//! when the server is down.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use zeroize::Zeroizing;
+
+use super::output;
+use super::{
+    ClientOpts, IdArg, KeysActivateArgs, KeysCli, KeysCommand, KeysCreateArgs, KeysImportArgs,
+    KeysListArgs, KeysRotateArgs, KeysUpdateArgs, OwnersCli, OwnersCommand, OwnersCreateArgs,
+    OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
+};
+use crate::proto;
+use crate::proto::key_manager_client::KeyManagerClient;
+
+/// Longest line `keys import` reads from standard input.
+const MAX_IMPORTED_KEY_LEN: u64 = 64 * 1024;
+
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a client command failed.
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line is wrong; nothing was sent. Exit code 2.
+    Usage(String),
+    /// The server could not be reached. Exit code 1.
+    Connect {
+        /// The address as given.
+        addr: String,
+        /// What went wrong, with its causes.
+        cause: String,
+    },
+    /// The server refused the call. Exit code 1.
+    Rpc(tonic::Status),
+    /// Reading input or writing output failed. Exit code 1.
+    Io(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::Connect { .. } | CliError::Rpc(_) | CliError::Io(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(message) | CliError::Io(message) => f.write_str(message),
+            CliError::Connect { addr, cause } => {
+                write!(f, "cannot reach keygate at {addr}: {cause}")
+            }
+            CliError::Rpc(status) if status.message().is_empty() => {
+                write!(f, "{:?}", status.code())
+            }
+            CliError::Rpc(status) => write!(f, "{:?}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        CliError::Rpc(status)
+    }
+}
+
+fn usage(message: impl Into<String>) -> CliError {
+    CliError::Usage(message.into())
+}
+
+/// Adds `authorization: Bearer <token>` to every call when a token was given.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    header: Option<AsciiMetadataValue>,
+}
+
+impl AuthInterceptor {
+    /// An interceptor sending `token`, or nothing when there is none (or it is empty).
+    pub fn new(token: Option<&Token>) -> Result<Self, CliError> {
+        let header = match token.map(Token::expose) {
+            None | Some("") => None,
+            Some(token) => {
+                let text = Zeroizing::new(format!("Bearer {token}"));
+                let mut value = MetadataValue::try_from(text.as_str()).map_err(|_| {
+                    usage("the token contains characters that cannot be sent in a header")
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(AuthInterceptor { header })
+    }
+}
+
+impl Interceptor for AuthInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A KeyManager client that authenticates every call.
+pub type Client = KeyManagerClient<InterceptedService<Channel, AuthInterceptor>>;
+
+/// Connects to the server named by `opts.addr`.
+pub async fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
+    let auth = AuthInterceptor::new(opts.token.as_ref())?;
+    let uri = if opts.addr.contains("://") {
+        opts.addr.clone()
+    } else {
+        format!("http://{}", opts.addr)
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|err| usage(format!("invalid --addr {:?}: {err}", opts.addr)))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|err| CliError::Connect {
+        addr: opts.addr.clone(),
+        cause: error_chain(&err),
+    })?;
+    Ok(KeyManagerClient::with_interceptor(channel, auth))
+}
+
+/// `err` and its sources, joined by `: `, skipping repeats.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// Writes `text` and a newline to standard output.
+fn print_out(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(|err| CliError::Io(format!("cannot write output: {err}")))
+}
+
+/// Prints one JSON value, pretty.
+fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
+    print_out(&format!("{value:#}"))
+}
+
+/// Runs `keygate owners ...`.
+pub async fn owners(cli: OwnersCli) -> Result<(), CliError> {
+    let opts = &cli.client;
+    match cli.command {
+        OwnersCommand::Create(args) => owners_create(opts, args).await,
+        OwnersCommand::Get(args) => owners_get(opts, args).await,
+        OwnersCommand::List(args) => owners_list(opts, args).await,
+        OwnersCommand::Update(args) => owners_update(opts, args).await,
+    }
+}
+
+/// Runs `keygate plans ...`.
+pub async fn plans(cli: PlansCli) -> Result<(), CliError> {
+    match cli.command {
+        PlansCommand::List => plans_list(&cli.client).await,
+    }
+}
+
+/// Runs `keygate keys ...`.
+pub async fn keys(cli: KeysCli) -> Result<(), CliError> {
+    let opts = &cli.client;
+    match cli.command {
+        KeysCommand::Create(args) => keys_create(opts, args).await,
+        KeysCommand::Get(args) => keys_get(opts, args).await,
+        KeysCommand::List(args) => keys_list(opts, args).await,
+        KeysCommand::Update(args) => keys_update(opts, args).await,
+        KeysCommand::Activate(args) => keys_activate(opts, args).await,
+        KeysCommand::Revoke(args) => keys_revoke(opts, args).await,
+        KeysCommand::Rotate(args) => keys_rotate(opts, args).await,
+        KeysCommand::Delete(args) => keys_delete(opts, args).await,
+        KeysCommand::Import(args) => keys_import(opts, args).await,
+    }
+}
+
+// ---- input checks ----------------------------------------------------------------------
+
+/// `value`, or an error naming `what` when it is empty.
+fn required(what: &str, value: String) -> Result<String, CliError> {
+    if value.trim().is_empty() {
+        Err(usage(format!("{what} must not be empty")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// The `--meta` items as a map; a key given twice is an error.
+pub fn meta_map(items: Vec<(String, String)>) -> Result<HashMap<String, String>, CliError> {
+    let mut map = HashMap::with_capacity(items.len());
+    for (key, value) in items {
+        if map.contains_key(&key) {
+            return Err(usage(format!(
+                "metadata key {key:?} is given more than once"
+            )));
+        }
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+/// Checks `--scope` values: none may be empty or contain whitespace.
+fn check_scopes(scopes: Vec<String>) -> Result<Vec<String>, CliError> {
+    for scope in &scopes {
+        if scope.is_empty() || scope.chars().any(char::is_whitespace) {
+            return Err(usage(format!(
+                "invalid --scope {scope:?}: a scope is a non-empty word without spaces"
+            )));
+        }
+    }
+    Ok(scopes)
+}
+
+/// Checks `--cidr` values: each must be an address range (`10.0.0.0/8`) or one address.
+fn check_cidrs(cidrs: Vec<String>) -> Result<Vec<String>, CliError> {
+    for cidr in &cidrs {
+        if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+            return Err(usage(format!(
+                "invalid --cidr {cidr:?}: expected an address range like 10.0.0.0/8 or 2001:db8::/32"
+            )));
+        }
+    }
+    Ok(cidrs)
+}
+
+/// Parses `--expires-at`.
+fn parse_time(flag: &str, text: &str) -> Result<prost_types::Timestamp, CliError> {
+    humantime::parse_rfc3339(text)
+        .map(prost_types::Timestamp::from)
+        .map_err(|err| {
+            usage(format!(
+                "invalid {flag} {text:?}: {err}; expected RFC 3339 in UTC, e.g. 2027-01-31T00:00:00Z"
+            ))
+        })
+}
+
+/// The time `days` whole days after `now`.
+fn days_from(now: SystemTime, days: u32) -> Result<prost_types::Timestamp, CliError> {
+    now.checked_add(Duration::from_secs(u64::from(days) * 86_400))
+        .map(prost_types::Timestamp::from)
+        .ok_or_else(|| usage(format!("--expires-in-days {days} is too far in the future")))
+}
+
+/// Parses `--grace`.
+fn parse_grace(text: &str) -> Result<prost_types::Duration, CliError> {
+    let duration = humantime::parse_duration(text).map_err(|err| {
+        usage(format!(
+            "invalid --grace {text:?}: {err}; expected a duration like 30m or 24h"
+        ))
+    })?;
+    prost_types::Duration::try_from(duration)
+        .map_err(|_| usage(format!("--grace {text:?} is too long")))
+}
+
+fn page(args: PageArgs) -> (u32, String) {
+    (
+        args.page_size.unwrap_or(0),
+        args.page_token.unwrap_or_default(),
+    )
+}
+
+// ---- owners ----------------------------------------------------------------------------
+
+/// The CreateOwner request for `owners create`.
+pub fn owner_create_request(args: OwnersCreateArgs) -> Result<proto::CreateOwnerRequest, CliError> {
+    Ok(proto::CreateOwnerRequest {
+        external_id: required("--external-id", args.external_id)?,
+        display_name: required("--name", args.name)?,
+        plan: args.plan.unwrap_or_default(),
+        metadata: meta_map(args.meta)?,
+    })
+}
+
+/// The UpdateOwner request for `owners update`: the mask names exactly the fields given.
+pub fn owner_update_request(args: OwnersUpdateArgs) -> Result<proto::UpdateOwnerRequest, CliError> {
+    let mut owner = proto::Owner {
+        id: required("the owner id", args.id)?,
+        ..Default::default()
+    };
+    let mut paths = Vec::new();
+    if let Some(name) = args.name {
+        owner.display_name = required("--name", name)?;
+        paths.push("display_name");
+    }
+    if let Some(plan) = args.plan {
+        owner.plan = plan;
+        paths.push("plan");
+    }
+    if let Some(state) = args.state {
+        owner.set_state(state.into());
+        paths.push("state");
+    }
+    if args.clear_meta || !args.meta.is_empty() {
+        owner.metadata = meta_map(args.meta)?;
+        paths.push("metadata");
+    }
+    if paths.is_empty() {
+        return Err(usage(
+            "nothing to update: give --name, --plan, --state, --meta or --clear-meta",
+        ));
+    }
+    Ok(proto::UpdateOwnerRequest {
+        owner: Some(owner),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.into_iter().map(String::from).collect(),
+        }),
+    })
+}
+
+async fn owners_create(opts: &ClientOpts, args: OwnersCreateArgs) -> Result<(), CliError> {
+    let request = owner_create_request(args)?;
+    let owner = connect(opts)
+        .await?
+        .create_owner(request)
+        .await?
+        .into_inner();
+    print_owners(opts, std::slice::from_ref(&owner))
+}
+
+async fn owners_get(opts: &ClientOpts, args: IdArg) -> Result<(), CliError> {
+    let request = proto::GetOwnerRequest {
+        id: required("the owner id", args.id)?,
+    };
+    let owner = connect(opts).await?.get_owner(request).await?.into_inner();
+    print_owners(opts, std::slice::from_ref(&owner))
+}
+
+async fn owners_list(opts: &ClientOpts, args: PageArgs) -> Result<(), CliError> {
+    let (page_size, page_token) = page(args);
+    let request = proto::ListOwnersRequest {
+        page_size,
+        page_token,
+    };
+    let answer = connect(opts)
+        .await?
+        .list_owners(request)
+        .await?
+        .into_inner();
+    if opts.json {
+        print_json(&output::owners_list_json(&answer))
+    } else {
+        print_out(&output::owners_table(&answer.owners))?;
+        print_next_page(&answer.next_page_token)
+    }
+}
+
+async fn owners_update(opts: &ClientOpts, args: OwnersUpdateArgs) -> Result<(), CliError> {
+    let request = owner_update_request(args)?;
+    let owner = connect(opts)
+        .await?
+        .update_owner(request)
+        .await?
+        .into_inner();
+    print_owners(opts, std::slice::from_ref(&owner))
+}
+
+/// Prints one owner (as a JSON object) or a table of owners.
+fn print_owners(opts: &ClientOpts, owners: &[proto::Owner]) -> Result<(), CliError> {
+    match owners {
+        [owner] if opts.json => print_json(&output::owner_json(owner)),
+        _ => print_out(&output::owners_table(owners)),
+    }
+}
+
+fn print_next_page(token: &str) -> Result<(), CliError> {
+    if token.is_empty() {
+        Ok(())
+    } else {
+        print_out(&format!("next page: --page-token {token}"))
+    }
+}
+
+// ---- plans -----------------------------------------------------------------------------
+
+async fn plans_list(opts: &ClientOpts) -> Result<(), CliError> {
+    let answer = connect(opts)
+        .await?
+        .list_plans(proto::ListPlansRequest {})
+        .await?
+        .into_inner();
+    if opts.json {
+        print_json(&output::plans_list_json(&answer))
+    } else {
+        print_out(&output::plans_table(&answer.plans, &answer.default_plan))
+    }
+}
+
+// ---- keys ------------------------------------------------------------------------------
+
+/// The CreateKey request for `keys create`.
+pub fn key_create_request(args: KeysCreateArgs) -> Result<proto::CreateKeyRequest, CliError> {
+    use proto::create_key_request::Expiry;
+    let expiry = match (args.expires_in_days, args.expires_at) {
+        (Some(days), _) => Some(Expiry::ExpireInDays(days)),
+        (None, Some(at)) => Some(Expiry::ExpireTime(parse_time("--expires-at", &at)?)),
+        (None, None) => None,
+    };
+    Ok(proto::CreateKeyRequest {
+        owner_id: required("--owner", args.owner)?,
+        name: required("--name", args.name)?,
+        scopes: check_scopes(args.scopes)?,
+        expiry,
+        allowed_cidrs: check_cidrs(args.cidrs)?,
+        metadata: meta_map(args.meta)?,
+        profile: args.profile.unwrap_or_default(),
+        pair: args.pair,
+        require_activation: args.require_activation,
+        plan: args.plan.unwrap_or_default(),
+    })
+}
+
+/// The UpdateKey request for `keys update`, with `--expires-in-days` counted from `now`:
+/// the mask names exactly the fields given.
+pub fn key_update_request(
+    args: KeysUpdateArgs,
+    now: SystemTime,
+) -> Result<proto::UpdateKeyRequest, CliError> {
+    let mut key = proto::Key {
+        id: required("the key id", args.id)?,
+        ..Default::default()
+    };
+    let mut paths = Vec::new();
+    if let Some(name) = args.name {
+        key.name = required("--name", name)?;
+        paths.push("name");
+    }
+    if args.clear_scopes || !args.scopes.is_empty() {
+        key.scopes = check_scopes(args.scopes)?;
+        paths.push("scopes");
+    }
+    if args.clear_cidrs || !args.cidrs.is_empty() {
+        key.allowed_cidrs = check_cidrs(args.cidrs)?;
+        paths.push("allowed_cidrs");
+    }
+    if args.clear_meta || !args.meta.is_empty() {
+        key.metadata = meta_map(args.meta)?;
+        paths.push("metadata");
+    }
+    if let Some(at) = args.expires_at {
+        key.expire_time = Some(parse_time("--expires-at", &at)?);
+        paths.push("expire_time");
+    } else if let Some(days) = args.expires_in_days {
+        key.expire_time = Some(days_from(now, days)?);
+        paths.push("expire_time");
+    } else if args.no_expiry {
+        key.expire_time = None;
+        paths.push("expire_time");
+    }
+    let disabled = if args.disable || args.enable {
+        paths.push("disabled");
+        args.disable
+    } else {
+        false
+    };
+    if paths.is_empty() {
+        return Err(usage(
+            "nothing to update: give --name, --scope, --cidr, --meta, an expiry, --disable or --enable (or a --clear-* flag)",
+        ));
+    }
+    Ok(proto::UpdateKeyRequest {
+        key: Some(key),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.into_iter().map(String::from).collect(),
+        }),
+        disabled,
+    })
+}
+
+async fn keys_create(opts: &ClientOpts, args: KeysCreateArgs) -> Result<(), CliError> {
+    let request = key_create_request(args)?;
+    let answer = connect(opts).await?.create_key(request).await?.into_inner();
+    print_created(opts, answer)
+}
+
+async fn keys_get(opts: &ClientOpts, args: IdArg) -> Result<(), CliError> {
+    let request = proto::GetKeyRequest {
+        id: required("the key id", args.id)?,
+    };
+    let key = connect(opts).await?.get_key(request).await?.into_inner();
+    print_key(opts, &key)
+}
+
+async fn keys_list(opts: &ClientOpts, args: KeysListArgs) -> Result<(), CliError> {
+    let (page_size, page_token) = page(args.page);
+    let mut request = proto::ListKeysRequest {
+        owner_id: required("--owner", args.owner)?,
+        page_size,
+        page_token,
+        ..Default::default()
+    };
+    if let Some(state) = args.state {
+        request.set_state(state.into());
+    }
+    let answer = connect(opts).await?.list_keys(request).await?.into_inner();
+    if opts.json {
+        print_json(&output::keys_list_json(&answer))
+    } else {
+        print_out(&output::keys_table(&answer.keys))?;
+        print_next_page(&answer.next_page_token)
+    }
+}
+
+async fn keys_update(opts: &ClientOpts, args: KeysUpdateArgs) -> Result<(), CliError> {
+    let request = key_update_request(args, SystemTime::now())?;
+    let key = connect(opts).await?.update_key(request).await?.into_inner();
+    print_key(opts, &key)
+}
+
+async fn keys_activate(opts: &ClientOpts, args: KeysActivateArgs) -> Result<(), CliError> {
+    let request = proto::ActivateKeyRequest {
+        id: required("the key id", args.id)?,
+        activation_code: required("--code", args.code)?,
+    };
+    let key = connect(opts)
+        .await?
+        .activate_key(request)
+        .await?
+        .into_inner();
+    print_key(opts, &key)
+}
+
+async fn keys_revoke(opts: &ClientOpts, args: IdArg) -> Result<(), CliError> {
+    let request = proto::RevokeKeyRequest {
+        id: required("the key id", args.id)?,
+    };
+    let key = connect(opts).await?.revoke_key(request).await?.into_inner();
+    print_key(opts, &key)
+}
+
+async fn keys_rotate(opts: &ClientOpts, args: KeysRotateArgs) -> Result<(), CliError> {
+    let request = proto::RotateKeyRequest {
+        id: required("the key id", args.id)?,
+        grace: args.grace.as_deref().map(parse_grace).transpose()?,
+    };
+    let answer = connect(opts).await?.rotate_key(request).await?.into_inner();
+    print_created(opts, answer)
+}
+
+async fn keys_delete(opts: &ClientOpts, args: IdArg) -> Result<(), CliError> {
+    let id = required("the key id", args.id)?;
+    let request = proto::DeleteKeyRequest { id: id.clone() };
+    connect(opts).await?.delete_key(request).await?;
+    if opts.json {
+        print_json(&serde_json::json!({ "id": id, "deleted": true }))
+    } else {
+        print_out(&format!("deleted key {id}"))
+    }
+}
+
+async fn keys_import(opts: &ClientOpts, args: KeysImportArgs) -> Result<(), CliError> {
+    // Check the command line before waiting for standard input.
+    let owner_id = required("--owner", args.owner)?;
+    let name = required("--name", args.name)?;
+    let scopes = check_scopes(args.scopes)?;
+    let expire_time = args
+        .expires_at
+        .as_deref()
+        .map(|at| parse_time("--expires-at", at))
+        .transpose()?;
+    let allowed_cidrs = check_cidrs(args.cidrs)?;
+    let metadata = meta_map(args.meta)?;
+
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("paste the key to import, then press Enter: ");
+    }
+    let secret = read_imported_key(stdin.lock())?;
+    let request = proto::ImportKeyRequest {
+        owner_id,
+        name,
+        secret: secret.to_string(),
+        scopes,
+        expire_time,
+        allowed_cidrs,
+        metadata,
+        plan: args.plan.unwrap_or_default(),
+        create_time: None,
+    };
+    drop(secret);
+    let key = connect(opts).await?.import_key(request).await?.into_inner();
+    print_key(opts, &key)
+}
+
+/// Reads the key `keys import` adopts: the first line of `input`, without its line end.
+/// Errors never contain the key.
+pub fn read_imported_key(input: impl BufRead) -> Result<Zeroizing<String>, CliError> {
+    let mut line = Zeroizing::new(String::new());
+    input
+        .take(MAX_IMPORTED_KEY_LEN)
+        .read_line(&mut line)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::InvalidData => {
+                usage("the key on standard input is not valid UTF-8")
+            }
+            _ => CliError::Io(format!("cannot read the key from standard input: {err}")),
+        })?;
+    let len = line
+        .strip_suffix('\n')
+        .map(|rest| rest.strip_suffix('\r').unwrap_or(rest))
+        .unwrap_or(&line)
+        .len();
+    line.truncate(len);
+    if line.is_empty() {
+        return Err(usage(
+            "no key on standard input: pipe the existing key in, e.g. `keygate keys import ... < key.txt`",
+        ));
+    }
+    if line.trim() != line.as_str() {
+        return Err(usage(
+            "the key on standard input begins or ends with white space",
+        ));
+    }
+    Ok(line)
+}
+
+/// Prints one key, as a JSON object or a one-row table.
+fn print_key(opts: &ClientOpts, key: &proto::Key) -> Result<(), CliError> {
+    if opts.json {
+        print_json(&output::key_json(key))
+    } else {
+        print_out(&output::keys_table(std::slice::from_ref(key)))
+    }
+}
+
+/// Prints the answer of CreateKey or RotateKey: the key, then its secret, once, with a
+/// warning on standard error.
+fn print_created(opts: &ClientOpts, answer: proto::CreateKeyResponse) -> Result<(), CliError> {
+    let answer = ZeroizingAnswer(answer);
+    let text = Zeroizing::new(if opts.json {
+        format!("{:#}", output::created_key_json(&answer.0))
+    } else {
+        let mut text = match &answer.0.key {
+            Some(key) => output::keys_table(std::slice::from_ref(key)),
+            None => String::new(),
+        };
+        for line in output::secret_lines(&answer.0) {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&line);
+        }
+        text
+    });
+    print_out(&text)?;
+    if output::has_secret(&answer.0) {
+        eprintln!("{}", output::SECRET_WARNING);
+    }
+    Ok(())
+}
+
+/// Wipes the secrets of a CreateKey answer when it is dropped.
+struct ZeroizingAnswer(proto::CreateKeyResponse);
+
+impl Drop for ZeroizingAnswer {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.0.secret.zeroize();
+        self.0.api_secret.zeroize();
+        self.0.activation_code.zeroize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn owners_update(args: &[&str]) -> Result<proto::UpdateOwnerRequest, CliError> {
+        let argv = ["keygate", "owners", "update"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let Command::Owners(OwnersCli {
+            command: OwnersCommand::Update(args),
+            ..
+        }) = Cli::try_parse_from(argv).expect("parses").command
+        else {
+            panic!("wrong command");
+        };
+        owner_update_request(args)
+    }
+
+    fn keys_update(args: &[&str]) -> Result<proto::UpdateKeyRequest, CliError> {
+        let argv = ["keygate", "keys", "update"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let Command::Keys(KeysCli {
+            command: KeysCommand::Update(args),
+            ..
+        }) = Cli::try_parse_from(argv).expect("parses").command
+        else {
+            panic!("wrong command");
+        };
+        key_update_request(
+            args,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        )
+    }
+
+    fn paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+        mask.expect("mask is set").paths
+    }
+
+    #[test]
+    fn owner_mask_names_the_flags_given() {
+        let request = owners_update(&["own_1", "--name", "Acme"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["display_name"]);
+        let owner = request.owner.unwrap();
+        assert_eq!(
+            (owner.id.as_str(), owner.display_name.as_str()),
+            ("own_1", "Acme")
+        );
+
+        let request = owners_update(&["own_1", "--plan", "pro", "--state", "disabled"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["plan", "state"]);
+        assert_eq!(request.owner.unwrap().state(), proto::OwnerState::Disabled);
+
+        let request = owners_update(&["own_1", "--meta", "a=1", "--meta", "b=2"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["metadata"]);
+        assert_eq!(request.owner.unwrap().metadata.len(), 2);
+
+        let request = owners_update(&["own_1", "--clear-meta"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["metadata"]);
+        assert!(request.owner.unwrap().metadata.is_empty());
+    }
+
+    #[test]
+    fn owner_update_needs_a_flag() {
+        let err = owners_update(&["own_1"]).unwrap_err();
+        assert!(
+            matches!(&err, CliError::Usage(m) if m.starts_with("nothing to update")),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), ExitCode::from(2));
+    }
+
+    #[test]
+    fn key_mask_names_the_flags_given() {
+        let request = keys_update(&["k1", "--name", "ci", "--scope", "read"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["name", "scopes"]);
+        let key = request.key.unwrap();
+        assert_eq!(key.id, "k1");
+        assert_eq!(key.scopes, ["read"]);
+
+        let request =
+            keys_update(&["k1", "--clear-scopes", "--clear-cidrs", "--clear-meta"]).unwrap();
+        assert_eq!(
+            paths(request.update_mask),
+            ["scopes", "allowed_cidrs", "metadata"]
+        );
+
+        let request = keys_update(&["k1", "--cidr", "10.0.0.0/8", "--meta", "a=b"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["allowed_cidrs", "metadata"]);
+
+        let request = keys_update(&["k1", "--no-expiry"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["expire_time"]);
+        assert_eq!(request.key.unwrap().expire_time, None);
+
+        let request = keys_update(&["k1", "--expires-in-days", "2"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["expire_time"]);
+        let expire = request.key.unwrap().expire_time.unwrap();
+        assert_eq!(expire.seconds, 1_000_000 + 2 * 86_400);
+
+        let request = keys_update(&["k1", "--expires-at", "2030-01-01T00:00:00Z"]).unwrap();
+        assert_eq!(
+            request.key.unwrap().expire_time.unwrap().seconds,
+            1_893_456_000
+        );
+
+        let request = keys_update(&["k1", "--disable"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["disabled"]);
+        assert!(request.disabled);
+        let request = keys_update(&["k1", "--enable"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["disabled"]);
+        assert!(!request.disabled);
+    }
+
+    #[test]
+    fn key_update_checks_input() {
+        assert!(
+            matches!(keys_update(&["k1"]), Err(CliError::Usage(m)) if m.starts_with("nothing to update"))
+        );
+        assert!(
+            matches!(keys_update(&["k1", "--cidr", "10.0.0.0/33"]), Err(CliError::Usage(m)) if m.contains("10.0.0.0/33"))
+        );
+        assert!(
+            matches!(keys_update(&["k1", "--expires-at", "tomorrow"]), Err(CliError::Usage(m)) if m.contains("tomorrow"))
+        );
+        assert!(
+            matches!(keys_update(&["k1", "--meta", "a=1", "--meta", "a=2"]), Err(CliError::Usage(m)) if m.contains("\"a\""))
+        );
+        assert!(matches!(
+            keys_update(&["k1", "--scope", ""]),
+            Err(CliError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn grace_is_a_humantime_duration() {
+        assert_eq!(parse_grace("24h").unwrap().seconds, 86_400);
+        assert_eq!(parse_grace("1h 30m").unwrap().seconds, 5_400);
+        assert!(matches!(parse_grace("soon"), Err(CliError::Usage(m)) if m.contains("soon")));
+    }
+
+    #[test]
+    fn imported_key_is_the_first_line() {
+        let key = read_imported_key(&b"sk_legacy_123\nsecond line\n"[..]).unwrap();
+        assert_eq!(key.as_str(), "sk_legacy_123");
+        let key = read_imported_key(&b"sk_legacy_123\r\n"[..]).unwrap();
+        assert_eq!(key.as_str(), "sk_legacy_123");
+        let key = read_imported_key(&b"sk_no_newline"[..]).unwrap();
+        assert_eq!(key.as_str(), "sk_no_newline");
+        for input in [&b""[..], b"\n", b"\r\n"] {
+            assert!(
+                matches!(read_imported_key(input), Err(CliError::Usage(m)) if m.starts_with("no key"))
+            );
+        }
+        let err = read_imported_key(&b" sk_padded \n"[..]).unwrap_err();
+        assert!(!err.to_string().contains("sk_padded"), "{err}");
+    }
+
+    #[test]
+    fn rpc_errors_name_the_code() {
+        let err = CliError::from(tonic::Status::not_found("key \"abc\" not found"));
+        assert_eq!(err.to_string(), "NotFound: key \"abc\" not found");
+        assert_eq!(err.exit_code(), ExitCode::FAILURE);
+        let err = CliError::from(tonic::Status::permission_denied(""));
+        assert_eq!(err.to_string(), "PermissionDenied");
+    }
+
+    #[test]
+    fn create_request_expiry() {
+        let argv = [
+            "keygate",
+            "keys",
+            "create",
+            "--owner",
+            "o",
+            "--name",
+            "n",
+            "--expires-in-days",
+            "7",
+        ];
+        let Command::Keys(KeysCli {
+            command: KeysCommand::Create(args),
+            ..
+        }) = Cli::try_parse_from(argv).unwrap().command
+        else {
+            panic!("wrong command");
+        };
+        let request = key_create_request(args).unwrap();
+        assert_eq!(
+            request.expiry,
+            Some(proto::create_key_request::Expiry::ExpireInDays(7))
+        );
+    }
+
+    #[test]
+    fn bad_token_is_a_usage_error_without_the_token() {
+        let token = Token::from("abc\ndef".to_owned());
+        let err = AuthInterceptor::new(Some(&token)).err().expect("rejected");
+        assert!(!err.to_string().contains("abc"));
+        let mut auth = AuthInterceptor::new(Some(&Token::from("t0k".to_owned()))).unwrap();
+        let request = auth.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer t0k")
+        );
+    }
+}

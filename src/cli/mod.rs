@@ -1,0 +1,715 @@
+//! keygate's command line.
+//!
+//! `keygate serve` runs the server; every other command is a client of the
+//! `keygate.v1.KeyManager` gRPC API:
+//!
+//! ```text
+//! keygate owners create|get|list|update
+//! keygate plans list
+//! keygate keys create|get|list|update|activate|revoke|rotate|delete|import
+//! ```
+//!
+//! Client commands share `--addr` (`KEYGATE_ADDR`), `--token` (`KEYGATE_TOKEN`) and
+//! `--json`. Exit codes: 0 on success, 1 when the server refuses a call or cannot be
+//! reached, 2 when the command line itself is wrong.
+
+pub mod commands;
+pub mod output;
+
+use std::fmt;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use zeroize::Zeroizing;
+
+use crate::proto;
+
+/// The whole command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "keygate",
+    version,
+    about = "API-key authorization service and its management client"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// keygate's top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the keygate server.
+    Serve(crate::config::ServeArgs),
+    /// Manages owners: the accounts API keys belong to.
+    Owners(OwnersCli),
+    /// Shows the plans from the server's configuration.
+    Plans(PlansCli),
+    /// Manages API keys.
+    Keys(KeysCli),
+}
+
+/// Options every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// Address of keygate's gRPC API; `http://` is assumed when no scheme is given.
+    #[arg(
+        long,
+        env = "KEYGATE_ADDR",
+        default_value = "http://127.0.0.1:9192",
+        global = true
+    )]
+    pub addr: String,
+    /// Bearer token sent with every call: the admin token, or an API key holding the
+    /// scope `keygate:keys`. Prefer the environment variable: command lines are visible
+    /// to other users of the machine.
+    #[arg(
+        long,
+        env = "KEYGATE_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<Token>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// A bearer token. Its `Debug` form never shows the value, and the memory holding it is
+/// wiped when it is dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Zeroizing<String>);
+
+impl Token {
+    /// The token's text, for the `authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Token {
+    fn from(value: String) -> Self {
+        Token(Zeroizing::new(value))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// `keygate owners ...`.
+#[derive(Args, Debug)]
+pub struct OwnersCli {
+    /// Connection and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+    /// The owners command to run.
+    #[command(subcommand)]
+    pub command: OwnersCommand,
+}
+
+/// The owners commands.
+#[derive(Subcommand, Debug)]
+pub enum OwnersCommand {
+    /// Creates an owner.
+    Create(OwnersCreateArgs),
+    /// Shows one owner.
+    Get(IdArg),
+    /// Lists owners, one page at a time.
+    List(PageArgs),
+    /// Changes an owner's name, plan, state or metadata.
+    Update(OwnersUpdateArgs),
+}
+
+/// `keygate plans ...`.
+#[derive(Args, Debug)]
+pub struct PlansCli {
+    /// Connection and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+    /// The plans command to run.
+    #[command(subcommand)]
+    pub command: PlansCommand,
+}
+
+/// The plans commands.
+#[derive(Subcommand, Debug)]
+pub enum PlansCommand {
+    /// Lists the configured plans.
+    List,
+}
+
+/// `keygate keys ...`.
+#[derive(Args, Debug)]
+pub struct KeysCli {
+    /// Connection and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+    /// The keys command to run.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+/// The keys commands.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Issues a key and prints its secret, once.
+    Create(KeysCreateArgs),
+    /// Shows one key (never its secret).
+    Get(IdArg),
+    /// Lists an owner's keys, one page at a time.
+    List(KeysListArgs),
+    /// Changes a key's name, scopes, networks, metadata, expiry or disabled state.
+    Update(KeysUpdateArgs),
+    /// Activates a key created with `--require-activation`.
+    Activate(KeysActivateArgs),
+    /// Revokes a key at once; it never works again.
+    Revoke(IdArg),
+    /// Issues a new secret for a key and prints it, once.
+    Rotate(KeysRotateArgs),
+    /// Removes a key and its record.
+    Delete(IdArg),
+    /// Adopts a key issued elsewhere. The key is read from standard input, never from
+    /// the command line.
+    Import(KeysImportArgs),
+}
+
+/// A command that names one record.
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// The record's id.
+    pub id: String,
+}
+
+/// Paging options of the list commands.
+#[derive(Args, Debug)]
+pub struct PageArgs {
+    /// Most entries to return (1..1000); the server's default when absent.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: Option<u32>,
+    /// Token from a previous page's answer.
+    #[arg(long)]
+    pub page_token: Option<String>,
+}
+
+/// `keygate owners create`.
+#[derive(Args, Debug)]
+pub struct OwnersCreateArgs {
+    /// The product's own id for this account; unique.
+    #[arg(long)]
+    pub external_id: String,
+    /// Display name.
+    #[arg(long)]
+    pub name: String,
+    /// Plan name; the configured default when absent.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Metadata entry; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+}
+
+/// The states an owner can be put in.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerStateArg {
+    /// Its keys work.
+    Active,
+    /// None of its keys work.
+    Disabled,
+}
+
+impl From<OwnerStateArg> for proto::OwnerState {
+    fn from(value: OwnerStateArg) -> Self {
+        match value {
+            OwnerStateArg::Active => proto::OwnerState::Active,
+            OwnerStateArg::Disabled => proto::OwnerState::Disabled,
+        }
+    }
+}
+
+/// `keygate owners update`: only the fields given are changed.
+#[derive(Args, Debug)]
+pub struct OwnersUpdateArgs {
+    /// The owner's id.
+    pub id: String,
+    /// New display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New plan.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// New state.
+    #[arg(long, value_enum)]
+    pub state: Option<OwnerStateArg>,
+    /// Metadata entry; the entries given replace all existing metadata.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// Remove all metadata.
+    #[arg(long, conflicts_with = "meta")]
+    pub clear_meta: bool,
+}
+
+/// `keygate keys create`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("expiry").args(["expires_in_days", "expires_at"])))]
+pub struct KeysCreateArgs {
+    /// The owner's id.
+    #[arg(long)]
+    pub owner: String,
+    /// A name for the key.
+    #[arg(long)]
+    pub name: String,
+    /// Scope granted to the key; repeat for more.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// The key expires this many whole days from now.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub expires_in_days: Option<u32>,
+    /// The key expires at this time (RFC 3339, UTC, e.g. 2027-01-31T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub expires_at: Option<String>,
+    /// Network the key may be used from (e.g. 10.0.0.0/8); repeat for more.
+    #[arg(long = "cidr", value_name = "CIDR")]
+    pub cidrs: Vec<String>,
+    /// Metadata entry; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// Key profile; the configured default when absent.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Plan for this key alone; the owner's when absent.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Issue an `api-key` + `api-secret` pair instead of one string.
+    #[arg(long)]
+    pub pair: bool,
+    /// Leave the key pending until `keys activate` is called with the printed code.
+    #[arg(long)]
+    pub require_activation: bool,
+}
+
+/// The states keys can be listed by.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStateArg {
+    /// Usable keys.
+    Active,
+    /// Keys waiting for `keys activate`.
+    #[value(name = "pending_activation", alias = "pending-activation")]
+    PendingActivation,
+    /// Disabled keys.
+    Disabled,
+    /// Revoked keys.
+    Revoked,
+}
+
+impl From<KeyStateArg> for proto::KeyState {
+    fn from(value: KeyStateArg) -> Self {
+        match value {
+            KeyStateArg::Active => proto::KeyState::Active,
+            KeyStateArg::PendingActivation => proto::KeyState::PendingActivation,
+            KeyStateArg::Disabled => proto::KeyState::Disabled,
+            KeyStateArg::Revoked => proto::KeyState::Revoked,
+        }
+    }
+}
+
+/// `keygate keys list`.
+#[derive(Args, Debug)]
+pub struct KeysListArgs {
+    /// The owner whose keys to list.
+    #[arg(long)]
+    pub owner: String,
+    /// Only keys in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<KeyStateArg>,
+    /// Paging.
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+/// `keygate keys update`: only the fields given are changed.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("expiry").args(["expires_at", "expires_in_days", "no_expiry"])))]
+pub struct KeysUpdateArgs {
+    /// The key's id.
+    pub id: String,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Scope; the scopes given replace all existing ones.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Remove all scopes.
+    #[arg(long, conflicts_with = "scopes")]
+    pub clear_scopes: bool,
+    /// Network the key may be used from; the networks given replace all existing ones.
+    #[arg(long = "cidr", value_name = "CIDR")]
+    pub cidrs: Vec<String>,
+    /// Remove all network restrictions.
+    #[arg(long, conflicts_with = "cidrs")]
+    pub clear_cidrs: bool,
+    /// Metadata entry; the entries given replace all existing metadata.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// Remove all metadata.
+    #[arg(long, conflicts_with = "meta")]
+    pub clear_meta: bool,
+    /// New expiry time (RFC 3339, UTC, e.g. 2027-01-31T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub expires_at: Option<String>,
+    /// New expiry, this many whole days from now.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub expires_in_days: Option<u32>,
+    /// Make the key never expire.
+    #[arg(long)]
+    pub no_expiry: bool,
+    /// Disable the key.
+    #[arg(long, conflicts_with = "enable")]
+    pub disable: bool,
+    /// Enable a disabled key again.
+    #[arg(long)]
+    pub enable: bool,
+}
+
+/// `keygate keys activate`.
+#[derive(Args, Debug)]
+pub struct KeysActivateArgs {
+    /// The key's id.
+    pub id: String,
+    /// The activation code `keys create --require-activation` printed.
+    #[arg(long)]
+    pub code: String,
+}
+
+/// `keygate keys rotate`.
+#[derive(Args, Debug)]
+pub struct KeysRotateArgs {
+    /// The key's id.
+    pub id: String,
+    /// How long the old secret keeps working, e.g. `24h` or `30m`; it stops at once when
+    /// absent.
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+}
+
+/// `keygate keys import`. The key itself is read from the first line of standard input.
+#[derive(Args, Debug)]
+pub struct KeysImportArgs {
+    /// The owner's id.
+    #[arg(long)]
+    pub owner: String,
+    /// A name for the key.
+    #[arg(long)]
+    pub name: String,
+    /// Scope granted to the key; repeat for more.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// The key expires at this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub expires_at: Option<String>,
+    /// Network the key may be used from; repeat for more.
+    #[arg(long = "cidr", value_name = "CIDR")]
+    pub cidrs: Vec<String>,
+    /// Metadata entry; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// Plan for this key alone; the owner's when absent.
+    #[arg(long)]
+    pub plan: Option<String>,
+}
+
+/// Parses one `--meta KEY=VALUE` item. The value may be empty and may contain `=`; the
+/// key may not be empty.
+pub fn parse_meta(item: &str) -> Result<(String, String), String> {
+    match item.split_once('=') {
+        None => Err(format!(
+            "metadata item {item:?} has no '=': expected KEY=VALUE"
+        )),
+        Some(("", _)) => Err(format!(
+            "metadata item {item:?} has an empty key: expected KEY=VALUE"
+        )),
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+    }
+}
+
+/// Runs the parsed command line and returns the process's exit code.
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => return crate::server::serve(args).await,
+        Command::Owners(owners) => commands::owners(owners).await,
+        Command::Plans(plans) => commands::plans(plans).await,
+        Command::Keys(keys) => commands::keys(keys).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+/// keygate's entry point: parses the command line, starts the async runtime and runs the
+/// command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and version go to stdout and exit 0; usage errors exit 2.
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keygate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn meta_items() {
+        assert_eq!(parse_meta("a=b"), Ok(("a".into(), "b".into())));
+        assert_eq!(parse_meta("a="), Ok(("a".into(), String::new())));
+        assert_eq!(parse_meta("a=b=c"), Ok(("a".into(), "b=c".into())));
+        let err = parse_meta("tier").unwrap_err();
+        assert!(err.contains("\"tier\""), "{err}");
+        let err = parse_meta("=x").unwrap_err();
+        assert!(err.contains("\"=x\"") && err.contains("empty key"), "{err}");
+    }
+
+    #[test]
+    fn meta_errors_name_the_item_through_clap() {
+        let err = parse(&[
+            "owners",
+            "create",
+            "--external-id",
+            "e",
+            "--name",
+            "n",
+            "--meta",
+            "oops",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("oops"), "{err}");
+    }
+
+    #[test]
+    fn keys_create_parses() {
+        let cli = parse(&[
+            "keys",
+            "create",
+            "--owner",
+            "own_1",
+            "--name",
+            "ci",
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+            "--expires-in-days",
+            "30",
+            "--cidr",
+            "10.0.0.0/8",
+            "--meta",
+            "team=infra",
+            "--pair",
+            "--json",
+            "--addr",
+            "http://kg:1",
+        ])
+        .unwrap();
+        let Command::Keys(KeysCli {
+            client,
+            command: KeysCommand::Create(args),
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert!(client.json);
+        assert_eq!(client.addr, "http://kg:1");
+        assert_eq!(args.scopes, ["read", "write"]);
+        assert_eq!(args.expires_in_days, Some(30));
+        assert_eq!(args.meta, [("team".to_owned(), "infra".to_owned())]);
+        assert!(args.pair && !args.require_activation);
+    }
+
+    #[test]
+    fn global_options_before_the_subcommand() {
+        let cli = parse(&["owners", "--addr", "http://x:1", "--json", "get", "own_1"]).unwrap();
+        let Command::Owners(OwnersCli { client, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(client.addr, "http://x:1");
+        assert!(client.json);
+    }
+
+    #[test]
+    fn expiry_options_are_exclusive() {
+        assert!(
+            parse(&[
+                "keys",
+                "create",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "--expires-in-days",
+                "1",
+                "--expires-at",
+                "2030-01-01T00:00:00Z",
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "keys",
+                "update",
+                "k",
+                "--no-expiry",
+                "--expires-in-days",
+                "3"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["keys", "update", "k", "--disable", "--enable"]).is_err());
+        assert!(parse(&["keys", "update", "k", "--scope", "a", "--clear-scopes"]).is_err());
+        assert!(
+            parse(&[
+                "keys",
+                "create",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "--expires-in-days",
+                "0"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn key_states_use_proto_names() {
+        let cli = parse(&[
+            "keys",
+            "list",
+            "--owner",
+            "o",
+            "--state",
+            "pending_activation",
+        ])
+        .unwrap();
+        let Command::Keys(KeysCli {
+            command: KeysCommand::List(args),
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.state, Some(KeyStateArg::PendingActivation));
+        assert!(parse(&["keys", "list", "--owner", "o", "--state", "bogus"]).is_err());
+        assert!(parse(&["owners", "update", "o", "--state", "revoked"]).is_err());
+    }
+
+    #[test]
+    fn import_takes_no_secret_on_the_command_line() {
+        let cli = parse(&["keys", "import", "--owner", "o", "--name", "legacy"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Keys(KeysCli {
+                command: KeysCommand::Import(_),
+                ..
+            })
+        ));
+        for flag in ["--secret", "--key", "--api-key", "--value"] {
+            assert!(
+                parse(&[
+                    "keys", "import", "--owner", "o", "--name", "n", flag, "sk_x"
+                ])
+                .is_err(),
+                "{flag} accepted"
+            );
+        }
+        assert!(
+            parse(&[
+                "keys",
+                "import",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "sk_positional"
+            ])
+            .is_err()
+        );
+
+        // No argument of `keys import` takes a value other than the documented ones.
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        let import = cmd
+            .find_subcommand("keys")
+            .and_then(|keys| keys.find_subcommand("import"))
+            .expect("keys import exists");
+        let mut ids: Vec<&str> = import
+            .get_arguments()
+            .filter(|arg| arg.get_action().takes_values())
+            .map(|arg| arg.get_id().as_str())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            [
+                "addr",
+                "cidrs",
+                "expires_at",
+                "meta",
+                "name",
+                "owner",
+                "plan",
+                "scopes",
+                "token"
+            ]
+        );
+        assert!(import.get_positionals().next().is_none());
+    }
+
+    #[test]
+    fn token_is_never_in_debug_output() {
+        let cli = parse(&["keys", "--token", "s3cr3t-admin", "get", "k"]).unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("s3cr3t-admin"), "{debug}");
+        let Command::Keys(KeysCli { client, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            client.token.as_ref().map(Token::expose),
+            Some("s3cr3t-admin")
+        );
+    }
+
+    #[test]
+    fn serve_has_no_client_options() {
+        assert!(parse(&["serve"]).is_ok());
+        assert!(parse(&["serve", "--addr", "http://x:1"]).is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The `keygate` command line, end to end: the real binary as server and as client.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::ADMIN_TOKEN;
+use common::process::{KeygateProcess, keygate_bin};
+
+const PEPPER: &str = "cli test pepper 0123456789";
+
+fn server(dir: &std::path::Path) -> KeygateProcess {
+    KeygateProcess::start(
+        dir,
+        &[
+            ("KEYGATE_PEPPER", PEPPER),
+            ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    )
+}
+
+/// Runs the CLI against `server` with the admin token, feeding `stdin`.
+fn cli(server: &KeygateProcess, args: &[&str], stdin: &str) -> Output {
+    cli_as(server, Some(ADMIN_TOKEN), args, stdin)
+}
+
+fn cli_as(server: &KeygateProcess, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
+    let mut command = Command::new(keygate_bin());
+    command
+        .args(args)
+        .env_clear()
+        .env("KEYGATE_ADDR", server.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("KEYGATE_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn json(output: &Output) -> serde_json::Value {
+    assert!(output.status.success(), "failed: {}", stderr(output));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+#[test]
+fn the_five_minute_tour() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+
+    let owner = json(&cli(
+        &server,
+        &[
+            "owners",
+            "create",
+            "--external-id",
+            "acme",
+            "--name",
+            "Acme",
+            "--json",
+        ],
+        "",
+    ));
+    let owner_id = owner["id"].as_str().unwrap().to_owned();
+    assert_eq!(owner["plan"], "pro");
+
+    let created = cli(
+        &server,
+        &[
+            "keys",
+            "create",
+            "--owner",
+            &owner_id,
+            "--name",
+            "CI",
+            "--scope",
+            "read",
+            "--expires-in-days",
+            "30",
+        ],
+        "",
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let out = stdout(&created);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("the secret is printed")
+        .trim()
+        .to_owned();
+    assert!(secret.starts_with("kg_live_"));
+    assert_eq!(
+        out.matches(&secret).count(),
+        1,
+        "the secret is printed exactly once"
+    );
+    assert!(stderr(&created).contains("shown only once"));
+
+    let listed = json(&cli(
+        &server,
+        &["keys", "list", "--owner", &owner_id, "--json"],
+        "",
+    ));
+    let keys = listed["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let key_id = keys[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(keys[0]["state"], "active");
+    assert!(
+        !listed.to_string().contains(&secret[20..]),
+        "list never shows a secret"
+    );
+    let table = stdout(&cli(&server, &["keys", "list", "--owner", &owner_id], ""));
+    assert!(
+        table.contains(&key_id) && table.contains("CI") && table.contains("active"),
+        "{table}"
+    );
+
+    let revoked = json(&cli(&server, &["keys", "revoke", &key_id, "--json"], ""));
+    assert_eq!(revoked["state"], "revoked");
+    assert!(revoked["revoke_time"].is_string());
+    let fetched = json(&cli(&server, &["keys", "get", &key_id, "--json"], ""));
+    assert_eq!(fetched["state"], "revoked");
+}
+
+#[test]
+fn every_key_command_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    let owner = json(&cli(
+        &server,
+        &[
+            "owners",
+            "create",
+            "--external-id",
+            "o",
+            "--name",
+            "O",
+            "--json",
+        ],
+        "",
+    ));
+    let owner_id = owner["id"].as_str().unwrap();
+
+    let pair = json(&cli(
+        &server,
+        &[
+            "keys", "create", "--owner", owner_id, "--name", "pair", "--pair", "--json",
+        ],
+        "",
+    ));
+    assert!(pair["api_key"].as_str().unwrap().starts_with("kg_live_"));
+    assert!(!pair["api_secret"].as_str().unwrap().is_empty());
+    assert!(pair.get("secret").is_none());
+
+    let pending = json(&cli(
+        &server,
+        &[
+            "keys",
+            "create",
+            "--owner",
+            owner_id,
+            "--name",
+            "mailed",
+            "--require-activation",
+            "--json",
+        ],
+        "",
+    ));
+    let pending_id = pending["key"]["id"].as_str().unwrap();
+    let code = pending["activation_code"].as_str().unwrap();
+    assert_eq!(pending["key"]["state"], "pending_activation");
+    let active = json(&cli(
+        &server,
+        &["keys", "activate", pending_id, "--code", code, "--json"],
+        "",
+    ));
+    assert_eq!(active["state"], "active");
+
+    let updated = json(&cli(
+        &server,
+        &[
+            "keys",
+            "update",
+            pending_id,
+            "--name",
+            "renamed",
+            "--cidr",
+            "10.0.0.0/8",
+            "--disable",
+            "--json",
+        ],
+        "",
+    ));
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["state"], "disabled");
+    assert_eq!(updated["allowed_cidrs"][0], "10.0.0.0/8");
+
+    let rotated = json(&cli(
+        &server,
+        &["keys", "rotate", pending_id, "--grace", "1h", "--json"],
+        "",
+    ));
+    assert!(rotated["secret"].as_str().unwrap().contains(pending_id));
+    assert!(rotated["key"]["previous_secret_expire_time"].is_string());
+
+    let imported = json(&cli(
+        &server,
+        &[
+            "keys", "import", "--owner", owner_id, "--name", "legacy", "--scope", "read", "--json",
+        ],
+        "ctw_3f8da4f058e8992f91c42ccfd00b31e3\n",
+    ));
+    assert_eq!(imported["kind"], "imported");
+    assert!(
+        !imported
+            .to_string()
+            .contains("3f8da4f058e8992f91c42ccfd00b31e3")
+    );
+
+    let owner_updated = json(&cli(
+        &server,
+        &[
+            "owners", "update", owner_id, "--plan", "free", "--state", "disabled", "--json",
+        ],
+        "",
+    ));
+    assert_eq!(owner_updated["plan"], "free");
+    assert_eq!(owner_updated["state"], "disabled");
+    let plans = json(&cli(&server, &["plans", "list", "--json"], ""));
+    assert_eq!(plans["default_plan"], "pro");
+
+    let deleted = cli(&server, &["keys", "delete", pending_id], "");
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    let gone = cli(&server, &["keys", "get", pending_id], "");
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("not found"), "{}", stderr(&gone));
+}
+
+#[test]
+fn errors_exit_non_zero_with_the_servers_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+
+    let anonymous = cli_as(&server, None, &["plans", "list"], "");
+    assert_eq!(anonymous.status.code(), Some(1));
+    assert!(
+        stderr(&anonymous).contains("Unauthenticated"),
+        "{}",
+        stderr(&anonymous)
+    );
+
+    let unknown_owner = cli(
+        &server,
+        &["keys", "create", "--owner", "own_nobody", "--name", "x"],
+        "",
+    );
+    assert_eq!(unknown_owner.status.code(), Some(1));
+    assert!(stderr(&unknown_owner).contains("own_nobody"));
+    assert!(stdout(&unknown_owner).is_empty());
+
+    let usage = cli(&server, &["keys", "create", "--name", "no owner"], "");
+    assert_eq!(usage.status.code(), Some(2));
+    let empty_import = cli(
+        &server,
+        &["keys", "import", "--owner", "o", "--name", "x"],
+        "",
+    );
+    assert_eq!(empty_import.status.code(), Some(2));
+
+    let unreachable = Command::new(keygate_bin())
+        .args(["plans", "list", "--addr", "http://127.0.0.1:1"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(stderr(&unreachable).contains("cannot reach keygate"));
+}
+
+/// Flags, environment, and what the error must mention.
+type BadStart<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn a_bad_configuration_fails_before_serving_with_a_usage_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[BadStart] = &[
+        (&["--management-addr", "nowhere"], &[], "listen.management"),
+        (&[], &[("KEYGATE_ARGON2__ITERATIONS", "0")], "argon2"),
+        (&["--set", "default_plan=gold"], &[], "default_plan"),
+        (
+            &["--management-addr", "0.0.0.0:0"],
+            &[],
+            "KEYGATE_ADMIN_TOKEN",
+        ),
+        (
+            &[
+                "--set",
+                r#"profiles=[{"name":"ctw","alphabet":"hex","body_length":32}]"#,
+                "--set",
+                "default_profile=ctw",
+            ],
+            &[],
+            "bits",
+        ),
+    ];
+    for (args, env, mentions) in cases {
+        let output = Command::new(keygate_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(*args)
+            .env_clear()
+            .env("KEYGATE_PEPPER", PEPPER)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(mentions),
+            "{args:?} should mention {mentions}: {err}"
+        );
+        assert!(
+            !err.contains("listening"),
+            "no port may open on a bad config: {err}"
+        );
+    }
+}

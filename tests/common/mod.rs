@@ -1,0 +1,149 @@
+//! What the integration tests share: an in-process server on a loopback port with a cheap
+//! argon2 cost and a manual clock, and helpers to call it.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod process;
+pub mod tools;
+
+use std::sync::Arc;
+
+use keygate::clock::ManualClock;
+use keygate::config::Config;
+use keygate::proto::key_manager_client::KeyManagerClient;
+use keygate::secrets::Secrets;
+use keygate::server::RunningServer;
+use keygate::store::embedded::EmbeddedStore;
+use tonic::transport::Channel;
+
+/// The admin token test servers are started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The start of the manual clock: 2026-01-01T00:00:00Z.
+pub const T0: i64 = 1_767_225_600;
+
+/// A configuration with several plans and profiles, and an argon2 cost low enough for tests.
+pub const TEST_CONFIG: &str = r#"
+default_plan = "pro"
+default_profile = "kg_live"
+
+[listen]
+management = "127.0.0.1:0"
+
+[argon2]
+memory_kib = 64
+iterations = 1
+parallelism = 1
+
+[[plans]]
+name = "free"
+api_access = false
+max_active_keys = 2
+
+[[plans]]
+name = "pro"
+max_active_keys = 10
+rate_windows = [{ limit = 10, period = "1s" }, { limit = 2000, period = "1h", per = "owner" }]
+
+[[profiles]]
+name = "kg_live"
+alphabet = "base62"
+body_length = 61
+
+[[profiles]]
+name = "twa"
+alphabet = "base62"
+body_length = 43
+
+[[profiles]]
+name = "wmt"
+prefix = "wmt_api"
+alphabet = "base62"
+body_length = 48
+
+[[profiles]]
+name = "ctw"
+alphabet = "hex"
+body_length = 56
+"#;
+
+/// A running in-process server and what a test needs to drive it.
+pub struct TestServer {
+    pub server: RunningServer,
+    pub clock: ManualClock,
+    pub dir: tempfile::TempDir,
+}
+
+/// The test configuration, with its data directory in `dir`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let path = dir.join("keygate.toml");
+    std::fs::write(&path, TEST_CONFIG).unwrap();
+    Config::load(
+        Some(&path),
+        [],
+        &[("data_dir".into(), dir.display().to_string())],
+    )
+    .unwrap()
+}
+
+/// Starts a server over a fresh embedded store, with or without an admin token.
+pub async fn start(admin_token: Option<&str>) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let mut env = std::collections::HashMap::new();
+    env.insert(
+        "KEYGATE_PEPPER".to_string(),
+        "test pepper, 16+ bytes".to_string(),
+    );
+    if let Some(token) = admin_token {
+        env.insert("KEYGATE_ADMIN_TOKEN".to_string(), token.to_string());
+    }
+    let (secrets, _) = Secrets::load(&env, dir.path()).unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap();
+    let clock = ManualClock::new(T0);
+    let server = keygate::server::start(&config, secrets, Arc::new(store), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    TestServer { server, clock, dir }
+}
+
+impl TestServer {
+    /// A client of the management API.
+    pub async fn client(&self) -> KeyManagerClient<Channel> {
+        KeyManagerClient::connect(format!("http://{}", self.server.management_addr()))
+            .await
+            .unwrap()
+    }
+}
+
+/// `message` as a request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// `message` as a request carrying the admin token.
+pub fn admin<T>(message: T) -> tonic::Request<T> {
+    bearer(ADMIN_TOKEN, message)
+}
+
+/// Asserts that `result` failed with `code`, and returns the message.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+) -> String {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got {value:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(
+                !status.message().is_empty(),
+                "a status must say what is wrong"
+            );
+            status.message().to_owned()
+        }
+    }
+}
