@@ -1,3 +1,28 @@
+//! keygate: an API-key authorization service.
+//!
+//! It issues API keys (shown once, stored as argon2id hashes), keeps owners and plans, and
+//! lets a product manage keys over the `keygate.v1.KeyManager` gRPC API and the `keygate`
+//! CLI. The binary (`src/main.rs`) only calls [`cli::main`]; everything lives here so tests
+//! and benches drive the same code.
+//!
+//! # Layout
+//!
+//! - [`cli`] — the command line; `serve` and the management client commands.
+//! - [`config`] — typed configuration from defaults, file, `KEYGATE_*` env and flags.
+//! - [`secrets`] — the pepper and admin token, from env or files only.
+//! - [`key`] — key text format ([`key::format`]) and hashing and digests ([`key::hash`]).
+//! - [`model`] — the stored records, owners and keys.
+//! - [`store`] — the [`store::Store`] trait and the embedded redb backend.
+//! - [`verify`] — presented credential → key record.
+//! - [`service`] — gRPC services (KeyManager), caller authentication, message conversion.
+//! - [`app`] — the state every handler shares.
+//! - [`server`] — listeners, health, reflection, start and shutdown.
+//! - [`error`] — the library error and its mapping to gRPC statuses.
+//! - [`clock`] — injected time.
+//! - [`telemetry`] — logging.
+
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -12,6 +37,8 @@ pub mod store;
 pub mod telemetry;
 pub mod verify;
 
+/// Code generated from `proto/keygate/v1/*.proto`.
 pub mod proto {
+    #![allow(missing_docs)]
     tonic::include_proto!("keygate.v1");
 }

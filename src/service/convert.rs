@@ -65,7 +65,7 @@ pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     Ok(value)
 }
 
-/// A required human-readable name: not blank, at most [`MAX_NAME_LEN`] characters.
+/// A required human-readable name: not blank, at most 200 characters, no control characters.
 pub fn name(field: &str, value: &str) -> Result<String> {
     let value = required(field, value)?;
     if value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
