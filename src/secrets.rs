@@ -136,7 +136,8 @@ fn from_env_or_file(
     Ok(Some(Zeroizing::new(text.trim().to_owned())))
 }
 
-/// The pepper kept in the data directory, created on first use with owner-only permissions.
+/// The pepper kept in the data directory (which must exist), created on first use with
+/// owner-only permissions.
 fn pepper_in_data_dir(data_dir: &Path) -> Result<(Zeroizing<String>, PepperSource), SecretsError> {
     let path = data_dir.join("pepper");
     let io = |what: &'static str, path: &Path| {
@@ -153,7 +154,6 @@ fn pepper_in_data_dir(data_dir: &Path) -> Result<(Zeroizing<String>, PepperSourc
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("cannot read", &path)(e)),
     }
-    std::fs::create_dir_all(data_dir).map_err(io("cannot create", data_dir))?;
     let mut bytes = Zeroizing::new([0u8; 32]);
     getrandom::fill(&mut bytes[..]).expect("the operating system's random source failed");
     let text = Zeroizing::new(hex(&bytes[..]));

@@ -175,6 +175,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
 
 async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     let config = args.load()?;
+    create_data_dir(&config.data_dir)?;
     let env: HashMap<String, String> = std::env::vars().collect();
     let (secrets, pepper_source) =
         Secrets::load(&env, &config.data_dir).map_err(|e| ConfigError::Field {
@@ -196,6 +197,20 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     }
     info!("shutting down");
     server.shutdown().await.map_err(StartError::Runtime)
+}
+
+/// Creates the data directory if it is missing, readable by its owner only.
+fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| {
+        StartError::Runtime(format!(
+            "cannot create the data directory {} (data_dir): {e}",
+            dir.display()
+        ))
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -64,7 +64,8 @@ fn json(output: &Output) -> serde_json::Value {
 #[test]
 fn the_five_minute_tour() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path());
+    // A data directory that does not exist yet is created on start.
+    let server = server(&dir.path().join("new").join("data"));
 
     let owner = json(&cli(
         &server,

@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 use super::output;
 use super::{
     ClientOpts, IdArg, KeysActivateArgs, KeysCli, KeysCommand, KeysCreateArgs, KeysImportArgs,
-    KeysListArgs, KeysRotateArgs, KeysUpdateArgs, OwnersCli, OwnersCommand, OwnersCreateArgs,
-    OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
+    KeysListArgs, KeysRotateArgs, KeysUpdateArgs, NewKeyArgs, OwnersCli, OwnersCommand,
+    OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
 };
 use crate::proto;
 use crate::proto::key_manager_client::KeyManagerClient;
@@ -419,25 +419,56 @@ async fn plans_list(opts: &ClientOpts) -> Result<(), CliError> {
 
 // ---- keys ------------------------------------------------------------------------------
 
+/// A new key's attributes from the command line, checked.
+pub struct NewKey {
+    owner_id: String,
+    name: String,
+    scopes: Vec<String>,
+    expire_time: Option<prost_types::Timestamp>,
+    allowed_cidrs: Vec<String>,
+    metadata: HashMap<String, String>,
+    plan: String,
+}
+
+impl NewKey {
+    /// Checks what `keys create` and `keys import` share.
+    pub fn check(args: NewKeyArgs) -> Result<Self, CliError> {
+        Ok(NewKey {
+            owner_id: required("--owner", args.owner)?,
+            name: required("--name", args.name)?,
+            scopes: check_scopes(args.scopes)?,
+            expire_time: args
+                .expires_at
+                .as_deref()
+                .map(|at| parse_time("--expires-at", at))
+                .transpose()?,
+            allowed_cidrs: check_cidrs(args.cidrs)?,
+            metadata: meta_map(args.meta)?,
+            plan: args.plan.unwrap_or_default(),
+        })
+    }
+}
+
 /// The CreateKey request for `keys create`.
 pub fn key_create_request(args: KeysCreateArgs) -> Result<proto::CreateKeyRequest, CliError> {
     use proto::create_key_request::Expiry;
-    let expiry = match (args.expires_in_days, args.expires_at) {
+    let key = NewKey::check(args.key)?;
+    let expiry = match (args.expires_in_days, key.expire_time) {
         (Some(days), _) => Some(Expiry::ExpireInDays(days)),
-        (None, Some(at)) => Some(Expiry::ExpireTime(parse_time("--expires-at", &at)?)),
+        (None, Some(at)) => Some(Expiry::ExpireTime(at)),
         (None, None) => None,
     };
     Ok(proto::CreateKeyRequest {
-        owner_id: required("--owner", args.owner)?,
-        name: required("--name", args.name)?,
-        scopes: check_scopes(args.scopes)?,
+        owner_id: key.owner_id,
+        name: key.name,
+        scopes: key.scopes,
         expiry,
-        allowed_cidrs: check_cidrs(args.cidrs)?,
-        metadata: meta_map(args.meta)?,
+        allowed_cidrs: key.allowed_cidrs,
+        metadata: key.metadata,
         profile: args.profile.unwrap_or_default(),
         pair: args.pair,
         require_activation: args.require_activation,
-        plan: args.plan.unwrap_or_default(),
+        plan: key.plan,
     })
 }
 
@@ -581,31 +612,21 @@ async fn keys_delete(opts: &ClientOpts, args: IdArg) -> Result<(), CliError> {
 
 async fn keys_import(opts: &ClientOpts, args: KeysImportArgs) -> Result<(), CliError> {
     // Check the command line before waiting for standard input.
-    let owner_id = required("--owner", args.owner)?;
-    let name = required("--name", args.name)?;
-    let scopes = check_scopes(args.scopes)?;
-    let expire_time = args
-        .expires_at
-        .as_deref()
-        .map(|at| parse_time("--expires-at", at))
-        .transpose()?;
-    let allowed_cidrs = check_cidrs(args.cidrs)?;
-    let metadata = meta_map(args.meta)?;
-
+    let key = NewKey::check(args.key)?;
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         eprint!("paste the key to import, then press Enter: ");
     }
     let secret = read_imported_key(stdin.lock())?;
     let request = proto::ImportKeyRequest {
-        owner_id,
-        name,
+        owner_id: key.owner_id,
+        name: key.name,
         secret: secret.to_string(),
-        scopes,
-        expire_time,
-        allowed_cidrs,
-        metadata,
-        plan: args.plan.unwrap_or_default(),
+        scopes: key.scopes,
+        expire_time: key.expire_time,
+        allowed_cidrs: key.allowed_cidrs,
+        metadata: key.metadata,
+        plan: key.plan,
         create_time: None,
     };
     drop(secret);

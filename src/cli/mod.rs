@@ -253,10 +253,9 @@ pub struct OwnersUpdateArgs {
     pub clear_meta: bool,
 }
 
-/// `keygate keys create`.
+/// What `keys create` and `keys import` both say about a new key.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("expiry").args(["expires_in_days", "expires_at"])))]
-pub struct KeysCreateArgs {
+pub struct NewKeyArgs {
     /// The owner's id.
     #[arg(long)]
     pub owner: String,
@@ -266,9 +265,6 @@ pub struct KeysCreateArgs {
     /// Scope granted to the key; repeat for more.
     #[arg(long = "scope", value_name = "SCOPE")]
     pub scopes: Vec<String>,
-    /// The key expires this many whole days from now.
-    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
-    pub expires_in_days: Option<u32>,
     /// The key expires at this time (RFC 3339, UTC, e.g. 2027-01-31T00:00:00Z).
     #[arg(long, value_name = "TIME")]
     pub expires_at: Option<String>,
@@ -278,12 +274,24 @@ pub struct KeysCreateArgs {
     /// Metadata entry; repeat for more.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     pub meta: Vec<(String, String)>,
-    /// Key profile; the configured default when absent.
-    #[arg(long)]
-    pub profile: Option<String>,
     /// Plan for this key alone; the owner's when absent.
     #[arg(long)]
     pub plan: Option<String>,
+}
+
+/// `keygate keys create`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("expiry").args(["expires_in_days", "expires_at"])))]
+pub struct KeysCreateArgs {
+    /// Owner, name, scopes, networks, metadata, plan, expiry time.
+    #[command(flatten)]
+    pub key: NewKeyArgs,
+    /// The key expires this many whole days from now.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub expires_in_days: Option<u32>,
+    /// Key profile; the configured default when absent.
+    #[arg(long)]
+    pub profile: Option<String>,
     /// Issue an `api-key` + `api-secret` pair instead of one string.
     #[arg(long)]
     pub pair: bool,
@@ -399,27 +407,9 @@ pub struct KeysRotateArgs {
 /// `keygate keys import`. The key itself is read from the first line of standard input.
 #[derive(Args, Debug)]
 pub struct KeysImportArgs {
-    /// The owner's id.
-    #[arg(long)]
-    pub owner: String,
-    /// A name for the key.
-    #[arg(long)]
-    pub name: String,
-    /// Scope granted to the key; repeat for more.
-    #[arg(long = "scope", value_name = "SCOPE")]
-    pub scopes: Vec<String>,
-    /// The key expires at this time (RFC 3339, UTC).
-    #[arg(long, value_name = "TIME")]
-    pub expires_at: Option<String>,
-    /// Network the key may be used from; repeat for more.
-    #[arg(long = "cidr", value_name = "CIDR")]
-    pub cidrs: Vec<String>,
-    /// Metadata entry; repeat for more.
-    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
-    pub meta: Vec<(String, String)>,
-    /// Plan for this key alone; the owner's when absent.
-    #[arg(long)]
-    pub plan: Option<String>,
+    /// Owner, name, scopes, networks, metadata, plan, expiry time.
+    #[command(flatten)]
+    pub key: NewKeyArgs,
 }
 
 /// Parses one `--meta KEY=VALUE` item. The value may be empty and may contain `=`; the
@@ -547,9 +537,9 @@ mod tests {
         };
         assert!(client.json);
         assert_eq!(client.addr, "http://kg:1");
-        assert_eq!(args.scopes, ["read", "write"]);
+        assert_eq!(args.key.scopes, ["read", "write"]);
         assert_eq!(args.expires_in_days, Some(30));
-        assert_eq!(args.meta, [("team".to_owned(), "infra".to_owned())]);
+        assert_eq!(args.key.meta, [("team".to_owned(), "infra".to_owned())]);
         assert!(args.pair && !args.require_activation);
     }
 

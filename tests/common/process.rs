@@ -20,6 +20,7 @@ pub struct KeygateProcess {
     /// The management API's address.
     pub management_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    _config: tempfile::NamedTempFile,
 }
 
 /// The most a server may take to report its listener before the test gives up.
@@ -29,15 +30,12 @@ impl KeygateProcess {
     /// Starts `keygate serve` with its data in `data_dir`, the test configuration, and
     /// `env` added to a clean environment.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> KeygateProcess {
-        let config = data_dir.join("keygate.toml");
-        if !config.exists() {
-            std::fs::create_dir_all(data_dir).unwrap();
-            std::fs::write(&config, super::TEST_CONFIG).unwrap();
-        }
+        let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(config.path(), super::TEST_CONFIG).unwrap();
         let mut command = Command::new(keygate_bin());
         command
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(config.path())
             .arg("--data-dir")
             .arg(data_dir)
             .env_clear()
@@ -75,6 +73,7 @@ impl KeygateProcess {
             child,
             management_addr,
             log,
+            _config: config,
         }
     }
 
