@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/keygate/v1/key_manager.proto"];
+    let protos = [
+        "proto/keygate/v1/key_manager.proto",
+        "proto/keygate/v1/authorizer.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
+use crate::cache::KeyCache;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
 use crate::secrets::{AdminToken, Secrets};
 use crate::store::Store;
+use crate::usage::UsageRecorder;
 use crate::verify::KeyVerifier;
 
 /// Shared state of a running keygate.
@@ -20,8 +22,10 @@ pub struct App {
     pub pepper: Pepper,
     /// Key shapes.
     pub profiles: Arc<Profiles>,
-    /// Credential → key record.
-    pub verifier: KeyVerifier,
+    /// Credential → key record, through the verified-key cache.
+    pub keys: KeyCache,
+    /// Pending `last_used_at` updates.
+    pub usage: UsageRecorder,
     /// The configuration it was built from (plans, profiles, limits).
     pub config: Config,
     /// Full-access management token.
@@ -52,12 +56,20 @@ impl App {
             secrets.pepper.clone(),
             profiles.clone(),
         );
+        let keys = KeyCache::new(
+            &config.cache,
+            verifier,
+            store.clone(),
+            secrets.pepper.clone(),
+            profiles.clone(),
+        );
         Ok(App {
             store,
             hasher,
             pepper: secrets.pepper,
             profiles,
-            verifier,
+            keys,
+            usage: UsageRecorder::default(),
             config: config.clone(),
             allow_anonymous_management: secrets.admin_token.is_none()
                 && config.listen.management.ip().is_loopback(),

@@ -17,6 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::authz::extract::CredentialSource;
+use crate::authz::response::ErrorsConfig;
+use crate::authz::routes::RouteRule;
+use crate::cache::CacheConfig;
 use crate::key::format::{Alphabet, KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
 
@@ -51,6 +55,65 @@ pub struct Config {
     pub default_plan: String,
     /// Cost of argon2id hashing.
     pub argon2: Argon2Config,
+    /// Where credentials are looked for, in order.
+    pub credentials: Vec<CredentialSource>,
+    /// Scopes required by method and path; the first matching rule applies.
+    pub routes: Vec<RouteRule>,
+    /// Names of the identity headers sent upstream.
+    pub headers: HeaderNames,
+    /// What denied clients see.
+    pub errors: ErrorsConfig,
+    /// The verified-key cache.
+    pub cache: CacheConfig,
+    /// `last_used_at` bookkeeping.
+    pub usage: UsageConfig,
+}
+
+/// Names of the headers keygate sets on allowed requests before they go upstream. Whatever a
+/// client sent under these names is overwritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderNames {
+    /// The key's id.
+    pub key_id: String,
+    /// The owner's id.
+    pub owner_id: String,
+    /// The plan in force.
+    pub plan: String,
+    /// The key's scopes, comma-separated.
+    pub scopes: String,
+    /// Header carrying the request id (set by Envoy); echoed as `x-error-id` on denials.
+    pub request_id: String,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        HeaderNames {
+            key_id: "x-keygate-key-id".into(),
+            owner_id: "x-keygate-owner-id".into(),
+            plan: "x-keygate-plan".into(),
+            scopes: "x-keygate-scopes".into(),
+            request_id: "x-request-id".into(),
+        }
+    }
+}
+
+/// `last_used_at` bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How often noted key uses are written to the store; each key at most once per
+    /// interval.
+    #[serde(with = "duration_text")]
+    pub flush_interval: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            flush_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Config {
@@ -68,6 +131,12 @@ impl Default for Config {
             }],
             default_plan: "default".into(),
             argon2: Argon2Config::default(),
+            credentials: CredentialSource::defaults(),
+            routes: Vec::new(),
+            headers: HeaderNames::default(),
+            errors: ErrorsConfig::default(),
+            cache: CacheConfig::default(),
+            usage: UsageConfig::default(),
         }
     }
 }
@@ -78,12 +147,15 @@ impl Default for Config {
 pub struct ListenConfig {
     /// The management API (KeyManager). Loopback unless an admin token is configured.
     pub management: SocketAddr,
+    /// The data plane: Envoy's ext_authz Check and the Authorize RPC.
+    pub data_plane: SocketAddr,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
         ListenConfig {
             management: SocketAddr::from(([127, 0, 0, 1], 9192)),
+            data_plane: SocketAddr::from(([0, 0, 0, 0], 9191)),
         }
     }
 }
@@ -166,15 +238,17 @@ fn yes() -> bool {
 }
 
 /// Durations written as text (`1s`, `15m`, `1h`, `1day`) in configuration files.
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes a duration as text.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
+    /// Reads a duration from text.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
@@ -262,12 +336,47 @@ impl Config {
                 message,
             })?;
         }
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let field = e.path().to_string();
             field_error(field, e.into_inner().to_string())
         })?;
+        config.normalize()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Lower-cases header names and methods, so requests are matched as Envoy sends them.
+    fn normalize(&mut self) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        for (i, source) in self.credentials.iter_mut().enumerate() {
+            source
+                .normalize()
+                .map_err(|message| field_error(format!("credentials[{i}]"), message))?;
+            if !names.insert(source.name.clone()) {
+                return Err(field_error(
+                    format!("credentials[{i}].name"),
+                    format!("source {:?} is defined twice", source.name),
+                ));
+            }
+        }
+        if self.credentials.is_empty() {
+            return Err(field_error("credentials", "at least one source is needed"));
+        }
+        for (i, rule) in self.routes.iter_mut().enumerate() {
+            rule.normalize()
+                .map_err(|message| field_error(format!("routes[{i}]"), message))?;
+        }
+        let headers = &mut self.headers;
+        for name in [
+            &mut headers.key_id,
+            &mut headers.owner_id,
+            &mut headers.plan,
+            &mut headers.scopes,
+            &mut headers.request_id,
+        ] {
+            *name = name.trim().to_ascii_lowercase();
+        }
+        Ok(())
     }
 
     /// Checks what types alone cannot: names resolve, limits are positive, profiles are
@@ -310,6 +419,15 @@ impl Config {
         self.argon2
             .params()
             .map_err(|message| field_error("argon2", message))?;
+        self.errors
+            .validate()
+            .map_err(|(field, message)| field_error(field, message))?;
+        if self.usage.flush_interval < Duration::from_secs(1) {
+            return Err(field_error("usage.flush_interval", "must be at least 1s"));
+        }
+        if self.cache.ttl.is_zero() {
+            return Err(field_error("cache.ttl", "must be longer than zero"));
+        }
         Ok(())
     }
 
@@ -348,6 +466,9 @@ pub struct ServeArgs {
     /// Management API address (`listen.management`).
     #[arg(long)]
     pub management_addr: Option<String>,
+    /// Data-plane address, for Envoy and Authorize (`listen.data_plane`).
+    #[arg(long)]
+    pub data_plane_addr: Option<String>,
     /// Any configuration field, as `path=value` (e.g. `argon2.memory_kib=65536`).
     #[arg(long = "set", value_name = "PATH=VALUE", value_parser = parse_assignment)]
     pub set: Vec<(String, String)>,
@@ -362,6 +483,9 @@ impl ServeArgs {
         }
         if let Some(addr) = &self.management_addr {
             overrides.push(("listen.management".to_owned(), addr.clone()));
+        }
+        if let Some(addr) = &self.data_plane_addr {
+            overrides.push(("listen.data_plane".to_owned(), addr.clone()));
         }
         overrides.extend(self.set.iter().cloned());
         Config::load(self.config.as_deref(), std::env::vars(), &overrides)

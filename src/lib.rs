@@ -14,7 +14,11 @@
 //! - [`model`] — the stored records, owners and keys.
 //! - [`store`] — the [`store::Store`] trait and the embedded redb backend.
 //! - [`verify`] — presented credential → key record.
-//! - [`service`] — gRPC services (KeyManager), caller authentication, message conversion.
+//! - [`cache`] — the verified-key cache in front of the store and argon2.
+//! - [`authz`] — the decision engine: extraction, route rules, policy, denial rendering.
+//! - [`usage`] — batched `last_used_at` updates.
+//! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
+//!   authentication, message conversion.
 //! - [`app`] — the state every handler shares.
 //! - [`server`] — listeners, health, reflection, start and shutdown.
 //! - [`error`] — the library error and its mapping to gRPC statuses.
@@ -24,6 +28,8 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod authz;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -35,6 +41,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 pub mod verify;
 
 /// Code generated from `proto/keygate/v1/*.proto`.

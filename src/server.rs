@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info, warn};
@@ -14,11 +14,15 @@ use tracing::{error, info, warn};
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ServeArgs};
+use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
 use crate::secrets::{PepperSource, Secrets};
+use crate::service::authorizer::AuthorizerService;
+use crate::service::ext_authz::ExtAuthzService;
 use crate::service::key_manager::KeyManagerService;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// keygate's own protobuf descriptors, offered through gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keygate_descriptor");
@@ -50,8 +54,10 @@ impl StartError {
 /// A started keygate; dropping it does not stop it, [`RunningServer::shutdown`] does.
 pub struct RunningServer {
     management_addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    data_plane_addr: SocketAddr,
+    app: Arc<App>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), String>>,
 }
 
 impl RunningServer {
@@ -60,21 +66,26 @@ impl RunningServer {
         self.management_addr
     }
 
-    /// Stops accepting calls, lets in-flight calls finish, and waits for the server to end.
+    /// The address the data plane (Check, Authorize) is bound to.
+    pub fn data_plane_addr(&self) -> SocketAddr {
+        self.data_plane_addr
+    }
+
+    /// The shared state, for counters and tests.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting calls, lets in-flight calls finish, writes pending key uses, and
+    /// waits for the server to end.
     pub async fn shutdown(self) -> Result<(), String> {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| e.to_string())?
     }
 
     /// Waits until the server ends by itself (a listener failure).
     async fn wait(&mut self) -> Result<(), String> {
-        match (&mut self.task).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+        (&mut self.task).await.map_err(|e| e.to_string())?
     }
 }
 
@@ -108,21 +119,24 @@ pub async fn start(
         );
     }
     let app = Arc::new(App::new(config, secrets, store, clock)?);
-    let listener = TcpListener::bind(config.listen.management)
+    app.keys
+        .load_imported()
         .await
-        .map_err(|e| {
-            StartError::Runtime(format!(
-                "cannot listen on {} (listen.management): {e}",
-                config.listen.management
-            ))
-        })?;
-    let management_addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
+        .map_err(|e| StartError::Runtime(format!("cannot read imported keys: {e}")))?;
+    let management = bind(config.listen.management, "listen.management").await?;
+    let data_plane = bind(config.listen.data_plane, "listen.data_plane").await?;
+    let management_addr = local_addr(&management)?;
+    let data_plane_addr = local_addr(&data_plane)?;
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<KeyManagerServer<KeyManagerService>>()
+        .await;
+    health_reporter
+        .set_serving::<AuthorizationServer<ExtAuthzService>>()
+        .await;
+    health_reporter
+        .set_serving::<AuthorizerServer<AuthorizerService>>()
         .await;
     // Both reflection versions: grpcurl before 1.9 and many other tools speak only v1alpha.
     let reflection = || {
@@ -133,31 +147,89 @@ pub async fn start(
     let reflection_error = |e: tonic_reflection::server::Error| {
         StartError::Runtime(format!("cannot build the reflection service: {e}"))
     };
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-
-    let (stop, stopped) = oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
+    let management_router = tonic::transport::Server::builder()
+        .add_service(health.clone())
+        .add_service(reflection().build_v1().map_err(reflection_error)?)
+        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
+        .add_service(KeyManagerServer::new(KeyManagerService::new(app.clone())));
+    let data_plane_router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(KeyManagerServer::new(KeyManagerService::new(app)));
+        .add_service(reflection().build_v1().map_err(reflection_error)?)
+        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
+        .add_service(AuthorizationServer::new(ExtAuthzService::new(app.clone())))
+        .add_service(AuthorizerServer::new(AuthorizerService::new(app.clone())));
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let reporter = health_reporter.clone();
+    let flush_stopped = stopped.clone();
+    let task_app = app.clone();
+    let flush_interval = config.usage.flush_interval;
     let task = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stopped.await;
-                health_reporter
-                    .set_not_serving::<KeyManagerServer<KeyManagerService>>()
-                    .await;
-            })
-            .await
+        let usage_flush = async {
+            let mut ticks = tokio::time::interval(flush_interval);
+            ticks.tick().await;
+            let stopping = until_stopped(flush_stopped);
+            tokio::pin!(stopping);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => task_app.usage.flush(task_app.store.as_ref()).await,
+                    () = &mut stopping => break,
+                }
+            }
+        };
+        let announce = async {
+            until_stopped(stopped.clone()).await;
+            reporter
+                .set_not_serving::<KeyManagerServer<KeyManagerService>>()
+                .await;
+            reporter
+                .set_not_serving::<AuthorizationServer<ExtAuthzService>>()
+                .await;
+            reporter
+                .set_not_serving::<AuthorizerServer<AuthorizerService>>()
+                .await;
+        };
+        let (management, data_plane, (), ()) = tokio::join!(
+            management_router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(management),
+                until_stopped(stopped.clone())
+            ),
+            data_plane_router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(data_plane),
+                until_stopped(stopped.clone())
+            ),
+            usage_flush,
+            announce,
+        );
+        task_app.usage.flush(task_app.store.as_ref()).await;
+        management
+            .and(data_plane)
+            .map_err(|e| format!("a listener failed: {e}"))
     });
     info!(addr = %management_addr, "management API listening");
+    info!(addr = %data_plane_addr, "data plane listening");
     Ok(RunningServer {
         management_addr,
+        data_plane_addr,
+        app,
         stop,
         task,
     })
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot listen on {addr} ({field}): {e}")))
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))
 }
 
 /// `keygate serve`: loads configuration and secrets, opens the embedded store, serves until

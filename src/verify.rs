@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use crate::clock::UnixTime;
 use crate::error::{Error, Result};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
@@ -20,10 +19,9 @@ use crate::store::Store;
 pub enum MatchedSecret {
     /// The current secret.
     Current,
-    /// The secret a rotation replaced, still inside its grace period.
+    /// The secret a rotation replaced; whether its grace period still lasts is the policy's
+    /// call, made at the time of each request.
     Previous,
-    /// The secret a rotation replaced, after its grace period ended.
-    PreviousExpired,
 }
 
 /// A credential that proved a key.
@@ -62,7 +60,7 @@ impl KeyVerifier {
 
     /// The key `presented` proves, or `None` if it proves none (malformed, unknown, wrong
     /// secret). Store failures are errors, not `None`.
-    pub async fn verify(&self, presented: &str, now: UnixTime) -> Result<Option<Verified>> {
+    pub async fn verify(&self, presented: &str) -> Result<Option<Verified>> {
         let record = match self.profiles.parse(presented) {
             Ok(parsed) => self.store.get_key(parsed.id).await?,
             Err(_) => {
@@ -96,11 +94,9 @@ impl KeyVerifier {
         {
             return Ok(None);
         }
-        let matched = if now < previous.expires_at {
-            MatchedSecret::Previous
-        } else {
-            MatchedSecret::PreviousExpired
-        };
-        Ok(Some(Verified { key, matched }))
+        Ok(Some(Verified {
+            key,
+            matched: MatchedSecret::Previous,
+        }))
     }
 }

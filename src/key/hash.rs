@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use hmac::{KeyInit, Mac};
@@ -52,6 +53,7 @@ impl Argon2Config {
 pub struct SecretHasher {
     params: Params,
     permits: Arc<Semaphore>,
+    verifications: Arc<AtomicU64>,
 }
 
 /// A hashing task could not run (the blocking pool is shutting down) or its parameters were
@@ -70,6 +72,7 @@ impl SecretHasher {
         Ok(SecretHasher {
             params: config.params()?,
             permits: Arc::new(Semaphore::new(workers)),
+            verifications: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -91,6 +94,7 @@ impl SecretHasher {
     pub async fn verify(&self, phc: &str, secret: &str) -> Result<bool, HashError> {
         let secret = Zeroizing::new(secret.as_bytes().to_vec());
         let phc = phc.to_owned();
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         self.run(move || {
             Argon2::default()
                 .verify_password(&secret, phc.as_str())
@@ -99,8 +103,12 @@ impl SecretHasher {
         .await
     }
 
-    /// Hashes waiting for or holding a permit beyond the pool's size is what the semaphore
-    /// bounds: this runs `work` once a permit is free.
+    /// How many verifications have been started since this hasher was made.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` on the blocking pool once one of the bounded permits is free.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
@@ -135,6 +143,18 @@ impl Digest {
     /// Lower-case hex, for storage keys.
     pub fn to_hex(&self) -> String {
         hex(&self.0)
+    }
+
+    /// The digest whose [`Digest::to_hex`] is `text`.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Digest(bytes))
     }
 }
 
@@ -222,7 +242,10 @@ mod tests {
         assert_eq!(a.digest(b"key"), a.digest(b"key"));
         assert_ne!(a.digest(b"key"), b.digest(b"key"));
         assert_ne!(a.digest(b"key"), a.digest(b"kez"));
-        assert_eq!(a.digest(b"key").to_hex().len(), 64);
+        let digest = a.digest(b"key");
+        assert_eq!(Digest::from_hex(&digest.to_hex()), Some(digest));
+        assert_eq!(Digest::from_hex("zz"), None);
+        assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
         assert!(Pepper::new(vec![0; 8]).is_err());
         assert_eq!(format!("{a:?}"), "Pepper(<redacted>)");
     }

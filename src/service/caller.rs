@@ -8,12 +8,12 @@
 //!   are accepted as admin: a single-machine setup needs no token. Off loopback, keygate
 //!   refuses to start without one.
 
-use tonic::metadata::MetadataMap;
+use tonic::Request;
 
 use crate::app::App;
+use crate::authz::decision::DecisionCode;
+use crate::authz::policy::{RequestFacts, evaluate};
 use crate::error::{Error, Result};
-use crate::model::{KeyState, OwnerState};
-use crate::verify::MatchedSecret;
 
 /// The scope that lets an API key manage its owner's keys.
 pub const MANAGE_SCOPE: &str = "keygate:keys";
@@ -76,9 +76,9 @@ impl Caller {
     }
 }
 
-/// Authenticates the caller of a management RPC from its request metadata.
-pub async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller> {
-    let Some(header) = metadata.get("authorization") else {
+/// Authenticates the caller of a management RPC from its metadata and peer address.
+pub async fn authenticate<T>(app: &App, request: &Request<T>) -> Result<Caller> {
+    let Some(header) = request.metadata().get("authorization") else {
         return if app.allow_anonymous_management {
             Ok(Caller::Admin)
         } else {
@@ -102,28 +102,41 @@ pub async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller> {
     if app.admin_token.as_ref().is_some_and(|t| t.matches(token)) {
         return Ok(Caller::Admin);
     }
+    // Otherwise the token must be an API key that the data-plane policy would let through
+    // to a route requiring MANAGE_SCOPE, from this caller's address.
     let invalid =
         || Error::Unauthenticated("the bearer token is not a valid admin token or API key".into());
-    let now = app.clock.now();
-    let verified = app.verifier.verify(token, now).await?.ok_or_else(invalid)?;
-    let key = verified.key;
-    let usable = verified.matched != MatchedSecret::PreviousExpired
-        && key.state == KeyState::Active
-        && key.expires_at.is_none_or(|t| t > now);
-    if !usable {
-        return Err(invalid());
-    }
-    let owner = app.store.get_owner(&key.owner_id).await?;
-    if owner.is_none_or(|o| o.state != OwnerState::Active) {
-        return Err(invalid());
-    }
-    if !key.scopes.iter().any(|s| s == MANAGE_SCOPE) {
-        return Err(Error::PermissionDenied(format!(
+    let cached = app.keys.verify(token).await?.ok_or_else(invalid)?;
+    let key = &cached.key;
+    let owner = app.keys.owner(&key.owner_id).await?;
+    let plan = key
+        .plan
+        .as_deref()
+        .or(owner.as_ref().map(|o| o.plan.as_str()))
+        .and_then(|name| app.config.plan(name));
+    let required = [MANAGE_SCOPE.to_owned()];
+    let facts = RequestFacts {
+        client_ip: request.remote_addr().map(|a| a.ip()),
+        required_scopes: &required,
+    };
+    match evaluate(
+        key,
+        cached.matched,
+        owner.as_ref(),
+        plan,
+        &facts,
+        app.clock.now(),
+    ) {
+        DecisionCode::Ok => Ok(Caller::Owner {
+            owner_id: key.owner_id.clone(),
+            scopes: key.scopes.clone(),
+        }),
+        DecisionCode::InsufficientScope => Err(Error::PermissionDenied(format!(
             "this API key lacks the scope {MANAGE_SCOPE:?} needed to manage keys"
-        )));
+        ))),
+        code @ (DecisionCode::PlanForbidden | DecisionCode::IpNotAllowed) => Err(
+            Error::PermissionDenied(format!("{} ({})", code.default_message(), code.as_str())),
+        ),
+        _ => Err(invalid()),
     }
-    Ok(Caller::Owner {
-        owner_id: key.owner_id,
-        scopes: key.scopes,
-    })
 }

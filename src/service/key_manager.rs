@@ -73,7 +73,15 @@ impl KeyManagerService {
             k.updated_at = now;
             Ok(())
         });
-        self.app.store.update_key(&key.id, change).await
+        let updated = self.app.store.update_key(&key.id, change).await?;
+        // Only after the change is stored: the next request must load the new record.
+        self.app.keys.invalidate_key(&updated.id);
+        if let Some(digest) = &key.lookup_digest
+            && updated.lookup_digest.is_none()
+        {
+            self.app.keys.remove_imported(digest);
+        }
+        Ok(updated)
     }
 
     fn plan_name(&self, field: &str, plan: &str) -> Result<Option<String>> {
@@ -224,6 +232,7 @@ impl KeyManagerService {
                 }),
             )
             .await?;
+        self.app.keys.invalidate_owner(&owner.id);
         Ok((&owner).into())
     }
 
@@ -557,6 +566,9 @@ impl KeyManagerService {
                 }
                 other => other,
             })?;
+        if let Some(digest) = &record.lookup_digest {
+            self.app.keys.add_imported(digest).await;
+        }
         Ok((&record).into())
     }
 }
@@ -681,7 +693,7 @@ fn expiry(
 /// Authenticates, then runs one RPC's body, mapping its error to a status.
 macro_rules! rpc {
     ($self:ident, $request:ident, |$caller:ident, $req:ident| $body:expr) => {{
-        let $caller = authenticate(&$self.app, $request.metadata()).await?;
+        let $caller = authenticate(&$self.app, &$request).await?;
         let $req = $request.into_inner();
         let answer: Result<_> = $body.await;
         Ok(Response::new(answer?))
@@ -798,7 +810,11 @@ impl KeyManager for KeyManagerService {
     ) -> Result<Response<proto::DeleteKeyResponse>, Status> {
         rpc!(self, request, |caller, req| async {
             let key = self.visible_key(&caller, &req.id).await?;
-            self.app.store.delete_key(&key.id).await?;
+            let deleted = self.app.store.delete_key(&key.id).await?;
+            self.app.keys.invalidate_key(&deleted.id);
+            if let Some(digest) = &deleted.lookup_digest {
+                self.app.keys.remove_imported(digest);
+            }
             Ok(proto::DeleteKeyResponse {})
         })
     }

@@ -265,6 +265,18 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn lookup_digests(&self) -> Result<Vec<String>> {
+        self.read(|txn| {
+            let by_digest = txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
+            by_digest
+                .iter()
+                .map_err(fault)?
+                .map(|entry| Ok(entry.map_err(fault)?.0.value().to_owned()))
+                .collect()
+        })
+        .await
+    }
+
     async fn find_key_by_digest(&self, digest_hex: &str) -> Result<Option<KeyRecord>> {
         let digest = digest_hex.to_owned();
         self.read(move |txn| {

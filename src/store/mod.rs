@@ -55,6 +55,9 @@ pub trait Store: Send + Sync + 'static {
     /// The key with this id.
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>>;
 
+    /// Every lookup digest (lower-case hex) in the store: the imported keys.
+    async fn lookup_digests(&self) -> Result<Vec<String>>;
+
     /// The key whose lookup digest (lower-case hex) this is.
     async fn find_key_by_digest(&self, digest_hex: &str) -> Result<Option<KeyRecord>>;
 

@@ -2,8 +2,12 @@
 //! argon2 cost and a manual clock, and helpers to call it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod envoy;
+pub mod faulty;
+pub mod http;
 pub mod process;
 pub mod tools;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -12,6 +16,7 @@ use keygate::config::Config;
 use keygate::proto::key_manager_client::KeyManagerClient;
 use keygate::secrets::Secrets;
 use keygate::server::RunningServer;
+use keygate::store::Store;
 use keygate::store::embedded::EmbeddedStore;
 use tonic::transport::Channel;
 
@@ -28,6 +33,7 @@ default_profile = "kg_live"
 
 [listen]
 management = "127.0.0.1:0"
+data_plane = "127.0.0.1:0"
 
 [argon2]
 memory_kib = 64
@@ -73,10 +79,10 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
-/// The test configuration, with its data directory in `dir`.
-pub fn test_config(dir: &std::path::Path) -> Config {
+/// The test configuration followed by `extra` TOML, with its data directory in `dir`.
+pub fn test_config_with(dir: &std::path::Path, extra: &str) -> Config {
     let path = dir.join("keygate.toml");
-    std::fs::write(&path, TEST_CONFIG).unwrap();
+    std::fs::write(&path, format!("{TEST_CONFIG}\n{extra}")).unwrap();
     Config::load(
         Some(&path),
         [],
@@ -85,22 +91,49 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     .unwrap()
 }
 
+/// The test configuration, with its data directory in `dir`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    test_config_with(dir, "")
+}
+
+/// How a test server differs from the default one.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Admin token; none leaves loopback management calls unauthenticated.
+    pub admin_token: Option<&'a str>,
+    /// TOML appended to [`TEST_CONFIG`].
+    pub extra_config: &'a str,
+    /// A store to use instead of a fresh embedded one.
+    pub store: Option<Arc<dyn Store>>,
+}
+
 /// Starts a server over a fresh embedded store, with or without an admin token.
 pub async fn start(admin_token: Option<&str>) -> TestServer {
+    start_with(Options {
+        admin_token,
+        ..Options::default()
+    })
+    .await
+}
+
+/// Starts a server as `options` say.
+pub async fn start_with(options: Options<'_>) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
+    let config = test_config_with(dir.path(), options.extra_config);
     let mut env = std::collections::HashMap::new();
     env.insert(
         "KEYGATE_PEPPER".to_string(),
         "test pepper, 16+ bytes".to_string(),
     );
-    if let Some(token) = admin_token {
+    if let Some(token) = options.admin_token {
         env.insert("KEYGATE_ADMIN_TOKEN".to_string(), token.to_string());
     }
     let (secrets, _) = Secrets::load(&env, dir.path()).unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap();
+    let store = options.store.unwrap_or_else(|| {
+        Arc::new(EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap())
+    });
     let clock = ManualClock::new(T0);
-    let server = keygate::server::start(&config, secrets, Arc::new(store), Arc::new(clock.clone()))
+    let server = keygate::server::start(&config, secrets, store, Arc::new(clock.clone()))
         .await
         .unwrap();
     TestServer { server, clock, dir }
@@ -110,6 +143,15 @@ impl TestServer {
     /// A client of the management API.
     pub async fn client(&self) -> KeyManagerClient<Channel> {
         KeyManagerClient::connect(format!("http://{}", self.server.management_addr()))
+            .await
+            .unwrap()
+    }
+
+    /// A channel to the data plane (Check, Authorize, health).
+    pub async fn data_plane(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.server.data_plane_addr()))
+            .unwrap()
+            .connect()
             .await
             .unwrap()
     }

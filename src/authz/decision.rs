@@ -1,0 +1,200 @@
+//! The one decision enum. Check, Authorize, metrics and logs all speak it; the mappings to
+//! HTTP statuses and gRPC codes live here and nowhere else.
+
+use std::collections::BTreeMap;
+
+use crate::clock::UnixTime;
+use crate::proto;
+
+/// What keygate decided about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DecisionCode {
+    /// Allowed.
+    Ok,
+    /// No credential where the configuration looks.
+    MissingCredentials,
+    /// Malformed, unknown, wrong secret, revoked or deleted: one answer to the client.
+    InvalidApiKey,
+    /// Past its expiry, or an old secret past its rotation grace period.
+    ExpiredApiKey,
+    /// Disabled by an operator, or pending activation.
+    KeyDisabled,
+    /// The owning account is disabled or gone.
+    OwnerDisabled,
+    /// The owner's plan has no API access.
+    PlanForbidden,
+    /// The key lacks a scope the request requires.
+    InsufficientScope,
+    /// The client address is outside the key's allowed networks.
+    IpNotAllowed,
+    /// A rate window is exhausted.
+    RateLimited,
+}
+
+impl DecisionCode {
+    /// Every code, in a stable order.
+    pub const ALL: [DecisionCode; 10] = [
+        DecisionCode::Ok,
+        DecisionCode::MissingCredentials,
+        DecisionCode::InvalidApiKey,
+        DecisionCode::ExpiredApiKey,
+        DecisionCode::KeyDisabled,
+        DecisionCode::OwnerDisabled,
+        DecisionCode::PlanForbidden,
+        DecisionCode::InsufficientScope,
+        DecisionCode::IpNotAllowed,
+        DecisionCode::RateLimited,
+    ];
+
+    /// The code's name, as in error bodies, metrics and logs: `INVALID_API_KEY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionCode::Ok => "OK",
+            DecisionCode::MissingCredentials => "MISSING_CREDENTIALS",
+            DecisionCode::InvalidApiKey => "INVALID_API_KEY",
+            DecisionCode::ExpiredApiKey => "EXPIRED_API_KEY",
+            DecisionCode::KeyDisabled => "KEY_DISABLED",
+            DecisionCode::OwnerDisabled => "OWNER_DISABLED",
+            DecisionCode::PlanForbidden => "PLAN_FORBIDDEN",
+            DecisionCode::InsufficientScope => "INSUFFICIENT_SCOPE",
+            DecisionCode::IpNotAllowed => "IP_NOT_ALLOWED",
+            DecisionCode::RateLimited => "RATE_LIMITED",
+        }
+    }
+
+    /// The code named `name` (as [`DecisionCode::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// The HTTP status a client gets by default.
+    pub fn http_status(self) -> u16 {
+        match self {
+            DecisionCode::Ok => 200,
+            DecisionCode::MissingCredentials
+            | DecisionCode::InvalidApiKey
+            | DecisionCode::ExpiredApiKey
+            | DecisionCode::KeyDisabled
+            | DecisionCode::OwnerDisabled => 401,
+            DecisionCode::PlanForbidden
+            | DecisionCode::InsufficientScope
+            | DecisionCode::IpNotAllowed => 403,
+            DecisionCode::RateLimited => 429,
+        }
+    }
+
+    /// The gRPC status code of a denial with HTTP status `http_status`, as ext_authz's
+    /// `CheckResponse.status` carries it.
+    pub fn grpc_code_for_status(http_status: u16) -> tonic::Code {
+        match http_status {
+            200..=299 => tonic::Code::Ok,
+            401 => tonic::Code::Unauthenticated,
+            429 => tonic::Code::ResourceExhausted,
+            _ => tonic::Code::PermissionDenied,
+        }
+    }
+
+    /// The message a client gets by default.
+    pub fn default_message(self) -> &'static str {
+        match self {
+            DecisionCode::Ok => "Allowed.",
+            DecisionCode::MissingCredentials => "No API key was provided.",
+            DecisionCode::InvalidApiKey => "The API key is invalid or has been revoked.",
+            DecisionCode::ExpiredApiKey => "The API key has expired.",
+            DecisionCode::KeyDisabled => "The API key is disabled.",
+            DecisionCode::OwnerDisabled => "The account that owns this API key is disabled.",
+            DecisionCode::PlanForbidden => "API access is not available on your plan.",
+            DecisionCode::InsufficientScope => {
+                "The API key lacks a permission this request requires."
+            }
+            DecisionCode::IpNotAllowed => "The API key may not be used from this network address.",
+            DecisionCode::RateLimited => "Rate limit exceeded.",
+        }
+    }
+}
+
+impl From<DecisionCode> for proto::DecisionCode {
+    fn from(code: DecisionCode) -> Self {
+        match code {
+            DecisionCode::Ok => proto::DecisionCode::Ok,
+            DecisionCode::MissingCredentials => proto::DecisionCode::MissingCredentials,
+            DecisionCode::InvalidApiKey => proto::DecisionCode::InvalidApiKey,
+            DecisionCode::ExpiredApiKey => proto::DecisionCode::ExpiredApiKey,
+            DecisionCode::KeyDisabled => proto::DecisionCode::KeyDisabled,
+            DecisionCode::OwnerDisabled => proto::DecisionCode::OwnerDisabled,
+            DecisionCode::PlanForbidden => proto::DecisionCode::PlanForbidden,
+            DecisionCode::InsufficientScope => proto::DecisionCode::InsufficientScope,
+            DecisionCode::IpNotAllowed => proto::DecisionCode::IpNotAllowed,
+            DecisionCode::RateLimited => proto::DecisionCode::RateLimited,
+        }
+    }
+}
+
+/// Who a credential belongs to, once the key was identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The key's id.
+    pub key_id: String,
+    /// Its owner's id.
+    pub owner_id: String,
+    /// The plan in force: the key's own, else the owner's.
+    pub plan: String,
+    /// Scopes the key holds.
+    pub scopes: Vec<String>,
+    /// The key's metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// When the key expires, if ever.
+    pub expires_at: Option<UnixTime>,
+}
+
+/// A decision and, when the key was identified, whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What was decided.
+    pub code: DecisionCode,
+    /// The identified key, even on some denials (expired, scope, network).
+    pub identity: Option<Identity>,
+}
+
+impl Decision {
+    /// A denial before any key was identified.
+    pub fn anonymous(code: DecisionCode) -> Self {
+        Decision {
+            code,
+            identity: None,
+        }
+    }
+
+    /// Whether the request may proceed.
+    pub fn allowed(&self) -> bool {
+        self.code == DecisionCode::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_statuses_follow_the_design() {
+        for code in DecisionCode::ALL {
+            assert_eq!(DecisionCode::from_name(code.as_str()), Some(code));
+        }
+        assert_eq!(DecisionCode::from_name("NOPE"), None);
+        assert_eq!(DecisionCode::InvalidApiKey.http_status(), 401);
+        assert_eq!(DecisionCode::PlanForbidden.http_status(), 403);
+        assert_eq!(DecisionCode::RateLimited.http_status(), 429);
+        assert_eq!(
+            DecisionCode::grpc_code_for_status(401),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            DecisionCode::grpc_code_for_status(403),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            DecisionCode::grpc_code_for_status(429),
+            tonic::Code::ResourceExhausted
+        );
+    }
+}

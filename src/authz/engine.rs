@@ -1,0 +1,73 @@
+//! One decision, from request to [`Decision`]: extract → verify (cache, store, argon2) →
+//! policy. Check and Authorize both call [`decide`], so they can never disagree.
+
+use std::net::IpAddr;
+
+use super::decision::{Decision, DecisionCode, Identity};
+use super::extract::Credential;
+use super::policy::{RequestFacts, evaluate};
+use super::routes::required_scopes;
+use crate::app::App;
+use crate::error::Result;
+
+/// A request to decide, independent of the protocol it came in.
+#[derive(Debug, Default)]
+pub struct AuthzRequest {
+    /// The credential found, if any.
+    pub credential: Option<Credential>,
+    /// HTTP method (empty for callers that have none).
+    pub method: String,
+    /// Path, possibly with a query string; gRPC calls as `/package.Service/Method`.
+    pub path: String,
+    /// The client's address.
+    pub client_ip: Option<IpAddr>,
+    /// Scopes required on top of the route rules' (from `context_extensions` or the
+    /// Authorize request).
+    pub extra_scopes: Vec<String>,
+}
+
+/// Decides `request`. Errors are faults keygate cannot decide through (the store failed for
+/// a key not in the cache): callers answer UNAVAILABLE, never a denial.
+pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
+    let Some(credential) = &request.credential else {
+        return Ok(Decision::anonymous(DecisionCode::MissingCredentials));
+    };
+    let Some(cached) = app.keys.verify(&credential.text).await? else {
+        return Ok(Decision::anonymous(DecisionCode::InvalidApiKey));
+    };
+    let key = &cached.key;
+    let owner = app.keys.owner(&key.owner_id).await?;
+    let plan = key
+        .plan
+        .clone()
+        .or_else(|| owner.as_ref().map(|o| o.plan.clone()))
+        .unwrap_or_default();
+    let mut scopes = required_scopes(&app.config.routes, &request.method, &request.path).to_vec();
+    scopes.extend(request.extra_scopes.iter().cloned());
+    let now = app.clock.now();
+    let facts = RequestFacts {
+        client_ip: request.client_ip,
+        required_scopes: &scopes,
+    };
+    let code = evaluate(
+        key,
+        cached.matched,
+        owner.as_ref(),
+        app.config.plan(&plan),
+        &facts,
+        now,
+    );
+    if code == DecisionCode::Ok {
+        app.usage.record(&key.id, now);
+    }
+    // A revoked key is "invalid" to the client; it is not identified to anyone downstream.
+    let identity = (code != DecisionCode::InvalidApiKey).then(|| Identity {
+        key_id: key.id.clone(),
+        owner_id: key.owner_id.clone(),
+        plan,
+        scopes: key.scopes.clone(),
+        metadata: key.metadata.clone(),
+        expires_at: key.expires_at,
+    });
+    Ok(Decision { code, identity })
+}

@@ -1,0 +1,118 @@
+//! Route rules: which scopes a request needs, by method and path. The first rule that
+//! matches decides; a request no rule matches needs no scope. gRPC calls are matched by
+//! their path, `/package.Service/Method`, so `path_prefix = "/billing.v1.Invoices/"`
+//! covers a whole service.
+//!
+//! Seed example, read-only vs full access:
+//!
+//! ```toml
+//! [[routes]]
+//! methods = ["GET", "HEAD"]
+//! path_prefix = "/public/v1/"
+//! scopes = ["read"]
+//!
+//! [[routes]]
+//! path_prefix = "/public/v1/"
+//! scopes = ["write"]
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// One rule, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// HTTP methods it applies to (upper case); empty means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path prefix it applies to, query string excluded.
+    pub path_prefix: String,
+    /// Scopes a key needs for matching requests.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+impl RouteRule {
+    /// Upper-cases methods; returns why the rule is unusable.
+    pub fn normalize(&mut self) -> Result<(), String> {
+        if !self.path_prefix.starts_with('/') {
+            return Err(format!(
+                "path_prefix {:?} must start with '/'",
+                self.path_prefix
+            ));
+        }
+        for method in &mut self.methods {
+            *method = method.trim().to_ascii_uppercase();
+        }
+        Ok(())
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        path.starts_with(&self.path_prefix)
+            && (self.methods.is_empty()
+                || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+    }
+}
+
+/// The scopes the first rule matching `method` and `path` requires. `path` may carry a
+/// query string, which is ignored.
+pub fn required_scopes<'a>(rules: &'a [RouteRule], method: &str, path: &str) -> &'a [String] {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    rules
+        .iter()
+        .find(|r| r.matches(method, path))
+        .map_or(&[], |r| r.scopes.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Vec<RouteRule> {
+        let mut rules = vec![
+            RouteRule {
+                methods: vec!["get".into(), "HEAD".into()],
+                path_prefix: "/v1/".into(),
+                scopes: vec!["read".into()],
+            },
+            RouteRule {
+                methods: vec![],
+                path_prefix: "/v1/".into(),
+                scopes: vec!["write".into()],
+            },
+            RouteRule {
+                methods: vec![],
+                path_prefix: "/billing.v1.Invoices/".into(),
+                scopes: vec!["billing".into()],
+            },
+        ];
+        for rule in &mut rules {
+            rule.normalize().unwrap();
+        }
+        rules
+    }
+
+    #[test]
+    fn read_only_versus_full_access() {
+        let rules = rules();
+        assert_eq!(required_scopes(&rules, "GET", "/v1/sites?page=2"), ["read"]);
+        assert_eq!(required_scopes(&rules, "HEAD", "/v1/sites"), ["read"]);
+        assert_eq!(required_scopes(&rules, "DELETE", "/v1/sites/3"), ["write"]);
+        assert_eq!(
+            required_scopes(&rules, "POST", "/billing.v1.Invoices/Create"),
+            ["billing"]
+        );
+        assert!(required_scopes(&rules, "GET", "/health").is_empty());
+        assert!(required_scopes(&rules, "GET", "/v2/x?/v1/").is_empty());
+    }
+
+    #[test]
+    fn prefixes_must_be_paths() {
+        let mut rule = RouteRule {
+            methods: vec![],
+            path_prefix: "v1".into(),
+            scopes: vec![],
+        };
+        assert!(rule.normalize().is_err());
+    }
+}

@@ -1,0 +1,311 @@
+//! The verified-key cache: what makes a warm key cost no store read and no argon2.
+//!
+//! * **Verified entries**, keyed by the HMAC digest of the presented credential: the key
+//!   record and which secret matched. Bounded in size, each entry lives at most the TTL.
+//! * **Rejections**, keyed the same way, for credentials that proved no key (unknown id,
+//!   wrong secret): a flood of the same bad key costs one store read and one argon2 run per
+//!   rejection TTL.
+//! * **Owners**, keyed by owner id.
+//!
+//! * **Imported digests**: the digests of every imported key, held in memory. A string that
+//!   is not in a configured profile's format is looked up only if it is one of them, so
+//!   garbage is rejected with no store access while imported keys of any format work.
+//!
+//! Concurrent misses for the same credential are coalesced: one load and one argon2 run
+//! serve all of them.
+//!
+//! Invalidation is by key or owner id, from the management path. Each entry remembers the
+//! invalidation epoch at which its load started; an entry loaded before its id's last
+//! invalidation is stale and reloaded, so a load racing a revocation can never bring the
+//! revoked record back.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::key::format::Profiles;
+use crate::key::hash::{Digest, Pepper};
+use crate::model::{KeyRecord, Owner};
+use crate::store::Store;
+use crate::verify::{KeyVerifier, MatchedSecret};
+
+/// Sizes and lifetimes of the caches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most verified credentials kept.
+    pub capacity: u64,
+    /// How long a verified credential is trusted without looking at the store again. It
+    /// bounds staleness should an invalidation be missed.
+    #[serde(with = "crate::config::duration_text")]
+    pub ttl: Duration,
+    /// How long a rejected credential is rejected without looking again.
+    #[serde(with = "crate::config::duration_text")]
+    pub rejection_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: 100_000,
+            ttl: Duration::from_secs(60),
+            rejection_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A credential that proved a key.
+#[derive(Debug, Clone)]
+pub struct CachedKey {
+    /// The key's record as loaded.
+    pub key: KeyRecord,
+    /// Which secret matched.
+    pub matched: MatchedSecret,
+    epoch: u64,
+}
+
+/// Counters that show the cache at work.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Credentials answered from a verified entry.
+    pub hits: AtomicU64,
+    /// Credentials that had to be loaded from the store and verified.
+    pub misses: AtomicU64,
+    /// Credentials answered from a rejection.
+    pub rejection_hits: AtomicU64,
+    /// Credentials rejected by their format alone, with no lookup.
+    pub malformed: AtomicU64,
+}
+
+/// Why a load produced no entry.
+#[derive(Debug, Clone)]
+enum LoadFailure {
+    /// The credential proves no key.
+    Rejected,
+    /// The store could not answer.
+    Store(Error),
+}
+
+/// The cache in front of the store and argon2.
+pub struct KeyCache {
+    verified: Cache<Digest, Arc<CachedKey>>,
+    rejected: Cache<Digest, ()>,
+    owners: Cache<String, Arc<(Owner, u64)>>,
+    invalidated: moka::sync::Cache<String, u64>,
+    epoch: AtomicU64,
+    imported: RwLock<HashSet<Digest>>,
+    verifier: KeyVerifier,
+    store: Arc<dyn Store>,
+    pepper: Pepper,
+    profiles: Arc<Profiles>,
+    stats: CacheStats,
+}
+
+impl KeyCache {
+    /// A cache over `verifier` and `store`.
+    pub fn new(
+        config: &CacheConfig,
+        verifier: KeyVerifier,
+        store: Arc<dyn Store>,
+        pepper: Pepper,
+        profiles: Arc<Profiles>,
+    ) -> Self {
+        KeyCache {
+            verified: Cache::builder()
+                .max_capacity(config.capacity)
+                .time_to_live(config.ttl)
+                .build(),
+            rejected: Cache::builder()
+                .max_capacity(config.capacity)
+                .time_to_live(config.rejection_ttl)
+                .build(),
+            owners: Cache::builder()
+                .max_capacity(config.capacity)
+                .time_to_live(config.ttl)
+                .build(),
+            // An invalidation only matters while an entry loaded before it may live.
+            invalidated: moka::sync::Cache::builder()
+                .time_to_live(config.ttl + Duration::from_secs(1))
+                .build(),
+            epoch: AtomicU64::new(0),
+            imported: RwLock::new(HashSet::new()),
+            verifier,
+            store,
+            pepper,
+            profiles,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// The key `credential` proves, or `None`. Store failures for credentials not in the
+    /// cache are errors: the caller cannot decide without the store.
+    pub async fn verify(&self, credential: &str) -> Result<Option<Arc<CachedKey>>> {
+        let digest = self.pepper.digest(credential.as_bytes());
+        if self.profiles.parse(credential).is_err() && !self.is_imported(&digest) {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        if self.rejected.contains_key(&digest) {
+            self.stats.rejection_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        // Two rounds at most: a stale entry is dropped and loaded once more.
+        for _ in 0..2 {
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let loaded = self
+                .verified
+                .try_get_with(digest, self.load(credential, epoch))
+                .await;
+            let entry = match loaded {
+                Ok(entry) => entry,
+                Err(failure) => {
+                    return match failure.as_ref() {
+                        LoadFailure::Rejected => {
+                            self.rejected.insert(digest, ()).await;
+                            Ok(None)
+                        }
+                        LoadFailure::Store(e) => Err(e.clone()),
+                    };
+                }
+            };
+            if self.is_stale(&entry.key.id, entry.epoch) {
+                self.verified.invalidate(&digest).await;
+                continue;
+            }
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(entry));
+        }
+        Err(Error::Unavailable(
+            "the key changed while it was being verified; retry".into(),
+        ))
+    }
+
+    async fn load(
+        &self,
+        credential: &str,
+        epoch: u64,
+    ) -> std::result::Result<Arc<CachedKey>, LoadFailure> {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        match self.verifier.verify(credential).await {
+            Ok(Some(verified)) => Ok(Arc::new(CachedKey {
+                key: verified.key,
+                matched: verified.matched,
+                epoch,
+            })),
+            Ok(None) => Err(LoadFailure::Rejected),
+            Err(e) => Err(LoadFailure::Store(e)),
+        }
+    }
+
+    /// The owner `id`, or `None` if there is none.
+    pub async fn owner(&self, id: &str) -> Result<Option<Owner>> {
+        let marker = owner_marker(id);
+        for _ in 0..2 {
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let loaded = self
+                .owners
+                .try_get_with(id.to_owned(), async {
+                    match self.store.get_owner(id).await {
+                        Ok(Some(owner)) => Ok(Arc::new((owner, epoch))),
+                        Ok(None) => Err(None),
+                        Err(e) => Err(Some(e)),
+                    }
+                })
+                .await;
+            match loaded {
+                Ok(entry) if self.is_stale(&marker, entry.1) => {
+                    self.owners.invalidate(id).await;
+                }
+                Ok(entry) => return Ok(Some(entry.0.clone())),
+                Err(failure) => {
+                    return match failure.as_ref() {
+                        None => Ok(None),
+                        Some(e) => Err(e.clone()),
+                    };
+                }
+            }
+        }
+        Err(Error::Unavailable(
+            "the owner changed while it was being read; retry".into(),
+        ))
+    }
+
+    /// Forgets everything cached about key `id`: the next request loads it from the store.
+    pub fn invalidate_key(&self, id: &str) {
+        self.mark(id.to_owned());
+    }
+
+    /// Forgets everything cached about owner `id`.
+    pub fn invalidate_owner(&self, id: &str) {
+        self.mark(owner_marker(id));
+    }
+
+    /// Loads the digests of all imported keys from the store; called once at start.
+    pub async fn load_imported(&self) -> Result<()> {
+        let digests = self.store.lookup_digests().await?;
+        let parsed: HashSet<Digest> = digests.iter().filter_map(|h| Digest::from_hex(h)).collect();
+        *self.imported.write().unwrap_or_else(|e| e.into_inner()) = parsed;
+        Ok(())
+    }
+
+    /// Notes that a key with lookup digest `digest` (hex) was imported, and forgets any
+    /// rejection of it.
+    pub async fn add_imported(&self, digest_hex: &str) {
+        if let Some(digest) = Digest::from_hex(digest_hex) {
+            self.imported
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(digest);
+            self.rejected.invalidate(&digest).await;
+        }
+    }
+
+    /// Notes that the lookup digest `digest` (hex) no longer names a key.
+    pub fn remove_imported(&self, digest_hex: &str) {
+        if let Some(digest) = Digest::from_hex(digest_hex) {
+            self.imported
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&digest);
+        }
+    }
+
+    fn is_imported(&self, digest: &Digest) -> bool {
+        self.imported
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(digest)
+    }
+
+    /// Forgets every verified entry and owner, e.g. after losing invalidation messages.
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.verified.invalidate_all();
+        self.owners.invalidate_all();
+    }
+
+    fn mark(&self, id: String) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.invalidated.insert(id, epoch);
+    }
+
+    /// Whether an entry for `id` whose load started at `loaded_at` predates an
+    /// invalidation of `id`.
+    fn is_stale(&self, id: &str, loaded_at: u64) -> bool {
+        self.invalidated.get(id).is_some_and(|at| at > loaded_at)
+    }
+}
+
+fn owner_marker(id: &str) -> String {
+    format!("owner/{id}")
+}

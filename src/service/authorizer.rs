@@ -1,0 +1,103 @@
+//! `keygate.v1.Authorizer/Authorize`: the Check decision as a typed answer, for services
+//! that check their callers themselves.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use super::convert::timestamp;
+use crate::app::App;
+use crate::authz::decision::DecisionCode;
+use crate::authz::engine::{AuthzRequest, decide};
+use crate::authz::extract::Credential;
+use crate::authz::response::render;
+use crate::proto::{self, authorizer_server::Authorizer};
+
+/// The Authorizer gRPC service.
+pub struct AuthorizerService {
+    app: Arc<App>,
+}
+
+impl AuthorizerService {
+    /// A service over the shared state.
+    pub fn new(app: Arc<App>) -> Self {
+        AuthorizerService { app }
+    }
+}
+
+/// The credential an Authorize request carries: the whole key, or a pair.
+fn credential(req: &proto::AuthorizeRequest) -> Result<Option<Credential>, Status> {
+    let text = match (req.key.trim(), req.api_key.trim(), req.api_secret.trim()) {
+        ("", "", "") => return Ok(None),
+        (key, "", "") => key.to_owned(),
+        ("", api_key, api_secret) if !api_key.is_empty() && !api_secret.is_empty() => {
+            format!("{api_key}{api_secret}")
+        }
+        ("", _, _) => {
+            return Err(Status::invalid_argument(
+                "a pair credential needs both api_key and api_secret",
+            ));
+        }
+        _ => {
+            return Err(Status::invalid_argument(
+                "send either key, or api_key and api_secret, not both",
+            ));
+        }
+    };
+    Ok(Some(Credential {
+        text: Zeroizing::new(text),
+    }))
+}
+
+#[tonic::async_trait]
+impl Authorizer for AuthorizerService {
+    async fn authorize(
+        &self,
+        request: Request<proto::AuthorizeRequest>,
+    ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        let req = request.into_inner();
+        let client_ip = match req.client_address.trim() {
+            "" => None,
+            text => Some(text.parse::<IpAddr>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "client_address {text:?} is not an IP address like 203.0.113.7 or 2001:db8::7"
+                ))
+            })?),
+        };
+        let request = AuthzRequest {
+            credential: credential(&req)?,
+            method: req.method.trim().to_ascii_uppercase(),
+            path: req.path.clone(),
+            client_ip,
+            extra_scopes: req.required_scopes.clone(),
+        };
+        let decision = decide(&self.app, &request)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (http_status, message) = match decision.code {
+            DecisionCode::Ok => (200, String::new()),
+            code => {
+                let denial = render(&self.app.config.errors, code, "");
+                (denial.status, denial.message)
+            }
+        };
+        let mut answer = proto::AuthorizeResponse {
+            code: proto::DecisionCode::from(decision.code) as i32,
+            allowed: decision.allowed(),
+            http_status: u32::from(http_status),
+            message,
+            ..Default::default()
+        };
+        if let Some(identity) = decision.identity {
+            answer.key_id = identity.key_id;
+            answer.owner_id = identity.owner_id;
+            answer.plan = identity.plan;
+            answer.scopes = identity.scopes;
+            answer.metadata = identity.metadata.into_iter().collect();
+            answer.expire_time = identity.expires_at.map(timestamp);
+        }
+        Ok(Response::new(answer))
+    }
+}

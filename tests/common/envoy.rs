@@ -1,0 +1,204 @@
+//! Envoy as a child process, running the shipped `examples/envoy/envoy.yaml` with only its
+//! ports replaced: started on a free loopback port, its output kept for assertions, killed
+//! when dropped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::tools::venv_tool;
+
+/// The most Envoy may take to accept connections before the test gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most an access log line may take to appear: Envoy flushes stdout every 50 ms here.
+const ACCESS_LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause between two readiness checks.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The ports written in the example configuration, in the order `start` replaces them:
+/// listener, keygate, HTTP upstream, gRPC upstream.
+const EXAMPLE_PORTS: [u16; 4] = [10000, 9191, 8081, 8082];
+
+/// Path of the example configuration, as shipped.
+pub fn example_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/envoy.yaml")
+}
+
+/// A loopback address nothing listens on right now: bound to port 0, read, and released.
+pub fn free_loopback_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Checks the configuration at `config_path` with `envoy --mode validate`; the error is what
+/// Envoy printed.
+pub fn validate(config_path: &Path) -> Result<(), String> {
+    let output = Command::new(venv_tool("envoy"))
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(config_path)
+        .output()
+        .expect("cannot run envoy");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "envoy --mode validate {} failed ({}):\n{}{}",
+            config_path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// `config` with its one `port_value: {from}` set to `to`; panics unless there is exactly one.
+fn replace_port(config: &str, from: u16, to: u16) -> String {
+    let pattern = regex::Regex::new(&format!(r"port_value: {from}\b")).unwrap();
+    let found = pattern.find_iter(config).count();
+    assert_eq!(found, 1, "the config must say `port_value: {from}` once");
+    pattern
+        .replace(config, format!("port_value: {to}").as_str())
+        .into_owned()
+}
+
+/// A running Envoy.
+pub struct EnvoyProcess {
+    child: Child,
+    /// Where clients send requests: the listener, on 127.0.0.1.
+    pub listen_addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl EnvoyProcess {
+    /// Starts Envoy with the example configuration, its clusters pointed at `keygate` (the
+    /// ext_authz server), `http_upstream` and `grpc_upstream`, all on 127.0.0.1, and waits
+    /// until its listener accepts connections.
+    pub fn start(
+        keygate: SocketAddr,
+        http_upstream: SocketAddr,
+        grpc_upstream: SocketAddr,
+    ) -> EnvoyProcess {
+        let listen_addr = free_loopback_addr();
+        let targets = [listen_addr, keygate, http_upstream, grpc_upstream];
+        let mut config = std::fs::read_to_string(example_config()).unwrap();
+        for (from, to) in EXAMPLE_PORTS.into_iter().zip(targets) {
+            assert!(
+                to.ip().is_loopback() && to.is_ipv4(),
+                "the example config only reaches 127.0.0.1, not {to}"
+            );
+            config = replace_port(&config, from, to.port());
+        }
+        // Envoy reads YAML only from a file named *.yaml.
+        let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        std::fs::write(file.path(), config).unwrap();
+        if let Err(output) = validate(file.path()) {
+            panic!("{output}");
+        }
+
+        let mut child = Command::new(venv_tool("envoy"))
+            .arg("-c")
+            .arg(file.path())
+            // No hot restart: no shared memory or domain socket, so Envoys in concurrent test
+            // binaries cannot collide, and a killed one leaves nothing behind in /dev/shm.
+            // The base id would keep them apart otherwise.
+            .arg("--disable-hot-restart")
+            .args(["--base-id", &listen_addr.port().to_string()])
+            .args(["--log-level", "warn", "--concurrency", "1"])
+            // Access log lines reach stdout within 50 ms instead of 10 s.
+            .args(["--file-flush-interval-msec", "50"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start envoy");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        keep_lines(child.stdout.take().unwrap(), &log);
+        keep_lines(child.stderr.take().unwrap(), &log);
+        let mut envoy = EnvoyProcess {
+            child,
+            listen_addr,
+            log,
+            _config: file,
+        };
+        envoy.wait_until_listening();
+        envoy
+    }
+
+    /// Polls the listener until it accepts a TCP connection; panics with Envoy's log if
+    /// Envoy exits or the deadline passes first.
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "envoy exited ({status}) while starting; log:\n{}",
+                    self.log()
+                );
+            }
+            if TcpStream::connect_timeout(&self.listen_addr, POLL_INTERVAL).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy did not listen on {} within {START_TIMEOUT:?}; log:\n{}",
+                self.listen_addr,
+                self.log()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Everything Envoy printed so far, stdout (access log) and stderr (warnings) interleaved.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The access log entries (one JSON object per request, see the example config), once
+    /// there are at least `count`; panics with the log if they do not appear in time.
+    pub fn access_log(&self, count: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + ACCESS_LOG_TIMEOUT;
+        loop {
+            let entries: Vec<serde_json::Value> = (self.log.lock().unwrap().iter())
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .filter(serde_json::Value::is_object)
+                .collect();
+            if entries.len() >= count {
+                return entries;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} access log entries within {ACCESS_LOG_TIMEOUT:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills Envoy and waits for it.
+    pub fn stop(self) {}
+}
+
+impl Drop for EnvoyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Appends each line read from `stream` to `log`, on a thread of its own.
+fn keep_lines(stream: impl Read + Send + 'static, log: &Arc<Mutex<Vec<String>>>) {
+    let log = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            log.lock().unwrap().push(line);
+        }
+    });
+}
