@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 
 use crate::app::App;
@@ -193,14 +193,10 @@ pub async fn start(
                 .await;
         };
         let (management, data_plane, (), ()) = tokio::join!(
-            management_router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(management),
-                until_stopped(stopped.clone())
-            ),
-            data_plane_router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(data_plane),
-                until_stopped(stopped.clone())
-            ),
+            management_router
+                .serve_with_incoming_shutdown(incoming(management), until_stopped(stopped.clone())),
+            data_plane_router
+                .serve_with_incoming_shutdown(incoming(data_plane), until_stopped(stopped.clone())),
             usage_flush,
             announce,
         );
@@ -224,6 +220,12 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, StartError> 
     TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Runtime(format!("cannot listen on {addr} ({field}): {e}")))
+}
+
+/// Accepted connections with Nagle's algorithm off: answers are small and must leave at
+/// once, not wait for the client's delayed acknowledgement.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {

@@ -40,8 +40,9 @@ pub struct CodeText {
 pub struct ErrorsConfig {
     /// Realm named in `www-authenticate` on 401 answers.
     pub realm: String,
-    /// JSON body template.
-    pub body: Value,
+    /// JSON body template; keygate's own shape when absent. (An option, so that a configured
+    /// template replaces the default instead of merging into it.)
+    pub body: Option<Value>,
     /// Per-code overrides, keyed by keygate's code name (`INVALID_API_KEY`, ...).
     pub codes: BTreeMap<String, CodeText>,
 }
@@ -50,7 +51,7 @@ impl Default for ErrorsConfig {
     fn default() -> Self {
         ErrorsConfig {
             realm: "keygate".into(),
-            body: json!({"error": {"code": "{code}", "message": "{message}", "request_id": "{request_id}"}}),
+            body: None,
             codes: BTreeMap::new(),
         }
     }
@@ -59,7 +60,7 @@ impl Default for ErrorsConfig {
 impl ErrorsConfig {
     /// Checks code names, statuses and the template's shape.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        if !self.body.is_object() {
+        if self.body.as_ref().is_some_and(|b| !b.is_object()) {
             return Err((
                 "errors.body".into(),
                 "must be a JSON object (a table)".into(),
@@ -107,7 +108,15 @@ pub fn render(config: &ErrorsConfig, code: DecisionCode, request_id: &str) -> De
     let message = text
         .and_then(|t| t.message.clone())
         .unwrap_or_else(|| code.default_message().to_owned());
-    let body = fill(&config.body, &shown_code, &message, request_id).to_string();
+    let default_body;
+    let template = match &config.body {
+        Some(template) => template,
+        None => {
+            default_body = json!({"error": {"code": "{code}", "message": "{message}", "request_id": "{request_id}"}});
+            &default_body
+        }
+    };
+    let body = fill(template, &shown_code, &message, request_id).to_string();
     let www_authenticate = (status == 401).then(|| match code {
         DecisionCode::MissingCredentials => format!("Bearer realm=\"{}\"", config.realm),
         _ => format!("Bearer realm=\"{}\", error=\"invalid_token\"", config.realm),
@@ -167,7 +176,9 @@ mod tests {
     #[test]
     fn products_keep_their_own_error_contract() {
         let mut config = ErrorsConfig {
-            body: json!({"success": false, "error": {"code": "{code}", "message": "{message}"}}),
+            body: Some(
+                json!({"success": false, "error": {"code": "{code}", "message": "{message}"}}),
+            ),
             ..ErrorsConfig::default()
         };
         config.codes.insert(
