@@ -1,0 +1,184 @@
+//! A bounded load loop against a real keygate process: Check calls for one warm key over
+//! loopback, from several concurrent HTTP/2 connections, as Envoy would send them. Prints
+//! p50 / p99 / p99.9 latency and throughput.
+//!
+//! `cargo bench --bench check_load` (release build). Bounded: `REQUESTS` calls in total, and
+//! never longer than `TIME_LIMIT`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use keygate::proto::{self, key_manager_client::KeyManagerClient};
+
+const REQUESTS: usize = 100_000;
+const CONNECTIONS: usize = 8;
+const IN_FLIGHT_PER_CONNECTION: usize = 4;
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+
+fn check_request(key: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", "/v1/sites?page=2"),
+        ("user-agent", "load/1.0"),
+        ("x-request-id", "4f1d7f8e-9a0b-4c5d-8e6f-0a1b2c3d4e5f"),
+        ("authorization", &format!("Bearer {key}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "203.0.113.9".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/v1/sites?page=2".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Starts the release keygate binary and returns it with its (management, data plane) URLs.
+fn start_keygate(dir: &std::path::Path) -> (std::process::Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "serve",
+            "--management-addr",
+            "127.0.0.1:0",
+            "--data-plane-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env_clear()
+        .env("KEYGATE_ADMIN_TOKEN", "bench-admin-token-0123456789")
+        .env("KEYGATE_LOG", "warn,keygate::server=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("cannot start keygate");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut address = |what: &str| loop {
+        let line = lines.next().expect("keygate exited").unwrap();
+        if line.contains(what) {
+            return format!("http://{}", line.split("addr=").nth(1).unwrap().trim());
+        }
+    };
+    let management = address("management API listening");
+    let data_plane = address("data plane listening");
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, management, data_plane)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut keygate, management, data_plane) = start_keygate(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut manage = KeyManagerClient::connect(management).await.unwrap();
+        let auth = |message| {
+            let mut request = tonic::Request::new(message);
+            request.metadata_mut().insert("authorization", "Bearer bench-admin-token-0123456789".parse().unwrap());
+            request
+        };
+        let owner = manage
+            .create_owner(auth(proto::CreateOwnerRequest { external_id: "bench".into(), display_name: "bench".into(), ..Default::default() }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut request = tonic::Request::new(proto::CreateKeyRequest { owner_id: owner.id, name: "bench".into(), ..Default::default() });
+        request.metadata_mut().insert("authorization", "Bearer bench-admin-token-0123456789".parse().unwrap());
+        let key = manage.create_key(request).await.unwrap().into_inner().secret;
+
+        let mut clients = Vec::new();
+        for _ in 0..CONNECTIONS {
+            clients.push(AuthorizationClient::connect(data_plane.clone()).await.unwrap());
+        }
+        // Warm the key (the one argon2 verification) before measuring.
+        let warm = clients[0].check(check_request(&key)).await.unwrap().into_inner();
+        assert_eq!(warm.status.unwrap().code, 0, "the key must be allowed");
+
+        let per_task = REQUESTS / (CONNECTIONS * IN_FLIGHT_PER_CONNECTION);
+        let deadline = Instant::now() + TIME_LIMIT;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for client in &clients {
+            for _ in 0..IN_FLIGHT_PER_CONNECTION {
+                let mut client = client.clone();
+                let request = check_request(&key);
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(per_task);
+                    for _ in 0..per_task {
+                        if Instant::now() > deadline {
+                            break;
+                        }
+                        let sent = Instant::now();
+                        let answer = client.check(request.clone()).await.unwrap().into_inner();
+                        latencies.push(sent.elapsed());
+                        assert_eq!(answer.status.unwrap().code, 0);
+                    }
+                    latencies
+                }));
+            }
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        println!(
+            "check_load: {} Checks of a warm key over {CONNECTIONS} HTTP/2 connections x {IN_FLIGHT_PER_CONNECTION} in flight, in {:.2?}",
+            latencies.len(),
+            elapsed
+        );
+        println!(
+            "check_load: p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}  throughput {:.0} requests/s",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 0.999),
+            latencies[latencies.len() - 1],
+            latencies.len() as f64 / elapsed.as_secs_f64()
+        );
+
+        // One connection, one request at a time: latency without queueing.
+        let mut single = Vec::new();
+        for _ in 0..5_000 {
+            let sent = Instant::now();
+            clients[0].check(check_request(&key)).await.unwrap();
+            single.push(sent.elapsed());
+        }
+        single.sort();
+        println!(
+            "check_load: sequential on one connection: p50 {:?}  p99 {:?}  p99.9 {:?}",
+            percentile(&single, 0.50),
+            percentile(&single, 0.99),
+            percentile(&single, 0.999)
+        );
+    });
+    let _ = keygate.kill();
+    let _ = keygate.wait();
+}

