@@ -7,6 +7,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
+use crate::ratelimit::RateLimiter;
 use crate::secrets::{AdminToken, Secrets};
 use crate::store::Store;
 use crate::usage::UsageRecorder;
@@ -26,6 +27,8 @@ pub struct App {
     pub keys: KeyCache,
     /// Pending `last_used_at` updates.
     pub usage: UsageRecorder,
+    /// Rate limits.
+    pub limiter: RateLimiter,
     /// The configuration it was built from (plans, profiles, limits).
     pub config: Config,
     /// Full-access management token.
@@ -70,6 +73,15 @@ impl App {
             profiles,
             keys,
             usage: UsageRecorder::default(),
+            limiter: RateLimiter::new(
+                &config.ratelimit,
+                &config.redis,
+                config.longest_rate_period(),
+            )
+            .map_err(|message| ConfigError::Field {
+                field: "redis.url".into(),
+                message,
+            })?,
             config: config.clone(),
             allow_anonymous_management: secrets.admin_token.is_none()
                 && config.listen.management.ip().is_loopback(),

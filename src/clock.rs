@@ -1,4 +1,5 @@
-//! Time, injected so that expiry and grace periods can be tested without waiting.
+//! Time, injected so that expiry, grace periods and rate windows can be tested without
+//! waiting.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -7,10 +8,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Seconds since the Unix epoch, UTC.
 pub type UnixTime = i64;
 
+/// Milliseconds since the Unix epoch, UTC.
+pub type UnixMillis = i64;
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> UnixTime;
+    /// The current time in milliseconds.
+    fn now_millis(&self) -> UnixMillis;
+
+    /// The current time in whole seconds.
+    fn now(&self) -> UnixTime {
+        self.now_millis().div_euclid(1000)
+    }
 }
 
 /// The system's wall clock.
@@ -18,10 +27,10 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now(&self) -> UnixTime {
+    fn now_millis(&self) -> UnixMillis {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
+            .map_or(0, |d| d.as_millis() as i64)
     }
 }
 
@@ -30,19 +39,24 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
-    /// A clock showing `now`.
+    /// A clock showing `now` (seconds).
     pub fn new(now: UnixTime) -> Self {
-        ManualClock(Arc::new(AtomicI64::new(now)))
+        ManualClock(Arc::new(AtomicI64::new(now * 1000)))
     }
 
     /// Moves the clock forward by `seconds`.
     pub fn advance(&self, seconds: i64) {
-        self.0.fetch_add(seconds, Ordering::SeqCst);
+        self.advance_millis(seconds * 1000);
+    }
+
+    /// Moves the clock forward by `millis`.
+    pub fn advance_millis(&self, millis: i64) {
+        self.0.fetch_add(millis, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
-    fn now(&self) -> UnixTime {
+    fn now_millis(&self) -> UnixMillis {
         self.0.load(Ordering::SeqCst)
     }
 }

@@ -23,6 +23,8 @@ use crate::authz::routes::RouteRule;
 use crate::cache::CacheConfig;
 use crate::key::format::{Alphabet, KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
+use crate::ratelimit::RateLimitConfig;
+use crate::ratelimit::redis::RedisConfig;
 
 /// Environment variables with the `KEYGATE_` prefix that are not configuration fields.
 const NOT_CONFIG_VARS: &[&str] = &[
@@ -67,6 +69,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `last_used_at` bookkeeping.
     pub usage: UsageConfig,
+    /// Rate limiting.
+    pub ratelimit: RateLimitConfig,
+    /// Redis connection (rate limits with `ratelimit.backend = "redis"`).
+    pub redis: RedisConfig,
 }
 
 /// Names of the headers keygate sets on allowed requests before they go upstream. Whatever a
@@ -137,6 +143,8 @@ impl Default for Config {
             errors: ErrorsConfig::default(),
             cache: CacheConfig::default(),
             usage: UsageConfig::default(),
+            ratelimit: RateLimitConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -425,6 +433,12 @@ impl Config {
         if self.usage.flush_interval < Duration::from_secs(1) {
             return Err(field_error("usage.flush_interval", "must be at least 1s"));
         }
+        if self.ratelimit.replicas == 0 {
+            return Err(field_error("ratelimit.replicas", "must be at least 1"));
+        }
+        if self.redis.timeout.is_zero() {
+            return Err(field_error("redis.timeout", "must be longer than zero"));
+        }
         if self.cache.ttl.is_zero() {
             return Err(field_error("cache.ttl", "must be longer than zero"));
         }
@@ -450,6 +464,16 @@ impl Config {
     /// The plan named `name`.
     pub fn plan(&self, name: &str) -> Option<&PlanConfig> {
         self.plans.iter().find(|p| p.name == name)
+    }
+
+    /// The longest period of any configured rate window.
+    pub fn longest_rate_period(&self) -> Duration {
+        self.plans
+            .iter()
+            .flat_map(|p| &p.rate_windows)
+            .map(|w| w.period)
+            .max()
+            .unwrap_or_default()
     }
 }
 

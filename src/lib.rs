@@ -16,6 +16,7 @@
 //! - [`verify`] — presented credential → key record.
 //! - [`cache`] — the verified-key cache in front of the store and argon2.
 //! - [`authz`] — the decision engine: extraction, route rules, policy, denial rendering.
+//! - [`ratelimit`] — sliding-window rate limits, local and in Redis.
 //! - [`usage`] — batched `last_used_at` updates.
 //! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
 //!   authentication, message conversion.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod key;
 pub mod model;
+pub mod ratelimit;
 pub mod secrets;
 pub mod server;
 pub mod service;

@@ -21,6 +21,9 @@ use prost_types::{Duration, FieldMask};
 
 /// Route rules for seed 002's read-only vs full access, and a gRPC service.
 const ROUTES: &str = r#"
+[[plans]]
+name = "unmetered"
+
 [[routes]]
 methods = ["GET", "HEAD"]
 path_prefix = "/v1/"
@@ -35,7 +38,7 @@ path_prefix = "/billing.v1.Invoices/"
 scopes = ["billing"]
 "#;
 
-/// A server with an owner on the "pro" plan, one on "free", and clients for everything.
+/// A server with an owner on the "unmetered" plan (no rate windows, so the clock can stand still), one on "free", and clients for everything.
 struct Fixture {
     server: TestServer,
     manage: proto::key_manager_client::KeyManagerClient<tonic::transport::Channel>,
@@ -79,7 +82,7 @@ impl Fixture {
                     .id
             }
         };
-        let owner_id = owner("acme", "pro").await;
+        let owner_id = owner("acme", "unmetered").await;
         let free_owner = owner("hobbyist", "free").await;
         let _ = &mut manage;
         Fixture {
@@ -255,7 +258,7 @@ async fn a_valid_key_is_allowed_with_identity_headers_and_credentials_removed() 
         .collect();
     assert_eq!(set["x-keygate-key-id"], key.id);
     assert_eq!(set["x-keygate-owner-id"], f.owner);
-    assert_eq!(set["x-keygate-plan"], "pro");
+    assert_eq!(set["x-keygate-plan"], "unmetered");
     assert_eq!(set["x-keygate-scopes"], "read,write");
     for credential_header in ["authorization", "x-api-key", "api-key", "api-secret"] {
         assert!(
@@ -267,7 +270,7 @@ async fn a_valid_key_is_allowed_with_identity_headers_and_credentials_removed() 
     for (field, expected) in [
         ("key_id", key.id.as_str()),
         ("owner_id", f.owner.as_str()),
-        ("plan", "pro"),
+        ("plan", "unmetered"),
     ] {
         assert_eq!(
             metadata[field].kind,
@@ -771,7 +774,7 @@ async fn authorize_answers_the_same_decision_typed() {
     assert_eq!(ok.http_status, 200);
     assert_eq!(
         (ok.key_id.as_str(), ok.owner_id.as_str(), ok.plan.as_str()),
-        (key.id.as_str(), f.owner.as_str(), "pro")
+        (key.id.as_str(), f.owner.as_str(), "unmetered")
     );
     assert_eq!(ok.scopes, ["read", "roles:analyst"]);
     assert_eq!(ok.metadata["group"], "soc");

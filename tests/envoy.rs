@@ -276,3 +276,32 @@ async fn with_keygate_stopped_envoy_fails_closed() {
         "nothing more reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_their_rate_limits_and_429_when_over() {
+    let s = stack().await;
+    // The "pro" plan allows 10 a second per key; keygate's clock stands still in tests.
+    for remaining in (0..10).rev() {
+        let ok = s.get("/v1/x", &[("x-api-key", &s.administrator)]).await;
+        assert_eq!(ok.status, 200, "{}", s.envoy.log());
+        assert_eq!(ok.header("x-ratelimit-limit"), Some("10"));
+        assert_eq!(
+            ok.header("x-ratelimit-remaining"),
+            Some(remaining.to_string().as_str())
+        );
+        assert_eq!(
+            ok.header("x-ratelimit-reset"),
+            Some((common::T0 + 1).to_string().as_str())
+        );
+    }
+    let limited = s.get("/v1/x", &[("x-api-key", &s.administrator)]).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(json(&limited)["error"]["code"], "RATE_LIMITED");
+    assert_eq!(limited.header("retry-after"), Some("2"));
+    assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        s.http.requests().len(),
+        10,
+        "the 429 never reached the upstream"
+    );
+}

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::clock::UnixTime;
 use crate::proto;
+use crate::ratelimit::RateOutcome;
 
 /// What keygate decided about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,6 +155,8 @@ pub struct Decision {
     pub code: DecisionCode,
     /// The identified key, even on some denials (expired, scope, network).
     pub identity: Option<Identity>,
+    /// The rate-limit state, when the key's plan has windows and the policy passed.
+    pub rate: Option<RateOutcome>,
 }
 
 impl Decision {
@@ -162,6 +165,7 @@ impl Decision {
         Decision {
             code,
             identity: None,
+            rate: None,
         }
     }
 

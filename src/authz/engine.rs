@@ -1,14 +1,15 @@
 //! One decision, from request to [`Decision`]: extract → verify (cache, store, argon2) →
-//! policy. Check and Authorize both call [`decide`], so they can never disagree.
+//! policy → rate limits. Check and Authorize both call [`decide`], so they can never disagree.
 
 use std::net::IpAddr;
 
 use super::decision::{Decision, DecisionCode, Identity};
 use super::extract::Credential;
 use super::policy::{RequestFacts, evaluate};
-use super::routes::required_scopes;
+use super::routes::matching_rule;
 use crate::app::App;
 use crate::error::Result;
+use crate::ratelimit::Subject;
 
 /// A request to decide, independent of the protocol it came in.
 #[derive(Debug, Default)]
@@ -24,6 +25,9 @@ pub struct AuthzRequest {
     /// Scopes required on top of the route rules' (from `context_extensions` or the
     /// Authorize request).
     pub extra_scopes: Vec<String>,
+    /// What the request costs against rate limits, when the caller says; otherwise the
+    /// matching route rule's cost, or 1.
+    pub cost: Option<u64>,
 }
 
 /// Decides `request`. Errors are faults keygate cannot decide through (the store failed for
@@ -42,21 +46,47 @@ pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
         .clone()
         .or_else(|| owner.as_ref().map(|o| o.plan.clone()))
         .unwrap_or_default();
-    let mut scopes = required_scopes(&app.config.routes, &request.method, &request.path).to_vec();
+    let rule = matching_rule(&app.config.routes, &request.method, &request.path);
+    let mut scopes = rule.map(|r| r.scopes.clone()).unwrap_or_default();
     scopes.extend(request.extra_scopes.iter().cloned());
     let now = app.clock.now();
     let facts = RequestFacts {
         client_ip: request.client_ip,
         required_scopes: &scopes,
     };
-    let code = evaluate(
+    let plan_config = app.config.plan(&plan);
+    let mut code = evaluate(
         key,
         cached.matched,
         owner.as_ref(),
-        app.config.plan(&plan),
+        plan_config,
         &facts,
         now,
     );
+    let mut rate = None;
+    if let Some(windows) = plan_config
+        .map(|p| &p.rate_windows)
+        .filter(|w| !w.is_empty())
+        && code == DecisionCode::Ok
+    {
+        let cost = request
+            .cost
+            .or(rule.and_then(|r| r.cost))
+            .unwrap_or(1)
+            .max(1);
+        let subject = Subject {
+            owner_id: &key.owner_id,
+            key_id: &key.id,
+        };
+        let outcome = app
+            .limiter
+            .check(subject, windows, cost, app.clock.as_ref())
+            .await;
+        if !outcome.allowed {
+            code = DecisionCode::RateLimited;
+        }
+        rate = Some(outcome);
+    }
     if code == DecisionCode::Ok {
         app.usage.record(&key.id, now);
     }
@@ -69,5 +99,9 @@ pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
         metadata: key.metadata.clone(),
         expires_at: key.expires_at,
     });
-    Ok(Decision { code, identity })
+    Ok(Decision {
+        code,
+        identity,
+        rate,
+    })
 }

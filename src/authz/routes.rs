@@ -30,6 +30,9 @@ pub struct RouteRule {
     /// Scopes a key needs for matching requests.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// What a matching request costs against rate limits; 1 when absent.
+    #[serde(default)]
+    pub cost: Option<u64>,
 }
 
 impl RouteRule {
@@ -44,6 +47,9 @@ impl RouteRule {
         for method in &mut self.methods {
             *method = method.trim().to_ascii_uppercase();
         }
+        if self.cost == Some(0) {
+            return Err("cost must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -54,14 +60,15 @@ impl RouteRule {
     }
 }
 
-/// The scopes the first rule matching `method` and `path` requires. `path` may carry a
-/// query string, which is ignored.
-pub fn required_scopes<'a>(rules: &'a [RouteRule], method: &str, path: &str) -> &'a [String] {
+/// The first rule matching `method` and `path`. `path` may carry a query string, which is
+/// ignored.
+pub fn matching_rule<'a>(
+    rules: &'a [RouteRule],
+    method: &str,
+    path: &str,
+) -> Option<&'a RouteRule> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    rules
-        .iter()
-        .find(|r| r.matches(method, path))
-        .map_or(&[], |r| r.scopes.as_slice())
+    rules.iter().find(|r| r.matches(method, path))
 }
 
 #[cfg(test)]
@@ -74,22 +81,29 @@ mod tests {
                 methods: vec!["get".into(), "HEAD".into()],
                 path_prefix: "/v1/".into(),
                 scopes: vec!["read".into()],
+                cost: None,
             },
             RouteRule {
                 methods: vec![],
                 path_prefix: "/v1/".into(),
                 scopes: vec!["write".into()],
+                cost: Some(5),
             },
             RouteRule {
                 methods: vec![],
                 path_prefix: "/billing.v1.Invoices/".into(),
                 scopes: vec!["billing".into()],
+                cost: None,
             },
         ];
         for rule in &mut rules {
             rule.normalize().unwrap();
         }
         rules
+    }
+
+    fn required_scopes<'a>(rules: &'a [RouteRule], method: &str, path: &str) -> &'a [String] {
+        matching_rule(rules, method, path).map_or(&[], |r| r.scopes.as_slice())
     }
 
     #[test]
@@ -104,6 +118,10 @@ mod tests {
         );
         assert!(required_scopes(&rules, "GET", "/health").is_empty());
         assert!(required_scopes(&rules, "GET", "/v2/x?/v1/").is_empty());
+        assert_eq!(
+            matching_rule(&rules, "POST", "/v1/x").unwrap().cost,
+            Some(5)
+        );
     }
 
     #[test]
@@ -112,7 +130,14 @@ mod tests {
             methods: vec![],
             path_prefix: "v1".into(),
             scopes: vec![],
+            cost: None,
         };
         assert!(rule.normalize().is_err());
+        let mut free = RouteRule {
+            path_prefix: "/v1".into(),
+            cost: Some(0),
+            ..rule
+        };
+        assert!(free.normalize().is_err());
     }
 }

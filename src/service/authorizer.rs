@@ -14,6 +14,8 @@ use crate::authz::engine::{AuthzRequest, decide};
 use crate::authz::extract::Credential;
 use crate::authz::response::render;
 use crate::proto::{self, authorizer_server::Authorizer};
+use crate::ratelimit::RateOutcome;
+use crate::ratelimit::window::WindowState;
 
 /// The Authorizer gRPC service.
 pub struct AuthorizerService {
@@ -72,6 +74,7 @@ impl Authorizer for AuthorizerService {
             path: req.path.clone(),
             client_ip,
             extra_scopes: req.required_scopes.clone(),
+            cost: (req.cost > 0).then_some(req.cost),
         };
         let decision = decide(&self.app, &request)
             .await
@@ -90,6 +93,7 @@ impl Authorizer for AuthorizerService {
             message,
             ..Default::default()
         };
+        answer.rate_limit = decision.rate.as_ref().map(rate_limit_state);
         if let Some(identity) = decision.identity {
             answer.key_id = identity.key_id;
             answer.owner_id = identity.owner_id;
@@ -99,5 +103,32 @@ impl Authorizer for AuthorizerService {
             answer.expire_time = identity.expires_at.map(timestamp);
         }
         Ok(Response::new(answer))
+    }
+}
+
+/// The typed rate-limit state of a decision.
+fn rate_limit_state(outcome: &RateOutcome) -> proto::RateLimitState {
+    let window = |w: &WindowState| proto::RateWindowState {
+        limit: w.limit,
+        period: Some(millis_duration(w.period_ms)),
+        remaining: w.remaining,
+        reset_time: Some(prost_types::Timestamp {
+            seconds: w.reset_at.div_euclid(1000),
+            nanos: (w.reset_at.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+    };
+    proto::RateLimitState {
+        tightest: outcome.tightest().map(window),
+        windows: outcome.windows.iter().map(window).collect(),
+        retry_after: outcome
+            .retry_after_secs()
+            .map(|s| millis_duration(s.saturating_mul(1000))),
+    }
+}
+
+fn millis_duration(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
     }
 }

@@ -8,8 +8,8 @@
 //! filter's `failure_mode_allow` / `status_on_error` apply.
 //!
 //! Per-route `context_extensions`: `keygate.scopes` (comma-separated scopes required on top
-//! of the route rules) and `keygate.credentials` (comma-separated credential source names to
-//! accept on that route).
+//! of the route rules), `keygate.credentials` (comma-separated credential source names to
+//! accept on that route) and `keygate.cost` (what a request costs against rate limits).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ use crate::authz::response::render;
 pub const SCOPES_EXTENSION: &str = "keygate.scopes";
 /// Context extension restricting the credential sources a route accepts.
 pub const CREDENTIALS_EXTENSION: &str = "keygate.credentials";
+/// Context extension setting what a route's requests cost against rate limits.
+pub const COST_EXTENSION: &str = "keygate.cost";
 
 /// The ext_authz gRPC service.
 pub struct ExtAuthzService {
@@ -96,6 +98,10 @@ impl Authorization for ExtAuthzService {
                 .get(SCOPES_EXTENSION)
                 .map(|v| comma_list(v).map(str::to_owned).collect())
                 .unwrap_or_default(),
+            cost: extensions
+                .get(COST_EXTENSION)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&c| c > 0),
         };
         let decision = decide(&self.app, &request)
             .await
@@ -135,6 +141,7 @@ impl ExtAuthzService {
                     }),
                     http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                         headers,
+                        response_headers_to_add: self.rate_headers(decision),
                         headers_to_remove: config
                             .credentials
                             .iter()
@@ -156,6 +163,7 @@ impl ExtAuthzService {
                 if let Some(challenge) = &denial.www_authenticate {
                     headers.push(("www-authenticate", challenge.clone()));
                 }
+                let rate = self.rate_headers(decision);
                 let mut metadata = vec![("code", decision.code.as_str())];
                 if let Some(identity) = &decision.identity {
                     metadata.push(("key_id", identity.key_id.as_str()));
@@ -180,6 +188,7 @@ impl ExtAuthzService {
                                     HeaderAppendAction::OverwriteIfExistsOrAdd,
                                 )
                             })
+                            .chain(rate)
                             .collect(),
                         body: denial.body,
                     })),
@@ -187,6 +196,23 @@ impl ExtAuthzService {
                 }
             }
         }
+    }
+}
+
+impl ExtAuthzService {
+    /// The `x-ratelimit-*` (and `retry-after`) headers for the client, if the decision was
+    /// rate limited.
+    fn rate_headers(&self, decision: &Decision) -> Vec<HeaderValueOption> {
+        decision
+            .rate
+            .as_ref()
+            .map(|rate| rate.headers(&self.app.config.ratelimit))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| {
+                header_option(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd)
+            })
+            .collect()
     }
 }
 

@@ -6,6 +6,7 @@ pub mod envoy;
 pub mod faulty;
 pub mod http;
 pub mod process;
+pub mod redis;
 pub mod tools;
 pub mod upstream;
 

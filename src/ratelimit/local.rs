@@ -1,0 +1,247 @@
+//! The in-process limiter: one small counter per (subject, window), each behind its own
+//! lock, so decisions for different keys never contend. Idle counters expire and the number
+//! kept is bounded.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::window::Counter;
+use super::{DecidedBy, RateOutcome, Subject, counter_key, limits};
+use crate::clock::UnixMillis;
+use crate::config::RateWindow;
+
+/// Counters in this process.
+pub struct LocalLimiter {
+    counters: moka::sync::Cache<String, Arc<Mutex<Counter>>>,
+}
+
+impl LocalLimiter {
+    /// A limiter keeping at most `capacity` counters, each dropped after `idle` unused.
+    pub fn new(capacity: u64, idle: Duration) -> Self {
+        LocalLimiter {
+            counters: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(idle)
+                .build(),
+        }
+    }
+
+    /// Checks and, if every window has room, charges a request of `cost` at `now`. Limits are
+    /// divided by `share` (1 normally; the replica count when standing in for Redis).
+    pub fn check(
+        &self,
+        subject: Subject<'_>,
+        windows: &[RateWindow],
+        cost: u64,
+        now: UnixMillis,
+        share: u64,
+        decided_by: DecidedBy,
+    ) -> RateOutcome {
+        let keys: Vec<String> = windows.iter().map(|w| counter_key(subject, w)).collect();
+        let cells: Vec<Arc<Mutex<Counter>>> = keys
+            .iter()
+            .map(|k| self.counters.get_with_by_ref(k, Default::default))
+            .collect();
+        // Lock in key order, so two decisions sharing counters never wait on each other in
+        // a cycle.
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        let mut guards: Vec<Option<MutexGuard<'_, Counter>>> =
+            (0..keys.len()).map(|_| None).collect();
+        for i in order {
+            guards[i] = Some(cells[i].lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        let limits = limits(windows, share);
+        let mut counters: Vec<Counter> = guards
+            .iter()
+            .zip(&limits)
+            .map(|(g, &(_, period))| Counter::rolled(g.as_deref().copied(), now, period))
+            .collect();
+        let outcome = RateOutcome::evaluate(&limits, &mut counters, cost, now, decided_by);
+        for (guard, counter) in guards.iter_mut().zip(counters) {
+            if let Some(guard) = guard {
+                **guard = counter;
+            }
+        }
+        outcome
+    }
+
+    /// Counters currently kept.
+    pub fn len(&self) -> u64 {
+        self.counters.run_pending_tasks();
+        self.counters.entry_count()
+    }
+
+    /// Whether no counter is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RateScope;
+
+    fn window(limit: u64, secs: u64, per: RateScope) -> RateWindow {
+        RateWindow {
+            limit,
+            period: Duration::from_secs(secs),
+            per,
+        }
+    }
+
+    fn limiter() -> LocalLimiter {
+        LocalLimiter::new(1000, Duration::from_secs(7200))
+    }
+
+    const KEY_A: Subject = Subject {
+        owner_id: "o1",
+        key_id: "a",
+    };
+    const KEY_B: Subject = Subject {
+        owner_id: "o1",
+        key_id: "b",
+    };
+
+    #[test]
+    fn several_windows_all_must_have_room() {
+        let l = limiter();
+        let windows = [
+            window(10, 1, RateScope::Key),
+            window(15, 3600, RateScope::Key),
+        ];
+        let mut now = 1_000_000;
+        let mut admitted = 0;
+        for _ in 0..40 {
+            if l.check(KEY_A, &windows, 1, now, 1, DecidedBy::Local)
+                .allowed
+            {
+                admitted += 1;
+            }
+            now += 50; // 20/s
+        }
+        // The per-second window admits ~10 a second; the hourly one stops at 15.
+        assert_eq!(admitted, 15);
+        let denied = l.check(KEY_A, &windows, 1, now, 1, DecidedBy::Local);
+        assert!(!denied.allowed);
+        assert_eq!(denied.tightest().unwrap().limit, 15);
+    }
+
+    #[test]
+    fn a_denial_charges_nothing() {
+        let l = limiter();
+        let windows = [window(10, 1, RateScope::Key), window(3, 60, RateScope::Key)];
+        let now = 2_000_000;
+        // Cost 4 fits the per-second window but not the per-minute one: neither is charged.
+        let denied = l.check(KEY_A, &windows, 4, now, 1, DecidedBy::Local);
+        assert!(!denied.allowed);
+        assert_eq!(denied.windows[0].remaining, 10);
+        let ok = l.check(KEY_A, &windows, 3, now, 1, DecidedBy::Local);
+        assert!(ok.allowed);
+        assert_eq!(ok.windows[0].remaining, 7);
+        assert_eq!(ok.windows[1].remaining, 0);
+    }
+
+    #[test]
+    fn owner_windows_are_shared_by_the_owners_keys() {
+        let l = limiter();
+        let windows = [window(5, 60, RateScope::Owner)];
+        let now = 3_000_000;
+        for _ in 0..3 {
+            assert!(
+                l.check(KEY_A, &windows, 1, now, 1, DecidedBy::Local)
+                    .allowed
+            );
+        }
+        for _ in 0..2 {
+            assert!(
+                l.check(KEY_B, &windows, 1, now, 1, DecidedBy::Local)
+                    .allowed
+            );
+        }
+        assert!(
+            !l.check(KEY_B, &windows, 1, now, 1, DecidedBy::Local)
+                .allowed
+        );
+        let other_owner = Subject {
+            owner_id: "o2",
+            key_id: "c",
+        };
+        assert!(
+            l.check(other_owner, &windows, 1, now, 1, DecidedBy::Local)
+                .allowed
+        );
+        // Per-key windows are not shared.
+        let per_key = [window(1, 60, RateScope::Key)];
+        assert!(
+            l.check(KEY_A, &per_key, 1, now, 1, DecidedBy::Local)
+                .allowed
+        );
+        assert!(
+            l.check(KEY_B, &per_key, 1, now, 1, DecidedBy::Local)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn retry_after_and_reset_are_told_to_the_client() {
+        let l = limiter();
+        let windows = [window(2, 10, RateScope::Key)];
+        let now = 4_000_000; // a bucket boundary
+        l.check(KEY_A, &windows, 2, now, 1, DecidedBy::Local);
+        let denied = l.check(KEY_A, &windows, 1, now + 1000, 1, DecidedBy::Local);
+        assert!(!denied.allowed);
+        // Both requests sit in this bucket: the next one fits once the next bucket starts
+        // and enough of this one has slid out (half of it, for 2 → 1 plus the new one).
+        let retry = denied.retry_after_secs().unwrap();
+        assert_eq!(retry, 9 + 5);
+        let config = super::super::RateLimitConfig::default();
+        let headers: std::collections::HashMap<_, _> =
+            denied.headers(&config).into_iter().collect();
+        assert_eq!(headers["x-ratelimit-limit"], "2");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert_eq!(headers["x-ratelimit-reset"], "4010");
+        assert_eq!(headers["retry-after"], "14");
+        let later = now + 1000 + retry as i64 * 1000;
+        assert!(
+            l.check(KEY_A, &windows, 1, later, 1, DecidedBy::Local)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn a_share_divides_the_limit() {
+        let l = limiter();
+        let windows = [window(10, 60, RateScope::Key)];
+        let now = 5_000_000;
+        let admitted = (0..10)
+            .filter(|_| {
+                l.check(KEY_A, &windows, 1, now, 3, DecidedBy::Fallback)
+                    .allowed
+            })
+            .count();
+        assert_eq!(admitted, 3, "10 / 3 replicas");
+    }
+
+    #[test]
+    fn idle_counters_expire_and_memory_stays_bounded() {
+        let l = LocalLimiter::new(100, Duration::from_secs(3600));
+        let windows = [window(10, 1, RateScope::Key)];
+        for i in 0..1000 {
+            let id = i.to_string();
+            l.check(
+                Subject {
+                    owner_id: "o",
+                    key_id: &id,
+                },
+                &windows,
+                1,
+                6_000_000,
+                1,
+                DecidedBy::Local,
+            );
+        }
+        assert!(l.len() <= 100, "{}", l.len());
+    }
+}

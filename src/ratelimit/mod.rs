@@ -1,0 +1,286 @@
+//! Rate limiting: sliding-window counters for every window of a key's plan, checked and
+//! charged in one atomic step, in process ([`local`]) or in Redis ([`redis`]) so that many
+//! replicas enforce one limit.
+//!
+//! A request passes only if every window has room; only then are all windows charged, so a
+//! denial costs nothing. Windows count per key or per owner (all the owner's keys share it).
+
+pub mod local;
+pub mod redis;
+pub mod window;
+
+use local::LocalLimiter;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixMillis;
+use crate::config::{RateScope, RateWindow};
+use window::{Counter, WindowState, assess};
+
+/// Where counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this process: exact for one replica.
+    Local,
+    /// In Redis, shared by every replica.
+    Redis,
+}
+
+/// How `x-ratelimit-reset` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetFormat {
+    /// Unix epoch seconds at which the current bucket ends.
+    Epoch,
+    /// Seconds from now until then.
+    Delta,
+}
+
+/// Rate limiting settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Where counters live.
+    pub backend: Backend,
+    /// Replicas sharing the limit: while Redis is unreachable, each enforces
+    /// `limit / replicas` locally.
+    pub replicas: u64,
+    /// How `x-ratelimit-reset` is written.
+    pub reset: ResetFormat,
+    /// Also send the IETF `RateLimit-Policy` and `RateLimit` headers.
+    pub ietf_headers: bool,
+    /// Most subjects (key or owner per window) counted locally at once.
+    pub local_capacity: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            backend: Backend::Local,
+            replicas: 1,
+            reset: ResetFormat::Epoch,
+            ietf_headers: false,
+            local_capacity: 1_000_000,
+        }
+    }
+}
+
+/// Who a request is counted for.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The key's owner.
+    pub owner_id: &'a str,
+    /// The key.
+    pub key_id: &'a str,
+}
+
+/// The name of one window's counter for `subject`. Every counter of an owner carries the same
+/// hash tag, so all windows of a decision live in one Redis Cluster slot.
+pub fn counter_key(subject: Subject<'_>, window: &RateWindow) -> String {
+    let period = window.period.as_millis();
+    match window.per {
+        RateScope::Key => format!(
+            "kg:rl:{{{}}}:k:{}:{period}",
+            subject.owner_id, subject.key_id
+        ),
+        RateScope::Owner => format!("kg:rl:{{{}}}:o:{period}", subject.owner_id),
+    }
+}
+
+/// Milliseconds in a window's period.
+pub fn period_ms(window: &RateWindow) -> u64 {
+    u64::try_from(window.period.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Which limiter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The in-process limiter, by configuration.
+    Local,
+    /// Redis.
+    Redis,
+    /// The in-process limiter with the replica share, because Redis did not answer.
+    Fallback,
+}
+
+/// The outcome of a rate-limit check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateOutcome {
+    /// Whether every window had room (and was charged).
+    pub allowed: bool,
+    /// Each window's state, in plan order.
+    pub windows: Vec<WindowState>,
+    /// The time the decision was made at (Redis's clock for Redis).
+    pub now: UnixMillis,
+    /// Which limiter decided.
+    pub decided_by: DecidedBy,
+}
+
+impl RateOutcome {
+    /// Evaluates `cost` against `windows` whose counters, rolled to `now`, are `counters`;
+    /// charges the counters when every window has room.
+    pub fn evaluate(
+        windows: &[(u64, u64)],
+        counters: &mut [Counter],
+        cost: u64,
+        now: UnixMillis,
+        decided_by: DecidedBy,
+    ) -> RateOutcome {
+        let states: Vec<WindowState> = windows
+            .iter()
+            .zip(counters.iter())
+            .map(|(&(limit, period), counter)| assess(counter, limit, period, cost, now))
+            .collect();
+        let allowed = states.iter().all(|s| s.has_room);
+        if allowed {
+            for counter in counters.iter_mut() {
+                counter.current = counter.current.saturating_add(cost);
+            }
+        }
+        let windows = if allowed {
+            states
+        } else {
+            // Nothing was charged: report every window as it stands without this request.
+            windows
+                .iter()
+                .zip(counters.iter())
+                .zip(states)
+                .map(|((&(limit, period), counter), denied)| WindowState {
+                    remaining: assess(counter, limit, period, 0, now).remaining,
+                    ..denied
+                })
+                .collect()
+        };
+        RateOutcome {
+            allowed,
+            windows,
+            now,
+            decided_by,
+        }
+    }
+
+    /// The window clients are told about: when denied, the one that makes them wait longest;
+    /// otherwise the one with the fewest requests left.
+    pub fn tightest(&self) -> Option<&WindowState> {
+        if self.allowed {
+            self.windows.iter().min_by_key(|w| (w.remaining, w.limit))
+        } else {
+            self.windows
+                .iter()
+                .filter(|w| !w.has_room)
+                .max_by_key(|w| w.retry_after_ms.unwrap_or(u64::MAX))
+        }
+    }
+
+    /// Whole seconds until the request would fit (at least 1), for `retry-after`. A request
+    /// that can never fit is told to come back after the longest window's period.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        if self.allowed {
+            return None;
+        }
+        let window = self.tightest()?;
+        let wait = window.retry_after_ms.unwrap_or(window.period_ms);
+        Some(wait.div_ceil(1000).max(1))
+    }
+
+    /// The response headers that tell clients about their limits.
+    pub fn headers(&self, config: &RateLimitConfig) -> Vec<(&'static str, String)> {
+        let Some(window) = self.tightest() else {
+            return Vec::new();
+        };
+        let reset_secs = (window.reset_at - self.now).max(0).div_euclid(1000)
+            + i64::from((window.reset_at - self.now).rem_euclid(1000) > 0);
+        let reset = match config.reset {
+            ResetFormat::Epoch => {
+                window.reset_at.div_euclid(1000) + i64::from(window.reset_at.rem_euclid(1000) > 0)
+            }
+            ResetFormat::Delta => reset_secs,
+        };
+        let mut headers = vec![
+            ("x-ratelimit-limit", window.limit.to_string()),
+            ("x-ratelimit-remaining", window.remaining.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+        ];
+        if let Some(retry) = self.retry_after_secs() {
+            headers.push(("retry-after", retry.to_string()));
+        }
+        if config.ietf_headers {
+            let name =
+                |w: &WindowState| format!("\"{}-per-{}s\"", w.limit, w.period_ms.div_ceil(1000));
+            let policy = self
+                .windows
+                .iter()
+                .map(|w| format!("{};q={};w={}", name(w), w.limit, w.period_ms.div_ceil(1000)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            headers.push(("ratelimit-policy", policy));
+            headers.push((
+                "ratelimit",
+                format!("{};r={};t={}", name(window), window.remaining, reset_secs),
+            ));
+        }
+        headers
+    }
+}
+
+/// The (limit, period in ms) of each window, with `limit` divided by `share` (at least 1
+/// left) for a replica enforcing its share of a limit alone.
+pub fn limits(windows: &[RateWindow], share: u64) -> Vec<(u64, u64)> {
+    windows
+        .iter()
+        .map(|w| ((w.limit / share.max(1)).max(1), period_ms(w)))
+        .collect()
+}
+
+/// Rate limits, in this process or shared through Redis.
+pub enum RateLimiter {
+    /// In-process counters.
+    Local(LocalLimiter),
+    /// Redis, with a local stand-in.
+    Redis(redis::RedisLimiter),
+}
+
+impl RateLimiter {
+    /// The limiter `config` asks for. Local counters are dropped after two periods of the
+    /// longest configured window unused, when both of its buckets are empty anyway.
+    pub fn new(
+        config: &RateLimitConfig,
+        redis: &redis::RedisConfig,
+        longest_period: Duration,
+    ) -> Result<Self, String> {
+        let local = LocalLimiter::new(
+            config.local_capacity,
+            longest_period.max(Duration::from_secs(1)) * 2,
+        );
+        Ok(match config.backend {
+            Backend::Local => RateLimiter::Local(local),
+            Backend::Redis => {
+                RateLimiter::Redis(redis::RedisLimiter::new(redis, config.replicas, local)?)
+            }
+        })
+    }
+
+    /// Checks and, if every window has room, charges a request of `cost`.
+    pub async fn check(
+        &self,
+        subject: Subject<'_>,
+        windows: &[RateWindow],
+        cost: u64,
+        clock: &dyn crate::clock::Clock,
+    ) -> RateOutcome {
+        match self {
+            RateLimiter::Local(local) => local.check(
+                subject,
+                windows,
+                cost,
+                clock.now_millis(),
+                1,
+                DecidedBy::Local,
+            ),
+            RateLimiter::Redis(redis) => redis.check(subject, windows, cost, clock).await,
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Rate limits through Check and Authorize: in process with a manual clock, and shared
+//! through a real redis-server by two keygate servers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use common::redis::RedisServer;
+use common::{ADMIN_TOKEN, Options, TestServer, admin, start_with};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use keygate::proto::{self, authorizer_client::AuthorizerClient};
+use std::sync::Arc;
+
+use keygate::ratelimit::{RateLimiter, redis::RedisLimiterStats};
+use keygate::store::Store;
+use keygate::store::embedded::EmbeddedStore;
+
+/// Plans for these tests: 5 a second per key and 8 a minute per owner; 10 an hour per key.
+const PLANS: &str = r#"
+[[plans]]
+name = "metered"
+rate_windows = [{ limit = 5, period = "1s" }, { limit = 8, period = "1m", per = "owner" }]
+
+[[plans]]
+name = "hourly"
+rate_windows = [{ limit = 10, period = "1h" }]
+
+[[routes]]
+path_prefix = "/export"
+cost = 3
+"#;
+
+async fn server(extra: &str) -> TestServer {
+    start_with(Options {
+        admin_token: Some(ADMIN_TOKEN),
+        extra_config: extra,
+        ..Options::default()
+    })
+    .await
+}
+
+/// Creates an owner on `plan` with `keys` keys; returns their secrets.
+async fn keys(server: &TestServer, plan: &str, keys: usize) -> Vec<String> {
+    let mut manage = server.client().await;
+    let owner = manage
+        .create_owner(admin(proto::CreateOwnerRequest {
+            external_id: format!("owner-{plan}"),
+            display_name: "o".into(),
+            plan: plan.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut secrets = Vec::new();
+    for _ in 0..keys {
+        let created = manage
+            .create_key(admin(proto::CreateKeyRequest {
+                owner_id: owner.clone(),
+                name: "k".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.push(created.secret);
+    }
+    secrets
+}
+
+fn check_request(key: &str, path: &str, extensions: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "203.0.113.9".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    headers: HashMap::from([("x-api-key".to_string(), key.to_string())]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: extensions
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// (allowed, headers for the client) of a Check answer.
+fn outcome(response: &CheckResponse) -> (bool, HashMap<String, String>) {
+    let (allowed, headers) = match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => (true, &ok.response_headers_to_add),
+        Some(HttpResponse::DeniedResponse(denied)) => (false, &denied.headers),
+        other => panic!("unexpected answer {other:?}"),
+    };
+    let headers = headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    (allowed, headers)
+}
+
+async fn check(server: &TestServer, key: &str, path: &str) -> (bool, HashMap<String, String>) {
+    let mut client = AuthorizationClient::new(server.data_plane().await);
+    outcome(
+        &client
+            .check(check_request(key, path, &[]))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+}
+
+#[tokio::test]
+async fn windows_limit_each_key_and_the_owner_with_headers_for_the_client() {
+    let server = server(PLANS).await;
+    let keys = keys(&server, "metered", 2).await;
+    let mut client = AuthorizationClient::new(server.data_plane().await);
+    let mut call = async |key: &str| {
+        outcome(
+            &client
+                .check(check_request(key, "/v1/x", &[]))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+    };
+
+    // 5 a second for the first key.
+    for expected_remaining in ["4", "3", "2", "1", "0"] {
+        let (allowed, headers) = call(&keys[0]).await;
+        assert!(allowed);
+        assert_eq!(headers["x-ratelimit-limit"], "5");
+        assert_eq!(headers["x-ratelimit-remaining"], expected_remaining);
+        assert!(!headers.contains_key("retry-after"));
+    }
+    let (allowed, headers) = call(&keys[0]).await;
+    assert!(!allowed);
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    // All five sit at the start of this second: the next fits 200 ms into the next second,
+    // when four-fifths of them still count (4 + 1 = 5).
+    assert_eq!(headers["retry-after"], "2");
+    let reset: i64 = headers["x-ratelimit-reset"].parse().unwrap();
+    assert_eq!(
+        reset,
+        common::T0 + 1,
+        "epoch seconds at which the current bucket ends"
+    );
+
+    // The owner's window (8 a minute) is shared: the second key gets the 3 left.
+    for _ in 0..3 {
+        assert!(call(&keys[1]).await.0);
+    }
+    let (allowed, headers) = call(&keys[1]).await;
+    assert!(!allowed, "the owner's minute is used up");
+    assert_eq!(headers["x-ratelimit-limit"], "8");
+    // Two seconds on, the per-second window has room again but the minute does not.
+    server.clock.advance(2);
+    assert!(!call(&keys[0]).await.0);
+    // The eight sit at the start of minute 0. At 1:04 they still count 8 × 56/60 ≈ 7.5, so
+    // no room; from 1:07.5 they count 7 and one more fits.
+    server.clock.advance(62);
+    assert!(!call(&keys[0]).await.0);
+    server.clock.advance_millis(3_500);
+    assert!(call(&keys[0]).await.0);
+}
+
+#[tokio::test]
+async fn rate_limited_requests_get_429_with_the_json_body() {
+    let server = server(PLANS).await;
+    let key = &keys(&server, "hourly", 1).await[0];
+    let mut client = AuthorizationClient::new(server.data_plane().await);
+    for _ in 0..10 {
+        client.check(check_request(key, "/v1", &[])).await.unwrap();
+    }
+    let denied = client
+        .check(check_request(key, "/v1", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        denied.status.as_ref().unwrap().code,
+        tonic::Code::ResourceExhausted as i32
+    );
+    let Some(HttpResponse::DeniedResponse(body)) = &denied.http_response else {
+        panic!()
+    };
+    assert_eq!(body.status.as_ref().unwrap().code, 429);
+    let json: serde_json::Value = serde_json::from_str(&body.body).unwrap();
+    assert_eq!(json["error"]["code"], "RATE_LIMITED");
+    let (_, headers) = outcome(&denied);
+    // Ten at the start of this hour: the next fits 6 minutes into the next hour, when 9 of
+    // them still count by the sliding estimate.
+    assert_eq!(headers["retry-after"], "3960");
+}
+
+#[tokio::test]
+async fn cost_comes_from_routes_extensions_and_authorize() {
+    let server = server(PLANS).await;
+    let key = &keys(&server, "hourly", 1).await[0];
+    let mut check = AuthorizationClient::new(server.data_plane().await);
+    // /export costs 3 by route rule: 10 an hour buys three exports, not four.
+    for expected in [true, true, true, false] {
+        let response = check
+            .check(check_request(key, "/export/all", &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&response).0, expected);
+    }
+    // One request of cost 1 still fits; the context extension makes the next cost 2.
+    let by_extension = check
+        .check(check_request(key, "/v1", &[("keygate.cost", "2")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!outcome(&by_extension).0, "9 used + 2 > 10");
+    assert!(
+        outcome(
+            &check
+                .check(check_request(key, "/v1", &[]))
+                .await
+                .unwrap()
+                .into_inner()
+        )
+        .0
+    );
+
+    let mut authorize = AuthorizerClient::new(server.data_plane().await);
+    let answer = authorize
+        .authorize(proto::AuthorizeRequest {
+            key: key.clone(),
+            cost: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.code, proto::DecisionCode::RateLimited as i32);
+    assert_eq!(answer.http_status, 429);
+    let state = answer.rate_limit.unwrap();
+    let tightest = state.tightest.unwrap();
+    assert_eq!((tightest.limit, tightest.remaining), (10, 0));
+    assert_eq!(tightest.period.unwrap().seconds, 3600);
+    assert!(state.retry_after.unwrap().seconds > 0);
+}
+
+fn redis_limiter_stats(server: &TestServer) -> &RedisLimiterStats {
+    match &server.server.app().limiter {
+        RateLimiter::Redis(redis) => redis.stats(),
+        RateLimiter::Local(_) => panic!("expected the Redis limiter"),
+    }
+}
+
+fn redis_config(redis: &RedisServer) -> String {
+    format!(
+        r#"{PLANS}
+[ratelimit]
+backend = "redis"
+replicas = 2
+
+[redis]
+url = "{}"
+timeout = "200ms"
+retry_after = "1s"
+"#,
+        redis.url()
+    )
+}
+
+/// Two keygate servers (replicas) sharing one store and one Redis.
+async fn replicas(redis: &RedisServer) -> (TestServer, TestServer) {
+    let config = redis_config(redis);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("shared.redb")).unwrap());
+    let replica = async || {
+        start_with(Options {
+            admin_token: Some(ADMIN_TOKEN),
+            extra_config: &config,
+            store: Some(store.clone()),
+        })
+        .await
+    };
+    let pair = (replica().await, replica().await);
+    std::mem::forget(dir); // the store file outlives the servers; the OS cleans tmp
+    pair
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_sharing_redis_enforce_one_limit() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let (a, b) = replicas(&redis).await;
+    let key = keys(&a, "hourly", 1).await.remove(0);
+    let mut admitted = 0;
+    for i in 0..16 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        if check(server, &key, "/v1").await.0 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10, "10 an hour in all, not 10 per replica");
+    for server in [&a, &b] {
+        let stats = redis_limiter_stats(server);
+        assert_eq!(stats.decisions.load(Ordering::Relaxed), 8);
+        assert_eq!(stats.fallbacks.load(Ordering::Relaxed), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_survives_script_flush() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let (a, _b) = replicas(&redis).await;
+    let key = keys(&a, "hourly", 1).await.remove(0);
+    for _ in 0..4 {
+        assert!(check(&a, &key, "/v1").await.0);
+    }
+    let flushed: String = redis.command(redis::cmd("SCRIPT").arg("FLUSH"));
+    assert_eq!(flushed, "OK");
+    let (allowed, headers) = check(&a, &key, "/v1").await;
+    assert!(allowed);
+    assert_eq!(
+        headers["x-ratelimit-remaining"], "5",
+        "the counters were kept and the script reloaded"
+    );
+    assert_eq!(redis_limiter_stats(&a).errors.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_dies_each_replica_enforces_its_share_then_returns_to_redis() {
+    let mut redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let (a, _b) = replicas(&redis).await;
+    let key = keys(&a, "hourly", 1).await.remove(0);
+    assert!(check(&a, &key, "/v1").await.0);
+    assert_eq!(redis_limiter_stats(&a).decisions.load(Ordering::Relaxed), 1);
+
+    redis.kill();
+    // 10 an hour over 2 replicas: this one lets 5 through on its own.
+    let admitted = {
+        let mut n = 0;
+        for _ in 0..8 {
+            n += usize::from(check(&a, &key, "/v1").await.0);
+        }
+        n
+    };
+    assert_eq!(admitted, 5);
+    let stats = redis_limiter_stats(&a);
+    assert_eq!(stats.fallbacks.load(Ordering::Relaxed), 8);
+    assert!(stats.errors.load(Ordering::Relaxed) >= 1);
+
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    // The limiter tries Redis again once its back-off (1 s on keygate's clock) has passed.
+    a.clock.advance(2);
+    let (allowed, headers) = check(&a, &key, "/v1").await;
+    assert!(allowed);
+    assert_eq!(
+        headers["x-ratelimit-limit"], "10",
+        "the whole limit again, from Redis"
+    );
+    assert_eq!(stats.decisions.load(Ordering::Relaxed), 2);
+    drop(redis);
+}
