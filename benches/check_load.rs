@@ -1,8 +1,9 @@
 //! A bounded load loop against a real keygate process: Check calls for one warm key over
 //! loopback, from several concurrent HTTP/2 connections, as Envoy would send them. Prints
-//! p50 / p99 / p99.9 latency and throughput.
+//! p50 / p99 / p99.9 latency and throughput, three times: with no rate limit on the key's
+//! plan, with the local limiter, and with the Redis limiter (a redis-server on loopback).
 //!
-//! `cargo bench --bench check_load` (release build). Bounded: `REQUESTS` calls in total, and
+//! `cargo bench --bench check_load` (release build). Bounded: `REQUESTS` calls per run, and
 //! never longer than `TIME_LIMIT`.
 
 use std::io::{BufRead, BufReader};
@@ -15,7 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use keygate::proto::{self, key_manager_client::KeyManagerClient};
 
-const REQUESTS: usize = 100_000;
+const REQUESTS: usize = 60_000;
 const CONNECTIONS: usize = 8;
 const IN_FLIGHT_PER_CONNECTION: usize = 4;
 const TIME_LIMIT: Duration = Duration::from_secs(60);
@@ -57,8 +58,19 @@ fn check_request(key: &str) -> CheckRequest {
     }
 }
 
-/// Starts the release keygate binary and returns it with its (management, data plane) URLs.
-fn start_keygate(dir: &std::path::Path) -> (std::process::Child, String, String) {
+/// A plan with two windows too wide to deny anything, so every Check runs the limiter.
+const METERED: &str = r#"
+default_plan = "metered"
+[[plans]]
+name = "metered"
+rate_windows = [{ limit = 1000000, period = "1s" }, { limit = 1000000000, period = "1h", per = "owner" }]
+"#;
+
+/// Starts the release keygate binary with `config` and returns it with its (management,
+/// data plane) URLs.
+fn start_keygate(dir: &std::path::Path, config: &str) -> (std::process::Child, String, String) {
+    let config_path = dir.join("keygate.toml");
+    std::fs::write(&config_path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args([
             "serve",
@@ -66,8 +78,10 @@ fn start_keygate(dir: &std::path::Path) -> (std::process::Child, String, String)
             "127.0.0.1:0",
             "--data-plane-addr",
             "127.0.0.1:0",
-            "--data-dir",
         ])
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--data-dir")
         .arg(dir)
         .env_clear()
         .env("KEYGATE_ADMIN_TOKEN", "bench-admin-token-0123456789")
@@ -94,8 +108,46 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
+    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &redis_port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(redis_dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is needed: run scripts/install-test-tools");
+    let redis_config = format!(
+        "{METERED}\n[ratelimit]\nbackend = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout = \"100ms\"\n"
+    );
+    for (name, config) in [
+        ("no rate limit", String::new()),
+        ("local limiter", METERED.to_owned()),
+        ("Redis limiter", redis_config),
+    ] {
+        run(name, &config);
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
+fn run(name: &str, config: &str) {
+    println!("check_load: --- {name} ---");
     let dir = tempfile::tempdir().unwrap();
-    let (mut keygate, management, data_plane) = start_keygate(dir.path());
+    let (mut keygate, management, data_plane) = start_keygate(dir.path(), config);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut manage = KeyManagerClient::connect(management).await.unwrap();

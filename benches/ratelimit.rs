@@ -1,0 +1,212 @@
+//! Rate-limiter throughput and memory: decisions/s of the local limiter and of the Redis
+//! limiter against a real redis-server on loopback, and the memory one counted subject
+//! costs locally. Bounded: a fixed number of decisions per measurement.
+//!
+//! `cargo bench --bench ratelimit` (needs `redis-server`; `scripts/install-test-tools`
+//! installs it).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keygate::clock::SystemClock;
+use keygate::config::{RateScope, RateWindow};
+use keygate::ratelimit::local::LocalLimiter;
+use keygate::ratelimit::redis::{RedisConfig, RedisLimiter};
+use keygate::ratelimit::{DecidedBy, Subject};
+
+const DECISIONS: usize = 200_000;
+const REDIS_DECISIONS: usize = 50_000;
+const SUBJECTS: usize = 200_000;
+
+fn windows() -> Vec<RateWindow> {
+    vec![
+        RateWindow {
+            limit: 1_000_000,
+            period: Duration::from_secs(1),
+            per: RateScope::Key,
+        },
+        RateWindow {
+            limit: 1_000_000_000,
+            period: Duration::from_secs(3600),
+            per: RateScope::Owner,
+        },
+    ]
+}
+
+/// Resident memory of this process in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn local(windows: &[RateWindow]) {
+    let limiter = Arc::new(LocalLimiter::new(10_000_000, Duration::from_secs(7200)));
+    let keys: Vec<String> = (0..1000).map(|i| format!("key{i:04}")).collect();
+    let started = Instant::now();
+    for i in 0..DECISIONS {
+        let subject = Subject {
+            owner_id: "own_bench",
+            key_id: &keys[i % keys.len()],
+        };
+        let now = started.elapsed().as_millis() as i64;
+        std::hint::black_box(limiter.check(subject, windows, 1, now, 1, DecidedBy::Local));
+    }
+    let one_thread = DECISIONS as f64 / started.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (limiter, keys) = (limiter.clone(), &keys);
+            scope.spawn(move || {
+                for i in 0..DECISIONS / threads {
+                    let subject = Subject {
+                        owner_id: "own_bench",
+                        key_id: &keys[(i * 7 + t) % keys.len()],
+                    };
+                    let now = started.elapsed().as_millis() as i64;
+                    std::hint::black_box(limiter.check(
+                        subject,
+                        windows,
+                        1,
+                        now,
+                        1,
+                        DecidedBy::Local,
+                    ));
+                }
+            });
+        }
+    });
+    let all_threads = DECISIONS as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "ratelimit: local limiter, 2 windows: {one_thread:.0} decisions/s on one thread, {all_threads:.0} on {threads} threads"
+    );
+
+    // Memory: one per-key window for many keys.
+    let one_window = &windows[..1];
+    let limiter = LocalLimiter::new(10_000_000, Duration::from_secs(7200));
+    let before = resident_bytes();
+    let ids: Vec<String> = (0..SUBJECTS).map(|i| format!("k{i:011}")).collect();
+    let ids_bytes = resident_bytes() - before;
+    for id in &ids {
+        limiter.check(
+            Subject {
+                owner_id: "own_0123456789abcdef",
+                key_id: id,
+            },
+            one_window,
+            1,
+            1_000,
+            1,
+            DecidedBy::Local,
+        );
+    }
+    let per_subject = (resident_bytes() - before - ids_bytes) as f64 / SUBJECTS as f64;
+    println!(
+        "ratelimit: local state per counted subject: {per_subject:.0} bytes resident ({SUBJECTS} subjects; counter itself {} bytes)",
+        std::mem::size_of::<keygate::ratelimit::window::Counter>()
+    );
+}
+
+async fn redis(windows: &[RateWindow], url: String) {
+    let config = RedisConfig {
+        url,
+        pool_size: 32,
+        timeout: Duration::from_millis(500),
+        ..RedisConfig::default()
+    };
+    let limiter = Arc::new(
+        RedisLimiter::new(&config, 1, LocalLimiter::new(1000, Duration::from_secs(60))).unwrap(),
+    );
+    let subject = Subject {
+        owner_id: "own_bench",
+        key_id: "key",
+    };
+    limiter.check(subject, windows, 1, &SystemClock).await;
+    let sequential = 5_000;
+    let started = Instant::now();
+    for _ in 0..sequential {
+        limiter.check(subject, windows, 1, &SystemClock).await;
+    }
+    let one = sequential as f64 / started.elapsed().as_secs_f64();
+    let concurrency = 32;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let (limiter, windows) = (limiter.clone(), windows.to_vec());
+            tokio::spawn(async move {
+                let key = format!("key{t}");
+                for _ in 0..REDIS_DECISIONS / concurrency {
+                    limiter
+                        .check(
+                            Subject {
+                                owner_id: "own_bench",
+                                key_id: &key,
+                            },
+                            &windows,
+                            1,
+                            &SystemClock,
+                        )
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let many = REDIS_DECISIONS as f64 / started.elapsed().as_secs_f64();
+    let stats = limiter.stats();
+    assert_eq!(
+        stats.fallbacks.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "Redis must answer every decision"
+    );
+    println!(
+        "ratelimit: Redis limiter, 2 windows, one script call each: {one:.0} decisions/s one at a time, {many:.0} with {concurrency} in flight"
+    );
+}
+
+fn main() {
+    let windows = windows();
+    local(&windows);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is needed: run scripts/install-test-tools");
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get_connection().is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(redis(&windows, url));
+    let _ = server.kill();
+    let _ = server.wait();
+}
