@@ -10,11 +10,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use keygate::proto::{self, key_manager_client::KeyManagerClient};
+
+#[path = "../tests/common/check.rs"]
+mod check;
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 const REQUESTS: usize = 60_000;
 const CONNECTIONS: usize = 8;
@@ -22,40 +26,13 @@ const IN_FLIGHT_PER_CONNECTION: usize = 4;
 const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 fn check_request(key: &str) -> CheckRequest {
+    let bearer = format!("Bearer {key}");
     let headers = [
         (":authority", "api.example.com"),
-        (":method", "GET"),
-        (":path", "/v1/sites?page=2"),
         ("user-agent", "load/1.0"),
-        ("x-request-id", "4f1d7f8e-9a0b-4c5d-8e6f-0a1b2c3d4e5f"),
-        ("authorization", &format!("Bearer {key}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "203.0.113.9".into(),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/sites?page=2".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+        ("authorization", bearer.as_str()),
+    ];
+    check::check_request("203.0.113.9", "GET", "/v1/sites?page=2", &headers, &[])
 }
 
 /// A plan with two windows too wide to deny anything, so every Check runs the limiter.
@@ -108,30 +85,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let redis_dir = tempfile::tempdir().unwrap();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &redis_port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(redis_dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is needed: run scripts/install-test-tools");
+    let redis = RedisServer::start();
     let redis_config = format!(
-        "{METERED}\n[ratelimit]\nbackend = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout = \"100ms\"\n"
+        "{METERED}\n[ratelimit]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\ntimeout = \"100ms\"\n",
+        redis.url()
     );
     for (name, config) in [
         ("no rate limit", String::new()),
@@ -140,8 +97,7 @@ fn main() {
     ] {
         run(name, &config);
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
 }
 
 fn run(name: &str, config: &str) {

@@ -5,7 +5,6 @@
 //! `cargo bench --bench ratelimit` (needs `redis-server`; `scripts/install-test-tools`
 //! installs it).
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,10 @@ use keygate::config::{RateScope, RateWindow};
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::{RedisConfig, RedisLimiter};
 use keygate::ratelimit::{DecidedBy, Subject};
+
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 const DECISIONS: usize = 200_000;
 const REDIS_DECISIONS: usize = 50_000;
@@ -175,38 +178,8 @@ async fn redis(windows: &[RateWindow], url: String) {
 fn main() {
     let windows = windows();
     local(&windows);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is needed: run scripts/install-test-tools");
-    let url = format!("redis://127.0.0.1:{port}");
-    let client = redis::Client::open(url.clone()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get_connection().is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = RedisServer::start();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(redis(&windows, url));
-    let _ = server.kill();
-    let _ = server.wait();
+        .block_on(redis(&windows, server.url()));
 }

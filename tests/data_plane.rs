@@ -7,13 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use common::check::check_request;
 use common::faulty::FaultyStore;
-use common::{ADMIN_TOKEN, Options, T0, TestServer, admin, start_with};
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use common::{ADMIN_TOKEN, Options, T0, TestServer, admin, create_owner, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
 use keygate::proto::{self, authorizer_client::AuthorizerClient};
 use keygate::store::embedded::EmbeddedStore;
@@ -66,25 +65,8 @@ impl Fixture {
         .await;
         let mut manage = server.client().await;
         let channel = server.data_plane().await;
-        let owner = |external: &'static str, plan: &'static str| {
-            let mut manage = manage.clone();
-            async move {
-                manage
-                    .create_owner(admin(proto::CreateOwnerRequest {
-                        external_id: external.into(),
-                        display_name: external.into(),
-                        plan: plan.into(),
-                        ..Default::default()
-                    }))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .id
-            }
-        };
-        let owner_id = owner("acme", "unmetered").await;
-        let free_owner = owner("hobbyist", "free").await;
-        let _ = &mut manage;
+        let owner_id = create_owner(&mut manage, "acme", "unmetered").await.id;
+        let free_owner = create_owner(&mut manage, "hobbyist", "free").await.id;
         Fixture {
             manage,
             check: AuthorizationClient::new(channel.clone()),
@@ -140,49 +122,7 @@ impl Fixture {
 
 /// A Check request as Envoy sends it: lower-case headers, path with query, a peer address.
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    request_from("203.0.113.9", method, path, headers, &[])
-}
-
-fn request_from(
-    peer: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    extensions: &[(&str, &str)],
-) -> CheckRequest {
-    let mut headers: HashMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    headers.insert(":path".into(), path.into());
-    headers.insert("x-request-id".into(), "req-42".into());
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: peer.into(),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: extensions
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
+    check_request("203.0.113.9", method, path, headers, &[])
 }
 
 fn bearer(secret: &str) -> String {
@@ -315,7 +255,7 @@ async fn every_credential_location_works() {
         "INVALID_API_KEY"
     );
     // A route may accept only some sources.
-    let only_pair = request_from(
+    let only_pair = check_request(
         "203.0.113.9",
         "GET",
         "/v1/x",
@@ -444,7 +384,7 @@ async fn every_decision_code() {
         "INSUFFICIENT_SCOPE"
     );
     // ... and from the route's context extensions.
-    let admin_route = request_from(
+    let admin_route = check_request(
         "203.0.113.9",
         "GET",
         "/v1/admin",
@@ -460,7 +400,7 @@ async fn every_decision_code() {
             ..Default::default()
         })
         .await;
-    let inside = request_from(
+    let inside = check_request(
         "198.51.100.20",
         "GET",
         "/v1/x",

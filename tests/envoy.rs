@@ -7,7 +7,7 @@ mod common;
 use common::envoy::{EnvoyProcess, example_config, validate};
 use common::http::{HttpResponse, http_request};
 use common::upstream::{GrpcUpstream, HttpUpstream, UPSTREAM_BODY};
-use common::{ADMIN_TOKEN, TestServer, admin};
+use common::{ADMIN_TOKEN, TestServer, admin, create_owner};
 use keygate::proto;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -31,21 +31,8 @@ struct Stack {
 async fn stack() -> Stack {
     let keygate = common::start(Some(ADMIN_TOKEN)).await;
     let mut manage = keygate.client().await;
-    let mut owner = async |external: &str, plan: &str| {
-        manage
-            .create_owner(admin(proto::CreateOwnerRequest {
-                external_id: external.into(),
-                display_name: external.into(),
-                plan: plan.into(),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .id
-    };
-    let pro = owner("acme", "pro").await;
-    let free_owner = owner("hobbyist", "free").await;
+    let pro = create_owner(&mut manage, "acme", "pro").await.id;
+    let free_owner = create_owner(&mut manage, "hobbyist", "free").await.id;
     let mut key = async |owner_id: &str, scopes: &[&str]| {
         let created = manage
             .create_key(admin(proto::CreateKeyRequest {

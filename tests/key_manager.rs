@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{ADMIN_TOKEN, T0, admin, bearer, expect_code, start};
+use common::{ADMIN_TOKEN, T0, admin, bearer, create_owner, expect_code, start};
 use keygate::proto::{self, create_key_request::Expiry};
 use prost_types::{Duration, FieldMask, Timestamp};
 use tonic::Code;
@@ -16,19 +16,6 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask {
         paths: paths.iter().map(|p| p.to_string()).collect(),
     })
-}
-
-async fn create_owner(client: &mut Client, external_id: &str, plan: &str) -> proto::Owner {
-    client
-        .create_owner(admin(proto::CreateOwnerRequest {
-            external_id: external_id.into(),
-            display_name: format!("Account {external_id}"),
-            plan: plan.into(),
-            metadata: HashMap::from([("region".into(), "eu".into())]),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 fn key_request(owner_id: &str, name: &str) -> proto::CreateKeyRequest {

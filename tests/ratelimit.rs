@@ -8,11 +8,9 @@ use std::sync::atomic::Ordering;
 
 use common::redis::RedisServer;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, start_with};
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use keygate::proto::{self, authorizer_client::AuthorizerClient};
 use std::sync::Arc;
 
@@ -47,16 +45,8 @@ async fn server(extra: &str) -> TestServer {
 /// Creates an owner on `plan` with `keys` keys; returns their secrets.
 async fn keys(server: &TestServer, plan: &str, keys: usize) -> Vec<String> {
     let mut manage = server.client().await;
-    let owner = manage
-        .create_owner(admin(proto::CreateOwnerRequest {
-            external_id: format!("owner-{plan}"),
-            display_name: "o".into(),
-            plan: plan.into(),
-            ..Default::default()
-        }))
+    let owner = common::create_owner(&mut manage, &format!("owner-{plan}"), plan)
         .await
-        .unwrap()
-        .into_inner()
         .id;
     let mut secrets = Vec::new();
     for _ in 0..keys {
@@ -75,33 +65,13 @@ async fn keys(server: &TestServer, plan: &str, keys: usize) -> Vec<String> {
 }
 
 fn check_request(key: &str, path: &str, extensions: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "203.0.113.9".into(),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    headers: HashMap::from([("x-api-key".to_string(), key.to_string())]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: extensions
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
+    common::check::check_request(
+        "203.0.113.9",
+        "GET",
+        path,
+        &[("x-api-key", key)],
+        extensions,
+    )
 }
 
 /// (allowed, headers for the client) of a Check answer.

@@ -2,6 +2,7 @@
 //! argon2 cost and a manual clock, and helpers to call it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod check;
 pub mod envoy;
 pub mod faulty;
 pub mod http;
@@ -165,6 +166,24 @@ pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
+}
+
+/// Creates an owner on `plan` (empty for the default) through the management API.
+pub async fn create_owner(
+    client: &mut KeyManagerClient<Channel>,
+    external_id: &str,
+    plan: &str,
+) -> keygate::proto::Owner {
+    client
+        .create_owner(admin(keygate::proto::CreateOwnerRequest {
+            external_id: external_id.into(),
+            display_name: format!("Account {external_id}"),
+            plan: plan.into(),
+            metadata: std::collections::HashMap::from([("region".into(), "eu".into())]),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// `message` as a request carrying the admin token.
