@@ -13,6 +13,7 @@
 //! - [`key`] — key text format ([`key::format`]) and hashing and digests ([`key::hash`]).
 //! - [`model`] — the stored records, owners and keys.
 //! - [`store`] — the [`store::Store`] trait and the embedded redb backend.
+//! - [`admin`] — export and import of every record, for backup and migration.
 //! - [`verify`] — presented credential → key record.
 //! - [`cache`] — the verified-key cache in front of the store and argon2.
 //! - [`authz`] — the decision engine: extraction, route rules, policy, denial rendering.
@@ -28,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod cache;

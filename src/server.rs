@@ -259,10 +259,8 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     if let PepperSource::Generated(path) = &pepper_source {
         warn!(path = %path.display(), "generated a new pepper; back it up with the data directory, imported keys depend on it");
     }
-    let store_path = config.data_dir.join("keygate.redb");
-    let store = EmbeddedStore::open(&store_path).map_err(|e| StartError::Runtime(e.to_string()))?;
-    info!(path = %store_path.display(), "embedded store open");
-    let mut server = start(&config, secrets, Arc::new(store), Arc::new(SystemClock)).await?;
+    let store = open_store(&config)?;
+    let mut server = start(&config, secrets, store, Arc::new(SystemClock)).await?;
     tokio::select! {
         result = server.wait() => {
             return result.map_err(StartError::Runtime);
@@ -271,6 +269,15 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     }
     info!("shutting down");
     server.shutdown().await.map_err(StartError::Runtime)
+}
+
+/// Opens the store `config` selects, creating the data directory if needed.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    create_data_dir(&config.data_dir)?;
+    let path = config.data_dir.join("keygate.redb");
+    let store = EmbeddedStore::open(&path).map_err(|e| StartError::Runtime(e.to_string()))?;
+    info!(path = %path.display(), "embedded store open");
+    Ok(Arc::new(store))
 }
 
 /// Creates the data directory if it is missing, readable by its owner only.

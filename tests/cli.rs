@@ -344,3 +344,119 @@ fn a_bad_configuration_fails_before_serving_with_a_usage_code() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_export_and_import_move_every_record_to_another_store() {
+    use keygate::proto::{self, key_manager_client::KeyManagerClient};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (old_dir, new_dir, file) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("export.jsonl"),
+    );
+    let env = [
+        ("KEYGATE_PEPPER", PEPPER),
+        ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let old = KeygateProcess::start(&old_dir, &env);
+    let mut client = KeyManagerClient::connect(old.url()).await.unwrap();
+    let owner = common::create_owner(&mut client, "acme", "").await;
+    let issued = client
+        .create_key(common::admin(proto::CreateKeyRequest {
+            owner_id: owner.id.clone(),
+            name: "manager".into(),
+            scopes: vec!["keygate:keys".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let legacy = "legacy-key-0123456789";
+    client
+        .import_key(common::admin(proto::ImportKeyRequest {
+            owner_id: owner.id.clone(),
+            name: "legacy".into(),
+            secret: legacy.into(),
+            scopes: vec!["keygate:keys".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let revoked = client
+        .create_key(common::admin(proto::CreateKeyRequest {
+            owner_id: owner.id.clone(),
+            name: "old".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    let revoked = client
+        .revoke_key(common::admin(proto::RevokeKeyRequest { id: revoked.id }))
+        .await
+        .unwrap()
+        .into_inner();
+    old.kill_hard();
+
+    let admin = |args: &[&str], data_dir: &std::path::Path| {
+        Command::new(keygate_bin())
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let exported = admin(&["export", "--output", file.to_str().unwrap()], &old_dir);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert!(
+        stderr(&exported).contains("exported 1 owners and 3 keys"),
+        "{}",
+        stderr(&exported)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 4);
+    assert!(
+        !text.contains(&issued.secret[20..]) && !text.contains(legacy),
+        "no secret in an export"
+    );
+    assert!(text.lines().next().unwrap().contains("\"kind\":\"owner\""));
+
+    let imported = admin(&["import", "--input", file.to_str().unwrap()], &new_dir);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert!(stderr(&imported).contains("imported 1 owners and 3 keys"));
+    let again = admin(&["import", "--input", file.to_str().unwrap()], &new_dir);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("line 1") && stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    // The new store serves the same records, and the same secrets (given the same pepper).
+    let new = KeygateProcess::start(&new_dir, &env);
+    let mut client = KeyManagerClient::connect(new.url()).await.unwrap();
+    let fetched = client
+        .get_key(common::admin(proto::GetKeyRequest {
+            id: revoked.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched, revoked);
+    for secret in [issued.secret.as_str(), legacy] {
+        client
+            .get_owner(common::bearer(
+                secret,
+                proto::GetOwnerRequest {
+                    id: owner.id.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+}

@@ -13,6 +13,7 @@
 //! `--json`. Exit codes: 0 on success, 1 when the server refuses a call or cannot be
 //! reached, 2 when the command line itself is wrong.
 
+pub mod admin;
 pub mod commands;
 pub mod output;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Plans(PlansCli),
     /// Manages API keys.
     Keys(KeysCli),
+    /// Works on the store directly: backup and migration.
+    Admin(admin::AdminCli),
 }
 
 /// Options every client command takes.
@@ -433,6 +436,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Owners(owners) => commands::owners(owners).await,
         Command::Plans(plans) => commands::plans(plans).await,
         Command::Keys(keys) => commands::keys(keys).await,
+        Command::Admin(admin) => return admin::run(admin).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
