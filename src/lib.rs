@@ -12,7 +12,7 @@
 //! - [`secrets`] — the pepper and admin token, from env or files only.
 //! - [`key`] — key text format ([`key::format`]) and hashing and digests ([`key::hash`]).
 //! - [`model`] — the stored records, owners and keys.
-//! - [`store`] — the [`store::Store`] trait and the embedded redb backend.
+//! - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
 //! - [`admin`] — export and import of every record, for backup and migration.
 //! - [`verify`] — presented credential → key record.
 //! - [`cache`] — the verified-key cache in front of the store and argon2.

@@ -2,11 +2,17 @@
 //! suite for one backend; each backend adds one invocation with an expression that builds a
 //! fresh, empty store (and whatever must outlive it, e.g. its directory).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use common::redis::RedisServer;
 use keygate::error::Error;
 use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
+use keygate::ratelimit::redis::RedisConfig;
+use keygate::store::redis::RedisStore;
 use keygate::store::{Quota, Store};
 
 fn owner(id: &str, external: &str) -> Owner {
@@ -405,6 +411,24 @@ async fn embedded_store() -> (Arc<dyn Store>, tempfile::TempDir) {
 
 conformance_suite!(embedded, embedded_store());
 
+/// A store on its own fresh redis-server, which is the guard: it is killed when dropped.
+async fn redis_store() -> (Arc<dyn Store>, RedisServer) {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let config = RedisConfig {
+        url: server.url(),
+        pool_size: 8,
+        // Generous: tests run in parallel on small machines.
+        timeout: Duration::from_secs(5),
+        ..RedisConfig::default()
+    };
+    let store = RedisStore::connect(&config).await.unwrap();
+    (Arc::new(store), server)
+}
+
+conformance_suite!(redis, redis_store());
+
 #[tokio::test]
 async fn embedded_records_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
@@ -416,4 +440,118 @@ async fn embedded_records_survive_reopening() {
     }
     let reopened = keygate::store::embedded::EmbeddedStore::open(&path).unwrap();
     assert_eq!(reopened.get_key("k1").await.unwrap(), Some(key("k1", "o1")));
+}
+
+/// Index entries that name no record (left by a write interrupted between its steps) are
+/// invisible, and a digest left by a key that is gone is taken by the next key needing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dangling_index_entries_are_ignored() {
+    let (store, server) = redis_store().await;
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let mut live = key("k1", "o1");
+    live.lookup_digest = Some("d1".repeat(32));
+    store.insert_key(&live, None).await.unwrap();
+    let hset = |hash: &str, field: &str, value: &str| {
+        server.command::<i64>(::redis::cmd("HSET").arg(hash).arg(field).arg(value));
+    };
+    // A claimed id and digest whose record was never written.
+    hset("kg:{keys}:owner_of", "ghost", "o1");
+    hset("kg:{keys}:by_digest", &"d2".repeat(32), "ghost");
+    // A digest still naming a key whose record no longer carries it.
+    hset("kg:{keys}:by_digest", &"d3".repeat(32), "k1");
+    // A digest naming a key that is gone entirely.
+    hset("kg:{keys}:by_digest", &"d4".repeat(32), "deleted");
+    // A listed owner id whose record was never written.
+    server.command::<i64>(::redis::cmd("ZADD").arg("kg:{owners}:ids").arg(0).arg("o0"));
+
+    assert_eq!(store.get_key("ghost").await.unwrap(), None);
+    for digest in ["d2", "d3", "d4"] {
+        assert_eq!(
+            store.find_key_by_digest(&digest.repeat(32)).await.unwrap(),
+            None
+        );
+    }
+    assert_eq!(store.lookup_digests().await.unwrap(), ["d1".repeat(32)]);
+    let owners = store.list_owners(None, 10).await.unwrap();
+    assert_eq!(owners, [owner("o1", "e1")]);
+
+    let mut taken = key("k2", "o1");
+    taken.lookup_digest = Some("d2".repeat(32));
+    let refused = store.insert_key(&taken, None).await.unwrap_err();
+    assert!(matches!(refused, Error::AlreadyExists(_)), "{refused:?}");
+    let mut takes_over = key("k3", "o1");
+    takes_over.lookup_digest = Some("d4".repeat(32));
+    store.insert_key(&takes_over, None).await.unwrap();
+    assert_eq!(
+        store.find_key_by_digest(&"d4".repeat(32)).await.unwrap(),
+        Some(takes_over)
+    );
+}
+
+/// Listing keeps going across round trips until it has `limit` matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lists_across_many_round_trips() {
+    let (store, _server) = redis_store().await;
+    for i in 0..250 {
+        store
+            .create_owner(&owner(&format!("o{i:03}"), &format!("e{i}")))
+            .await
+            .unwrap();
+        let mut k = key(&format!("k{i:03}"), "o000");
+        if i % 10 != 0 {
+            k.state = KeyState::Revoked;
+        }
+        store.insert_key(&k, None).await.unwrap();
+    }
+    let owners = store.list_owners(Some("o010"), 200).await.unwrap();
+    assert_eq!(owners.len(), 200);
+    assert_eq!(owners[0].id, "o011");
+    assert_eq!(owners[199].id, "o210");
+    let active = store
+        .list_keys("o000", Some(KeyState::Active), Some("k000"), 20)
+        .await
+        .unwrap();
+    let ids: Vec<_> = active.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        (1..25)
+            .map(|i| format!("k{:03}", i * 10))
+            .collect::<Vec<_>>()[..20]
+    );
+}
+
+/// Without Redis every call fails fast with UNAVAILABLE, and no message shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failures_are_unavailable_and_show_no_secret() {
+    let mut server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let config = RedisConfig {
+        url: format!("redis://:hunter2-secret@{}", server.addr),
+        pool_size: 2,
+        timeout: Duration::from_millis(500),
+        ..RedisConfig::default()
+    };
+    // This server has no password, so AUTH fails.
+    let Err(refused) = RedisStore::connect(&config).await else {
+        panic!("AUTH with a password the server does not have must fail");
+    };
+    assert!(matches!(&refused, Error::Unavailable(m) if m.starts_with("redis store: ")));
+    assert!(!refused.to_string().contains("hunter2"), "{refused}");
+
+    let config = RedisConfig {
+        url: server.url(),
+        ..config
+    };
+    let store = RedisStore::connect(&config).await.unwrap();
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    server.kill();
+    let started = std::time::Instant::now();
+    let down = store.get_owner("o1").await.unwrap_err();
+    assert!(matches!(&down, Error::Unavailable(m) if m.starts_with("redis store: ")));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }

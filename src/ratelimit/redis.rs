@@ -18,9 +18,9 @@ use crate::config::RateWindow;
 
 /// Checks and charges every window of one decision.
 ///
-/// KEYS: one hash per window (`b` bucket index, `c` count in that bucket, `p` count in the
+/// `KEYS`: one hash per window (`b` bucket index, `c` count in that bucket, `p` count in the
 /// bucket before), all under the owner's hash tag so they share a cluster slot.
-/// ARGV[1]: the request's cost; then, for window i, ARGV[2i] its limit and ARGV[2i+1] its
+/// `ARGV[1]`: the request's cost; then, for window i, `ARGV[2i]` its limit and `ARGV[2i+1]` its
 /// period in milliseconds.
 /// Returns `{allowed, now_ms, b1, c1, p1, b2, c2, p2, ...}`: the counters before this
 /// request, rolled to now, from which the caller computes remaining, reset and retry-after
@@ -93,6 +93,26 @@ impl Default for RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// A connection pool for these settings: at most `pool_size` connections, and no wait
+    /// for one, nor for connecting, longer than `timeout`. Connections are made on first use.
+    pub fn pool(&self) -> Result<deadpool_redis::Pool, String> {
+        let mut pool_config = deadpool_redis::Config::from_url(self.url.clone());
+        pool_config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: self.pool_size,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(self.timeout),
+                create: Some(self.timeout),
+                recycle: Some(self.timeout),
+            },
+            ..Default::default()
+        });
+        pool_config
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| format!("invalid Redis settings: {e}"))
+    }
+}
+
 /// Counts that show the Redis limiter at work.
 #[derive(Debug, Default)]
 pub struct RedisLimiterStats {
@@ -124,19 +144,7 @@ impl RedisLimiter {
         replicas: u64,
         fallback: LocalLimiter,
     ) -> Result<Self, String> {
-        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
-        pool_config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: config.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(config.timeout),
-                create: Some(config.timeout),
-                recycle: Some(config.timeout),
-            },
-            ..Default::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| format!("invalid Redis settings: {e}"))?;
+        let pool = config.pool()?;
         Ok(RedisLimiter {
             pool,
             script: Script::new(CHECK_AND_CHARGE),

@@ -1,11 +1,17 @@
 //! Where owners and key records live. [`Store`] is small and async; every backend passes the
 //! same conformance suite (`tests/store_conformance.rs`).
 //!
+//! - [`embedded`] — one redb file in the data directory; the default, for one replica.
+//! - [`redis`] — Redis or Redis Cluster, shared by every replica.
+//!
 //! Multi-record writes (a key and its indexes, a quota check and the insert it guards, a
-//! read-modify-write) are atomic in every backend, so indexes never diverge from records and
-//! concurrent changes are never lost.
+//! read-modify-write) never lose concurrent changes and never let a reader see an index
+//! that disagrees with its record. The embedded store makes each one ACID transaction; the
+//! Redis store, which cannot span cluster slots, makes each an ordered sequence of atomic
+//! steps whose indexes readers check against the records (see [`redis`]).
 
 pub mod embedded;
+pub mod redis;
 
 use std::sync::Arc;
 

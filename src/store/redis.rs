@@ -1,0 +1,875 @@
+//! The Redis store: owners and keys in Redis (or Redis Cluster), shared by every replica.
+//!
+//! # Layout
+//!
+//! Every key name carries a hash tag, so that the keys one atomic step touches share a
+//! cluster slot:
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `kg:{o:ID}:owner` | string | the owner, JSON |
+//! | `kg:{o:ID}:keys` | hash | key id → the key record, JSON |
+//! | `kg:{o:ID}:key_ids` | sorted set, scores 0 | the owner's key ids, paged by `ZRANGEBYLEX` |
+//! | `kg:{owners}:ids` | sorted set, scores 0 | every owner id, for [`Store::list_owners`] |
+//! | `kg:{owners}:by_external` | hash | external id → owner id (uniqueness only) |
+//! | `kg:{keys}:owner_of` | hash | key id → owner id: where a key's record lives |
+//! | `kg:{keys}:by_digest` | hash | lookup digest (hex) → key id |
+//!
+//! # Atomicity
+//!
+//! Redis Cluster has no transaction across slots, and an owner's records and the global
+//! indexes live in different slots. So each write is a short sequence of atomic steps, each
+//! one Lua script over a single slot, in an order chosen so that an interrupted sequence
+//! (a crash, a timeout) leaves nothing a reader can see:
+//!
+//! - The per-owner records are the truth. A key's record, its `key_ids` member and the quota
+//!   check guarding its insert change together in one script in the owner's slot, as do an
+//!   owner's or a key's read-modify-write (compare-and-set against the JSON read).
+//! - Global index entries are *claims*: they are taken (atomically, `owner_of` and
+//!   `by_digest` together, as both are in the `{keys}` slot) *before* the per-owner write,
+//!   and released *after* a record is removed or when the write was refused. Releases only
+//!   remove entries that still name the key, so a late release never removes someone
+//!   else's claim.
+//! - Readers validate every index entry against the record it names: a key id whose record
+//!   is missing, or a digest whose key's record no longer carries it, is absent. So a claim
+//!   left dangling by an interrupted write is invisible.
+//! - An owner's record is written first (`SET NX`: the id is unique) and its external id
+//!   and listing entry claimed second; if the external id is taken, the record is removed
+//!   again. An interrupted create leaves at most an unlisted record under an id nobody
+//!   was given, and never a claim that blocks the external id.
+//!
+//! What this cannot give, because no transaction spans the slots:
+//!
+//! - A dangling `owner_of` entry (an insert or delete interrupted between its steps) keeps
+//!   that key id, and the digest it claimed, taken until it is removed by hand (readers
+//!   ignore it). Key ids are random, so in practice only the re-import of that one key text
+//!   is refused. A digest claimed by a key that is gone entirely (no `owner_of` entry) is
+//!   taken over by the next key that needs it.
+//! - A timed-out call is not cancelled in Redis. When the record write of an insert fails,
+//!   the store looks whether the record is there and releases the claims only if it is not;
+//!   a write still queued in Redis at that moment would land without its index entries.
+//! - Two concurrent updates of one key that change its digest and then change it back could
+//!   release the digest the record ends up with; keygate never does this (a digest is set
+//!   on import and only ever cleared).
+//! - An owner whose external id was refused is visible through [`Store::get_owner`] for the
+//!   moment between its record's write and its removal; its id was given to nobody yet.
+//!
+//! Every Redis call is bounded by the configured timeout; any failure of Redis, including
+//! a timeout, is [`Error::Unavailable`]. A write acknowledged by this store is as durable as
+//! Redis is configured to make it: run Redis with AOF (`appendfsync everysec` or `always`).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, FromRedisValue, Script, ScriptInvocation};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use super::{KeyChange, OwnerChange, Quota, Store};
+use crate::error::{Error, Result};
+use crate::model::{KeyRecord, KeyState, Owner};
+use crate::ratelimit::redis::RedisConfig;
+
+/// Every owner id, in id order.
+const OWNER_IDS: &str = "kg:{owners}:ids";
+/// External id → owner id.
+const OWNERS_BY_EXTERNAL_ID: &str = "kg:{owners}:by_external";
+/// Key id → owner id.
+const OWNER_OF: &str = "kg:{keys}:owner_of";
+/// Lookup digest (hex) → key id.
+const KEYS_BY_DIGEST: &str = "kg:{keys}:by_digest";
+
+/// Records fetched per round trip when listing.
+const PAGE: usize = 100;
+/// Index entries checked per round trip by [`Store::lookup_digests`].
+const DIGEST_BATCH: usize = 256;
+/// Read-modify-write attempts before giving up on a record that keeps changing.
+const MAX_ATTEMPTS: u32 = 8;
+
+fn owner_record(owner_id: &str) -> String {
+    format!("kg:{{o:{owner_id}}}:owner")
+}
+
+fn owner_keys(owner_id: &str) -> String {
+    format!("kg:{{o:{owner_id}}}:keys")
+}
+
+fn owner_key_ids(owner_id: &str) -> String {
+    format!("kg:{{o:{owner_id}}}:key_ids")
+}
+
+/// Claims an owner's external id and lists its id.
+///
+/// `KEYS[1]`: `kg:{owners}:ids`, `KEYS[2]`: `kg:{owners}:by_external`.
+/// `ARGV[1]`: the owner id, `ARGV[2]`: its external id.
+/// Returns 1 when claimed (or already claimed by this owner id, after an interrupted
+/// attempt), 0 when another owner holds the external id. The id itself is unique through
+/// `SET NX` on the owner's record, done before.
+pub const CLAIM_OWNER: &str = r#"
+local holder = redis.call('HGET', KEYS[2], ARGV[2])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[1])
+return 1
+"#;
+
+/// Claims a new key's id and, for imported keys, its lookup digest.
+///
+/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
+/// `ARGV[1]`: the key id, `ARGV[2]`: its owner id, `ARGV[3]` (only if it has one): its lookup
+/// digest.
+/// Returns 0 when claimed, 1 when the key id is taken, 2 when another key holds the digest.
+/// A digest held by a key that has no `owner_of` entry is a leftover of a deleted key and is
+/// taken over.
+pub const CLAIM_KEY: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+if #ARGV >= 3 then
+  local holder = redis.call('HGET', KEYS[2], ARGV[3])
+  if holder and redis.call('HEXISTS', KEYS[1], holder) == 1 then
+    return 2
+  end
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 0
+"#;
+
+/// Releases a key's claims: its `owner_of` entry and its digest, each only if it still names
+/// this key.
+///
+/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
+/// `ARGV[1]`: the key id, `ARGV[2]`: its owner id, `ARGV[3]` (only if it has one): its lookup
+/// digest.
+/// Returns 1.
+pub const RELEASE_KEY: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+if #ARGV >= 3 and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+end
+return 1
+"#;
+
+/// Claims a lookup digest for an existing key that an update gives one.
+///
+/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
+/// `ARGV[1]`: the digest, `ARGV[2]`: the key id.
+/// Returns 0 when newly claimed, 1 when this key held it already, 2 when another key holds
+/// it, 3 when the key has no `owner_of` entry (it is gone).
+pub const CLAIM_DIGEST: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
+  return 3
+end
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if holder == ARGV[2] then
+  return 1
+end
+if holder and redis.call('HEXISTS', KEYS[1], holder) == 1 then
+  return 2
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 0
+"#;
+
+/// Stores a new key record, checking the owner and, when given, the quota in the same step.
+///
+/// `KEYS[1]`: `kg:{o:ID}:owner`, `KEYS[2]`: `kg:{o:ID}:keys`, `KEYS[3]`: `kg:{o:ID}:key_ids`.
+/// `ARGV[1]`: the key id, `ARGV[2]`: its JSON record; with a quota, `ARGV[3]`: the most counted
+/// keys, `ARGV[4]`: the time (Unix seconds) at which expiry is judged.
+/// Returns `{0, 0}` when stored, `{1, 0}` when the owner does not exist, `{2, 0}` when the
+/// owner has a record with this id, `{3, counted}` when the quota is reached.
+///
+/// A key counts as in `KeyRecord::counts_against_quota`: not revoked and not expired.
+pub const INSERT_KEY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {1, 0}
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return {2, 0}
+end
+if #ARGV >= 4 then
+  local max, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local counted = 0
+  for _, json in ipairs(redis.call('HVALS', KEYS[2])) do
+    local key = cjson.decode(json)
+    local expires = key.expires_at
+    if key.state ~= 'revoked' and (expires == nil or expires == cjson.null or expires > now) then
+      counted = counted + 1
+    end
+  end
+  if counted >= max then
+    return {3, counted}
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+return {0, 0}
+"#;
+
+/// Removes a key record and its place in the owner's id order.
+///
+/// `KEYS[1]`: `kg:{o:ID}:keys`, `KEYS[2]`: `kg:{o:ID}:key_ids`.
+/// `ARGV[1]`: the key id.
+/// Returns the removed JSON record, or nil when there was none.
+pub const DELETE_KEY: &str = r#"
+local json = redis.call('HGET', KEYS[1], ARGV[1])
+if json then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return json
+"#;
+
+/// One page of an owner's keys in id order, ids and records read together.
+///
+/// `KEYS[1]`: `kg:{o:ID}:key_ids`, `KEYS[2]`: `kg:{o:ID}:keys`.
+/// `ARGV[1]`: the `ZRANGEBYLEX` lower bound (`-` or `(` + the last id seen), `ARGV[2]`: the most
+/// ids to read (at most a few thousand: they are unpacked onto the Lua stack).
+/// Returns `{id1, json1, id2, json2, ...}`, a json nil where a record is missing.
+pub const LIST_KEYS_PAGE: &str = r#"
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then
+  return {}
+end
+local records = redis.call('HMGET', KEYS[2], unpack(ids))
+local out = {}
+for i, id in ipairs(ids) do
+  out[2 * i - 1] = id
+  out[2 * i] = records[i]
+end
+return out
+"#;
+
+/// Compare-and-set of a string: an owner's read-modify-write.
+///
+/// `KEYS[1]`: the string. `ARGV[1]`: the value read, `ARGV[2]`: the new value.
+/// Returns 1 when replaced, 0 when the value was no longer the one read (or is gone).
+pub const SET_IF_UNCHANGED: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Compare-and-delete of a string: undoing an owner record whose claims were refused.
+///
+/// `KEYS[1]`: the string. `ARGV[1]`: the value written.
+/// Returns 1 when deleted, 0 when the value had changed (it is left alone).
+pub const DELETE_IF_UNCHANGED: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// Compare-and-set of a hash field: a key's read-modify-write.
+///
+/// `KEYS[1]`: the hash. `ARGV[1]`: the field, `ARGV[2]`: the value read, `ARGV[3]`: the new value.
+/// Returns 1 when replaced, 0 when the value was no longer the one read (or is gone).
+pub const HSET_IF_UNCHANGED: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// Compare-and-delete of a hash field: releasing one index entry if it is still ours.
+///
+/// `KEYS[1]`: the hash. `ARGV[1]`: the field, `ARGV[2]`: the value it must have.
+/// Returns 1 when deleted, 0 otherwise.
+pub const HDEL_IF_EQUAL: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+static CLAIM_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_OWNER));
+static CLAIM_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_KEY));
+static RELEASE_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_KEY));
+static CLAIM_DIGEST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_DIGEST));
+static INSERT_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INSERT_KEY));
+static DELETE_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_KEY));
+static LIST_KEYS_PAGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIST_KEYS_PAGE));
+static SET_IF_UNCHANGED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SET_IF_UNCHANGED));
+static DELETE_IF_UNCHANGED_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(DELETE_IF_UNCHANGED));
+static HSET_IF_UNCHANGED_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(HSET_IF_UNCHANGED));
+static HDEL_IF_EQUAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HDEL_IF_EQUAL));
+
+/// The Redis store. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: deadpool_redis::Pool,
+    timeout: Duration,
+}
+
+/// Any failure to get an answer from Redis: the caller may retry.
+fn unavailable(what: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("redis store: {what}"))
+}
+
+/// A reply this store never produces: the data or a script is not what this code expects.
+fn unexpected(script: &str, reply: impl std::fmt::Debug) -> Error {
+    unavailable(format!(
+        "unexpected reply {reply:?} from the {script} script"
+    ))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| unavailable(format!("cannot encode a record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| unavailable(format!("malformed {what}: {e}")))
+}
+
+fn key_not_found(id: &str) -> Error {
+    Error::NotFound(format!("key {id:?} not found"))
+}
+
+fn owner_not_found(id: &str) -> Error {
+    Error::NotFound(format!("owner {id:?} not found"))
+}
+
+/// `ZRANGEBYLEX` lower bound for the members after `after`.
+fn lex_after(after: Option<&str>) -> String {
+    after.map_or_else(|| "-".to_owned(), |a| format!("({a}"))
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `config.url` with up to `config.pool_size` connections; every
+    /// call waits at most `config.timeout`. Fails unless Redis answers a PING.
+    pub async fn connect(config: &RedisConfig) -> Result<RedisStore> {
+        let pool = config.pool().map_err(unavailable)?;
+        let store = RedisStore {
+            pool,
+            timeout: config.timeout,
+        };
+        let pong: String = store.query(&redis::cmd("PING")).await?;
+        if pong != "PONG" {
+            return Err(unexpected("PING", pong));
+        }
+        Ok(store)
+    }
+
+    /// Runs `work` (which gets its own connection) for at most the timeout.
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(unavailable(format!("no answer within {:?}", self.timeout))))
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| unavailable(format!("cannot get a connection: {e}")))
+    }
+
+    /// One command.
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        self.bounded(async {
+            let mut connection = self.connection().await?;
+            cmd.query_async(&mut connection).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Several commands in one round trip; not atomic, and each may go to another slot.
+    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        self.bounded(async {
+            let mut connection = self.connection().await?;
+            pipe.query_async(&mut connection).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    /// One script (EVALSHA, loading it again after a restart or `SCRIPT FLUSH`).
+    async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T> {
+        self.bounded(async {
+            let mut connection = self.connection().await?;
+            invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    /// The owner whose slot holds key `id`, per the `owner_of` index.
+    async fn owner_of(&self, id: &str) -> Result<Option<String>> {
+        self.query(redis::cmd("HGET").arg(OWNER_OF).arg(id)).await
+    }
+
+    /// Key `id`'s record and the JSON it was read from, from owner `owner_id`'s slot.
+    async fn read_key(&self, owner_id: &str, id: &str) -> Result<Option<(KeyRecord, String)>> {
+        let json: Option<String> = self
+            .query(redis::cmd("HGET").arg(owner_keys(owner_id)).arg(id))
+            .await?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let key: KeyRecord = decode("key record", &json)?;
+        if key.id != id || key.owner_id != owner_id {
+            return Err(unavailable(format!(
+                "the record stored as key {id:?} of owner {owner_id:?} names another key"
+            )));
+        }
+        Ok(Some((key, json)))
+    }
+
+    /// Releases key `id`'s claims; a failure is only logged, because readers ignore claims
+    /// whose record is gone.
+    async fn release_key(&self, id: &str, owner_id: &str, digest: Option<&str>) {
+        let mut release = RELEASE_KEY_SCRIPT.key(OWNER_OF);
+        release.key(KEYS_BY_DIGEST).arg(id).arg(owner_id);
+        if let Some(digest) = digest {
+            release.arg(digest);
+        }
+        if let Err(e) = self.invoke::<i64>(&release).await {
+            warn!(key_id = %id, "cannot release the key's index entries: {e}");
+        }
+    }
+
+    /// Removes `digest` → `id` from the digest index if it is still there; failures are only
+    /// logged, like [`RedisStore::release_key`]'s.
+    async fn release_digest(&self, id: &str, digest: &str) {
+        let mut release = HDEL_IF_EQUAL_SCRIPT.key(KEYS_BY_DIGEST);
+        release.arg(digest).arg(id);
+        if let Err(e) = self.invoke::<i64>(&release).await {
+            warn!(key_id = %id, "cannot release a lookup digest: {e}");
+        }
+    }
+
+    /// Stores a key record whose claims are held. `Ok(Err(_))` is a refusal (the record is
+    /// certainly not stored); `Err(_)` means the outcome is unknown.
+    async fn write_key_record(
+        &self,
+        key: &KeyRecord,
+        json: &str,
+        quota: Option<Quota>,
+    ) -> Result<Result<()>> {
+        let mut insert = INSERT_KEY_SCRIPT.key(owner_record(&key.owner_id));
+        insert
+            .key(owner_keys(&key.owner_id))
+            .key(owner_key_ids(&key.owner_id))
+            .arg(&key.id)
+            .arg(json);
+        if let Some(quota) = quota {
+            insert.arg(quota.max_active_keys).arg(quota.now);
+        }
+        let reply: Vec<i64> = self.invoke(&insert).await?;
+        Ok(match reply.as_slice() {
+            [0, _] => Ok(()),
+            [1, _] => Err(owner_not_found(&key.owner_id)),
+            [2, _] => Err(Error::AlreadyExists(format!(
+                "key {:?} already exists",
+                key.id
+            ))),
+            [3, counted] => Err(Error::FailedPrecondition(format!(
+                "owner {:?} already has {counted} active keys, the most its plan allows; revoke or delete one first",
+                key.owner_id
+            ))),
+            _ => return Err(unexpected("INSERT_KEY", reply)),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_owner(&self, owner: &Owner) -> Result<()> {
+        let json = encode(owner)?;
+        let record = owner_record(&owner.id);
+        let written: Option<String> = self
+            .query(redis::cmd("SET").arg(&record).arg(&json).arg("NX"))
+            .await?;
+        if written.is_none() {
+            return Err(Error::AlreadyExists(format!(
+                "owner {:?} already exists",
+                owner.id
+            )));
+        }
+        let mut claim = CLAIM_OWNER_SCRIPT.key(OWNER_IDS);
+        claim
+            .key(OWNERS_BY_EXTERNAL_ID)
+            .arg(&owner.id)
+            .arg(&owner.external_id);
+        // On an error the claim may or may not have been made: the record stays, as removing
+        // it could leave a claimed external id with no owner.
+        match self.invoke::<i64>(&claim).await? {
+            1 => Ok(()),
+            0 => {
+                let mut undo = DELETE_IF_UNCHANGED_SCRIPT.key(&record);
+                undo.arg(&json);
+                if let Err(e) = self.invoke::<i64>(&undo).await {
+                    warn!(owner_id = %owner.id, "cannot remove a refused owner's record: {e}");
+                }
+                Err(Error::AlreadyExists(format!(
+                    "an owner with external id {:?} already exists",
+                    owner.external_id
+                )))
+            }
+            other => Err(unexpected("CLAIM_OWNER", other)),
+        }
+    }
+
+    async fn get_owner(&self, id: &str) -> Result<Option<Owner>> {
+        let json: Option<String> = self.query(redis::cmd("GET").arg(owner_record(id))).await?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let owner: Owner = decode("owner record", &json)?;
+        if owner.id != id {
+            return Err(unavailable(format!(
+                "the record stored as owner {id:?} names another owner"
+            )));
+        }
+        Ok(Some(owner))
+    }
+
+    async fn list_owners(&self, after: Option<&str>, limit: usize) -> Result<Vec<Owner>> {
+        let mut found = Vec::new();
+        let mut lower = lex_after(after);
+        while found.len() < limit {
+            let batch = (limit - found.len()).min(PAGE);
+            let ids: Vec<String> = self
+                .query(
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(OWNER_IDS)
+                        .arg(&lower)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch),
+                )
+                .await?;
+            let Some(last) = ids.last() else {
+                break;
+            };
+            lower = format!("({last}");
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("GET").arg(owner_record(id));
+            }
+            let records: Vec<Option<String>> = self.pipeline(&pipe).await?;
+            if records.len() != ids.len() {
+                return Err(unavailable(
+                    "a pipeline answered the wrong number of replies",
+                ));
+            }
+            // An id without a record is left by a create that was interrupted: not an owner.
+            for json in records.iter().flatten() {
+                found.push(decode::<Owner>("owner record", json)?);
+            }
+            if ids.len() < batch {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn update_owner(&self, id: &str, change: OwnerChange) -> Result<Owner> {
+        let record = owner_record(id);
+        for attempt in 0..MAX_ATTEMPTS {
+            let json: Option<String> = self.query(redis::cmd("GET").arg(&record)).await?;
+            let json = json.ok_or_else(|| owner_not_found(id))?;
+            let before: Owner = decode("owner record", &json)?;
+            let mut owner = before.clone();
+            change(&mut owner)?;
+            if owner.id != before.id || owner.external_id != before.external_id {
+                return Err(Error::InvalidArgument(
+                    "an owner's id and external id cannot be changed".into(),
+                ));
+            }
+            if owner == before {
+                return Ok(owner);
+            }
+            let mut swap = SET_IF_UNCHANGED_SCRIPT.key(&record);
+            swap.arg(&json).arg(encode(&owner)?);
+            match self.invoke::<i64>(&swap).await? {
+                1 => return Ok(owner),
+                0 => backoff(attempt).await,
+                other => return Err(unexpected("SET_IF_UNCHANGED", other)),
+            }
+        }
+        Err(unavailable(format!(
+            "owner {id:?} kept changing while it was being updated; try again"
+        )))
+    }
+
+    async fn insert_key(&self, key: &KeyRecord, quota: Option<Quota>) -> Result<()> {
+        let json = encode(key)?;
+        let digest = key.lookup_digest.as_deref();
+        let mut claim = CLAIM_KEY_SCRIPT.key(OWNER_OF);
+        claim.key(KEYS_BY_DIGEST).arg(&key.id).arg(&key.owner_id);
+        if let Some(digest) = digest {
+            claim.arg(digest);
+        }
+        match self.invoke::<i64>(&claim).await? {
+            0 => {}
+            1 => {
+                return Err(Error::AlreadyExists(format!(
+                    "key {:?} already exists",
+                    key.id
+                )));
+            }
+            2 => {
+                return Err(Error::AlreadyExists(
+                    "this key has been imported already".into(),
+                ));
+            }
+            other => return Err(unexpected("CLAIM_KEY", other)),
+        }
+        let refusal = match self.write_key_record(key, &json, quota).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(refusal)) => refusal,
+            Err(failure) => {
+                // The outcome is unknown: look. If the record is there, the insert happened;
+                // if Redis cannot say, the claims stay, as the record may be there.
+                let exists: bool = match self
+                    .query(
+                        redis::cmd("HEXISTS")
+                            .arg(owner_keys(&key.owner_id))
+                            .arg(&key.id),
+                    )
+                    .await
+                {
+                    Ok(exists) => exists,
+                    Err(_) => return Err(failure),
+                };
+                if exists {
+                    return Ok(());
+                }
+                failure
+            }
+        };
+        self.release_key(&key.id, &key.owner_id, digest).await;
+        Err(refusal)
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let Some(owner_id) = self.owner_of(id).await? else {
+            return Ok(None);
+        };
+        Ok(self.read_key(&owner_id, id).await?.map(|(key, _)| key))
+    }
+
+    async fn lookup_digests(&self) -> Result<Vec<String>> {
+        // Every index entry, then only those whose key's record carries the digest.
+        let mut entries = std::collections::BTreeMap::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, flat): (String, Vec<String>) = self
+                .query(
+                    redis::cmd("HSCAN")
+                        .arg(KEYS_BY_DIGEST)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            if !flat.len().is_multiple_of(2) {
+                return Err(unexpected("HSCAN", flat.len()));
+            }
+            for pair in flat.chunks_exact(2) {
+                entries.insert(pair[0].clone(), pair[1].clone());
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        let entries: Vec<(String, String)> = entries.into_iter().collect();
+        let mut live = Vec::new();
+        for batch in entries.chunks(DIGEST_BATCH) {
+            let mut owners_cmd = redis::cmd("HMGET");
+            owners_cmd.arg(OWNER_OF);
+            for (_, key_id) in batch {
+                owners_cmd.arg(key_id);
+            }
+            let owners: Vec<Option<String>> = self.query(&owners_cmd).await?;
+            if owners.len() != batch.len() {
+                return Err(unexpected("HMGET", owners.len()));
+            }
+            let mut pipe = redis::pipe();
+            let mut candidates = Vec::new();
+            for ((digest, key_id), owner_id) in batch.iter().zip(&owners) {
+                if let Some(owner_id) = owner_id {
+                    pipe.cmd("HGET").arg(owner_keys(owner_id)).arg(key_id);
+                    candidates.push(digest);
+                }
+            }
+            if candidates.is_empty() {
+                continue;
+            }
+            let records: Vec<Option<String>> = self.pipeline(&pipe).await?;
+            if records.len() != candidates.len() {
+                return Err(unavailable(
+                    "a pipeline answered the wrong number of replies",
+                ));
+            }
+            for (digest, json) in candidates.into_iter().zip(records) {
+                if let Some(json) = json {
+                    let key: KeyRecord = decode("key record", &json)?;
+                    if key.lookup_digest.as_ref() == Some(digest) {
+                        live.push(digest.clone());
+                    }
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    async fn find_key_by_digest(&self, digest_hex: &str) -> Result<Option<KeyRecord>> {
+        let key_id: Option<String> = self
+            .query(redis::cmd("HGET").arg(KEYS_BY_DIGEST).arg(digest_hex))
+            .await?;
+        let Some(key_id) = key_id else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_key(&key_id)
+            .await?
+            .filter(|key| key.lookup_digest.as_deref() == Some(digest_hex)))
+    }
+
+    async fn list_keys(
+        &self,
+        owner_id: &str,
+        state: Option<KeyState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>> {
+        let ids = owner_key_ids(owner_id);
+        let keys = owner_keys(owner_id);
+        let mut found = Vec::new();
+        let mut lower = lex_after(after);
+        while found.len() < limit {
+            let batch = match state {
+                Some(_) => PAGE,
+                None => (limit - found.len()).min(PAGE),
+            };
+            let mut page = LIST_KEYS_PAGE_SCRIPT.key(&ids);
+            page.key(&keys).arg(&lower).arg(batch);
+            let flat: Vec<Option<String>> = self.invoke(&page).await?;
+            if !flat.len().is_multiple_of(2) {
+                return Err(unexpected("LIST_KEYS_PAGE", flat.len()));
+            }
+            let read = flat.len() / 2;
+            for pair in flat.chunks_exact(2) {
+                let Some(id) = &pair[0] else {
+                    return Err(unexpected("LIST_KEYS_PAGE", "a missing id"));
+                };
+                lower = format!("({id}");
+                let Some(json) = &pair[1] else {
+                    continue;
+                };
+                let key: KeyRecord = decode("key record", json)?;
+                if found.len() < limit && state.is_none_or(|s| s == key.state) {
+                    found.push(key);
+                }
+            }
+            if read < batch {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn update_key(&self, id: &str, change: KeyChange) -> Result<KeyRecord> {
+        let owner_id = self.owner_of(id).await?.ok_or_else(|| key_not_found(id))?;
+        let keys = owner_keys(&owner_id);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (before, json) = self
+                .read_key(&owner_id, id)
+                .await?
+                .ok_or_else(|| key_not_found(id))?;
+            let mut key = before.clone();
+            change(&mut key)?;
+            if key.id != before.id || key.owner_id != before.owner_id {
+                return Err(Error::InvalidArgument(
+                    "a key's id and owner cannot be changed".into(),
+                ));
+            }
+            if key == before {
+                return Ok(key);
+            }
+            let digest_changed = key.lookup_digest != before.lookup_digest;
+            // A new digest is claimed before the record names it, the old one released after.
+            let mut claimed = None;
+            if digest_changed && let Some(new) = key.lookup_digest.as_deref() {
+                let mut claim = CLAIM_DIGEST_SCRIPT.key(OWNER_OF);
+                claim.key(KEYS_BY_DIGEST).arg(new).arg(id);
+                match self.invoke::<i64>(&claim).await? {
+                    0 => claimed = Some(new),
+                    1 => {}
+                    2 => {
+                        return Err(Error::AlreadyExists(
+                            "another key has this lookup digest".into(),
+                        ));
+                    }
+                    3 => return Err(key_not_found(id)),
+                    other => return Err(unexpected("CLAIM_DIGEST", other)),
+                }
+            }
+            let mut swap = HSET_IF_UNCHANGED_SCRIPT.key(&keys);
+            swap.arg(id).arg(&json).arg(encode(&key)?);
+            match self.invoke::<i64>(&swap).await? {
+                1 => {
+                    if digest_changed && let Some(old) = before.lookup_digest.as_deref() {
+                        self.release_digest(id, old).await;
+                    }
+                    return Ok(key);
+                }
+                0 => {
+                    if let Some(new) = claimed {
+                        self.release_digest(id, new).await;
+                    }
+                    backoff(attempt).await;
+                }
+                other => return Err(unexpected("HSET_IF_UNCHANGED", other)),
+            }
+        }
+        Err(unavailable(format!(
+            "key {id:?} kept changing while it was being updated; try again"
+        )))
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<KeyRecord> {
+        let owner_id = self.owner_of(id).await?.ok_or_else(|| key_not_found(id))?;
+        let mut delete = DELETE_KEY_SCRIPT.key(owner_keys(&owner_id));
+        delete.key(owner_key_ids(&owner_id)).arg(id);
+        let json: Option<String> = self.invoke(&delete).await?;
+        let json = json.ok_or_else(|| key_not_found(id))?;
+        let key: KeyRecord = match decode("key record", &json) {
+            Ok(key) => key,
+            Err(e) => {
+                self.release_key(id, &owner_id, None).await;
+                return Err(e);
+            }
+        };
+        // The record is gone, which is what readers go by: the key is deleted even if
+        // releasing its index entries fails, and the caller must invalidate its caches.
+        self.release_key(id, &owner_id, key.lookup_digest.as_deref())
+            .await;
+        Ok(key)
+    }
+}
+
+/// A short pause before retrying a read-modify-write that lost a race, longer each time.
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(u64::from(attempt) + 1)).await;
+}
