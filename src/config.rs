@@ -45,6 +45,8 @@ const NOT_CONFIG_VARS: &[&str] = &[
 pub struct Config {
     /// Directory of the embedded store and the generated pepper.
     pub data_dir: PathBuf,
+    /// Where owners and keys live: `embedded` (a file in `data_dir`) or `redis` (`redis.url`).
+    pub store: StoreBackend,
     /// Listening addresses.
     pub listen: ListenConfig,
     /// Key shapes that can be issued and are recognised.
@@ -73,6 +75,16 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     /// Redis connection (rate limits with `ratelimit.backend = "redis"`).
     pub redis: RedisConfig,
+}
+
+/// Where owners and keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// One redb file in the data directory: one replica.
+    Embedded,
+    /// Redis or Redis Cluster at `redis.url`: shared by every replica.
+    Redis,
 }
 
 /// Names of the headers keygate sets on allowed requests before they go upstream. Whatever a
@@ -126,6 +138,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("keygate-data"),
+            store: StoreBackend::Embedded,
             listen: ListenConfig::default(),
             profiles: vec![ProfileConfig::from(&crate::key::format::default_profile())],
             default_profile: "kg_live".into(),

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, ServeArgs};
+use crate::config::{Config, ConfigError, ServeArgs, StoreBackend};
 use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
 use crate::secrets::{PepperSource, Secrets};
@@ -22,6 +22,7 @@ use crate::service::ext_authz::ExtAuthzService;
 use crate::service::key_manager::KeyManagerService;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// keygate's own protobuf descriptors, offered through gRPC reflection.
@@ -251,6 +252,16 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     let config = args.load()?;
     create_data_dir(&config.data_dir)?;
     let env: HashMap<String, String> = std::env::vars().collect();
+    let pepper_given = ["KEYGATE_PEPPER", "KEYGATE_PEPPER_FILE"]
+        .iter()
+        .any(|name| env.get(*name).is_some_and(|v| !v.is_empty()));
+    if config.store == StoreBackend::Redis && !pepper_given {
+        return Err(ConfigError::Field {
+            field: "store".into(),
+            message: "with the Redis store every replica must share one pepper: set KEYGATE_PEPPER or KEYGATE_PEPPER_FILE".into(),
+        }
+        .into());
+    }
     let (secrets, pepper_source) =
         Secrets::load(&env, &config.data_dir).map_err(|e| ConfigError::Field {
             field: "secrets".into(),
@@ -259,7 +270,7 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     if let PepperSource::Generated(path) = &pepper_source {
         warn!(path = %path.display(), "generated a new pepper; back it up with the data directory, imported keys depend on it");
     }
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let mut server = start(&config, secrets, store, Arc::new(SystemClock)).await?;
     tokio::select! {
         result = server.wait() => {
@@ -271,13 +282,29 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     server.shutdown().await.map_err(StartError::Runtime)
 }
 
-/// Opens the store `config` selects, creating the data directory if needed.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
-    create_data_dir(&config.data_dir)?;
-    let path = config.data_dir.join("keygate.redb");
-    let store = EmbeddedStore::open(&path).map_err(|e| StartError::Runtime(e.to_string()))?;
-    info!(path = %path.display(), "embedded store open");
-    Ok(Arc::new(store))
+/// Opens the store `config` selects (creating the data directory for the embedded one), and
+/// warns when a Redis store may lose acknowledged writes.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match config.store {
+        StoreBackend::Embedded => {
+            create_data_dir(&config.data_dir)?;
+            let path = config.data_dir.join("keygate.redb");
+            let store =
+                EmbeddedStore::open(&path).map_err(|e| StartError::Runtime(e.to_string()))?;
+            info!(path = %path.display(), "embedded store open");
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Redis => {
+            let store = RedisStore::connect(&config.redis)
+                .await
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
+            if let Some(warning) = store.persistence_warning().await {
+                warn!("{warning}");
+            }
+            info!("Redis store connected");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Creates the data directory if it is missing, readable by its owner only.

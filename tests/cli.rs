@@ -346,9 +346,13 @@ fn a_bad_configuration_fails_before_serving_with_a_usage_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_export_and_import_move_every_record_to_another_store() {
+async fn admin_export_and_import_move_an_embedded_store_to_redis() {
     use keygate::proto::{self, key_manager_client::KeyManagerClient};
 
+    let redis = tokio::task::spawn_blocking(common::redis::RedisServer::start)
+        .await
+        .unwrap();
+    let redis_url = redis.url();
     let dir = tempfile::tempdir().unwrap();
     let (old_dir, new_dir, file) = (
         dir.path().join("old"),
@@ -358,6 +362,12 @@ async fn admin_export_and_import_move_every_record_to_another_store() {
     let env = [
         ("KEYGATE_PEPPER", PEPPER),
         ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let redis_env = [
+        ("KEYGATE_PEPPER", PEPPER),
+        ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("KEYGATE_STORE", "redis"),
+        ("KEYGATE_REDIS__URL", redis_url.as_str()),
     ];
     let old = KeygateProcess::start(&old_dir, &env);
     let mut client = KeyManagerClient::connect(old.url()).await.unwrap();
@@ -401,17 +411,22 @@ async fn admin_export_and_import_move_every_record_to_another_store() {
         .into_inner();
     old.kill_hard();
 
-    let admin = |args: &[&str], data_dir: &std::path::Path| {
+    let admin = |args: &[&str], data_dir: &std::path::Path, env: &[(&str, &str)]| {
         Command::new(keygate_bin())
             .arg("admin")
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env_clear()
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     };
-    let exported = admin(&["export", "--output", file.to_str().unwrap()], &old_dir);
+    let exported = admin(
+        &["export", "--output", file.to_str().unwrap()],
+        &old_dir,
+        &[],
+    );
     assert!(exported.status.success(), "{}", stderr(&exported));
     assert!(
         stderr(&exported).contains("exported 1 owners and 3 keys"),
@@ -426,10 +441,18 @@ async fn admin_export_and_import_move_every_record_to_another_store() {
     );
     assert!(text.lines().next().unwrap().contains("\"kind\":\"owner\""));
 
-    let imported = admin(&["import", "--input", file.to_str().unwrap()], &new_dir);
+    let imported = admin(
+        &["import", "--input", file.to_str().unwrap()],
+        &new_dir,
+        &redis_env,
+    );
     assert!(imported.status.success(), "{}", stderr(&imported));
     assert!(stderr(&imported).contains("imported 1 owners and 3 keys"));
-    let again = admin(&["import", "--input", file.to_str().unwrap()], &new_dir);
+    let again = admin(
+        &["import", "--input", file.to_str().unwrap()],
+        &new_dir,
+        &redis_env,
+    );
     assert_eq!(again.status.code(), Some(1));
     assert!(
         stderr(&again).contains("line 1") && stderr(&again).contains("already exists"),
@@ -437,8 +460,10 @@ async fn admin_export_and_import_move_every_record_to_another_store() {
         stderr(&again)
     );
 
-    // The new store serves the same records, and the same secrets (given the same pepper).
-    let new = KeygateProcess::start(&new_dir, &env);
+    // keygate on the Redis store serves the same records, and the same secrets (given the
+    // same pepper); it warns that this test Redis runs without AOF.
+    let new = KeygateProcess::start(&new_dir, &redis_env);
+    assert!(new.log().contains("without AOF"), "{}", new.log());
     let mut client = KeyManagerClient::connect(new.url()).await.unwrap();
     let fetched = client
         .get_key(common::admin(proto::GetKeyRequest {
@@ -459,4 +484,25 @@ async fn admin_export_and_import_move_every_record_to_another_store() {
             .await
             .unwrap();
     }
+}
+
+#[test]
+fn the_redis_store_requires_a_shared_pepper() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(keygate_bin())
+        .args(["serve", "--set", "store=redis", "--data-dir"])
+        .arg(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("KEYGATE_PEPPER"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !dir.path().join("pepper").exists(),
+        "no replica-local pepper is generated"
+    );
 }

@@ -57,7 +57,7 @@ pub async fn run(cli: AdminCli) -> ExitCode {
 
 async fn run_inner(cli: AdminCli) -> Result<String, StartError> {
     let config = cli.store.load()?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let io = |what: &str, path: &PathBuf, e: std::io::Error| {
         StartError::Runtime(format!("cannot {what} {}: {e}", path.display()))
     };

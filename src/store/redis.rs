@@ -365,6 +365,22 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// Why Redis may lose acknowledged writes on a restart, if it may: keygate expects AOF
+    /// (`appendonly yes`). `None` when AOF is on, or when Redis does not let us look (some
+    /// managed services disable CONFIG).
+    pub async fn persistence_warning(&self) -> Option<String> {
+        let reply: Vec<String> = self
+            .query(redis::cmd("CONFIG").arg("GET").arg("appendonly"))
+            .await
+            .ok()?;
+        match reply.get(1).map(String::as_str) {
+            Some("yes") => None,
+            _ => Some(
+                "Redis runs without AOF (appendonly no): writes acknowledged since its last snapshot are lost if it restarts; set appendonly yes with appendfsync everysec or always".into(),
+            ),
+        }
+    }
+
     /// Runs `work` (which gets its own connection) for at most the timeout.
     async fn bounded<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
         tokio::time::timeout(self.timeout, work)
