@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::cache::KeyCache;
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreBackend};
+use crate::invalidation::{Invalidation, Publisher};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
 use crate::ratelimit::RateLimiter;
@@ -29,6 +30,8 @@ pub struct App {
     pub usage: UsageRecorder,
     /// Rate limits.
     pub limiter: RateLimiter,
+    /// Tells the other replicas about changes (with the Redis store).
+    pub publisher: Option<Publisher>,
     /// The configuration it was built from (plans, profiles, limits).
     pub config: Config,
     /// Full-access management token.
@@ -66,7 +69,19 @@ impl App {
             secrets.pepper.clone(),
             profiles.clone(),
         );
+        let publisher = match config.store {
+            StoreBackend::Redis => {
+                Some(Publisher::new(config.redis.pool().map_err(|message| {
+                    ConfigError::Field {
+                        field: "redis.url".into(),
+                        message,
+                    }
+                })?))
+            }
+            StoreBackend::Embedded => None,
+        };
         Ok(App {
+            publisher,
             store,
             hasher,
             pepper: secrets.pepper,
@@ -88,5 +103,13 @@ impl App {
             admin_token: secrets.admin_token,
             clock,
         })
+    }
+
+    /// Drops what this replica cached about a change, then tells the other replicas.
+    pub async fn invalidate(&self, invalidation: Invalidation) {
+        invalidation.apply(&self.keys).await;
+        if let Some(publisher) = &self.publisher {
+            publisher.publish(&invalidation).await;
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`authz`] — the decision engine: extraction, route rules, policy, denial rendering.
 //! - [`ratelimit`] — sliding-window rate limits, local and in Redis.
 //! - [`usage`] — batched `last_used_at` updates.
+//! - [`invalidation`] — telling every replica that a key or owner changed (Redis pub/sub).
 //! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
 //!   authentication, message conversion.
 //! - [`app`] — the state every handler shares.
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod invalidation;
 pub mod key;
 pub mod model;
 pub mod ratelimit;

@@ -168,6 +168,7 @@ pub async fn start(
     let flush_stopped = stopped.clone();
     let task_app = app.clone();
     let flush_interval = config.usage.flush_interval;
+    let invalidation_url = (config.store == StoreBackend::Redis).then(|| config.redis.url.clone());
     let task = tokio::spawn(async move {
         let usage_flush = async {
             let mut ticks = tokio::time::interval(flush_interval);
@@ -193,13 +194,19 @@ pub async fn start(
                 .set_not_serving::<AuthorizerServer<AuthorizerService>>()
                 .await;
         };
-        let (management, data_plane, (), ()) = tokio::join!(
+        let invalidations = async {
+            if let Some(url) = invalidation_url {
+                crate::invalidation::subscribe(url, task_app.clone(), stopped.clone()).await;
+            }
+        };
+        let (management, data_plane, (), (), ()) = tokio::join!(
             management_router
                 .serve_with_incoming_shutdown(incoming(management), until_stopped(stopped.clone())),
             data_plane_router
                 .serve_with_incoming_shutdown(incoming(data_plane), until_stopped(stopped.clone())),
             usage_flush,
             announce,
+            invalidations,
         );
         task_app.usage.flush(task_app.store.as_ref()).await;
         management

@@ -268,6 +268,7 @@ async fn replicas(redis: &RedisServer) -> (TestServer, TestServer) {
             admin_token: Some(ADMIN_TOKEN),
             extra_config: &config,
             store: Some(store.clone()),
+            ..Options::default()
         })
         .await
     };

@@ -10,6 +10,7 @@ use super::convert::{self, from_duration, from_timestamp, name, next_page_token,
 use crate::app::App;
 use crate::clock::UnixTime;
 use crate::error::{Error, Result};
+use crate::invalidation::Invalidation;
 use crate::key::format::{Alphabet, IssuedKey, KeyProfile};
 use crate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
 use crate::proto::{self, key_manager_server::KeyManager};
@@ -75,11 +76,15 @@ impl KeyManagerService {
         });
         let updated = self.app.store.update_key(&key.id, change).await?;
         // Only after the change is stored: the next request must load the new record.
-        self.app.keys.invalidate_key(&updated.id);
+        self.app
+            .invalidate(Invalidation::Key(updated.id.clone()))
+            .await;
         if let Some(digest) = &key.lookup_digest
             && updated.lookup_digest.is_none()
         {
-            self.app.keys.remove_imported(digest);
+            self.app
+                .invalidate(Invalidation::Unimported(digest.clone()))
+                .await;
         }
         Ok(updated)
     }
@@ -232,7 +237,9 @@ impl KeyManagerService {
                 }),
             )
             .await?;
-        self.app.keys.invalidate_owner(&owner.id);
+        self.app
+            .invalidate(Invalidation::Owner(owner.id.clone()))
+            .await;
         Ok((&owner).into())
     }
 
@@ -567,7 +574,9 @@ impl KeyManagerService {
                 other => other,
             })?;
         if let Some(digest) = &record.lookup_digest {
-            self.app.keys.add_imported(digest).await;
+            self.app
+                .invalidate(Invalidation::Imported(digest.clone()))
+                .await;
         }
         Ok((&record).into())
     }
@@ -811,9 +820,13 @@ impl KeyManager for KeyManagerService {
         rpc!(self, request, |caller, req| async {
             let key = self.visible_key(&caller, &req.id).await?;
             let deleted = self.app.store.delete_key(&key.id).await?;
-            self.app.keys.invalidate_key(&deleted.id);
+            self.app
+                .invalidate(Invalidation::Key(deleted.id.clone()))
+                .await;
             if let Some(digest) = &deleted.lookup_digest {
-                self.app.keys.remove_imported(digest);
+                self.app
+                    .invalidate(Invalidation::Unimported(digest.clone()))
+                    .await;
             }
             Ok(proto::DeleteKeyResponse {})
         })

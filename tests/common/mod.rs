@@ -81,16 +81,22 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
-/// The test configuration followed by `extra` TOML, with its data directory in `dir`.
-pub fn test_config_with(dir: &std::path::Path, extra: &str) -> Config {
+/// The test configuration between `before` and `extra` TOML, with its data directory in
+/// `dir`.
+pub fn test_config_around(dir: &std::path::Path, before: &str, extra: &str) -> Config {
     let path = dir.join("keygate.toml");
-    std::fs::write(&path, format!("{TEST_CONFIG}\n{extra}")).unwrap();
+    std::fs::write(&path, format!("{before}\n{TEST_CONFIG}\n{extra}")).unwrap();
     Config::load(
         Some(&path),
         [],
         &[("data_dir".into(), dir.display().to_string())],
     )
     .unwrap()
+}
+
+/// The test configuration followed by `extra` TOML, with its data directory in `dir`.
+pub fn test_config_with(dir: &std::path::Path, extra: &str) -> Config {
+    test_config_around(dir, "", extra)
 }
 
 /// The test configuration, with its data directory in `dir`.
@@ -107,6 +113,8 @@ pub struct Options<'a> {
     pub extra_config: &'a str,
     /// A store to use instead of a fresh embedded one.
     pub store: Option<Arc<dyn Store>>,
+    /// TOML put before [`TEST_CONFIG`], for top-level fields.
+    pub prepend_config: &'a str,
 }
 
 /// Starts a server over a fresh embedded store, with or without an admin token.
@@ -121,7 +129,7 @@ pub async fn start(admin_token: Option<&str>) -> TestServer {
 /// Starts a server as `options` say.
 pub async fn start_with(options: Options<'_>) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config_with(dir.path(), options.extra_config);
+    let config = test_config_around(dir.path(), options.prepend_config, options.extra_config);
     let mut env = std::collections::HashMap::new();
     env.insert(
         "KEYGATE_PEPPER".to_string(),
