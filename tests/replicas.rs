@@ -17,7 +17,11 @@ use keygate::store::Store;
 use keygate::store::redis::RedisStore;
 
 async fn replica(redis: &RedisServer, store: Arc<dyn Store>) -> TestServer {
-    let redis_table = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    // A plan without rate windows: keygate's clock stands still in tests.
+    let redis_table = format!(
+        "[redis]\nurl = \"{}\"\n[[plans]]\nname = \"unmetered\"\n",
+        redis.url()
+    );
     start_with(Options {
         admin_token: Some(ADMIN_TOKEN),
         extra_config: &redis_table,
@@ -155,4 +159,129 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
         );
     }
     drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_never_produces_a_wrong_decision() {
+    let mut redis = tokio::task::spawn_blocking(RedisServer::start_durable)
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&RedisConfig {
+            url: redis.url(),
+            timeout: Duration::from_millis(200),
+            ..RedisConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let server = replica(&redis, store).await;
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "unmetered").await;
+    let mut issue = async || {
+        manage
+            .create_key(admin(proto::CreateKeyRequest {
+                owner_id: owner.id.clone(),
+                name: "k".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let warm = issue().await.secret;
+    let unseen = issue().await.secret;
+    let revoked = issue().await;
+    let revoked_secret = revoked.secret.clone();
+    assert_eq!(decide(&server, &warm).await, "OK");
+    assert_eq!(decide(&server, &revoked_secret).await, "OK");
+    server
+        .client()
+        .await
+        .revoke_key(admin(proto::RevokeKeyRequest {
+            id: revoked.key.unwrap().id,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(decide(&server, &revoked_secret).await, "INVALID_API_KEY");
+
+    let mut client = AuthorizationClient::new(server.data_plane().await);
+    let mut ask = async |key: &str| {
+        client
+            .check(check_request(
+                "203.0.113.9",
+                "GET",
+                "/v1",
+                &[("x-api-key", key)],
+                &[],
+            ))
+            .await
+            .map(|answer| {
+                match answer.into_inner().dynamic_metadata.unwrap().fields["code"]
+                    .kind
+                    .clone()
+                {
+                    Some(Kind::StringValue(code)) => code,
+                    other => panic!("{other:?}"),
+                }
+            })
+    };
+
+    redis.kill();
+    // A bounded stream of decisions while Redis is gone.
+    for _ in 0..50 {
+        assert_eq!(
+            ask(&warm).await.unwrap(),
+            "OK",
+            "a warm valid key keeps working"
+        );
+        assert_eq!(
+            ask(&revoked_secret).await.unwrap(),
+            "INVALID_API_KEY",
+            "a revoked key stays refused"
+        );
+        let status = ask(&unseen).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "an unseen key is UNAVAILABLE, not denied"
+        );
+    }
+    let write = server
+        .client()
+        .await
+        .revoke_key(admin(proto::RevokeKeyRequest { id: "any".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        write.code(),
+        tonic::Code::Unavailable,
+        "management writes are refused, not lost"
+    );
+
+    let mut redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    loop {
+        match ask(&unseen).await {
+            Ok(code) => {
+                assert_eq!(code, "OK");
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable),
+        }
+        assert!(Instant::now() < deadline, "keygate did not recover");
+    }
+    println!(
+        "replicas: full service {:?} after redis-server was back",
+        back.elapsed()
+    );
+    assert_eq!(ask(&warm).await.unwrap(), "OK");
+    assert_eq!(ask(&revoked_secret).await.unwrap(), "INVALID_API_KEY");
+    redis.kill();
 }

@@ -12,11 +12,23 @@ pub struct RedisServer {
     /// Its address.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    durable: bool,
 }
 
 impl RedisServer {
-    /// Starts redis-server on a free port.
+    /// Starts redis-server on a free port, without persistence.
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// Starts redis-server on a free port with AOF on and fsynced at every write, as keygate
+    /// expects in production: what it acknowledged survives a restart.
+    #[allow(dead_code)] // not every includer needs persistence
+    pub fn start_durable() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> RedisServer {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("no free loopback port");
@@ -25,6 +37,7 @@ impl RedisServer {
             child: None,
             addr,
             dir,
+            durable,
         };
         server.restart();
         server
@@ -47,7 +60,12 @@ impl RedisServer {
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.addr.port().to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
