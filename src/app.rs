@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::cache::KeyCache;
+use crate::cache::{KeyCache, SharedVerifications};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::invalidation::{Invalidation, Publisher};
@@ -62,12 +62,26 @@ impl App {
             secrets.pepper.clone(),
             profiles.clone(),
         );
+        // One pool for the shared cache and the invalidation publisher.
+        let redis_pool = match config.store {
+            StoreBackend::Redis => {
+                Some(config.redis.pool().map_err(|message| ConfigError::Field {
+                    field: "redis.url".into(),
+                    message,
+                })?)
+            }
+            StoreBackend::Embedded => None,
+        };
+        let shared = redis_pool
+            .clone()
+            .map(|pool| SharedVerifications::new(pool, config.cache.shared_ttl));
         let keys = KeyCache::new(
             &config.cache,
             verifier,
             store.clone(),
             secrets.pepper.clone(),
             profiles.clone(),
+            shared,
         );
         let publisher = match config.store {
             StoreBackend::Redis => {

@@ -11,6 +11,13 @@
 //!   is not in a configured profile's format is looked up only if it is one of them, so
 //!   garbage is rejected with no store access while imported keys of any format work.
 //!
+//! * **Shared entries** (with the Redis store): a digest verified by any replica is written
+//!   to Redis as `key id, which secret, fingerprint of that secret's hash`, so another
+//!   replica's miss reads the record from the store and skips argon2. The fingerprint ties
+//!   the entry to the hash it was verified against: after a rotation it no longer matches
+//!   and the entry is ignored. Revocations and other changes need no shared invalidation, as
+//!   a shared hit always reads the current record and the policy judges it.
+//!
 //! Concurrent misses for the same credential are coalesced: one load and one argon2 run
 //! serve all of them.
 //!
@@ -47,6 +54,9 @@ pub struct CacheConfig {
     /// How long a rejected credential is rejected without looking again.
     #[serde(with = "crate::config::duration_text")]
     pub rejection_ttl: Duration,
+    /// How long a verification shared through Redis is trusted by other replicas.
+    #[serde(with = "crate::config::duration_text")]
+    pub shared_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -55,6 +65,7 @@ impl Default for CacheConfig {
             capacity: 100_000,
             ttl: Duration::from_secs(60),
             rejection_ttl: Duration::from_secs(5),
+            shared_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -80,6 +91,8 @@ pub struct CacheStats {
     pub rejection_hits: AtomicU64,
     /// Credentials rejected by their format alone, with no lookup.
     pub malformed: AtomicU64,
+    /// Misses answered by another replica's shared verification, without argon2.
+    pub shared_hits: AtomicU64,
 }
 
 /// Why a load produced no entry.
@@ -103,7 +116,79 @@ pub struct KeyCache {
     store: Arc<dyn Store>,
     pepper: Pepper,
     profiles: Arc<Profiles>,
+    shared: Option<SharedVerifications>,
     stats: CacheStats,
+}
+
+/// Verifications shared with other replicas through Redis.
+pub struct SharedVerifications {
+    pool: deadpool_redis::Pool,
+    ttl: Duration,
+}
+
+impl SharedVerifications {
+    /// Shares verifications through `pool` for `ttl`.
+    pub fn new(pool: deadpool_redis::Pool, ttl: Duration) -> Self {
+        SharedVerifications { pool, ttl }
+    }
+
+    fn name(digest: &Digest) -> String {
+        format!("kg:l2:{{{}}}", digest.to_hex())
+    }
+
+    /// The key id, secret and fingerprint another replica verified `digest` as, if any.
+    /// Failures count as absent: this is only a shortcut.
+    async fn get(&self, digest: &Digest) -> Option<(String, MatchedSecret, String)> {
+        let mut connection = self.pool.get().await.ok()?;
+        let value: Option<String> = deadpool_redis::redis::cmd("GET")
+            .arg(Self::name(digest))
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        let value = value?;
+        let mut parts = value.split(' ');
+        let (id, which, fingerprint) = (parts.next()?, parts.next()?, parts.next()?);
+        let matched = match which {
+            "c" => MatchedSecret::Current,
+            "p" => MatchedSecret::Previous,
+            _ => return None,
+        };
+        Some((id.to_owned(), matched, fingerprint.to_owned()))
+    }
+
+    /// Shares a verification; failures are ignored.
+    async fn put(&self, digest: &Digest, key: &KeyRecord, matched: MatchedSecret) {
+        let Some(fingerprint) = hash_fingerprint(key, matched) else {
+            return;
+        };
+        let which = if matched == MatchedSecret::Current {
+            "c"
+        } else {
+            "p"
+        };
+        if let Ok(mut connection) = self.pool.get().await {
+            let _: Result<(), _> = deadpool_redis::redis::cmd("SET")
+                .arg(Self::name(digest))
+                .arg(format!("{} {which} {fingerprint}", key.id))
+                .arg("PX")
+                .arg(self.ttl.as_millis() as u64)
+                .query_async(&mut connection)
+                .await;
+        }
+    }
+}
+
+/// A short fingerprint of the hash `matched` names in `key`: ties a shared verification to
+/// the secret it was made against.
+fn hash_fingerprint(key: &KeyRecord, matched: MatchedSecret) -> Option<String> {
+    use sha2::Digest as _;
+    let phc = match matched {
+        MatchedSecret::Current => &key.secret_hash,
+        MatchedSecret::Previous => &key.previous_secret.as_ref()?.hash,
+    };
+    Some(crate::key::hash::hex(
+        &sha2::Sha256::digest(phc.as_bytes())[..16],
+    ))
 }
 
 impl KeyCache {
@@ -114,6 +199,7 @@ impl KeyCache {
         store: Arc<dyn Store>,
         pepper: Pepper,
         profiles: Arc<Profiles>,
+        shared: Option<SharedVerifications>,
     ) -> Self {
         KeyCache {
             verified: Cache::builder()
@@ -138,6 +224,7 @@ impl KeyCache {
             store,
             pepper,
             profiles,
+            shared,
             stats: CacheStats::default(),
         }
     }
@@ -164,7 +251,7 @@ impl KeyCache {
             let epoch = self.epoch.load(Ordering::SeqCst);
             let loaded = self
                 .verified
-                .try_get_with(digest, self.load(credential, epoch))
+                .try_get_with(digest, self.load(credential, &digest, epoch))
                 .await;
             let entry = match loaded {
                 Ok(entry) => entry,
@@ -193,15 +280,32 @@ impl KeyCache {
     async fn load(
         &self,
         credential: &str,
+        digest: &Digest,
         epoch: u64,
     ) -> std::result::Result<Arc<CachedKey>, LoadFailure> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        match self.verifier.verify(credential).await {
-            Ok(Some(verified)) => Ok(Arc::new(CachedKey {
-                key: verified.key,
-                matched: verified.matched,
+        let cached = |key, matched| {
+            Arc::new(CachedKey {
+                key,
+                matched,
                 epoch,
-            })),
+            })
+        };
+        if let Some(shared) = &self.shared
+            && let Some((id, matched, fingerprint)) = shared.get(digest).await
+            && let Some(key) = self.store.get_key(&id).await.map_err(LoadFailure::Store)?
+            && hash_fingerprint(&key, matched).is_some_and(|f| f == fingerprint)
+        {
+            self.stats.shared_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(cached(key, matched));
+        }
+        match self.verifier.verify(credential).await {
+            Ok(Some(verified)) => {
+                if let Some(shared) = &self.shared {
+                    shared.put(digest, &verified.key, verified.matched).await;
+                }
+                Ok(cached(verified.key, verified.matched))
+            }
             Ok(None) => Err(LoadFailure::Rejected),
             Err(e) => Err(LoadFailure::Store(e)),
         }

@@ -285,3 +285,73 @@ async fn a_redis_outage_never_produces_a_wrong_decision() {
     assert_eq!(ask(&revoked_secret).await.unwrap(), "INVALID_API_KEY");
     redis.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&RedisConfig {
+            url: redis.url(),
+            ..RedisConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let a = replica(&redis, store.clone()).await;
+    let b = replica(&redis, store).await;
+    let mut manage = a.client().await;
+    let owner = create_owner(&mut manage, "acme", "unmetered").await;
+    let mut issue = async || {
+        manage
+            .create_key(admin(proto::CreateKeyRequest {
+                owner_id: owner.id.clone(),
+                name: "k".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let key = issue().await;
+    let verifications = |s: &TestServer| s.server.app().hasher.verifications();
+    assert_eq!(decide(&a, &key.secret).await, "OK");
+    assert_eq!(verifications(&a), 1);
+    assert_eq!(decide(&b, &key.secret).await, "OK");
+    assert_eq!(verifications(&b), 0, "B trusted A's verification");
+    assert_eq!(
+        b.server
+            .app()
+            .keys
+            .stats()
+            .shared_hits
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // After a rotation the shared entry no longer matches the stored hash: the old secret is
+    // verified again (against the previous hash), never trusted blindly.
+    a.client()
+        .await
+        .rotate_key(admin(proto::RotateKeyRequest {
+            id: key.key.unwrap().id,
+            grace: None,
+        }))
+        .await
+        .unwrap();
+    let c = replica(
+        &redis,
+        Arc::new(
+            RedisStore::connect(&RedisConfig {
+                url: redis.url(),
+                ..RedisConfig::default()
+            })
+            .await
+            .unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(decide(&c, &key.secret).await, "INVALID_API_KEY");
+    assert_eq!(verifications(&c), 1);
+}
