@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
 use tokio::net::TcpListener;
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::app::App;
@@ -27,6 +30,14 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// keygate's own protobuf descriptors, offered through gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keygate_descriptor");
+
+/// The health service name whose status says whether keygate can decide for keys it has not
+/// cached: SERVING while the store answers. The data-plane services themselves stay SERVING
+/// while keygate runs, since cached keys are decided even when the store is down.
+pub const READINESS_SERVICE: &str = "keygate.readiness";
+
+/// How often the store is probed for readiness.
+const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Exit code for a configuration or usage error, as clap uses for bad flags.
 pub const EXIT_USAGE: u8 = 2;
@@ -194,12 +205,34 @@ pub async fn start(
                 .set_not_serving::<AuthorizerServer<AuthorizerService>>()
                 .await;
         };
+        let readiness = async {
+            let stopping = until_stopped(stopped.clone());
+            tokio::pin!(stopping);
+            let mut ticks = tokio::time::interval(READINESS_PROBE_INTERVAL);
+            let mut ready = None;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        let now_ready = task_app.store.ping().await.is_ok();
+                        if ready != Some(now_ready) {
+                            let status = if now_ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+                            reporter.set_service_status(READINESS_SERVICE, status).await;
+                            if ready.is_some() {
+                                warn!(ready = now_ready, "store reachability changed; unseen keys {} decided", if now_ready { "are" } else { "cannot be" });
+                            }
+                            ready = Some(now_ready);
+                        }
+                    }
+                    () = &mut stopping => break,
+                }
+            }
+        };
         let invalidations = async {
             if let Some(url) = invalidation_url {
                 crate::invalidation::subscribe(url, task_app.clone(), stopped.clone()).await;
             }
         };
-        let (management, data_plane, (), (), ()) = tokio::join!(
+        let (management, data_plane, (), (), (), ()) = tokio::join!(
             management_router
                 .serve_with_incoming_shutdown(incoming(management), until_stopped(stopped.clone())),
             data_plane_router
@@ -207,6 +240,7 @@ pub async fn start(
             usage_flush,
             announce,
             invalidations,
+            readiness,
         );
         task_app.usage.flush(task_app.store.as_ref()).await;
         management

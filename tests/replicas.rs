@@ -49,6 +49,36 @@ fn wait_for_subscribers(redis: &RedisServer, count: i64) {
     }
 }
 
+/// Waits (bounded) until the data plane's readiness entry reports `serving`.
+async fn wait_for_readiness(server: &TestServer, serving: bool) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(server.data_plane().await);
+    let wanted = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: keygate::server::READINESS_SERVICE.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status());
+        if status.as_ref().is_ok_and(|s| *s == wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness stayed {status:?}, wanted {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn decide(server: &TestServer, key: &str) -> String {
     let mut client = AuthorizationClient::new(server.data_plane().await);
     let answer = client
@@ -227,7 +257,9 @@ async fn a_redis_outage_never_produces_a_wrong_decision() {
             })
     };
 
+    wait_for_readiness(&server, true).await;
     redis.kill();
+    wait_for_readiness(&server, false).await;
     // A bounded stream of decisions while Redis is gone.
     for _ in 0..50 {
         assert_eq!(

@@ -53,6 +53,10 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
     }
 }
 
+pub async fn ping_answers(store: &dyn Store) {
+    store.ping().await.unwrap();
+}
+
 pub async fn owners_round_trip(store: &dyn Store) {
     let alice = owner("o1", "ext-alice");
     store.create_owner(&alice).await.unwrap();
@@ -382,6 +386,7 @@ macro_rules! conformance_suite {
                 };
             }
 
+            check!(ping_answers);
             check!(owners_round_trip);
             check!(owner_ids_and_external_ids_are_unique);
             check!(owners_list_in_pages);

@@ -121,6 +121,11 @@ fn owner_not_found(id: &str) -> Error {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    async fn ping(&self) -> Result<()> {
+        self.read(|txn| txn.open_table(OWNERS).map(|_| ()).map_err(fault))
+            .await
+    }
+
     async fn create_owner(&self, owner: &Owner) -> Result<()> {
         let owner = owner.clone();
         self.write(move |txn| {

@@ -41,6 +41,9 @@ pub struct Quota {
 /// Persistent storage of owners and keys.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Whether the store answers: `Unavailable` when it does not. Drives readiness.
+    async fn ping(&self) -> Result<()>;
+
     /// Adds an owner. `AlreadyExists` if its id or external id is taken.
     async fn create_owner(&self, owner: &Owner) -> Result<()>;
 

@@ -506,6 +506,14 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
+    async fn ping(&self) -> Result<()> {
+        let pong: String = self.query(&redis::cmd("PING")).await?;
+        if pong != "PONG" {
+            return Err(unexpected("PING", pong));
+        }
+        Ok(())
+    }
+
     async fn create_owner(&self, owner: &Owner) -> Result<()> {
         let json = encode(owner)?;
         let record = owner_record(&owner.id);

@@ -42,6 +42,10 @@ impl FaultyStore {
 
 #[async_trait]
 impl Store for FaultyStore {
+    async fn ping(&self) -> Result<()> {
+        self.check()?;
+        self.inner.ping().await
+    }
     async fn create_owner(&self, owner: &Owner) -> Result<()> {
         self.check()?;
         self.inner.create_owner(owner).await
