@@ -118,6 +118,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<UnixTime>,
     /// When it was last used to authorize a request.
     pub last_used_at: Option<UnixTime>,
+    /// How many requests it has authorized (as of the last usage flush).
+    #[serde(default)]
+    pub usage_count: u64,
 }
 
 impl KeyRecord {

@@ -1,5 +1,6 @@
-//! `last_used_at` without a store write per request: uses are noted in memory and written in
-//! batches, at most once per key per flush interval, and once more on shutdown.
+//! `last_used_at` and usage counts without a store write per request: uses are noted in
+//! memory and written in batches, at most once per key per flush interval, and once more on
+//! shutdown.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,17 +14,25 @@ use crate::store::Store;
 /// Notes key uses and writes them to the store in batches.
 #[derive(Default)]
 pub struct UsageRecorder {
-    pending: Mutex<HashMap<String, UnixTime>>,
+    /// Key id → (latest use, uses since the last flush).
+    pending: Mutex<HashMap<String, (UnixTime, u64)>>,
 }
 
 impl UsageRecorder {
     /// Notes that key `id` was used at `now`.
     pub fn record(&self, id: &str, now: UnixTime) {
+        self.add(id, now, 1);
+    }
+
+    fn add(&self, id: &str, used_at: UnixTime, uses: u64) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match pending.get_mut(id) {
-            Some(last) => *last = (*last).max(now),
+            Some((last, count)) => {
+                *last = (*last).max(used_at);
+                *count += uses;
+            }
             None => {
-                pending.insert(id.to_owned(), now);
+                pending.insert(id.to_owned(), (used_at, uses));
             }
         }
     }
@@ -32,12 +41,13 @@ impl UsageRecorder {
     /// skipped; a store failure puts the uses back to be written next time.
     pub async fn flush(&self, store: &dyn Store) {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        for (id, used_at) in batch {
+        for (id, (used_at, uses)) in batch {
             let result = store
                 .update_key(
                     &id,
                     Arc::new(move |k| {
                         k.last_used_at = Some(k.last_used_at.map_or(used_at, |t| t.max(used_at)));
+                        k.usage_count = k.usage_count.saturating_add(uses);
                         Ok(())
                     }),
                 )
@@ -45,8 +55,8 @@ impl UsageRecorder {
             match result {
                 Ok(_) | Err(Error::NotFound(_)) => {}
                 Err(e) => {
-                    warn!(key_id = %id, "cannot record last use: {e}");
-                    self.record(&id, used_at);
+                    warn!(key_id = %id, "cannot record key use: {e}");
+                    self.add(&id, used_at, uses);
                 }
             }
         }

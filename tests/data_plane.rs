@@ -683,6 +683,7 @@ async fn last_used_at_is_written_in_batches_and_on_shutdown() {
     f.server.server.shutdown().await.unwrap();
     let stored = app.store.get_key(&key.id).await.unwrap().unwrap();
     assert_eq!(stored.last_used_at, Some(T0 + 10));
+    assert_eq!(stored.usage_count, 5, "one write carried all five uses");
 }
 
 #[tokio::test]

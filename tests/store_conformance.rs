@@ -50,6 +50,7 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        usage_count: 0,
     }
 }
 

@@ -100,6 +100,7 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
+            usage_count: 0,
         }
     }
 

@@ -114,6 +114,7 @@ pub fn key_json(key: &proto::Key) -> Value {
         "expire_time": timestamp_json(key.expire_time.as_ref()),
         "revoke_time": timestamp_json(key.revoke_time.as_ref()),
         "last_used_time": timestamp_json(key.last_used_time.as_ref()),
+        "usage_count": key.usage_count,
         "previous_secret_expire_time": timestamp_json(key.previous_secret_expire_time.as_ref()),
         "public_key": key.public_key,
     })
@@ -408,7 +409,8 @@ mod tests {
         for secret in ["secret", "api_secret", "activation_code", "api_key"] {
             assert!(!object.contains_key(secret), "{secret} in a Key");
         }
-        assert_eq!(object.len(), 18);
+        assert_eq!(value["usage_count"], 0);
+        assert_eq!(object.len(), 19);
     }
 
     #[test]

@@ -282,6 +282,7 @@ impl From<&KeyRecord> for proto::Key {
             previous_secret_expire_time: opt_timestamp(
                 k.previous_secret.as_ref().map(|p| p.expires_at),
             ),
+            usage_count: k.usage_count,
             public_key: match (&k.kind, &k.prefix) {
                 (KeyKind::Pair, Some(prefix)) => format!("{prefix}_{}", k.id),
                 _ => String::new(),

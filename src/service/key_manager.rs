@@ -299,6 +299,7 @@ impl KeyManagerService {
                 expires_at,
                 revoked_at: None,
                 last_used_at: None,
+                usage_count: 0,
             };
             match self.app.store.insert_key(&record, quota).await {
                 Ok(()) => {
@@ -562,6 +563,7 @@ impl KeyManagerService {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            usage_count: 0,
         };
         self.app
             .store
