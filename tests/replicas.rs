@@ -16,6 +16,16 @@ use keygate::ratelimit::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::redis::RedisStore;
 
+/// A Redis store on `redis` whose calls give up after `timeout`.
+async fn redis_store(redis: &RedisServer, timeout: Duration) -> Arc<dyn Store> {
+    let config = RedisConfig {
+        url: redis.url(),
+        timeout,
+        ..RedisConfig::default()
+    };
+    Arc::new(RedisStore::connect(&config).await.unwrap())
+}
+
 async fn replica(redis: &RedisServer, store: Arc<dyn Store>) -> TestServer {
     // A plan without rate windows: keygate's clock stands still in tests.
     let redis_table = format!(
@@ -103,15 +113,7 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(&RedisConfig {
-            url: redis.url(),
-            timeout: Duration::from_secs(2),
-            ..RedisConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
+    let store = redis_store(&redis, Duration::from_secs(2)).await;
     let a = replica(&redis, store.clone()).await;
     let b = replica(&redis, store.clone()).await;
     let redis = tokio::task::spawn_blocking(move || {
@@ -196,15 +198,7 @@ async fn a_redis_outage_never_produces_a_wrong_decision() {
     let mut redis = tokio::task::spawn_blocking(RedisServer::start_durable)
         .await
         .unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(&RedisConfig {
-            url: redis.url(),
-            timeout: Duration::from_millis(200),
-            ..RedisConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
+    let store = redis_store(&redis, Duration::from_millis(200)).await;
     let server = replica(&redis, store).await;
     let mut manage = server.client().await;
     let owner = create_owner(&mut manage, "acme", "unmetered").await;
@@ -323,14 +317,7 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(&RedisConfig {
-            url: redis.url(),
-            ..RedisConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
+    let store = redis_store(&redis, Duration::from_secs(2)).await;
     let a = replica(&redis, store.clone()).await;
     let b = replica(&redis, store).await;
     let mut manage = a.client().await;
@@ -372,18 +359,7 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
         }))
         .await
         .unwrap();
-    let c = replica(
-        &redis,
-        Arc::new(
-            RedisStore::connect(&RedisConfig {
-                url: redis.url(),
-                ..RedisConfig::default()
-            })
-            .await
-            .unwrap(),
-        ),
-    )
-    .await;
+    let c = replica(&redis, redis_store(&redis, Duration::from_secs(2)).await).await;
     assert_eq!(decide(&c, &key.secret).await, "INVALID_API_KEY");
     assert_eq!(verifications(&c), 1);
 }
