@@ -122,13 +122,13 @@ pub struct KeyCache {
 
 /// Verifications shared with other replicas through Redis.
 pub struct SharedVerifications {
-    pool: deadpool_redis::Pool,
+    pool: crate::redis_pool::RedisPool,
     ttl: Duration,
 }
 
 impl SharedVerifications {
     /// Shares verifications through `pool` for `ttl`.
-    pub fn new(pool: deadpool_redis::Pool, ttl: Duration) -> Self {
+    pub fn new(pool: crate::redis_pool::RedisPool, ttl: Duration) -> Self {
         SharedVerifications { pool, ttl }
     }
 

@@ -74,12 +74,12 @@ impl Invalidation {
 
 /// Publishes invalidations to the other replicas.
 pub struct Publisher {
-    pool: deadpool_redis::Pool,
+    pool: crate::redis_pool::RedisPool,
 }
 
 impl Publisher {
     /// A publisher over `pool`.
-    pub fn new(pool: deadpool_redis::Pool) -> Self {
+    pub fn new(pool: crate::redis_pool::RedisPool) -> Self {
         Publisher { pool }
     }
 
@@ -87,7 +87,7 @@ impl Publisher {
     /// the other replicas' cache TTL bounds how long they may miss it.
     pub async fn publish(&self, invalidation: &Invalidation) {
         let result = async {
-            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut connection = self.pool.get().await?;
             redis::cmd("PUBLISH")
                 .arg(CHANNEL)
                 .arg(invalidation.encode())

@@ -19,6 +19,7 @@
 //! - [`authz`] — the decision engine: extraction, route rules, policy, denial rendering.
 //! - [`ratelimit`] — sliding-window rate limits, local and in Redis.
 //! - [`usage`] — batched `last_used_at` updates.
+//! - [`redis_pool`] — connections to Redis or Redis Cluster behind one type.
 //! - [`invalidation`] — telling every replica that a key or owner changed (Redis pub/sub).
 //! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
 //!   authentication, message conversion.
@@ -42,6 +43,7 @@ pub mod invalidation;
 pub mod key;
 pub mod model;
 pub mod ratelimit;
+pub mod redis_pool;
 pub mod secrets;
 pub mod server;
 pub mod service;

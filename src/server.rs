@@ -179,7 +179,8 @@ pub async fn start(
     let flush_stopped = stopped.clone();
     let task_app = app.clone();
     let flush_interval = config.usage.flush_interval;
-    let invalidation_url = (config.store == StoreBackend::Redis).then(|| config.redis.url.clone());
+    let invalidation_url =
+        (config.store == StoreBackend::Redis).then(|| config.redis.subscribe_url().to_owned());
     let task = tokio::spawn(async move {
         let usage_flush = async {
             let mut ticks = tokio::time::interval(flush_interval);

@@ -42,15 +42,21 @@ async fn replica(redis: &RedisServer, store: Arc<dyn Store>) -> TestServer {
     .await
 }
 
-/// Waits (bounded) until `count` replicas listen on the invalidation channel.
-fn wait_for_subscribers(redis: &RedisServer, count: i64) {
+/// Waits (bounded) until `count` replicas listen on the invalidation channel of the Redis
+/// (or cluster node) at `url`.
+fn wait_for_subscribers(url: &str, count: i64) {
+    let client = ::redis::Client::open(url).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let reply: (String, i64) = redis.command(
-            ::redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(keygate::invalidation::CHANNEL),
-        );
+        let reply: (String, i64) = client
+            .get_connection()
+            .and_then(|mut c| {
+                ::redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(keygate::invalidation::CHANNEL)
+                    .query(&mut c)
+            })
+            .unwrap_or_default();
         if reply.1 >= count {
             return;
         }
@@ -117,7 +123,7 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
     let a = replica(&redis, store.clone()).await;
     let b = replica(&redis, store.clone()).await;
     let redis = tokio::task::spawn_blocking(move || {
-        wait_for_subscribers(&redis, 2);
+        wait_for_subscribers(&redis.url(), 2);
         redis
     })
     .await
@@ -362,4 +368,77 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
     let c = replica(&redis, redis_store(&redis, Duration::from_secs(2)).await).await;
     assert_eq!(decide(&c, &key.secret).await, "INVALID_API_KEY");
     assert_eq!(verifications(&c), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_cluster_replicas_share_keys_revocations_and_limits() {
+    let cluster = tokio::task::spawn_blocking(common::redis::RedisCluster::start)
+        .await
+        .unwrap();
+    let nodes = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        "[redis]\ncluster_nodes = [{nodes}]\ntimeout = \"2s\"\n[ratelimit]\nbackend = \"redis\"\n\
+         [[plans]]\nname = \"hourly\"\nrate_windows = [{{ limit = 10, period = \"1h\" }}]\n"
+    );
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&RedisConfig {
+            cluster_nodes: cluster.urls(),
+            timeout: Duration::from_secs(2),
+            ..RedisConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let replica = async || {
+        start_with(Options {
+            admin_token: Some(ADMIN_TOKEN),
+            extra_config: &config,
+            store: Some(store.clone()),
+            prepend_config: "store = \"redis\"",
+        })
+        .await
+    };
+    let (a, b) = (replica().await, replica().await);
+    // Published messages reach every node of a cluster; both replicas listen on the first.
+    let first_node = cluster.urls()[0].clone();
+    tokio::task::spawn_blocking(move || wait_for_subscribers(&first_node, 2))
+        .await
+        .unwrap();
+
+    let mut manage = a.client().await;
+    let owner = create_owner(&mut manage, "acme", "hourly").await;
+    let created = manage
+        .create_key(admin(proto::CreateKeyRequest {
+            owner_id: owner.id.clone(),
+            name: "k".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = created.secret;
+    // One limit of 10 an hour across both replicas, counted in the cluster.
+    let mut admitted = 0;
+    for i in 0..14 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        admitted += usize::from(decide(server, &key).await == "OK");
+    }
+    assert_eq!(admitted, 10);
+
+    manage
+        .revoke_key(admin(proto::RevokeKeyRequest {
+            id: created.key.unwrap().id,
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while decide(&b, &key).await != "INVALID_API_KEY" {
+        assert!(Instant::now() < deadline, "B still accepts the revoked key");
+    }
+    drop(cluster);
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use keygate::error::Error;
 use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
 use keygate::ratelimit::redis::RedisConfig;
@@ -434,6 +434,23 @@ async fn redis_store() -> (Arc<dyn Store>, RedisServer) {
 }
 
 conformance_suite!(redis, redis_store());
+
+/// A store on its own fresh three-master Redis Cluster, which is the guard.
+async fn redis_cluster_store() -> (Arc<dyn Store>, RedisCluster) {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let config = RedisConfig {
+        cluster_nodes: cluster.urls(),
+        pool_size: 8,
+        timeout: Duration::from_secs(5),
+        ..RedisConfig::default()
+    };
+    let store = RedisStore::connect(&config).await.unwrap();
+    (Arc::new(store), cluster)
+}
+
+conformance_suite!(redis_cluster, redis_cluster_store());
 
 #[tokio::test]
 async fn embedded_records_survive_reopening() {

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script};
+
+use crate::redis_pool::RedisPool;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -70,8 +72,11 @@ return out
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
+    /// Redis Cluster: the URLs of some of its nodes (any one is enough to find the others).
+    /// When given, `url` is not used.
+    pub cluster_nodes: Vec<String>,
     /// Most pooled connections.
     pub pool_size: usize,
     /// The longest any decision waits for Redis, connecting included.
@@ -86,6 +91,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             pool_size: 16,
             timeout: Duration::from_millis(50),
             retry_after: Duration::from_secs(1),
@@ -96,9 +102,8 @@ impl Default for RedisConfig {
 impl RedisConfig {
     /// A connection pool for these settings: at most `pool_size` connections, and no wait
     /// for one, nor for connecting, longer than `timeout`. Connections are made on first use.
-    pub fn pool(&self) -> Result<deadpool_redis::Pool, String> {
-        let mut pool_config = deadpool_redis::Config::from_url(self.url.clone());
-        pool_config.pool = Some(deadpool_redis::PoolConfig {
+    pub fn pool(&self) -> Result<RedisPool, String> {
+        let pool = Some(deadpool_redis::PoolConfig {
             max_size: self.pool_size,
             timeouts: deadpool_redis::Timeouts {
                 wait: Some(self.timeout),
@@ -107,9 +112,29 @@ impl RedisConfig {
             },
             ..Default::default()
         });
-        pool_config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| format!("invalid Redis settings: {e}"))
+        let runtime = Some(deadpool_redis::Runtime::Tokio1);
+        let invalid = |e: &dyn std::fmt::Display| format!("invalid Redis settings: {e}");
+        if self.cluster_nodes.is_empty() {
+            let mut config = deadpool_redis::Config::from_url(self.url.clone());
+            config.pool = pool;
+            config
+                .create_pool(runtime)
+                .map(RedisPool::Single)
+                .map_err(|e| invalid(&e))
+        } else {
+            let mut config = deadpool_redis::cluster::Config::from_urls(self.cluster_nodes.clone());
+            config.pool = pool;
+            config
+                .create_pool(runtime)
+                .map(RedisPool::Cluster)
+                .map_err(|e| invalid(&e))
+        }
+    }
+
+    /// Where to subscribe to invalidations: published messages reach every node of a
+    /// cluster, so any one will do.
+    pub fn subscribe_url(&self) -> &str {
+        self.cluster_nodes.first().unwrap_or(&self.url)
     }
 }
 
@@ -126,7 +151,7 @@ pub struct RedisLimiterStats {
 
 /// Rate limits shared through Redis.
 pub struct RedisLimiter {
-    pool: deadpool_redis::Pool,
+    pool: RedisPool,
     script: Script,
     timeout: Duration,
     retry_after: Duration,

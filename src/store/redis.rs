@@ -312,7 +312,7 @@ static HDEL_IF_EQUAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HDE
 /// The Redis store. Cheap to clone; clones share one connection pool.
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: deadpool_redis::Pool,
+    pool: crate::redis_pool::RedisPool,
     timeout: Duration,
 }
 
@@ -388,7 +388,7 @@ impl RedisStore {
             .unwrap_or_else(|_| Err(unavailable(format!("no answer within {:?}", self.timeout))))
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection> {
+    async fn connection(&self) -> Result<crate::redis_pool::RedisConnection> {
         self.pool
             .get()
             .await
@@ -400,15 +400,6 @@ impl RedisStore {
         self.bounded(async {
             let mut connection = self.connection().await?;
             cmd.query_async(&mut connection).await.map_err(unavailable)
-        })
-        .await
-    }
-
-    /// Several commands in one round trip; not atomic, and each may go to another slot.
-    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        self.bounded(async {
-            let mut connection = self.connection().await?;
-            pipe.query_async(&mut connection).await.map_err(unavailable)
         })
         .await
     }
@@ -584,19 +575,15 @@ impl Store for RedisStore {
                 break;
             };
             lower = format!("({last}");
-            let mut pipe = redis::pipe();
+            // One GET per owner: owners live in different cluster slots, and a cluster
+            // refuses a pipeline that crosses slots.
             for id in &ids {
-                pipe.cmd("GET").arg(owner_record(id));
-            }
-            let records: Vec<Option<String>> = self.pipeline(&pipe).await?;
-            if records.len() != ids.len() {
-                return Err(unavailable(
-                    "a pipeline answered the wrong number of replies",
-                ));
-            }
-            // An id without a record is left by a create that was interrupted: not an owner.
-            for json in records.iter().flatten() {
-                found.push(decode::<Owner>("owner record", json)?);
+                let json: Option<String> =
+                    self.query(redis::cmd("GET").arg(owner_record(id))).await?;
+                // An id without a record is left by a create that was interrupted: not an owner.
+                if let Some(json) = json {
+                    found.push(decode::<Owner>("owner record", &json)?);
+                }
             }
             if ids.len() < batch {
                 break;
@@ -728,24 +715,13 @@ impl Store for RedisStore {
             if owners.len() != batch.len() {
                 return Err(unexpected("HMGET", owners.len()));
             }
-            let mut pipe = redis::pipe();
-            let mut candidates = Vec::new();
+            // One HGET per key: their records live in their owners' slots, and a cluster
+            // refuses a pipeline that crosses slots.
             for ((digest, key_id), owner_id) in batch.iter().zip(&owners) {
-                if let Some(owner_id) = owner_id {
-                    pipe.cmd("HGET").arg(owner_keys(owner_id)).arg(key_id);
-                    candidates.push(digest);
-                }
-            }
-            if candidates.is_empty() {
-                continue;
-            }
-            let records: Vec<Option<String>> = self.pipeline(&pipe).await?;
-            if records.len() != candidates.len() {
-                return Err(unavailable(
-                    "a pipeline answered the wrong number of replies",
-                ));
-            }
-            for (digest, json) in candidates.into_iter().zip(records) {
+                let Some(owner_id) = owner_id else { continue };
+                let json: Option<String> = self
+                    .query(redis::cmd("HGET").arg(owner_keys(owner_id)).arg(key_id))
+                    .await?;
                 if let Some(json) = json {
                     let key: KeyRecord = decode("key record", &json)?;
                     if key.lookup_digest.as_ref() == Some(digest) {

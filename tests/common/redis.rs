@@ -78,23 +78,8 @@ impl RedisServer {
         self.wait_until_ready();
     }
 
-    /// Polls PING until the server answers, for at most ten seconds.
     fn wait_until_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(self.url()).unwrap();
-        loop {
-            if let Ok(mut connection) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {} did not start",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_ping(&self.url());
     }
 
     /// Runs one command and returns its reply.
@@ -111,5 +96,118 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A local Redis Cluster of three masters (no replicas) on free loopback ports, created
+/// with `redis-cli --cluster create`, killed when dropped.
+#[allow(dead_code)] // not every includer needs a cluster
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    /// The nodes' addresses.
+    pub addrs: Vec<SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them and waits until the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..3 {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("no free loopback port");
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--protected-mode", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot run redis-server: run scripts/install-test-tools");
+            nodes.push(child);
+            addrs.push(addr);
+        }
+        let cluster = RedisCluster {
+            nodes,
+            addrs,
+            _dir: dir,
+        };
+        for addr in &cluster.addrs {
+            wait_for_ping(&format!("redis://{addr}"));
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.addrs.iter().map(ToString::to_string))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("cannot run redis-cli: run scripts/install-test-tools");
+        assert!(
+            created.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in &cluster.addrs {
+            let client = redis::Client::open(format!("redis://{addr}")).unwrap();
+            loop {
+                let info: String = client
+                    .get_connection()
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    /// `redis://` URLs of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.addrs.iter().map(|a| format!("redis://{a}")).collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// Polls PING on `url` until it answers, for at most ten seconds.
+fn wait_for_ping(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = redis::Client::open(url).unwrap();
+    loop {
+        if let Ok(mut connection) = client.get_connection()
+            && redis::cmd("PING").query::<String>(&mut connection).is_ok()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server at {url} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
