@@ -114,6 +114,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// have been missed.
 pub async fn subscribe(url: String, app: Arc<App>, stop: watch::Receiver<bool>) {
     let keys = &app.keys;
+    crate::redis_pool::init_tls();
     let client = match redis::Client::open(url) {
         Ok(client) => client,
         Err(e) => {

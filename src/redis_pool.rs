@@ -6,6 +6,13 @@
 use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::{Cmd, Pipeline, RedisFuture, Value};
 
+/// Chooses ring as rustls's cryptography for `rediss://` connections; the first call wins
+/// and later calls do nothing. Server certificates are checked against the system's trust
+/// store (or the file `SSL_CERT_FILE` names).
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A pool of connections to one Redis, or to a Redis Cluster.
 #[derive(Clone)]
 pub enum RedisPool {

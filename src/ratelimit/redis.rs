@@ -72,7 +72,7 @@ return out
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
     /// Redis Cluster: the URLs of some of its nodes (any one is enough to find the others).
     /// When given, `url` is not used.
@@ -103,6 +103,7 @@ impl RedisConfig {
     /// A connection pool for these settings: at most `pool_size` connections, and no wait
     /// for one, nor for connecting, longer than `timeout`. Connections are made on first use.
     pub fn pool(&self) -> Result<RedisPool, String> {
+        crate::redis_pool::init_tls();
         let pool = Some(deadpool_redis::PoolConfig {
             max_size: self.pool_size,
             timeouts: deadpool_redis::Timeouts {
