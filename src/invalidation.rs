@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::cache::KeyCache;
+use crate::server::until_stopped;
 
 /// The channel invalidations travel on.
 pub const CHANNEL: &str = "kg:invalidations";
@@ -104,11 +105,6 @@ impl Publisher {
     }
 }
 
-/// Resolves once `stop` turns true.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
 /// Subscribes to invalidations at `url` and applies them to this replica's cache until
 /// `stop` turns true. Every (re)subscription drops the whole cache first, since messages may
 /// have been missed.
@@ -150,12 +146,12 @@ pub async fn subscribe(url: String, app: Arc<App>, stop: watch::Receiver<bool>) 
                 Ok(()) => warn!("invalidation channel closed; resubscribing"),
                 Err(e) => warn!("invalidation channel unavailable ({e}); resubscribing"),
             },
-            () = stopped(stop.clone()) => return,
+            () = until_stopped(stop.clone()) => return,
         }
         subscribed_before = true;
         tokio::select! {
             () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
-            () = stopped(stop.clone()) => return,
+            () = until_stopped(stop.clone()) => return,
         }
     }
 }

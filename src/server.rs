@@ -10,8 +10,10 @@ use tokio::net::TcpListener;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
 use crate::app::App;
@@ -141,15 +143,7 @@ pub async fn start(
     let data_plane_addr = local_addr(&data_plane)?;
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<KeyManagerServer<KeyManagerService>>()
-        .await;
-    health_reporter
-        .set_serving::<AuthorizationServer<ExtAuthzService>>()
-        .await;
-    health_reporter
-        .set_serving::<AuthorizerServer<AuthorizerService>>()
-        .await;
+    set_health(&health_reporter, ServingStatus::Serving).await;
     // Both reflection versions: grpcurl before 1.9 and many other tools speak only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -172,9 +166,6 @@ pub async fn start(
         .add_service(AuthorizerServer::new(AuthorizerService::new(app.clone())));
 
     let (stop, stopped) = watch::channel(false);
-    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
     let reporter = health_reporter.clone();
     let flush_stopped = stopped.clone();
     let task_app = app.clone();
@@ -196,15 +187,7 @@ pub async fn start(
         };
         let announce = async {
             until_stopped(stopped.clone()).await;
-            reporter
-                .set_not_serving::<KeyManagerServer<KeyManagerService>>()
-                .await;
-            reporter
-                .set_not_serving::<AuthorizationServer<ExtAuthzService>>()
-                .await;
-            reporter
-                .set_not_serving::<AuthorizerServer<AuthorizerService>>()
-                .await;
+            set_health(&reporter, ServingStatus::NotServing).await;
         };
         let readiness = async {
             let stopping = until_stopped(stopped.clone());
@@ -322,6 +305,22 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     }
     info!("shutting down");
     server.shutdown().await.map_err(StartError::Runtime)
+}
+
+/// Resolves once the server's stop signal `stop` turns true.
+pub async fn until_stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Marks every gRPC service keygate serves as `status` in the health service.
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for service in [
+        <KeyManagerServer<KeyManagerService> as NamedService>::NAME,
+        <AuthorizationServer<ExtAuthzService> as NamedService>::NAME,
+        <AuthorizerServer<AuthorizerService> as NamedService>::NAME,
+    ] {
+        reporter.set_service_status(service, status).await;
+    }
 }
 
 /// Opens the store `config` selects (creating the data directory for the embedded one), and

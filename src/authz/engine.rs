@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::decision::{Decision, DecisionCode, Identity};
 use super::extract::Credential;
-use super::policy::{RequestFacts, evaluate};
+use super::policy::{RequestFacts, effective_plan, evaluate};
 use super::routes::matching_rule;
 use crate::app::App;
 use crate::error::Result;
@@ -41,11 +41,9 @@ pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
     };
     let key = &cached.key;
     let owner = app.keys.owner(&key.owner_id).await?;
-    let plan = key
-        .plan
-        .clone()
-        .or_else(|| owner.as_ref().map(|o| o.plan.clone()))
-        .unwrap_or_default();
+    let plan = effective_plan(key, owner.as_ref())
+        .unwrap_or_default()
+        .to_owned();
     let rule = matching_rule(&app.config.routes, &request.method, &request.path);
     let mut scopes = rule.map(|r| r.scopes.clone()).unwrap_or_default();
     scopes.extend(request.extra_scopes.iter().cloned());

@@ -9,6 +9,11 @@ use crate::config::PlanConfig;
 use crate::model::{KeyRecord, KeyState, Owner, OwnerState};
 use crate::verify::MatchedSecret;
 
+/// The name of the plan in force for `key`: its own, else its owner's.
+pub fn effective_plan<'a>(key: &'a KeyRecord, owner: Option<&'a Owner>) -> Option<&'a str> {
+    key.plan.as_deref().or(owner.map(|o| o.plan.as_str()))
+}
+
 /// What the policy needs to know about the request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {

@@ -12,7 +12,7 @@ use tonic::Request;
 
 use crate::app::App;
 use crate::authz::decision::DecisionCode;
-use crate::authz::policy::{RequestFacts, evaluate};
+use crate::authz::policy::{RequestFacts, effective_plan, evaluate};
 use crate::error::{Error, Result};
 
 /// The scope that lets an API key manage its owner's keys.
@@ -109,11 +109,7 @@ pub async fn authenticate<T>(app: &App, request: &Request<T>) -> Result<Caller> 
     let cached = app.keys.verify(token).await?.ok_or_else(invalid)?;
     let key = &cached.key;
     let owner = app.keys.owner(&key.owner_id).await?;
-    let plan = key
-        .plan
-        .as_deref()
-        .or(owner.as_ref().map(|o| o.plan.as_str()))
-        .and_then(|name| app.config.plan(name));
+    let plan = effective_plan(key, owner.as_ref()).and_then(|name| app.config.plan(name));
     let required = [MANAGE_SCOPE.to_owned()];
     let facts = RequestFacts {
         client_ip: request.remote_addr().map(|a| a.ip()),
