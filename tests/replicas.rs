@@ -11,10 +11,11 @@ use common::redis::RedisServer;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::google::protobuf::value::Kind;
-use keygate::proto;
+use keygate::proto::{self, key_manager_client::KeyManagerClient};
 use keygate::ratelimit::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::redis::RedisStore;
+use tonic::transport::Channel;
 
 /// A Redis store on `redis` whose calls give up after `timeout`.
 async fn redis_store(redis: &RedisServer, timeout: Duration) -> Arc<dyn Store> {
@@ -28,18 +29,41 @@ async fn redis_store(redis: &RedisServer, timeout: Duration) -> Arc<dyn Store> {
 
 async fn replica(redis: &RedisServer, store: Arc<dyn Store>) -> TestServer {
     // A plan without rate windows: keygate's clock stands still in tests.
-    let redis_table = format!(
+    let tables = format!(
         "[redis]\nurl = \"{}\"\n[[plans]]\nname = \"unmetered\"\n",
         redis.url()
     );
+    replica_with(&tables, store).await
+}
+
+/// A replica in Redis mode over `store`, with `tables` (the `[redis]` table and more)
+/// appended to the test configuration.
+async fn replica_with(tables: &str, store: Arc<dyn Store>) -> TestServer {
     start_with(Options {
         admin_token: Some(ADMIN_TOKEN),
-        extra_config: &redis_table,
+        extra_config: tables,
         store: Some(store),
         // `store` is a top-level field: it must come before any table.
         prepend_config: "store = \"redis\"",
     })
     .await
+}
+
+/// Issues a key named `name` for `owner_id` through the management API.
+async fn issue_key(
+    manage: &mut KeyManagerClient<Channel>,
+    owner_id: &str,
+    name: &str,
+) -> proto::CreateKeyResponse {
+    manage
+        .create_key(admin(proto::CreateKeyRequest {
+            owner_id: owner_id.into(),
+            name: name.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Waits (bounded) until `count` replicas listen on the invalidation channel of the Redis
@@ -131,15 +155,7 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
 
     let mut manage = a.client().await;
     let owner = create_owner(&mut manage, "acme", "").await;
-    let created = manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "shared".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = issue_key(&mut manage, &owner.id, "shared").await;
     let key = created.secret;
     assert_eq!(decide(&b, &key).await, "OK", "created on A, works on B");
     assert_eq!(decide(&a, &key).await, "OK");
@@ -165,16 +181,7 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
         revoked_at.elapsed()
     );
 
-    let other = manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "other".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let other = issue_key(&mut manage, &owner.id, "other").await.secret;
     assert_eq!(decide(&b, &other).await, "OK");
     manage
         .update_owner(admin(proto::UpdateOwnerRequest {
@@ -208,20 +215,9 @@ async fn a_redis_outage_never_produces_a_wrong_decision() {
     let server = replica(&redis, store).await;
     let mut manage = server.client().await;
     let owner = create_owner(&mut manage, "acme", "unmetered").await;
-    let mut issue = async || {
-        manage
-            .create_key(admin(proto::CreateKeyRequest {
-                owner_id: owner.id.clone(),
-                name: "k".into(),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let warm = issue().await.secret;
-    let unseen = issue().await.secret;
-    let revoked = issue().await;
+    let warm = issue_key(&mut manage, &owner.id, "warm").await.secret;
+    let unseen = issue_key(&mut manage, &owner.id, "unseen").await.secret;
+    let revoked = issue_key(&mut manage, &owner.id, "revoked").await;
     let revoked_secret = revoked.secret.clone();
     assert_eq!(decide(&server, &warm).await, "OK");
     assert_eq!(decide(&server, &revoked_secret).await, "OK");
@@ -328,18 +324,7 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
     let b = replica(&redis, store).await;
     let mut manage = a.client().await;
     let owner = create_owner(&mut manage, "acme", "unmetered").await;
-    let mut issue = async || {
-        manage
-            .create_key(admin(proto::CreateKeyRequest {
-                owner_id: owner.id.clone(),
-                name: "k".into(),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let key = issue().await;
+    let key = issue_key(&mut manage, &owner.id, "k").await;
     let verifications = |s: &TestServer| s.server.app().hasher.verifications();
     assert_eq!(decide(&a, &key.secret).await, "OK");
     assert_eq!(verifications(&a), 1);
@@ -394,16 +379,10 @@ async fn on_redis_cluster_replicas_share_keys_revocations_and_limits() {
         .await
         .unwrap(),
     );
-    let replica = async || {
-        start_with(Options {
-            admin_token: Some(ADMIN_TOKEN),
-            extra_config: &config,
-            store: Some(store.clone()),
-            prepend_config: "store = \"redis\"",
-        })
-        .await
-    };
-    let (a, b) = (replica().await, replica().await);
+    let (a, b) = (
+        replica_with(&config, store.clone()).await,
+        replica_with(&config, store).await,
+    );
     // Published messages reach every node of a cluster; both replicas listen on the first.
     let first_node = cluster.urls()[0].clone();
     tokio::task::spawn_blocking(move || wait_for_subscribers(&first_node, 2))
@@ -412,15 +391,7 @@ async fn on_redis_cluster_replicas_share_keys_revocations_and_limits() {
 
     let mut manage = a.client().await;
     let owner = create_owner(&mut manage, "acme", "hourly").await;
-    let created = manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "k".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = issue_key(&mut manage, &owner.id, "k").await;
     let key = created.secret;
     // One limit of 10 an hour across both replicas, counted in the cluster.
     let mut admitted = 0;
