@@ -191,12 +191,9 @@ impl RateOutcome {
         let Some(window) = self.tightest() else {
             return Vec::new();
         };
-        let reset_secs = (window.reset_at - self.now).max(0).div_euclid(1000)
-            + i64::from((window.reset_at - self.now).rem_euclid(1000) > 0);
+        let reset_secs = ceil_secs((window.reset_at - self.now).max(0));
         let reset = match config.reset {
-            ResetFormat::Epoch => {
-                window.reset_at.div_euclid(1000) + i64::from(window.reset_at.rem_euclid(1000) > 0)
-            }
+            ResetFormat::Epoch => ceil_secs(window.reset_at),
             ResetFormat::Delta => reset_secs,
         };
         let mut headers = vec![
@@ -224,6 +221,11 @@ impl RateOutcome {
         }
         headers
     }
+}
+
+/// Milliseconds rounded up to whole seconds.
+fn ceil_secs(ms: i64) -> i64 {
+    ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) > 0)
 }
 
 /// The (limit, period in ms) of each window, with `limit` divided by `share` (at least 1
