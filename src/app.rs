@@ -8,15 +8,19 @@ use crate::config::{Config, ConfigError, StoreBackend};
 use crate::invalidation::{Invalidation, Publisher};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::secrets::{AdminToken, Secrets};
 use crate::store::Store;
+use crate::store::observed::ObservedStore;
 use crate::usage::UsageRecorder;
 use crate::verify::KeyVerifier;
 
 /// Shared state of a running keygate.
 pub struct App {
-    /// Owners and keys.
+    /// What keygate counts and times, for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Owners and keys, each call observed.
     pub store: Arc<dyn Store>,
     /// argon2id hashing, bounded.
     pub hasher: SecretHasher,
@@ -51,6 +55,8 @@ impl App {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
+        let metrics = Arc::new(Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         let profiles = Arc::new(config.profiles()?);
         let hasher = SecretHasher::new(&config.argon2).map_err(|message| ConfigError::Field {
             field: "argon2".into(),
@@ -95,6 +101,7 @@ impl App {
             StoreBackend::Embedded => None,
         };
         Ok(App {
+            metrics,
             publisher,
             store,
             hasher,

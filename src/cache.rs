@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::key::format::Profiles;
@@ -83,16 +84,56 @@ pub struct CachedKey {
 /// Counters that show the cache at work.
 #[derive(Debug, Default)]
 pub struct CacheStats {
-    /// Credentials answered from a verified entry.
-    pub hits: AtomicU64,
-    /// Credentials that had to be loaded from the store and verified.
+    /// Credentials answered from a verified entry in this replica (L1).
+    pub l1_hits: AtomicU64,
+    /// Credentials answered from another replica's shared verification (L2), without
+    /// argon2.
+    pub l2_hits: AtomicU64,
+    /// Credentials that missed both levels: loaded from the store and checked with argon2.
     pub misses: AtomicU64,
     /// Credentials answered from a rejection.
     pub rejection_hits: AtomicU64,
     /// Credentials rejected by their format alone, with no lookup.
     pub malformed: AtomicU64,
-    /// Misses answered by another replica's shared verification, without argon2.
-    pub shared_hits: AtomicU64,
+    /// Shared-cache reads and writes Redis failed; each is treated as a miss.
+    pub shared_errors: AtomicU64,
+}
+
+/// How the cache answered one credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// From a verified entry in this replica.
+    L1Hit,
+    /// From another replica's verification, shared through Redis.
+    L2Hit,
+    /// From neither: the store and argon2 decided.
+    Miss,
+    /// From a cached rejection.
+    RejectionHit,
+    /// Not in any known key format: no lookup at all.
+    Malformed,
+}
+
+impl CacheOutcome {
+    /// The outcome's name in spans and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::L1Hit => "l1",
+            CacheOutcome::L2Hit => "l2",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::RejectionHit => "rejection",
+            CacheOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// What the cache made of a credential: the key it proves, if any, and how it knew.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The verified key, or `None` when the credential proves none.
+    pub key: Option<Arc<CachedKey>>,
+    /// Which level answered.
+    pub outcome: CacheOutcome,
 }
 
 /// Why a load produced no entry.
@@ -137,15 +178,26 @@ impl SharedVerifications {
     }
 
     /// The key id, secret and fingerprint another replica verified `digest` as, if any.
-    /// Failures count as absent: this is only a shortcut.
-    async fn get(&self, digest: &Digest) -> Option<(String, MatchedSecret, String)> {
-        let mut connection = self.pool.get().await.ok()?;
-        let value: Option<String> = deadpool_redis::redis::cmd("GET")
-            .arg(Self::name(digest))
-            .query_async(&mut connection)
+    /// Failures count as absent (and in `stats`): this is only a shortcut.
+    async fn get(
+        &self,
+        digest: &Digest,
+        stats: &CacheStats,
+    ) -> Option<(String, MatchedSecret, String)> {
+        let read = async {
+            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            deadpool_redis::redis::cmd("GET")
+                .arg(Self::name(digest))
+                .query_async::<Option<String>>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let value = read
             .await
-            .ok()?;
-        let value = value?;
+            .inspect_err(|_| {
+                stats.shared_errors.fetch_add(1, Ordering::Relaxed);
+            })
+            .ok()??;
         let mut parts = value.split(' ');
         let (id, which, fingerprint) = (parts.next()?, parts.next()?, parts.next()?);
         let matched = match which {
@@ -156,8 +208,14 @@ impl SharedVerifications {
         Some((id.to_owned(), matched, fingerprint.to_owned()))
     }
 
-    /// Shares a verification; failures are ignored.
-    async fn put(&self, digest: &Digest, key: &KeyRecord, matched: MatchedSecret) {
+    /// Shares a verification; failures are only counted in `stats`.
+    async fn put(
+        &self,
+        digest: &Digest,
+        key: &KeyRecord,
+        matched: MatchedSecret,
+        stats: &CacheStats,
+    ) {
         let Some(fingerprint) = hash_fingerprint(key, matched) else {
             return;
         };
@@ -166,14 +224,19 @@ impl SharedVerifications {
         } else {
             "p"
         };
-        if let Ok(mut connection) = self.pool.get().await {
-            let _: Result<(), _> = deadpool_redis::redis::cmd("SET")
+        let write = async {
+            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            deadpool_redis::redis::cmd("SET")
                 .arg(Self::name(digest))
                 .arg(format!("{} {which} {fingerprint}", key.id))
                 .arg("PX")
                 .arg(self.ttl.as_millis() as u64)
-                .query_async(&mut connection)
-                .await;
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if write.await.is_err() {
+            stats.shared_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -234,32 +297,36 @@ impl KeyCache {
         &self.stats
     }
 
-    /// The key `credential` proves, or `None`. Store failures for credentials not in the
-    /// cache are errors: the caller cannot decide without the store.
-    pub async fn verify(&self, credential: &str) -> Result<Option<Arc<CachedKey>>> {
+    /// The key `credential` proves, if any, and which level answered. Store failures for
+    /// credentials not in the cache are errors: the caller cannot decide without the store.
+    pub async fn verify(&self, credential: &str) -> Result<Lookup> {
+        let answer = |key, outcome| Ok(Lookup { key, outcome });
         let digest = self.pepper.digest(credential.as_bytes());
         if self.profiles.parse(credential).is_err() && !self.is_imported(&digest) {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+            return answer(None, CacheOutcome::Malformed);
         }
         if self.rejected.contains_key(&digest) {
             self.stats.rejection_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+            return answer(None, CacheOutcome::RejectionHit);
         }
         // Two rounds at most: a stale entry is dropped and loaded once more.
         for _ in 0..2 {
             let epoch = self.epoch.load(Ordering::SeqCst);
+            // Set by the load when this call ran it; otherwise an entry answered.
+            let loaded_by_us = std::sync::OnceLock::new();
             let loaded = self
                 .verified
-                .try_get_with(digest, self.load(credential, &digest, epoch))
+                .try_get_with(digest, self.load(credential, &digest, epoch, &loaded_by_us))
                 .await;
+            let outcome = loaded_by_us.get().copied().unwrap_or(CacheOutcome::L1Hit);
             let entry = match loaded {
                 Ok(entry) => entry,
                 Err(failure) => {
                     return match failure.as_ref() {
                         LoadFailure::Rejected => {
                             self.rejected.insert(digest, ()).await;
-                            Ok(None)
+                            answer(None, outcome)
                         }
                         LoadFailure::Store(e) => Err(e.clone()),
                     };
@@ -269,21 +336,25 @@ impl KeyCache {
                 self.verified.invalidate(&digest).await;
                 continue;
             }
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(entry));
+            if outcome == CacheOutcome::L1Hit {
+                self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            return answer(Some(entry), outcome);
         }
         Err(Error::Unavailable(
             "the key changed while it was being verified; retry".into(),
         ))
     }
 
+    /// Verifies a credential L1 does not hold: through L2 if another replica verified it,
+    /// otherwise with the store and argon2. Notes in `outcome` which it was.
     async fn load(
         &self,
         credential: &str,
         digest: &Digest,
         epoch: u64,
+        outcome: &std::sync::OnceLock<CacheOutcome>,
     ) -> std::result::Result<Arc<CachedKey>, LoadFailure> {
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let cached = |key, matched| {
             Arc::new(CachedKey {
                 key,
@@ -292,17 +363,27 @@ impl KeyCache {
             })
         };
         if let Some(shared) = &self.shared
-            && let Some((id, matched, fingerprint)) = shared.get(digest).await
+            && let Some((id, matched, fingerprint)) = shared.get(digest, &self.stats).await
             && let Some(key) = self.store.get_key(&id).await.map_err(LoadFailure::Store)?
             && hash_fingerprint(&key, matched).is_some_and(|f| f == fingerprint)
         {
-            self.stats.shared_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
+            let _ = outcome.set(CacheOutcome::L2Hit);
             return Ok(cached(key, matched));
         }
-        match self.verifier.verify(credential).await {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let _ = outcome.set(CacheOutcome::Miss);
+        let verified = self
+            .verifier
+            .verify(credential)
+            .instrument(tracing::debug_span!("key cache miss"))
+            .await;
+        match verified {
             Ok(Some(verified)) => {
                 if let Some(shared) = &self.shared {
-                    shared.put(digest, &verified.key, verified.matched).await;
+                    shared
+                        .put(digest, &verified.key, verified.matched, &self.stats)
+                        .await;
                 }
                 Ok(cached(verified.key, verified.matched))
             }

@@ -75,6 +75,41 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     /// Redis connection (rate limits with `ratelimit.backend = "redis"`).
     pub redis: RedisConfig,
+    /// How a stop on SIGTERM or SIGINT proceeds.
+    pub shutdown: ShutdownConfig,
+    /// Which decisions are written to the log, one line each.
+    pub decision_log: DecisionLog,
+}
+
+/// How a stop proceeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long keygate keeps serving after reporting NOT_SERVING, so load balancers and
+    /// Envoy move traffic away before the listeners close.
+    #[serde(with = "duration_text")]
+    pub drain_grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which decisions get a log line (target `keygate::decision`, level INFO).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionLog {
+    /// None.
+    #[default]
+    Off,
+    /// Every denial.
+    Denied,
+    /// Every decision.
+    All,
 }
 
 /// Where owners and keys live.
@@ -158,6 +193,8 @@ impl Default for Config {
             usage: UsageConfig::default(),
             ratelimit: RateLimitConfig::default(),
             redis: RedisConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            decision_log: DecisionLog::default(),
         }
     }
 }
@@ -170,6 +207,8 @@ pub struct ListenConfig {
     pub management: SocketAddr,
     /// The data plane: Envoy's ext_authz Check and the Authorize RPC.
     pub data_plane: SocketAddr,
+    /// Prometheus metrics over plain HTTP, at `/metrics`.
+    pub metrics: SocketAddr,
 }
 
 impl Default for ListenConfig {
@@ -177,6 +216,7 @@ impl Default for ListenConfig {
         ListenConfig {
             management: SocketAddr::from(([127, 0, 0, 1], 9192)),
             data_plane: SocketAddr::from(([0, 0, 0, 0], 9191)),
+            metrics: SocketAddr::from(([0, 0, 0, 0], 9090)),
         }
     }
 }
@@ -315,6 +355,24 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// `url` with the password of its user information, if any, replaced by `****`:
+/// `redis://app:s3cret@host` → `redis://app:****@host`, `redis://s3cret@host` →
+/// `redis://****@host`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:****"),
+        None => "****".to_owned(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
 }
 
 fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -474,6 +532,17 @@ impl Config {
             .map_err(|message| field_error("profiles", message))
     }
 
+    /// This configuration as YAML, with the passwords in Redis URLs masked: what
+    /// `keygate config check` prints.
+    pub fn to_masked_yaml(&self) -> Result<String, ConfigError> {
+        let mut shown = self.clone();
+        shown.redis.url = mask_password(&shown.redis.url);
+        for node in &mut shown.redis.cluster_nodes {
+            *node = mask_password(node);
+        }
+        serde_yaml_ng::to_string(&shown).map_err(|e| field_error("", e.to_string()))
+    }
+
     /// The plan named `name`.
     pub fn plan(&self, name: &str) -> Option<&PlanConfig> {
         self.plans.iter().find(|p| p.name == name)
@@ -509,6 +578,9 @@ pub struct ServeArgs {
     /// Any configuration field, as `path=value` (e.g. `argon2.memory_kib=65536`).
     #[arg(long = "set", value_name = "PATH=VALUE", value_parser = parse_assignment)]
     pub set: Vec<(String, String)>,
+    /// Log line format.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 impl ServeArgs {
@@ -759,5 +831,22 @@ api_access = false
             Config::load(Some(&broken), [], &[]).unwrap_err(),
             ConfigError::Syntax { .. }
         ));
+    }
+
+    #[test]
+    fn passwords_in_redis_urls_are_masked() {
+        assert_eq!(
+            mask_password("redis://app:s3cret@redis:6379/0"),
+            "redis://app:****@redis:6379/0"
+        );
+        assert_eq!(
+            mask_password("rediss://s3cret@redis:6380"),
+            "rediss://****@redis:6380"
+        );
+        assert_eq!(mask_password("redis://redis:6379"), "redis://redis:6379");
+        assert_eq!(
+            mask_password("redis://:p@ss@word@host/2"),
+            "redis://:****@host/2"
+        );
     }
 }

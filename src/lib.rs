@@ -27,7 +27,8 @@
 //! - [`server`] — listeners, health, reflection, start and shutdown.
 //! - [`error`] — the library error and its mapping to gRPC statuses.
 //! - [`clock`] — injected time.
-//! - [`telemetry`] — logging.
+//! - [`telemetry`] — logs, OTLP traces, trace context, the per-RPC span and count.
+//! - [`metrics`] — Prometheus metrics and their HTTP listener.
 
 #![warn(missing_docs)]
 
@@ -41,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod invalidation;
 pub mod key;
+pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 pub mod redis_pool;

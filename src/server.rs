@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ServeArgs, StoreBackend};
+use crate::metrics::Metrics;
 use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
 use crate::secrets::{PepperSource, Secrets};
@@ -28,6 +29,8 @@ use crate::service::key_manager::KeyManagerService;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
+use crate::telemetry::Telemetry;
+use crate::telemetry::rpc::{CallCounter, RpcLayer};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// keygate's own protobuf descriptors, offered through gRPC reflection.
@@ -69,6 +72,7 @@ impl StartError {
 pub struct RunningServer {
     management_addr: SocketAddr,
     data_plane_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     app: Arc<App>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), String>>,
@@ -85,13 +89,19 @@ impl RunningServer {
         self.data_plane_addr
     }
 
+    /// The address Prometheus metrics are served on, at `/metrics`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     /// The shared state, for counters and tests.
     pub fn app(&self) -> &Arc<App> {
         &self.app
     }
 
-    /// Stops accepting calls, lets in-flight calls finish, writes pending key uses, and
-    /// waits for the server to end.
+    /// Reports NOT_SERVING, keeps serving for the drain grace, then stops accepting calls,
+    /// lets in-flight calls finish, writes pending key uses, and waits for the server to
+    /// end.
     pub async fn shutdown(self) -> Result<(), String> {
         let _ = self.stop.send(true);
         self.task.await.map_err(|e| e.to_string())?
@@ -105,14 +115,38 @@ impl RunningServer {
 
 /// Refuses an exposed management API without an admin token: on a non-loopback address it
 /// would otherwise be open to the network.
-pub fn check_management_exposure(config: &Config, secrets: &Secrets) -> Result<(), ConfigError> {
-    if !config.listen.management.ip().is_loopback() && secrets.admin_token.is_none() {
+pub fn check_management_exposure(
+    config: &Config,
+    admin_token_given: bool,
+) -> Result<(), ConfigError> {
+    if !config.listen.management.ip().is_loopback() && !admin_token_given {
         return Err(ConfigError::Field {
             field: "listen.management".into(),
             message: format!(
                 "{} is not a loopback address; set KEYGATE_ADMIN_TOKEN or KEYGATE_ADMIN_TOKEN_FILE before exposing the management API",
                 config.listen.management
             ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks what the configuration needs from the environment `env`: an admin token when the
+/// management API is exposed, a shared pepper with the Redis store.
+pub fn check_deployment(config: &Config, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let given = |names: [&str; 2]| {
+        names
+            .iter()
+            .any(|name| env.get(*name).is_some_and(|v| !v.is_empty()))
+    };
+    check_management_exposure(
+        config,
+        given(["KEYGATE_ADMIN_TOKEN", "KEYGATE_ADMIN_TOKEN_FILE"]),
+    )?;
+    if config.store == StoreBackend::Redis && !given(["KEYGATE_PEPPER", "KEYGATE_PEPPER_FILE"]) {
+        return Err(ConfigError::Field {
+            field: "store".into(),
+            message: "with the Redis store every replica must share one pepper: set KEYGATE_PEPPER or KEYGATE_PEPPER_FILE".into(),
         });
     }
     Ok(())
@@ -126,7 +160,7 @@ pub async fn start(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, StartError> {
-    check_management_exposure(config, &secrets)?;
+    check_management_exposure(config, secrets.admin_token.is_some())?;
     if secrets.admin_token.is_none() {
         warn!(
             "no admin token configured: the management API accepts unauthenticated calls on loopback; set KEYGATE_ADMIN_TOKEN to require one"
@@ -139,8 +173,11 @@ pub async fn start(
         .map_err(|e| StartError::Runtime(format!("cannot read imported keys: {e}")))?;
     let management = bind(config.listen.management, "listen.management").await?;
     let data_plane = bind(config.listen.data_plane, "listen.data_plane").await?;
+    let metrics = bind(config.listen.metrics, "listen.metrics").await?;
     let management_addr = local_addr(&management)?;
     let data_plane_addr = local_addr(&data_plane)?;
+    let metrics_addr = local_addr(&metrics)?;
+    let registry = Metrics::registry(&app);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::Serving).await;
@@ -153,41 +190,55 @@ pub async fn start(
     let reflection_error = |e: tonic_reflection::server::Error| {
         StartError::Runtime(format!("cannot build the reflection service: {e}"))
     };
+    let management_calls = CallCounter::new(app.metrics.clone(), management_methods());
     let management_router = tonic::transport::Server::builder()
+        .layer(RpcLayer::counted(management_calls))
         .add_service(health.clone())
         .add_service(reflection().build_v1().map_err(reflection_error)?)
         .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
         .add_service(KeyManagerServer::new(KeyManagerService::new(app.clone())));
     let data_plane_router = tonic::transport::Server::builder()
+        .layer(RpcLayer::spans())
         .add_service(health)
         .add_service(reflection().build_v1().map_err(reflection_error)?)
         .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
         .add_service(AuthorizationServer::new(ExtAuthzService::new(app.clone())))
         .add_service(AuthorizerServer::new(AuthorizerService::new(app.clone())));
 
+    // Stopping has two steps: `stopped` (report NOT_SERVING, keep serving) and, a drain
+    // grace later, `closed` (stop accepting, finish what is in flight).
     let (stop, stopped) = watch::channel(false);
+    let (close, closed) = watch::channel(false);
     let reporter = health_reporter.clone();
-    let flush_stopped = stopped.clone();
     let task_app = app.clone();
     let flush_interval = config.usage.flush_interval;
+    let drain_grace = config.shutdown.drain_grace;
     let invalidation_url =
         (config.store == StoreBackend::Redis).then(|| config.redis.subscribe_url().to_owned());
     let task = tokio::spawn(async move {
         let usage_flush = async {
             let mut ticks = tokio::time::interval(flush_interval);
             ticks.tick().await;
-            let stopping = until_stopped(flush_stopped);
-            tokio::pin!(stopping);
+            let closing = until_stopped(closed.clone());
+            tokio::pin!(closing);
             loop {
                 tokio::select! {
                     _ = ticks.tick() => task_app.usage.flush(task_app.store.as_ref()).await,
-                    () = &mut stopping => break,
+                    () = &mut closing => break,
                 }
             }
         };
-        let announce = async {
+        let drain = async {
             until_stopped(stopped.clone()).await;
             set_health(&reporter, ServingStatus::NotServing).await;
+            reporter
+                .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
+                .await;
+            if !drain_grace.is_zero() {
+                info!(grace = %humantime::format_duration(drain_grace), "reporting NOT_SERVING; draining before the listeners close");
+                tokio::time::sleep(drain_grace).await;
+            }
+            let _ = close.send(true);
         };
         let readiness = async {
             let stopping = until_stopped(stopped.clone());
@@ -213,16 +264,17 @@ pub async fn start(
         };
         let invalidations = async {
             if let Some(url) = invalidation_url {
-                crate::invalidation::subscribe(url, task_app.clone(), stopped.clone()).await;
+                crate::invalidation::subscribe(url, task_app.clone(), closed.clone()).await;
             }
         };
-        let (management, data_plane, (), (), (), ()) = tokio::join!(
+        let (management, data_plane, (), (), (), (), ()) = tokio::join!(
             management_router
-                .serve_with_incoming_shutdown(incoming(management), until_stopped(stopped.clone())),
+                .serve_with_incoming_shutdown(incoming(management), until_stopped(closed.clone())),
             data_plane_router
-                .serve_with_incoming_shutdown(incoming(data_plane), until_stopped(stopped.clone())),
+                .serve_with_incoming_shutdown(incoming(data_plane), until_stopped(closed.clone())),
+            crate::metrics::serve(metrics, registry, closed.clone()),
             usage_flush,
-            announce,
+            drain,
             invalidations,
             readiness,
         );
@@ -233,9 +285,11 @@ pub async fn start(
     });
     info!(addr = %management_addr, "management API listening");
     info!(addr = %data_plane_addr, "data plane listening");
+    info!(addr = %metrics_addr, "metrics listening");
     Ok(RunningServer {
         management_addr,
         data_plane_addr,
+        metrics_addr,
         app,
         stop,
         task,
@@ -263,30 +317,23 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
 /// `keygate serve`: loads configuration and secrets, opens the embedded store, serves until
 /// SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> ExitCode {
-    crate::telemetry::init_logging();
-    match serve_until_signal(args).await {
+    let telemetry = Telemetry::init(args.log_format);
+    let code = match serve_until_signal(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
             e.exit_code()
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     let config = args.load()?;
     create_data_dir(&config.data_dir)?;
     let env: HashMap<String, String> = std::env::vars().collect();
-    let pepper_given = ["KEYGATE_PEPPER", "KEYGATE_PEPPER_FILE"]
-        .iter()
-        .any(|name| env.get(*name).is_some_and(|v| !v.is_empty()));
-    if config.store == StoreBackend::Redis && !pepper_given {
-        return Err(ConfigError::Field {
-            field: "store".into(),
-            message: "with the Redis store every replica must share one pepper: set KEYGATE_PEPPER or KEYGATE_PEPPER_FILE".into(),
-        }
-        .into());
-    }
+    check_deployment(&config, &env)?;
     let (secrets, pepper_source) =
         Secrets::load(&env, &config.data_dir).map_err(|e| ConfigError::Field {
             field: "secrets".into(),
@@ -304,7 +351,9 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
         () = shutdown_signal() => {}
     }
     info!("shutting down");
-    server.shutdown().await.map_err(StartError::Runtime)
+    server.shutdown().await.map_err(StartError::Runtime)?;
+    info!("stopped");
+    Ok(())
 }
 
 /// Resolves once the server's stop signal `stop` turns true.
@@ -312,15 +361,37 @@ pub async fn until_stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Marks every gRPC service keygate serves as `status` in the health service.
+/// Marks the server as a whole (service `""`) and every gRPC service keygate serves as
+/// `status` in the health service.
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for service in [
+        "",
         <KeyManagerServer<KeyManagerService> as NamedService>::NAME,
         <AuthorizationServer<ExtAuthzService> as NamedService>::NAME,
         <AuthorizerServer<AuthorizerService> as NamedService>::NAME,
     ] {
         reporter.set_service_status(service, status).await;
     }
+}
+
+/// The full paths (`/keygate.v1.KeyManager/CreateKey`) of the management API's methods,
+/// from keygate's own descriptors: the label values management calls are counted under.
+fn management_methods() -> Vec<String> {
+    use prost::Message;
+    let service = <KeyManagerServer<KeyManagerService> as NamedService>::NAME;
+    let descriptors =
+        prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap_or_default();
+    descriptors
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.service
+                .iter()
+                .filter(move |s| format!("{}.{}", file.package(), s.name()) == service)
+        })
+        .flat_map(|s| s.method.iter())
+        .map(|method| format!("/{service}/{}", method.name()))
+        .collect()
 }
 
 /// Opens the store `config` selects (creating the data directory for the embedded one), and

@@ -335,7 +335,7 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
             .app()
             .keys
             .stats()
-            .shared_hits
+            .l2_hits
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cache::CacheOutcome;
 use crate::clock::UnixTime;
 use crate::proto;
 use crate::ratelimit::RateOutcome;
@@ -157,6 +158,8 @@ pub struct Decision {
     pub identity: Option<Identity>,
     /// The rate-limit state, when the key's plan has windows and the policy passed.
     pub rate: Option<RateOutcome>,
+    /// How the verified-key cache answered, when a credential was looked up.
+    pub cache: Option<CacheOutcome>,
 }
 
 impl Decision {
@@ -166,6 +169,7 @@ impl Decision {
             code,
             identity: None,
             rate: None,
+            cache: None,
         }
     }
 

@@ -36,8 +36,12 @@ pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
     let Some(credential) = &request.credential else {
         return Ok(Decision::anonymous(DecisionCode::MissingCredentials));
     };
-    let Some(cached) = app.keys.verify(&credential.text).await? else {
-        return Ok(Decision::anonymous(DecisionCode::InvalidApiKey));
+    let lookup = app.keys.verify(&credential.text).await?;
+    let Some(cached) = lookup.key else {
+        return Ok(Decision {
+            cache: Some(lookup.outcome),
+            ..Decision::anonymous(DecisionCode::InvalidApiKey)
+        });
     };
     let key = &cached.key;
     let owner = app.keys.owner(&key.owner_id).await?;
@@ -101,5 +105,6 @@ pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
         code,
         identity,
         rate,
+        cache: Some(lookup.outcome),
     })
 }

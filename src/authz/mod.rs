@@ -4,6 +4,7 @@
 pub mod decision;
 pub mod engine;
 pub mod extract;
+pub mod observe;
 pub mod policy;
 pub mod response;
 pub mod routes;

@@ -42,7 +42,7 @@ pub enum AdminCommand {
 
 /// Runs an admin command; errors are printed and turned into the exit code.
 pub async fn run(cli: AdminCli) -> ExitCode {
-    crate::telemetry::init_logging();
+    crate::telemetry::Telemetry::init_logs(crate::telemetry::LogFormat::Human);
     match run_inner(cli).await {
         Ok(message) => {
             eprintln!("{message}");

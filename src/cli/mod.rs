@@ -29,7 +29,7 @@ use crate::proto;
 #[derive(Parser, Debug)]
 #[command(
     name = "keygate",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("KEYGATE_GIT_REVISION"), ")"),
     about = "API-key authorization service and its management client"
 )]
 pub struct Cli {
@@ -51,6 +51,25 @@ pub enum Command {
     Keys(KeysCli),
     /// Works on the store directly: backup and migration.
     Admin(admin::AdminCli),
+    /// Checks a configuration without serving.
+    Config(ConfigCli),
+}
+
+/// `keygate config ...`.
+#[derive(Args, Debug)]
+pub struct ConfigCli {
+    /// The config command to run.
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// The config commands.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validates the configuration `serve` would run with (same flags, file and
+    /// environment) and prints the effective one as YAML, secrets masked. Exit code 2 when
+    /// it is invalid.
+    Check(crate::config::ServeArgs),
 }
 
 /// Options every client command takes.
@@ -437,12 +456,35 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Plans(plans) => commands::plans(plans).await,
         Command::Keys(keys) => commands::keys(keys).await,
         Command::Admin(admin) => return admin::run(admin).await,
+        Command::Config(ConfigCli {
+            command: ConfigCommand::Check(args),
+        }) => return check_config(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
             err.exit_code()
+        }
+    }
+}
+
+/// `keygate config check`: the effective configuration on stdout, or what is wrong on
+/// stderr.
+fn check_config(args: &crate::config::ServeArgs) -> ExitCode {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let checked = args
+        .load()
+        .and_then(|config| crate::server::check_deployment(&config, &env).map(|()| config));
+    match checked.and_then(|config| config.to_masked_yaml()) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            eprintln!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(crate::server::EXIT_USAGE)
         }
     }
 }

@@ -10,6 +10,7 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use zeroize::Zeroizing;
 
 /// Cost parameters for new argon2id hashes. Existing hashes keep the parameters recorded in
@@ -54,6 +55,7 @@ pub struct SecretHasher {
     params: Params,
     permits: Arc<Semaphore>,
     verifications: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
 }
 
 /// A hashing task could not run (the blocking pool is shutting down) or its parameters were
@@ -73,6 +75,7 @@ impl SecretHasher {
             params: config.params()?,
             permits: Arc::new(Semaphore::new(workers)),
             verifications: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -100,6 +103,7 @@ impl SecretHasher {
                 .verify_password(&secret, phc.as_str())
                 .is_ok()
         })
+        .instrument(tracing::debug_span!("argon2 verify"))
         .await
     }
 
@@ -108,16 +112,20 @@ impl SecretHasher {
         self.verifications.load(Ordering::Relaxed)
     }
 
+    /// How many jobs are waiting for a free worker.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Runs `work` on the blocking pool once one of the bounded permits is free.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| HashError(e.to_string()))?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let permit = self.permits.acquire().await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let _permit = permit.map_err(|e| HashError(e.to_string()))?;
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| HashError(e.to_string()))

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
@@ -12,7 +13,9 @@ use crate::app::App;
 use crate::authz::decision::DecisionCode;
 use crate::authz::engine::{AuthzRequest, decide};
 use crate::authz::extract::Credential;
+use crate::authz::observe::observe;
 use crate::authz::response::render;
+use crate::metrics::Api;
 use crate::proto::{self, authorizer_server::Authorizer};
 use crate::ratelimit::RateOutcome;
 use crate::ratelimit::window::WindowState;
@@ -59,6 +62,13 @@ impl Authorizer for AuthorizerService {
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        let started = Instant::now();
+        let request_id = request
+            .metadata()
+            .get(self.app.config.headers.request_id.as_str())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let req = request.into_inner();
         let client_ip = match req.client_address.trim() {
             "" => None,
@@ -79,6 +89,7 @@ impl Authorizer for AuthorizerService {
         let decision = decide(&self.app, &request)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        observe(&self.app, Api::Authorize, started, &decision, &request_id);
         let (http_status, message) = match decision.code {
             DecisionCode::Ok => (200, String::new()),
             code => {

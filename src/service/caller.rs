@@ -106,7 +106,7 @@ pub async fn authenticate<T>(app: &App, request: &Request<T>) -> Result<Caller> 
     // to a route requiring MANAGE_SCOPE, from this caller's address.
     let invalid =
         || Error::Unauthenticated("the bearer token is not a valid admin token or API key".into());
-    let cached = app.keys.verify(token).await?.ok_or_else(invalid)?;
+    let cached = app.keys.verify(token).await?.key.ok_or_else(invalid)?;
     let key = &cached.key;
     let owner = app.keys.owner(&key.owner_id).await?;
     let plan = effective_plan(key, owner.as_ref()).and_then(|name| app.config.plan(name));

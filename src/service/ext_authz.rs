@@ -13,6 +13,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
@@ -23,12 +24,17 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::App;
 use crate::authz::decision::{Decision, DecisionCode};
 use crate::authz::engine::{AuthzRequest, decide};
 use crate::authz::extract::extract;
+use crate::authz::observe::observe;
 use crate::authz::response::render;
+use crate::metrics::Api;
+use crate::telemetry::propagation::remote_parent;
 
 /// Context extension naming scopes a route requires.
 pub const SCOPES_EXTENSION: &str = "keygate.scopes";
@@ -55,6 +61,8 @@ impl Authorization for ExtAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
+        let traced_by_caller = request.metadata().contains_key("traceparent");
         let attributes = request.into_inner().attributes.unwrap_or_default();
         let client_ip = attributes
             .source
@@ -64,11 +72,22 @@ impl Authorization for ExtAuthzService {
                 _ => None,
             });
         let Some(http) = attributes.request.and_then(|r| r.http) else {
-            return Ok(Response::new(self.answer(
-                &Decision::anonymous(DecisionCode::MissingCredentials),
+            let decision = Decision::anonymous(DecisionCode::MissingCredentials);
+            return Ok(Response::new(self.finish(
+                started,
+                &decision,
                 &new_request_id(),
             )));
         };
+        // Without a trace context from the gRPC call itself (Envoy sends one when it traces),
+        // join the trace of the HTTP request being authorized.
+        let span = Span::current();
+        if !traced_by_caller
+            && !span.is_disabled()
+            && let Some(parent) = remote_parent(|name| header(&http, name))
+        {
+            let _ = span.set_parent(parent);
+        }
         let request_id = match (
             http.id.as_str(),
             header(&http, &self.app.config.headers.request_id),
@@ -78,10 +97,8 @@ impl Authorization for ExtAuthzService {
             _ => new_request_id(),
         };
         if client_ip.is_none() {
-            return Ok(Response::new(self.answer(
-                &Decision::anonymous(DecisionCode::MissingCredentials),
-                &request_id,
-            )));
+            let decision = Decision::anonymous(DecisionCode::MissingCredentials);
+            return Ok(Response::new(self.finish(started, &decision, &request_id)));
         }
         let extensions = &attributes.context_extensions;
         let only: Option<Vec<&str>> = extensions
@@ -106,11 +123,17 @@ impl Authorization for ExtAuthzService {
         let decision = decide(&self.app, &request)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(self.answer(&decision, &request_id)))
+        Ok(Response::new(self.finish(started, &decision, &request_id)))
     }
 }
 
 impl ExtAuthzService {
+    /// Records `decision` and answers it.
+    fn finish(&self, started: Instant, decision: &Decision, request_id: &str) -> CheckResponse {
+        observe(&self.app, Api::Check, started, decision, request_id);
+        self.answer(decision, request_id)
+    }
+
     /// The CheckResponse for `decision`.
     fn answer(&self, decision: &Decision, request_id: &str) -> CheckResponse {
         let config = &self.app.config;

@@ -4,6 +4,8 @@
 //! - [`embedded`] — one redb file in the data directory; the default, for one replica.
 //! - [`redis`] — Redis or Redis Cluster, shared by every replica.
 //!
+//! [`observed::ObservedStore`] wraps either to time and trace every call.
+//!
 //! Multi-record writes (a key and its indexes, a quota check and the insert it guards, a
 //! read-modify-write) never lose concurrent changes and never let a reader see an index
 //! that disagrees with its record. The embedded store makes each one ACID transaction; the
@@ -11,6 +13,7 @@
 //! steps whose indexes readers check against the records (see [`redis`]).
 
 pub mod embedded;
+pub mod observed;
 pub mod redis;
 
 use std::sync::Arc;

@@ -6,6 +6,7 @@ pub mod check;
 pub mod envoy;
 pub mod faulty;
 pub mod http;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 pub mod tools;
@@ -36,6 +37,10 @@ default_profile = "kg_live"
 [listen]
 management = "127.0.0.1:0"
 data_plane = "127.0.0.1:0"
+metrics = "127.0.0.1:0"
+
+[shutdown]
+drain_grace = "0s"
 
 [argon2]
 memory_kib = 64

@@ -1,0 +1,492 @@
+//! What operators see: spans exported over OTLP and joined to the caller's trace, the
+//! Prometheus metrics, logs with no secret in them, health on both listeners, and the
+//! drain on SIGTERM. Spans go to a real OTLP receiver; the server is the real binary
+//! wherever its process matters.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use keygate::proto::{
+    self, authorizer_client::AuthorizerClient, key_manager_client::KeyManagerClient,
+};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use common::check::check_request;
+use common::http::http_request;
+use common::otlp::OtlpReceiver;
+use common::process::{KeygateProcess, keygate_bin};
+use common::tools::venv_tool;
+use common::{ADMIN_TOKEN, admin, create_owner};
+
+const PEPPER: &str = "observability test pepper 0123";
+/// How long a test waits for an exported span.
+const EXPORT_WAIT: Duration = Duration::from_secs(20);
+
+/// A caller's trace context: (traceparent, trace id, parent span id).
+fn trace_context(trace: &str, span: &str) -> (String, String, String) {
+    (
+        format!("00-{trace}-{span}-01"),
+        trace.to_owned(),
+        span.to_owned(),
+    )
+}
+
+/// Environment for a server exporting spans to `endpoint` with `protocol`.
+fn exporting_env<'a>(endpoint: &'a str, protocol: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("KEYGATE_PEPPER", PEPPER),
+        ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        // Export batches every 100 ms rather than every 5 s.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn issue_key(
+    manage: &mut KeyManagerClient<Channel>,
+    owner_id: &str,
+) -> proto::CreateKeyResponse {
+    manage
+        .create_key(admin(proto::CreateKeyRequest {
+            owner_id: owner_id.into(),
+            name: "observed".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Checks `GET /v1/things` from a public address with `headers`; returns the decision code.
+async fn check(data_plane: &Channel, headers: &[(&str, &str)]) -> String {
+    let answer = AuthorizationClient::new(data_plane.clone())
+        .check(check_request(
+            "203.0.113.7",
+            "GET",
+            "/v1/things",
+            headers,
+            &[],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let metadata = answer.dynamic_metadata.unwrap_or_default();
+    match metadata.fields.get("code").and_then(|v| v.kind.clone()) {
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(code)) => code,
+        other => panic!("no decision code in the answer's metadata: {other:?}"),
+    }
+}
+
+fn attribute<'a>(span: &'a Value, name: &str) -> &'a Value {
+    &span["attributes"][name]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_span_joins_the_callers_trace_and_carries_the_decision() {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://{}", receiver.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let server = KeygateProcess::start(dir.path(), &exporting_env(&endpoint, "grpc"));
+    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+
+    // A management call carrying trace context in its gRPC metadata.
+    let (traceparent, create_trace, create_parent) =
+        trace_context("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let mut create = admin(proto::CreateKeyRequest {
+        owner_id: owner.id.clone(),
+        name: "traced".into(),
+        ..Default::default()
+    });
+    create
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    let key = manage.create_key(create).await.unwrap().into_inner();
+    let key_id = key.key.as_ref().unwrap().id.clone();
+
+    // A Check whose HTTP request carries trace context, as Envoy forwards it.
+    let data_plane = channel(server.data_plane_addr).await;
+    let (traceparent, trace, parent) =
+        trace_context("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let bearer = format!("Bearer {}", key.secret);
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("traceparent", traceparent.as_str()),
+    ];
+    assert_eq!(check(&data_plane, &headers).await, "OK");
+    let (traceparent, warm_trace, _) =
+        trace_context("5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8");
+    let warm_headers = [
+        ("authorization", bearer.as_str()),
+        ("traceparent", traceparent.as_str()),
+    ];
+    assert_eq!(check(&data_plane, &warm_headers).await, "OK");
+
+    let check_span = receiver.wait_for(EXPORT_WAIT, |s| {
+        s["trace_id"] == trace.as_str() && s["name"] == "envoy.service.auth.v3.Authorization/Check"
+    });
+    assert_eq!(check_span["parent_span_id"], parent.as_str());
+    assert_eq!(check_span["service_name"], "keygate");
+    assert_eq!(check_span["kind"], 2, "a server span");
+    assert_eq!(attribute(&check_span, "keygate.decision"), "OK");
+    assert_eq!(attribute(&check_span, "keygate.key_id"), key_id.as_str());
+    assert_eq!(
+        attribute(&check_span, "keygate.owner_id"),
+        owner.id.as_str()
+    );
+    assert_eq!(attribute(&check_span, "keygate.cache"), "miss");
+    assert_eq!(attribute(&check_span, "keygate.rate_limit"), "allowed");
+    assert_eq!(attribute(&check_span, "rpc.grpc.status_code"), 0);
+    // The costly step inside, in the same trace, under the Check span's tree.
+    let argon2 = receiver.wait_for(EXPORT_WAIT, |s| {
+        s["trace_id"] == trace.as_str() && s["name"] == "argon2 verify"
+    });
+    assert_ne!(argon2["parent_span_id"], parent.as_str());
+
+    let warm = receiver.wait_for(EXPORT_WAIT, |s| {
+        s["trace_id"] == warm_trace.as_str()
+            && s["name"] == "envoy.service.auth.v3.Authorization/Check"
+    });
+    assert_eq!(attribute(&warm, "keygate.cache"), "l1");
+    assert!(
+        !receiver
+            .spans()
+            .iter()
+            .any(|s| s["trace_id"] == warm_trace.as_str() && s["name"] == "argon2 verify"),
+        "a warm key runs no argon2"
+    );
+
+    let create_span = receiver.wait_for(EXPORT_WAIT, |s| {
+        s["trace_id"] == create_trace.as_str() && s["name"] == "keygate.v1.KeyManager/CreateKey"
+    });
+    assert_eq!(create_span["parent_span_id"], create_parent.as_str());
+    assert!(
+        !receiver.raw().contains(&key.secret),
+        "no span carries the credential"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorize_spans_are_exported_over_otlp_http_and_join_the_grpc_callers_trace() {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://{}", receiver.http_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = exporting_env(&endpoint, "http/protobuf");
+    env.push(("OTEL_SERVICE_NAME", "edge-auth"));
+    let server = KeygateProcess::start(dir.path(), &env);
+    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = issue_key(&mut manage, &owner.id).await;
+
+    let (traceparent, trace, parent) =
+        trace_context("6bf92f3577b34da6a3ce929d0e0e4738", "20f067aa0ba902b9");
+    let mut request = tonic::Request::new(proto::AuthorizeRequest {
+        key: key.secret.clone(),
+        method: "GET".into(),
+        path: "/v1/things".into(),
+        client_address: "203.0.113.7".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    let answer = AuthorizerClient::new(channel(server.data_plane_addr).await)
+        .authorize(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.allowed);
+
+    let span = receiver.wait_for(EXPORT_WAIT, |s| {
+        s["trace_id"] == trace.as_str() && s["name"] == "keygate.v1.Authorizer/Authorize"
+    });
+    assert_eq!(span["parent_span_id"], parent.as_str());
+    assert_eq!(span["service_name"], "edge-auth");
+    assert_eq!(attribute(&span, "keygate.decision"), "OK");
+    assert_eq!(attribute(&span, "keygate.cache"), "miss");
+}
+
+/// The samples of a Prometheus text exposition, by name and sorted labels.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort();
+                (name, labels.join(","))
+            }
+            None => (series, String::new()),
+        };
+        samples.insert(format!("{name}{{{labels}}}"), value.parse().unwrap());
+    }
+    samples
+}
+
+async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+    let response = http_request(addr, "GET", "/metrics", &[]).await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.contains("text")),
+        "{:?}",
+        response.headers
+    );
+    samples(&response.body)
+}
+
+#[tokio::test]
+async fn metrics_move_by_exactly_the_decisions_and_calls_made() {
+    let server = common::start(Some(ADMIN_TOKEN)).await;
+    let metrics_addr = server.server.metrics_addr();
+    let before = scrape(metrics_addr).await;
+    assert_eq!(
+        before
+            .keys()
+            .find(|k| k.starts_with("keygate_build_info{"))
+            .map(|k| k.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))),
+        Some(true),
+        "build info with the version"
+    );
+
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = issue_key(&mut manage, &owner.id).await;
+    let missing = manage
+        .get_key(admin(proto::GetKeyRequest {
+            id: "no-such-key".into(),
+        }))
+        .await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+
+    let data_plane = server.data_plane().await;
+    let bearer = format!("Bearer {}", key.secret);
+    for _ in 0..3 {
+        assert_eq!(
+            check(&data_plane, &[("authorization", &bearer)]).await,
+            "OK"
+        );
+    }
+    for garbage in ["Bearer kg_live_nope", "Bearer something-else"] {
+        let answer = check(&data_plane, &[("authorization", garbage)]).await;
+        assert_eq!(answer, "INVALID_API_KEY");
+    }
+    assert_eq!(check(&data_plane, &[]).await, "MISSING_CREDENTIALS");
+    let authorized = AuthorizerClient::new(data_plane.clone())
+        .authorize(proto::AuthorizeRequest {
+            key: key.secret.clone(),
+            client_address: "203.0.113.7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(authorized.allowed);
+
+    let after = scrape(metrics_addr).await;
+    let delta = |series: &str| {
+        after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+    };
+    let expected = [
+        ("keygate_decisions_total{api=\"check\",code=\"OK\"}", 3.0),
+        (
+            "keygate_decisions_total{api=\"check\",code=\"INVALID_API_KEY\"}",
+            2.0,
+        ),
+        (
+            "keygate_decisions_total{api=\"check\",code=\"MISSING_CREDENTIALS\"}",
+            1.0,
+        ),
+        (
+            "keygate_decisions_total{api=\"authorize\",code=\"OK\"}",
+            1.0,
+        ),
+        (
+            "keygate_decisions_total{api=\"authorize\",code=\"INVALID_API_KEY\"}",
+            0.0,
+        ),
+        (
+            "keygate_decision_duration_seconds_count{api=\"check\"}",
+            6.0,
+        ),
+        (
+            "keygate_decision_duration_seconds_count{api=\"authorize\"}",
+            1.0,
+        ),
+        ("keygate_cache_misses_total{}", 1.0),
+        ("keygate_cache_hits_total{level=\"l1\"}", 3.0),
+        ("keygate_cache_hits_total{level=\"l2\"}", 0.0),
+        ("keygate_malformed_credentials_total{}", 2.0),
+        ("keygate_argon2_verifications_total{}", 1.0),
+        (
+            "keygate_rate_limit_decisions_total{outcome=\"allowed\"}",
+            4.0,
+        ),
+        (
+            "keygate_rate_limit_decisions_total{outcome=\"limited\"}",
+            0.0,
+        ),
+        (
+            "keygate_management_requests_total{code=\"OK\",method=\"CreateOwner\"}",
+            1.0,
+        ),
+        (
+            "keygate_management_requests_total{code=\"OK\",method=\"CreateKey\"}",
+            1.0,
+        ),
+        (
+            "keygate_management_requests_total{code=\"NOT_FOUND\",method=\"GetKey\"}",
+            1.0,
+        ),
+        (
+            "keygate_store_operation_duration_seconds_count{operation=\"insert_key\"}",
+            1.0,
+        ),
+        (
+            "keygate_store_operation_duration_seconds_count{operation=\"get_key\"}",
+            2.0,
+        ),
+        ("keygate_store_errors_total{operation=\"get_key\"}", 0.0),
+    ];
+    for (series, moved) in expected {
+        assert_eq!(delta(series), moved, "{series}");
+    }
+    assert_eq!(after["keygate_argon2_queue_depth{}"], 0.0);
+    assert!(
+        !after
+            .keys()
+            .any(|k| k.contains(&key.key.as_ref().unwrap().id)),
+        "no key id as a label"
+    );
+    let other = http_request(metrics_addr, "GET", "/", &[]).await;
+    assert_eq!(other.status, 404);
+}
+
+/// grpcurl's answer to a health check of `service` on `addr`.
+fn grpcurl_health(addr: SocketAddr, service: &str) -> String {
+    let output = Command::new(venv_tool("grpcurl"))
+        .args(["-plaintext", "-d"])
+        .arg(format!("{{\"service\":\"{service}\"}}"))
+        .arg(addr.to_string())
+        .arg("grpc.health.v1.Health/Check")
+        .output()
+        .expect("cannot run grpcurl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    answer["status"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_reports_not_serving_drains_flushes_usage_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = KeygateProcess::start(
+        &data,
+        &[
+            ("KEYGATE_PEPPER", PEPPER),
+            ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("KEYGATE_SHUTDOWN__DRAIN_GRACE", "4s"),
+        ],
+    );
+    for addr in [server.management_addr, server.data_plane_addr] {
+        for service in ["", "keygate.readiness"] {
+            assert_eq!(
+                grpcurl_health(addr, service),
+                "SERVING",
+                "{addr} {service:?}"
+            );
+        }
+    }
+    assert_eq!(
+        grpcurl_health(
+            server.data_plane_addr,
+            "envoy.service.auth.v3.Authorization"
+        ),
+        "SERVING"
+    );
+    assert_eq!(
+        grpcurl_health(server.management_addr, "keygate.v1.KeyManager"),
+        "SERVING"
+    );
+    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = issue_key(&mut manage, &owner.id).await;
+    let data_plane = channel(server.data_plane_addr).await;
+    let bearer = format!("Bearer {}", key.secret);
+    assert_eq!(
+        check(&data_plane, &[("authorization", &bearer)]).await,
+        "OK"
+    );
+
+    server.terminate();
+    // Health turns NOT_SERVING on both listeners at once, while calls are still answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while grpcurl_health(server.data_plane_addr, "") != "NOT_SERVING" {
+        assert!(std::time::Instant::now() < deadline, "health never turned");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(grpcurl_health(server.management_addr, ""), "NOT_SERVING");
+    assert_eq!(
+        grpcurl_health(
+            server.data_plane_addr,
+            "envoy.service.auth.v3.Authorization"
+        ),
+        "NOT_SERVING"
+    );
+    assert_eq!(
+        check(&data_plane, &[("authorization", &bearer)]).await,
+        "OK",
+        "requests are still decided during the drain grace"
+    );
+
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}; log:\n{}", server.log());
+    let log = server.log();
+    assert!(log.contains("draining"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+
+    // The pending last_used_at was written before exiting.
+    let exported = Command::new(keygate_bin())
+        .args(["admin", "--data-dir"])
+        .arg(&data)
+        .arg("export")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(exported.status.success());
+    let key_id = key.key.as_ref().unwrap().id.as_str();
+    let record: Value = String::from_utf8_lossy(&exported.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|record| record.to_string().contains(key_id))
+        .expect("the key in the export");
+    assert!(
+        record.to_string().contains("last_used_at\":1")
+            || record.to_string().contains("last_used_at\":\"20"),
+        "last_used_at was flushed: {record}"
+    );
+}
