@@ -506,3 +506,87 @@ fn the_redis_store_requires_a_shared_pepper() {
         "no replica-local pepper is generated"
     );
 }
+
+fn keygate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(keygate_bin())
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn version_names_the_release_and_the_git_revision() {
+    let output = keygate(&["--version"], &[]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let expected = format!("keygate {} (revision ", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&expected), "{text}");
+    let git = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git is needed to build from a checkout");
+    let revision = String::from_utf8_lossy(&git.stdout).trim().to_owned();
+    assert!(
+        git.status.success() && text.contains(&format!("(revision {revision})")),
+        "{text} vs {revision}"
+    );
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keygate.yaml");
+    std::fs::write(
+        &file,
+        "store: redis\nredis:\n  url: redis://app:hunter2-redis-password@redis:6379/0\nshutdown:\n  drain_grace: 12s\ndecision_log: denied\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let checked = keygate(
+        &[
+            "config",
+            "check",
+            "--config",
+            path,
+            "--set",
+            "listen.metrics=127.0.0.1:9300",
+        ],
+        &[("KEYGATE_PEPPER", PEPPER)],
+    );
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(stderr(&checked).contains("configuration is valid"));
+    let stdout = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    let effective: serde_yaml_ng::Value = serde_yaml_ng::from_str(&stdout).unwrap();
+    assert_eq!(effective["redis"]["url"], "redis://app:****@redis:6379/0");
+    assert_eq!(effective["shutdown"]["drain_grace"], "12s");
+    assert_eq!(effective["listen"]["metrics"], "127.0.0.1:9300");
+    assert_eq!(effective["decision_log"], "denied");
+    assert_eq!(
+        effective["listen"]["data_plane"], "0.0.0.0:9191",
+        "defaults shown"
+    );
+
+    let unshared = keygate(&["config", "check", "--config", path], &[]);
+    assert_eq!(unshared.status.code(), Some(2));
+    assert!(
+        stderr(&unshared).contains("KEYGATE_PEPPER"),
+        "{}",
+        stderr(&unshared)
+    );
+
+    let typo = keygate(
+        &["config", "check", "--set", "shutdown.drain_grace=soon"],
+        &[],
+    );
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        stderr(&typo).contains("shutdown.drain_grace"),
+        "{}",
+        stderr(&typo)
+    );
+    assert!(typo.stdout.is_empty());
+}

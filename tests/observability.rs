@@ -490,3 +490,140 @@ async fn sigterm_reports_not_serving_drains_flushes_usage_and_exits_cleanly() {
         "last_used_at was flushed: {record}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_appears_in_any_log_line_span_or_metric() {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://{}", receiver.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = exporting_env(&endpoint, "grpc");
+    env.extend([
+        ("KEYGATE_LOG", "debug"),
+        ("KEYGATE_LOG_FORMAT", "json"),
+        ("KEYGATE_DECISION_LOG", "all"),
+    ]);
+    let mut server = KeygateProcess::start(dir.path(), &env);
+    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    let data_plane = channel(server.data_plane_addr).await;
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let issued = issue_key(&mut manage, &owner.id).await;
+    let key_id = issued.key.as_ref().unwrap().id.clone();
+    let bearer = |secret: &str| format!("Bearer {secret}");
+
+    // The whole flow: decide, rotate, import, manage as the key itself, revoke.
+    assert_eq!(
+        check(&data_plane, &[("authorization", &bearer(&issued.secret))]).await,
+        "OK"
+    );
+    assert_eq!(
+        check(&data_plane, &[("x-api-key", &issued.secret)]).await,
+        "OK"
+    );
+    let authorized = AuthorizerClient::new(data_plane.clone())
+        .authorize(proto::AuthorizeRequest {
+            key: issued.secret.clone(),
+            client_address: "203.0.113.7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(authorized.allowed);
+    let rotated = manage
+        .rotate_key(admin(proto::RotateKeyRequest {
+            id: key_id.clone(),
+            grace: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        check(&data_plane, &[("authorization", &bearer(&rotated.secret))]).await,
+        "OK"
+    );
+    let legacy = "legacy-plaintext-credential-7c1f9a2e5b";
+    manage
+        .import_key(admin(proto::ImportKeyRequest {
+            owner_id: owner.id.clone(),
+            name: "legacy".into(),
+            secret: legacy.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        check(&data_plane, &[("authorization", &bearer(legacy))]).await,
+        "OK"
+    );
+    let stranger = "kg_live_notakeyatall0000000000000000000000000000000000000000000";
+    assert_eq!(
+        check(&data_plane, &[("authorization", &bearer(stranger))]).await,
+        "INVALID_API_KEY"
+    );
+    let wrong_admin = manage
+        .list_plans(common::bearer(
+            "wrong-admin-token-value-42",
+            proto::ListPlansRequest {},
+        ))
+        .await;
+    assert_eq!(
+        wrong_admin.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    manage
+        .revoke_key(admin(proto::RevokeKeyRequest { id: key_id.clone() }))
+        .await
+        .unwrap();
+    assert_eq!(
+        check(&data_plane, &[("authorization", &bearer(&rotated.secret))]).await,
+        "INVALID_API_KEY"
+    );
+    let metrics = http_request(server.metrics_addr, "GET", "/metrics", &[])
+        .await
+        .body;
+
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+    let log = server.log();
+    let spans = receiver.raw();
+
+    // What was captured is real: debug lines, JSON throughout, the decision log, spans.
+    for line in log.lines() {
+        let parsed: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(parsed["level"].is_string(), "{line}");
+    }
+    assert!(log.contains("\"level\":\"DEBUG\""), "debug logging was on");
+    let decisions: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| line["target"] == "keygate::decision")
+        .collect();
+    assert_eq!(decisions.len(), 7, "one decision line per decision:\n{log}");
+    assert!(decisions.iter().any(|d| d["key_id"] == key_id.as_str()
+        && d["code"] == "OK"
+        && d["request_id"] == common::check::REQUEST_ID));
+    assert!(decisions.iter().any(|d| d["code"] == "INVALID_API_KEY"));
+    assert!(spans.contains(&key_id), "spans were exported");
+
+    let secrets = [
+        issued.secret.as_str(),
+        rotated.secret.as_str(),
+        legacy,
+        stranger,
+        ADMIN_TOKEN,
+        "wrong-admin-token-value-42",
+        PEPPER,
+    ];
+    for (place, text) in [("log", &log), ("spans", &spans), ("metrics", &metrics)] {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{place} contains {secret:?}");
+            // Nor the part after a key's prefix, in case it was split.
+            let tail = &secret[secret.len() / 2..];
+            assert!(!text.contains(tail), "{place} contains part of {secret:?}");
+        }
+    }
+}

@@ -10,6 +10,7 @@ use deadpool_redis::redis::{self, Script};
 
 use crate::redis_pool::RedisPool;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use tracing::{info, warn};
 
 use super::local::LocalLimiter;
@@ -199,7 +200,10 @@ impl RedisLimiter {
     ) -> RateOutcome {
         let now = clock.now_millis();
         if now >= self.down_until.load(Ordering::Relaxed) {
-            match tokio::time::timeout(self.timeout, self.call(subject, windows, cost)).await {
+            let call = self
+                .call(subject, windows, cost)
+                .instrument(tracing::debug_span!("redis rate limit"));
+            match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(outcome)) => {
                     if self.down_until.swap(0, Ordering::Relaxed) != 0 {
                         info!("Redis answers again; rate limits are shared again");
