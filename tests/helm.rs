@@ -689,6 +689,8 @@ fn redis_addresses_and_passwords_come_from_values_and_secrets() {
         message.contains("store: redis needs redis.url"),
         "{message}"
     );
+    let message = refused(json!({"redis": {"bundled": {"enabled": true}}}));
+    assert!(message.contains("set store: redis"), "{message}");
 }
 
 #[test]

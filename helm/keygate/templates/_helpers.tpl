@@ -112,6 +112,9 @@ every template that depends on them, so `helm template` fails as `helm install` 
 {{- if and (eq .Values.store "redis") (not .Values.redis.url) (not .Values.redis.clusterNodes) (not .Values.redis.bundled.enabled) }}
 {{- fail "store: redis needs redis.url, redis.clusterNodes, or redis.bundled.enabled: true" }}
 {{- end }}
+{{- if and .Values.redis.bundled.enabled (ne .Values.store "redis") }}
+{{- fail "redis.bundled.enabled starts a Redis for store: redis; set store: redis, or leave the bundled Redis off" }}
+{{- end }}
 {{- if and .Values.redis.bundled.enabled .Values.redis.clusterNodes }}
 {{- fail "redis.bundled.enabled starts one Redis, not a cluster: leave redis.clusterNodes empty" }}
 {{- end }}
