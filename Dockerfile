@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # keygate's container image: a release build, then a runtime image holding only the binary,
 # the C library it links against and CA certificates (for rediss://), run as a non-root user.
 #
