@@ -1,0 +1,1212 @@
+//! keygate on Kubernetes: the container image's Dockerfile, the Helm chart `helm/keygate`
+//! (linted and rendered by Helm's own engine, PyPI `helm-python-sdk`, through
+//! `tests/helm/chart.py`; every manifest checked with `kubernetes-validate --strict`), and the
+//! Istio and Envoy Gateway examples, checked against what the chart renders.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use common::process::keygate_bin;
+use common::tools::venv_tool;
+
+/// The Kubernetes version manifests are linted and validated for.
+const KUBERNETES_VERSION: &str = "1.37.0";
+
+/// The values files under `helm/keygate/ci/` that the issue of each store mode asks for.
+const CI_VALUES: [&str; 4] = [
+    "all-on.yaml",
+    "embedded.yaml",
+    "redis-cluster.yaml",
+    "redis.yaml",
+];
+
+/// The labels every object of the chart carries.
+const STANDARD_LABELS: [&str; 6] = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+];
+
+fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn chart_dir() -> PathBuf {
+    repo_path("helm/keygate")
+}
+
+fn ci_values(name: &str) -> PathBuf {
+    chart_dir().join("ci").join(name)
+}
+
+/// Runs `tests/helm/chart.py ACTION` on the chart with `files` then `overrides` as values:
+/// its JSON answer, or Helm's message when it refuses the values or a template fails.
+fn helm(action: &str, files: &[&Path], overrides: &[Json]) -> Result<Json, String> {
+    let mut command = Command::new(venv_tool("python"));
+    command
+        .arg(repo_path("tests/helm/chart.py"))
+        .arg(action)
+        .arg(chart_dir())
+        .args(["--kube-version", KUBERNETES_VERSION]);
+    for file in files {
+        command.arg("--values").arg(file);
+    }
+    for values in overrides {
+        command.arg("--set-json").arg(values.to_string());
+    }
+    let output = command.output().expect("cannot run tests/helm/chart.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answer =
+        || -> Json { serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")) };
+    match output.status.code() {
+        Some(0) => Ok(answer()),
+        Some(3) => Err(answer()["error"].as_str().unwrap().to_owned()),
+        _ => panic!(
+            "chart.py {action} failed ({}):\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// Every YAML document in `text`, empty ones left out.
+fn yaml_documents(text: &str) -> Vec<Json> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|document| Json::deserialize(document).unwrap_or_else(|e| panic!("{e}:\n{text}")))
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+/// What the chart rendered: its objects and its NOTES.txt.
+struct Rendering {
+    objects: Vec<Json>,
+    notes: String,
+}
+
+/// Renders the chart with `files` then `overrides` as values.
+fn try_render(files: &[&Path], overrides: &[Json]) -> Result<Rendering, String> {
+    let answer = helm("render", files, overrides)?;
+    let mut rendering = Rendering {
+        objects: Vec::new(),
+        notes: String::new(),
+    };
+    for (template, text) in answer["manifests"].as_object().unwrap() {
+        let text = text.as_str().unwrap();
+        if template.ends_with("NOTES.txt") {
+            rendering.notes = text.to_owned();
+        } else {
+            rendering.objects.extend(yaml_documents(text));
+        }
+    }
+    Ok(rendering)
+}
+
+/// Renders the chart; the values must be accepted.
+fn render(files: &[&Path], overrides: &[Json]) -> Rendering {
+    try_render(files, overrides).unwrap_or_else(|e| panic!("the chart refused the values: {e}"))
+}
+
+/// Renders the chart with one file of `helm/keygate/ci/`.
+fn render_ci(name: &str) -> Rendering {
+    render(&[&ci_values(name)], &[])
+}
+
+/// Renders the chart with `overrides`; they must be refused. Returns Helm's message.
+fn refused(overrides: Json) -> String {
+    match try_render(&[], std::slice::from_ref(&overrides)) {
+        Ok(_) => panic!("the chart accepted {overrides}"),
+        Err(message) => message,
+    }
+}
+
+impl Rendering {
+    /// The objects of `kind`.
+    fn all(&self, kind: &str) -> Vec<&Json> {
+        self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    /// The one object of `kind` named `name`.
+    fn get(&self, kind: &str, name: &str) -> &Json {
+        let found: Vec<_> = self
+            .all(kind)
+            .into_iter()
+            .filter(|o| o["metadata"]["name"] == name)
+            .collect();
+        assert_eq!(found.len(), 1, "{kind}/{name} in {:?}", self.names());
+        found[0]
+    }
+
+    /// `(kind, name)` of every object.
+    fn names(&self) -> BTreeSet<(String, String)> {
+        self.objects
+            .iter()
+            .map(|o| {
+                let text = |v: &Json| v.as_str().unwrap_or_default().to_owned();
+                (text(&o["kind"]), text(&o["metadata"]["name"]))
+            })
+            .collect()
+    }
+
+    fn deployment(&self) -> &Json {
+        self.get("Deployment", "keygate")
+    }
+
+    fn pod(&self) -> &Json {
+        &self.deployment()["spec"]["template"]
+    }
+
+    fn container(&self) -> &Json {
+        let containers = self.pod()["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1);
+        &containers[0]
+    }
+
+    /// The container's environment, by name, in order.
+    fn env(&self) -> Vec<(String, Json)> {
+        self.container()["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
+            .collect()
+    }
+
+    fn env_value(&self, name: &str) -> Option<String> {
+        self.env()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| e["value"].as_str().unwrap().to_owned())
+    }
+
+    /// The container's ports, by name.
+    fn container_ports(&self) -> BTreeMap<String, u64> {
+        ports(&self.container()["ports"], "containerPort")
+    }
+
+    /// keygate's config file, as the ConfigMap holds it.
+    fn keygate_config(&self) -> Json {
+        let text = self.get("ConfigMap", "keygate")["data"]["keygate.yaml"]
+            .as_str()
+            .unwrap();
+        serde_yaml_ng::from_str(text).unwrap()
+    }
+
+    /// The volume mounted at `path` in keygate's container, from the pod's volumes.
+    fn volume_at(&self, path: &str) -> &Json {
+        let mount = self.container()["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing is mounted at {path}"));
+        self.pod()["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap()
+    }
+}
+
+/// `name → port field` of a list of ports.
+fn ports(list: &Json, field: &str) -> BTreeMap<String, u64> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p[field].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Whether every label of `selector` is among `labels`.
+fn selects(selector: &Json, labels: &Json) -> bool {
+    let selector = selector.as_object().unwrap();
+    !selector.is_empty() && selector.iter().all(|(k, v)| &labels[k] == v)
+}
+
+/// The seconds of a keygate duration like `5s`.
+fn seconds(duration: &Json) -> u64 {
+    let text = duration.as_str().unwrap();
+    text.strip_suffix('s').unwrap().parse().unwrap()
+}
+
+/// Validates every object against Kubernetes' own schemas with `kubernetes-validate
+/// --strict`. Custom resources have no schema there; each kind the chart renders is checked
+/// here instead, and an unknown one fails.
+fn validate_against_kubernetes(rendering: &Rendering, what: &str) {
+    let (custom, builtin): (Vec<&Json>, Vec<&Json>) = rendering
+        .objects
+        .iter()
+        .partition(|o| o["apiVersion"] == "monitoring.coreos.com/v1");
+    for object in custom {
+        match object["kind"].as_str() {
+            Some("ServiceMonitor") => check_service_monitor(object, rendering),
+            other => panic!("{what}: no check for the custom resource {other:?}"),
+        }
+    }
+    if let Err(report) = kubernetes_validate(&builtin) {
+        panic!("{what}: kubernetes-validate refused the manifests:\n{report}");
+    }
+}
+
+/// Runs `kubernetes-validate --strict` on `objects`: Ok when every one of them was checked
+/// against its schema and passed, else the tool's report.
+fn kubernetes_validate(objects: &[&Json]) -> Result<(), String> {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    // As JSON documents: YAML readers of every version agree on what JSON means.
+    let documents: Vec<String> = objects.iter().map(|o| o.to_string()).collect();
+    std::fs::write(file.path(), documents.join("\n---\n")).unwrap();
+    let output = Command::new(venv_tool("kubernetes-validate"))
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .arg(file.path())
+        .output()
+        .expect("cannot run kubernetes-validate");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // One "passed" line per object: a kind without a schema only warns, and must not
+    // slip through as if it had been checked.
+    let passed = report.matches(" passed for resource ").count();
+    if output.status.success()
+        && !report.contains("WARN")
+        && !report.contains("ERROR")
+        && passed == objects.len()
+    {
+        Ok(())
+    } else {
+        Err(report)
+    }
+}
+
+/// A ServiceMonitor's required fields, and that it scrapes keygate's metrics port.
+fn check_service_monitor(monitor: &Json, rendering: &Rendering) {
+    assert!(
+        monitor["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    let selector = &monitor["spec"]["selector"]["matchLabels"];
+    let services: Vec<_> = rendering
+        .all("Service")
+        .into_iter()
+        .filter(|s| selects(selector, &s["metadata"]["labels"]))
+        .collect();
+    assert_eq!(
+        services.len(),
+        1,
+        "the ServiceMonitor must select one Service"
+    );
+    let service_ports = ports(&services[0]["spec"]["ports"], "port");
+    let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
+    assert!(!endpoints.is_empty());
+    for endpoint in endpoints {
+        let port = endpoint["port"].as_str().unwrap();
+        assert_eq!(service_ports.get(port), Some(&9090), "{endpoint}");
+        assert_eq!(endpoint["path"], "/metrics");
+    }
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        json!([services[0]["metadata"]["namespace"]])
+    );
+}
+
+/// Every object carries the standard labels, and so do the pods the workloads make.
+fn check_labels(rendering: &Rendering, what: &str) {
+    for object in &rendering.objects {
+        let mut label_sets = vec![&object["metadata"]["labels"]];
+        if let Some(template) = object["spec"].get("template") {
+            label_sets.push(&template["metadata"]["labels"]);
+        }
+        for labels in label_sets {
+            for label in STANDARD_LABELS {
+                assert!(
+                    labels[label].as_str().is_some_and(|v| !v.is_empty()),
+                    "{what}: {} {} lacks {label}",
+                    object["kind"],
+                    object["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_chart_lints_clean_with_defaults_and_every_ci_values_file() {
+    let mut files: Vec<Option<PathBuf>> = vec![None];
+    files.extend(CI_VALUES.iter().map(|name| Some(ci_values(name))));
+    for file in files {
+        let given: Vec<&Path> = file.iter().map(PathBuf::as_path).collect();
+        let report = helm("lint", &given, &[]).unwrap();
+        assert_eq!(report["total_charts_linted"], 1, "{report}");
+        assert_eq!(report["errors"], json!([]), "{file:?}: {report}");
+        // Severity 2 is a warning, 3 an error; 1 (information) is advice.
+        let problems: Vec<_> = report["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["severity"].as_u64() >= Some(2))
+            .collect();
+        assert!(problems.is_empty(), "{file:?}: {problems:?}");
+    }
+}
+
+#[test]
+fn every_rendering_is_valid_kubernetes_with_the_standard_labels() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(chart_dir().join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected: BTreeSet<String> = CI_VALUES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(on_disk, expected, "every ci values file is rendered here");
+
+    let defaults = render(&[], &[]);
+    validate_against_kubernetes(&defaults, "defaults");
+    check_labels(&defaults, "defaults");
+    for name in CI_VALUES {
+        let rendering = render_ci(name);
+        validate_against_kubernetes(&rendering, name);
+        check_labels(&rendering, name);
+    }
+}
+
+#[test]
+fn the_validator_is_strict() {
+    let rendering = render(&[], &[]);
+    let mut deployment = rendering.deployment().clone();
+    deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFileSystem"] = json!(true);
+    let report = kubernetes_validate(&[&deployment]).unwrap_err();
+    assert!(report.contains("readOnlyRootFileSystem"), "{report}");
+    // A kind it has no schema for is not taken as checked.
+    let unknown =
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
+    let report = kubernetes_validate(&[&unknown]).unwrap_err();
+    assert!(report.contains("WARN"), "{report}");
+}
+
+#[test]
+fn the_pod_is_locked_down_and_probed_over_grpc() {
+    for rendering in [render(&[], &[]), render_ci("all-on.yaml")] {
+        let pod = &rendering.pod()["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_ne!(pod["securityContext"]["runAsUser"], 0);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false);
+
+        let container = rendering.container();
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["runAsNonRoot"], true);
+        assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+        let secrets = rendering.volume_at("/etc/keygate/secrets");
+        assert_eq!(secrets["secret"]["defaultMode"], 0o440);
+        assert!(container["resources"]["requests"]["cpu"].is_string());
+        assert!(container["resources"]["requests"]["memory"].is_string());
+
+        assert_eq!(
+            rendering.container_ports(),
+            BTreeMap::from([
+                ("grpc-authz".to_owned(), 9191),
+                ("grpc-admin".to_owned(), 9192),
+                ("http-metrics".to_owned(), 9090),
+            ])
+        );
+        // Liveness and start-up ask for keygate as a whole, readiness whether its store
+        // answers; all on the data plane's gRPC health service.
+        for (probe, service) in [
+            ("startupProbe", ""),
+            ("livenessProbe", ""),
+            ("readinessProbe", "keygate.readiness"),
+        ] {
+            assert_eq!(
+                container[probe]["grpc"],
+                json!({"port": 9191, "service": service}),
+                "{probe}"
+            );
+        }
+
+        // The pod outlives keygate's drain grace, with room to finish calls afterwards.
+        let config = rendering.keygate_config();
+        let grace = seconds(&config["shutdown"]["drain_grace"]);
+        let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+        assert!(
+            termination >= grace + 10,
+            "{termination} s vs drain {grace} s"
+        );
+    }
+    let all_on = render_ci("all-on.yaml");
+    assert_eq!(
+        seconds(&all_on.keygate_config()["shutdown"]["drain_grace"]),
+        10
+    );
+}
+
+#[test]
+fn a_config_change_rolls_the_pods() {
+    let checksum = |rendering: &Rendering| {
+        rendering.pod()["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let before = checksum(&render(&[], &[]));
+    let plans = json!({"config": {"plans": [{"name": "default", "max_active_keys": 5}]}});
+    assert_ne!(checksum(&render(&[], &[plans])), before);
+    let drain = json!({"shutdown": {"drainGraceSeconds": 8}});
+    assert_ne!(checksum(&render(&[], &[drain])), before);
+    let unrelated = json!({"service": {"annotations": {"example.com/a": "b"}}});
+    assert_eq!(checksum(&render(&[], &[unrelated])), before);
+}
+
+#[test]
+fn values_config_reaches_keygate_with_the_fields_the_pod_depends_on() {
+    let embedded = render_ci("embedded.yaml");
+    let config = embedded.keygate_config();
+    let values: Json =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(ci_values("embedded.yaml")).unwrap())
+            .unwrap();
+    for field in ["plans", "routes", "profiles", "errors", "default_profile"] {
+        assert_eq!(config[field], values["config"][field], "{field}");
+    }
+    assert_eq!(config["store"], "embedded");
+
+    // The config file, the data directory and the listeners are where the pod has them.
+    let args = embedded.container()["args"].as_array().unwrap();
+    let config_path = args[args.iter().position(|a| a == "--config").unwrap() + 1]
+        .as_str()
+        .unwrap();
+    assert!(
+        config_path.ends_with(".yaml"),
+        "keygate reads YAML by the extension"
+    );
+    let config_volume = embedded.volume_at(config_path);
+    assert_eq!(config_volume["configMap"]["name"], "keygate");
+    let data_dir = config["data_dir"].as_str().unwrap();
+    assert!(embedded.volume_at(data_dir)["persistentVolumeClaim"].is_object());
+    let ports = embedded.container_ports();
+    for (listener, port) in [
+        ("data_plane", "grpc-authz"),
+        ("management", "grpc-admin"),
+        ("metrics", "http-metrics"),
+    ] {
+        let addr = config["listen"][listener].as_str().unwrap();
+        assert_eq!(addr, format!("0.0.0.0:{}", ports[port]), "{listener}");
+    }
+
+    // With Redis the replicas share rate limits, and know how many they are.
+    let redis = render_ci("redis.yaml").keygate_config();
+    assert_eq!(redis["store"], "redis");
+    assert_eq!(
+        redis["ratelimit"],
+        json!({"backend": "redis", "replicas": 3})
+    );
+    assert_eq!(redis["redis"], json!({"pool_size": 32, "timeout": "100ms"}));
+}
+
+#[test]
+fn the_schema_lets_every_keygate_config_field_through_and_refuses_the_chart_s() {
+    let schema: Json = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let allowed = &schema["properties"]["config"]["properties"];
+    let config = serde_json::to_value(keygate::config::Config::default()).unwrap();
+    for field in config.as_object().unwrap().keys() {
+        assert!(
+            allowed.get(field).is_some(),
+            "values.schema.json does not know keygate's config field {field}"
+        );
+    }
+    for (field, instead) in [
+        ("listen", "ports"),
+        ("data_dir", "persistence"),
+        ("store", "use store"),
+        ("shutdown", "shutdown.drainGraceSeconds"),
+        ("pepper", "secrets.pepper"),
+    ] {
+        let message = refused(json!({"config": {field: {}}}));
+        assert!(message.contains(&format!("config.{field}")), "{message}");
+        assert!(message.contains(instead), "{message}");
+    }
+    let message = refused(json!({"config": {"redis": {"url": "redis://elsewhere"}}}));
+    assert!(message.contains("redis.url"), "{message}");
+}
+
+#[test]
+fn the_schema_rejects_typos_and_wrong_types() {
+    for (values, path) in [
+        (json!({"replicaCont": 1}), "replicaCont"),
+        (json!({"image": {"tagg": "1.0"}}), "tagg"),
+        (
+            json!({"networkPolicy": {"dataPlaneNamespace": ["x"]}}),
+            "dataPlaneNamespace",
+        ),
+        (json!({"config": {"plan": []}}), "plan"),
+        (json!({"replicaCount": "two"}), "/replicaCount"),
+        (json!({"store": "postgres"}), "/store"),
+        (
+            json!({"secrets": {"pepper": "too short"}}),
+            "/secrets/pepper",
+        ),
+        (
+            json!({"probes": {"readiness": {"periodSeconds": 0}}}),
+            "/probes/readiness",
+        ),
+    ] {
+        let message = refused(values.clone());
+        assert!(
+            message.contains("schema") && message.contains(path),
+            "{values}: {message}"
+        );
+    }
+}
+
+#[test]
+fn the_embedded_store_is_one_replica_on_a_kept_volume() {
+    let rendering = render(&[], &[]);
+    let deployment = &rendering.deployment()["spec"];
+    assert_eq!(deployment["replicas"], 1);
+    // A rolling update would start a second pod on the same store.
+    assert_eq!(deployment["strategy"]["type"], "Recreate");
+    let claim = rendering.get("PersistentVolumeClaim", "keygate");
+    assert_eq!(
+        claim["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let data_dir = rendering.keygate_config()["data_dir"].clone();
+    let volume = rendering.volume_at(data_dir.as_str().unwrap());
+    assert_eq!(volume["persistentVolumeClaim"]["claimName"], "keygate");
+
+    let message = refused(json!({"replicaCount": 2}));
+    assert!(
+        message.contains("replicaCount is 2") && message.contains("store: redis"),
+        "{message}"
+    );
+    let message = refused(json!({"autoscaling": {"enabled": true}}));
+    assert!(
+        message.contains("autoscaling.enabled needs store: redis"),
+        "{message}"
+    );
+
+    let existing = render(&[], &[json!({"persistence": {"existingClaim": "kept"}})]);
+    assert!(existing.all("PersistentVolumeClaim").is_empty());
+    let volume = existing.volume_at(data_dir.as_str().unwrap());
+    assert_eq!(volume["persistentVolumeClaim"]["claimName"], "kept");
+}
+
+#[test]
+fn redis_addresses_and_passwords_come_from_values_and_secrets() {
+    let redis = render_ci("redis.yaml");
+    assert!(redis.all("PersistentVolumeClaim").is_empty());
+    let deployment = &redis.deployment()["spec"];
+    assert_eq!(deployment["replicas"], 3);
+    assert_eq!(deployment["strategy"]["type"], "RollingUpdate");
+    assert_eq!(deployment["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    // The password is expanded into the URL by Kubernetes: it must be defined first.
+    let names: Vec<String> = redis.env().into_iter().map(|(n, _)| n).collect();
+    let password = names.iter().position(|n| n == "REDIS_PASSWORD").unwrap();
+    let url = names
+        .iter()
+        .position(|n| n == "KEYGATE_REDIS__URL")
+        .unwrap();
+    assert!(password < url, "{names:?}");
+    let (_, password) = &redis.env()[password];
+    assert_eq!(
+        password["valueFrom"]["secretKeyRef"],
+        json!({"name": "keygate-redis", "key": "password"})
+    );
+    assert_eq!(
+        redis.env_value("KEYGATE_REDIS__URL").unwrap(),
+        "rediss://:$(REDIS_PASSWORD)@redis.data.svc.cluster.local:6379/0"
+    );
+    // Every replica gets the same pepper, from the operator's Secret.
+    assert!(redis.all("Secret").is_empty());
+    let secrets = redis.volume_at("/etc/keygate/secrets");
+    assert_eq!(secrets["secret"]["secretName"], "keygate-secrets");
+    let files: BTreeSet<&str> = secrets["secret"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    for (variable, file) in [
+        ("KEYGATE_PEPPER_FILE", "pepper"),
+        ("KEYGATE_ADMIN_TOKEN_FILE", "admin-token"),
+    ] {
+        assert_eq!(
+            redis.env_value(variable).unwrap(),
+            format!("/etc/keygate/secrets/{file}")
+        );
+        assert!(files.contains(file), "{files:?}");
+    }
+
+    let cluster = render_ci("redis-cluster.yaml");
+    assert_eq!(cluster.env_value("KEYGATE_REDIS__URL"), None);
+    let nodes: Vec<String> =
+        serde_json::from_str(&cluster.env_value("KEYGATE_REDIS__CLUSTER_NODES").unwrap()).unwrap();
+    assert_eq!(nodes.len(), 3);
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            node,
+            &format!(
+                "redis://keygate:$(REDIS_PASSWORD)@redis-{i}.redis.data.svc.cluster.local:6379"
+            )
+        );
+    }
+
+    // Without a password the URL is used as given.
+    let plain = render(
+        &[],
+        &[json!({"store": "redis", "redis": {"url": "redis://u:p@cache:6380/2"}})],
+    );
+    assert_eq!(
+        plain.env_value("KEYGATE_REDIS__URL").unwrap(),
+        "redis://u:p@cache:6380/2"
+    );
+    assert!(!plain.env().iter().any(|(n, _)| n == "REDIS_PASSWORD"));
+
+    let message = refused(json!({"store": "redis"}));
+    assert!(
+        message.contains("store: redis needs redis.url"),
+        "{message}"
+    );
+    let message = refused(json!({"redis": {"bundled": {"enabled": true}}}));
+    assert!(message.contains("set store: redis"), "{message}");
+}
+
+#[test]
+fn secrets_are_generated_long_enough_or_taken_from_values() {
+    let generated = render(&[], &[]);
+    let secret = generated.get("Secret", "keygate");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    for key in ["pepper", "admin-token"] {
+        // At least 16 bytes: at least 24 base64 characters.
+        let encoded = secret["data"][key].as_str().unwrap();
+        assert!(encoded.len() >= 24, "{key}: {encoded}");
+    }
+    let given = render(
+        &[],
+        &[json!({"secrets": {
+            "pepper": "a-given-pepper-0123456789",
+            "adminToken": "a-given-admin-token-0123456789",
+        }})],
+    );
+    let secret = given.get("Secret", "keygate");
+    assert_eq!(
+        secret["data"]["pepper"],
+        "YS1naXZlbi1wZXBwZXItMDEyMzQ1Njc4OQ=="
+    );
+    assert_eq!(
+        secret["data"]["admin-token"],
+        "YS1naXZlbi1hZG1pbi10b2tlbi0wMTIzNDU2Nzg5"
+    );
+}
+
+#[test]
+fn services_name_their_ports_and_keep_management_inside_the_cluster() {
+    let rendering = render(&[], &[]);
+    let pod_labels = &rendering.pod()["metadata"]["labels"];
+    let container_ports = rendering.container_ports();
+    let data_plane = rendering.get("Service", "keygate");
+    let management = rendering.get("Service", "keygate-management");
+    for service in [data_plane, management] {
+        assert!(selects(&service["spec"]["selector"], pod_labels));
+        for port in service["spec"]["ports"].as_array().unwrap() {
+            let name = port["name"].as_str().unwrap();
+            assert_eq!(port["targetPort"], name);
+            assert_eq!(port["port"].as_u64(), container_ports.get(name).copied());
+            let protocol = if name.starts_with("grpc-") {
+                "grpc"
+            } else {
+                "http"
+            };
+            assert_eq!(port["appProtocol"], protocol, "{name}");
+        }
+    }
+    assert_eq!(
+        ports(&data_plane["spec"]["ports"], "port"),
+        BTreeMap::from([
+            ("grpc-authz".to_owned(), 9191),
+            ("http-metrics".to_owned(), 9090)
+        ])
+    );
+    assert_eq!(
+        ports(&management["spec"]["ports"], "port"),
+        BTreeMap::from([("grpc-admin".to_owned(), 9192)])
+    );
+    assert_eq!(management["spec"]["type"], "ClusterIP");
+    // Exposing the data plane never exposes the management API; it is exposed only when asked.
+    let exposed = render(&[], &[json!({"service": {"type": "LoadBalancer"}})]);
+    assert_eq!(
+        exposed.get("Service", "keygate-management")["spec"]["type"],
+        "ClusterIP"
+    );
+    let asked = render_ci("all-on.yaml");
+    assert_eq!(
+        asked.get("Service", "keygate-management")["spec"]["type"],
+        "LoadBalancer"
+    );
+}
+
+#[test]
+fn optional_parts_are_off_by_default_and_on_by_value() {
+    let kinds = |rendering: &Rendering| -> BTreeSet<String> {
+        rendering
+            .names()
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect()
+    };
+    let defaults = render(&[], &[]);
+    let expected: BTreeSet<String> = [
+        "ConfigMap",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(kinds(&defaults), expected);
+    assert!(!defaults.env().iter().any(|(n, _)| n.starts_with("OTEL_")));
+
+    let all_on = render_ci("all-on.yaml");
+    let pod_labels = &all_on.pod()["metadata"]["labels"];
+    let hpa = all_on.get("HorizontalPodAutoscaler", "keygate");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "keygate");
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].as_u64(),
+            hpa["spec"]["maxReplicas"].as_u64()
+        ),
+        (Some(2), Some(6))
+    );
+    // The autoscaler owns the replica count.
+    assert!(all_on.deployment()["spec"].get("replicas").is_none());
+    assert_eq!(all_on.keygate_config()["ratelimit"]["replicas"], 2);
+    let pdb = all_on.get("PodDisruptionBudget", "keygate");
+    assert!(selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels));
+    all_on.get("ServiceMonitor", "keygate");
+    all_on.get("NetworkPolicy", "keygate");
+    for (variable, value) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://otel-collector.observability.svc.cluster.local:4317",
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_SERVICE_NAME", "keygate"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+    ] {
+        assert_eq!(
+            all_on.env_value(variable).as_deref(),
+            Some(value),
+            "{variable}"
+        );
+    }
+
+    // The bundled Redis: one replica, AOF on, on a volume, and what keygate connects to.
+    let redis = all_on.get("StatefulSet", "keygate-redis");
+    assert_eq!(redis["spec"]["replicas"], 1);
+    let args: Vec<&str> = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let appendonly = args.iter().position(|a| *a == "--appendonly").unwrap();
+    assert_eq!(args[appendonly + 1], "yes");
+    assert_eq!(
+        redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+    let service = all_on.get("Service", "keygate-redis");
+    assert!(selects(
+        &service["spec"]["selector"],
+        &redis["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert!(!selects(&service["spec"]["selector"], pod_labels));
+    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        all_on.env_value("KEYGATE_REDIS__URL").unwrap(),
+        format!("redis://keygate-redis:{port}")
+    );
+}
+
+#[test]
+fn the_network_policy_admits_only_the_listed_namespaces_to_each_port() {
+    let all_on = render_ci("all-on.yaml");
+    let policy = all_on.get("NetworkPolicy", "keygate");
+    assert!(selects(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        &all_on.pod()["metadata"]["labels"]
+    ));
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let mut admitted: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for rule in policy["spec"]["ingress"].as_array().unwrap() {
+        let ports = rule["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 1, "{rule}");
+        let namespaces = rule["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|peer| {
+                assert_eq!(
+                    peer.as_object().unwrap().len(),
+                    1,
+                    "only namespaces: {peer}"
+                );
+                let labels = &peer["namespaceSelector"]["matchLabels"];
+                labels["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        admitted.insert(ports[0]["port"].as_u64().unwrap(), namespaces);
+    }
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        admitted,
+        BTreeMap::from([
+            (
+                9191,
+                names(&["istio-system", "envoy-gateway-system", "shop"])
+            ),
+            (9192, names(&["backend"])),
+            (9090, names(&["monitoring"])),
+        ])
+    );
+    let redis = all_on.get("NetworkPolicy", "keygate-redis");
+    let from = &redis["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 1);
+    assert!(selects(
+        &from[0]["podSelector"]["matchLabels"],
+        &all_on.pod()["metadata"]["labels"]
+    ));
+
+    let message = refused(json!({"networkPolicy": {"enabled": true}}));
+    assert!(
+        message.contains("networkPolicy.dataPlaneNamespaces"),
+        "{message}"
+    );
+}
+
+/// The `--flags` of a command line.
+fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .collect()
+}
+
+#[test]
+fn the_notes_tell_how_to_create_the_first_key_with_real_commands() {
+    let rendering = render(&[], &[]);
+    let notes = &rendering.notes;
+    let management = rendering.get("Service", "keygate-management");
+    let port = management["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert!(
+        notes.contains(&format!(
+            "port-forward svc/keygate-management {port}:{port}"
+        )),
+        "{notes}"
+    );
+    assert!(notes.contains(&format!("KEYGATE_ADDR=http://127.0.0.1:{port}")));
+    assert!(notes.contains("get secret keygate -o jsonpath='{.data.admin-token}'"));
+    // Each keygate command in the notes takes the flags it is given.
+    for command in [["owners", "create"], ["keys", "create"]] {
+        let invocation = format!("keygate {} {}", command[0], command[1]);
+        let line = notes
+            .lines()
+            .find(|l| l.contains(&invocation))
+            .unwrap_or_else(|| panic!("the notes do not run `{invocation}`:\n{notes}"));
+        let help = Command::new(keygate_bin())
+            .args(command)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        let used = &line[line.find(&invocation).unwrap()..];
+        for flag in flags(used) {
+            assert!(help.contains(flag), "`{invocation}` has no {flag}:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn the_image_is_the_locked_release_build_run_unprivileged() {
+    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile.split("\nFROM ").skip(1).collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let (build, runtime) = (stages[0], stages[1]);
+
+    // The build is the project's release build against the committed Cargo.lock, with a
+    // toolchain keygate supports.
+    assert!(build.contains("cargo build --release --locked"), "{build}");
+    let test_script = std::fs::read_to_string(repo_path("scripts/test")).unwrap();
+    assert!(
+        test_script.contains("cargo test --locked"),
+        "the tests use the same lockfile"
+    );
+    let toolchain = build
+        .strip_prefix("rust:")
+        .and_then(|rest| rest.split('-').next())
+        .unwrap_or_else(|| panic!("the build stage starts from an official rust image: {build}"));
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo_path("Cargo.toml")).unwrap()).unwrap();
+    let minimum = manifest["package"]["rust-version"].as_str().unwrap();
+    let version =
+        |text: &str| -> Vec<u32> { text.split('.').map(|p| p.parse().unwrap()).collect() };
+    assert!(
+        version(toolchain) >= version(minimum),
+        "rust {toolchain} < {minimum}"
+    );
+
+    // The runtime stage holds the binary and runs it as the numeric non-root user the chart
+    // runs the pod as.
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    let ids: Vec<u32> = user
+        .trim()
+        .split(':')
+        .map(|id| {
+            id.parse()
+                .unwrap_or_else(|_| panic!("USER {user} is not numeric"))
+        })
+        .collect();
+    assert!(ids.iter().all(|&id| id != 0), "USER {user} is root");
+    let rendering = render(&[], &[]);
+    let pod_security = &rendering.pod()["spec"]["securityContext"];
+    assert_eq!(pod_security["runAsUser"].as_u64(), Some(u64::from(ids[0])));
+    assert!(runtime.contains("COPY --from=build /out/keygate /usr/local/bin/keygate"));
+    let exposed: BTreeSet<u64> = runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|ports| ports.split_whitespace().map(|p| p.parse().unwrap()))
+        .collect();
+    let container: BTreeSet<u64> = rendering.container_ports().into_values().collect();
+    assert_eq!(exposed, container);
+
+    // The build context leaves out what the build does not need, and nothing it does.
+    let ignored: Vec<String> = std::fs::read_to_string(repo_path(".dockerignore"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().trim_matches('/').to_owned())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for unneeded in ["target", ".git", ".tools"] {
+        assert!(
+            ignored.iter().any(|i| i == unneeded),
+            "{unneeded} is sent to the build"
+        );
+    }
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "src",
+        "proto",
+        "benches",
+    ] {
+        assert!(
+            !ignored.iter().any(|i| i == needed),
+            "{needed} is left out of the build"
+        );
+    }
+}
+
+/// Every YAML document of the files in `examples/<dir>`, each with apiVersion, kind and
+/// metadata.name, by kind.
+fn example_objects(dir: &str) -> BTreeMap<String, Vec<Json>> {
+    let mut objects: BTreeMap<String, Vec<Json>> = BTreeMap::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_path(&format!("examples/{dir}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no manifests in examples/{dir}");
+    for file in files {
+        for object in yaml_documents(&std::fs::read_to_string(&file).unwrap()) {
+            for field in [
+                &object["apiVersion"],
+                &object["kind"],
+                &object["metadata"]["name"],
+            ] {
+                assert!(
+                    field.as_str().is_some_and(|v| !v.is_empty()),
+                    "{}: an object lacks apiVersion, kind or metadata.name",
+                    file.display()
+                );
+            }
+            objects
+                .entry(object["kind"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(object);
+        }
+    }
+    objects
+}
+
+/// The chart's data-plane Service (with the defaults): name, namespace and port.
+fn data_plane_service() -> (String, String, u64) {
+    let rendering = render(&[], &[]);
+    let service = rendering.get("Service", "keygate");
+    let port = ports(&service["spec"]["ports"], "port")["grpc-authz"];
+    let text = |v: &Json| v.as_str().unwrap().to_owned();
+    (
+        text(&service["metadata"]["name"]),
+        text(&service["metadata"]["namespace"]),
+        port,
+    )
+}
+
+/// The one object of `kind` among `objects`.
+fn only<'a>(objects: &'a BTreeMap<String, Vec<Json>>, kind: &str) -> &'a Json {
+    let found = objects.get(kind).map(Vec::as_slice).unwrap_or_default();
+    assert_eq!(found.len(), 1, "one {kind} in {:?}", objects.keys());
+    &found[0]
+}
+
+#[test]
+fn the_istio_example_sends_checks_to_the_chart_s_data_plane() {
+    let (service, namespace, port) = data_plane_service();
+    let objects = example_objects("istio");
+    let operator = only(&objects, "IstioOperator");
+    assert_eq!(operator["apiVersion"], "install.istio.io/v1alpha1");
+    let providers = operator["spec"]["meshConfig"]["extensionProviders"]
+        .as_array()
+        .unwrap();
+    let provider = providers
+        .iter()
+        .find(|p| p.get("envoyExtAuthzGrpc").is_some())
+        .expect("an envoyExtAuthzGrpc extension provider");
+    let grpc = &provider["envoyExtAuthzGrpc"];
+    assert_eq!(
+        grpc["service"],
+        format!("{service}.{namespace}.svc.cluster.local")
+    );
+    assert_eq!(grpc["port"].as_u64(), Some(port));
+    assert_eq!(grpc["failOpen"], false);
+
+    let policy = only(&objects, "AuthorizationPolicy");
+    assert_eq!(policy["apiVersion"], "security.istio.io/v1");
+    assert_eq!(policy["spec"]["action"], "CUSTOM");
+    assert_eq!(policy["spec"]["provider"]["name"], provider["name"]);
+    assert!(!policy["spec"]["rules"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn the_envoy_gateway_example_sends_checks_to_the_chart_s_data_plane() {
+    let (service, namespace, port) = data_plane_service();
+    let objects = example_objects("envoy-gateway");
+    let policy = only(&objects, "SecurityPolicy");
+    assert_eq!(policy["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
+    let targets = policy["spec"]["targetRefs"].as_array().unwrap();
+    assert!(!targets.is_empty());
+    for target in targets {
+        assert_eq!(target["group"], "gateway.networking.k8s.io");
+        assert!(
+            target["kind"] == "HTTPRoute"
+                || target["kind"] == "Gateway"
+                || target["kind"] == "GRPCRoute"
+        );
+        assert!(target["name"].is_string());
+    }
+    let backends = policy["spec"]["extAuth"]["grpc"]["backendRefs"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        backends,
+        &vec![json!({"name": service, "namespace": namespace, "port": port})]
+    );
+    assert_eq!(policy["spec"]["extAuth"]["failOpen"], false);
+
+    // The policy refers to a Service in another namespace, which that namespace must grant.
+    let grant = only(&objects, "ReferenceGrant");
+    assert_eq!(grant["metadata"]["namespace"], namespace.as_str());
+    assert_eq!(
+        grant["spec"]["from"],
+        json!([{
+            "group": "gateway.envoyproxy.io",
+            "kind": "SecurityPolicy",
+            "namespace": policy["metadata"]["namespace"],
+        }])
+    );
+    assert_eq!(
+        grant["spec"]["to"],
+        json!([{"group": "", "kind": "Service", "name": service}])
+    );
+}
+
+#[test]
+fn the_readme_install_section_matches_the_chart() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let start = readme
+        .find("\n## Install on Kubernetes\n")
+        .expect("the README has an Install on Kubernetes section");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+
+    // Its values example installs as written.
+    let example = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a values example");
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), example).unwrap();
+    let rendering = render(&[file.path()], &[]);
+    assert_eq!(rendering.keygate_config()["store"], "redis");
+
+    // Every value it names (`a.b.c`, starting with one of the chart's values) exists.
+    let values: Json =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
+            .unwrap();
+    let named: Vec<&str> = section
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.contains('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '*')
+        })
+        .filter(|s| values.get(s.split('.').next().unwrap()).is_some())
+        .collect();
+    assert!(named.len() >= 5, "{named:?}");
+    for path in named {
+        let mut node = &values;
+        for part in path.split('.').take_while(|p| *p != "*") {
+            node = node.get(part).unwrap_or_else(|| {
+                panic!("the README names `{path}`, which the chart does not have")
+            });
+        }
+    }
+}
