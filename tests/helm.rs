@@ -528,14 +528,25 @@ fn the_schema_lets_every_keygate_config_field_through_and_refuses_the_chart_s() 
         &std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap(),
     )
     .unwrap();
-    let allowed = &schema["properties"]["config"]["properties"];
+    let allowed: BTreeSet<&str> = schema["properties"]["config"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let config = serde_json::to_value(keygate::config::Config::default()).unwrap();
-    for field in config.as_object().unwrap().keys() {
-        assert!(
-            allowed.get(field).is_some(),
-            "values.schema.json does not know keygate's config field {field}"
-        );
-    }
+    let mut fields: BTreeSet<&str> = config
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    // Secrets are never config fields; the schema names them only to refuse them.
+    fields.extend(["pepper", "admin_token"]);
+    assert_eq!(
+        allowed, fields,
+        "values.schema.json's config section and keygate's config fields"
+    );
     for (field, instead) in [
         ("listen", "ports"),
         ("data_dir", "persistence"),
@@ -549,6 +560,48 @@ fn the_schema_lets_every_keygate_config_field_through_and_refuses_the_chart_s() 
     }
     let message = refused(json!({"config": {"redis": {"url": "redis://elsewhere"}}}));
     assert!(message.contains("redis.url"), "{message}");
+}
+
+#[test]
+fn every_rendered_configuration_is_one_keygate_accepts_in_the_pod_s_environment() {
+    let renderings = [
+        ("defaults", render(&[], &[])),
+        ("embedded.yaml", render_ci("embedded.yaml")),
+        ("redis.yaml", render_ci("redis.yaml")),
+        ("redis-cluster.yaml", render_ci("redis-cluster.yaml")),
+        ("all-on.yaml", render_ci("all-on.yaml")),
+    ];
+    for (what, rendering) in renderings {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.yaml");
+        std::fs::write(
+            &path,
+            serde_yaml_ng::to_string(&rendering.keygate_config()).unwrap(),
+        )
+        .unwrap();
+        let config = keygate::config::Config::load(Some(&path), [], &[])
+            .unwrap_or_else(|e| panic!("{what}: keygate refuses the chart's config: {e}"));
+        let env: std::collections::HashMap<String, String> = rendering.container()["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|var| {
+                let value = var["value"].as_str().unwrap_or("(from a secret)");
+                (var["name"].as_str().unwrap().to_owned(), value.to_owned())
+            })
+            .collect();
+        keygate::server::check_deployment(&config, &env)
+            .unwrap_or_else(|e| panic!("{what}: keygate would not start: {e}"));
+        assert_eq!(
+            env.get("KEYGATE_LOG_FORMAT").map(String::as_str),
+            Some(if what == "all-on.yaml" {
+                "human"
+            } else {
+                "json"
+            }),
+            "{what}"
+        );
+    }
 }
 
 #[test]
