@@ -18,10 +18,12 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 use common::check::check_request;
+use common::envoy::EnvoyProcess;
 use common::http::http_request;
 use common::otlp::OtlpReceiver;
 use common::process::{KeygateProcess, keygate_bin};
 use common::tools::venv_tool;
+use common::upstream::{GrpcUpstream, HttpUpstream};
 use common::{ADMIN_TOKEN, admin, create_owner};
 
 const PEPPER: &str = "observability test pepper 0123";
@@ -626,4 +628,67 @@ async fn no_secret_appears_in_any_log_line_span_or_metric() {
             assert!(!text.contains(tail), "{place} contains part of {secret:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_tracing_envoy_keygate_s_check_span_is_a_child_of_envoy_s() {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://{}", receiver.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let server = KeygateProcess::start(dir.path(), &exporting_env(&endpoint, "grpc"));
+    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = issue_key(&mut manage, &owner.id).await;
+    let http = HttpUpstream::start().await;
+    let grpc = GrpcUpstream::start().await;
+    let (data_plane, http_addr, grpc_addr, otlp) = (
+        server.data_plane_addr,
+        http.addr,
+        grpc.addr,
+        receiver.grpc_addr,
+    );
+    let envoy = tokio::task::spawn_blocking(move || {
+        EnvoyProcess::start_traced(data_plane, http_addr, grpc_addr, otlp)
+    })
+    .await
+    .unwrap();
+
+    let (traceparent, trace, client_span) =
+        trace_context("7bf92f3577b34da6a3ce929d0e0e4739", "30f067aa0ba902ba");
+    let bearer = format!("Bearer {}", key.secret);
+    let response = http_request(
+        envoy.listen_addr,
+        "GET",
+        "/v1/things",
+        &[("authorization", &bearer), ("traceparent", &traceparent)],
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", envoy.log());
+
+    let check = receiver.wait_for(EXPORT_WAIT, |s| {
+        s["trace_id"] == trace.as_str() && s["name"] == "envoy.service.auth.v3.Authorization/Check"
+    });
+    assert_eq!(attribute(&check, "keygate.decision"), "OK");
+    // Envoy flushes its spans every few seconds; its span for the request is the client's
+    // child, and keygate's Check hangs below Envoy's spans, not directly below the client.
+    let envoy_span = receiver.wait_for(EXPORT_WAIT, |s| {
+        s["trace_id"] == trace.as_str() && s["service_name"] == "envoy"
+    });
+    let envoy_spans: Vec<Value> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s["trace_id"] == trace.as_str() && s["service_name"] == "envoy")
+        .collect();
+    assert!(
+        envoy_spans
+            .iter()
+            .any(|s| s["parent_span_id"] == client_span.as_str()),
+        "Envoy continues the client's trace: {envoy_span}"
+    );
+    assert!(
+        envoy_spans
+            .iter()
+            .any(|s| s["span_id"] == check["parent_span_id"]),
+        "keygate's Check span is a child of one of Envoy's: {check}\n{envoy_spans:?}"
+    );
 }

@@ -68,6 +68,37 @@ fn replace_port(config: &str, from: u16, to: u16) -> String {
         .into_owned()
 }
 
+/// The example configuration with its ports replaced by `listen`, `keygate`,
+/// `http_upstream` and `grpc_upstream`, all on 127.0.0.1.
+fn example_with_ports(
+    listen: SocketAddr,
+    keygate: SocketAddr,
+    http_upstream: SocketAddr,
+    grpc_upstream: SocketAddr,
+) -> String {
+    let targets = [listen, keygate, http_upstream, grpc_upstream];
+    let mut config = std::fs::read_to_string(example_config()).unwrap();
+    for (from, to) in EXAMPLE_PORTS.into_iter().zip(targets) {
+        assert!(
+            to.ip().is_loopback() && to.is_ipv4(),
+            "the example config only reaches 127.0.0.1, not {to}"
+        );
+        config = replace_port(&config, from, to.port());
+    }
+    config
+}
+
+/// `config` with its one occurrence of `from` replaced by `to`; panics unless there is
+/// exactly one.
+fn replace_once(config: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        config.matches(from).count(),
+        1,
+        "the config must hold {from:?} once"
+    );
+    config.replacen(from, to, 1)
+}
+
 /// A running Envoy.
 pub struct EnvoyProcess {
     child: Child,
@@ -87,15 +118,57 @@ impl EnvoyProcess {
         grpc_upstream: SocketAddr,
     ) -> EnvoyProcess {
         let listen_addr = free_loopback_addr();
-        let targets = [listen_addr, keygate, http_upstream, grpc_upstream];
-        let mut config = std::fs::read_to_string(example_config()).unwrap();
-        for (from, to) in EXAMPLE_PORTS.into_iter().zip(targets) {
-            assert!(
-                to.ip().is_loopback() && to.is_ipv4(),
-                "the example config only reaches 127.0.0.1, not {to}"
-            );
-            config = replace_port(&config, from, to.port());
-        }
+        let config = example_with_ports(listen_addr, keygate, http_upstream, grpc_upstream);
+        Self::start_with_config(listen_addr, config)
+    }
+
+    /// Like [`EnvoyProcess::start`], with Envoy's OpenTelemetry tracer sending its spans
+    /// over OTLP/gRPC to `otlp`: Envoy traces every request and passes the trace context
+    /// on to keygate in the Check call's metadata.
+    pub fn start_traced(
+        keygate: SocketAddr,
+        http_upstream: SocketAddr,
+        grpc_upstream: SocketAddr,
+        otlp: SocketAddr,
+    ) -> EnvoyProcess {
+        let listen_addr = free_loopback_addr();
+        let config = example_with_ports(listen_addr, keygate, http_upstream, grpc_upstream);
+        let tracing = r#"                stat_prefix: ingress
+                tracing:
+                  provider:
+                    name: envoy.tracers.opentelemetry
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                      grpc_service:
+                        envoy_grpc: { cluster_name: otlp }
+                      service_name: envoy
+"#;
+        let cluster = format!(
+            r#"  clusters:
+    - name: otlp
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {{}}
+      load_assignment:
+        cluster_name: otlp
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: 127.0.0.1, port_value: {} }}
+"#,
+            otlp.port()
+        );
+        let config = replace_once(&config, "                stat_prefix: ingress\n", tracing);
+        let config = replace_once(&config, "  clusters:\n", &cluster);
+        Self::start_with_config(listen_addr, config)
+    }
+
+    fn start_with_config(listen_addr: SocketAddr, config: String) -> EnvoyProcess {
         // Envoy reads YAML only from a file named *.yaml.
         let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
         std::fs::write(file.path(), config).unwrap();
