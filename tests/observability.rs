@@ -24,7 +24,7 @@ use common::otlp::OtlpReceiver;
 use common::process::{KeygateProcess, keygate_bin};
 use common::tools::venv_tool;
 use common::upstream::{GrpcUpstream, HttpUpstream};
-use common::{ADMIN_TOKEN, admin, create_owner};
+use common::{ADMIN_TOKEN, admin, create_owner, issue_key};
 
 const PEPPER: &str = "observability test pepper 0123";
 /// How long a test waits for an exported span.
@@ -59,19 +59,18 @@ async fn channel(addr: SocketAddr) -> Channel {
         .unwrap()
 }
 
-async fn issue_key(
-    manage: &mut KeyManagerClient<Channel>,
-    owner_id: &str,
-) -> proto::CreateKeyResponse {
-    manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner_id.into(),
-            name: "observed".into(),
+/// Authorizes `secret` from a public address; returns whether it was allowed.
+async fn authorize(data_plane: &Channel, secret: &str) -> bool {
+    AuthorizerClient::new(data_plane.clone())
+        .authorize(proto::AuthorizeRequest {
+            key: secret.to_owned(),
+            client_address: "203.0.113.7".into(),
             ..Default::default()
-        }))
+        })
         .await
         .unwrap()
         .into_inner()
+        .allowed
 }
 
 /// Checks `GET /v1/things` from a public address with `headers`; returns the decision code.
@@ -193,7 +192,7 @@ async fn authorize_spans_are_exported_over_otlp_http_and_join_the_grpc_callers_t
     let server = KeygateProcess::start(dir.path(), &env);
     let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let key = issue_key(&mut manage, &owner.id).await;
+    let key = issue_key(&mut manage, &owner.id, "observed").await;
 
     let (traceparent, trace, parent) =
         trace_context("6bf92f3577b34da6a3ce929d0e0e4738", "20f067aa0ba902b9");
@@ -273,7 +272,7 @@ async fn metrics_move_by_exactly_the_decisions_and_calls_made() {
 
     let mut manage = server.client().await;
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let key = issue_key(&mut manage, &owner.id).await;
+    let key = issue_key(&mut manage, &owner.id, "observed").await;
     let missing = manage
         .get_key(admin(proto::GetKeyRequest {
             id: "no-such-key".into(),
@@ -294,16 +293,7 @@ async fn metrics_move_by_exactly_the_decisions_and_calls_made() {
         assert_eq!(answer, "INVALID_API_KEY");
     }
     assert_eq!(check(&data_plane, &[]).await, "MISSING_CREDENTIALS");
-    let authorized = AuthorizerClient::new(data_plane.clone())
-        .authorize(proto::AuthorizeRequest {
-            key: key.secret.clone(),
-            client_address: "203.0.113.7".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(authorized.allowed);
+    assert!(authorize(&data_plane, &key.secret).await);
 
     let after = scrape(metrics_addr).await;
     let delta = |series: &str| {
@@ -436,7 +426,7 @@ async fn sigterm_reports_not_serving_drains_flushes_usage_and_exits_cleanly() {
     );
     let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let key = issue_key(&mut manage, &owner.id).await;
+    let key = issue_key(&mut manage, &owner.id, "observed").await;
     let data_plane = channel(server.data_plane_addr).await;
     let bearer = format!("Bearer {}", key.secret);
     assert_eq!(
@@ -508,7 +498,7 @@ async fn no_secret_appears_in_any_log_line_span_or_metric() {
     let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
     let data_plane = channel(server.data_plane_addr).await;
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let issued = issue_key(&mut manage, &owner.id).await;
+    let issued = issue_key(&mut manage, &owner.id, "observed").await;
     let key_id = issued.key.as_ref().unwrap().id.clone();
     let bearer = |secret: &str| format!("Bearer {secret}");
 
@@ -521,16 +511,7 @@ async fn no_secret_appears_in_any_log_line_span_or_metric() {
         check(&data_plane, &[("x-api-key", &issued.secret)]).await,
         "OK"
     );
-    let authorized = AuthorizerClient::new(data_plane.clone())
-        .authorize(proto::AuthorizeRequest {
-            key: issued.secret.clone(),
-            client_address: "203.0.113.7".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(authorized.allowed);
+    assert!(authorize(&data_plane, &issued.secret).await);
     let rotated = manage
         .rotate_key(admin(proto::RotateKeyRequest {
             id: key_id.clone(),
@@ -638,7 +619,7 @@ async fn behind_a_tracing_envoy_keygate_s_check_span_is_a_child_of_envoy_s() {
     let server = KeygateProcess::start(dir.path(), &exporting_env(&endpoint, "grpc"));
     let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let key = issue_key(&mut manage, &owner.id).await;
+    let key = issue_key(&mut manage, &owner.id, "observed").await;
     let http = HttpUpstream::start().await;
     let grpc = GrpcUpstream::start().await;
     let (data_plane, http_addr, grpc_addr, otlp) = (

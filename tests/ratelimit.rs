@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use common::redis::RedisServer;
-use common::{ADMIN_TOKEN, Options, TestServer, admin, start_with};
+use common::{ADMIN_TOKEN, Options, TestServer, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
@@ -50,16 +50,7 @@ async fn keys(server: &TestServer, plan: &str, keys: usize) -> Vec<String> {
         .id;
     let mut secrets = Vec::new();
     for _ in 0..keys {
-        let created = manage
-            .create_key(admin(proto::CreateKeyRequest {
-                owner_id: owner.clone(),
-                name: "k".into(),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        secrets.push(created.secret);
+        secrets.push(common::issue_key(&mut manage, &owner, "k").await.secret);
     }
     secrets
 }

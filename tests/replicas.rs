@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 
 use common::check::check_request;
 use common::redis::RedisServer;
-use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
+use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, issue_key, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::google::protobuf::value::Kind;
-use keygate::proto::{self, key_manager_client::KeyManagerClient};
+use keygate::proto;
 use keygate::ratelimit::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::redis::RedisStore;
-use tonic::transport::Channel;
 
 /// A Redis store on `redis` whose calls give up after `timeout`.
 async fn redis_store(redis: &RedisServer, timeout: Duration) -> Arc<dyn Store> {
@@ -47,23 +46,6 @@ async fn replica_with(tables: &str, store: Arc<dyn Store>) -> TestServer {
         prepend_config: "store = \"redis\"",
     })
     .await
-}
-
-/// Issues a key named `name` for `owner_id` through the management API.
-async fn issue_key(
-    manage: &mut KeyManagerClient<Channel>,
-    owner_id: &str,
-    name: &str,
-) -> proto::CreateKeyResponse {
-    manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner_id.into(),
-            name: name.into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// Waits (bounded) until `count` replicas listen on the invalidation channel of the Redis

@@ -199,6 +199,23 @@ pub async fn create_owner(
         .into_inner()
 }
 
+/// Issues a key called `name` to `owner_id` in the default profile, as admin.
+pub async fn issue_key(
+    client: &mut KeyManagerClient<Channel>,
+    owner_id: &str,
+    name: &str,
+) -> keygate::proto::CreateKeyResponse {
+    client
+        .create_key(admin(keygate::proto::CreateKeyRequest {
+            owner_id: owner_id.into(),
+            name: name.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// `message` as a request carrying the admin token.
 pub fn admin<T>(message: T) -> tonic::Request<T> {
     bearer(ADMIN_TOKEN, message)
