@@ -1,7 +1,9 @@
 //! A bounded load loop against a real keygate process: Check calls for one warm key over
 //! loopback, from several concurrent HTTP/2 connections, as Envoy would send them. Prints
-//! p50 / p99 / p99.9 latency and throughput, three times: with no rate limit on the key's
-//! plan, with the local limiter, and with the Redis limiter (a redis-server on loopback).
+//! p50 / p99 / p99.9 latency and throughput, four times: with no rate limit on the key's
+//! plan, with the local limiter, with the Redis limiter (a redis-server on loopback), and
+//! with no rate limit but every request traced (spans made and batched for an OTLP
+//! endpoint that refuses them, so the cost measured is keygate's own).
 //!
 //! `cargo bench --bench check_load` (release build). Bounded: `REQUESTS` calls per run, and
 //! never longer than `TIME_LIMIT`.
@@ -45,7 +47,11 @@ rate_windows = [{ limit = 1000000, period = "1s" }, { limit = 1000000000, period
 
 /// Starts the release keygate binary with `config` and returns it with its (management,
 /// data plane) URLs.
-fn start_keygate(dir: &std::path::Path, config: &str) -> (std::process::Child, String, String) {
+fn start_keygate(
+    dir: &std::path::Path,
+    config: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, String) {
     let config_path = dir.join("keygate.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -55,6 +61,8 @@ fn start_keygate(dir: &std::path::Path, config: &str) -> (std::process::Child, S
             "127.0.0.1:0",
             "--data-plane-addr",
             "127.0.0.1:0",
+            "--set",
+            "listen.metrics=127.0.0.1:0",
         ])
         .arg("--config")
         .arg(&config_path)
@@ -62,7 +70,8 @@ fn start_keygate(dir: &std::path::Path, config: &str) -> (std::process::Child, S
         .arg(dir)
         .env_clear()
         .env("KEYGATE_ADMIN_TOKEN", "bench-admin-token-0123456789")
-        .env("KEYGATE_LOG", "warn,keygate::server=info")
+        .env("KEYGATE_LOG", "error,keygate::server=info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -90,20 +99,36 @@ fn main() {
         "{METERED}\n[ratelimit]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\ntimeout = \"100ms\"\n",
         redis.url()
     );
-    for (name, config) in [
-        ("no rate limit", String::new()),
-        ("local limiter", METERED.to_owned()),
-        ("Redis limiter", redis_config),
+    // A loopback port nothing listens on: the exporter's sends fail at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let traced = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ];
+    for (name, config, env) in [
+        ("no rate limit", String::new(), &[][..]),
+        ("local limiter", METERED.to_owned(), &[][..]),
+        ("Redis limiter", redis_config, &[][..]),
+        (
+            "no rate limit, every request traced",
+            String::new(),
+            &traced[..],
+        ),
     ] {
-        run(name, &config);
+        run(name, &config, env);
     }
     drop(redis);
 }
 
-fn run(name: &str, config: &str) {
+fn run(name: &str, config: &str, env: &[(&str, &str)]) {
     println!("check_load: --- {name} ---");
     let dir = tempfile::tempdir().unwrap();
-    let (mut keygate, management, data_plane) = start_keygate(dir.path(), config);
+    let (mut keygate, management, data_plane) = start_keygate(dir.path(), config, env);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut manage = KeyManagerClient::connect(management).await.unwrap();
