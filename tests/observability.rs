@@ -673,3 +673,70 @@ async fn behind_a_tracing_envoy_keygate_s_check_span_is_a_child_of_envoy_s() {
         "keygate's Check span is a child of one of Envoy's: {check}\n{envoy_spans:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sigterm_a_check_in_flight_is_answered_and_pending_spans_are_exported() {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://{}", receiver.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = exporting_env(&endpoint, "grpc");
+    env.retain(|(name, _)| *name != "OTEL_BSP_SCHEDULE_DELAY");
+    env.extend([
+        // Spans leave only when keygate stops: the exporter's timer would take ten minutes.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        // An argon2 cost high enough that the first Check of a key is still verifying
+        // when the signal arrives.
+        ("KEYGATE_ARGON2__MEMORY_KIB", "32768"),
+        ("KEYGATE_ARGON2__ITERATIONS", "8"),
+    ]);
+    let mut server = KeygateProcess::start(dir.path(), &env);
+    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = issue_key(&mut manage, &owner.id, "slow").await;
+    let data_plane = channel(server.data_plane_addr).await;
+    let bearer = format!("Bearer {}", key.secret);
+    let (traceparent, trace, _) =
+        trace_context("8bf92f3577b34da6a3ce929d0e0e473a", "40f067aa0ba902bb");
+    let in_flight = {
+        let data_plane = data_plane.clone();
+        tokio::spawn(async move {
+            let headers = [
+                ("authorization", bearer.as_str()),
+                ("traceparent", traceparent.as_str()),
+            ];
+            check(&data_plane, &headers).await
+        })
+    };
+    // Signal once the Check's argon2 verification has started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while scrape(server.metrics_addr)
+        .await
+        .get("keygate_argon2_verifications_total{}")
+        .copied()
+        .unwrap_or_default()
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Check never started verifying"
+        );
+        tokio::task::yield_now().await;
+    }
+    server.terminate();
+
+    assert_eq!(
+        in_flight.await.unwrap(),
+        "OK",
+        "the call in flight was answered"
+    );
+    assert!(server.wait_exit(Duration::from_secs(60)).success());
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s["trace_id"] == trace.as_str()
+                && s["name"] == "envoy.service.auth.v3.Authorization/Check"),
+        "the Check's span was exported on the way out: {}",
+        receiver.raw()
+    );
+}
