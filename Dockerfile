@@ -2,11 +2,15 @@
 # keygate's container image: a release build, then a runtime image holding only the binary,
 # the C library it links against and CA certificates (for rediss://), run as a non-root user.
 #
-#   docker build -t keygate:0.1.0 .
+#   docker build --build-arg KEYGATE_GIT_REVISION=$(git rev-parse --short=12 HEAD) -t keygate:0.1.0 .
 #   docker run --rm -p 9191:9191 keygate:0.1.0
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# `.git` stays out of the build context: the revision `keygate --version` and the
+# keygate_build_info metric report comes from this argument.
+ARG KEYGATE_GIT_REVISION=unknown
+ENV KEYGATE_GIT_REVISION=${KEYGATE_GIT_REVISION}
 COPY . .
 # The same release build as everywhere else: Cargo.lock exactly as committed.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
