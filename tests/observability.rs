@@ -39,16 +39,46 @@ fn trace_context(trace: &str, span: &str) -> (String, String, String) {
     )
 }
 
-/// Environment for a server exporting spans to `endpoint` with `protocol`.
-fn exporting_env<'a>(endpoint: &'a str, protocol: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
+/// A real keygate exporting its spans to a receiver of its own, a management client of
+/// it, and an owner on the `pro` plan.
+struct Exporting {
+    receiver: OtlpReceiver,
+    server: KeygateProcess,
+    manage: KeyManagerClient<Channel>,
+    owner: proto::Owner,
+    /// The server's data directory, removed when dropped.
+    _dir: tempfile::TempDir,
+}
+
+/// Starts an [`Exporting`] server sending spans with `protocol` (`grpc` or
+/// `http/protobuf`), with `extra_env` on top (a variable given again there wins).
+async fn exporting(protocol: &str, extra_env: &[(&str, &str)]) -> Exporting {
+    let receiver = OtlpReceiver::start();
+    let collector = match protocol {
+        "grpc" => receiver.grpc_addr,
+        _ => receiver.http_addr,
+    };
+    let endpoint = format!("http://{collector}");
+    let mut env = vec![
         ("KEYGATE_PEPPER", PEPPER),
         ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         // Export batches every 100 ms rather than every 5 s.
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ]
+    ];
+    env.extend_from_slice(extra_env);
+    let dir = tempfile::tempdir().unwrap();
+    let server = KeygateProcess::start(dir.path(), &env);
+    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    Exporting {
+        receiver,
+        server,
+        manage,
+        owner,
+        _dir: dir,
+    }
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
@@ -99,12 +129,13 @@ fn attribute<'a>(span: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_check_span_joins_the_callers_trace_and_carries_the_decision() {
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://{}", receiver.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let server = KeygateProcess::start(dir.path(), &exporting_env(&endpoint, "grpc"));
-    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
-    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let Exporting {
+        receiver,
+        server,
+        mut manage,
+        owner,
+        _dir,
+    } = exporting("grpc", &[]).await;
 
     // A management call carrying trace context in its gRPC metadata.
     let (traceparent, create_trace, create_parent) =
@@ -184,14 +215,13 @@ async fn a_check_span_joins_the_callers_trace_and_carries_the_decision() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authorize_spans_are_exported_over_otlp_http_and_join_the_grpc_callers_trace() {
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://{}", receiver.http_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = exporting_env(&endpoint, "http/protobuf");
-    env.push(("OTEL_SERVICE_NAME", "edge-auth"));
-    let server = KeygateProcess::start(dir.path(), &env);
-    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
-    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let Exporting {
+        receiver,
+        server,
+        mut manage,
+        owner,
+        _dir,
+    } = exporting("http/protobuf", &[("OTEL_SERVICE_NAME", "edge-auth")]).await;
     let key = issue_key(&mut manage, &owner.id, "observed").await;
 
     let (traceparent, trace, parent) =
@@ -485,19 +515,19 @@ async fn sigterm_reports_not_serving_drains_flushes_usage_and_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_appears_in_any_log_line_span_or_metric() {
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://{}", receiver.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = exporting_env(&endpoint, "grpc");
-    env.extend([
+    let debug_logging = [
         ("KEYGATE_LOG", "debug"),
         ("KEYGATE_LOG_FORMAT", "json"),
         ("KEYGATE_DECISION_LOG", "all"),
-    ]);
-    let mut server = KeygateProcess::start(dir.path(), &env);
-    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
+    ];
+    let Exporting {
+        receiver,
+        mut server,
+        mut manage,
+        owner,
+        _dir,
+    } = exporting("grpc", &debug_logging).await;
     let data_plane = channel(server.data_plane_addr).await;
-    let owner = create_owner(&mut manage, "acme", "pro").await;
     let issued = issue_key(&mut manage, &owner.id, "observed").await;
     let key_id = issued.key.as_ref().unwrap().id.clone();
     let bearer = |secret: &str| format!("Bearer {secret}");
@@ -613,12 +643,13 @@ async fn no_secret_appears_in_any_log_line_span_or_metric() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_tracing_envoy_keygate_s_check_span_is_a_child_of_envoy_s() {
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://{}", receiver.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let server = KeygateProcess::start(dir.path(), &exporting_env(&endpoint, "grpc"));
-    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
-    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let Exporting {
+        receiver,
+        server,
+        mut manage,
+        owner,
+        _dir,
+    } = exporting("grpc", &[]).await;
     let key = issue_key(&mut manage, &owner.id, "observed").await;
     let http = HttpUpstream::start().await;
     let grpc = GrpcUpstream::start().await;
@@ -676,22 +707,21 @@ async fn behind_a_tracing_envoy_keygate_s_check_span_is_a_child_of_envoy_s() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_sigterm_a_check_in_flight_is_answered_and_pending_spans_are_exported() {
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://{}", receiver.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = exporting_env(&endpoint, "grpc");
-    env.retain(|(name, _)| *name != "OTEL_BSP_SCHEDULE_DELAY");
-    env.extend([
+    let slow_and_unbatched = [
         // Spans leave only when keygate stops: the exporter's timer would take ten minutes.
         ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
         // An argon2 cost high enough that the first Check of a key is still verifying
         // when the signal arrives.
         ("KEYGATE_ARGON2__MEMORY_KIB", "32768"),
         ("KEYGATE_ARGON2__ITERATIONS", "8"),
-    ]);
-    let mut server = KeygateProcess::start(dir.path(), &env);
-    let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
-    let owner = create_owner(&mut manage, "acme", "pro").await;
+    ];
+    let Exporting {
+        receiver,
+        mut server,
+        mut manage,
+        owner,
+        _dir,
+    } = exporting("grpc", &slow_and_unbatched).await;
     let key = issue_key(&mut manage, &owner.id, "slow").await;
     let data_plane = channel(server.data_plane_addr).await;
     let bearer = format!("Bearer {}", key.secret);

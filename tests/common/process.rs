@@ -35,18 +35,8 @@ impl KeygateProcess {
     /// Starts `keygate serve` with its data in `data_dir`, the test configuration, and
     /// `env` added to a clean environment.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> KeygateProcess {
-        Self::start_with(data_dir, env, "")
-    }
-
-    /// Like [`KeygateProcess::start`], with `extra_config` TOML after the test
-    /// configuration.
-    pub fn start_with(data_dir: &Path, env: &[(&str, &str)], extra_config: &str) -> KeygateProcess {
         let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(
-            config.path(),
-            format!("{}\n{extra_config}", super::TEST_CONFIG),
-        )
-        .unwrap();
+        std::fs::write(config.path(), super::TEST_CONFIG).unwrap();
         let mut command = Command::new(keygate_bin());
         command
             .args(["serve", "--config"])
