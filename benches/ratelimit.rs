@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keygate::clock::SystemClock;
-use keygate::config::{RateScope, RateWindow};
+use keygate::plan::{RateScope, RateWindow};
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::{RedisConfig, RedisLimiter};
 use keygate::ratelimit::{DecidedBy, Subject};

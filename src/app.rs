@@ -9,6 +9,7 @@ use crate::invalidation::{Invalidation, Publisher};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
 use crate::metrics::Metrics;
+use crate::plan::Plans;
 use crate::ratelimit::RateLimiter;
 use crate::secrets::{AdminToken, Secrets};
 use crate::store::Store;
@@ -36,7 +37,9 @@ pub struct App {
     pub limiter: RateLimiter,
     /// Tells the other replicas about changes (with the Redis store).
     pub publisher: Option<Publisher>,
-    /// The configuration it was built from (plans, profiles, limits).
+    /// The plans owners and keys may be on.
+    pub plans: Plans,
+    /// The configuration it was built from (profiles, limits).
     pub config: Config,
     /// Full-access management token.
     pub admin_token: Option<AdminToken>,
@@ -56,6 +59,7 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
         let metrics = Arc::new(Metrics::default());
+        let plans = config.plans()?;
         let store: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         let profiles = Arc::new(config.profiles()?);
         let hasher = SecretHasher::new(&config.argon2).map_err(|message| ConfigError::Field {
@@ -109,15 +113,12 @@ impl App {
             profiles,
             keys,
             usage: UsageRecorder::default(),
-            limiter: RateLimiter::new(
-                &config.ratelimit,
-                &config.redis,
-                config.longest_rate_period(),
-            )
-            .map_err(|message| ConfigError::Field {
-                field: "redis.url".into(),
-                message,
-            })?,
+            limiter: RateLimiter::new(&config.ratelimit, &config.redis, plans.longest_period())
+                .map_err(|message| ConfigError::Field {
+                    field: "redis.url".into(),
+                    message,
+                })?,
+            plans,
             config: config.clone(),
             allow_anonymous_management: secrets.admin_token.is_none()
                 && config.listen.management.ip().is_loopback(),

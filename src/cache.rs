@@ -50,13 +50,13 @@ pub struct CacheConfig {
     pub capacity: u64,
     /// How long a verified credential is trusted without looking at the store again. It
     /// bounds staleness should an invalidation be missed.
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub ttl: Duration,
     /// How long a rejected credential is rejected without looking again.
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub rejection_ttl: Duration,
     /// How long a verification shared through Redis is trusted by other replicas.
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub shared_ttl: Duration,
 }
 

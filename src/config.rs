@@ -23,6 +23,7 @@ use crate::authz::routes::RouteRule;
 use crate::cache::CacheConfig;
 use crate::key::format::{Alphabet, KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
+use crate::plan::{PlanConfig, Plans};
 use crate::ratelimit::RateLimitConfig;
 use crate::ratelimit::redis::RedisConfig;
 
@@ -87,7 +88,7 @@ pub struct Config {
 pub struct ShutdownConfig {
     /// How long keygate keeps serving after reporting NOT_SERVING, so load balancers and
     /// Envoy move traffic away before the listeners close.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub drain_grace: Duration,
 }
 
@@ -157,7 +158,7 @@ impl Default for HeaderNames {
 pub struct UsageConfig {
     /// How often noted key uses are written to the store; each key at most once per
     /// interval.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub flush_interval: Duration,
 }
 
@@ -177,12 +178,7 @@ impl Default for Config {
             listen: ListenConfig::default(),
             profiles: vec![ProfileConfig::from(&crate::key::format::default_profile())],
             default_profile: "kg_live".into(),
-            plans: vec![PlanConfig {
-                name: "default".into(),
-                api_access: true,
-                max_active_keys: 0,
-                rate_windows: Vec::new(),
-            }],
+            plans: vec![PlanConfig::unlimited("default")],
             default_plan: "default".into(),
             argon2: Argon2Config::default(),
             credentials: CredentialSource::defaults(),
@@ -244,77 +240,6 @@ impl From<&KeyProfile> for ProfileConfig {
             alphabet: profile.alphabet,
             body_length: profile.body_len,
         }
-    }
-}
-
-/// What a rate window counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RateScope {
-    /// Each key has its own counter.
-    Key,
-    /// All of an owner's keys share one counter.
-    Owner,
-}
-
-/// At most `limit` requests per `period`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateWindow {
-    /// Requests allowed per period; at least 1.
-    pub limit: u64,
-    /// Length of the window, e.g. `1s`, `1h`, `1day`.
-    #[serde(with = "duration_text")]
-    pub period: Duration,
-    /// Counted per key (default) or per owner.
-    #[serde(default = "RateWindow::default_scope")]
-    pub per: RateScope,
-}
-
-impl RateWindow {
-    fn default_scope() -> RateScope {
-        RateScope::Key
-    }
-}
-
-/// A plan: what an owner's keys may do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlanConfig {
-    /// Name owners refer to it by.
-    pub name: String,
-    /// Whether keys on this plan may call the API at all.
-    #[serde(default = "yes")]
-    pub api_access: bool,
-    /// Most live keys per owner; 0 means no limit.
-    #[serde(default)]
-    pub max_active_keys: u32,
-    /// Rate windows, all enforced together.
-    #[serde(default)]
-    pub rate_windows: Vec<RateWindow>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Durations written as text (`1s`, `15m`, `1h`, `1day`) in configuration files.
-pub(crate) mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes a duration as text.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    /// Reads a duration from text.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration like 1s or 1h: {e}"))
-        })
     }
 }
 
@@ -462,39 +387,7 @@ impl Config {
     /// strong enough.
     fn validate(&self) -> Result<(), ConfigError> {
         self.profiles()?;
-        let mut names = BTreeSet::new();
-        for (i, plan) in self.plans.iter().enumerate() {
-            if plan.name.trim().is_empty() {
-                return Err(field_error(format!("plans[{i}].name"), "must not be empty"));
-            }
-            if !names.insert(plan.name.as_str()) {
-                return Err(field_error(
-                    format!("plans[{i}].name"),
-                    format!("plan {:?} is defined twice", plan.name),
-                ));
-            }
-            for (j, window) in plan.rate_windows.iter().enumerate() {
-                let field = format!("plans[{i}].rate_windows[{j}]");
-                if window.limit == 0 {
-                    return Err(field_error(format!("{field}.limit"), "must be at least 1"));
-                }
-                if window.period < Duration::from_secs(1) {
-                    return Err(field_error(
-                        format!("{field}.period"),
-                        "must be at least 1s",
-                    ));
-                }
-            }
-        }
-        if !names.contains(self.default_plan.as_str()) {
-            return Err(field_error(
-                "default_plan",
-                format!(
-                    "plan {:?} is not among the configured plans",
-                    self.default_plan
-                ),
-            ));
-        }
+        self.plans()?;
         self.argon2
             .params()
             .map_err(|message| field_error("argon2", message))?;
@@ -543,19 +436,10 @@ impl Config {
         serde_yaml_ng::to_string(&shown).map_err(|e| field_error("", e.to_string()))
     }
 
-    /// The plan named `name`.
-    pub fn plan(&self, name: &str) -> Option<&PlanConfig> {
-        self.plans.iter().find(|p| p.name == name)
-    }
-
-    /// The longest period of any configured rate window.
-    pub fn longest_rate_period(&self) -> Duration {
-        self.plans
-            .iter()
-            .flat_map(|p| &p.rate_windows)
-            .map(|w| w.period)
-            .max()
-            .unwrap_or_default()
+    /// The configured plans, validated.
+    pub fn plans(&self) -> Result<Plans, ConfigError> {
+        Plans::new(self.plans.clone(), &self.default_plan)
+            .map_err(|e| field_error(e.field, e.message))
     }
 }
 
@@ -687,6 +571,7 @@ fn set_path(tree: &mut Value, path: &str, raw: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::RateScope;
 
     fn load(env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
@@ -748,11 +633,12 @@ api_access = false
         .unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(config.listen.management.port(), 7001);
-        let pro = config.plan("pro").unwrap();
+        let plans = config.plans().unwrap();
+        let pro = plans.get("pro").unwrap();
         assert_eq!(pro.max_active_keys, 10);
         assert_eq!(pro.rate_windows[1].period, Duration::from_secs(3600));
         assert_eq!(pro.rate_windows[1].per, RateScope::Owner);
-        assert!(!config.plan("basic").unwrap().api_access);
+        assert!(!plans.get("basic").unwrap().api_access);
     }
 
     #[test]

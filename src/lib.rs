@@ -44,6 +44,7 @@ pub mod invalidation;
 pub mod key;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod ratelimit;
 pub mod redis_pool;
 pub mod secrets;

@@ -56,7 +56,7 @@ pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
         client_ip: request.client_ip,
         required_scopes: &scopes,
     };
-    let plan_config = app.config.plan(&plan);
+    let plan_config = app.plans.get(&plan);
     let mut code = evaluate(
         key,
         cached.matched,

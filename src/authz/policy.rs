@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use super::decision::DecisionCode;
 use crate::clock::UnixTime;
-use crate::config::PlanConfig;
 use crate::model::{KeyRecord, KeyState, Owner, OwnerState};
+use crate::plan::PlanConfig;
 use crate::verify::MatchedSecret;
 
 /// The name of the plan in force for `key`: its own, else its owner's.

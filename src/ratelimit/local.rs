@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::window::Counter;
 use super::{DecidedBy, RateOutcome, Subject, counter_key, limits};
 use crate::clock::UnixMillis;
-use crate::config::RateWindow;
+use crate::plan::RateWindow;
 
 /// Counters in this process.
 pub struct LocalLimiter {
@@ -81,7 +81,7 @@ impl LocalLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateScope;
+    use crate::plan::RateScope;
 
     fn window(limit: u64, secs: u64, per: RateScope) -> RateWindow {
         RateWindow {

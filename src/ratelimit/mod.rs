@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
-use crate::config::{RateScope, RateWindow};
+use crate::plan::{RateScope, RateWindow};
 use window::{Counter, WindowState, assess};
 
 /// Where counters live.

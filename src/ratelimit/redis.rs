@@ -17,7 +17,7 @@ use super::local::LocalLimiter;
 use super::window::Counter;
 use super::{DecidedBy, RateOutcome, Subject, counter_key, limits};
 use crate::clock::{Clock, UnixMillis};
-use crate::config::RateWindow;
+use crate::plan::RateWindow;
 
 /// Checks and charges every window of one decision.
 ///
@@ -81,10 +81,10 @@ pub struct RedisConfig {
     /// Most pooled connections.
     pub pool_size: usize,
     /// The longest any decision waits for Redis, connecting included.
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub timeout: Duration,
     /// After a failure, how long the local stand-in is used before Redis is tried again.
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub retry_after: Duration,
 }
 

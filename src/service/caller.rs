@@ -109,7 +109,7 @@ pub async fn authenticate<T>(app: &App, request: &Request<T>) -> Result<Caller> 
     let cached = app.keys.verify(token).await?.key.ok_or_else(invalid)?;
     let key = &cached.key;
     let owner = app.keys.owner(&key.owner_id).await?;
-    let plan = effective_plan(key, owner.as_ref()).and_then(|name| app.config.plan(name));
+    let plan = effective_plan(key, owner.as_ref()).and_then(|name| app.plans.get(name));
     let required = [MANAGE_SCOPE.to_owned()];
     let facts = RequestFacts {
         client_ip: request.remote_addr().map(|a| a.ip()),

@@ -7,9 +7,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::clock::UnixTime;
-use crate::config::{PlanConfig, RateScope};
 use crate::error::{Error, Result};
 use crate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState};
+use crate::plan::{PlanConfig, RateScope};
 use crate::proto;
 
 /// Longest name, display name or external id accepted.

@@ -94,14 +94,8 @@ impl KeyManagerService {
         if plan.is_empty() {
             return Ok(None);
         }
-        if self.app.config.plan(plan).is_none() {
-            let known: Vec<_> = self
-                .app
-                .config
-                .plans
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect();
+        if self.app.plans.get(plan).is_none() {
+            let known = self.app.plans.names();
             return Err(Error::InvalidArgument(format!(
                 "{field}: unknown plan {plan:?}; configured plans are {known:?}"
             )));
@@ -123,7 +117,7 @@ impl KeyManagerService {
 
     /// The quota for a new key of `owner` (or of the key's own plan).
     fn quota(&self, owner: &Owner, key_plan: Option<&str>, now: UnixTime) -> Option<Quota> {
-        let plan = self.app.config.plan(key_plan.unwrap_or(&owner.plan))?;
+        let plan = self.app.plans.get(key_plan.unwrap_or(&owner.plan))?;
         (plan.max_active_keys > 0).then_some(Quota {
             max_active_keys: plan.max_active_keys,
             now,
@@ -157,7 +151,7 @@ impl KeyManagerService {
             state: OwnerState::Active,
             plan: self
                 .plan_name("plan", &req.plan)?
-                .unwrap_or_else(|| self.app.config.default_plan.clone()),
+                .unwrap_or_else(|| self.app.plans.default_name().to_owned()),
             metadata: convert::metadata(&req.metadata)?,
             created_at: now,
             updated_at: now,
@@ -752,8 +746,8 @@ impl KeyManager for KeyManagerService {
     ) -> Result<Response<proto::ListPlansResponse>, Status> {
         rpc!(self, request, |_caller, _req| async {
             Ok(proto::ListPlansResponse {
-                plans: self.app.config.plans.iter().map(Into::into).collect(),
-                default_plan: self.app.config.default_plan.clone(),
+                plans: self.app.plans.all().iter().map(Into::into).collect(),
+                default_plan: self.app.plans.default_name().to_owned(),
             })
         })
     }
