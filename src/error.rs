@@ -1,4 +1,5 @@
-//! The library's error type and its one mapping to gRPC statuses.
+//! The library's error type, shaped after the answers a caller can act on; the adapters map
+//! it to their protocol once (the gRPC adapters' `impl From<Error> for tonic::Status`).
 //!
 //! Messages are written for the person who will read them: they say what was wrong and what
 //! to do. None ever contains a secret.
@@ -31,19 +32,3 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<Error> for tonic::Status {
-    fn from(error: Error) -> Self {
-        use tonic::Code;
-        let code = match &error {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::Unavailable(_) => Code::Unavailable,
-        };
-        tonic::Status::new(code, error.to_string())
-    }
-}

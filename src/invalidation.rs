@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tracing::{info, warn};
 
-use crate::app::App;
-use crate::cache::KeyCache;
-use crate::server::until_stopped;
+use crate::authz::engine::Authorizer;
+use crate::authz::keys::KeyCache;
+use crate::shutdown::until_stopped;
 
 /// The channel invalidations travel on.
 pub const CHANNEL: &str = "kg:invalidations";
@@ -73,6 +73,31 @@ impl Invalidation {
     }
 }
 
+/// Where a change is applied: this replica's cache first, then, with Redis, every other
+/// replica's through the channel.
+pub struct Invalidations {
+    authorizer: Arc<Authorizer>,
+    publisher: Option<Publisher>,
+}
+
+impl Invalidations {
+    /// Applies changes to `authorizer`'s cache and publishes them with `publisher`, if any.
+    pub fn new(authorizer: Arc<Authorizer>, publisher: Option<Publisher>) -> Self {
+        Invalidations {
+            authorizer,
+            publisher,
+        }
+    }
+
+    /// Drops what this replica cached about `invalidation`, then tells the other replicas.
+    pub async fn invalidate(&self, invalidation: Invalidation) {
+        invalidation.apply(self.authorizer.keys()).await;
+        if let Some(publisher) = &self.publisher {
+            publisher.publish(&invalidation).await;
+        }
+    }
+}
+
 /// Publishes invalidations to the other replicas.
 pub struct Publisher {
     pool: crate::redis_pool::RedisPool,
@@ -108,8 +133,8 @@ impl Publisher {
 /// Subscribes to invalidations at `url` and applies them to this replica's cache until
 /// `stop` turns true. Every (re)subscription drops the whole cache first, since messages may
 /// have been missed.
-pub async fn subscribe(url: String, app: Arc<App>, stop: watch::Receiver<bool>) {
-    let keys = &app.keys;
+pub async fn subscribe(url: String, authorizer: Arc<Authorizer>, stop: watch::Receiver<bool>) {
+    let keys = authorizer.keys();
     crate::redis_pool::init_tls();
     let client = match redis::Client::open(url) {
         Ok(client) => client,

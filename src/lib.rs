@@ -7,35 +7,56 @@
 //!
 //! # Layout
 //!
-//! - [`cli`] — the command line; `serve` and the management client commands.
-//! - [`config`] — typed configuration from defaults, file, `KEYGATE_*` env and flags.
-//! - [`secrets`] — the pepper and admin token, from env or files only.
-//! - [`key`] — key text format ([`key::format`]) and hashing and digests ([`key::hash`]).
-//! - [`model`] — the stored records, owners and keys.
-//! - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
-//! - [`admin`] — export and import of every record, for backup and migration.
-//! - [`verify`] — presented credential → key record.
-//! - [`cache`] — the verified-key cache in front of the store and argon2.
-//! - [`authz`] — the decision engine: extraction, route rules, policy, denial rendering.
-//! - [`ratelimit`] — sliding-window rate limits, local and in Redis.
-//! - [`usage`] — batched `last_used_at` updates.
-//! - [`redis_pool`] — connections to Redis or Redis Cluster behind one type.
-//! - [`invalidation`] — telling every replica that a key or owner changed (Redis pub/sub).
-//! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
-//!   authentication, message conversion.
-//! - [`app`] — the state every handler shares.
-//! - [`server`] — listeners, health, reflection, start and shutdown.
-//! - [`error`] — the library error and its mapping to gRPC statuses.
-//! - [`clock`] — injected time.
-//! - [`telemetry`] — logs, OTLP traces, trace context, the per-RPC span and count.
-//! - [`metrics`] — Prometheus metrics and their HTTP listener.
+//! Two planes over one composition root. Modules are listed in layers, bottom to top; a
+//! module imports only from layers below its own (and from its own layer where listed
+//! earlier).
+//!
+//! 1. Foundations
+//!    - [`clock`] — injected time; durations written as text.
+//!    - [`error`] — the error shape callers can act on (invalid, not found, unavailable...).
+//!    - [`key`] — key text format ([`key::format`]), argon2id hashing and peppered digests
+//!      ([`key::hash`]).
+//!    - [`model`] — the stored records, owners and keys.
+//!    - [`plan`] — plans: API access, key caps, rate windows.
+//!    - [`secrets`] — the pepper and admin token, from env or files only.
+//!    - [`shutdown`] — signals, the stop watch, the drain grace.
+//! 2. Infrastructure
+//!    - [`redis_pool`] — connections to Redis or Redis Cluster behind one type.
+//!    - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
+//!    - [`ratelimit`] — sliding-window rate limits, local and in Redis.
+//! 3. Data plane
+//!    - [`authz`] — [`authz::engine::Authorizer`]: extract → verify ([`authz::keys`], the
+//!      verified-key cache) → [`authz::policy`] → rate limits → [`authz::decision::Decision`],
+//!      rendered protocol-neutrally by [`authz::response`]. Knows nothing of gRPC.
+//!    - [`invalidation`] — applying a change to this replica's cache and every other's.
+//! 4. Management plane
+//!    - [`admin`] — export and import of every record, for backup and migration.
+//! 5. Observability
+//!    - [`metrics`] — Prometheus metrics and their HTTP listener.
+//!    - [`telemetry`] — logs, OTLP traces, trace context, the per-RPC layer, the decision
+//!      observer.
+//! 6. Configuration
+//!    - [`config`] — composes every module's settings; loads them from defaults, file,
+//!      `KEYGATE_*` env and flags.
+//! 7. Adapters
+//!    - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager): authenticate,
+//!      convert, call a plane, convert back.
+//! 8. Composition root
+//!    - [`app`] — builds every part from the configuration, once.
+//!    - [`server`] — listeners, health, reflection, start and drain.
+//! 9. Entry
+//!    - [`cli`] — the command line; `serve` and the management client commands.
+//!
+//! A Check goes socket → [`telemetry::rpc`] (span) → [`service::ext_authz`] (convert) →
+//! [`authz`] (engine, extract, keys, policy) → [`ratelimit`] → [`authz::response`]
+//! (answer) → [`service::ext_authz`], reporting to [`metrics`] through
+//! [`telemetry::decisions`]; a cold key also reads [`store`] and runs [`key::hash`].
 
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
 pub mod authz;
-pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -50,10 +71,9 @@ pub mod redis_pool;
 pub mod secrets;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
-pub mod usage;
-pub mod verify;
 
 /// Code generated from `proto/keygate/v1/*.proto`.
 pub mod proto {

@@ -28,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::app::App;
 use crate::authz::decision::{Decision, DecisionCode};
+use crate::authz::engine::{Api, Authorizer};
 use crate::ratelimit::RateLimiter;
 
 /// The version and git revision this binary was built from.
@@ -40,25 +40,6 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 2.5,
 ];
-
-/// Where a decision was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// Envoy's ext_authz Check.
-    Check,
-    /// keygate's Authorize.
-    Authorize,
-}
-
-impl Api {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::Check => "check",
-            Api::Authorize => "authorize",
-        }
-    }
-}
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -159,9 +140,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A registry with every metric, the shared state's counters and the build info.
-    pub fn registry(app: &Arc<App>) -> Registry {
-        let metrics = &app.metrics;
+    /// A registry with every metric, the counters `authorizer` keeps and the build info.
+    pub fn registry(self: &Arc<Self>, authorizer: Arc<Authorizer>) -> Registry {
+        let metrics = self;
         let mut registry = Registry::with_prefix("keygate");
         registry.register(
             "decisions",
@@ -201,17 +182,17 @@ impl Metrics {
                 ("revision", BUILD_REVISION),
             ]),
         );
-        registry.register_collector(Box::new(SharedStateCollector(app.clone())));
+        registry.register_collector(Box::new(DataPlaneCollector(authorizer)));
         registry
     }
 }
 
-/// Reads the counters other modules keep, at scrape time.
-struct SharedStateCollector(Arc<App>);
+/// Reads the counters the data plane keeps (cache, argon2, Redis limiter), at scrape time.
+struct DataPlaneCollector(Arc<Authorizer>);
 
-impl std::fmt::Debug for SharedStateCollector {
+impl std::fmt::Debug for DataPlaneCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SharedStateCollector")
+        f.write_str("DataPlaneCollector")
     }
 }
 
@@ -219,10 +200,11 @@ fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-impl Collector for SharedStateCollector {
+impl Collector for DataPlaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let app = &self.0;
-        let cache = app.keys.stats();
+        let authorizer = &self.0;
+        let cache = authorizer.keys().stats();
+        let hasher = authorizer.keys().hasher();
         let mut hits = encoder.encode_descriptor(
             "cache_hits",
             "Credentials answered by the verified-key cache, by level: l1 (this replica), l2 (shared through Redis), rejection (a cached refusal)",
@@ -250,7 +232,7 @@ impl Collector for SharedStateCollector {
             (
                 "argon2_verifications",
                 "argon2id verifications started",
-                app.hasher.verifications(),
+                hasher.verifications(),
             ),
         ];
         for (name, help, value) in counters {
@@ -261,13 +243,13 @@ impl Collector for SharedStateCollector {
                 MetricType::Counter,
             )?)?;
         }
-        ConstGauge::new(app.hasher.queued() as i64).encode(encoder.encode_descriptor(
+        ConstGauge::new(hasher.queued() as i64).encode(encoder.encode_descriptor(
             "argon2_queue_depth",
             "argon2id jobs waiting for a free worker",
             None,
             MetricType::Gauge,
         )?)?;
-        let (limiter_errors, fallbacks) = match &app.limiter {
+        let (limiter_errors, fallbacks) = match authorizer.limiter() {
             RateLimiter::Redis(redis) => {
                 (load(&redis.stats().errors), load(&redis.stats().fallbacks))
             }

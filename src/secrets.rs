@@ -87,12 +87,11 @@ impl Secrets {
             Some(value) => (value, PepperSource::Environment),
             None => pepper_in_data_dir(data_dir)?,
         };
-        let pepper = Pepper::new(pepper_bytes.as_bytes().to_vec()).map_err(|message| {
-            SecretsError::Invalid {
+        let pepper =
+            Pepper::new(pepper_bytes.as_bytes().to_vec()).map_err(|e| SecretsError::Invalid {
                 name: "pepper",
-                message,
-            }
-        })?;
+                message: e.to_string(),
+            })?;
         let admin_token = match from_env_or_file(env, "KEYGATE_ADMIN_TOKEN")? {
             Some(token) if token.len() < 16 => {
                 return Err(SecretsError::Invalid {

@@ -1,4 +1,5 @@
-//! Listeners, services and the server's life cycle: start, serve, shut down on a signal.
+//! Listeners and the server's life cycle: bind, serve the adapters the composition root
+//! built, report health, drain and stop on a signal.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,28 +8,30 @@ use std::sync::Arc;
 
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::layer::util::{Identity, Stack};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, ServeArgs, StoreBackend};
-use crate::metrics::Metrics;
+use crate::config::{Config, ConfigError, ServeArgs};
 use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
 use crate::secrets::{PepperSource, Secrets};
 use crate::service::authorizer::AuthorizerService;
 use crate::service::ext_authz::ExtAuthzService;
 use crate::service::key_manager::KeyManagerService;
-use crate::store::Store;
+use crate::shutdown::until_stopped;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreBackend};
 use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::{CallCounter, RpcLayer};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -167,7 +170,8 @@ pub async fn start(
         );
     }
     let app = Arc::new(App::new(config, secrets, store, clock)?);
-    app.keys
+    app.authorizer
+        .keys()
         .load_imported()
         .await
         .map_err(|e| StartError::Runtime(format!("cannot read imported keys: {e}")))?;
@@ -177,108 +181,35 @@ pub async fn start(
     let management_addr = local_addr(&management)?;
     let data_plane_addr = local_addr(&data_plane)?;
     let metrics_addr = local_addr(&metrics)?;
-    let registry = Metrics::registry(&app);
+    let registry = app.metrics.registry(app.authorizer.clone());
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    set_health(&health_reporter, ServingStatus::Serving).await;
-    // Both reflection versions: grpcurl before 1.9 and many other tools speak only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_error = |e: tonic_reflection::server::Error| {
-        StartError::Runtime(format!("cannot build the reflection service: {e}"))
-    };
-    let management_calls = CallCounter::new(app.metrics.clone(), management_methods());
-    let management_router = tonic::transport::Server::builder()
-        .layer(RpcLayer::counted(management_calls))
-        .add_service(health.clone())
-        .add_service(reflection().build_v1().map_err(reflection_error)?)
-        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
-        .add_service(KeyManagerServer::new(KeyManagerService::new(app.clone())));
-    let data_plane_router = tonic::transport::Server::builder()
-        .layer(RpcLayer::spans())
-        .add_service(health)
-        .add_service(reflection().build_v1().map_err(reflection_error)?)
-        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
-        .add_service(AuthorizationServer::new(ExtAuthzService::new(app.clone())))
-        .add_service(AuthorizerServer::new(AuthorizerService::new(app.clone())));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    let management_router = management_router(&app, health.clone())?;
+    let data_plane_router = data_plane_router(&app, health)?;
 
-    // Stopping has two steps: `stopped` (report NOT_SERVING, keep serving) and, a drain
-    // grace later, `closed` (stop accepting, finish what is in flight).
     let (stop, stopped) = watch::channel(false);
     let (close, closed) = watch::channel(false);
-    let reporter = health_reporter.clone();
     let task_app = app.clone();
-    let flush_interval = config.usage.flush_interval;
-    let drain_grace = config.shutdown.drain_grace;
-    let invalidation_url =
-        (config.store == StoreBackend::Redis).then(|| config.redis.subscribe_url().to_owned());
     let task = tokio::spawn(async move {
-        let usage_flush = async {
-            let mut ticks = tokio::time::interval(flush_interval);
-            ticks.tick().await;
-            let closing = until_stopped(closed.clone());
-            tokio::pin!(closing);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => task_app.usage.flush(task_app.store.as_ref()).await,
-                    () = &mut closing => break,
-                }
-            }
-        };
-        let drain = async {
-            until_stopped(stopped.clone()).await;
-            set_health(&reporter, ServingStatus::NotServing).await;
-            reporter
-                .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
-                .await;
-            if !drain_grace.is_zero() {
-                info!(grace = %humantime::format_duration(drain_grace), "reporting NOT_SERVING; draining before the listeners close");
-                tokio::time::sleep(drain_grace).await;
-            }
-            let _ = close.send(true);
-        };
-        let readiness = async {
-            let stopping = until_stopped(stopped.clone());
-            tokio::pin!(stopping);
-            let mut ticks = tokio::time::interval(READINESS_PROBE_INTERVAL);
-            let mut ready = None;
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {
-                        let now_ready = task_app.store.ping().await.is_ok();
-                        if ready != Some(now_ready) {
-                            let status = if now_ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-                            reporter.set_service_status(READINESS_SERVICE, status).await;
-                            if ready.is_some() {
-                                warn!(ready = now_ready, "store reachability changed; unseen keys {} decided", if now_ready { "are" } else { "cannot be" });
-                            }
-                            ready = Some(now_ready);
-                        }
-                    }
-                    () = &mut stopping => break,
-                }
-            }
-        };
-        let invalidations = async {
-            if let Some(url) = invalidation_url {
-                crate::invalidation::subscribe(url, task_app.clone(), closed.clone()).await;
-            }
-        };
+        let app = &task_app;
         let (management, data_plane, (), (), (), (), ()) = tokio::join!(
             management_router
                 .serve_with_incoming_shutdown(incoming(management), until_stopped(closed.clone())),
             data_plane_router
                 .serve_with_incoming_shutdown(incoming(data_plane), until_stopped(closed.clone())),
             crate::metrics::serve(metrics, registry, closed.clone()),
-            usage_flush,
-            drain,
-            invalidations,
-            readiness,
+            flush_usage(app, closed.clone()),
+            drain(
+                &reporter,
+                app.config.shutdown.drain_grace,
+                stopped.clone(),
+                close
+            ),
+            follow_invalidations(app, closed.clone()),
+            track_readiness(app, &reporter, stopped),
         );
-        task_app.usage.flush(task_app.store.as_ref()).await;
+        app.authorizer.usage().flush(app.store.as_ref()).await;
         management
             .and(data_plane)
             .map_err(|e| format!("a listener failed: {e}"))
@@ -294,6 +225,124 @@ pub async fn start(
         stop,
         task,
     })
+}
+
+/// A router with keygate's tower layer in front of every call.
+type LayeredRouter = Router<Stack<RpcLayer, Identity>>;
+
+/// Adds both reflection versions, over keygate's descriptors and health's: grpcurl before
+/// 1.9 and many other tools speak only v1alpha.
+fn add_reflection(router: LayeredRouter) -> Result<LayeredRouter, StartError> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let failed = |e: tonic_reflection::server::Error| {
+        StartError::Runtime(format!("cannot build the reflection service: {e}"))
+    };
+    Ok(router
+        .add_service(builder().build_v1().map_err(failed)?)
+        .add_service(builder().build_v1alpha().map_err(failed)?))
+}
+
+/// The management listener's services: KeyManager, health and reflection, each call
+/// traced and counted.
+fn management_router(
+    app: &Arc<App>,
+    health: HealthServer<impl Health>,
+) -> Result<LayeredRouter, StartError> {
+    let calls = CallCounter::new(app.metrics.clone(), management_methods());
+    let router = tonic::transport::Server::builder()
+        .layer(RpcLayer::counted(calls))
+        .add_service(health)
+        .add_service(KeyManagerServer::new(KeyManagerService::new(app.clone())));
+    add_reflection(router)
+}
+
+/// The data-plane listener's services: Check, Authorize, health and reflection, each call
+/// traced.
+fn data_plane_router(
+    app: &Arc<App>,
+    health: HealthServer<impl Health>,
+) -> Result<LayeredRouter, StartError> {
+    let plane = &app.data_plane;
+    let router = tonic::transport::Server::builder()
+        .layer(RpcLayer::spans())
+        .add_service(health)
+        .add_service(AuthorizationServer::new(ExtAuthzService::new(
+            plane.clone(),
+        )))
+        .add_service(AuthorizerServer::new(AuthorizerService::new(plane.clone())));
+    add_reflection(router)
+}
+
+/// Writes noted key uses every flush interval until the listeners close.
+async fn flush_usage(app: &App, closed: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(app.config.usage.flush_interval);
+    ticks.tick().await;
+    let closing = until_stopped(closed);
+    tokio::pin!(closing);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => app.authorizer.usage().flush(app.store.as_ref()).await,
+            () = &mut closing => break,
+        }
+    }
+}
+
+/// On the stop signal: reports NOT_SERVING everywhere, keeps serving for `grace`, then
+/// tells the listeners to close.
+async fn drain(
+    reporter: &HealthReporter,
+    grace: Duration,
+    stopped: watch::Receiver<bool>,
+    close: watch::Sender<bool>,
+) {
+    until_stopped(stopped).await;
+    set_health(reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
+        .await;
+    if !grace.is_zero() {
+        info!(grace = %humantime::format_duration(grace), "reporting NOT_SERVING; draining before the listeners close");
+        tokio::time::sleep(grace).await;
+    }
+    let _ = close.send(true);
+}
+
+/// With the Redis store, applies other replicas' changes to this replica's cache until the
+/// listeners close.
+async fn follow_invalidations(app: &App, closed: watch::Receiver<bool>) {
+    if app.config.store == StoreBackend::Redis {
+        let url = app.config.redis.subscribe_url().to_owned();
+        crate::invalidation::subscribe(url, app.authorizer.clone(), closed).await;
+    }
+}
+
+/// Probes the store every second and reports its reachability as [`READINESS_SERVICE`]
+/// until the stop signal.
+async fn track_readiness(app: &App, reporter: &HealthReporter, stopped: watch::Receiver<bool>) {
+    let stopping = until_stopped(stopped);
+    tokio::pin!(stopping);
+    let mut ticks = tokio::time::interval(READINESS_PROBE_INTERVAL);
+    let mut ready = None;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let now_ready = app.store.ping().await.is_ok();
+                if ready != Some(now_ready) {
+                    let status = if now_ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+                    reporter.set_service_status(READINESS_SERVICE, status).await;
+                    if ready.is_some() {
+                        warn!(ready = now_ready, "store reachability changed; unseen keys {} decided", if now_ready { "are" } else { "cannot be" });
+                    }
+                    ready = Some(now_ready);
+                }
+            }
+            () = &mut stopping => break,
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, StartError> {
@@ -348,17 +397,12 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
         result = server.wait() => {
             return result.map_err(StartError::Runtime);
         }
-        () = shutdown_signal() => {}
+        () = crate::shutdown::signal() => {}
     }
     info!("shutting down");
     server.shutdown().await.map_err(StartError::Runtime)?;
     info!("stopped");
     Ok(())
-}
-
-/// Resolves once the server's stop signal `stop` turns true.
-pub async fn until_stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Marks the server as a whole (service `""`) and every gRPC service keygate serves as
@@ -431,27 +475,4 @@ fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
             dir.display()
         ))
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(e) => {
-                    warn!("cannot listen for SIGTERM: {e}");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }

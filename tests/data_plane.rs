@@ -115,7 +115,7 @@ impl Fixture {
         let app = self.server.server.app();
         (
             app.hasher.verifications(),
-            app.keys.stats().misses.load(Ordering::Relaxed),
+            app.authorizer.keys().stats().misses.load(Ordering::Relaxed),
         )
     }
 }

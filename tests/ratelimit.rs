@@ -226,7 +226,7 @@ async fn cost_comes_from_routes_extensions_and_authorize() {
 }
 
 fn redis_limiter_stats(server: &TestServer) -> &RedisLimiterStats {
-    match &server.server.app().limiter {
+    match server.server.app().authorizer.limiter() {
         RateLimiter::Redis(redis) => redis.stats(),
         RateLimiter::Local(_) => panic!("expected the Redis limiter"),
     }

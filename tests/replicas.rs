@@ -315,7 +315,8 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
     assert_eq!(
         b.server
             .app()
-            .keys
+            .authorizer
+            .keys()
             .stats()
             .l2_hits
             .load(std::sync::atomic::Ordering::Relaxed),

@@ -1,11 +1,11 @@
-//! The one decision enum. Check, Authorize, metrics and logs all speak it; the mappings to
-//! HTTP statuses and gRPC codes live here and nowhere else.
+//! The one decision enum. Check, Authorize, metrics and logs all speak it; its HTTP
+//! statuses and default messages live here and nowhere else (the gRPC adapters map it to
+//! their protocols once each).
 
 use std::collections::BTreeMap;
 
-use crate::cache::CacheOutcome;
+use super::keys::CacheOutcome;
 use crate::clock::UnixTime;
-use crate::proto;
 use crate::ratelimit::RateOutcome;
 
 /// What keygate decided about a request.
@@ -85,17 +85,6 @@ impl DecisionCode {
         }
     }
 
-    /// The gRPC status code of a denial with HTTP status `http_status`, as ext_authz's
-    /// `CheckResponse.status` carries it.
-    pub fn grpc_code_for_status(http_status: u16) -> tonic::Code {
-        match http_status {
-            200..=299 => tonic::Code::Ok,
-            401 => tonic::Code::Unauthenticated,
-            429 => tonic::Code::ResourceExhausted,
-            _ => tonic::Code::PermissionDenied,
-        }
-    }
-
     /// The message a client gets by default.
     pub fn default_message(self) -> &'static str {
         match self {
@@ -111,23 +100,6 @@ impl DecisionCode {
             }
             DecisionCode::IpNotAllowed => "The API key may not be used from this network address.",
             DecisionCode::RateLimited => "Rate limit exceeded.",
-        }
-    }
-}
-
-impl From<DecisionCode> for proto::DecisionCode {
-    fn from(code: DecisionCode) -> Self {
-        match code {
-            DecisionCode::Ok => proto::DecisionCode::Ok,
-            DecisionCode::MissingCredentials => proto::DecisionCode::MissingCredentials,
-            DecisionCode::InvalidApiKey => proto::DecisionCode::InvalidApiKey,
-            DecisionCode::ExpiredApiKey => proto::DecisionCode::ExpiredApiKey,
-            DecisionCode::KeyDisabled => proto::DecisionCode::KeyDisabled,
-            DecisionCode::OwnerDisabled => proto::DecisionCode::OwnerDisabled,
-            DecisionCode::PlanForbidden => proto::DecisionCode::PlanForbidden,
-            DecisionCode::InsufficientScope => proto::DecisionCode::InsufficientScope,
-            DecisionCode::IpNotAllowed => proto::DecisionCode::IpNotAllowed,
-            DecisionCode::RateLimited => proto::DecisionCode::RateLimited,
         }
     }
 }
@@ -192,17 +164,5 @@ mod tests {
         assert_eq!(DecisionCode::InvalidApiKey.http_status(), 401);
         assert_eq!(DecisionCode::PlanForbidden.http_status(), 403);
         assert_eq!(DecisionCode::RateLimited.http_status(), 429);
-        assert_eq!(
-            DecisionCode::grpc_code_for_status(401),
-            tonic::Code::Unauthenticated
-        );
-        assert_eq!(
-            DecisionCode::grpc_code_for_status(403),
-            tonic::Code::PermissionDenied
-        );
-        assert_eq!(
-            DecisionCode::grpc_code_for_status(429),
-            tonic::Code::ResourceExhausted
-        );
     }
 }

@@ -1,19 +1,51 @@
-//! One decision, from request to [`Decision`]: extract → verify (cache, store, argon2) →
-//! policy → rate limits. Check and Authorize both call [`decide`], so they can never disagree.
+//! [`Authorizer`]: one decision, from request to [`Decision`]: extract → verify (cache,
+//! store, argon2) → policy → rate limits. Check, Authorize and the management API's key
+//! callers all go through it, so they can never disagree. It knows nothing of gRPC: the
+//! adapters build an [`AuthzRequest`] and render the [`Decision`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::decision::{Decision, DecisionCode, Identity};
 use super::extract::Credential;
+use super::keys::{CachedKey, KeyCache};
 use super::policy::{RequestFacts, effective_plan, evaluate};
-use super::routes::matching_rule;
-use crate::app::App;
+use super::routes::{RouteRule, matching_rule};
+use super::usage::UsageRecorder;
+use crate::clock::Clock;
 use crate::error::Result;
-use crate::ratelimit::Subject;
+use crate::model::Owner;
+use crate::plan::Plans;
+use crate::ratelimit::{RateLimiter, Subject};
+
+/// Which API asked for a decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Api {
+    /// Envoy's ext_authz Check.
+    #[default]
+    Check,
+    /// keygate's Authorize.
+    Authorize,
+}
+
+impl Api {
+    /// The name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Check => "check",
+            Api::Authorize => "authorize",
+        }
+    }
+}
 
 /// A request to decide, independent of the protocol it came in.
 #[derive(Debug, Default)]
 pub struct AuthzRequest {
+    /// The API that asked.
+    pub api: Api,
+    /// The request's id, for logs and error bodies.
+    pub request_id: String,
     /// The credential found, if any.
     pub credential: Option<Credential>,
     /// HTTP method (empty for callers that have none).
@@ -30,81 +62,202 @@ pub struct AuthzRequest {
     pub cost: Option<u64>,
 }
 
-/// Decides `request`. Errors are faults keygate cannot decide through (the store failed for
-/// a key not in the cache): callers answer UNAVAILABLE, never a denial.
-pub async fn decide(app: &App, request: &AuthzRequest) -> Result<Decision> {
-    let Some(credential) = &request.credential else {
-        return Ok(Decision::anonymous(DecisionCode::MissingCredentials));
-    };
-    let lookup = app.keys.verify(&credential.text).await?;
-    let Some(cached) = lookup.key else {
-        return Ok(Decision {
-            cache: Some(lookup.outcome),
-            ..Decision::anonymous(DecisionCode::InvalidApiKey)
-        });
-    };
-    let key = &cached.key;
-    let owner = app.keys.owner(&key.owner_id).await?;
-    let plan = effective_plan(key, owner.as_ref())
-        .unwrap_or_default()
-        .to_owned();
-    let rule = matching_rule(&app.config.routes, &request.method, &request.path);
-    let mut scopes = rule.map(|r| r.scopes.clone()).unwrap_or_default();
-    scopes.extend(request.extra_scopes.iter().cloned());
-    let now = app.clock.now();
-    let facts = RequestFacts {
-        client_ip: request.client_ip,
-        required_scopes: &scopes,
-    };
-    let plan_config = app.plans.get(&plan);
-    let mut code = evaluate(
-        key,
-        cached.matched,
-        owner.as_ref(),
-        plan_config,
-        &facts,
-        now,
-    );
-    let mut rate = None;
-    if let Some(windows) = plan_config
-        .map(|p| &p.rate_windows)
-        .filter(|w| !w.is_empty())
-        && code == DecisionCode::Ok
-    {
-        let cost = request
-            .cost
-            .or(rule.and_then(|r| r.cost))
-            .unwrap_or(1)
-            .max(1);
-        let subject = Subject {
-            owner_id: &key.owner_id,
-            key_id: &key.id,
-        };
-        let outcome = app
-            .limiter
-            .check(subject, windows, cost, app.clock.as_ref())
-            .await;
-        if !outcome.allowed {
-            code = DecisionCode::RateLimited;
+/// Told of every decision the [`Authorizer`] makes: metrics, span fields and decision logs
+/// live behind it, outside the data plane.
+pub trait DecisionObserver: Send + Sync {
+    /// `decision` was made for `request` in `elapsed`.
+    fn decided(&self, request: &AuthzRequest, decision: &Decision, elapsed: Duration);
+}
+
+/// An API key checked for a caller outside the request path (the management API).
+#[derive(Debug, Clone)]
+pub struct KeyCheck {
+    /// What the policy decided, rate limits aside.
+    pub code: DecisionCode,
+    /// The key the credential proves, if any.
+    pub key: Option<Arc<CachedKey>>,
+}
+
+/// The data plane's decision maker: owns the verified-key cache, the rate limiter, the
+/// usage recorder, the route rules, the plans and the clock.
+pub struct Authorizer {
+    keys: KeyCache,
+    limiter: RateLimiter,
+    usage: UsageRecorder,
+    routes: Vec<RouteRule>,
+    plans: Arc<Plans>,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn DecisionObserver>,
+}
+
+/// What the key a credential proves and its owner say, before the policy.
+struct Identified {
+    key: Arc<CachedKey>,
+    owner: Option<Owner>,
+    plan: String,
+}
+
+impl Authorizer {
+    /// An authorizer deciding with `keys` and `limiter` under `routes` and `plans`,
+    /// reporting every decision to `observer`.
+    pub fn new(
+        keys: KeyCache,
+        limiter: RateLimiter,
+        routes: Vec<RouteRule>,
+        plans: Arc<Plans>,
+        clock: Arc<dyn Clock>,
+        observer: Arc<dyn DecisionObserver>,
+    ) -> Self {
+        Authorizer {
+            keys,
+            limiter,
+            usage: UsageRecorder::default(),
+            routes,
+            plans,
+            clock,
+            observer,
         }
-        rate = Some(outcome);
     }
-    if code == DecisionCode::Ok {
-        app.usage.record(&key.id, now);
+
+    /// The verified-key cache.
+    pub fn keys(&self) -> &KeyCache {
+        &self.keys
     }
-    // A revoked key is "invalid" to the client; it is not identified to anyone downstream.
-    let identity = (code != DecisionCode::InvalidApiKey).then(|| Identity {
-        key_id: key.id.clone(),
-        owner_id: key.owner_id.clone(),
-        plan,
-        scopes: key.scopes.clone(),
-        metadata: key.metadata.clone(),
-        expires_at: key.expires_at,
-    });
-    Ok(Decision {
-        code,
-        identity,
-        rate,
-        cache: Some(lookup.outcome),
-    })
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Key uses not yet written to the store.
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.usage
+    }
+
+    /// Decides `request` and reports the decision to the observer. Errors are faults
+    /// keygate cannot decide through (the store failed for a key not in the cache): callers
+    /// answer UNAVAILABLE, never a denial.
+    pub async fn decide(&self, request: &AuthzRequest) -> Result<Decision> {
+        let started = Instant::now();
+        let decision = self.decide_unobserved(request).await?;
+        self.observer.decided(request, &decision, started.elapsed());
+        Ok(decision)
+    }
+
+    async fn decide_unobserved(&self, request: &AuthzRequest) -> Result<Decision> {
+        let Some(credential) = &request.credential else {
+            return Ok(Decision::anonymous(DecisionCode::MissingCredentials));
+        };
+        let lookup = self.keys.verify(&credential.text).await?;
+        let Some(found) = lookup.key else {
+            return Ok(Decision {
+                cache: Some(lookup.outcome),
+                ..Decision::anonymous(DecisionCode::InvalidApiKey)
+            });
+        };
+        let Identified { key, owner, plan } = self.identify(found).await?;
+        let rule = matching_rule(&self.routes, &request.method, &request.path);
+        let mut scopes = rule.map(|r| r.scopes.clone()).unwrap_or_default();
+        scopes.extend(request.extra_scopes.iter().cloned());
+        let now = self.clock.now();
+        let plan_config = self.plans.get(&plan);
+        let facts = RequestFacts {
+            client_ip: request.client_ip,
+            required_scopes: &scopes,
+        };
+        let record = &key.key;
+        let mut code = evaluate(
+            record,
+            key.matched,
+            owner.as_ref(),
+            plan_config,
+            &facts,
+            now,
+        );
+        let mut rate = None;
+        if let Some(windows) = plan_config
+            .map(|p| &p.rate_windows)
+            .filter(|w| !w.is_empty())
+            && code == DecisionCode::Ok
+        {
+            let cost = request
+                .cost
+                .or(rule.and_then(|r| r.cost))
+                .unwrap_or(1)
+                .max(1);
+            let subject = Subject {
+                owner_id: &record.owner_id,
+                key_id: &record.id,
+            };
+            let outcome = self
+                .limiter
+                .check(subject, windows, cost, self.clock.as_ref())
+                .await;
+            if !outcome.allowed {
+                code = DecisionCode::RateLimited;
+            }
+            rate = Some(outcome);
+        }
+        if code == DecisionCode::Ok {
+            self.usage.record(&record.id, now);
+        }
+        // A revoked key is "invalid" to the client; it is not identified to anyone downstream.
+        let identity = (code != DecisionCode::InvalidApiKey).then(|| Identity {
+            key_id: record.id.clone(),
+            owner_id: record.owner_id.clone(),
+            plan,
+            scopes: record.scopes.clone(),
+            metadata: record.metadata.clone(),
+            expires_at: record.expires_at,
+        });
+        Ok(Decision {
+            code,
+            identity,
+            rate,
+            cache: Some(lookup.outcome),
+        })
+    }
+
+    /// Checks `token` as an API key presented from `client_ip` for a call needing
+    /// `required_scopes`, by the same policy as Check but without rate limits, usage or
+    /// observation: how the management API authenticates key callers.
+    pub async fn check_key(
+        &self,
+        token: &str,
+        client_ip: Option<IpAddr>,
+        required_scopes: &[String],
+    ) -> Result<KeyCheck> {
+        let Some(found) = self.keys.verify(token).await?.key else {
+            return Ok(KeyCheck {
+                code: DecisionCode::InvalidApiKey,
+                key: None,
+            });
+        };
+        let Identified { key, owner, plan } = self.identify(found).await?;
+        let facts = RequestFacts {
+            client_ip,
+            required_scopes,
+        };
+        let code = evaluate(
+            &key.key,
+            key.matched,
+            owner.as_ref(),
+            self.plans.get(&plan),
+            &facts,
+            self.clock.now(),
+        );
+        Ok(KeyCheck {
+            code,
+            key: Some(key),
+        })
+    }
+
+    /// The owner and plan in force for a verified key.
+    async fn identify(&self, key: Arc<CachedKey>) -> Result<Identified> {
+        let owner = self.keys.owner(&key.key.owner_id).await?;
+        let plan = effective_plan(&key.key, owner.as_ref())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Identified { key, owner, plan })
+    }
 }

@@ -50,9 +50,9 @@ impl CredentialSource {
     }
 
     /// Checks the source and lower-cases its header names; returns why it is unusable.
-    pub fn normalize(&mut self) -> Result<(), String> {
+    pub fn normalize(&mut self) -> Result<(), SourceError> {
         if self.name.trim().is_empty() {
-            return Err("name must not be empty".into());
+            return Err(SourceError::NoName);
         }
         if self.kind == SourceKind::Bearer && self.header.is_none() {
             self.header = Some("authorization".into());
@@ -60,19 +60,14 @@ impl CredentialSource {
         let header = self
             .header
             .as_mut()
-            .ok_or_else(|| format!("{:?} needs `header`", self.name))?;
+            .ok_or_else(|| SourceError::NoHeader(self.name.clone()))?;
         *header = header.trim().to_ascii_lowercase();
         match (self.kind, self.secret_header.as_mut()) {
             (SourceKind::Pair, Some(secret)) => *secret = secret.trim().to_ascii_lowercase(),
             (SourceKind::Pair, None) => {
-                return Err(format!("pair source {:?} needs `secret_header`", self.name));
+                return Err(SourceError::NoSecretHeader(self.name.clone()));
             }
-            (_, Some(_)) => {
-                return Err(format!(
-                    "only pair sources take `secret_header` ({:?})",
-                    self.name
-                ));
-            }
+            (_, Some(_)) => return Err(SourceError::StraySecretHeader(self.name.clone())),
             (_, None) => {}
         }
         Ok(())
@@ -87,10 +82,42 @@ impl CredentialSource {
     }
 }
 
+/// Why a credential source is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The source has no name to select it by.
+    #[error("name must not be empty")]
+    NoName,
+    /// The source reads no header.
+    #[error("{0:?} needs `header`")]
+    NoHeader(String),
+    /// A pair source lacks the header of its secret half.
+    #[error("pair source {0:?} needs `secret_header`")]
+    NoSecretHeader(String),
+    /// A single-header source names a secret header.
+    #[error("only pair sources take `secret_header` ({0:?})")]
+    StraySecretHeader(String),
+}
+
 /// A credential found in a request. Its text is zeroized on drop and never printed.
 pub struct Credential {
     /// The whole key (a pair's two halves joined).
     pub text: Zeroizing<String>,
+}
+
+impl Credential {
+    /// The credential a key pair makes: the public half, then the secret half.
+    pub fn pair(api_key: &str, api_secret: &str) -> Self {
+        let mut text = Zeroizing::new(String::with_capacity(api_key.len() + api_secret.len()));
+        text.push_str(api_key);
+        text.push_str(api_secret);
+        Credential { text }
+    }
+}
+
+/// The non-empty, trimmed items of a comma-separated list.
+pub fn comma_list(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 impl std::fmt::Debug for Credential {
@@ -118,20 +145,20 @@ pub fn extract<'h>(
         .filter(|s| only.is_none_or(|names| names.contains(&s.name.as_str())))
         .find_map(|source| {
             let value = present(&source.header)?;
-            let text = match source.kind {
-                SourceKind::Header => value.to_owned(),
+            let whole = |text: &str| Credential {
+                text: Zeroizing::new(text.to_owned()),
+            };
+            match source.kind {
+                SourceKind::Header => Some(whole(value)),
                 SourceKind::Bearer => {
                     let (scheme, token) = value.split_once(' ')?;
                     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
                         return None;
                     }
-                    token.trim().to_owned()
+                    Some(whole(token.trim()))
                 }
-                SourceKind::Pair => format!("{value}{}", present(&source.secret_header)?),
-            };
-            Some(Credential {
-                text: Zeroizing::new(text),
-            })
+                SourceKind::Pair => Some(Credential::pair(value, present(&source.secret_header)?)),
+            }
         })
 }
 

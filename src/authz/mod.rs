@@ -1,10 +1,12 @@
-//! The decision engine: credential extraction, route rules, the policy, and how denials are
-//! rendered. [`engine::decide`] ties them to the cache and the store.
+//! The data plane: what decides a request, knowing nothing of gRPC. [`engine::Authorizer`]
+//! runs extract → verify ([`keys`]) → [`policy`] → rate limits and answers a
+//! [`decision::Decision`]; [`response`] says how a denial reads to the client.
 
 pub mod decision;
 pub mod engine;
 pub mod extract;
-pub mod observe;
+pub mod keys;
 pub mod policy;
 pub mod response;
 pub mod routes;
+pub mod usage;

@@ -4,10 +4,10 @@
 use std::net::IpAddr;
 
 use super::decision::DecisionCode;
+use super::keys::MatchedSecret;
 use crate::clock::UnixTime;
 use crate::model::{KeyRecord, KeyState, Owner, OwnerState};
 use crate::plan::PlanConfig;
-use crate::verify::MatchedSecret;
 
 /// The name of the plan in force for `key`: its own, else its owner's.
 pub fn effective_plan<'a>(key: &'a KeyRecord, owner: Option<&'a Owner>) -> Option<&'a str> {

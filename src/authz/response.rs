@@ -1,5 +1,7 @@
-//! What a denied client sees: status, JSON body and headers, configurable per product so
-//! each keeps its documented error contract (codes, messages in any language, body shape).
+//! How a decision is answered, whatever the protocol: the identity headers an allowed
+//! request carries upstream, and what a denied client sees: status, JSON body and headers,
+//! configurable per product so each keeps its documented error contract (codes, messages in
+//! any language, body shape). Adapters only translate an [`Answer`] into their messages.
 //!
 //! ```toml
 //! [errors]
@@ -17,7 +19,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::decision::DecisionCode;
+use super::decision::{Decision, DecisionCode};
+use crate::ratelimit::RateLimitConfig;
 
 /// How one decision code is shown to clients.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +83,50 @@ impl ErrorsConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Names of the headers keygate sets on allowed requests before they go upstream. Whatever a
+/// client sent under these names is overwritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderNames {
+    /// The key's id.
+    pub key_id: String,
+    /// The owner's id.
+    pub owner_id: String,
+    /// The plan in force.
+    pub plan: String,
+    /// The key's scopes, comma-separated.
+    pub scopes: String,
+    /// Header carrying the request id (set by Envoy); echoed as `x-error-id` on denials.
+    pub request_id: String,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        HeaderNames {
+            key_id: "x-keygate-key-id".into(),
+            owner_id: "x-keygate-owner-id".into(),
+            plan: "x-keygate-plan".into(),
+            scopes: "x-keygate-scopes".into(),
+            request_id: "x-request-id".into(),
+        }
+    }
+}
+
+impl HeaderNames {
+    /// Lower-cases every name, as Envoy sends and matches them.
+    pub fn normalize(&mut self) {
+        for name in [
+            &mut self.key_id,
+            &mut self.owner_id,
+            &mut self.plan,
+            &mut self.scopes,
+            &mut self.request_id,
+        ] {
+            *name = name.trim().to_ascii_lowercase();
+        }
     }
 }
 
@@ -150,6 +197,84 @@ fn fill(template: &Value, code: &str, message: &str, request_id: &str) -> Value 
                 .collect(),
         ),
         other => other.clone(),
+    }
+}
+
+/// A decision as the proxy should carry it out, in no protocol's terms. Every header is
+/// set, replacing whatever is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Let the request through.
+    Allow {
+        /// Identity headers for the upstream.
+        upstream: Vec<(String, String)>,
+        /// Headers removed before the request goes upstream: where credentials were read.
+        removed: Vec<String>,
+        /// Headers for the client's response (rate-limit state).
+        client: Vec<(String, String)>,
+    },
+    /// Answer the client directly.
+    Deny {
+        /// How the denial reads.
+        denial: Denial,
+        /// Headers for the client: content type, `x-error`, `x-error-id`,
+        /// `www-authenticate` on 401, rate-limit state and `retry-after` on 429.
+        client: Vec<(String, String)>,
+    },
+}
+
+/// Turns decisions into [`Answer`]s with the configured names and texts.
+#[derive(Debug, Clone, Default)]
+pub struct Responder {
+    /// Identity header names.
+    pub headers: HeaderNames,
+    /// Denial texts and body.
+    pub errors: ErrorsConfig,
+    /// How rate-limit headers are written.
+    pub ratelimit: RateLimitConfig,
+    /// Headers credentials are read from, removed before the upstream.
+    pub credential_headers: Vec<String>,
+}
+
+impl Responder {
+    /// How to carry out `decision` for the request `request_id`.
+    pub fn answer(&self, decision: &Decision, request_id: &str) -> Answer {
+        let rate: Vec<(String, String)> = decision
+            .rate
+            .as_ref()
+            .map(|rate| rate.headers(&self.ratelimit))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        match (&decision.identity, decision.allowed()) {
+            (Some(identity), true) => {
+                let names = &self.headers;
+                Answer::Allow {
+                    upstream: vec![
+                        (names.key_id.clone(), identity.key_id.clone()),
+                        (names.owner_id.clone(), identity.owner_id.clone()),
+                        (names.plan.clone(), identity.plan.clone()),
+                        (names.scopes.clone(), identity.scopes.join(",")),
+                    ],
+                    removed: self.credential_headers.clone(),
+                    client: rate,
+                }
+            }
+            _ => {
+                let denial = render(&self.errors, decision.code, request_id);
+                let mut client = vec![
+                    ("content-type".to_owned(), "application/json".to_owned()),
+                    ("x-error".to_owned(), denial.message.clone()),
+                    ("x-error-id".to_owned(), request_id.to_owned()),
+                ];
+                if let Some(challenge) = &denial.www_authenticate {
+                    client.push(("www-authenticate".to_owned(), challenge.clone()));
+                }
+                client.extend(rate);
+                Answer::Deny { denial, client }
+            }
+        }
     }
 }
 

@@ -35,20 +35,28 @@ pub struct RouteRule {
     pub cost: Option<u64>,
 }
 
+/// Why a route rule is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The path prefix does not start at the root.
+    #[error("path_prefix {0:?} must start with '/'")]
+    RelativePrefix(String),
+    /// A request would cost nothing.
+    #[error("cost must be at least 1")]
+    ZeroCost,
+}
+
 impl RouteRule {
     /// Upper-cases methods; returns why the rule is unusable.
-    pub fn normalize(&mut self) -> Result<(), String> {
+    pub fn normalize(&mut self) -> Result<(), RouteError> {
         if !self.path_prefix.starts_with('/') {
-            return Err(format!(
-                "path_prefix {:?} must start with '/'",
-                self.path_prefix
-            ));
+            return Err(RouteError::RelativePrefix(self.path_prefix.clone()));
         }
         for method in &mut self.methods {
             *method = method.trim().to_ascii_uppercase();
         }
         if self.cost == Some(0) {
-            return Err("cost must be at least 1".into());
+            return Err(RouteError::ZeroCost);
         }
         Ok(())
     }

@@ -114,15 +114,21 @@ impl Alphabet {
 
 /// A profile describes the shape of the keys one product issues: `twa_` + 43 base62
 /// characters, `wmt_api_` + 48, and so on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Written in the configuration as `{ name, prefix, alphabet, body_length }`; an empty or
+/// absent prefix is the name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyProfile {
     /// Name the profile is selected by in CreateKey.
     pub name: String,
     /// Text before the `_` that starts the body, e.g. `kg_live`.
+    #[serde(default)]
     pub prefix: String,
     /// Alphabet of the body.
     pub alphabet: Alphabet,
     /// Characters in the body: id + secret + checksum.
+    #[serde(rename = "body_length")]
     pub body_len: usize,
 }
 
@@ -325,6 +331,33 @@ pub enum ParseError {
     BadChecksum,
 }
 
+/// Why a set of profiles cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProfilesError {
+    /// One profile is unusable on its own.
+    #[error("profile {name:?}: {error}")]
+    Invalid {
+        /// The profile.
+        name: String,
+        /// What is wrong with it.
+        error: ProfileError,
+    },
+    /// Two profiles share a name.
+    #[error("profile {0:?} is defined twice")]
+    Duplicate(String),
+    /// One prefix starts another, so keys could not be told apart.
+    #[error("profiles {:?} and {:?} have overlapping prefixes {:?} and {:?}", names.0, names.1, prefixes.0, prefixes.1)]
+    OverlappingPrefixes {
+        /// The two profiles.
+        names: (String, String),
+        /// Their prefixes.
+        prefixes: (String, String),
+    },
+    /// The default profile is not among them.
+    #[error("default profile {0:?} is not defined")]
+    NoDefault(String),
+}
+
 /// The configured key profiles, looked up by name (to issue) or by prefix (to parse).
 #[derive(Debug, Clone)]
 pub struct Profiles {
@@ -336,27 +369,34 @@ impl Profiles {
     /// Builds the set; `default` must name one of `profiles`. Prefixes must be distinct and
     /// no prefix may be the start of another (`kg` and `kg_live`), so a key's prefix is
     /// never ambiguous.
-    pub fn new(profiles: Vec<KeyProfile>, default: &str) -> Result<Self, String> {
+    pub fn new(mut profiles: Vec<KeyProfile>, default: &str) -> Result<Self, ProfilesError> {
+        for profile in &mut profiles {
+            if profile.prefix.is_empty() {
+                profile.prefix = profile.name.clone();
+            }
+        }
         for (i, a) in profiles.iter().enumerate() {
-            a.validate()
-                .map_err(|e| format!("profile {:?}: {e}", a.name))?;
+            a.validate().map_err(|error| ProfilesError::Invalid {
+                name: a.name.clone(),
+                error,
+            })?;
             for b in &profiles[i + 1..] {
                 if a.name == b.name {
-                    return Err(format!("profile {:?} is defined twice", a.name));
+                    return Err(ProfilesError::Duplicate(a.name.clone()));
                 }
                 let (pa, pb) = (format!("{}_", a.prefix), format!("{}_", b.prefix));
                 if pa.starts_with(&pb) || pb.starts_with(&pa) {
-                    return Err(format!(
-                        "profiles {:?} and {:?} have overlapping prefixes {:?} and {:?}",
-                        a.name, b.name, a.prefix, b.prefix
-                    ));
+                    return Err(ProfilesError::OverlappingPrefixes {
+                        names: (a.name.clone(), b.name.clone()),
+                        prefixes: (a.prefix.clone(), b.prefix.clone()),
+                    });
                 }
             }
         }
         let default = profiles
             .iter()
             .position(|p| p.name == default)
-            .ok_or_else(|| format!("default profile {default:?} is not defined"))?;
+            .ok_or_else(|| ProfilesError::NoDefault(default.to_owned()))?;
         Ok(Profiles { profiles, default })
     }
 
@@ -553,7 +593,7 @@ mod tests {
             ],
             "kg_live",
         );
-        assert!(overlapping.unwrap_err().contains("overlapping"));
+        assert!(overlapping.unwrap_err().to_string().contains("overlapping"));
         assert!(Profiles::new(vec![default_profile()], "nope").is_err());
     }
 

@@ -42,11 +42,20 @@ impl Default for Argon2Config {
 
 impl Argon2Config {
     /// The argon2 parameters, or why they are unusable.
-    pub fn params(&self) -> Result<Params, String> {
-        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
-            .map_err(|e| format!("invalid argon2 parameters: {e}"))
+    pub fn params(&self) -> Result<Params, InvalidParams> {
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None).map_err(InvalidParams)
     }
 }
+
+/// argon2 refuses the configured memory, iterations or lanes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid argon2 parameters: {0}")]
+pub struct InvalidParams(argon2::Error);
+
+/// The pepper is too short to key digests safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the pepper has {0} bytes; at least 16 are required")]
+pub struct PepperTooShort(usize);
 
 /// Hashes and verifies secrets with argon2id on the blocking thread pool, never on the async
 /// runtime, with at most a fixed number running at once.
@@ -66,7 +75,7 @@ pub struct HashError(String);
 
 impl SecretHasher {
     /// A hasher for `config`, whose parameters must already be valid.
-    pub fn new(config: &Argon2Config) -> Result<Self, String> {
+    pub fn new(config: &Argon2Config) -> Result<Self, InvalidParams> {
         let workers = match config.max_concurrent {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -173,13 +182,10 @@ pub fn hex(bytes: &[u8]) -> String {
 
 impl Pepper {
     /// Wraps pepper bytes; at least 16 are required.
-    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, PepperTooShort> {
         let bytes = Zeroizing::new(bytes);
         if bytes.len() < 16 {
-            return Err(format!(
-                "the pepper has {} bytes; at least 16 are required",
-                bytes.len()
-            ));
+            return Err(PepperTooShort(bytes.len()));
         }
         Ok(Pepper(Arc::new(bytes)))
     }

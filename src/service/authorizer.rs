@@ -3,57 +3,31 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+use super::DataPlane;
 use super::convert::timestamp;
-use crate::app::App;
-use crate::authz::decision::DecisionCode;
-use crate::authz::engine::{AuthzRequest, decide};
+use crate::authz::decision::{Decision, DecisionCode};
+use crate::authz::engine::{Api, AuthzRequest};
 use crate::authz::extract::Credential;
-use crate::authz::observe::observe;
 use crate::authz::response::render;
-use crate::metrics::Api;
+use crate::error::{Error, Result};
 use crate::proto::{self, authorizer_server::Authorizer};
 use crate::ratelimit::RateOutcome;
 use crate::ratelimit::window::WindowState;
 
 /// The Authorizer gRPC service.
 pub struct AuthorizerService {
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
 }
 
 impl AuthorizerService {
-    /// A service over the shared state.
-    pub fn new(app: Arc<App>) -> Self {
-        AuthorizerService { app }
+    /// A service deciding with `plane`.
+    pub fn new(plane: Arc<DataPlane>) -> Self {
+        AuthorizerService { plane }
     }
-}
-
-/// The credential an Authorize request carries: the whole key, or a pair.
-fn credential(req: &proto::AuthorizeRequest) -> Result<Option<Credential>, Status> {
-    let text = match (req.key.trim(), req.api_key.trim(), req.api_secret.trim()) {
-        ("", "", "") => return Ok(None),
-        (key, "", "") => key.to_owned(),
-        ("", api_key, api_secret) if !api_key.is_empty() && !api_secret.is_empty() => {
-            format!("{api_key}{api_secret}")
-        }
-        ("", _, _) => {
-            return Err(Status::invalid_argument(
-                "a pair credential needs both api_key and api_secret",
-            ));
-        }
-        _ => {
-            return Err(Status::invalid_argument(
-                "send either key, or api_key and api_secret, not both",
-            ));
-        }
-    };
-    Ok(Some(Credential {
-        text: Zeroizing::new(text),
-    }))
 }
 
 #[tonic::async_trait]
@@ -62,38 +36,25 @@ impl Authorizer for AuthorizerService {
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
-        let started = Instant::now();
         let request_id = request
             .metadata()
-            .get(self.app.config.headers.request_id.as_str())
+            .get(self.plane.responder.headers.request_id.as_str())
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let req = request.into_inner();
-        let client_ip = match req.client_address.trim() {
-            "" => None,
-            text => Some(text.parse::<IpAddr>().map_err(|_| {
-                Status::invalid_argument(format!(
-                    "client_address {text:?} is not an IP address like 203.0.113.7 or 2001:db8::7"
-                ))
-            })?),
-        };
-        let request = AuthzRequest {
-            credential: credential(&req)?,
-            method: req.method.trim().to_ascii_uppercase(),
-            path: req.path.clone(),
-            client_ip,
-            extra_scopes: req.required_scopes.clone(),
-            cost: (req.cost > 0).then_some(req.cost),
-        };
-        let decision = decide(&self.app, &request)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        observe(&self.app, Api::Authorize, started, &decision, &request_id);
+        let request = authz_request(request.into_inner(), request_id)?;
+        let decision = self.plane.authorizer.decide(&request).await?;
+        Ok(Response::new(self.answer(decision)))
+    }
+}
+
+impl AuthorizerService {
+    /// The typed answer for `decision`.
+    fn answer(&self, decision: Decision) -> proto::AuthorizeResponse {
         let (http_status, message) = match decision.code {
             DecisionCode::Ok => (200, String::new()),
             code => {
-                let denial = render(&self.app.config.errors, code, "");
+                let denial = render(&self.plane.responder.errors, code, "");
                 (denial.status, denial.message)
             }
         };
@@ -102,9 +63,9 @@ impl Authorizer for AuthorizerService {
             allowed: decision.allowed(),
             http_status: u32::from(http_status),
             message,
+            rate_limit: decision.rate.as_ref().map(rate_limit_state),
             ..Default::default()
         };
-        answer.rate_limit = decision.rate.as_ref().map(rate_limit_state);
         if let Some(identity) = decision.identity {
             answer.key_id = identity.key_id;
             answer.owner_id = identity.owner_id;
@@ -113,7 +74,65 @@ impl Authorizer for AuthorizerService {
             answer.metadata = identity.metadata.into_iter().collect();
             answer.expire_time = identity.expires_at.map(timestamp);
         }
-        Ok(Response::new(answer))
+        answer
+    }
+}
+
+/// What an Authorize request asks, in the data plane's terms.
+fn authz_request(req: proto::AuthorizeRequest, request_id: String) -> Result<AuthzRequest> {
+    let client_ip = match req.client_address.trim() {
+        "" => None,
+        text => Some(text.parse::<IpAddr>().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "client_address {text:?} is not an IP address like 203.0.113.7 or 2001:db8::7"
+            ))
+        })?),
+    };
+    Ok(AuthzRequest {
+        api: Api::Authorize,
+        request_id,
+        credential: credential(&req)?,
+        method: req.method.trim().to_ascii_uppercase(),
+        path: req.path,
+        client_ip,
+        extra_scopes: req.required_scopes,
+        cost: (req.cost > 0).then_some(req.cost),
+    })
+}
+
+/// The credential an Authorize request carries: the whole key, or a pair.
+fn credential(req: &proto::AuthorizeRequest) -> Result<Option<Credential>> {
+    match (req.key.trim(), req.api_key.trim(), req.api_secret.trim()) {
+        ("", "", "") => Ok(None),
+        (key, "", "") => Ok(Some(Credential {
+            text: Zeroizing::new(key.to_owned()),
+        })),
+        ("", api_key, api_secret) if !api_key.is_empty() && !api_secret.is_empty() => {
+            Ok(Some(Credential::pair(api_key, api_secret)))
+        }
+        ("", _, _) => Err(Error::InvalidArgument(
+            "a pair credential needs both api_key and api_secret".into(),
+        )),
+        _ => Err(Error::InvalidArgument(
+            "send either key, or api_key and api_secret, not both".into(),
+        )),
+    }
+}
+
+impl From<DecisionCode> for proto::DecisionCode {
+    fn from(code: DecisionCode) -> Self {
+        match code {
+            DecisionCode::Ok => proto::DecisionCode::Ok,
+            DecisionCode::MissingCredentials => proto::DecisionCode::MissingCredentials,
+            DecisionCode::InvalidApiKey => proto::DecisionCode::InvalidApiKey,
+            DecisionCode::ExpiredApiKey => proto::DecisionCode::ExpiredApiKey,
+            DecisionCode::KeyDisabled => proto::DecisionCode::KeyDisabled,
+            DecisionCode::OwnerDisabled => proto::DecisionCode::OwnerDisabled,
+            DecisionCode::PlanForbidden => proto::DecisionCode::PlanForbidden,
+            DecisionCode::InsufficientScope => proto::DecisionCode::InsufficientScope,
+            DecisionCode::IpNotAllowed => proto::DecisionCode::IpNotAllowed,
+            DecisionCode::RateLimited => proto::DecisionCode::RateLimited,
+        }
     }
 }
 

@@ -8,12 +8,14 @@
 //!   are accepted as admin: a single-machine setup needs no token. Off loopback, keygate
 //!   refuses to start without one.
 
+use std::sync::Arc;
+
 use tonic::Request;
 
-use crate::app::App;
 use crate::authz::decision::DecisionCode;
-use crate::authz::policy::{RequestFacts, effective_plan, evaluate};
+use crate::authz::engine::Authorizer;
 use crate::error::{Error, Result};
+use crate::secrets::AdminToken;
 
 /// The scope that lets an API key manage its owner's keys.
 pub const MANAGE_SCOPE: &str = "keygate:keys";
@@ -76,10 +78,22 @@ impl Caller {
     }
 }
 
+/// What management authentication needs: the admin token, whether anonymous loopback
+/// calls are accepted, and the data plane to check API keys with.
+pub struct ManagementAuth {
+    /// Full-access token, if configured.
+    pub admin_token: Option<AdminToken>,
+    /// Whether calls without credentials are accepted: only when no admin token is
+    /// configured and the management listener is on loopback.
+    pub allow_anonymous: bool,
+    /// Checks API keys presented as bearer tokens.
+    pub authorizer: Arc<Authorizer>,
+}
+
 /// Authenticates the caller of a management RPC from its metadata and peer address.
-pub async fn authenticate<T>(app: &App, request: &Request<T>) -> Result<Caller> {
+pub async fn authenticate<T>(auth: &ManagementAuth, request: &Request<T>) -> Result<Caller> {
     let Some(header) = request.metadata().get("authorization") else {
-        return if app.allow_anonymous_management {
+        return if auth.allow_anonymous {
             Ok(Caller::Admin)
         } else {
             Err(Error::Unauthenticated(format!(
@@ -99,38 +113,27 @@ pub async fn authenticate<T>(app: &App, request: &Request<T>) -> Result<Caller> 
         .ok_or_else(|| {
             Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
         })?;
-    if app.admin_token.as_ref().is_some_and(|t| t.matches(token)) {
+    if auth.admin_token.as_ref().is_some_and(|t| t.matches(token)) {
         return Ok(Caller::Admin);
     }
     // Otherwise the token must be an API key that the data-plane policy would let through
     // to a route requiring MANAGE_SCOPE, from this caller's address.
     let invalid =
         || Error::Unauthenticated("the bearer token is not a valid admin token or API key".into());
-    let cached = app.keys.verify(token).await?.key.ok_or_else(invalid)?;
-    let key = &cached.key;
-    let owner = app.keys.owner(&key.owner_id).await?;
-    let plan = effective_plan(key, owner.as_ref()).and_then(|name| app.plans.get(name));
-    let required = [MANAGE_SCOPE.to_owned()];
-    let facts = RequestFacts {
-        client_ip: request.remote_addr().map(|a| a.ip()),
-        required_scopes: &required,
-    };
-    match evaluate(
-        key,
-        cached.matched,
-        owner.as_ref(),
-        plan,
-        &facts,
-        app.clock.now(),
-    ) {
-        DecisionCode::Ok => Ok(Caller::Owner {
-            owner_id: key.owner_id.clone(),
-            scopes: key.scopes.clone(),
+    let client_ip = request.remote_addr().map(|a| a.ip());
+    let check = auth
+        .authorizer
+        .check_key(token, client_ip, &[MANAGE_SCOPE.to_owned()])
+        .await?;
+    match (check.code, check.key) {
+        (DecisionCode::Ok, Some(key)) => Ok(Caller::Owner {
+            owner_id: key.key.owner_id.clone(),
+            scopes: key.key.scopes.clone(),
         }),
-        DecisionCode::InsufficientScope => Err(Error::PermissionDenied(format!(
+        (DecisionCode::InsufficientScope, _) => Err(Error::PermissionDenied(format!(
             "this API key lacks the scope {MANAGE_SCOPE:?} needed to manage keys"
         ))),
-        code @ (DecisionCode::PlanForbidden | DecisionCode::IpNotAllowed) => Err(
+        (code @ (DecisionCode::PlanForbidden | DecisionCode::IpNotAllowed), _) => Err(
             Error::PermissionDenied(format!("{} ({})", code.default_message(), code.as_str())),
         ),
         _ => Err(invalid()),

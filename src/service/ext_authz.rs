@@ -13,13 +13,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
@@ -27,13 +27,11 @@ use tonic::{Request, Response, Status};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::app::App;
-use crate::authz::decision::{Decision, DecisionCode};
-use crate::authz::engine::{AuthzRequest, decide};
-use crate::authz::extract::extract;
-use crate::authz::observe::observe;
-use crate::authz::response::render;
-use crate::metrics::Api;
+use super::DataPlane;
+use crate::authz::decision::Decision;
+use crate::authz::engine::{Api, AuthzRequest};
+use crate::authz::extract::{comma_list, extract};
+use crate::authz::response::Answer;
 use crate::telemetry::propagation::remote_parent;
 
 /// Context extension naming scopes a route requires.
@@ -45,13 +43,13 @@ pub const COST_EXTENSION: &str = "keygate.cost";
 
 /// The ext_authz gRPC service.
 pub struct ExtAuthzService {
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
 }
 
 impl ExtAuthzService {
-    /// A service over the shared state.
-    pub fn new(app: Arc<App>) -> Self {
-        ExtAuthzService { app }
+    /// A service deciding with `plane`.
+    pub fn new(plane: Arc<DataPlane>) -> Self {
+        ExtAuthzService { plane }
     }
 }
 
@@ -61,9 +59,20 @@ impl Authorization for ExtAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let started = Instant::now();
         let traced_by_caller = request.metadata().contains_key("traceparent");
         let attributes = request.into_inner().attributes.unwrap_or_default();
+        let request = self.authz_request(attributes, traced_by_caller);
+        let decision = self.plane.authorizer.decide(&request).await?;
+        Ok(Response::new(
+            self.check_response(&decision, &request.request_id),
+        ))
+    }
+}
+
+impl ExtAuthzService {
+    /// What Check asks, in the data plane's terms. Without HTTP attributes or a peer
+    /// address there is nothing to decide on: no credential is taken.
+    fn authz_request(&self, attributes: AttributeContext, traced_by_caller: bool) -> AuthzRequest {
         let client_ip = attributes
             .source
             .and_then(|peer| peer.address)
@@ -72,12 +81,10 @@ impl Authorization for ExtAuthzService {
                 _ => None,
             });
         let Some(http) = attributes.request.and_then(|r| r.http) else {
-            let decision = Decision::anonymous(DecisionCode::MissingCredentials);
-            return Ok(Response::new(self.finish(
-                started,
-                &decision,
-                &new_request_id(),
-            )));
+            return AuthzRequest {
+                request_id: new_request_id(),
+                ..AuthzRequest::default()
+            };
         };
         // Without a trace context from the gRPC call itself (Envoy sends one when it traces),
         // join the trace of the HTTP request being authorized.
@@ -88,26 +95,17 @@ impl Authorization for ExtAuthzService {
         {
             let _ = span.set_parent(parent);
         }
-        let request_id = match (
-            http.id.as_str(),
-            header(&http, &self.app.config.headers.request_id),
-        ) {
-            (id, _) if !id.is_empty() => id.to_owned(),
-            (_, Some(id)) => id.to_owned(),
-            _ => new_request_id(),
-        };
-        if client_ip.is_none() {
-            let decision = Decision::anonymous(DecisionCode::MissingCredentials);
-            return Ok(Response::new(self.finish(started, &decision, &request_id)));
-        }
         let extensions = &attributes.context_extensions;
         let only: Option<Vec<&str>> = extensions
             .get(CREDENTIALS_EXTENSION)
             .map(|v| comma_list(v).collect());
-        let request = AuthzRequest {
-            credential: extract(&self.app.config.credentials, only.as_deref(), |name| {
-                header(&http, name)
-            }),
+        let credentials = &self.plane.credentials;
+        let credential = client_ip
+            .and_then(|_| extract(credentials, only.as_deref(), |name| header(&http, name)));
+        AuthzRequest {
+            api: Api::Check,
+            request_id: self.request_id(&http),
+            credential,
             method: http.method.clone(),
             path: http.path.clone(),
             client_ip,
@@ -119,123 +117,74 @@ impl Authorization for ExtAuthzService {
                 .get(COST_EXTENSION)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .filter(|&c| c > 0),
-        };
-        let decision = decide(&self.app, &request)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(self.finish(started, &decision, &request_id)))
+        }
     }
-}
 
-impl ExtAuthzService {
-    /// Records `decision` and answers it.
-    fn finish(&self, started: Instant, decision: &Decision, request_id: &str) -> CheckResponse {
-        observe(&self.app, Api::Check, started, decision, request_id);
-        self.answer(decision, request_id)
+    /// Envoy's request id, else the configured request-id header, else a new one.
+    fn request_id(&self, http: &HttpRequest) -> String {
+        let configured = header(http, &self.plane.responder.headers.request_id);
+        match (http.id.as_str(), configured) {
+            (id, _) if !id.is_empty() => id.to_owned(),
+            (_, Some(id)) => id.to_owned(),
+            _ => new_request_id(),
+        }
     }
 
     /// The CheckResponse for `decision`.
-    fn answer(&self, decision: &Decision, request_id: &str) -> CheckResponse {
-        let config = &self.app.config;
-        match (&decision.identity, decision.allowed()) {
-            (Some(identity), true) => {
-                let names = &config.headers;
-                let headers = [
-                    (&names.key_id, identity.key_id.clone()),
-                    (&names.owner_id, identity.owner_id.clone()),
-                    (&names.plan, identity.plan.clone()),
-                    (&names.scopes, identity.scopes.join(",")),
-                ]
-                .into_iter()
-                .map(|(name, value)| {
-                    header_option(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd)
-                })
-                .collect();
-                let metadata = [
-                    ("key_id", identity.key_id.as_str()),
-                    ("owner_id", identity.owner_id.as_str()),
-                    ("plan", identity.plan.as_str()),
-                    ("code", decision.code.as_str()),
-                ];
-                CheckResponse {
-                    status: Some(rpc::Status {
-                        code: tonic::Code::Ok as i32,
-                        ..Default::default()
-                    }),
-                    http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                        headers,
-                        response_headers_to_add: self.rate_headers(decision),
-                        headers_to_remove: config
-                            .credentials
-                            .iter()
-                            .flat_map(|s| s.headers())
-                            .map(str::to_owned)
-                            .collect(),
-                        ..Default::default()
-                    })),
-                    dynamic_metadata: Some(string_struct(&metadata)),
-                }
+    fn check_response(&self, decision: &Decision, request_id: &str) -> CheckResponse {
+        let mut metadata = vec![("code", decision.code.as_str())];
+        if let Some(identity) = &decision.identity {
+            metadata.push(("key_id", identity.key_id.as_str()));
+            metadata.push(("owner_id", identity.owner_id.as_str()));
+            if decision.allowed() {
+                metadata.push(("plan", identity.plan.as_str()));
             }
-            _ => {
-                let denial = render(&config.errors, decision.code, request_id);
-                let mut headers = vec![
-                    ("content-type", "application/json".to_owned()),
-                    ("x-error", denial.message.clone()),
-                    ("x-error-id", request_id.to_owned()),
-                ];
-                if let Some(challenge) = &denial.www_authenticate {
-                    headers.push(("www-authenticate", challenge.clone()));
-                }
-                let rate = self.rate_headers(decision);
-                let mut metadata = vec![("code", decision.code.as_str())];
-                if let Some(identity) = &decision.identity {
-                    metadata.push(("key_id", identity.key_id.as_str()));
-                    metadata.push(("owner_id", identity.owner_id.as_str()));
-                }
-                CheckResponse {
-                    status: Some(rpc::Status {
-                        code: DecisionCode::grpc_code_for_status(denial.status) as i32,
-                        message: denial.code.clone(),
-                        ..Default::default()
+        }
+        let (status, http_response) = match self.plane.responder.answer(decision, request_id) {
+            Answer::Allow {
+                upstream,
+                removed,
+                client,
+            } => (
+                rpc::Status::default(),
+                HttpResponse::OkResponse(OkHttpResponse {
+                    headers: header_options(upstream),
+                    response_headers_to_add: header_options(client),
+                    headers_to_remove: removed,
+                    ..Default::default()
+                }),
+            ),
+            Answer::Deny { denial, client } => (
+                rpc::Status {
+                    code: grpc_code_for_status(denial.status) as i32,
+                    message: denial.code,
+                    ..Default::default()
+                },
+                HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(denial.status),
                     }),
-                    http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                        status: Some(HttpStatus {
-                            code: i32::from(denial.status),
-                        }),
-                        headers: headers
-                            .into_iter()
-                            .map(|(name, value)| {
-                                header_option(
-                                    name,
-                                    value,
-                                    HeaderAppendAction::OverwriteIfExistsOrAdd,
-                                )
-                            })
-                            .chain(rate)
-                            .collect(),
-                        body: denial.body,
-                    })),
-                    dynamic_metadata: Some(string_struct(&metadata)),
-                }
-            }
+                    headers: header_options(client),
+                    body: denial.body,
+                }),
+            ),
+        };
+        CheckResponse {
+            status: Some(status),
+            http_response: Some(http_response),
+            dynamic_metadata: Some(string_struct(&metadata)),
         }
     }
 }
 
-impl ExtAuthzService {
-    /// The `x-ratelimit-*` (and `retry-after`) headers for the client, if the decision was
-    /// rate limited.
-    fn rate_headers(&self, decision: &Decision) -> Vec<HeaderValueOption> {
-        decision
-            .rate
-            .as_ref()
-            .map(|rate| rate.headers(&self.app.config.ratelimit))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, value)| {
-                header_option(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd)
-            })
-            .collect()
+/// The gRPC status code of a denial with HTTP status `http_status`, as ext_authz's
+/// `CheckResponse.status` carries it.
+fn grpc_code_for_status(http_status: u16) -> tonic::Code {
+    match http_status {
+        200..=299 => tonic::Code::Ok,
+        401 => tonic::Code::Unauthenticated,
+        429 => tonic::Code::ResourceExhausted,
+        _ => tonic::Code::PermissionDenied,
     }
 }
 
@@ -256,20 +205,20 @@ fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
     })
 }
 
-fn comma_list(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn header_option(name: &str, value: String, action: HeaderAppendAction) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: name.to_owned(),
-            value,
-            raw_value: Vec::new(),
-        }),
-        append_action: action as i32,
-        ..Default::default()
-    }
+/// Headers that replace whatever is there under the same name.
+fn header_options(headers: Vec<(String, String)>) -> Vec<HeaderValueOption> {
+    headers
+        .into_iter()
+        .map(|(key, value)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key,
+                value,
+                raw_value: Vec::new(),
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn string_struct(fields: &[(&str, &str)]) -> Struct {
@@ -293,4 +242,17 @@ pub fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source failed");
     crate::key::hash::hex(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denials_map_to_the_grpc_codes_envoy_expects() {
+        assert_eq!(grpc_code_for_status(401), tonic::Code::Unauthenticated);
+        assert_eq!(grpc_code_for_status(403), tonic::Code::PermissionDenied);
+        assert_eq!(grpc_code_for_status(429), tonic::Code::ResourceExhausted);
+        assert_eq!(grpc_code_for_status(200), tonic::Code::Ok);
+    }
 }

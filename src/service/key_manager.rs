@@ -698,7 +698,7 @@ fn expiry(
 /// Authenticates, then runs one RPC's body, mapping its error to a status.
 macro_rules! rpc {
     ($self:ident, $request:ident, |$caller:ident, $req:ident| $body:expr) => {{
-        let $caller = authenticate(&$self.app, &$request).await?;
+        let $caller = authenticate(&$self.app.management_auth, &$request).await?;
         let $req = $request.into_inner();
         let answer: Result<_> = $body.await;
         Ok(Response::new(answer?))

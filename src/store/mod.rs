@@ -18,6 +18,8 @@ pub mod redis;
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use async_trait::async_trait;
 
 use crate::clock::UnixTime;
@@ -89,4 +91,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a key and its indexes, returning what was removed. `NotFound` if there is none.
     async fn delete_key(&self, id: &str) -> Result<KeyRecord>;
+}
+
+/// Where owners and keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// One redb file in the data directory: one replica.
+    Embedded,
+    /// Redis or Redis Cluster at `redis.url`: shared by every replica.
+    Redis,
 }

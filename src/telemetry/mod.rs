@@ -8,6 +8,7 @@
 //! keygate's spans are at DEBUG level: the OTLP exporter takes them all, while the log
 //! shows them only when asked for with `KEYGATE_LOG=keygate=debug`.
 
+pub mod decisions;
 pub mod otlp;
 pub mod propagation;
 pub mod rpc;

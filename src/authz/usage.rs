@@ -4,12 +4,33 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use tracing::warn;
 
 use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::store::Store;
+
+/// `last_used_at` bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How often noted key uses are written to the store; each key at most once per
+    /// interval.
+    #[serde(with = "crate::clock::duration_text")]
+    pub flush_interval: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            flush_interval: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Notes key uses and writes them to the store in batches.
 #[derive(Default)]

@@ -1,4 +1,12 @@
-//! The verified-key cache: what makes a warm key cost no store read and no argon2.
+//! Presented credential → the key it proves: the verified-key cache in front of the store
+//! and argon2. What makes a warm key cost no store read and no argon2.
+//!
+//! Keys in a configured profile's format are parsed once (shape and checksum, no I/O) and,
+//! on a miss, looked up by the id they embed; anything else is looked up by its keyed
+//! digest, for keys imported from another system. The secret is then checked against the
+//! stored argon2id hash; a secret replaced by rotation is accepted until its grace period
+//! ends (the policy judges that per request). Imported keys that happen to be in a
+//! configured profile's format keep their embedded id, so the first path finds them.
 //!
 //! * **Verified entries**, keyed by the HMAC digest of the presented credential: the key
 //!   record and which secret matched. Bounded in size, each entry lives at most the TTL.
@@ -37,10 +45,19 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::key::format::Profiles;
-use crate::key::hash::{Digest, Pepper};
+use crate::key::hash::{Digest, Pepper, SecretHasher};
 use crate::model::{KeyRecord, Owner};
 use crate::store::Store;
-use crate::verify::{KeyVerifier, MatchedSecret};
+
+/// Which of a key's secrets a credential matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedSecret {
+    /// The current secret.
+    Current,
+    /// The secret a rotation replaced; whether its grace period still lasts is the policy's
+    /// call, made at the time of each request.
+    Previous,
+}
 
 /// Sizes and lifetimes of the caches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,8 +170,8 @@ pub struct KeyCache {
     invalidated: moka::sync::Cache<String, u64>,
     epoch: AtomicU64,
     imported: RwLock<HashSet<Digest>>,
-    verifier: KeyVerifier,
     store: Arc<dyn Store>,
+    hasher: SecretHasher,
     pepper: Pepper,
     profiles: Arc<Profiles>,
     shared: Option<SharedVerifications>,
@@ -255,11 +272,11 @@ fn hash_fingerprint(key: &KeyRecord, matched: MatchedSecret) -> Option<String> {
 }
 
 impl KeyCache {
-    /// A cache over `verifier` and `store`.
+    /// A cache over `store`, verifying secrets with `hasher`.
     pub fn new(
         config: &CacheConfig,
-        verifier: KeyVerifier,
         store: Arc<dyn Store>,
+        hasher: SecretHasher,
         pepper: Pepper,
         profiles: Arc<Profiles>,
         shared: Option<SharedVerifications>,
@@ -283,8 +300,8 @@ impl KeyCache {
                 .build(),
             epoch: AtomicU64::new(0),
             imported: RwLock::new(HashSet::new()),
-            verifier,
             store,
+            hasher,
             pepper,
             profiles,
             shared,
@@ -297,15 +314,26 @@ impl KeyCache {
         &self.stats
     }
 
+    /// The argon2id hasher secrets are verified with, for its counters.
+    pub fn hasher(&self) -> &SecretHasher {
+        &self.hasher
+    }
+
     /// The key `credential` proves, if any, and which level answered. Store failures for
     /// credentials not in the cache are errors: the caller cannot decide without the store.
     pub async fn verify(&self, credential: &str) -> Result<Lookup> {
         let answer = |key, outcome| Ok(Lookup { key, outcome });
         let digest = self.pepper.digest(credential.as_bytes());
-        if self.profiles.parse(credential).is_err() && !self.is_imported(&digest) {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return answer(None, CacheOutcome::Malformed);
-        }
+        // The id a key in a configured profile's format embeds; `None` for imported keys,
+        // which are found by their digest.
+        let embedded_id = match self.profiles.parse(credential) {
+            Ok(parsed) => Some(parsed.id),
+            Err(_) if self.is_imported(&digest) => None,
+            Err(_) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return answer(None, CacheOutcome::Malformed);
+            }
+        };
         if self.rejected.contains_key(&digest) {
             self.stats.rejection_hits.fetch_add(1, Ordering::Relaxed);
             return answer(None, CacheOutcome::RejectionHit);
@@ -317,7 +345,10 @@ impl KeyCache {
             let loaded_by_us = std::sync::OnceLock::new();
             let loaded = self
                 .verified
-                .try_get_with(digest, self.load(credential, &digest, epoch, &loaded_by_us))
+                .try_get_with(
+                    digest,
+                    self.load(credential, embedded_id, &digest, epoch, &loaded_by_us),
+                )
                 .await;
             let outcome = loaded_by_us.get().copied().unwrap_or(CacheOutcome::L1Hit);
             let entry = match loaded {
@@ -351,6 +382,7 @@ impl KeyCache {
     async fn load(
         &self,
         credential: &str,
+        embedded_id: Option<&str>,
         digest: &Digest,
         epoch: u64,
         outcome: &std::sync::OnceLock<CacheOutcome>,
@@ -374,22 +406,54 @@ impl KeyCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let _ = outcome.set(CacheOutcome::Miss);
         let verified = self
-            .verifier
-            .verify(credential)
+            .verify_stored(credential, embedded_id, digest)
             .instrument(tracing::debug_span!("key cache miss"))
             .await;
         match verified {
-            Ok(Some(verified)) => {
+            Ok(Some((key, matched))) => {
                 if let Some(shared) = &self.shared {
-                    shared
-                        .put(digest, &verified.key, verified.matched, &self.stats)
-                        .await;
+                    shared.put(digest, &key, matched, &self.stats).await;
                 }
-                Ok(cached(verified.key, verified.matched))
+                Ok(cached(key, matched))
             }
             Ok(None) => Err(LoadFailure::Rejected),
             Err(e) => Err(LoadFailure::Store(e)),
         }
+    }
+
+    /// Reads the key `credential` names (by its embedded id, else by its digest) and checks
+    /// the secret against the stored hashes: the key and which secret matched, or `None`
+    /// when it proves no key. Store and hashing failures are errors, not `None`.
+    async fn verify_stored(
+        &self,
+        credential: &str,
+        embedded_id: Option<&str>,
+        digest: &Digest,
+    ) -> Result<Option<(KeyRecord, MatchedSecret)>> {
+        let record = match embedded_id {
+            Some(id) => self.store.get_key(id).await?,
+            None => self.store.find_key_by_digest(&digest.to_hex()).await?,
+        };
+        let Some(key) = record else {
+            return Ok(None);
+        };
+        let hash_failed = |e: crate::key::hash::HashError| Error::Unavailable(e.to_string());
+        let previous = key.previous_secret.as_ref().map(|p| p.hash.clone());
+        for (hash, matched) in [
+            (Some(key.secret_hash.clone()), MatchedSecret::Current),
+            (previous, MatchedSecret::Previous),
+        ] {
+            let Some(hash) = hash else { continue };
+            if self
+                .hasher
+                .verify(&hash, credential)
+                .await
+                .map_err(hash_failed)?
+            {
+                return Ok(Some((key, matched)));
+            }
+        }
+        Ok(None)
     }
 
     /// The owner `id`, or `None` if there is none.

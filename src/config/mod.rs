@@ -8,37 +8,34 @@
 //! Flags set the same paths: `--set listen.management=127.0.0.1:0`.
 //!
 //! Secrets (pepper, admin token) are never part of this file; see [`crate::secrets`].
+//!
+//! Each module owns its settings' type; [`Config`] only composes them, and [`load`] reads
+//! them.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::authz::extract::CredentialSource;
-use crate::authz::response::ErrorsConfig;
+use crate::authz::keys::CacheConfig;
+use crate::authz::response::{ErrorsConfig, HeaderNames};
 use crate::authz::routes::RouteRule;
-use crate::cache::CacheConfig;
-use crate::key::format::{Alphabet, KeyProfile, Profiles};
+use crate::authz::usage::UsageConfig;
+use crate::key::format::{KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
 use crate::plan::{PlanConfig, Plans};
 use crate::ratelimit::RateLimitConfig;
 use crate::ratelimit::redis::RedisConfig;
+use crate::shutdown::ShutdownConfig;
+use crate::store::StoreBackend;
+use crate::telemetry::decisions::DecisionLog;
 
-/// Environment variables with the `KEYGATE_` prefix that are not configuration fields.
-const NOT_CONFIG_VARS: &[&str] = &[
-    "KEYGATE_CONFIG",
-    "KEYGATE_PEPPER",
-    "KEYGATE_PEPPER_FILE",
-    "KEYGATE_ADMIN_TOKEN",
-    "KEYGATE_ADMIN_TOKEN_FILE",
-    "KEYGATE_ADDR",
-    "KEYGATE_TOKEN",
-    "KEYGATE_LOG",
-    "KEYGATE_LOG_FORMAT",
-];
+mod load;
+
+pub use load::ServeArgs;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +48,7 @@ pub struct Config {
     /// Listening addresses.
     pub listen: ListenConfig,
     /// Key shapes that can be issued and are recognised.
-    pub profiles: Vec<ProfileConfig>,
+    pub profiles: Vec<KeyProfile>,
     /// Profile used when CreateKey names none.
     pub default_profile: String,
     /// Plans owners can be on.
@@ -82,101 +79,13 @@ pub struct Config {
     pub decision_log: DecisionLog,
 }
 
-/// How a stop proceeds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShutdownConfig {
-    /// How long keygate keeps serving after reporting NOT_SERVING, so load balancers and
-    /// Envoy move traffic away before the listeners close.
-    #[serde(with = "crate::clock::duration_text")]
-    pub drain_grace: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            drain_grace: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Which decisions get a log line (target `keygate::decision`, level INFO).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DecisionLog {
-    /// None.
-    #[default]
-    Off,
-    /// Every denial.
-    Denied,
-    /// Every decision.
-    All,
-}
-
-/// Where owners and keys live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreBackend {
-    /// One redb file in the data directory: one replica.
-    Embedded,
-    /// Redis or Redis Cluster at `redis.url`: shared by every replica.
-    Redis,
-}
-
-/// Names of the headers keygate sets on allowed requests before they go upstream. Whatever a
-/// client sent under these names is overwritten.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeaderNames {
-    /// The key's id.
-    pub key_id: String,
-    /// The owner's id.
-    pub owner_id: String,
-    /// The plan in force.
-    pub plan: String,
-    /// The key's scopes, comma-separated.
-    pub scopes: String,
-    /// Header carrying the request id (set by Envoy); echoed as `x-error-id` on denials.
-    pub request_id: String,
-}
-
-impl Default for HeaderNames {
-    fn default() -> Self {
-        HeaderNames {
-            key_id: "x-keygate-key-id".into(),
-            owner_id: "x-keygate-owner-id".into(),
-            plan: "x-keygate-plan".into(),
-            scopes: "x-keygate-scopes".into(),
-            request_id: "x-request-id".into(),
-        }
-    }
-}
-
-/// `last_used_at` bookkeeping.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UsageConfig {
-    /// How often noted key uses are written to the store; each key at most once per
-    /// interval.
-    #[serde(with = "crate::clock::duration_text")]
-    pub flush_interval: Duration,
-}
-
-impl Default for UsageConfig {
-    fn default() -> Self {
-        UsageConfig {
-            flush_interval: Duration::from_secs(60),
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("keygate-data"),
             store: StoreBackend::Embedded,
             listen: ListenConfig::default(),
-            profiles: vec![ProfileConfig::from(&crate::key::format::default_profile())],
+            profiles: vec![crate::key::format::default_profile()],
             default_profile: "kg_live".into(),
             plans: vec![PlanConfig::unlimited("default")],
             default_plan: "default".into(),
@@ -213,32 +122,6 @@ impl Default for ListenConfig {
             management: SocketAddr::from(([127, 0, 0, 1], 9192)),
             data_plane: SocketAddr::from(([0, 0, 0, 0], 9191)),
             metrics: SocketAddr::from(([0, 0, 0, 0], 9090)),
-        }
-    }
-}
-
-/// One key profile, as written in the configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileConfig {
-    /// Name CreateKey selects it by.
-    pub name: String,
-    /// Key prefix; defaults to the name.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// `base62` or `hex`.
-    pub alphabet: Alphabet,
-    /// Characters after `<prefix>_`.
-    pub body_length: usize,
-}
-
-impl From<&KeyProfile> for ProfileConfig {
-    fn from(profile: &KeyProfile) -> Self {
-        ProfileConfig {
-            name: profile.name.clone(),
-            prefix: Some(profile.prefix.clone()),
-            alphabet: profile.alphabet,
-            body_length: profile.body_len,
         }
     }
 }
@@ -308,54 +191,13 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigEr
 }
 
 impl Config {
-    /// Loads defaults, then `file`, then `KEYGATE_*` variables from `env`, then `overrides`
-    /// (`path=value` pairs from flags), and validates the result.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        overrides: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
-        let mut tree =
-            serde_json::to_value(Config::default()).map_err(|e| field_error("", e.to_string()))?;
-        if let Some(path) = file {
-            merge(&mut tree, read_file(path)?);
-        }
-        let mut env: Vec<_> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("KEYGATE_") && !NOT_CONFIG_VARS.contains(&k.as_str()))
-            .collect();
-        env.sort();
-        for (name, value) in env {
-            let path = name["KEYGATE_".len()..]
-                .to_ascii_lowercase()
-                .replace("__", ".");
-            set_path(&mut tree, &path, &value).map_err(|message| ConfigError::Override {
-                source_name: name.clone(),
-                message,
-            })?;
-        }
-        for (path, value) in overrides {
-            set_path(&mut tree, path, value).map_err(|message| ConfigError::Override {
-                source_name: format!("--set {path}"),
-                message,
-            })?;
-        }
-        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let field = e.path().to_string();
-            field_error(field, e.into_inner().to_string())
-        })?;
-        config.normalize()?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Lower-cases header names and methods, so requests are matched as Envoy sends them.
     fn normalize(&mut self) -> Result<(), ConfigError> {
         let mut names = BTreeSet::new();
         for (i, source) in self.credentials.iter_mut().enumerate() {
             source
                 .normalize()
-                .map_err(|message| field_error(format!("credentials[{i}]"), message))?;
+                .map_err(|e| field_error(format!("credentials[{i}]"), e.to_string()))?;
             if !names.insert(source.name.clone()) {
                 return Err(field_error(
                     format!("credentials[{i}].name"),
@@ -368,18 +210,9 @@ impl Config {
         }
         for (i, rule) in self.routes.iter_mut().enumerate() {
             rule.normalize()
-                .map_err(|message| field_error(format!("routes[{i}]"), message))?;
+                .map_err(|e| field_error(format!("routes[{i}]"), e.to_string()))?;
         }
-        let headers = &mut self.headers;
-        for name in [
-            &mut headers.key_id,
-            &mut headers.owner_id,
-            &mut headers.plan,
-            &mut headers.scopes,
-            &mut headers.request_id,
-        ] {
-            *name = name.trim().to_ascii_lowercase();
-        }
+        self.headers.normalize();
         Ok(())
     }
 
@@ -390,7 +223,7 @@ impl Config {
         self.plans()?;
         self.argon2
             .params()
-            .map_err(|message| field_error("argon2", message))?;
+            .map_err(|e| field_error("argon2", e.to_string()))?;
         self.errors
             .validate()
             .map_err(|(field, message)| field_error(field, message))?;
@@ -411,18 +244,8 @@ impl Config {
 
     /// The configured key profiles, validated.
     pub fn profiles(&self) -> Result<Profiles, ConfigError> {
-        let profiles = self
-            .profiles
-            .iter()
-            .map(|p| KeyProfile {
-                name: p.name.clone(),
-                prefix: p.prefix.clone().unwrap_or_else(|| p.name.clone()),
-                alphabet: p.alphabet,
-                body_len: p.body_length,
-            })
-            .collect();
-        Profiles::new(profiles, &self.default_profile)
-            .map_err(|message| field_error("profiles", message))
+        Profiles::new(self.profiles.clone(), &self.default_profile)
+            .map_err(|e| field_error("profiles", e.to_string()))
     }
 
     /// This configuration as YAML, with the passwords in Redis URLs masked: what
@@ -441,131 +264,6 @@ impl Config {
         Plans::new(self.plans.clone(), &self.default_plan)
             .map_err(|e| field_error(e.field, e.message))
     }
-}
-
-/// Flags of `keygate serve`. Each maps onto a configuration field and wins over the file and
-/// the environment.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// Configuration file, TOML or YAML.
-    #[arg(long, env = "KEYGATE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory of the embedded store and generated pepper (`data_dir`).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Management API address (`listen.management`).
-    #[arg(long)]
-    pub management_addr: Option<String>,
-    /// Data-plane address, for Envoy and Authorize (`listen.data_plane`).
-    #[arg(long)]
-    pub data_plane_addr: Option<String>,
-    /// Any configuration field, as `path=value` (e.g. `argon2.memory_kib=65536`).
-    #[arg(long = "set", value_name = "PATH=VALUE", value_parser = parse_assignment)]
-    pub set: Vec<(String, String)>,
-    /// Log line format.
-    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value_t)]
-    pub log_format: crate::telemetry::LogFormat,
-}
-
-impl ServeArgs {
-    /// The configuration these flags select, with the process environment applied.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut overrides = Vec::new();
-        if let Some(dir) = &self.data_dir {
-            overrides.push(("data_dir".to_owned(), dir.display().to_string()));
-        }
-        if let Some(addr) = &self.management_addr {
-            overrides.push(("listen.management".to_owned(), addr.clone()));
-        }
-        if let Some(addr) = &self.data_plane_addr {
-            overrides.push(("listen.data_plane".to_owned(), addr.clone()));
-        }
-        overrides.extend(self.set.iter().cloned());
-        Config::load(self.config.as_deref(), std::env::vars(), &overrides)
-    }
-}
-
-fn parse_assignment(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{text:?} is not PATH=VALUE"))
-}
-
-/// Reads a TOML (`.toml`) or YAML (`.yaml`, `.yml`) file into a JSON tree. Secrets in the
-/// file are refused with a pointer to where they belong.
-fn read_file(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let yaml = matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    );
-    let tree: Value = if yaml {
-        serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            format: "YAML",
-            message: e.to_string(),
-        })?
-    } else {
-        toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            format: "TOML",
-            message: e.to_string(),
-        })?
-    };
-    if let Some(map) = tree.as_object() {
-        for secret in ["pepper", "admin_token"] {
-            if map.contains_key(secret) {
-                return Err(field_error(
-                    secret,
-                    format!(
-                        "secrets are not read from the config file; set KEYGATE_{0} or KEYGATE_{0}_FILE",
-                        secret.to_ascii_uppercase()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(tree)
-}
-
-/// Overlays `top` on `base`: objects merge key by key, anything else replaces.
-fn merge(base: &mut Value, top: Value) {
-    match (base, top) {
-        (Value::Object(base), Value::Object(top)) => {
-            for (k, v) in top {
-                merge(base.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (base, top) => *base = top,
-    }
-}
-
-/// Sets the dotted `path` in `tree` to `raw`, read as JSON if it parses, else as text.
-fn set_path(tree: &mut Value, path: &str, raw: &str) -> Result<(), String> {
-    if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(format!(
-            "{path:?} is not a field path like listen.management"
-        ));
-    }
-    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
-    let mut node = tree;
-    for part in path.split('.') {
-        if !node.is_object() {
-            return Err(format!(
-                "{path:?}: cannot set a field inside a non-table value"
-            ));
-        }
-        node = node
-            .as_object_mut()
-            .expect("checked above")
-            .entry(part.to_owned())
-            .or_insert(Value::Null);
-    }
-    *node = value;
-    Ok(())
 }
 
 #[cfg(test)]
