@@ -5,10 +5,16 @@
 //! with no rate limit but every request traced (spans made and batched for an OTLP
 //! endpoint that refuses them, so the cost measured is keygate's own).
 //!
+//! Each run also prints the server's CPU time per Check (user + system, from
+//! `/proc/<pid>/stat`), the figure that compares builds on a shared, noisy machine.
+//!
 //! `cargo bench --bench check_load` (release build). Bounded: `REQUESTS` calls per run, and
-//! never longer than `TIME_LIMIT`.
+//! never longer than `TIME_LIMIT`. `KEYGATE_BENCH_BINARY` runs another keygate build instead
+//! of this one (to compare two builds in alternating rounds); `KEYGATE_BENCH_ONLY` runs only
+//! the scenarios whose name contains it.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,7 +60,9 @@ fn start_keygate(
 ) -> (std::process::Child, String, String) {
     let config_path = dir.join("keygate.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+    let binary = std::env::var_os("KEYGATE_BENCH_BINARY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keygate")), PathBuf::from);
+    let mut child = Command::new(binary)
         .args([
             "serve",
             "--management-addr",
@@ -89,6 +97,16 @@ fn start_keygate(
     (child, management, data_plane)
 }
 
+/// CPU time (user + system) process `pid` has used so far. `/proc/<pid>/stat` counts it
+/// in clock ticks, which Linux exposes to user space at 100 per second.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -120,7 +138,10 @@ fn main() {
             &traced[..],
         ),
     ] {
-        run(name, &config, env);
+        let only = std::env::var("KEYGATE_BENCH_ONLY").unwrap_or_default();
+        if name.contains(only.as_str()) {
+            run(name, &config, env);
+        }
     }
     drop(redis);
 }
@@ -156,6 +177,7 @@ fn run(name: &str, config: &str, env: &[(&str, &str)]) {
 
         let per_task = REQUESTS / (CONNECTIONS * IN_FLIGHT_PER_CONNECTION);
         let deadline = Instant::now() + TIME_LIMIT;
+        let cpu_before = cpu_time(keygate.id());
         let started = Instant::now();
         let mut tasks = Vec::new();
         for client in &clients {
@@ -182,6 +204,7 @@ fn run(name: &str, config: &str, env: &[(&str, &str)]) {
             latencies.extend(task.await.unwrap());
         }
         let elapsed = started.elapsed();
+        let cpu = cpu_time(keygate.id()) - cpu_before;
         latencies.sort();
         println!(
             "check_load: {} Checks of a warm key over {CONNECTIONS} HTTP/2 connections x {IN_FLIGHT_PER_CONNECTION} in flight, in {:.2?}",
@@ -195,6 +218,10 @@ fn run(name: &str, config: &str, env: &[(&str, &str)]) {
             percentile(&latencies, 0.999),
             latencies[latencies.len() - 1],
             latencies.len() as f64 / elapsed.as_secs_f64()
+        );
+        println!(
+            "check_load: server CPU per Check {:.1} µs",
+            cpu.as_secs_f64() * 1e6 / latencies.len() as f64
         );
 
         // One connection, one request at a time: latency without queueing.
