@@ -24,7 +24,7 @@ use crate::cache::CacheConfig;
 use crate::key::format::{Alphabet, KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
 use crate::ratelimit::RateLimitConfig;
-use crate::ratelimit::redis::RedisConfig;
+use crate::redis::RedisConfig;
 
 /// Environment variables with the `KEYGATE_` prefix that are not configuration fields.
 const NOT_CONFIG_VARS: &[&str] = &[

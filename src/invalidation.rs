@@ -17,10 +17,8 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::cache::KeyCache;
+use crate::redis::keyspace::INVALIDATIONS;
 use crate::server::until_stopped;
-
-/// The channel invalidations travel on.
-pub const CHANNEL: &str = "kg:invalidations";
 
 /// How long a replica waits before subscribing again after losing the subscription.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
@@ -75,12 +73,12 @@ impl Invalidation {
 
 /// Publishes invalidations to the other replicas.
 pub struct Publisher {
-    pool: crate::redis_pool::RedisPool,
+    pool: crate::redis::RedisPool,
 }
 
 impl Publisher {
     /// A publisher over `pool`.
-    pub fn new(pool: crate::redis_pool::RedisPool) -> Self {
+    pub fn new(pool: crate::redis::RedisPool) -> Self {
         Publisher { pool }
     }
 
@@ -90,7 +88,7 @@ impl Publisher {
         let result = async {
             let mut connection = self.pool.get().await?;
             redis::cmd("PUBLISH")
-                .arg(CHANNEL)
+                .arg(INVALIDATIONS)
                 .arg(invalidation.encode())
                 .query_async::<i64>(&mut connection)
                 .await
@@ -110,7 +108,7 @@ impl Publisher {
 /// have been missed.
 pub async fn subscribe(url: String, app: Arc<App>, stop: watch::Receiver<bool>) {
     let keys = &app.keys;
-    crate::redis_pool::init_tls();
+    crate::redis::init_tls();
     let client = match redis::Client::open(url) {
         Ok(client) => client,
         Err(e) => {
@@ -122,7 +120,7 @@ pub async fn subscribe(url: String, app: Arc<App>, stop: watch::Receiver<bool>) 
     loop {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(CHANNEL).await?;
+            pubsub.subscribe(INVALIDATIONS).await?;
             keys.clear();
             if subscribed_before {
                 info!("invalidation channel back; dropped the whole key cache");

@@ -19,7 +19,8 @@
 //! - [`authz`] — the decision engine: extraction, route rules, policy, denial rendering.
 //! - [`ratelimit`] — sliding-window rate limits, local and in Redis.
 //! - [`usage`] — batched `last_used_at` updates.
-//! - [`redis_pool`] — connections to Redis or Redis Cluster behind one type.
+//! - [`redis`](crate::redis) — Redis settings, connections to Redis or Redis Cluster behind one
+//!   type, and every key name ([`redis::keyspace`]) and Lua script ([`redis::scripts`]).
 //! - [`invalidation`] — telling every replica that a key or owner changed (Redis pub/sub).
 //! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
 //!   authentication, message conversion.
@@ -45,7 +46,7 @@ pub mod key;
 pub mod metrics;
 pub mod model;
 pub mod ratelimit;
-pub mod redis_pool;
+pub mod redis;
 pub mod secrets;
 pub mod server;
 pub mod service;
