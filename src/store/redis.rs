@@ -68,7 +68,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use super::{KeyChange, OwnerChange, Quota, Store};
+use super::{
+    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, key_not_found,
+    owner_not_found,
+};
 use crate::error::{Error, Result};
 use crate::model::{KeyRecord, KeyState, Owner};
 use crate::redis::keyspace::{
@@ -126,14 +129,6 @@ fn encode<T: Serialize>(value: &T) -> Result<String> {
 
 fn decode<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| unavailable(format!("malformed {what}: {e}")))
-}
-
-fn key_not_found(id: &str) -> Error {
-    Error::NotFound(format!("key {id:?} not found"))
-}
-
-fn owner_not_found(id: &str) -> Error {
-    Error::NotFound(format!("owner {id:?} not found"))
 }
 
 /// `ZRANGEBYLEX` lower bound for the members after `after`.
@@ -390,13 +385,7 @@ impl Store for RedisStore {
             let json: Option<String> = self.query(redis::cmd("GET").arg(&record)).await?;
             let json = json.ok_or_else(|| owner_not_found(id))?;
             let before: Owner = decode("owner record", &json)?;
-            let mut owner = before.clone();
-            change(&mut owner)?;
-            if owner.id != before.id || owner.external_id != before.external_id {
-                return Err(Error::InvalidArgument(
-                    "an owner's id and external id cannot be changed".into(),
-                ));
-            }
+            let owner = changed_owner(&before, &change)?;
             if owner == before {
                 return Ok(owner);
             }
@@ -589,13 +578,7 @@ impl Store for RedisStore {
                 .read_key(&owner_id, id)
                 .await?
                 .ok_or_else(|| key_not_found(id))?;
-            let mut key = before.clone();
-            change(&mut key)?;
-            if key.id != before.id || key.owner_id != before.owner_id {
-                return Err(Error::InvalidArgument(
-                    "a key's id and owner cannot be changed".into(),
-                ));
-            }
+            let key = changed_key(&before, &change)?;
             if key == before {
                 return Ok(key);
             }
