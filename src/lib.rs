@@ -25,7 +25,9 @@
 //! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
 //!   authentication, message conversion.
 //! - [`app`] — the state every handler shares.
-//! - [`server`] — listeners, health, reflection, start and shutdown.
+//! - [`server`] — listeners, health, start and shutdown.
+//! - [`reflection`] — gRPC reflection listing exactly each listener's services, Envoy's
+//!   ext_authz included.
 //! - [`error`] — the library error and its mapping to gRPC statuses.
 //! - [`clock`] — injected time.
 //! - [`telemetry`] — logs, OTLP traces, trace context, the per-RPC span and count.
@@ -47,6 +49,7 @@ pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 pub mod redis;
+pub mod reflection;
 pub mod secrets;
 pub mod server;
 pub mod service;

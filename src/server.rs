@@ -181,27 +181,25 @@ pub async fn start(
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::Serving).await;
-    // Both reflection versions: grpcurl before 1.9 and many other tools speak only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
     let reflection_error = |e: tonic_reflection::server::Error| {
         StartError::Runtime(format!("cannot build the reflection service: {e}"))
     };
+    let (management_reflection, management_reflection_v1alpha) =
+        crate::reflection::management().map_err(reflection_error)?;
+    let (data_plane_reflection, data_plane_reflection_v1alpha) =
+        crate::reflection::data_plane().map_err(reflection_error)?;
     let management_calls = CallCounter::new(app.metrics.clone(), management_methods());
     let management_router = tonic::transport::Server::builder()
         .layer(RpcLayer::counted(management_calls))
         .add_service(health.clone())
-        .add_service(reflection().build_v1().map_err(reflection_error)?)
-        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
+        .add_service(management_reflection)
+        .add_service(management_reflection_v1alpha)
         .add_service(KeyManagerServer::new(KeyManagerService::new(app.clone())));
     let data_plane_router = tonic::transport::Server::builder()
         .layer(RpcLayer::spans())
         .add_service(health)
-        .add_service(reflection().build_v1().map_err(reflection_error)?)
-        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
+        .add_service(data_plane_reflection)
+        .add_service(data_plane_reflection_v1alpha)
         .add_service(AuthorizationServer::new(ExtAuthzService::new(app.clone())))
         .add_service(AuthorizerServer::new(AuthorizerService::new(app.clone())));
 
