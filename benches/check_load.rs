@@ -60,8 +60,10 @@ fn start_keygate(
 ) -> (std::process::Child, String, String) {
     let config_path = dir.join("keygate.toml");
     std::fs::write(&config_path, config).unwrap();
-    let binary = std::env::var_os("KEYGATE_BENCH_BINARY")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keygate")), PathBuf::from);
+    let binary = std::env::var_os("KEYGATE_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_keygate")),
+        PathBuf::from,
+    );
     let mut child = Command::new(binary)
         .args([
             "serve",
@@ -102,7 +104,12 @@ fn start_keygate(
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
 }

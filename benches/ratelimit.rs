@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use keygate::clock::SystemClock;
 use keygate::plan::{RateScope, RateWindow};
 use keygate::ratelimit::local::LocalLimiter;
-use keygate::ratelimit::redis::{RedisConfig, RedisLimiter};
+use keygate::ratelimit::redis::RedisLimiter;
 use keygate::ratelimit::{DecidedBy, Subject};
+use keygate::redis::RedisConfig;
 
 #[path = "../tests/common/redis.rs"]
 mod redis_server;

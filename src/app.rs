@@ -18,9 +18,9 @@ use crate::ratelimit::RateLimiter;
 use crate::secrets::Secrets;
 use crate::service::DataPlane;
 use crate::service::caller::ManagementAuth;
-use crate::store::observed::ObservedStore;
 use crate::store::{Store, StoreBackend};
 use crate::telemetry::decisions::DecisionRecorder;
+use crate::telemetry::store::ObservedStore;
 
 /// Every part of a running keygate, wired once.
 pub struct App {

@@ -17,10 +17,8 @@ use tracing::{info, warn};
 
 use crate::authz::engine::Authorizer;
 use crate::authz::keys::KeyCache;
+use crate::redis::keyspace::INVALIDATIONS;
 use crate::shutdown::until_stopped;
-
-/// The channel invalidations travel on.
-pub const CHANNEL: &str = "kg:invalidations";
 
 /// How long a replica waits before subscribing again after losing the subscription.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
@@ -100,12 +98,12 @@ impl Invalidations {
 
 /// Publishes invalidations to the other replicas.
 pub struct Publisher {
-    pool: crate::redis_pool::RedisPool,
+    pool: crate::redis::RedisPool,
 }
 
 impl Publisher {
     /// A publisher over `pool`.
-    pub fn new(pool: crate::redis_pool::RedisPool) -> Self {
+    pub fn new(pool: crate::redis::RedisPool) -> Self {
         Publisher { pool }
     }
 
@@ -115,7 +113,7 @@ impl Publisher {
         let result = async {
             let mut connection = self.pool.get().await?;
             redis::cmd("PUBLISH")
-                .arg(CHANNEL)
+                .arg(INVALIDATIONS)
                 .arg(invalidation.encode())
                 .query_async::<i64>(&mut connection)
                 .await
@@ -135,7 +133,7 @@ impl Publisher {
 /// have been missed.
 pub async fn subscribe(url: String, authorizer: Arc<Authorizer>, stop: watch::Receiver<bool>) {
     let keys = authorizer.keys();
-    crate::redis_pool::init_tls();
+    crate::redis::init_tls();
     let client = match redis::Client::open(url) {
         Ok(client) => client,
         Err(e) => {
@@ -147,7 +145,7 @@ pub async fn subscribe(url: String, authorizer: Arc<Authorizer>, stop: watch::Re
     loop {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(CHANNEL).await?;
+            pubsub.subscribe(INVALIDATIONS).await?;
             keys.clear();
             if subscribed_before {
                 info!("invalidation channel back; dropped the whole key cache");

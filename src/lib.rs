@@ -21,7 +21,9 @@
 //!    - [`secrets`] — the pepper and admin token, from env or files only.
 //!    - [`shutdown`] — signals, the stop watch, the drain grace.
 //! 2. Infrastructure
-//!    - [`redis_pool`] — connections to Redis or Redis Cluster behind one type.
+//!    - [`redis`](crate::redis) — Redis settings, connections to Redis or Redis Cluster
+//!      behind one type, every key name ([`redis::keyspace`]) and Lua script
+//!      ([`redis::scripts`]).
 //!    - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
 //!    - [`ratelimit`] — sliding-window rate limits, local and in Redis.
 //! 3. Data plane
@@ -43,7 +45,9 @@
 //!      convert, call a plane, convert back.
 //! 8. Composition root
 //!    - [`app`] — builds every part from the configuration, once.
-//!    - [`server`] — listeners, health, reflection, start and drain.
+//!    - [`server`] — listeners, health, start and drain.
+//!    - [`reflection`] — gRPC reflection listing exactly each listener's services, Envoy's
+//!      ext_authz included.
 //! 9. Entry
 //!    - [`cli`] — the command line; `serve` and the management client commands.
 //!
@@ -67,7 +71,8 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod ratelimit;
-pub mod redis_pool;
+pub mod redis;
+pub mod reflection;
 pub mod secrets;
 pub mod server;
 pub mod service;

@@ -36,9 +36,6 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::{CallCounter, RpcLayer};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
-/// keygate's own protobuf descriptors, offered through gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keygate_descriptor");
-
 /// The health service name whose status says whether keygate can decide for keys it has not
 /// cached: SERVING while the store answers. The data-plane services themselves stay SERVING
 /// while keygate runs, since cached keys are decided even when the store is down.
@@ -230,34 +227,21 @@ pub async fn start(
 /// A router with keygate's tower layer in front of every call.
 type LayeredRouter = Router<Stack<RpcLayer, Identity>>;
 
-/// Adds both reflection versions, over keygate's descriptors and health's: grpcurl before
-/// 1.9 and many other tools speak only v1alpha.
-fn add_reflection(router: LayeredRouter) -> Result<LayeredRouter, StartError> {
-    let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let failed = |e: tonic_reflection::server::Error| {
-        StartError::Runtime(format!("cannot build the reflection service: {e}"))
-    };
-    Ok(router
-        .add_service(builder().build_v1().map_err(failed)?)
-        .add_service(builder().build_v1alpha().map_err(failed)?))
-}
-
 /// The management listener's services: KeyManager, health and reflection, each call
 /// traced and counted.
 fn management_router(
     app: &Arc<App>,
     health: HealthServer<impl Health>,
 ) -> Result<LayeredRouter, StartError> {
+    let (v1, v1alpha) = crate::reflection::management().map_err(reflection_failed)?;
     let calls = CallCounter::new(app.metrics.clone(), management_methods());
     let router = tonic::transport::Server::builder()
         .layer(RpcLayer::counted(calls))
         .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha)
         .add_service(KeyManagerServer::new(KeyManagerService::new(app.clone())));
-    add_reflection(router)
+    Ok(router)
 }
 
 /// The data-plane listener's services: Check, Authorize, health and reflection, each call
@@ -266,15 +250,22 @@ fn data_plane_router(
     app: &Arc<App>,
     health: HealthServer<impl Health>,
 ) -> Result<LayeredRouter, StartError> {
+    let (v1, v1alpha) = crate::reflection::data_plane().map_err(reflection_failed)?;
     let plane = &app.data_plane;
     let router = tonic::transport::Server::builder()
         .layer(RpcLayer::spans())
         .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha)
         .add_service(AuthorizationServer::new(ExtAuthzService::new(
             plane.clone(),
         )))
         .add_service(AuthorizerServer::new(AuthorizerService::new(plane.clone())));
-    add_reflection(router)
+    Ok(router)
+}
+
+fn reflection_failed(e: tonic_reflection::server::Error) -> StartError {
+    StartError::Runtime(format!("cannot build the reflection service: {e}"))
 }
 
 /// Writes noted key uses every flush interval until the listeners close.
@@ -424,7 +415,8 @@ fn management_methods() -> Vec<String> {
     use prost::Message;
     let service = <KeyManagerServer<KeyManagerService> as NamedService>::NAME;
     let descriptors =
-        prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap_or_default();
+        prost_types::FileDescriptorSet::decode(crate::reflection::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
     descriptors
         .file
         .iter()

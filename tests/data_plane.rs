@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::check::check_request;
-use common::faulty::FaultyStore;
+use common::faulty::faulty;
 use common::{ADMIN_TOKEN, Options, T0, TestServer, admin, create_owner, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -608,7 +608,7 @@ async fn concurrent_first_requests_for_a_key_run_argon2_once() {
 #[tokio::test]
 async fn a_store_fault_is_unavailable_for_unseen_keys_only() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FaultyStore::new(Arc::new(
+    let store = Arc::new(faulty(Arc::new(
         EmbeddedStore::open(&dir.path().join("s.redb")).unwrap(),
     )));
     let mut f = Fixture::with(Options {
@@ -621,7 +621,7 @@ async fn a_store_fault_is_unavailable_for_unseen_keys_only() {
     let get = |secret: &str| request("GET", "/v1/sites", &[("x-api-key", secret)]);
     assert_eq!(f.code_of(get(&warm)).await, "OK");
 
-    store.fail(true);
+    store.hook().fail(true);
     assert_eq!(
         f.code_of(get(&warm)).await,
         "OK",
@@ -649,7 +649,7 @@ async fn a_store_fault_is_unavailable_for_unseen_keys_only() {
         .unwrap_err();
     assert_eq!(write.code(), tonic::Code::Unavailable);
 
-    store.fail(false);
+    store.hook().fail(false);
     assert_eq!(
         f.code_of(get(&unseen)).await,
         "OK",

@@ -107,3 +107,81 @@ fn grpcurl_discovers_and_calls_the_api_through_reflection() {
         "{err}"
     );
 }
+
+/// The services grpcurl lists on `addr`, sorted.
+fn listed(addr: &str) -> Vec<String> {
+    let (ok, services, err) = grpcurl(&[addr, "list"]);
+    assert!(ok, "{err}");
+    let mut services: Vec<String> = services.lines().map(str::to_owned).collect();
+    services.sort();
+    services
+}
+
+#[test]
+fn each_listener_lists_exactly_the_services_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KeygateProcess::start(
+        dir.path(),
+        &[
+            ("KEYGATE_PEPPER", "grpcurl test pepper 0123"),
+            ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    );
+    let management = server.management_addr.to_string();
+    let data_plane = server.data_plane_addr.to_string();
+
+    assert_eq!(
+        listed(&management),
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "keygate.v1.KeyManager",
+        ]
+    );
+    assert_eq!(
+        listed(&data_plane),
+        [
+            "envoy.service.auth.v3.Authorization",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "keygate.v1.Authorizer",
+        ]
+    );
+
+    // Envoy's service is described from its own descriptors, down to the messages it uses.
+    let (ok, described, err) = grpcurl(&[
+        &data_plane,
+        "describe",
+        "envoy.service.auth.v3.Authorization.Check",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        described.contains("rpc Check ( .envoy.service.auth.v3.CheckRequest ) returns ( .envoy.service.auth.v3.CheckResponse )"),
+        "{described}"
+    );
+    let (ok, described, err) = grpcurl(&[
+        &data_plane,
+        "describe",
+        "envoy.service.auth.v3.AttributeContext.HttpRequest",
+    ]);
+    assert!(ok && described.contains("headers"), "{err}{described}");
+    let (ok, described, err) = grpcurl(&[&data_plane, "describe", "keygate.v1.Authorizer"]);
+    assert!(ok && described.contains("Authorize"), "{err}{described}");
+
+    // Through reflection alone, grpcurl calls Check and gets keygate's decision.
+    let (ok, answer, err) = grpcurl(&[
+        "-d",
+        r#"{"attributes":{"request":{"http":{"method":"GET","path":"/v1/sites","headers":{"x-api-key":"kg_live_unknown"}}}}}"#,
+        &data_plane,
+        "envoy.service.auth.v3.Authorization/Check",
+    ]);
+    assert!(ok, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(
+        answer["status"]["code"].as_i64().unwrap_or(0) != 0,
+        "{answer}"
+    );
+    assert!(answer.get("deniedResponse").is_some(), "{answer}");
+}

@@ -12,7 +12,7 @@ use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, issue_key, s
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::google::protobuf::value::Kind;
 use keygate::proto;
-use keygate::ratelimit::redis::RedisConfig;
+use keygate::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::redis::RedisStore;
 
@@ -59,7 +59,7 @@ fn wait_for_subscribers(url: &str, count: i64) {
             .and_then(|mut c| {
                 ::redis::cmd("PUBSUB")
                     .arg("NUMSUB")
-                    .arg(keygate::invalidation::CHANNEL)
+                    .arg(keygate::redis::keyspace::INVALIDATIONS)
                     .query(&mut c)
             })
             .unwrap_or_default();

@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::redis::{RedisCluster, RedisServer};
 use keygate::error::Error;
 use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
-use keygate::ratelimit::redis::RedisConfig;
+use keygate::redis::RedisConfig;
+use keygate::redis::keyspace;
 use keygate::store::redis::RedisStore;
 use keygate::store::{Quota, Store};
 
@@ -478,14 +479,19 @@ async fn redis_dangling_index_entries_are_ignored() {
         server.command::<i64>(::redis::cmd("HSET").arg(hash).arg(field).arg(value));
     };
     // A claimed id and digest whose record was never written.
-    hset("kg:{keys}:owner_of", "ghost", "o1");
-    hset("kg:{keys}:by_digest", &"d2".repeat(32), "ghost");
+    hset(keyspace::OWNER_OF, "ghost", "o1");
+    hset(keyspace::KEYS_BY_DIGEST, &"d2".repeat(32), "ghost");
     // A digest still naming a key whose record no longer carries it.
-    hset("kg:{keys}:by_digest", &"d3".repeat(32), "k1");
+    hset(keyspace::KEYS_BY_DIGEST, &"d3".repeat(32), "k1");
     // A digest naming a key that is gone entirely.
-    hset("kg:{keys}:by_digest", &"d4".repeat(32), "deleted");
+    hset(keyspace::KEYS_BY_DIGEST, &"d4".repeat(32), "deleted");
     // A listed owner id whose record was never written.
-    server.command::<i64>(::redis::cmd("ZADD").arg("kg:{owners}:ids").arg(0).arg("o0"));
+    server.command::<i64>(
+        ::redis::cmd("ZADD")
+            .arg(keyspace::OWNER_IDS)
+            .arg(0)
+            .arg("o0"),
+    );
 
     assert_eq!(store.get_key("ghost").await.unwrap(), None);
     for digest in ["d2", "d3", "d4"] {

@@ -180,18 +180,18 @@ pub struct KeyCache {
 
 /// Verifications shared with other replicas through Redis.
 pub struct SharedVerifications {
-    pool: crate::redis_pool::RedisPool,
+    pool: crate::redis::RedisPool,
     ttl: Duration,
 }
 
 impl SharedVerifications {
     /// Shares verifications through `pool` for `ttl`.
-    pub fn new(pool: crate::redis_pool::RedisPool, ttl: Duration) -> Self {
+    pub fn new(pool: crate::redis::RedisPool, ttl: Duration) -> Self {
         SharedVerifications { pool, ttl }
     }
 
     fn name(digest: &Digest) -> String {
-        format!("kg:l2:{{{}}}", digest.to_hex())
+        crate::redis::keyspace::shared_verification(&digest.to_hex())
     }
 
     /// The key id, secret and fingerprint another replica verified `digest` as, if any.

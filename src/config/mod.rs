@@ -28,7 +28,7 @@ use crate::key::format::{KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
 use crate::plan::{PlanConfig, Plans};
 use crate::ratelimit::RateLimitConfig;
-use crate::ratelimit::redis::RedisConfig;
+use crate::redis::RedisConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::store::StoreBackend;
 use crate::telemetry::decisions::DecisionLog;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
 use crate::plan::{RateScope, RateWindow};
+use crate::redis::keyspace;
 use window::{Counter, WindowState, assess};
 
 /// Where counters live.
@@ -80,13 +81,10 @@ pub struct Subject<'a> {
 /// The name of one window's counter for `subject`. Every counter of an owner carries the same
 /// hash tag, so all windows of a decision live in one Redis Cluster slot.
 pub fn counter_key(subject: Subject<'_>, window: &RateWindow) -> String {
-    let period = window.period.as_millis();
+    let period = period_ms(window);
     match window.per {
-        RateScope::Key => format!(
-            "kg:rl:{{{}}}:k:{}:{period}",
-            subject.owner_id, subject.key_id
-        ),
-        RateScope::Owner => format!("kg:rl:{{{}}}:o:{period}", subject.owner_id),
+        RateScope::Key => keyspace::key_rate_counter(subject.owner_id, subject.key_id, period),
+        RateScope::Owner => keyspace::owner_rate_counter(subject.owner_id, period),
     }
 }
 
@@ -250,7 +248,7 @@ impl RateLimiter {
     /// longest configured window unused, when both of its buckets are empty anyway.
     pub fn new(
         config: &RateLimitConfig,
-        redis: &redis::RedisConfig,
+        redis: &crate::redis::RedisConfig,
         longest_period: Duration,
     ) -> Result<Self, String> {
         let local = LocalLimiter::new(

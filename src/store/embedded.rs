@@ -10,7 +10,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{KeyChange, OwnerChange, Quota, Store};
+use super::{
+    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, key_not_found,
+    owner_not_found,
+};
 use crate::error::{Error, Result};
 use crate::model::{KeyRecord, KeyState, Owner};
 
@@ -111,14 +114,6 @@ fn get_json<T: DeserializeOwned>(
         .transpose()
 }
 
-fn key_not_found(id: &str) -> Error {
-    Error::NotFound(format!("key {id:?} not found"))
-}
-
-fn owner_not_found(id: &str) -> Error {
-    Error::NotFound(format!("owner {id:?} not found"))
-}
-
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<()> {
@@ -188,14 +183,8 @@ impl Store for EmbeddedStore {
         let id = id.to_owned();
         self.write(move |txn| {
             let mut owners = txn.open_table(OWNERS).map_err(fault)?;
-            let mut owner: Owner = get_json(&owners, &id)?.ok_or_else(|| owner_not_found(&id))?;
-            let before = owner.clone();
-            change(&mut owner)?;
-            if owner.id != before.id || owner.external_id != before.external_id {
-                return Err(Error::InvalidArgument(
-                    "an owner's id and external id cannot be changed".into(),
-                ));
-            }
+            let before: Owner = get_json(&owners, &id)?.ok_or_else(|| owner_not_found(&id))?;
+            let owner = changed_owner(&before, &change)?;
             owners
                 .insert(id.as_str(), encode(&owner)?.as_slice())
                 .map_err(fault)?;
@@ -334,14 +323,8 @@ impl Store for EmbeddedStore {
         let id = id.to_owned();
         self.write(move |txn| {
             let mut keys = txn.open_table(KEYS).map_err(fault)?;
-            let mut key: KeyRecord = get_json(&keys, &id)?.ok_or_else(|| key_not_found(&id))?;
-            let before = key.clone();
-            change(&mut key)?;
-            if key.id != before.id || key.owner_id != before.owner_id {
-                return Err(Error::InvalidArgument(
-                    "a key's id and owner cannot be changed".into(),
-                ));
-            }
+            let before: KeyRecord = get_json(&keys, &id)?.ok_or_else(|| key_not_found(&id))?;
+            let key = changed_key(&before, &change)?;
             if key.lookup_digest != before.lookup_digest {
                 let mut by_digest = txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
                 if let Some(old) = &before.lookup_digest {

@@ -4,7 +4,10 @@
 //! - [`embedded`] — one redb file in the data directory; the default, for one replica.
 //! - [`redis`] — Redis or Redis Cluster, shared by every replica.
 //!
-//! [`observed::ObservedStore`] wraps either to time and trace every call.
+//! [`decorated::Decorated`] wraps either with a hook around every call (the telemetry's
+//! `ObservedStore` times and traces them). It is a
+//! [`decorated::Decorated`] store: the forwarding of every method to the wrapped store is
+//! written once there, and a decorator only says what it does around one call.
 //!
 //! Multi-record writes (a key and its indexes, a quota check and the insert it guards, a
 //! read-modify-write) never lose concurrent changes and never let a reader see an index
@@ -12,8 +15,8 @@
 //! Redis store, which cannot span cluster slots, makes each an ordered sequence of atomic
 //! steps whose indexes readers check against the records (see [`redis`]).
 
+pub mod decorated;
 pub mod embedded;
-pub mod observed;
 pub mod redis;
 
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use async_trait::async_trait;
 
 use crate::clock::UnixTime;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{KeyRecord, KeyState, Owner};
 
 /// A change to an owner, applied atomically to the stored record. Returning an error leaves
@@ -101,4 +104,42 @@ pub enum StoreBackend {
     Embedded,
     /// Redis or Redis Cluster at `redis.url`: shared by every replica.
     Redis,
+}
+
+// The rules every backend applies the same way.
+
+/// `NotFound` for key `id`.
+pub(crate) fn key_not_found(id: &str) -> Error {
+    Error::NotFound(format!("key {id:?} not found"))
+}
+
+/// `NotFound` for owner `id`.
+pub(crate) fn owner_not_found(id: &str) -> Error {
+    Error::NotFound(format!("owner {id:?} not found"))
+}
+
+/// The owner `change` makes of `before`: `InvalidArgument` when the change touches the id or
+/// external id (the indexes are keyed by them), the change's own error when it refuses.
+pub(crate) fn changed_owner(before: &Owner, change: &OwnerChange) -> Result<Owner> {
+    let mut owner = before.clone();
+    change(&mut owner)?;
+    if owner.id != before.id || owner.external_id != before.external_id {
+        return Err(Error::InvalidArgument(
+            "an owner's id and external id cannot be changed".into(),
+        ));
+    }
+    Ok(owner)
+}
+
+/// The key record `change` makes of `before`: `InvalidArgument` when the change touches the
+/// id or owner (the record's place depends on them), the change's own error when it refuses.
+pub(crate) fn changed_key(before: &KeyRecord, change: &KeyChange) -> Result<KeyRecord> {
+    let mut key = before.clone();
+    change(&mut key)?;
+    if key.id != before.id || key.owner_id != before.owner_id {
+        return Err(Error::InvalidArgument(
+            "a key's id and owner cannot be changed".into(),
+        ));
+    }
+    Ok(key)
 }

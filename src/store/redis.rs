@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! Every key name carries a hash tag, so that the keys one atomic step touches share a
-//! cluster slot:
+//! cluster slot (the names are in [`crate::redis::keyspace`], the scripts in
+//! [`crate::redis::scripts`]):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
@@ -67,19 +68,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use super::{KeyChange, OwnerChange, Quota, Store};
+use super::{
+    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, key_not_found,
+    owner_not_found,
+};
 use crate::error::{Error, Result};
 use crate::model::{KeyRecord, KeyState, Owner};
-use crate::ratelimit::redis::RedisConfig;
-
-/// Every owner id, in id order.
-const OWNER_IDS: &str = "kg:{owners}:ids";
-/// External id → owner id.
-const OWNERS_BY_EXTERNAL_ID: &str = "kg:{owners}:by_external";
-/// Key id → owner id.
-const OWNER_OF: &str = "kg:{keys}:owner_of";
-/// Lookup digest (hex) → key id.
-const KEYS_BY_DIGEST: &str = "kg:{keys}:by_digest";
+use crate::redis::keyspace::{
+    KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, owner_key_ids, owner_keys,
+    owner_record,
+};
+use crate::redis::{RedisConfig, RedisConnection, RedisPool, scripts};
 
 /// Records fetched per round trip when listing.
 const PAGE: usize = 100;
@@ -88,231 +87,27 @@ const DIGEST_BATCH: usize = 256;
 /// Read-modify-write attempts before giving up on a record that keeps changing.
 const MAX_ATTEMPTS: u32 = 8;
 
-fn owner_record(owner_id: &str) -> String {
-    format!("kg:{{o:{owner_id}}}:owner")
-}
-
-fn owner_keys(owner_id: &str) -> String {
-    format!("kg:{{o:{owner_id}}}:keys")
-}
-
-fn owner_key_ids(owner_id: &str) -> String {
-    format!("kg:{{o:{owner_id}}}:key_ids")
-}
-
-/// Claims an owner's external id and lists its id.
-///
-/// `KEYS[1]`: `kg:{owners}:ids`, `KEYS[2]`: `kg:{owners}:by_external`.
-/// `ARGV[1]`: the owner id, `ARGV[2]`: its external id.
-/// Returns 1 when claimed (or already claimed by this owner id, after an interrupted
-/// attempt), 0 when another owner holds the external id. The id itself is unique through
-/// `SET NX` on the owner's record, done before.
-pub const CLAIM_OWNER: &str = r#"
-local holder = redis.call('HGET', KEYS[2], ARGV[2])
-if holder and holder ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[1])
-return 1
-"#;
-
-/// Claims a new key's id and, for imported keys, its lookup digest.
-///
-/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
-/// `ARGV[1]`: the key id, `ARGV[2]`: its owner id, `ARGV[3]` (only if it has one): its lookup
-/// digest.
-/// Returns 0 when claimed, 1 when the key id is taken, 2 when another key holds the digest.
-/// A digest held by a key that has no `owner_of` entry is a leftover of a deleted key and is
-/// taken over.
-pub const CLAIM_KEY: &str = r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return 1
-end
-if #ARGV >= 3 then
-  local holder = redis.call('HGET', KEYS[2], ARGV[3])
-  if holder and redis.call('HEXISTS', KEYS[1], holder) == 1 then
-    return 2
-  end
-  redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 0
-"#;
-
-/// Releases a key's claims: its `owner_of` entry and its digest, each only if it still names
-/// this key.
-///
-/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
-/// `ARGV[1]`: the key id, `ARGV[2]`: its owner id, `ARGV[3]` (only if it has one): its lookup
-/// digest.
-/// Returns 1.
-pub const RELEASE_KEY: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-if #ARGV >= 3 and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[1] then
-  redis.call('HDEL', KEYS[2], ARGV[3])
-end
-return 1
-"#;
-
-/// Claims a lookup digest for an existing key that an update gives one.
-///
-/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
-/// `ARGV[1]`: the digest, `ARGV[2]`: the key id.
-/// Returns 0 when newly claimed, 1 when this key held it already, 2 when another key holds
-/// it, 3 when the key has no `owner_of` entry (it is gone).
-pub const CLAIM_DIGEST: &str = r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
-  return 3
-end
-local holder = redis.call('HGET', KEYS[2], ARGV[1])
-if holder == ARGV[2] then
-  return 1
-end
-if holder and redis.call('HEXISTS', KEYS[1], holder) == 1 then
-  return 2
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 0
-"#;
-
-/// Stores a new key record, checking the owner and, when given, the quota in the same step.
-///
-/// `KEYS[1]`: `kg:{o:ID}:owner`, `KEYS[2]`: `kg:{o:ID}:keys`, `KEYS[3]`: `kg:{o:ID}:key_ids`.
-/// `ARGV[1]`: the key id, `ARGV[2]`: its JSON record; with a quota, `ARGV[3]`: the most counted
-/// keys, `ARGV[4]`: the time (Unix seconds) at which expiry is judged.
-/// Returns `{0, 0}` when stored, `{1, 0}` when the owner does not exist, `{2, 0}` when the
-/// owner has a record with this id, `{3, counted}` when the quota is reached.
-///
-/// A key counts as in `KeyRecord::counts_against_quota`: not revoked and not expired.
-pub const INSERT_KEY: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {1, 0}
-end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return {2, 0}
-end
-if #ARGV >= 4 then
-  local max, now = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local counted = 0
-  for _, json in ipairs(redis.call('HVALS', KEYS[2])) do
-    local key = cjson.decode(json)
-    local expires = key.expires_at
-    if key.state ~= 'revoked' and (expires == nil or expires == cjson.null or expires > now) then
-      counted = counted + 1
-    end
-  end
-  if counted >= max then
-    return {3, counted}
-  end
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-return {0, 0}
-"#;
-
-/// Removes a key record and its place in the owner's id order.
-///
-/// `KEYS[1]`: `kg:{o:ID}:keys`, `KEYS[2]`: `kg:{o:ID}:key_ids`.
-/// `ARGV[1]`: the key id.
-/// Returns the removed JSON record, or nil when there was none.
-pub const DELETE_KEY: &str = r#"
-local json = redis.call('HGET', KEYS[1], ARGV[1])
-if json then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-return json
-"#;
-
-/// One page of an owner's keys in id order, ids and records read together.
-///
-/// `KEYS[1]`: `kg:{o:ID}:key_ids`, `KEYS[2]`: `kg:{o:ID}:keys`.
-/// `ARGV[1]`: the `ZRANGEBYLEX` lower bound (`-` or `(` + the last id seen), `ARGV[2]`: the most
-/// ids to read (at most a few thousand: they are unpacked onto the Lua stack).
-/// Returns `{id1, json1, id2, json2, ...}`, a json nil where a record is missing.
-pub const LIST_KEYS_PAGE: &str = r#"
-local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
-if #ids == 0 then
-  return {}
-end
-local records = redis.call('HMGET', KEYS[2], unpack(ids))
-local out = {}
-for i, id in ipairs(ids) do
-  out[2 * i - 1] = id
-  out[2 * i] = records[i]
-end
-return out
-"#;
-
-/// Compare-and-set of a string: an owner's read-modify-write.
-///
-/// `KEYS[1]`: the string. `ARGV[1]`: the value read, `ARGV[2]`: the new value.
-/// Returns 1 when replaced, 0 when the value was no longer the one read (or is gone).
-pub const SET_IF_UNCHANGED: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-/// Compare-and-delete of a string: undoing an owner record whose claims were refused.
-///
-/// `KEYS[1]`: the string. `ARGV[1]`: the value written.
-/// Returns 1 when deleted, 0 when the value had changed (it is left alone).
-pub const DELETE_IF_UNCHANGED: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"#;
-
-/// Compare-and-set of a hash field: a key's read-modify-write.
-///
-/// `KEYS[1]`: the hash. `ARGV[1]`: the field, `ARGV[2]`: the value read, `ARGV[3]`: the new value.
-/// Returns 1 when replaced, 0 when the value was no longer the one read (or is gone).
-pub const HSET_IF_UNCHANGED: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  return 1
-end
-return 0
-"#;
-
-/// Compare-and-delete of a hash field: releasing one index entry if it is still ours.
-///
-/// `KEYS[1]`: the hash. `ARGV[1]`: the field, `ARGV[2]`: the value it must have.
-/// Returns 1 when deleted, 0 otherwise.
-pub const HDEL_IF_EQUAL: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"#;
-
-static CLAIM_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_OWNER));
-static CLAIM_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_KEY));
-static RELEASE_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_KEY));
-static CLAIM_DIGEST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_DIGEST));
-static INSERT_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INSERT_KEY));
-static DELETE_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_KEY));
-static LIST_KEYS_PAGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIST_KEYS_PAGE));
-static SET_IF_UNCHANGED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SET_IF_UNCHANGED));
+static CLAIM_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CLAIM_OWNER));
+static CLAIM_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CLAIM_KEY));
+static RELEASE_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RELEASE_KEY));
+static CLAIM_DIGEST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CLAIM_DIGEST));
+static INSERT_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::INSERT_KEY));
+static DELETE_KEY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::DELETE_KEY));
+static LIST_KEYS_PAGE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(scripts::LIST_KEYS_PAGE));
+static SET_IF_UNCHANGED_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(scripts::SET_IF_UNCHANGED));
 static DELETE_IF_UNCHANGED_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(DELETE_IF_UNCHANGED));
+    LazyLock::new(|| Script::new(scripts::DELETE_IF_UNCHANGED));
 static HSET_IF_UNCHANGED_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(HSET_IF_UNCHANGED));
-static HDEL_IF_EQUAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HDEL_IF_EQUAL));
+    LazyLock::new(|| Script::new(scripts::HSET_IF_UNCHANGED));
+static HDEL_IF_EQUAL_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(scripts::HDEL_IF_EQUAL));
 
 /// The Redis store. Cheap to clone; clones share one connection pool.
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: crate::redis_pool::RedisPool,
+    pool: RedisPool,
     timeout: Duration,
 }
 
@@ -334,14 +129,6 @@ fn encode<T: Serialize>(value: &T) -> Result<String> {
 
 fn decode<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| unavailable(format!("malformed {what}: {e}")))
-}
-
-fn key_not_found(id: &str) -> Error {
-    Error::NotFound(format!("key {id:?} not found"))
-}
-
-fn owner_not_found(id: &str) -> Error {
-    Error::NotFound(format!("owner {id:?} not found"))
 }
 
 /// `ZRANGEBYLEX` lower bound for the members after `after`.
@@ -388,7 +175,7 @@ impl RedisStore {
             .unwrap_or_else(|_| Err(unavailable(format!("no answer within {:?}", self.timeout))))
     }
 
-    async fn connection(&self) -> Result<crate::redis_pool::RedisConnection> {
+    async fn connection(&self) -> Result<RedisConnection> {
         self.pool
             .get()
             .await
@@ -598,13 +385,7 @@ impl Store for RedisStore {
             let json: Option<String> = self.query(redis::cmd("GET").arg(&record)).await?;
             let json = json.ok_or_else(|| owner_not_found(id))?;
             let before: Owner = decode("owner record", &json)?;
-            let mut owner = before.clone();
-            change(&mut owner)?;
-            if owner.id != before.id || owner.external_id != before.external_id {
-                return Err(Error::InvalidArgument(
-                    "an owner's id and external id cannot be changed".into(),
-                ));
-            }
+            let owner = changed_owner(&before, &change)?;
             if owner == before {
                 return Ok(owner);
             }
@@ -797,13 +578,7 @@ impl Store for RedisStore {
                 .read_key(&owner_id, id)
                 .await?
                 .ok_or_else(|| key_not_found(id))?;
-            let mut key = before.clone();
-            change(&mut key)?;
-            if key.id != before.id || key.owner_id != before.owner_id {
-                return Err(Error::InvalidArgument(
-                    "a key's id and owner cannot be changed".into(),
-                ));
-            }
+            let key = changed_key(&before, &change)?;
             if key == before {
                 return Ok(key);
             }

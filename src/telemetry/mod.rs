@@ -12,6 +12,7 @@ pub mod decisions;
 pub mod otlp;
 pub mod propagation;
 pub mod rpc;
+pub mod store;
 
 use std::io::IsTerminal;
 

@@ -1,0 +1,111 @@
+//! The name of every Redis key and channel keygate uses, in one place.
+//!
+//! These names are on the wire: data written under them must stay readable by the next
+//! version, so a name never changes without a migration.
+//!
+//! Every key starts with `kg:`, so keygate can share a Redis with other applications. Every
+//! key name carries a hash tag, the part in `{…}`: Redis Cluster places a key by its hash tag
+//! alone, so keys with the same tag share a slot, and only keys of one slot can be touched by
+//! one command or one Lua script (see [`scripts`](super::scripts)). The tag of each name is
+//! chosen so that everything one atomic step touches shares it:
+//!
+//! | tag | keys | why together |
+//! | --- | --- | --- |
+//! | `{o:OWNER}` | an owner's record, its key records and their order | a key's insert checks its owner and quota; a key's record and its place in the order change together |
+//! | `{owners}` | the owner listing and the external-id index | an owner's external id is claimed and its id listed in one step |
+//! | `{keys}` | the key-id and digest indexes | a key's id and its lookup digest are claimed together |
+//! | `{OWNER}` (after `kg:rl:`) | an owner's rate-limit counters | one decision checks and charges all of its windows in one step |
+//! | `{DIGEST}` (after `kg:l2:`) | one shared verification | nothing: the tag only spreads these over the cluster |
+//!
+//! The invalidation channel is not a key: a message published on it reaches subscribers on
+//! every node of a cluster.
+
+// The store (`store/redis.rs`). Records are JSON; lists are sorted sets with every
+// score 0, so that `ZRANGEBYLEX` pages them in id order.
+
+/// Every owner id, a sorted set (scores 0) paged in id order when owners are listed. An id
+/// is listed once its external id is claimed.
+pub const OWNER_IDS: &str = "kg:{owners}:ids";
+
+/// External id → owner id, a hash. Only keeps external ids unique; owners are never looked
+/// up by it. Shares the `{owners}` slot with [`OWNER_IDS`], as both change in one step.
+pub const OWNERS_BY_EXTERNAL_ID: &str = "kg:{owners}:by_external";
+
+/// Key id → owner id, a hash: which owner's slot holds a key's record. An entry is the
+/// claim on a key id, taken before the record is written.
+pub const OWNER_OF: &str = "kg:{keys}:owner_of";
+
+/// Lookup digest (lower-case hex) → key id, a hash: finds imported keys. Shares the `{keys}`
+/// slot with [`OWNER_OF`], as a key's id and digest are claimed and released together.
+pub const KEYS_BY_DIGEST: &str = "kg:{keys}:by_digest";
+
+/// An owner's record, a JSON string. Tagged with the owner (`{o:ID}`) like the owner's keys
+/// ([`owner_keys`], [`owner_key_ids`]), so that a key's insert can check its owner in the
+/// same step.
+pub fn owner_record(owner_id: &str) -> String {
+    format!("kg:{{o:{owner_id}}}:owner")
+}
+
+/// An owner's keys, a hash: key id → the key record, JSON. Tagged with the owner, so a key's
+/// insert counts the owner's other keys against its quota in the same step.
+pub fn owner_keys(owner_id: &str) -> String {
+    format!("kg:{{o:{owner_id}}}:keys")
+}
+
+/// An owner's key ids, a sorted set (scores 0) that pages the owner's keys in id order.
+/// Tagged with the owner, as it changes with [`owner_keys`] in one step.
+pub fn owner_key_ids(owner_id: &str) -> String {
+    format!("kg:{{o:{owner_id}}}:key_ids")
+}
+
+// The rate limiter (`ratelimit/redis.rs`).
+
+/// One window's counter for one key, a hash (`b` bucket index, `c` count in that bucket,
+/// `p` count in the bucket before) that expires two periods after its last charge. Tagged
+/// with the key's owner, like [`owner_rate_counter`], so every window of one decision —
+/// per key or per owner — lives in one slot and is checked and charged in one step.
+pub fn key_rate_counter(owner_id: &str, key_id: &str, period_ms: u64) -> String {
+    format!("kg:rl:{{{owner_id}}}:k:{key_id}:{period_ms}")
+}
+
+/// One window's counter shared by all of an owner's keys, a hash like
+/// [`key_rate_counter`]'s, tagged with the owner for the same reason.
+pub fn owner_rate_counter(owner_id: &str, period_ms: u64) -> String {
+    format!("kg:rl:{{{owner_id}}}:o:{period_ms}")
+}
+
+// The shared verification cache (`crate::cache`).
+
+/// What a replica verified a presented key as, a string (`KEY_ID c|p FINGERPRINT`) that
+/// expires after the shared cache TTL, so other replicas skip the argon2 check. Named by the
+/// lookup digest (lower-case hex) of the presented text; the digest is its own hash tag, which
+/// spreads these entries over the cluster (each is read and written alone).
+pub fn shared_verification(digest_hex: &str) -> String {
+    format!("kg:l2:{{{digest_hex}}}")
+}
+
+// Cache invalidation (`invalidation.rs`).
+
+/// The pub/sub channel on which replicas tell each other that a key or owner changed. A
+/// channel has no slot: a message published on any node reaches subscribers on every node.
+pub const INVALIDATIONS: &str = "kg:invalidations";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are on the wire: stored data is found by them.
+    #[test]
+    fn names_stay_as_stored() {
+        assert_eq!(owner_record("o1"), "kg:{o:o1}:owner");
+        assert_eq!(owner_keys("o1"), "kg:{o:o1}:keys");
+        assert_eq!(owner_key_ids("o1"), "kg:{o:o1}:key_ids");
+        assert_eq!(
+            key_rate_counter("o1", "k1", 60_000),
+            "kg:rl:{o1}:k:k1:60000"
+        );
+        assert_eq!(owner_rate_counter("o1", 1_000), "kg:rl:{o1}:o:1000");
+        assert_eq!(shared_verification("ab12"), "kg:l2:{ab12}");
+        assert_eq!(INVALIDATIONS, "kg:invalidations");
+    }
+}

@@ -1,0 +1,257 @@
+//! Every Lua script keygate runs in Redis. Each runs atomically and names only keys of one
+//! hash slot (see [`keyspace`](super::keyspace)), so it runs unchanged on Redis Cluster. Each comment says
+//! what the script expects in `KEYS` and `ARGV` and what it returns; callers send them with
+//! EVALSHA, and the script is loaded again after a Redis restart or `SCRIPT FLUSH`.
+//!
+//! The store's scripts come first, then the rate limiter's.
+
+// The store (`store/redis.rs`).
+
+/// Claims an owner's external id and lists its id.
+///
+/// `KEYS[1]`: `kg:{owners}:ids`, `KEYS[2]`: `kg:{owners}:by_external`.
+/// `ARGV[1]`: the owner id, `ARGV[2]`: its external id.
+/// Returns 1 when claimed (or already claimed by this owner id, after an interrupted
+/// attempt), 0 when another owner holds the external id. The id itself is unique through
+/// `SET NX` on the owner's record, done before.
+pub const CLAIM_OWNER: &str = r#"
+local holder = redis.call('HGET', KEYS[2], ARGV[2])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[1])
+return 1
+"#;
+
+/// Claims a new key's id and, for imported keys, its lookup digest.
+///
+/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
+/// `ARGV[1]`: the key id, `ARGV[2]`: its owner id, `ARGV[3]` (only if it has one): its lookup
+/// digest.
+/// Returns 0 when claimed, 1 when the key id is taken, 2 when another key holds the digest.
+/// A digest held by a key that has no `owner_of` entry is a leftover of a deleted key and is
+/// taken over.
+pub const CLAIM_KEY: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+if #ARGV >= 3 then
+  local holder = redis.call('HGET', KEYS[2], ARGV[3])
+  if holder and redis.call('HEXISTS', KEYS[1], holder) == 1 then
+    return 2
+  end
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 0
+"#;
+
+/// Releases a key's claims: its `owner_of` entry and its digest, each only if it still names
+/// this key.
+///
+/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
+/// `ARGV[1]`: the key id, `ARGV[2]`: its owner id, `ARGV[3]` (only if it has one): its lookup
+/// digest.
+/// Returns 1.
+pub const RELEASE_KEY: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+if #ARGV >= 3 and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+end
+return 1
+"#;
+
+/// Claims a lookup digest for an existing key that an update gives one.
+///
+/// `KEYS[1]`: `kg:{keys}:owner_of`, `KEYS[2]`: `kg:{keys}:by_digest`.
+/// `ARGV[1]`: the digest, `ARGV[2]`: the key id.
+/// Returns 0 when newly claimed, 1 when this key held it already, 2 when another key holds
+/// it, 3 when the key has no `owner_of` entry (it is gone).
+pub const CLAIM_DIGEST: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
+  return 3
+end
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if holder == ARGV[2] then
+  return 1
+end
+if holder and redis.call('HEXISTS', KEYS[1], holder) == 1 then
+  return 2
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 0
+"#;
+
+/// Stores a new key record, checking the owner and, when given, the quota in the same step.
+///
+/// `KEYS[1]`: `kg:{o:ID}:owner`, `KEYS[2]`: `kg:{o:ID}:keys`, `KEYS[3]`: `kg:{o:ID}:key_ids`.
+/// `ARGV[1]`: the key id, `ARGV[2]`: its JSON record; with a quota, `ARGV[3]`: the most counted
+/// keys, `ARGV[4]`: the time (Unix seconds) at which expiry is judged.
+/// Returns `{0, 0}` when stored, `{1, 0}` when the owner does not exist, `{2, 0}` when the
+/// owner has a record with this id, `{3, counted}` when the quota is reached.
+///
+/// A key counts as in `KeyRecord::counts_against_quota`: not revoked and not expired.
+pub const INSERT_KEY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {1, 0}
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return {2, 0}
+end
+if #ARGV >= 4 then
+  local max, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local counted = 0
+  for _, json in ipairs(redis.call('HVALS', KEYS[2])) do
+    local key = cjson.decode(json)
+    local expires = key.expires_at
+    if key.state ~= 'revoked' and (expires == nil or expires == cjson.null or expires > now) then
+      counted = counted + 1
+    end
+  end
+  if counted >= max then
+    return {3, counted}
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+return {0, 0}
+"#;
+
+/// Removes a key record and its place in the owner's id order.
+///
+/// `KEYS[1]`: `kg:{o:ID}:keys`, `KEYS[2]`: `kg:{o:ID}:key_ids`.
+/// `ARGV[1]`: the key id.
+/// Returns the removed JSON record, or nil when there was none.
+pub const DELETE_KEY: &str = r#"
+local json = redis.call('HGET', KEYS[1], ARGV[1])
+if json then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return json
+"#;
+
+/// One page of an owner's keys in id order, ids and records read together.
+///
+/// `KEYS[1]`: `kg:{o:ID}:key_ids`, `KEYS[2]`: `kg:{o:ID}:keys`.
+/// `ARGV[1]`: the `ZRANGEBYLEX` lower bound (`-` or `(` + the last id seen), `ARGV[2]`: the most
+/// ids to read (at most a few thousand: they are unpacked onto the Lua stack).
+/// Returns `{id1, json1, id2, json2, ...}`, a json nil where a record is missing.
+pub const LIST_KEYS_PAGE: &str = r#"
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then
+  return {}
+end
+local records = redis.call('HMGET', KEYS[2], unpack(ids))
+local out = {}
+for i, id in ipairs(ids) do
+  out[2 * i - 1] = id
+  out[2 * i] = records[i]
+end
+return out
+"#;
+
+/// Compare-and-set of a string: an owner's read-modify-write.
+///
+/// `KEYS[1]`: the string. `ARGV[1]`: the value read, `ARGV[2]`: the new value.
+/// Returns 1 when replaced, 0 when the value was no longer the one read (or is gone).
+pub const SET_IF_UNCHANGED: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Compare-and-delete of a string: undoing an owner record whose claims were refused.
+///
+/// `KEYS[1]`: the string. `ARGV[1]`: the value written.
+/// Returns 1 when deleted, 0 when the value had changed (it is left alone).
+pub const DELETE_IF_UNCHANGED: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// Compare-and-set of a hash field: a key's read-modify-write.
+///
+/// `KEYS[1]`: the hash. `ARGV[1]`: the field, `ARGV[2]`: the value read, `ARGV[3]`: the new value.
+/// Returns 1 when replaced, 0 when the value was no longer the one read (or is gone).
+pub const HSET_IF_UNCHANGED: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// Compare-and-delete of a hash field: releasing one index entry if it is still ours.
+///
+/// `KEYS[1]`: the hash. `ARGV[1]`: the field, `ARGV[2]`: the value it must have.
+/// Returns 1 when deleted, 0 otherwise.
+pub const HDEL_IF_EQUAL: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+// The rate limiter (`ratelimit/redis.rs`).
+
+/// Checks and charges every window of one decision.
+///
+/// `KEYS`: one hash per window (`b` bucket index, `c` count in that bucket, `p` count in the
+/// bucket before), named by [`keyspace::key_rate_counter`](super::keyspace::key_rate_counter) or
+/// [`keyspace::owner_rate_counter`](super::keyspace::owner_rate_counter): all under the owner's hash tag, so they share a
+/// cluster slot.
+/// `ARGV[1]`: the request's cost; then, for window i, `ARGV[2i]` its limit and `ARGV[2i+1]` its
+/// period in milliseconds.
+/// Returns `{allowed, now_ms, b1, c1, p1, b2, c2, p2, ...}`: the counters before this
+/// request, rolled to now, from which the caller computes remaining, reset and retry-after
+/// with the same arithmetic as the local limiter.
+///
+/// Admission is `p × (P − e) + (c + cost) × P ≤ limit × P` (see `ratelimit/window.rs`); counts stay
+/// exact in Lua's doubles while `limit × P < 2^53`, which configuration enforces.
+pub const CHECK_AND_CHARGE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cost = tonumber(ARGV[1])
+local allowed = 1
+local out = {0, now}
+local rolled = {}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
+  local bucket = math.floor(now / period)
+  local v = redis.call('HMGET', KEYS[i], 'b', 'c', 'p')
+  local b, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if b == nil or b < bucket - 1 then
+    c, p = 0, 0
+  elseif b == bucket - 1 then
+    c, p = 0, c
+  end
+  local elapsed = now % period
+  if p * (period - elapsed) + (c + cost) * period > limit * period then
+    allowed = 0
+  end
+  rolled[i] = {bucket, c, p, period}
+  table.insert(out, bucket)
+  table.insert(out, c)
+  table.insert(out, p)
+end
+if allowed == 1 then
+  for i = 1, #KEYS do
+    local r = rolled[i]
+    redis.call('HSET', KEYS[i], 'b', r[1], 'c', r[2] + cost, 'p', r[3])
+    redis.call('PEXPIRE', KEYS[i], r[4] * 2)
+  end
+end
+out[1] = allowed
+return out
+"#;
