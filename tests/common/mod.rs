@@ -5,6 +5,7 @@
 pub mod check;
 pub mod envoy;
 pub mod faulty;
+pub mod helm;
 pub mod http;
 pub mod otlp;
 pub mod process;
