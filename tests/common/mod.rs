@@ -2,6 +2,7 @@
 //! argon2 cost and a manual clock, and helpers to call it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod authorize;
 pub mod check;
 pub mod envoy;
 pub mod faulty;
