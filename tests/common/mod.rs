@@ -207,15 +207,7 @@ pub async fn issue_key(
     owner_id: &str,
     name: &str,
 ) -> keygate::proto::CreateKeyResponse {
-    client
-        .create_key(admin(keygate::proto::CreateKeyRequest {
-            owner_id: owner_id.into(),
-            name: name.into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
+    issue_key_with_scopes(client, owner_id, name, &[]).await
 }
 
 /// Issues a key called `name` to `owner_id` holding `keygate:keys`, the scope with which a
@@ -225,11 +217,21 @@ pub async fn issue_manager_key(
     owner_id: &str,
     name: &str,
 ) -> keygate::proto::CreateKeyResponse {
+    issue_key_with_scopes(client, owner_id, name, &["keygate:keys"]).await
+}
+
+/// Issues a key called `name` to `owner_id` holding `scopes`, as admin.
+pub async fn issue_key_with_scopes(
+    client: &mut KeyManagerClient<Channel>,
+    owner_id: &str,
+    name: &str,
+    scopes: &[&str],
+) -> keygate::proto::CreateKeyResponse {
     client
         .create_key(admin(keygate::proto::CreateKeyRequest {
             owner_id: owner_id.into(),
             name: name.into(),
-            scopes: vec!["keygate:keys".into()],
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }))
         .await
