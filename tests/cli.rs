@@ -372,27 +372,9 @@ async fn admin_export_and_import_move_an_embedded_store_to_redis() {
     let old = KeygateProcess::start(&old_dir, &env);
     let mut client = KeyManagerClient::connect(old.url()).await.unwrap();
     let owner = common::create_owner(&mut client, "acme", "").await;
-    let issued = client
-        .create_key(common::admin(proto::CreateKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "manager".into(),
-            scopes: vec!["keygate:keys".into()],
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let issued = common::issue_manager_key(&mut client, &owner.id, "manager").await;
     let legacy = "legacy-key-0123456789";
-    client
-        .import_key(common::admin(proto::ImportKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "legacy".into(),
-            secret: legacy.into(),
-            scopes: vec!["keygate:keys".into()],
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    common::import_manager_key(&mut client, &owner.id, "legacy", legacy).await;
     let revoked = client
         .create_key(common::admin(proto::CreateKeyRequest {
             owner_id: owner.id.clone(),
@@ -474,13 +456,7 @@ async fn admin_export_and_import_move_an_embedded_store_to_redis() {
         .into_inner();
     assert_eq!(fetched, revoked);
     for secret in [issued.secret.as_str(), legacy] {
-        client
-            .get_owner(common::bearer(
-                secret,
-                proto::GetOwnerRequest {
-                    id: owner.id.clone(),
-                },
-            ))
+        common::get_owner_as(&mut client, secret, &owner.id)
             .await
             .unwrap();
     }

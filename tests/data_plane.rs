@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::check::check_request;
+use common::authorize::{authorize, try_authorize};
+use common::check::{check_request, decision_code, metadata_str};
 use common::faulty::faulty;
 use common::{ADMIN_TOKEN, Options, T0, TestServer, admin, create_owner, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use envoy_types::pb::google::protobuf::value::Kind;
-use keygate::proto::{self, authorizer_client::AuthorizerClient};
+use keygate::proto;
 use keygate::store::embedded::EmbeddedStore;
 use prost_types::{Duration, FieldMask};
 
@@ -42,7 +42,7 @@ struct Fixture {
     server: TestServer,
     manage: proto::key_manager_client::KeyManagerClient<tonic::transport::Channel>,
     check: AuthorizationClient<tonic::transport::Channel>,
-    authorize: AuthorizerClient<tonic::transport::Channel>,
+    data_plane: tonic::transport::Channel,
     owner: String,
     free_owner: String,
 }
@@ -70,7 +70,7 @@ impl Fixture {
         Fixture {
             manage,
             check: AuthorizationClient::new(channel.clone()),
-            authorize: AuthorizerClient::new(channel),
+            data_plane: channel,
             server,
             owner: owner_id,
             free_owner,
@@ -108,7 +108,7 @@ impl Fixture {
     }
 
     async fn code_of(&mut self, request: CheckRequest) -> String {
-        code(&self.check(request).await)
+        decision_code(&self.check(request).await)
     }
 
     fn stats(&self) -> (u64, u64) {
@@ -127,19 +127,6 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
 
 fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
-}
-
-/// The decision code keygate put in the dynamic metadata.
-fn code(response: &CheckResponse) -> String {
-    match response
-        .dynamic_metadata
-        .as_ref()
-        .and_then(|m| m.fields.get("code"))
-        .and_then(|v| v.kind.as_ref())
-    {
-        Some(Kind::StringValue(code)) => code.clone(),
-        other => panic!("no decision code in {other:?}"),
-    }
 }
 
 /// The denial's HTTP status, headers and JSON body.
@@ -182,7 +169,7 @@ async fn a_valid_key_is_allowed_with_identity_headers_and_credentials_removed() 
         ))
         .await;
     assert_eq!(response.status.as_ref().unwrap().code, 0);
-    assert_eq!(code(&response), "OK");
+    assert_eq!(decision_code(&response), "OK");
     let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
         panic!("expected an OK response: {response:?}");
     };
@@ -206,16 +193,12 @@ async fn a_valid_key_is_allowed_with_identity_headers_and_credentials_removed() 
             "{credential_header}"
         );
     }
-    let metadata = &response.dynamic_metadata.as_ref().unwrap().fields;
     for (field, expected) in [
         ("key_id", key.id.as_str()),
         ("owner_id", f.owner.as_str()),
         ("plan", "unmetered"),
     ] {
-        assert_eq!(
-            metadata[field].kind,
-            Some(Kind::StringValue(expected.into()))
-        );
+        assert_eq!(metadata_str(&response, field), expected, "{field}");
     }
     assert!(
         !format!("{response:?}").contains(&secret[15..]),
@@ -596,7 +579,9 @@ async fn concurrent_first_requests_for_a_key_run_argon2_once() {
         .map(|_| {
             let mut client = f.check.clone();
             let check = request("GET", "/v1/sites", &[("x-api-key", &secret)]);
-            tokio::spawn(async move { code(&client.check(check).await.unwrap().into_inner()) })
+            tokio::spawn(
+                async move { decision_code(&client.check(check).await.unwrap().into_inner()) },
+            )
         })
         .collect();
     for call in calls {
@@ -633,14 +618,15 @@ async fn a_store_fault_is_unavailable_for_unseen_keys_only() {
         tonic::Code::Unavailable,
         "never a denial: {status:?}"
     );
-    let authorize = f
-        .authorize
-        .authorize(proto::AuthorizeRequest {
+    let authorize = try_authorize(
+        &f.data_plane,
+        proto::AuthorizeRequest {
             key: unseen.clone(),
             ..Default::default()
-        })
-        .await
-        .unwrap_err();
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(authorize.code(), tonic::Code::Unavailable);
     let write = f
         .manage
@@ -698,18 +684,17 @@ async fn authorize_answers_the_same_decision_typed() {
             ..Default::default()
         })
         .await;
-    let ok = f
-        .authorize
-        .authorize(proto::AuthorizeRequest {
+    let ok = authorize(
+        &f.data_plane,
+        proto::AuthorizeRequest {
             key: secret.clone(),
             method: "get".into(),
             path: "/v1/sites".into(),
             client_address: "10.2.3.4".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        },
+    )
+    .await;
     assert!(ok.allowed);
     assert_eq!(ok.code, proto::DecisionCode::Ok as i32);
     assert_eq!(ok.http_status, 200);
@@ -721,18 +706,17 @@ async fn authorize_answers_the_same_decision_typed() {
     assert_eq!(ok.metadata["group"], "soc");
     assert_eq!(ok.expire_time.unwrap().seconds, T0 + 30 * 86_400);
 
-    let denied = f
-        .authorize
-        .authorize(proto::AuthorizeRequest {
+    let denied = authorize(
+        &f.data_plane,
+        proto::AuthorizeRequest {
             key: secret.clone(),
             method: "POST".into(),
             path: "/v1/sites".into(),
             client_address: "10.2.3.4".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        },
+    )
+    .await;
     assert!(!denied.allowed);
     assert_eq!(denied.code, proto::DecisionCode::InsufficientScope as i32);
     assert_eq!(denied.http_status, 403);
@@ -742,28 +726,22 @@ async fn authorize_answers_the_same_decision_typed() {
         "the key is identified even when denied"
     );
 
-    let outside = f
-        .authorize
-        .authorize(proto::AuthorizeRequest {
+    let outside = authorize(
+        &f.data_plane,
+        proto::AuthorizeRequest {
             key: secret.clone(),
             required_scopes: vec!["read".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        },
+    )
+    .await;
     assert_eq!(
         outside.code,
         proto::DecisionCode::IpNotAllowed as i32,
         "no address, but the key is fenced"
     );
 
-    let missing = f
-        .authorize
-        .authorize(proto::AuthorizeRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let missing = authorize(&f.data_plane, proto::AuthorizeRequest::default()).await;
     assert_eq!(
         (missing.code, missing.http_status),
         (proto::DecisionCode::MissingCredentials as i32, 401)
@@ -785,7 +763,7 @@ async fn authorize_answers_the_same_decision_typed() {
             ..Default::default()
         },
     ] {
-        let status = f.authorize.authorize(bad).await.unwrap_err();
+        let status = try_authorize(&f.data_plane, bad).await.unwrap_err();
         assert_eq!(
             status.code(),
             tonic::Code::InvalidArgument,
@@ -864,7 +842,7 @@ message = "Clé API invalide ou révoquée"
         .check(request("GET", "/v1/x", &[("x-api-key", &secret)]))
         .await;
     assert_eq!(
-        code(&expired),
+        decision_code(&expired),
         "EXPIRED_API_KEY",
         "metrics and logs keep keygate's code"
     );

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::ADMIN_TOKEN;
 use common::process::KeygateProcess;
+use common::{ADMIN_TOKEN, get_owner_as, import_manager_key, issue_manager_key};
 use keygate::proto::{self, key_manager_client::KeyManagerClient};
 
 #[tokio::test]
@@ -27,29 +27,10 @@ async fn acknowledged_writes_survive_kill_9() {
         .into_inner();
     let mut written = Vec::new();
     for i in 0..8 {
-        let created = client
-            .create_key(common::admin(proto::CreateKeyRequest {
-                owner_id: owner.id.clone(),
-                name: format!("key {i}"),
-                scopes: vec!["keygate:keys".into()],
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        written.push(created);
+        written.push(issue_manager_key(&mut client, &owner.id, &format!("key {i}")).await);
     }
-    let imported = client
-        .import_key(common::admin(proto::ImportKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "legacy".into(),
-            secret: "legacy-key-0123456789".into(),
-            scopes: vec!["keygate:keys".into()],
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let imported =
+        import_manager_key(&mut client, &owner.id, "legacy", "legacy-key-0123456789").await;
     let revoked = client
         .revoke_key(common::admin(proto::RevokeKeyRequest {
             id: written[0].key.as_ref().unwrap().id.clone(),
@@ -85,14 +66,6 @@ async fn acknowledged_writes_survive_kill_9() {
     // The secrets still verify after the restart: the last issued key and the imported one
     // (found by its peppered digest) authenticate management calls.
     for secret in [written[7].secret.as_str(), "legacy-key-0123456789"] {
-        client
-            .get_owner(common::bearer(
-                secret,
-                proto::GetOwnerRequest {
-                    id: owner.id.clone(),
-                },
-            ))
-            .await
-            .unwrap();
+        get_owner_as(&mut client, secret, &owner.id).await.unwrap();
     }
 }

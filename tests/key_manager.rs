@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{ADMIN_TOKEN, T0, admin, bearer, create_owner, expect_code, start};
+use common::{ADMIN_TOKEN, T0, admin, bearer, create_owner, expect_code, get_owner_as, start};
 use keygate::proto::{self, create_key_request::Expiry};
 use prost_types::{Duration, FieldMask, Timestamp};
 use tonic::Code;
@@ -838,19 +838,14 @@ async fn rotated_secrets_work_until_the_grace_period_ends() {
         .secret;
     // A key holding keygate:keys authenticates management calls, which makes the verifier
     // observable over the wire.
-    let whoami = |secret: &str| {
-        bearer(
-            secret,
-            proto::GetOwnerRequest {
-                id: owner.id.clone(),
-            },
-        )
-    };
-    client.get_owner(whoami(&old)).await.unwrap();
-    client.get_owner(whoami(&new)).await.unwrap();
+    get_owner_as(&mut client, &old, &owner.id).await.unwrap();
+    get_owner_as(&mut client, &new, &owner.id).await.unwrap();
     server.clock.advance(60);
-    expect_code(client.get_owner(whoami(&old)).await, Code::Unauthenticated);
-    client.get_owner(whoami(&new)).await.unwrap();
+    expect_code(
+        get_owner_as(&mut client, &old, &owner.id).await,
+        Code::Unauthenticated,
+    );
+    get_owner_as(&mut client, &new, &owner.id).await.unwrap();
 }
 
 #[tokio::test]
@@ -888,24 +883,10 @@ async fn imported_keys_keep_working_without_reissue() {
     expect_code(client.import_key(import("")).await, Code::InvalidArgument);
 
     // The imported key is found by its digest and verified like any other.
-    client
-        .get_owner(bearer(
-            legacy,
-            proto::GetOwnerRequest {
-                id: owner.id.clone(),
-            },
-        ))
-        .await
-        .unwrap();
+    get_owner_as(&mut client, legacy, &owner.id).await.unwrap();
+    let unknown = "ctw_3f8da4f058e8992f91c42ccfd00b31e4";
     expect_code(
-        client
-            .get_owner(bearer(
-                "ctw_3f8da4f058e8992f91c42ccfd00b31e4",
-                proto::GetOwnerRequest {
-                    id: owner.id.clone(),
-                },
-            ))
-            .await,
+        get_owner_as(&mut client, unknown, &owner.id).await,
         Code::Unauthenticated,
     );
 
@@ -920,13 +901,7 @@ async fn imported_keys_keep_working_without_reissue() {
         .unwrap()
         .into_inner();
     assert_eq!(adopted.id, issued.key.unwrap().id);
-    client
-        .get_owner(bearer(
-            &issued.secret,
-            proto::GetOwnerRequest {
-                id: owner.id.clone(),
-            },
-        ))
+    get_owner_as(&mut client, &issued.secret, &owner.id)
         .await
         .unwrap();
 }

@@ -10,14 +10,12 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use keygate::proto::{
-    self, authorizer_client::AuthorizerClient, key_manager_client::KeyManagerClient,
-};
+use keygate::proto::{self, key_manager_client::KeyManagerClient};
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use common::check::check_request;
+use common::authorize::authorize;
+use common::check::{check_request, decision_code};
 use common::envoy::EnvoyProcess;
 use common::http::http_request;
 use common::otlp::OtlpReceiver;
@@ -90,37 +88,19 @@ async fn channel(addr: SocketAddr) -> Channel {
 }
 
 /// Authorizes `secret` from a public address; returns whether it was allowed.
-async fn authorize(data_plane: &Channel, secret: &str) -> bool {
-    AuthorizerClient::new(data_plane.clone())
-        .authorize(proto::AuthorizeRequest {
-            key: secret.to_owned(),
-            client_address: "203.0.113.7".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .allowed
+async fn allowed(data_plane: &Channel, secret: &str) -> bool {
+    let request = proto::AuthorizeRequest {
+        key: secret.to_owned(),
+        client_address: "203.0.113.7".into(),
+        ..Default::default()
+    };
+    authorize(data_plane, request).await.allowed
 }
 
 /// Checks `GET /v1/things` from a public address with `headers`; returns the decision code.
 async fn check(data_plane: &Channel, headers: &[(&str, &str)]) -> String {
-    let answer = AuthorizationClient::new(data_plane.clone())
-        .check(check_request(
-            "203.0.113.7",
-            "GET",
-            "/v1/things",
-            headers,
-            &[],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let metadata = answer.dynamic_metadata.unwrap_or_default();
-    match metadata.fields.get("code").and_then(|v| v.kind.clone()) {
-        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(code)) => code,
-        other => panic!("no decision code in the answer's metadata: {other:?}"),
-    }
+    let request = check_request("203.0.113.7", "GET", "/v1/things", headers, &[]);
+    decision_code(&common::check::check(data_plane, request).await)
 }
 
 fn attribute<'a>(span: &'a Value, name: &str) -> &'a Value {
@@ -236,11 +216,7 @@ async fn authorize_spans_are_exported_over_otlp_http_and_join_the_grpc_callers_t
     request
         .metadata_mut()
         .insert("traceparent", traceparent.parse().unwrap());
-    let answer = AuthorizerClient::new(channel(server.data_plane_addr).await)
-        .authorize(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = authorize(&channel(server.data_plane_addr).await, request).await;
     assert!(answer.allowed);
 
     let span = receiver.wait_for(EXPORT_WAIT, |s| {
@@ -323,7 +299,7 @@ async fn metrics_move_by_exactly_the_decisions_and_calls_made() {
         assert_eq!(answer, "INVALID_API_KEY");
     }
     assert_eq!(check(&data_plane, &[]).await, "MISSING_CREDENTIALS");
-    assert!(authorize(&data_plane, &key.secret).await);
+    assert!(allowed(&data_plane, &key.secret).await);
 
     let after = scrape(metrics_addr).await;
     let delta = |series: &str| {
@@ -541,7 +517,7 @@ async fn no_secret_appears_in_any_log_line_span_or_metric() {
         check(&data_plane, &[("x-api-key", &issued.secret)]).await,
         "OK"
     );
-    assert!(authorize(&data_plane, &issued.secret).await);
+    assert!(allowed(&data_plane, &issued.secret).await);
     let rotated = manage
         .rotate_key(admin(proto::RotateKeyRequest {
             id: key_id.clone(),

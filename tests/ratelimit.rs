@@ -6,12 +6,13 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use common::authorize::authorize;
 use common::redis::RedisServer;
 use common::{ADMIN_TOKEN, Options, TestServer, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use keygate::proto::{self, authorizer_client::AuthorizerClient};
+use keygate::proto;
 use std::sync::Arc;
 
 use keygate::ratelimit::{RateLimiter, redis::RedisLimiterStats};
@@ -81,14 +82,8 @@ fn outcome(response: &CheckResponse) -> (bool, HashMap<String, String>) {
 }
 
 async fn check(server: &TestServer, key: &str, path: &str) -> (bool, HashMap<String, String>) {
-    let mut client = AuthorizationClient::new(server.data_plane().await);
-    outcome(
-        &client
-            .check(check_request(key, path, &[]))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
+    let data_plane = server.data_plane().await;
+    outcome(&common::check::check(&data_plane, check_request(key, path, &[])).await)
 }
 
 #[tokio::test]
@@ -206,16 +201,12 @@ async fn cost_comes_from_routes_extensions_and_authorize() {
         .0
     );
 
-    let mut authorize = AuthorizerClient::new(server.data_plane().await);
-    let answer = authorize
-        .authorize(proto::AuthorizeRequest {
-            key: key.clone(),
-            cost: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let request = proto::AuthorizeRequest {
+        key: key.clone(),
+        cost: 1,
+        ..Default::default()
+    };
+    let answer = authorize(&server.data_plane().await, request).await;
     assert_eq!(answer.code, proto::DecisionCode::RateLimited as i32);
     assert_eq!(answer.http_status, 429);
     let state = answer.rate_limit.unwrap();

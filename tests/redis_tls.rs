@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::process::{KeygateProcess, keygate_bin};
-use common::{ADMIN_TOKEN, admin, bearer, create_owner};
-use keygate::proto::{self, key_manager_client::KeyManagerClient};
+use common::{ADMIN_TOKEN, create_owner, get_owner_as, issue_manager_key};
+use keygate::proto::key_manager_client::KeyManagerClient;
 
 /// Makes a CA and a certificate for 127.0.0.1 signed by it, with the openssl command.
 fn certificates(dir: &Path) {
@@ -169,23 +169,8 @@ async fn keygate_stores_keys_in_redis_over_tls_and_refuses_an_untrusted_server()
     let server = KeygateProcess::start(&dir.path().join("data"), &env);
     let mut client = KeyManagerClient::connect(server.url()).await.unwrap();
     let owner = create_owner(&mut client, "acme", "").await;
-    let key = client
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "over tls".into(),
-            scopes: vec!["keygate:keys".into()],
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    client
-        .get_owner(bearer(
-            &key.secret,
-            proto::GetOwnerRequest {
-                id: owner.id.clone(),
-            },
-        ))
+    let key = issue_manager_key(&mut client, &owner.id, "over tls").await;
+    get_owner_as(&mut client, &key.secret, &owner.id)
         .await
         .unwrap();
     drop(server);

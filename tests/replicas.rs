@@ -6,11 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::check::check_request;
+use common::check::{check, check_request, decision_code};
 use common::redis::RedisServer;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, issue_key, start_with};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::google::protobuf::value::Kind;
 use keygate::proto;
 use keygate::redis::RedisConfig;
 use keygate::store::Store;
@@ -101,23 +101,14 @@ async fn wait_for_readiness(server: &TestServer, serving: bool) {
     }
 }
 
+/// A Check of `GET /v1` with `key`.
+fn get(key: &str) -> CheckRequest {
+    check_request("203.0.113.9", "GET", "/v1", &[("x-api-key", key)], &[])
+}
+
+/// The decision `server` makes on `key`.
 async fn decide(server: &TestServer, key: &str) -> String {
-    let mut client = AuthorizationClient::new(server.data_plane().await);
-    let answer = client
-        .check(check_request(
-            "203.0.113.9",
-            "GET",
-            "/v1",
-            &[("x-api-key", key)],
-            &[],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    match answer.dynamic_metadata.unwrap().fields["code"].kind.clone() {
-        Some(Kind::StringValue(code)) => code,
-        other => panic!("{other:?}"),
-    }
+    decision_code(&check(&server.data_plane().await, get(key)).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,23 +207,9 @@ async fn a_redis_outage_never_produces_a_wrong_decision() {
     let mut client = AuthorizationClient::new(server.data_plane().await);
     let mut ask = async |key: &str| {
         client
-            .check(check_request(
-                "203.0.113.9",
-                "GET",
-                "/v1",
-                &[("x-api-key", key)],
-                &[],
-            ))
+            .check(get(key))
             .await
-            .map(|answer| {
-                match answer.into_inner().dynamic_metadata.unwrap().fields["code"]
-                    .kind
-                    .clone()
-                {
-                    Some(Kind::StringValue(code)) => code,
-                    other => panic!("{other:?}"),
-                }
-            })
+            .map(|answer| decision_code(&answer.into_inner()))
     };
 
     wait_for_readiness(&server, true).await;

@@ -1,11 +1,15 @@
 //! Check requests as Envoy sends them: lower-case headers, the path with its query string,
-//! the peer address, the route's context extensions.
+//! the peer address, the route's context extensions; and what keygate's answers carry.
+//! Self-contained, so the benches include it too.
 
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use tonic::transport::Channel;
 
 /// The request id every request built here carries.
 pub const REQUEST_ID: &str = "req-42";
@@ -52,4 +56,36 @@ pub fn check_request(
             ..Default::default()
         }),
     }
+}
+
+/// Check's answer to `request` on `data_plane`; the call must succeed.
+#[allow(dead_code)] // the benches drive their own clients
+pub async fn check(data_plane: &Channel, request: CheckRequest) -> CheckResponse {
+    AuthorizationClient::new(data_plane.clone())
+        .check(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The string keygate put under `field` in the answer's dynamic metadata.
+#[allow(dead_code)] // the benches do not read answers
+#[track_caller]
+pub fn metadata_str<'a>(response: &'a CheckResponse, field: &str) -> &'a str {
+    match response
+        .dynamic_metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(field))
+        .and_then(|v| v.kind.as_ref())
+    {
+        Some(Kind::StringValue(value)) => value,
+        other => panic!("no {field} string in the dynamic metadata: {other:?}"),
+    }
+}
+
+/// The decision code keygate put in the answer's dynamic metadata.
+#[allow(dead_code)] // the benches do not read answers
+#[track_caller]
+pub fn decision_code(response: &CheckResponse) -> String {
+    metadata_str(response, "code").to_owned()
 }

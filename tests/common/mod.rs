@@ -2,9 +2,11 @@
 //! argon2 cost and a manual clock, and helpers to call it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod authorize;
 pub mod check;
 pub mod envoy;
 pub mod faulty;
+pub mod helm;
 pub mod http;
 pub mod otlp;
 pub mod process;
@@ -205,15 +207,74 @@ pub async fn issue_key(
     owner_id: &str,
     name: &str,
 ) -> keygate::proto::CreateKeyResponse {
+    issue_key_with_scopes(client, owner_id, name, &[]).await
+}
+
+/// Issues a key called `name` to `owner_id` holding `keygate:keys`, the scope with which a
+/// key makes management calls for its owner, as admin.
+pub async fn issue_manager_key(
+    client: &mut KeyManagerClient<Channel>,
+    owner_id: &str,
+    name: &str,
+) -> keygate::proto::CreateKeyResponse {
+    issue_key_with_scopes(client, owner_id, name, &["keygate:keys"]).await
+}
+
+/// Issues a key called `name` to `owner_id` holding `scopes`, as admin.
+pub async fn issue_key_with_scopes(
+    client: &mut KeyManagerClient<Channel>,
+    owner_id: &str,
+    name: &str,
+    scopes: &[&str],
+) -> keygate::proto::CreateKeyResponse {
     client
         .create_key(admin(keygate::proto::CreateKeyRequest {
             owner_id: owner_id.into(),
             name: name.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }))
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Imports `secret` as a key called `name` of `owner_id` holding `keygate:keys`, as admin.
+pub async fn import_manager_key(
+    client: &mut KeyManagerClient<Channel>,
+    owner_id: &str,
+    name: &str,
+    secret: &str,
+) -> keygate::proto::Key {
+    client
+        .import_key(admin(keygate::proto::ImportKeyRequest {
+            owner_id: owner_id.into(),
+            name: name.into(),
+            secret: secret.into(),
+            scopes: vec!["keygate:keys".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Reads owner `owner_id` with `secret` as the bearer: a management call that a key holding
+/// `keygate:keys` may make, and only while its secret verifies.
+pub async fn get_owner_as(
+    client: &mut KeyManagerClient<Channel>,
+    secret: &str,
+    owner_id: &str,
+) -> Result<keygate::proto::Owner, tonic::Status> {
+    client
+        .get_owner(bearer(
+            secret,
+            keygate::proto::GetOwnerRequest {
+                id: owner_id.into(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// `message` as a request carrying the admin token.

@@ -1,5 +1,5 @@
 """Lints or renders a Helm chart with Helm's own engine (PyPI helm-python-sdk, which wraps
-Helm's Go SDK and needs no cluster), for tests/helm.rs.
+Helm's Go SDK and needs no cluster), for tests/common/helm.rs.
 
     chart.py lint CHART --kube-version 1.37.0 [--values FILE]... [--set-json JSON]...
     chart.py render CHART --kube-version 1.37.0 [--values FILE]... [--set-json JSON]...
