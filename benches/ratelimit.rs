@@ -124,9 +124,12 @@ async fn redis(windows: &[RateWindow], url: String) {
         timeout: Duration::from_millis(500),
         ..RedisConfig::default()
     };
-    let limiter = Arc::new(
-        RedisLimiter::new(&config, 1, LocalLimiter::new(1000, Duration::from_secs(60))).unwrap(),
-    );
+    let limiter = Arc::new(RedisLimiter::new(
+        config.pool().unwrap(),
+        &config,
+        1,
+        LocalLimiter::new(1000, Duration::from_secs(60)),
+    ));
     let subject = Subject {
         owner_id: "own_bench",
         key_id: "key",

@@ -2,7 +2,10 @@
 //! configuration, once, and hands each adapter only what it needs. Nothing below the
 //! adapters imports it.
 
+use std::process::ExitCode;
 use std::sync::Arc;
+
+use tracing::{info, warn};
 
 use crate::authz::engine::Authorizer;
 use crate::authz::keys::{KeyCache, SharedVerifications};
@@ -14,13 +17,117 @@ use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
 use crate::metrics::Metrics;
 use crate::plan::Plans;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Backend, RateLimiter};
+use crate::redis::RedisPool;
 use crate::secrets::Secrets;
 use crate::service::DataPlane;
 use crate::service::caller::ManagementAuth;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreBackend};
 use crate::telemetry::decisions::DecisionRecorder;
 use crate::telemetry::store::ObservedStore;
+
+/// Exit code for a configuration or usage error, as clap uses for bad flags.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration or the secrets are unusable; the operator must fix them.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener or the store could not be opened.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            StartError::Config(_) => ExitCode::from(EXIT_USAGE),
+            StartError::Runtime(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Where keygate keeps its records, and the one Redis pool every Redis user shares (store,
+/// rate limiter, shared cache, invalidation publisher).
+pub struct Backends {
+    /// Owners and keys.
+    pub store: Arc<dyn Store>,
+    /// Connections to Redis, when the configuration uses it.
+    pub redis: Option<RedisPool>,
+}
+
+impl Backends {
+    /// Opens the store `config` selects (creating the data directory for the embedded one)
+    /// over the shared pool, and warns when a Redis store may lose acknowledged writes.
+    pub async fn open(config: &Config) -> Result<Self, StartError> {
+        let redis = redis_pool(config)?;
+        let store: Arc<dyn Store> = match (&config.store, &redis) {
+            (StoreBackend::Redis, Some(pool)) => {
+                let store = RedisStore::with_pool(pool.clone(), config.redis.timeout)
+                    .await
+                    .map_err(|e| StartError::Runtime(e.to_string()))?;
+                if let Some(warning) = store.persistence_warning().await {
+                    warn!("{warning}");
+                }
+                info!("Redis store connected");
+                Arc::new(store)
+            }
+            _ => {
+                create_data_dir(&config.data_dir)?;
+                let path = config.data_dir.join("keygate.redb");
+                let store =
+                    EmbeddedStore::open(&path).map_err(|e| StartError::Runtime(e.to_string()))?;
+                info!(path = %path.display(), "embedded store open");
+                Arc::new(store)
+            }
+        };
+        Ok(Backends { store, redis })
+    }
+
+    /// `store`, with a Redis pool for the rest when `config` uses Redis: for a store opened
+    /// elsewhere, as tests do.
+    pub fn with_store(config: &Config, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
+        Ok(Backends {
+            store,
+            redis: redis_pool(config)?,
+        })
+    }
+}
+
+/// The Redis pool `config` needs: with the Redis store or the Redis rate limiter.
+fn redis_pool(config: &Config) -> Result<Option<RedisPool>, ConfigError> {
+    let used = config.store == StoreBackend::Redis || config.ratelimit.backend == Backend::Redis;
+    if !used {
+        return Ok(None);
+    }
+    config
+        .redis
+        .pool()
+        .map(Some)
+        .map_err(|message| ConfigError::Field {
+            field: "redis.url".into(),
+            message,
+        })
+}
+
+/// Creates the data directory if it is missing, readable by its owner only.
+pub fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| {
+        StartError::Runtime(format!(
+            "cannot create the data directory {} (data_dir): {e}",
+            dir.display()
+        ))
+    })
+}
 
 /// Every part of a running keygate, wired once.
 pub struct App {
@@ -51,13 +158,14 @@ pub struct App {
 }
 
 impl App {
-    /// Builds every part from `config`, over `store` and `clock`.
+    /// Builds every part from `config`, over `backends` and `clock`.
     pub fn new(
         config: &Config,
         secrets: Secrets,
-        store: Arc<dyn Store>,
+        backends: Backends,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
+        let Backends { store, redis } = backends;
         let metrics = Arc::new(Metrics::default());
         let plans = Arc::new(config.plans()?);
         let profiles = Arc::new(config.profiles()?);
@@ -66,26 +174,30 @@ impl App {
             field: "argon2".into(),
             message: e.to_string(),
         })?;
-        let redis_error = |message: String| ConfigError::Field {
-            field: "redis.url".into(),
-            message,
-        };
-        let redis = match config.store {
-            StoreBackend::Redis => Some(config.redis.pool().map_err(redis_error)?),
-            StoreBackend::Embedded => None,
-        };
+        // The shared cache and the publisher exist with the Redis store only; the limiter
+        // may use Redis on its own.
+        let shared = redis
+            .clone()
+            .filter(|_| config.store == StoreBackend::Redis);
         let keys = KeyCache::new(
             &config.cache,
             store.clone(),
             hasher.clone(),
             secrets.pepper.clone(),
             profiles.clone(),
-            redis
+            shared
                 .clone()
                 .map(|pool| SharedVerifications::new(pool, config.cache.shared_ttl)),
         );
-        let limiter = RateLimiter::new(&config.ratelimit, &config.redis, plans.longest_period())
-            .map_err(redis_error)?;
+        let limiter = match (&config.ratelimit.backend, redis) {
+            (Backend::Redis, Some(pool)) => RateLimiter::redis(
+                &config.ratelimit,
+                pool,
+                &config.redis,
+                plans.longest_period(),
+            ),
+            _ => RateLimiter::local(&config.ratelimit, plans.longest_period()),
+        };
         let observer = Arc::new(DecisionRecorder::new(metrics.clone(), config.decision_log));
         let authorizer = Arc::new(Authorizer::new(
             keys,
@@ -118,7 +230,7 @@ impl App {
         });
         let invalidations = Arc::new(Invalidations::new(
             authorizer.clone(),
-            redis.map(Publisher::new),
+            shared.map(Publisher::new),
         ));
         Ok(App {
             metrics,

@@ -19,7 +19,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
-use crate::app::App;
+use crate::app::{App, Backends, StartError, create_data_dir};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ServeArgs};
 use crate::proto::authorizer_server::AuthorizerServer;
@@ -29,9 +29,7 @@ use crate::service::authorizer::AuthorizerService;
 use crate::service::ext_authz::ExtAuthzService;
 use crate::service::key_manager::KeyManagerService;
 use crate::shutdown::until_stopped;
-use crate::store::embedded::EmbeddedStore;
-use crate::store::redis::RedisStore;
-use crate::store::{Store, StoreBackend};
+use crate::store::StoreBackend;
 use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::{CallCounter, RpcLayer};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -43,30 +41,6 @@ pub const READINESS_SERVICE: &str = "keygate.readiness";
 
 /// How often the store is probed for readiness.
 const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Exit code for a configuration or usage error, as clap uses for bad flags.
-pub const EXIT_USAGE: u8 = 2;
-
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration or the secrets are unusable; the operator must fix them.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A listener or the store could not be opened.
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl StartError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> ExitCode {
-        match self {
-            StartError::Config(_) => ExitCode::from(EXIT_USAGE),
-            StartError::Runtime(_) => ExitCode::FAILURE,
-        }
-    }
-}
 
 /// A started keygate; dropping it does not stop it, [`RunningServer::shutdown`] does.
 pub struct RunningServer {
@@ -152,12 +126,12 @@ pub fn check_deployment(config: &Config, env: &HashMap<String, String>) -> Resul
     Ok(())
 }
 
-/// Binds the listeners and starts serving. The store and clock are passed in so tests can
-/// drive a server over any backend and time.
+/// Binds the listeners and starts serving. The backends and clock are passed in so tests
+/// can drive a server over any store and time.
 pub async fn start(
     config: &Config,
     secrets: Secrets,
-    store: Arc<dyn Store>,
+    backends: Backends,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, StartError> {
     check_management_exposure(config, secrets.admin_token.is_some())?;
@@ -166,7 +140,7 @@ pub async fn start(
             "no admin token configured: the management API accepts unauthenticated calls on loopback; set KEYGATE_ADMIN_TOKEN to require one"
         );
     }
-    let app = Arc::new(App::new(config, secrets, store, clock)?);
+    let app = Arc::new(App::new(config, secrets, backends, clock)?);
     app.authorizer
         .keys()
         .load_imported()
@@ -382,8 +356,8 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     if let PepperSource::Generated(path) = &pepper_source {
         warn!(path = %path.display(), "generated a new pepper; back it up with the data directory, imported keys depend on it");
     }
-    let store = open_store(&config).await?;
-    let mut server = start(&config, secrets, store, Arc::new(SystemClock)).await?;
+    let backends = Backends::open(&config).await?;
+    let mut server = start(&config, secrets, backends, Arc::new(SystemClock)).await?;
     tokio::select! {
         result = server.wait() => {
             return result.map_err(StartError::Runtime);
@@ -428,43 +402,4 @@ fn management_methods() -> Vec<String> {
         .flat_map(|s| s.method.iter())
         .map(|method| format!("/{service}/{}", method.name()))
         .collect()
-}
-
-/// Opens the store `config` selects (creating the data directory for the embedded one), and
-/// warns when a Redis store may lose acknowledged writes.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
-    match config.store {
-        StoreBackend::Embedded => {
-            create_data_dir(&config.data_dir)?;
-            let path = config.data_dir.join("keygate.redb");
-            let store =
-                EmbeddedStore::open(&path).map_err(|e| StartError::Runtime(e.to_string()))?;
-            info!(path = %path.display(), "embedded store open");
-            Ok(Arc::new(store))
-        }
-        StoreBackend::Redis => {
-            let store = RedisStore::connect(&config.redis)
-                .await
-                .map_err(|e| StartError::Runtime(e.to_string()))?;
-            if let Some(warning) = store.persistence_warning().await {
-                warn!("{warning}");
-            }
-            info!("Redis store connected");
-            Ok(Arc::new(store))
-        }
-    }
-}
-
-/// Creates the data directory if it is missing, readable by its owner only.
-fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|e| {
-        StartError::Runtime(format!(
-            "cannot create the data directory {} (data_dir): {e}",
-            dir.display()
-        ))
-    })
 }

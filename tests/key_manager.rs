@@ -1057,10 +1057,11 @@ async fn an_exposed_management_api_needs_an_admin_token() {
     )]);
     let (secrets, _) = keygate::secrets::Secrets::load(&env, dir.path()).unwrap();
     let store = keygate::store::embedded::EmbeddedStore::open(&dir.path().join("k.redb")).unwrap();
+    let backends = keygate::app::Backends::with_store(&config, std::sync::Arc::new(store)).unwrap();
     let refused = keygate::server::start(
         &config,
         secrets,
-        std::sync::Arc::new(store),
+        backends,
         std::sync::Arc::new(keygate::clock::SystemClock),
     )
     .await;

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::app::{Backends, StartError};
 use crate::config::ServeArgs;
-use crate::server::{StartError, open_store};
 
 /// `keygate admin ...`.
 #[derive(Args, Debug)]
@@ -57,7 +57,7 @@ pub async fn run(cli: AdminCli) -> ExitCode {
 
 async fn run_inner(cli: AdminCli) -> Result<String, StartError> {
     let config = cli.store.load()?;
-    let store = open_store(&config).await?;
+    let store = Backends::open(&config).await?.store;
     let io = |what: &str, path: &PathBuf, e: std::io::Error| {
         StartError::Runtime(format!("cannot {what} {}: {e}", path.display()))
     };

@@ -484,7 +484,7 @@ fn check_config(args: &crate::config::ServeArgs) -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {err}");
-            ExitCode::from(crate::server::EXIT_USAGE)
+            ExitCode::from(crate::app::EXIT_USAGE)
         }
     }
 }

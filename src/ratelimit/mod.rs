@@ -244,23 +244,27 @@ pub enum RateLimiter {
 }
 
 impl RateLimiter {
-    /// The limiter `config` asks for. Local counters are dropped after two periods of the
-    /// longest configured window unused, when both of its buckets are empty anyway.
-    pub fn new(
+    /// Counters in this process. They are dropped after two periods of the longest
+    /// configured window unused, when both of its buckets are empty anyway.
+    pub fn local(config: &RateLimitConfig, longest_period: Duration) -> Self {
+        RateLimiter::Local(local_counters(config, longest_period))
+    }
+
+    /// Counters in Redis over `pool`, with local counters standing in while Redis does not
+    /// answer.
+    pub fn redis(
         config: &RateLimitConfig,
+        pool: crate::redis::RedisPool,
         redis: &crate::redis::RedisConfig,
         longest_period: Duration,
-    ) -> Result<Self, String> {
-        let local = LocalLimiter::new(
-            config.local_capacity,
-            longest_period.max(Duration::from_secs(1)) * 2,
-        );
-        Ok(match config.backend {
-            Backend::Local => RateLimiter::Local(local),
-            Backend::Redis => {
-                RateLimiter::Redis(redis::RedisLimiter::new(redis, config.replicas, local)?)
-            }
-        })
+    ) -> Self {
+        let fallback = local_counters(config, longest_period);
+        RateLimiter::Redis(redis::RedisLimiter::new(
+            pool,
+            redis,
+            config.replicas,
+            fallback,
+        ))
     }
 
     /// Checks and, if every window has room, charges a request of `cost`.
@@ -283,4 +287,12 @@ impl RateLimiter {
             RateLimiter::Redis(redis) => redis.check(subject, windows, cost, clock).await,
         }
     }
+}
+
+/// Local counters for the windows of `config`'s plans, kept two longest periods.
+fn local_counters(config: &RateLimitConfig, longest_period: Duration) -> LocalLimiter {
+    LocalLimiter::new(
+        config.local_capacity,
+        longest_period.max(Duration::from_secs(1)) * 2,
+    )
 }

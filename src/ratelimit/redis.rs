@@ -45,12 +45,12 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// A limiter on the Redis at `config.url`; connections are made on first use.
     pub fn new(
+        pool: RedisPool,
         config: &RedisConfig,
         replicas: u64,
         fallback: LocalLimiter,
-    ) -> Result<Self, String> {
-        let pool = config.pool()?;
-        Ok(RedisLimiter {
+    ) -> Self {
+        RedisLimiter {
             pool,
             script: Script::new(scripts::CHECK_AND_CHARGE),
             timeout: config.timeout,
@@ -59,7 +59,7 @@ impl RedisLimiter {
             fallback,
             down_until: AtomicI64::new(0),
             stats: RedisLimiterStats::default(),
-        })
+        }
     }
 
     /// The counters.

@@ -141,10 +141,12 @@ impl RedisStore {
     /// call waits at most `config.timeout`. Fails unless Redis answers a PING.
     pub async fn connect(config: &RedisConfig) -> Result<RedisStore> {
         let pool = config.pool().map_err(unavailable)?;
-        let store = RedisStore {
-            pool,
-            timeout: config.timeout,
-        };
+        Self::with_pool(pool, config.timeout).await
+    }
+
+    /// A store over `pool`, each command bounded by `timeout`; checks that Redis answers.
+    pub async fn with_pool(pool: RedisPool, timeout: Duration) -> Result<RedisStore> {
+        let store = RedisStore { pool, timeout };
         let pong: String = store.query(&redis::cmd("PING")).await?;
         if pong != "PONG" {
             return Err(unexpected("PING", pong));

@@ -150,7 +150,8 @@ pub async fn start_with(options: Options<'_>) -> TestServer {
         Arc::new(EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap())
     });
     let clock = ManualClock::new(T0);
-    let server = keygate::server::start(&config, secrets, store, Arc::new(clock.clone()))
+    let backends = keygate::app::Backends::with_store(&config, store).unwrap();
+    let server = keygate::server::start(&config, secrets, backends, Arc::new(clock.clone()))
         .await
         .unwrap();
     TestServer { server, clock, dir }
