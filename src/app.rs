@@ -135,3 +135,10 @@ impl App {
         }
     }
 }
+
+#[async_trait::async_trait]
+impl crate::manage::Invalidator for App {
+    async fn invalidate(&self, change: Invalidation) {
+        App::invalidate(self, change).await;
+    }
+}

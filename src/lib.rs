@@ -11,7 +11,8 @@
 //! - [`config`] — typed configuration from defaults, file, `KEYGATE_*` env and flags.
 //! - [`secrets`] — the pepper and admin token, from env or files only.
 //! - [`key`] — key text format ([`key::format`]) and hashing and digests ([`key::hash`]).
-//! - [`model`] — the stored records, owners and keys.
+//! - [`model`] — the stored records, owners and keys, and the validated values they are
+//!   built from (names, scopes, networks, metadata), shared by the server and the CLI.
 //! - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
 //! - [`admin`] — export and import of every record, for backup and migration.
 //! - [`verify`] — presented credential → key record.
@@ -21,6 +22,8 @@
 //! - [`usage`] — batched `last_used_at` updates.
 //! - [`redis_pool`] — connections to Redis or Redis Cluster behind one type.
 //! - [`invalidation`] — telling every replica that a key or owner changed (Redis pub/sub).
+//! - [`manage`] — the management plane: owner and key lifecycle rules, the authority rule,
+//!   invalidation after every write; no transport.
 //! - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager), caller
 //!   authentication, message conversion.
 //! - [`app`] — the state every handler shares.
@@ -42,6 +45,7 @@ pub mod config;
 pub mod error;
 pub mod invalidation;
 pub mod key;
+pub mod manage;
 pub mod metrics;
 pub mod model;
 pub mod plan;
