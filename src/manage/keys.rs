@@ -866,7 +866,7 @@ mod tests {
         };
         let enabled = f
             .keys
-            .update(&caller, &key.id, enable.clone())
+            .update(&Caller::Admin, &key.id, enable.clone())
             .await
             .unwrap();
         assert_eq!(enabled.state, KeyState::Active);
