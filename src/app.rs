@@ -13,15 +13,14 @@ use crate::authz::response::Responder;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::invalidation::{Invalidation, Invalidations, Publisher};
-use crate::key::format::Profiles;
-use crate::key::hash::{Pepper, SecretHasher};
+use crate::key::hash::SecretHasher;
+use crate::manage::{Deps, Invalidator, Keys, Owners};
 use crate::metrics::Metrics;
-use crate::plan::Plans;
 use crate::ratelimit::{Backend, RateLimiter};
 use crate::redis::RedisPool;
 use crate::secrets::Secrets;
-use crate::service::DataPlane;
 use crate::service::caller::ManagementAuth;
+use crate::service::{DataPlane, ManagementPlane};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreBackend};
@@ -135,22 +134,12 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Owners and keys, each call observed.
     pub store: Arc<dyn Store>,
-    /// argon2id hashing, bounded.
-    pub hasher: SecretHasher,
-    /// Key for digests.
-    pub pepper: Pepper,
-    /// Key shapes.
-    pub profiles: Arc<Profiles>,
-    /// The plans owners and keys may be on.
-    pub plans: Arc<Plans>,
     /// The data plane's decision maker.
     pub authorizer: Arc<Authorizer>,
     /// What Check and Authorize share.
     pub data_plane: Arc<DataPlane>,
-    /// How management callers are authenticated.
-    pub management_auth: Arc<ManagementAuth>,
-    /// Applies a change to this replica's cache and tells the others.
-    pub invalidations: Arc<Invalidations>,
+    /// What the management adapter uses.
+    pub management: Arc<ManagementPlane>,
     /// The configuration it was built from.
     pub config: Config,
     /// Current time.
@@ -222,34 +211,44 @@ impl App {
                     .collect(),
             },
         });
-        let management_auth = Arc::new(ManagementAuth {
-            allow_anonymous: secrets.admin_token.is_none()
-                && config.listen.management.ip().is_loopback(),
-            admin_token: secrets.admin_token,
-            authorizer: authorizer.clone(),
-        });
         let invalidations = Arc::new(Invalidations::new(
             authorizer.clone(),
             shared.map(Publisher::new),
         ));
-        Ok(App {
-            metrics,
-            store,
+        let deps = Deps {
+            store: store.clone(),
             hasher,
             pepper: secrets.pepper,
             profiles,
             plans,
+            clock: clock.clone(),
+            invalidator: invalidations,
+        };
+        let management = Arc::new(ManagementPlane {
+            auth: ManagementAuth {
+                allow_anonymous: secrets.admin_token.is_none()
+                    && config.listen.management.ip().is_loopback(),
+                admin_token: secrets.admin_token,
+                authorizer: authorizer.clone(),
+            },
+            owners: Owners::new(deps.clone()),
+            keys: Keys::new(deps),
+        });
+        Ok(App {
+            metrics,
+            store,
             authorizer,
             data_plane,
-            management_auth,
-            invalidations,
+            management,
             config: config.clone(),
             clock,
         })
     }
+}
 
-    /// Drops what this replica cached about a change, then tells the other replicas.
-    pub async fn invalidate(&self, invalidation: Invalidation) {
-        self.invalidations.invalidate(invalidation).await;
+#[async_trait::async_trait]
+impl Invalidator for Invalidations {
+    async fn invalidate(&self, change: Invalidation) {
+        Invalidations::invalidate(self, change).await;
     }
 }

@@ -16,7 +16,8 @@
 //!    - [`error`] — the error shape callers can act on (invalid, not found, unavailable...).
 //!    - [`key`] — key text format ([`key::format`]), argon2id hashing and peppered digests
 //!      ([`key::hash`]).
-//!    - [`model`] — the stored records, owners and keys.
+//!    - [`model`] — the stored records, owners and keys, and the validated values they are
+//!      built from (names, scopes, networks, metadata), shared by the server and the CLI.
 //!    - [`plan`] — plans: API access, key caps, rate windows.
 //!    - [`secrets`] — the pepper and admin token, from env or files only.
 //!    - [`shutdown`] — signals, the stop watch, the drain grace.
@@ -32,6 +33,8 @@
 //!      rendered protocol-neutrally by [`authz::response`]. Knows nothing of gRPC.
 //!    - [`invalidation`] — applying a change to this replica's cache and every other's.
 //! 4. Management plane
+//!    - [`manage`] — owner and key lifecycle rules, the authority rule, invalidation after
+//!      every write; no transport.
 //!    - [`admin`] — export and import of every record, for backup and migration.
 //! 5. Observability
 //!    - [`metrics`] — Prometheus metrics and their HTTP listener.
@@ -67,6 +70,7 @@ pub mod config;
 pub mod error;
 pub mod invalidation;
 pub mod key;
+pub mod manage;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -1,5 +1,12 @@
 //! The records keygate keeps: owners and their API keys. Stores persist these as they are;
 //! the gRPC layer converts them to and from protobuf messages.
+//!
+//! [`values`] holds the validated values records are built from ([`Name`], [`Scopes`],
+//! [`Cidrs`], [`Metadata`]), shared by the server and the CLI.
+
+pub mod values;
+
+pub use values::{Cidrs, Metadata, Name, Scope, Scopes};
 
 use std::collections::BTreeMap;
 

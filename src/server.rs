@@ -214,7 +214,9 @@ fn management_router(
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(KeyManagerServer::new(KeyManagerService::new(app.clone())));
+        .add_service(KeyManagerServer::new(KeyManagerService::new(
+            app.management.clone(),
+        )));
     Ok(router)
 }
 

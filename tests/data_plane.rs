@@ -114,7 +114,7 @@ impl Fixture {
     fn stats(&self) -> (u64, u64) {
         let app = self.server.server.app();
         (
-            app.hasher.verifications(),
+            app.authorizer.keys().hasher().verifications(),
             app.authorizer.keys().stats().misses.load(Ordering::Relaxed),
         )
     }

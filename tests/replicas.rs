@@ -284,7 +284,7 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
     let mut manage = a.client().await;
     let owner = create_owner(&mut manage, "acme", "unmetered").await;
     let key = issue_key(&mut manage, &owner.id, "k").await;
-    let verifications = |s: &TestServer| s.server.app().hasher.verifications();
+    let verifications = |s: &TestServer| s.server.app().authorizer.keys().hasher().verifications();
     assert_eq!(decide(&a, &key.secret).await, "OK");
     assert_eq!(verifications(&a), 1);
     assert_eq!(decide(&b, &key.secret).await, "OK");

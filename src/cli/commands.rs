@@ -22,6 +22,7 @@ use super::{
     KeysListArgs, KeysRotateArgs, KeysUpdateArgs, NewKeyArgs, OwnersCli, OwnersCommand,
     OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
 };
+use crate::model::{Cidrs, Metadata, Name, Scopes};
 use crate::proto;
 use crate::proto::key_manager_client::KeyManagerClient;
 
@@ -217,7 +218,21 @@ fn required(what: &str, value: String) -> Result<String, CliError> {
     }
 }
 
-/// The `--meta` items as a map; a key given twice is an error.
+/// A model validation error as a usage error: the CLI refuses exactly what the server
+/// refuses, before connecting.
+fn invalid(error: crate::error::Error) -> CliError {
+    usage(error.to_string())
+}
+
+/// A name given with `flag`, checked by the server's rule ([`Name`]).
+fn name(flag: &str, value: String) -> Result<String, CliError> {
+    Name::parse(flag, &value)
+        .map(Name::into_string)
+        .map_err(invalid)
+}
+
+/// The `--meta` items as a map, checked by the server's rule ([`Metadata`]); a key given
+/// twice is an error.
 pub fn meta_map(items: Vec<(String, String)>) -> Result<HashMap<String, String>, CliError> {
     let mut map = HashMap::with_capacity(items.len());
     for (key, value) in items {
@@ -228,30 +243,21 @@ pub fn meta_map(items: Vec<(String, String)>) -> Result<HashMap<String, String>,
         }
         map.insert(key, value);
     }
+    Metadata::parse("--meta", &map).map_err(invalid)?;
     Ok(map)
 }
 
-/// Checks `--scope` values: none may be empty or contain whitespace.
+/// Checks `--scope` values by the server's rule ([`Scopes`]).
 fn check_scopes(scopes: Vec<String>) -> Result<Vec<String>, CliError> {
-    for scope in &scopes {
-        if scope.is_empty() || scope.chars().any(char::is_whitespace) {
-            return Err(usage(format!(
-                "invalid --scope {scope:?}: a scope is a non-empty word without spaces"
-            )));
-        }
-    }
-    Ok(scopes)
+    Scopes::parse("--scope", &scopes)
+        .map(Scopes::into_vec)
+        .map_err(invalid)
 }
 
-/// Checks `--cidr` values: each must be an address range (`10.0.0.0/8`) or one address.
+/// Checks `--cidr` values by the server's rule ([`Cidrs`]): each an address range
+/// (`10.0.0.0/8`) or one address. They are sent as given; the server normalises them.
 fn check_cidrs(cidrs: Vec<String>) -> Result<Vec<String>, CliError> {
-    for cidr in &cidrs {
-        if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
-            return Err(usage(format!(
-                "invalid --cidr {cidr:?}: expected an address range like 10.0.0.0/8 or 2001:db8::/32"
-            )));
-        }
-    }
+    Cidrs::parse("--cidr", &cidrs).map_err(invalid)?;
     Ok(cidrs)
 }
 
@@ -296,8 +302,8 @@ fn page(args: PageArgs) -> (u32, String) {
 /// The CreateOwner request for `owners create`.
 pub fn owner_create_request(args: OwnersCreateArgs) -> Result<proto::CreateOwnerRequest, CliError> {
     Ok(proto::CreateOwnerRequest {
-        external_id: required("--external-id", args.external_id)?,
-        display_name: required("--name", args.name)?,
+        external_id: name("--external-id", args.external_id)?,
+        display_name: name("--name", args.name)?,
         plan: args.plan.unwrap_or_default(),
         metadata: meta_map(args.meta)?,
     })
@@ -311,7 +317,7 @@ pub fn owner_update_request(args: OwnersUpdateArgs) -> Result<proto::UpdateOwner
     };
     let mut paths = Vec::new();
     if let Some(name) = args.name {
-        owner.display_name = required("--name", name)?;
+        owner.display_name = self::name("--name", name)?;
         paths.push("display_name");
     }
     if let Some(plan) = args.plan {
@@ -435,7 +441,7 @@ impl NewKey {
     pub fn check(args: NewKeyArgs) -> Result<Self, CliError> {
         Ok(NewKey {
             owner_id: required("--owner", args.owner)?,
-            name: required("--name", args.name)?,
+            name: name("--name", args.name)?,
             scopes: check_scopes(args.scopes)?,
             expire_time: args
                 .expires_at
@@ -484,7 +490,7 @@ pub fn key_update_request(
     };
     let mut paths = Vec::new();
     if let Some(name) = args.name {
-        key.name = required("--name", name)?;
+        key.name = self::name("--name", name)?;
         paths.push("name");
     }
     if args.clear_scopes || !args.scopes.is_empty() {
@@ -847,6 +853,35 @@ mod tests {
             keys_update(&["k1", "--scope", ""]),
             Err(CliError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn values_are_refused_by_the_servers_rules() {
+        for scope in [":x", "a\u{e9}", "read write"] {
+            let refused = keys_update(&["k1", "--scope", scope]);
+            assert!(
+                matches!(&refused, Err(CliError::Usage(m)) if m.starts_with("--scope")),
+                "{scope:?}: {refused:?}"
+            );
+        }
+        let long_scope = "s".repeat(129);
+        assert!(keys_update(&["k1", "--scope", &long_scope]).is_err());
+        let long_name = "n".repeat(201);
+        assert!(matches!(
+            keys_update(&["k1", "--name", &long_name]),
+            Err(CliError::Usage(m)) if m.starts_with("--name")
+        ));
+        let long_key = format!("{}=v", "k".repeat(129));
+        assert!(matches!(
+            keys_update(&["k1", "--meta", &long_key]),
+            Err(CliError::Usage(m)) if m.starts_with("--meta")
+        ));
+        let request = keys_update(&["k1", "--name", "  ci  ", "--scope", "a", "--scope", "a"]);
+        let key = request.unwrap().key.unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.scopes.as_slice()),
+            ("ci", &["a".to_owned()][..])
+        );
     }
 
     #[test]

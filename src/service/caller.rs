@@ -1,4 +1,5 @@
-//! Who is calling the management API, and what they may touch.
+//! Who is calling the management API. What each caller may then touch is decided by
+//! [`crate::manage::Caller`]; this module only recognises the caller.
 //!
 //! * The admin token (`authorization: Bearer <token>`, compared in constant time) may manage
 //!   everything.
@@ -17,66 +18,7 @@ use crate::authz::engine::Authorizer;
 use crate::error::{Error, Result};
 use crate::secrets::AdminToken;
 
-/// The scope that lets an API key manage its owner's keys.
-pub const MANAGE_SCOPE: &str = "keygate:keys";
-
-/// An authenticated management caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// Full access.
-    Admin,
-    /// An API key acting for its owner.
-    Owner {
-        /// The owner it may act for.
-        owner_id: String,
-        /// Scopes the calling key holds; it may grant no others.
-        scopes: Vec<String>,
-    },
-}
-
-impl Caller {
-    /// Refuses callers that are not admin.
-    pub fn require_admin(&self) -> Result<()> {
-        match self {
-            Caller::Admin => Ok(()),
-            Caller::Owner { .. } => Err(Error::PermissionDenied(
-                "this call needs the admin token; API keys may manage only their own owner's keys"
-                    .into(),
-            )),
-        }
-    }
-
-    /// Refuses an owner-scoped caller acting for another owner.
-    pub fn require_owner(&self, owner_id: &str) -> Result<()> {
-        match self {
-            Caller::Owner { owner_id: own, .. } if own != owner_id => Err(Error::PermissionDenied(
-                "an API key may manage only its own owner's keys".into(),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether the caller may see this owner's records; others are reported as not found so
-    /// that ids cannot be probed.
-    pub fn can_see(&self, owner_id: &str) -> bool {
-        match self {
-            Caller::Admin => true,
-            Caller::Owner { owner_id: own, .. } => own == owner_id,
-        }
-    }
-
-    /// Refuses granting scopes the caller does not hold itself.
-    pub fn require_grantable(&self, scopes: &[String]) -> Result<()> {
-        if let Caller::Owner { scopes: held, .. } = self
-            && let Some(missing) = scopes.iter().find(|s| !held.contains(s))
-        {
-            return Err(Error::PermissionDenied(format!(
-                "the calling key cannot grant scope {missing:?}, which it does not hold"
-            )));
-        }
-        Ok(())
-    }
-}
+pub use crate::manage::caller::{Caller, MANAGE_SCOPE};
 
 /// What management authentication needs: the admin token, whether anonymous loopback
 /// calls are accepted, and the data plane to check API keys with.

@@ -1,28 +1,21 @@
-//! Conversions between stored records and protobuf messages, and the validation of values
-//! that arrive in requests. Validation errors name the field and say what is expected.
+//! Conversions between protobuf messages and the management plane: requests become typed
+//! inputs (values checked by [`crate::model`]'s types, errors naming the field), records
+//! and issued secrets become answers.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use ipnet::IpNet;
+use zeroize::Zeroizing;
 
 use crate::clock::UnixTime;
 use crate::error::{Error, Result};
-use crate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState};
+use crate::manage::{
+    Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, Rotation,
+};
+use crate::model::{
+    Cidrs, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, Scopes,
+};
 use crate::plan::{PlanConfig, RateScope};
 use crate::proto;
-
-/// Longest name, display name or external id accepted.
-const MAX_NAME_LEN: usize = 200;
-/// Most metadata entries per record.
-const MAX_METADATA_ENTRIES: usize = 64;
-/// Longest metadata key / value.
-const MAX_METADATA_KEY_LEN: usize = 128;
-const MAX_METADATA_VALUE_LEN: usize = 1024;
-/// Most scopes or CIDRs per key.
-const MAX_LIST_LEN: usize = 64;
-/// Longest scope.
-const MAX_SCOPE_LEN: usize = 128;
 
 /// A protobuf timestamp for `t`.
 pub fn timestamp(t: UnixTime) -> prost_types::Timestamp {
@@ -56,98 +49,7 @@ pub fn from_duration(field: &str, d: &prost_types::Duration) -> Result<Duration>
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
-/// A required identifier from a request.
-pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(Error::InvalidArgument(format!("{field} is required")));
-    }
-    Ok(value)
-}
-
-/// A required human-readable name: not blank, at most 200 characters, no control characters.
-pub fn name(field: &str, value: &str) -> Result<String> {
-    let value = required(field, value)?;
-    if value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!(
-            "{field} must be at most {MAX_NAME_LEN} characters with no control characters"
-        )));
-    }
-    Ok(value.to_owned())
-}
-
-/// Metadata with bounded size and non-empty keys.
-pub fn metadata(map: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
-    if map.len() > MAX_METADATA_ENTRIES {
-        return Err(Error::InvalidArgument(format!(
-            "metadata has {} entries; at most {MAX_METADATA_ENTRIES} are allowed",
-            map.len()
-        )));
-    }
-    for (k, v) in map {
-        if k.trim().is_empty() || k.len() > MAX_METADATA_KEY_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "metadata key {k:?} must be 1 to {MAX_METADATA_KEY_LEN} bytes"
-            )));
-        }
-        if v.len() > MAX_METADATA_VALUE_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "metadata value for {k:?} is longer than {MAX_METADATA_VALUE_LEN} bytes"
-            )));
-        }
-    }
-    Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-}
-
-/// Scopes: letters, digits and `_ . : / -`, starting with a letter or digit; duplicates
-/// dropped, order kept.
-pub fn scopes(values: &[String]) -> Result<Vec<String>> {
-    if values.len() > MAX_LIST_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "at most {MAX_LIST_LEN} scopes are allowed"
-        )));
-    }
-    let mut out: Vec<String> = Vec::with_capacity(values.len());
-    for scope in values {
-        let valid = scope.len() <= MAX_SCOPE_LEN
-            && scope.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && scope
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(c));
-        if !valid {
-            return Err(Error::InvalidArgument(format!(
-                "scope {scope:?} is not valid: use letters, digits and _ . : / - (e.g. read, billing:write), at most {MAX_SCOPE_LEN} characters"
-            )));
-        }
-        if !out.contains(scope) {
-            out.push(scope.clone());
-        }
-    }
-    Ok(out)
-}
-
-/// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses, normalised to their network.
-pub fn cidrs(values: &[String]) -> Result<Vec<IpNet>> {
-    if values.len() > MAX_LIST_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "at most {MAX_LIST_LEN} allowed CIDRs are allowed"
-        )));
-    }
-    values
-        .iter()
-        .map(|text| {
-            let text = text.trim();
-            text.parse::<IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(|net| net.trunc())
-                .map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "allowed_cidrs: {text:?} is not a CIDR like 203.0.113.0/24 or an IP address"
-                    ))
-                })
-        })
-        .collect()
-}
+pub use crate::model::values::required;
 
 /// Page size from a request: 0 means `default`, above `max` is refused.
 pub fn page_size(requested: u32) -> Result<usize> {
@@ -194,6 +96,181 @@ pub fn next_page_token(page: &[impl AsRef<str>], size: usize) -> String {
         Some(last) if page.len() == size => page_token(last.as_ref()),
         _ => String::new(),
     }
+}
+
+/// A listing's page from its requested size and token.
+pub fn page(size: u32, token: &str) -> Result<Page> {
+    Ok(Page {
+        after: parse_page_token(token)?,
+        size: page_size(size)?,
+    })
+}
+
+/// `text`, or `None` when blank.
+fn non_blank(text: String) -> Option<String> {
+    (!text.trim().is_empty()).then_some(text)
+}
+
+/// The paths of a field mask, each checked against `allowed`; an empty mask is refused.
+pub fn mask_paths(mask: Option<prost_types::FieldMask>, allowed: &[&str]) -> Result<Vec<String>> {
+    let paths = mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "update_mask must name at least one of {allowed:?}"
+        )));
+    }
+    for path in &paths {
+        if !allowed.contains(&path.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "update_mask: {path:?} cannot be updated; updatable fields are {allowed:?}"
+            )));
+        }
+    }
+    Ok(paths)
+}
+
+/// A CreateOwner request as a new owner.
+pub fn new_owner(req: proto::CreateOwnerRequest) -> Result<NewOwner> {
+    Ok(NewOwner {
+        external_id: Name::parse("external_id", &req.external_id)?,
+        display_name: Name::parse("display_name", &req.display_name)?,
+        plan: non_blank(req.plan),
+        metadata: Metadata::parse("metadata", &req.metadata)?,
+    })
+}
+
+/// An UpdateOwner request as the owner's id and the fields its mask names.
+pub fn owner_update(req: proto::UpdateOwnerRequest) -> Result<(String, OwnerUpdate)> {
+    let patch = req
+        .owner
+        .ok_or_else(|| Error::InvalidArgument("owner is required".into()))?;
+    let paths = mask_paths(
+        req.update_mask,
+        &["display_name", "plan", "state", "metadata"],
+    )?;
+    let mut update = OwnerUpdate::default();
+    for path in &paths {
+        match path.as_str() {
+            "display_name" => {
+                update.display_name = Some(Name::parse("owner.display_name", &patch.display_name)?)
+            }
+            "plan" => update.plan = Some(patch.plan.clone()),
+            "state" => update.state = Some(owner_state(patch.state)?),
+            _ => update.metadata = Some(Metadata::parse("owner.metadata", &patch.metadata)?),
+        }
+    }
+    Ok((patch.id, update))
+}
+
+/// A CreateKey request as a new key.
+pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
+    use proto::create_key_request::Expiry as Requested;
+    Ok(NewKey {
+        name: Name::parse("name", &req.name)?,
+        scopes: Scopes::parse("scopes", &req.scopes)?,
+        allowed_cidrs: Cidrs::parse("allowed_cidrs", &req.allowed_cidrs)?,
+        metadata: Metadata::parse("metadata", &req.metadata)?,
+        expiry: match req.expiry {
+            None => None,
+            Some(Requested::ExpireTime(t)) => Some(Expiry::At(from_timestamp("expire_time", &t)?)),
+            Some(Requested::ExpireInDays(days)) => Some(Expiry::InDays(days)),
+        },
+        owner_id: non_blank(req.owner_id),
+        plan: non_blank(req.plan),
+        profile: non_blank(req.profile),
+        pair: req.pair,
+        require_activation: req.require_activation,
+    })
+}
+
+/// An UpdateKey request as the key's id and the edit its mask names.
+pub fn key_edit(req: proto::UpdateKeyRequest) -> Result<(String, KeyEdit)> {
+    let patch = req
+        .key
+        .ok_or_else(|| Error::InvalidArgument("key is required".into()))?;
+    let paths = mask_paths(
+        req.update_mask,
+        &[
+            "name",
+            "scopes",
+            "allowed_cidrs",
+            "metadata",
+            "expire_time",
+            "disabled",
+        ],
+    )?;
+    let mut edit = KeyEdit::default();
+    for path in &paths {
+        match path.as_str() {
+            "name" => edit.name = Some(Name::parse("key.name", &patch.name)?),
+            "scopes" => edit.scopes = Some(Scopes::parse("key.scopes", &patch.scopes)?),
+            "allowed_cidrs" => {
+                edit.allowed_cidrs = Some(Cidrs::parse("key.allowed_cidrs", &patch.allowed_cidrs)?)
+            }
+            "metadata" => edit.metadata = Some(Metadata::parse("key.metadata", &patch.metadata)?),
+            "expire_time" => {
+                edit.expires_at = Some(
+                    patch
+                        .expire_time
+                        .as_ref()
+                        .map(|t| from_timestamp("key.expire_time", t))
+                        .transpose()?,
+                )
+            }
+            _ => edit.disabled = Some(req.disabled),
+        }
+    }
+    Ok((patch.id, edit))
+}
+
+/// A RotateKey request's grace period; none means the old secret stops at once.
+pub fn rotation(grace: Option<&prost_types::Duration>) -> Result<Rotation> {
+    Ok(Rotation {
+        grace: grace
+            .map(|d| from_duration("grace", d))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+/// An ImportKey request as a key to adopt. The secret moves into zeroized memory.
+pub fn import(mut req: proto::ImportKeyRequest) -> Result<Import> {
+    let secret = Zeroizing::new(std::mem::take(&mut req.secret));
+    let time = |field, t: &Option<prost_types::Timestamp>| {
+        t.as_ref().map(|t| from_timestamp(field, t)).transpose()
+    };
+    Ok(Import {
+        name: Name::parse("name", &req.name)?,
+        scopes: Scopes::parse("scopes", &req.scopes)?,
+        allowed_cidrs: Cidrs::parse("allowed_cidrs", &req.allowed_cidrs)?,
+        metadata: Metadata::parse("metadata", &req.metadata)?,
+        expires_at: time("expire_time", &req.expire_time)?,
+        created_at: time("create_time", &req.create_time)?,
+        owner_id: req.owner_id,
+        plan: non_blank(req.plan),
+        secret,
+    })
+}
+
+/// The answer that carries a newly issued secret, the only place it ever appears.
+pub fn issued(issued: &Issued) -> proto::CreateKeyResponse {
+    let mut answer = proto::CreateKeyResponse {
+        key: Some((&issued.key).into()),
+        activation_code: issued
+            .activation_code
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    if issued.key.kind == KeyKind::Pair {
+        let (api_key, api_secret) = issued.secret.split_pair();
+        answer.api_key = api_key.to_owned();
+        answer.api_secret = api_secret.to_owned();
+    } else {
+        answer.secret = issued.secret.text().to_owned();
+    }
+    answer
 }
 
 impl AsRef<str> for Owner {
@@ -331,40 +408,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn cidrs_accept_networks_and_addresses() {
-        let parsed = cidrs(&[
-            "10.1.2.3/8".into(),
-            "2001:db8::1".into(),
-            " 192.0.2.7 ".into(),
-        ])
-        .unwrap();
-        let text: Vec<_> = parsed.iter().map(ToString::to_string).collect();
-        assert_eq!(text, ["10.0.0.0/8", "2001:db8::1/128", "192.0.2.7/32"]);
-        let error = cidrs(&["10.0.0.300/8".into()]).unwrap_err();
-        assert!(error.to_string().contains("10.0.0.300/8"), "{error}");
-    }
-
-    #[test]
-    fn scopes_are_checked_and_deduplicated() {
-        assert_eq!(
-            scopes(&["read".into(), "billing:write".into(), "read".into()]).unwrap(),
-            ["read", "billing:write"]
-        );
-        for bad in ["", " read", "wr ite", ":x", "a\u{e9}"] {
-            assert!(scopes(&[bad.into()]).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn names_and_metadata_are_bounded() {
-        assert_eq!(name("name", "  CI  ").unwrap(), "CI");
-        assert!(name("name", "   ").is_err());
-        assert!(name("name", &"x".repeat(201)).is_err());
-        let too_many: HashMap<_, _> = (0..65).map(|i| (i.to_string(), String::new())).collect();
-        assert!(metadata(&too_many).is_err());
-        assert!(metadata(&HashMap::from([(String::new(), "v".into())])).is_err());
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use crate::authz::engine::Authorizer;
 use crate::authz::extract::CredentialSource;
 use crate::authz::response::Responder;
+use crate::manage::{Keys, Owners};
+use caller::ManagementAuth;
 
 /// What the data-plane adapters (Check, Authorize) share: the decision maker, where
 /// credentials are read, and how answers are written.
@@ -22,6 +24,17 @@ pub struct DataPlane {
     pub credentials: Vec<CredentialSource>,
     /// Writes answers.
     pub responder: Responder,
+}
+
+/// What the management adapter uses: how callers are authenticated, and the owner and key
+/// services that decide what they may do.
+pub struct ManagementPlane {
+    /// Recognises callers.
+    pub auth: ManagementAuth,
+    /// Owners and plans.
+    pub owners: Owners,
+    /// Keys.
+    pub keys: Keys,
 }
 
 /// The one mapping from keygate's errors to gRPC statuses.

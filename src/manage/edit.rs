@@ -1,0 +1,167 @@
+//! [`KeyEdit`]: the changes an update makes to a key, and the state rules they obey.
+
+use crate::clock::UnixTime;
+use crate::error::{Error, Result};
+use crate::model::{Cidrs, KeyRecord, KeyState, Metadata, Name, Scopes};
+
+/// The fields a key update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyEdit {
+    /// New name.
+    pub name: Option<Name>,
+    /// New scopes, replacing all of them; the caller must hold each.
+    pub scopes: Option<Scopes>,
+    /// New allowed networks, replacing all of them.
+    pub allowed_cidrs: Option<Cidrs>,
+    /// New metadata, replacing all of it.
+    pub metadata: Option<Metadata>,
+    /// New expiry: `Some(None)` removes it, `Some(Some(t))` needs `t` in the future.
+    pub expires_at: Option<Option<UnixTime>>,
+    /// `true` disables an active key, `false` enables a disabled one.
+    pub disabled: Option<bool>,
+}
+
+impl KeyEdit {
+    /// Refuses an expiry that is not after `now`.
+    pub fn check(&self, now: UnixTime) -> Result<()> {
+        match self.expires_at {
+            Some(Some(t)) => future("expire_time", t, now).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies the edit to `k`. A revoked key cannot change; a pending key is enabled only
+    /// by its activation code; disabling or enabling a key already in that state is a no-op.
+    pub fn apply(&self, k: &mut KeyRecord) -> Result<()> {
+        if k.state == KeyState::Revoked {
+            return Err(Error::FailedPrecondition(format!(
+                "key {:?} is revoked and can no longer be changed",
+                k.id
+            )));
+        }
+        match (self.disabled, k.state) {
+            (Some(true), KeyState::Active) => k.state = KeyState::Disabled,
+            (Some(false), KeyState::Disabled) => k.state = KeyState::Active,
+            (Some(false), KeyState::PendingActivation) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "key {:?} is pending activation; activate it with its code",
+                    k.id
+                )));
+            }
+            _ => {}
+        }
+        if let Some(v) = &self.name {
+            k.name = v.as_str().to_owned();
+        }
+        if let Some(v) = &self.scopes {
+            k.scopes = v.to_vec();
+        }
+        if let Some(v) = &self.allowed_cidrs {
+            k.allowed_cidrs = v.to_vec();
+        }
+        if let Some(v) = &self.metadata {
+            k.metadata = (**v).clone();
+        }
+        if let Some(v) = self.expires_at {
+            k.expires_at = v;
+        }
+        Ok(())
+    }
+}
+
+/// `t` if it lies after `now`.
+pub(super) fn future(field: &str, t: UnixTime, now: UnixTime) -> Result<UnixTime> {
+    if t <= now {
+        return Err(Error::InvalidArgument(format!(
+            "{field} must be in the future"
+        )));
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manage::testing::record;
+
+    fn edited(state: KeyState, edit: &KeyEdit) -> Result<KeyRecord> {
+        let mut k = record("k1", "own_a");
+        k.state = state;
+        edit.apply(&mut k).map(|()| k)
+    }
+
+    fn toggle(disabled: bool) -> KeyEdit {
+        KeyEdit {
+            disabled: Some(disabled),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn disable_and_enable_move_between_active_and_disabled() {
+        use KeyState::*;
+        assert_eq!(edited(Active, &toggle(true)).unwrap().state, Disabled);
+        assert_eq!(edited(Disabled, &toggle(false)).unwrap().state, Active);
+        assert_eq!(edited(Disabled, &toggle(true)).unwrap().state, Disabled);
+        assert_eq!(edited(Active, &toggle(false)).unwrap().state, Active);
+        assert_eq!(
+            edited(PendingActivation, &toggle(true)).unwrap().state,
+            PendingActivation,
+            "disabling a pending key leaves it pending"
+        );
+    }
+
+    #[test]
+    fn a_pending_key_cannot_be_enabled() {
+        let error = edited(KeyState::PendingActivation, &toggle(false)).unwrap_err();
+        assert!(matches!(&error, Error::FailedPrecondition(m) if m.contains("activat")));
+    }
+
+    #[test]
+    fn a_revoked_key_is_immutable() {
+        let rename = KeyEdit {
+            name: Some(Name::parse("name", "new").unwrap()),
+            ..Default::default()
+        };
+        for edit in [rename, toggle(false), KeyEdit::default()] {
+            let error = edited(KeyState::Revoked, &edit).unwrap_err();
+            assert!(matches!(&error, Error::FailedPrecondition(m) if m.contains("revoked")));
+        }
+    }
+
+    #[test]
+    fn only_named_fields_change() {
+        let edit = KeyEdit {
+            scopes: Some(Scopes::parse("scopes", &["b".into()]).unwrap()),
+            expires_at: Some(None),
+            ..Default::default()
+        };
+        let mut before = record("k1", "own_a");
+        before.expires_at = Some(5);
+        let mut after = before.clone();
+        edit.apply(&mut after).unwrap();
+        assert_eq!(after.scopes, ["b"]);
+        assert_eq!(after.expires_at, None);
+        assert_eq!(after.name, before.name);
+        assert_eq!(after.metadata, before.metadata);
+        assert_eq!(after.allowed_cidrs, before.allowed_cidrs);
+    }
+
+    #[test]
+    fn expiry_must_be_in_the_future() {
+        let at = |t| KeyEdit {
+            expires_at: Some(Some(t)),
+            ..Default::default()
+        };
+        assert!(at(101).check(100).is_ok());
+        for t in [100, 99] {
+            let error = at(t).check(100).unwrap_err();
+            assert!(matches!(&error, Error::InvalidArgument(m) if m.contains("future")));
+        }
+        let clear = KeyEdit {
+            expires_at: Some(None),
+            ..Default::default()
+        };
+        assert!(clear.check(100).is_ok());
+    }
+}

@@ -1,0 +1,1193 @@
+//! Keys: issue, activate, read, change, revoke, rotate, delete and import.
+
+use std::fmt;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use super::edit::{KeyEdit, future};
+use super::{Caller, Deps, Page};
+use crate::clock::UnixTime;
+use crate::error::{Error, Result};
+use crate::key::format::{Alphabet, IssuedKey, KeyProfile};
+use crate::key::hash::secrets_equal;
+use crate::model::values::required;
+use crate::model::{
+    Cidrs, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, PreviousSecret, Scopes,
+};
+use crate::store::Quota;
+
+/// Longest grace period a rotation may give the old secret.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(90 * 86_400);
+/// Longest key accepted by an import.
+pub const MAX_IMPORTED_KEY_LEN: usize = 512;
+/// Longest lifetime a new key may be given in days (100 years).
+pub const MAX_EXPIRY_DAYS: u32 = 36_500;
+/// Attempts at drawing an unused random key id before giving up.
+const ID_ATTEMPTS: usize = 4;
+
+/// When a new key stops working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// At this time, which must be in the future.
+    At(UnixTime),
+    /// This many whole days from now, 1 to [`MAX_EXPIRY_DAYS`].
+    InDays(u32),
+}
+
+impl Expiry {
+    /// The expiry time, judged at `now`.
+    pub fn at(self, now: UnixTime) -> Result<UnixTime> {
+        match self {
+            Expiry::At(t) => future("expire_time", t, now),
+            Expiry::InDays(0) => Err(Error::InvalidArgument(
+                "expire_in_days must be at least 1; leave it unset for a key that does not expire"
+                    .into(),
+            )),
+            Expiry::InDays(days) if days > MAX_EXPIRY_DAYS => Err(Error::InvalidArgument(format!(
+                "expire_in_days must be at most {MAX_EXPIRY_DAYS} (100 years)"
+            ))),
+            Expiry::InDays(days) => Ok(now + i64::from(days) * 86_400),
+        }
+    }
+}
+
+/// A key to issue.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The owning account; `None` (or blank) means the calling key's own owner.
+    pub owner_id: Option<String>,
+    /// Human-readable name.
+    pub name: Name,
+    /// Scopes granted; the caller must hold each.
+    pub scopes: Scopes,
+    /// Client networks allowed; empty allows any.
+    pub allowed_cidrs: Cidrs,
+    /// Free-form attributes.
+    pub metadata: Metadata,
+    /// When it stops working; `None` for never.
+    pub expiry: Option<Expiry>,
+    /// A configured plan replacing the owner's for this key.
+    pub plan: Option<String>,
+    /// The key profile to issue in; `None` for the default one.
+    pub profile: Option<String>,
+    /// Whether clients present it as an `api-key` + `api-secret` pair.
+    pub pair: bool,
+    /// Whether it waits for [`Keys::activate`] before it works.
+    pub require_activation: bool,
+}
+
+/// How a rotation treats the secret it replaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// How long the old secret keeps working; zero stops it at once. At most
+    /// [`MAX_ROTATION_GRACE`].
+    pub grace: Duration,
+}
+
+/// A key issued elsewhere, adopted as it is.
+pub struct Import {
+    /// The owning account.
+    pub owner_id: String,
+    /// Human-readable name.
+    pub name: Name,
+    /// The whole key exactly as clients send it.
+    pub secret: Zeroizing<String>,
+    /// Scopes granted; the caller must hold each.
+    pub scopes: Scopes,
+    /// Client networks allowed; empty allows any.
+    pub allowed_cidrs: Cidrs,
+    /// Free-form attributes.
+    pub metadata: Metadata,
+    /// A configured plan replacing the owner's for this key.
+    pub plan: Option<String>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<UnixTime>,
+    /// When the old system issued it; `None` for now.
+    pub created_at: Option<UnixTime>,
+}
+
+impl fmt::Debug for Import {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Import")
+            .field("owner_id", &self.owner_id)
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key with a newly issued secret: the only time the secret exists outside the client.
+pub struct Issued {
+    /// The stored record.
+    pub key: KeyRecord,
+    /// The key text to hand over once.
+    pub secret: IssuedKey,
+    /// The one-time code that activates a key created pending activation.
+    pub activation_code: Option<Zeroizing<String>>,
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issued")
+            .field("key", &self.key)
+            .field("secret", &self.secret)
+            .field(
+                "activation_code",
+                &self.activation_code.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The key lifecycle.
+#[derive(Clone)]
+pub struct Keys {
+    deps: Deps,
+}
+
+impl Keys {
+    /// The key service over `deps`.
+    pub fn new(deps: Deps) -> Self {
+        Keys { deps }
+    }
+
+    /// Issues a key to an active owner the caller may act for, within the plan's quota.
+    pub async fn create(&self, caller: &Caller, new: NewKey) -> Result<Issued> {
+        caller.require_grantable(&new.scopes)?;
+        let now = self.deps.clock.now();
+        let expires_at = new.expiry.map(|e| e.at(now)).transpose()?;
+        let plan = self.deps.plan_name("plan", new.plan.as_deref())?;
+        let profile = self.profile(new.profile.as_deref())?.clone();
+        let owner = self
+            .owner_for_new_key(caller, caller.owner_for_new_key(new.owner_id.as_deref()))
+            .await?;
+        let quota = self.quota(&owner, plan.as_deref(), now);
+        let activation_code = new.require_activation.then(|| Alphabet::Base62.random(12));
+        for _ in 0..ID_ATTEMPTS {
+            let id = profile.new_key_id();
+            let secret = profile.issue(&id);
+            let record = KeyRecord {
+                id,
+                owner_id: owner.id.clone(),
+                name: new.name.as_str().to_owned(),
+                profile: Some(profile.name.clone()),
+                prefix: Some(profile.prefix.clone()),
+                kind: if new.pair {
+                    KeyKind::Pair
+                } else {
+                    KeyKind::Single
+                },
+                scopes: new.scopes.to_vec(),
+                plan: plan.clone(),
+                allowed_cidrs: new.allowed_cidrs.to_vec(),
+                metadata: (*new.metadata).clone(),
+                state: if activation_code.is_some() {
+                    KeyState::PendingActivation
+                } else {
+                    KeyState::Active
+                },
+                secret_hash: self.hash(secret.text()).await?,
+                lookup_digest: None,
+                previous_secret: None,
+                activation_digest: activation_code
+                    .as_ref()
+                    .map(|code| self.deps.pepper.digest(code.as_bytes()).to_hex()),
+                created_at: now,
+                updated_at: now,
+                expires_at,
+                revoked_at: None,
+                last_used_at: None,
+                usage_count: 0,
+            };
+            match self.deps.store.insert_key(&record, quota).await {
+                Ok(()) => {
+                    self.deps.after_key_write(None, Some(&record)).await;
+                    return Ok(Issued {
+                        key: record,
+                        secret,
+                        activation_code,
+                    });
+                }
+                // A random id collided with an existing one: draw another.
+                Err(Error::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Unavailable(
+            "could not draw an unused key id; try again".into(),
+        ))
+    }
+
+    /// Activates a key pending activation with the code issued for it.
+    pub async fn activate(&self, caller: &Caller, id: &str, code: &str) -> Result<KeyRecord> {
+        let code = required("activation_code", code)?;
+        let presented = self.deps.pepper.digest(code.as_bytes()).to_hex();
+        self.deps
+            .change_key(caller, id, move |k, _| {
+                if k.state != KeyState::PendingActivation {
+                    return Err(Error::FailedPrecondition(format!(
+                        "key {:?} is not pending activation",
+                        k.id
+                    )));
+                }
+                let expected = k.activation_digest.as_deref().unwrap_or_default();
+                if !secrets_equal(expected.as_bytes(), presented.as_bytes()) {
+                    return Err(Error::InvalidArgument(
+                        "activation_code is not the code issued for this key".into(),
+                    ));
+                }
+                k.state = KeyState::Active;
+                k.activation_digest = None;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The key `id`; another owner's keys are `NotFound` to an API key.
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        self.deps.visible_key(caller, id).await
+    }
+
+    /// A page of an owner's keys in id order, only those in `state` when given.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        owner_id: &str,
+        state: Option<KeyState>,
+        page: &Page,
+    ) -> Result<Vec<KeyRecord>> {
+        let owner = self.deps.visible_owner(caller, owner_id).await?;
+        self.deps
+            .store
+            .list_keys(&owner.id, state, page.after.as_deref(), page.size)
+            .await
+    }
+
+    /// Applies `edit` to key `id` (see [`KeyEdit::apply`] for the state rules).
+    pub async fn update(&self, caller: &Caller, id: &str, edit: KeyEdit) -> Result<KeyRecord> {
+        if let Some(scopes) = &edit.scopes {
+            caller.require_grantable(scopes)?;
+        }
+        edit.check(self.deps.clock.now())?;
+        self.deps
+            .change_key(caller, id, move |k, _| edit.apply(k))
+            .await
+    }
+
+    /// Revokes key `id` for good; revoking a revoked key changes nothing. The previous
+    /// secret and any pending activation go with it.
+    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        self.deps
+            .change_key(caller, id, |k, now| {
+                if k.state != KeyState::Revoked {
+                    k.state = KeyState::Revoked;
+                    k.revoked_at = Some(now);
+                    k.previous_secret = None;
+                    k.activation_digest = None;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Issues a new secret for key `id`, keeping its id. The old secret works for the grace
+    /// period, or stops at once; an imported key becomes an issued single key.
+    pub async fn rotate(&self, caller: &Caller, id: &str, rotation: Rotation) -> Result<Issued> {
+        if rotation.grace > MAX_ROTATION_GRACE {
+            return Err(Error::InvalidArgument(format!(
+                "grace may be at most {} days",
+                MAX_ROTATION_GRACE.as_secs() / 86_400
+            )));
+        }
+        let grace = rotation.grace.as_secs() as i64;
+        let current = self.deps.visible_key(caller, id).await?;
+        refuse_revoked(&current)?;
+        let profile = match &current.profile {
+            Some(name) => self.deps.profiles.get(name).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "key {:?} was issued with profile {name:?}, which is no longer configured",
+                    current.id
+                ))
+            })?,
+            None => self.deps.profiles.default_profile(),
+        }
+        .clone();
+        let secret = profile.issue(&current.id);
+        let new_hash = self.hash(secret.text()).await?;
+        let key = self
+            .deps
+            .change_key(caller, &current.id, move |k, now| {
+                refuse_revoked(k)?;
+                let old_hash = std::mem::replace(&mut k.secret_hash, new_hash.clone());
+                k.previous_secret = (grace > 0).then(|| PreviousSecret {
+                    hash: old_hash,
+                    expires_at: now + grace,
+                });
+                if grace == 0 {
+                    k.lookup_digest = None;
+                }
+                k.profile = Some(profile.name.clone());
+                k.prefix = Some(profile.prefix.clone());
+                if k.kind == KeyKind::Imported {
+                    k.kind = KeyKind::Single;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(Issued {
+            key,
+            secret,
+            activation_code: None,
+        })
+    }
+
+    /// Deletes key `id` and its indexes, returning what was removed.
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        let key = self.deps.visible_key(caller, id).await?;
+        let deleted = self.deps.store.delete_key(&key.id).await?;
+        self.deps.after_key_write(Some(&deleted), None).await;
+        Ok(deleted)
+    }
+
+    /// Adopts a key issued elsewhere. A key in a configured profile's format keeps its
+    /// embedded id and is found like any issued key; anything else gets a random id and is
+    /// found by its lookup digest.
+    pub async fn import(&self, caller: &Caller, import: Import) -> Result<KeyRecord> {
+        let secret = import.secret.as_str();
+        if secret.is_empty()
+            || secret.len() > MAX_IMPORTED_KEY_LEN
+            || !secret.bytes().all(|c| c.is_ascii_graphic())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "secret must be 1 to {MAX_IMPORTED_KEY_LEN} printable ASCII characters without spaces, exactly as clients send it"
+            )));
+        }
+        caller.require_grantable(&import.scopes)?;
+        let now = self.deps.clock.now();
+        let plan = self.deps.plan_name("plan", import.plan.as_deref())?;
+        let owner = self
+            .owner_for_new_key(caller, Some(&import.owner_id))
+            .await?;
+        let (id, profile) = match self.deps.profiles.parse(secret) {
+            Ok(parsed) => (
+                parsed.id.to_owned(),
+                self.deps.profiles.get(parsed.profile).cloned(),
+            ),
+            Err(_) => (Alphabet::Base62.random(12).to_string(), None),
+        };
+        let record = KeyRecord {
+            id,
+            owner_id: owner.id.clone(),
+            name: import.name.into_string(),
+            prefix: profile.as_ref().map(|p| p.prefix.clone()),
+            profile: profile.map(|p| p.name),
+            kind: KeyKind::Imported,
+            scopes: import.scopes.into_vec(),
+            plan: plan.clone(),
+            allowed_cidrs: import.allowed_cidrs.into_vec(),
+            metadata: import.metadata.into_map(),
+            state: KeyState::Active,
+            secret_hash: self.hash(secret).await?,
+            lookup_digest: Some(self.deps.pepper.digest(secret.as_bytes()).to_hex()),
+            previous_secret: None,
+            activation_digest: None,
+            created_at: import.created_at.unwrap_or(now),
+            updated_at: now,
+            expires_at: import.expires_at,
+            revoked_at: None,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        let quota = self.quota(&owner, plan.as_deref(), now);
+        self.deps
+            .store
+            .insert_key(&record, quota)
+            .await
+            .map_err(|e| match e {
+                Error::AlreadyExists(_) => {
+                    Error::AlreadyExists("this key has been imported or issued already".into())
+                }
+                other => other,
+            })?;
+        self.deps.after_key_write(None, Some(&record)).await;
+        Ok(record)
+    }
+
+    /// The owner a new key is created for: it must exist, be visible to the caller, be one
+    /// the caller acts for, and be active.
+    async fn owner_for_new_key(&self, caller: &Caller, owner_id: Option<&str>) -> Result<Owner> {
+        let owner = self
+            .deps
+            .visible_owner(caller, owner_id.unwrap_or_default())
+            .await?;
+        caller.require_owner(&owner.id)?;
+        if owner.state != OwnerState::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "owner {:?} is disabled; enable it before creating keys",
+                owner.id
+            )));
+        }
+        Ok(owner)
+    }
+
+    /// The quota for a new key of `owner` (or of the key's own plan), if its plan caps keys.
+    fn quota(&self, owner: &Owner, key_plan: Option<&str>, now: UnixTime) -> Option<Quota> {
+        let plan = self.deps.plans.get(key_plan.unwrap_or(&owner.plan))?;
+        (plan.max_active_keys > 0).then_some(Quota {
+            max_active_keys: plan.max_active_keys,
+            now,
+        })
+    }
+
+    /// The profile named `name`, or the default one when none is named.
+    fn profile(&self, name: Option<&str>) -> Result<&KeyProfile> {
+        let name = name.map(str::trim).unwrap_or_default();
+        if name.is_empty() {
+            return Ok(self.deps.profiles.default_profile());
+        }
+        self.deps.profiles.get(name).ok_or_else(|| {
+            let known: Vec<_> = self.deps.profiles.iter().map(|p| p.name.as_str()).collect();
+            Error::InvalidArgument(format!(
+                "profile: unknown key profile {name:?}; configured profiles are {known:?}"
+            ))
+        })
+    }
+
+    async fn hash(&self, secret: &str) -> Result<String> {
+        self.deps
+            .hasher
+            .hash(secret)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+}
+
+/// Refuses to change a revoked key's secret.
+fn refuse_revoked(k: &KeyRecord) -> Result<()> {
+    if k.state == KeyState::Revoked {
+        return Err(Error::FailedPrecondition(format!(
+            "key {:?} is revoked; create a new key instead",
+            k.id
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invalidation::Invalidation;
+    use crate::manage::OwnerUpdate;
+    use crate::manage::testing::{Fixture, T0, key_caller};
+
+    const MANAGER: &[&str] = &["keygate:keys", "read"];
+
+    fn new_key(owner_id: &str) -> NewKey {
+        NewKey {
+            owner_id: Some(owner_id.into()),
+            name: Name::parse("name", "ci").unwrap(),
+            scopes: Scopes::parse("scopes", &["read".into()]).unwrap(),
+            allowed_cidrs: Cidrs::default(),
+            metadata: Metadata::default(),
+            expiry: None,
+            plan: None,
+            profile: None,
+            pair: false,
+            require_activation: false,
+        }
+    }
+
+    fn import(owner_id: &str, secret: &str) -> Import {
+        Import {
+            owner_id: owner_id.into(),
+            name: Name::parse("name", "legacy").unwrap(),
+            secret: Zeroizing::new(secret.into()),
+            scopes: Scopes::parse("scopes", &["read".into()]).unwrap(),
+            allowed_cidrs: Cidrs::default(),
+            metadata: Metadata::default(),
+            plan: None,
+            expires_at: None,
+            created_at: Some(T0 - 86_400),
+        }
+    }
+
+    fn grace(secs: u64) -> Rotation {
+        Rotation {
+            grace: Duration::from_secs(secs),
+        }
+    }
+
+    /// A key created by the admin, with the invalidations so far forgotten.
+    async fn created(f: &Fixture, new: NewKey) -> Issued {
+        let issued = f.keys.create(&Caller::Admin, new).await.unwrap();
+        f.take_invalidations();
+        issued
+    }
+
+    #[tokio::test]
+    async fn create_issues_a_secret_that_verifies_and_is_stored_only_as_a_hash() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let issued = f
+            .keys
+            .create(&Caller::Admin, new_key(&owner.id))
+            .await
+            .unwrap();
+        let key = &issued.key;
+        assert_eq!(key.state, KeyState::Active);
+        assert_eq!(key.kind, KeyKind::Single);
+        assert_eq!((key.created_at, key.expires_at), (T0, None));
+        assert!(
+            issued
+                .secret
+                .text()
+                .starts_with(&format!("kg_live_{}", key.id))
+        );
+        assert!(issued.activation_code.is_none());
+        let stored = f.deps.store.get_key(&key.id).await.unwrap().unwrap();
+        assert_eq!(&stored, key);
+        assert!(!stored.secret_hash.contains(issued.secret.text()));
+        assert!(f.verifies(&stored.secret_hash, issued.secret.text()).await);
+        assert!(!format!("{issued:?}").contains(issued.secret.text()));
+        // Reading the key again never shows the secret: only the record comes back.
+        assert_eq!(f.keys.get(&Caller::Admin, &key.id).await.unwrap(), stored);
+        assert_eq!(f.invalidations(), [Invalidation::Key(key.id.clone())]);
+    }
+
+    #[tokio::test]
+    async fn create_honours_pair_profile_plan_and_expiry() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let issued = f
+            .keys
+            .create(
+                &Caller::Admin,
+                NewKey {
+                    pair: true,
+                    profile: Some("ctw".into()),
+                    plan: Some("free".into()),
+                    expiry: Some(Expiry::InDays(2)),
+                    ..new_key(&owner.id)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(issued.key.kind, KeyKind::Pair);
+        assert_eq!(issued.key.prefix.as_deref(), Some("ctw"));
+        assert_eq!(issued.key.plan.as_deref(), Some("free"));
+        assert_eq!(issued.key.expires_at, Some(T0 + 2 * 86_400));
+        let (api_key, _) = issued.secret.split_pair();
+        assert_eq!(api_key, format!("ctw_{}", issued.key.id));
+
+        let refused = |new: NewKey| async { f.keys.create(&Caller::Admin, new).await.unwrap_err() };
+        for (new, mentions) in [
+            (
+                NewKey {
+                    profile: Some("nope".into()),
+                    ..new_key(&owner.id)
+                },
+                "profile",
+            ),
+            (
+                NewKey {
+                    plan: Some("nope".into()),
+                    ..new_key(&owner.id)
+                },
+                "plan",
+            ),
+            (
+                NewKey {
+                    expiry: Some(Expiry::At(T0)),
+                    ..new_key(&owner.id)
+                },
+                "future",
+            ),
+            (
+                NewKey {
+                    expiry: Some(Expiry::InDays(0)),
+                    ..new_key(&owner.id)
+                },
+                "expire_in_days",
+            ),
+            (
+                NewKey {
+                    expiry: Some(Expiry::InDays(MAX_EXPIRY_DAYS + 1)),
+                    ..new_key(&owner.id)
+                },
+                "expire_in_days",
+            ),
+            (
+                NewKey {
+                    owner_id: None,
+                    ..new_key(&owner.id)
+                },
+                "owner_id",
+            ),
+        ] {
+            let error = refused(new).await;
+            assert!(
+                matches!(&error, Error::InvalidArgument(m) if m.contains(mentions)),
+                "{error:?} should mention {mentions}"
+            );
+        }
+        let unknown = refused(new_key("own_nobody")).await;
+        assert!(matches!(unknown, Error::NotFound(_)), "{unknown}");
+    }
+
+    #[tokio::test]
+    async fn a_key_caller_creates_only_for_its_own_owner_and_only_scopes_it_holds() {
+        let f = Fixture::new().await;
+        let alice = f.owner("alice").await;
+        let bob = f.owner("bob").await;
+        let caller = key_caller(&alice.id, MANAGER);
+        let own = f
+            .keys
+            .create(
+                &caller,
+                NewKey {
+                    owner_id: None,
+                    ..new_key("")
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(own.key.owner_id, alice.id, "no owner named means its own");
+        let other = f.keys.create(&caller, new_key(&bob.id)).await.unwrap_err();
+        assert!(matches!(other, Error::NotFound(_)), "{other}");
+        let stronger = NewKey {
+            scopes: Scopes::parse("scopes", &["admin".into()]).unwrap(),
+            ..new_key(&alice.id)
+        };
+        let escalate = f.keys.create(&caller, stronger).await.unwrap_err();
+        assert!(matches!(&escalate, Error::PermissionDenied(m) if m.contains("admin")));
+        let mut imported = import(&alice.id, "legacy-secret-1");
+        imported.scopes = Scopes::parse("scopes", &["write".into()]).unwrap();
+        let escalate = f.keys.import(&caller, imported).await.unwrap_err();
+        assert!(matches!(escalate, Error::PermissionDenied(_)), "{escalate}");
+        let elsewhere = f
+            .keys
+            .import(&caller, import(&bob.id, "legacy-secret-2"))
+            .await
+            .unwrap_err();
+        assert!(matches!(elsewhere, Error::NotFound(_)), "{elsewhere}");
+    }
+
+    #[tokio::test]
+    async fn a_key_caller_cannot_see_or_touch_another_owners_keys() {
+        let f = Fixture::new().await;
+        let alice = f.owner("alice").await;
+        let bob = f.owner("bob").await;
+        let bobs = created(&f, new_key(&bob.id)).await.key;
+        let caller = key_caller(&alice.id, MANAGER);
+        let page = Page {
+            after: None,
+            size: 10,
+        };
+        let not_found = |r: Result<KeyRecord>| match r {
+            Err(Error::NotFound(m)) => assert!(m.contains(&bobs.id), "{m}"),
+            other => panic!("{other:?}"),
+        };
+        not_found(f.keys.get(&caller, &bobs.id).await);
+        not_found(f.keys.revoke(&caller, &bobs.id).await);
+        not_found(f.keys.delete(&caller, &bobs.id).await);
+        not_found(f.keys.activate(&caller, &bobs.id, "code").await);
+        not_found(f.keys.update(&caller, &bobs.id, KeyEdit::default()).await);
+        not_found(
+            f.keys
+                .rotate(&caller, &bobs.id, grace(0))
+                .await
+                .map(|i| i.key),
+        );
+        let listed = f
+            .keys
+            .list(&caller, &bob.id, None, &page)
+            .await
+            .unwrap_err();
+        assert!(matches!(listed, Error::NotFound(_)), "{listed}");
+        assert_eq!(f.deps.store.get_key(&bobs.id).await.unwrap().unwrap(), bobs);
+        assert!(f.invalidations().is_empty(), "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn the_plan_caps_active_keys_per_owner() {
+        let f = Fixture::new().await;
+        let owner = f.owner_on("bob", Some("free")).await;
+        let first = created(&f, new_key(&owner.id)).await.key;
+        created(&f, new_key(&owner.id)).await;
+        let third = f
+            .keys
+            .create(&Caller::Admin, new_key(&owner.id))
+            .await
+            .unwrap_err();
+        assert!(matches!(&third, Error::FailedPrecondition(m) if m.contains("active keys")));
+        let imported = f
+            .keys
+            .import(&Caller::Admin, import(&owner.id, "legacy-secret"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(imported, Error::FailedPrecondition(_)),
+            "{imported}"
+        );
+        // A key on an uncapped plan of its own is not held to the owner's cap.
+        let own_plan = NewKey {
+            plan: Some("default".into()),
+            ..new_key(&owner.id)
+        };
+        let uncapped = f.keys.create(&Caller::Admin, own_plan).await.unwrap().key;
+        // It still counts against the owner's cap, like every live key.
+        f.keys.revoke(&Caller::Admin, &first.id).await.unwrap();
+        let refused = f.keys.create(&Caller::Admin, new_key(&owner.id)).await;
+        assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
+        f.keys.revoke(&Caller::Admin, &uncapped.id).await.unwrap();
+        f.keys
+            .create(&Caller::Admin, new_key(&owner.id))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_disabled_owner_gets_no_new_keys() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let disable = OwnerUpdate {
+            state: Some(crate::model::OwnerState::Disabled),
+            ..Default::default()
+        };
+        f.owners
+            .update(&Caller::Admin, &owner.id, disable)
+            .await
+            .unwrap();
+        let create = f
+            .keys
+            .create(&Caller::Admin, new_key(&owner.id))
+            .await
+            .unwrap_err();
+        assert!(matches!(&create, Error::FailedPrecondition(m) if m.contains("disabled")));
+        let import = f
+            .keys
+            .import(&Caller::Admin, import(&owner.id, "legacy-secret"))
+            .await
+            .unwrap_err();
+        assert!(matches!(import, Error::FailedPrecondition(_)), "{import}");
+    }
+
+    #[tokio::test]
+    async fn activation_needs_the_issued_code_once() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let pending = NewKey {
+            require_activation: true,
+            ..new_key(&owner.id)
+        };
+        let issued = created(&f, pending).await;
+        let id = issued.key.id.clone();
+        assert_eq!(issued.key.state, KeyState::PendingActivation);
+        let code = issued.activation_code.clone().unwrap();
+        let stored = f.deps.store.get_key(&id).await.unwrap().unwrap();
+        assert!(
+            !stored
+                .activation_digest
+                .as_deref()
+                .unwrap()
+                .contains(code.as_str())
+        );
+
+        let wrong = f
+            .keys
+            .activate(&Caller::Admin, &id, "wrong-code")
+            .await
+            .unwrap_err();
+        assert!(matches!(&wrong, Error::InvalidArgument(m) if m.contains("activation_code")));
+        let blank = f.keys.activate(&Caller::Admin, &id, " ").await.unwrap_err();
+        assert!(matches!(blank, Error::InvalidArgument(_)), "{blank}");
+        assert!(
+            f.invalidations().is_empty(),
+            "refused changes write nothing"
+        );
+
+        f.clock.advance(5);
+        let active = f.keys.activate(&Caller::Admin, &id, &code).await.unwrap();
+        assert_eq!(active.state, KeyState::Active);
+        assert_eq!(active.activation_digest, None);
+        assert_eq!(active.updated_at, T0 + 5);
+        assert_eq!(f.take_invalidations(), [Invalidation::Key(id.clone())]);
+        let again = f
+            .keys
+            .activate(&Caller::Admin, &id, &code)
+            .await
+            .unwrap_err();
+        assert!(matches!(&again, Error::FailedPrecondition(m) if m.contains("not pending")));
+    }
+
+    #[tokio::test]
+    async fn updates_follow_the_edit_rules() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let key = created(&f, new_key(&owner.id)).await.key;
+        f.clock.advance(10);
+        let edit = KeyEdit {
+            name: Some(Name::parse("name", "renamed").unwrap()),
+            expires_at: Some(Some(T0 + 3600)),
+            disabled: Some(true),
+            ..Default::default()
+        };
+        let updated = f.keys.update(&Caller::Admin, &key.id, edit).await.unwrap();
+        assert_eq!(updated.name, "renamed");
+        assert_eq!(updated.state, KeyState::Disabled);
+        assert_eq!(updated.expires_at, Some(T0 + 3600));
+        assert_eq!(updated.scopes, key.scopes);
+        assert_eq!(updated.updated_at, T0 + 10);
+        assert_eq!(f.take_invalidations(), [Invalidation::Key(key.id.clone())]);
+
+        let past = KeyEdit {
+            expires_at: Some(Some(T0)),
+            ..Default::default()
+        };
+        let error = f
+            .keys
+            .update(&Caller::Admin, &key.id, past)
+            .await
+            .unwrap_err();
+        assert!(matches!(&error, Error::InvalidArgument(m) if m.contains("future")));
+
+        let caller = key_caller(&owner.id, MANAGER);
+        let stronger = KeyEdit {
+            scopes: Some(Scopes::parse("scopes", &["write".into()]).unwrap()),
+            ..Default::default()
+        };
+        let error = f.keys.update(&caller, &key.id, stronger).await.unwrap_err();
+        assert!(matches!(error, Error::PermissionDenied(_)), "{error}");
+
+        let enable = KeyEdit {
+            disabled: Some(false),
+            ..Default::default()
+        };
+        let enabled = f
+            .keys
+            .update(&Caller::Admin, &key.id, enable.clone())
+            .await
+            .unwrap();
+        assert_eq!(enabled.state, KeyState::Active);
+
+        f.keys.revoke(&Caller::Admin, &key.id).await.unwrap();
+        f.take_invalidations();
+        let error = f
+            .keys
+            .update(&Caller::Admin, &key.id, enable)
+            .await
+            .unwrap_err();
+        assert!(matches!(&error, Error::FailedPrecondition(m) if m.contains("revoked")));
+        assert!(f.invalidations().is_empty());
+
+        let pending = created(
+            &f,
+            NewKey {
+                require_activation: true,
+                ..new_key(&owner.id)
+            },
+        )
+        .await
+        .key;
+        let enable = KeyEdit {
+            disabled: Some(false),
+            ..Default::default()
+        };
+        let error = f
+            .keys
+            .update(&Caller::Admin, &pending.id, enable)
+            .await
+            .unwrap_err();
+        assert!(matches!(&error, Error::FailedPrecondition(m) if m.contains("activat")));
+    }
+
+    #[tokio::test]
+    async fn revoke_is_idempotent_and_drops_the_previous_secret() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let key = created(&f, new_key(&owner.id)).await.key;
+        let rotated = f
+            .keys
+            .rotate(&Caller::Admin, &key.id, grace(3600))
+            .await
+            .unwrap();
+        assert!(rotated.key.previous_secret.is_some());
+        f.clock.advance(10);
+        f.take_invalidations();
+        let revoked = f.keys.revoke(&Caller::Admin, &key.id).await.unwrap();
+        assert_eq!(revoked.state, KeyState::Revoked);
+        assert_eq!(revoked.revoked_at, Some(T0 + 10));
+        assert_eq!(revoked.previous_secret, None);
+        assert_eq!(f.take_invalidations(), [Invalidation::Key(key.id.clone())]);
+        f.clock.advance(10);
+        let again = f.keys.revoke(&Caller::Admin, &key.id).await.unwrap();
+        assert_eq!(
+            again.revoked_at,
+            Some(T0 + 10),
+            "the first revocation time stays"
+        );
+        assert_eq!(again.state, KeyState::Revoked);
+    }
+
+    #[tokio::test]
+    async fn rotation_replaces_the_secret_with_or_without_grace() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let first = created(&f, new_key(&owner.id)).await;
+        let id = first.key.id.clone();
+
+        f.clock.advance(10);
+        let rotated = f
+            .keys
+            .rotate(&Caller::Admin, &id, grace(3600))
+            .await
+            .unwrap();
+        assert_ne!(rotated.secret.text(), first.secret.text());
+        assert!(rotated.secret.text().starts_with(&format!("kg_live_{id}")));
+        let previous = rotated.key.previous_secret.clone().unwrap();
+        assert_eq!(previous.expires_at, T0 + 10 + 3600);
+        assert!(f.verifies(&previous.hash, first.secret.text()).await);
+        assert!(
+            f.verifies(&rotated.key.secret_hash, rotated.secret.text())
+                .await
+        );
+        assert_eq!(f.take_invalidations(), [Invalidation::Key(id.clone())]);
+
+        let at_once = f.keys.rotate(&Caller::Admin, &id, grace(0)).await.unwrap();
+        assert_eq!(at_once.key.previous_secret, None);
+        assert!(
+            !f.verifies(&at_once.key.secret_hash, rotated.secret.text())
+                .await
+        );
+
+        let too_long = f
+            .keys
+            .rotate(&Caller::Admin, &id, grace(90 * 86_400 + 1))
+            .await
+            .unwrap_err();
+        assert!(matches!(&too_long, Error::InvalidArgument(m) if m.contains("90 days")));
+        f.keys
+            .rotate(&Caller::Admin, &id, grace(90 * 86_400))
+            .await
+            .unwrap();
+
+        f.keys.revoke(&Caller::Admin, &id).await.unwrap();
+        f.take_invalidations();
+        let revoked = f
+            .keys
+            .rotate(&Caller::Admin, &id, grace(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(&revoked, Error::FailedPrecondition(m) if m.contains("revoked")));
+        assert!(f.invalidations().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rotating_an_imported_key_issues_a_single_key_and_retires_its_digest() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let imported = f
+            .keys
+            .import(&Caller::Admin, import(&owner.id, "legacy-secret"))
+            .await
+            .unwrap();
+        let digest = imported.lookup_digest.clone().unwrap();
+        f.take_invalidations();
+
+        let graced = f
+            .keys
+            .rotate(&Caller::Admin, &imported.id, grace(60))
+            .await
+            .unwrap();
+        assert_eq!(graced.key.kind, KeyKind::Single);
+        assert_eq!(graced.key.prefix.as_deref(), Some("kg_live"));
+        assert_eq!(
+            graced.key.lookup_digest.as_deref(),
+            Some(digest.as_str()),
+            "the old secret is still found while its grace lasts"
+        );
+        assert_eq!(
+            f.take_invalidations(),
+            [Invalidation::Key(imported.id.clone())]
+        );
+
+        let at_once = f
+            .keys
+            .rotate(&Caller::Admin, &imported.id, grace(0))
+            .await
+            .unwrap();
+        assert_eq!(at_once.key.lookup_digest, None);
+        assert_eq!(
+            f.take_invalidations(),
+            [
+                Invalidation::Key(imported.id.clone()),
+                Invalidation::Unimported(digest),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn import_adopts_a_secret_once() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let legacy = "ctw_3f8da4f058e8992f91c42ccfd00b31e3";
+        let key = f
+            .keys
+            .import(&Caller::Admin, import(&owner.id, legacy))
+            .await
+            .unwrap();
+        assert_eq!(key.kind, KeyKind::Imported);
+        assert_eq!(key.created_at, T0 - 86_400);
+        assert_eq!(key.updated_at, T0);
+        assert_eq!(key.profile, None, "not in the ctw profile's format");
+        let digest = f.deps.pepper.digest(legacy.as_bytes()).to_hex();
+        assert_eq!(key.lookup_digest.as_deref(), Some(digest.as_str()));
+        assert!(f.verifies(&key.secret_hash, legacy).await);
+        assert!(!format!("{key:?}").contains("3f8da4f058e8992f91c42ccfd00b31e3"));
+        let found = f.deps.store.find_key_by_digest(&digest).await.unwrap();
+        assert_eq!(found.as_ref(), Some(&key));
+        assert_eq!(
+            f.take_invalidations(),
+            [
+                Invalidation::Key(key.id.clone()),
+                Invalidation::Imported(digest),
+            ]
+        );
+
+        let again = f
+            .keys
+            .import(&Caller::Admin, import(&owner.id, legacy))
+            .await
+            .unwrap_err();
+        assert!(matches!(&again, Error::AlreadyExists(m) if m.contains("already")));
+        assert!(!again.to_string().contains(legacy));
+        for bad in [
+            "",
+            "has a space",
+            "tab\there",
+            &"x".repeat(MAX_IMPORTED_KEY_LEN + 1),
+        ] {
+            let error = f
+                .keys
+                .import(&Caller::Admin, import(&owner.id, bad))
+                .await
+                .unwrap_err();
+            assert!(matches!(&error, Error::InvalidArgument(m) if m.contains("secret")));
+            if !bad.is_empty() {
+                assert!(
+                    !error.to_string().contains(bad),
+                    "the secret stays out of errors"
+                );
+            }
+        }
+        let blank_owner = f
+            .keys
+            .import(&Caller::Admin, import(" ", "legacy-secret-2"))
+            .await
+            .unwrap_err();
+        assert!(matches!(&blank_owner, Error::InvalidArgument(m) if m.contains("owner_id")));
+        assert!(
+            f.invalidations().is_empty(),
+            "refused imports write nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_issued_key_imported_again_keeps_its_id_and_is_refused() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let issued = created(&f, new_key(&owner.id)).await;
+        let error = f
+            .keys
+            .import(&Caller::Admin, import(&owner.id, issued.secret.text()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::AlreadyExists(_)), "{error}");
+        let (id, profile) = {
+            let parsed = f.deps.profiles.parse(issued.secret.text()).unwrap();
+            (parsed.id.to_owned(), parsed.profile.to_owned())
+        };
+        assert_eq!(
+            (id.as_str(), profile.as_str()),
+            (issued.key.id.as_str(), "kg_live")
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_removes_the_key_and_its_digest() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let imported = f
+            .keys
+            .import(&Caller::Admin, import(&owner.id, "legacy-secret"))
+            .await
+            .unwrap();
+        let digest = imported.lookup_digest.clone().unwrap();
+        f.take_invalidations();
+        let caller = key_caller(&owner.id, MANAGER);
+        let deleted = f.keys.delete(&caller, &imported.id).await.unwrap();
+        assert_eq!(deleted, imported);
+        assert_eq!(f.deps.store.get_key(&imported.id).await.unwrap(), None);
+        assert_eq!(
+            f.deps.store.find_key_by_digest(&digest).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            f.take_invalidations(),
+            [
+                Invalidation::Key(imported.id.clone()),
+                Invalidation::Unimported(digest),
+            ]
+        );
+        let gone = f
+            .keys
+            .delete(&Caller::Admin, &imported.id)
+            .await
+            .unwrap_err();
+        assert!(matches!(gone, Error::NotFound(_)), "{gone}");
+        let blank = f.keys.delete(&Caller::Admin, "").await.unwrap_err();
+        assert!(matches!(blank, Error::InvalidArgument(_)), "{blank}");
+    }
+
+    #[tokio::test]
+    async fn keys_are_listed_per_owner_in_pages_and_by_state() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let other = f.owner("bob").await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(created(&f, new_key(&owner.id)).await.key.id);
+        }
+        created(&f, new_key(&other.id)).await;
+        ids.sort();
+        f.keys.revoke(&Caller::Admin, &ids[1]).await.unwrap();
+        let caller = key_caller(&owner.id, MANAGER);
+        let first = Page {
+            after: None,
+            size: 2,
+        };
+        let page: Vec<_> = f
+            .keys
+            .list(&caller, &owner.id, None, &first)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(page, ids[..2]);
+        let next = Page {
+            after: Some(ids[1].clone()),
+            size: 2,
+        };
+        let rest = f.keys.list(&caller, &owner.id, None, &next).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        let revoked = f
+            .keys
+            .list(&caller, &owner.id, Some(KeyState::Revoked), &first)
+            .await
+            .unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].id, ids[1]);
+    }
+}

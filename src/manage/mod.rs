@@ -1,0 +1,177 @@
+//! The management plane: the lifecycle rules of owners and keys, with no transport.
+//!
+//! [`Owners`] and [`Keys`] take typed, already validated inputs (see [`crate::model`]'s
+//! values) and a [`Caller`], apply the rules and return records. The gRPC service and the
+//! CLI are adapters around them: authenticate, convert, call, convert back.
+//!
+//! # Who may do what
+//!
+//! - The admin (the admin token, or anonymous on a loopback-only install) may do
+//!   everything: create, list and update owners, and manage any owner's keys.
+//! - An API key holding [`MANAGE_SCOPE`] acts for its own owner only. Another owner's
+//!   records are reported as not found, so ids cannot be probed; creating or importing for
+//!   another owner is refused; it may grant only scopes it holds itself; owner-wide calls
+//!   (create, list, update owners) are refused.
+//! - Any authenticated caller may list the plans.
+//!
+//! # Rules every write follows
+//!
+//! - A disabled owner gets no new keys; the plan's `max_active_keys` is checked in the same
+//!   store transaction as the insert.
+//! - A revoked key can no longer be changed or rotated; revoking again changes nothing.
+//! - A new secret (create, rotate) appears once, in the answer; the store keeps its argon2id
+//!   hash only.
+//! - After each stored write, what replicas cached about it is dropped through the
+//!   [`Invalidator`], in one place per record kind (see `Deps::after_key_write`).
+
+pub mod caller;
+pub mod edit;
+pub mod keys;
+pub mod owners;
+
+use std::sync::{Arc, Mutex};
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::invalidation::Invalidation;
+use crate::key::format::Profiles;
+use crate::key::hash::{Pepper, SecretHasher};
+use crate::model::values::required;
+use crate::model::{KeyRecord, Owner};
+use crate::plan::Plans;
+use crate::store::{KeyChange, Store};
+
+pub use caller::{Caller, MANAGE_SCOPE};
+pub use edit::KeyEdit;
+pub use keys::{Expiry, Import, Issued, Keys, NewKey, Rotation};
+pub use owners::{NewOwner, OwnerUpdate, Owners};
+
+/// Drops what every replica cached about a change; called after each stored write.
+#[async_trait::async_trait]
+pub trait Invalidator: Send + Sync {
+    /// Drops what is cached about `change`, here and on the other replicas.
+    async fn invalidate(&self, change: Invalidation);
+}
+
+/// What the management services work with; cheap to clone.
+#[derive(Clone)]
+pub struct Deps {
+    /// Owners and keys.
+    pub store: Arc<dyn Store>,
+    /// argon2id hashing of new secrets.
+    pub hasher: SecretHasher,
+    /// Key for lookup and activation-code digests.
+    pub pepper: Pepper,
+    /// Key shapes new secrets are issued in.
+    pub profiles: Arc<Profiles>,
+    /// The plans owners and keys may be on.
+    pub plans: Arc<Plans>,
+    /// Current time.
+    pub clock: Arc<dyn Clock>,
+    /// Told about every stored write.
+    pub invalidator: Arc<dyn Invalidator>,
+}
+
+/// Which page of a listing: up to `size` records in id order after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The id the page starts after; `None` for the first page.
+    pub after: Option<String>,
+    /// Most records on the page.
+    pub size: usize,
+}
+
+impl Deps {
+    /// The owner `id`, if the caller may see it; otherwise `NotFound`.
+    async fn visible_owner(&self, caller: &Caller, id: &str) -> Result<Owner> {
+        let id = required("owner_id", id)?;
+        match self.store.get_owner(id).await? {
+            Some(owner) if caller.can_see(&owner.id) => Ok(owner),
+            _ => Err(Error::NotFound(format!("owner {id:?} not found"))),
+        }
+    }
+
+    /// The key `id`, if the caller may see it; otherwise `NotFound`.
+    async fn visible_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        let id = required("id", id)?;
+        match self.store.get_key(id).await? {
+            Some(key) if caller.can_see(&key.owner_id) => Ok(key),
+            _ => Err(Error::NotFound(format!("key {id:?} not found"))),
+        }
+    }
+
+    /// `plan` if it names a configured plan; `None` when blank.
+    fn plan_name(&self, field: &str, plan: Option<&str>) -> Result<Option<String>> {
+        let plan = plan.map(str::trim).unwrap_or_default();
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        if self.plans.get(plan).is_none() {
+            let known = self.plans.names();
+            return Err(Error::InvalidArgument(format!(
+                "{field}: unknown plan {plan:?}; configured plans are {known:?}"
+            )));
+        }
+        Ok(Some(plan.to_owned()))
+    }
+
+    /// Applies `change` to a key the caller may see, stamping `updated_at`, then
+    /// invalidates what was cached about it.
+    async fn change_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        change: impl Fn(&mut KeyRecord, crate::clock::UnixTime) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<KeyRecord> {
+        let key = self.visible_key(caller, id).await?;
+        let now = self.clock.now();
+        // The record as the committed attempt found it: a store may run the change again.
+        let before = Arc::new(Mutex::new(None));
+        let seen = before.clone();
+        let change: KeyChange = Arc::new(move |k: &mut KeyRecord| {
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(k.clone());
+            change(k, now)?;
+            k.updated_at = now;
+            Ok(())
+        });
+        let updated = self.store.update_key(&key.id, change).await?;
+        let before = before.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.after_key_write(Some(before.as_ref().unwrap_or(&key)), Some(&updated))
+            .await;
+        Ok(updated)
+    }
+
+    /// The one place a stored key write is followed by its invalidations: the key itself
+    /// (created, changed or deleted), a lookup digest that no longer names a key, and one
+    /// that now does.
+    async fn after_key_write(&self, before: Option<&KeyRecord>, after: Option<&KeyRecord>) {
+        let Some(id) = after.or(before).map(|k| k.id.clone()) else {
+            return;
+        };
+        let digest = |k: Option<&KeyRecord>| k.and_then(|k| k.lookup_digest.clone());
+        let (old, new) = (digest(before), digest(after));
+        self.invalidator.invalidate(Invalidation::Key(id)).await;
+        if old != new {
+            if let Some(old) = old {
+                self.invalidator
+                    .invalidate(Invalidation::Unimported(old))
+                    .await;
+            }
+            if let Some(new) = new {
+                self.invalidator
+                    .invalidate(Invalidation::Imported(new))
+                    .await;
+            }
+        }
+    }
+
+    /// The invalidation that follows a stored owner write.
+    async fn after_owner_write(&self, owner: &Owner) {
+        self.invalidator
+            .invalidate(Invalidation::Owner(owner.id.clone()))
+            .await;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

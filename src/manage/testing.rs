@@ -1,0 +1,162 @@
+//! What the management unit tests share: services over a real embedded store in a temporary
+//! directory, a manual clock, cheap argon2 and an invalidator that records what it is told.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::{Caller, Deps, Invalidator, Keys, Owners};
+use crate::clock::{Clock, ManualClock, UnixTime};
+use crate::invalidation::Invalidation;
+use crate::key::format::{Alphabet, KeyProfile, Profiles, default_profile};
+use crate::key::hash::{Argon2Config, Pepper, SecretHasher};
+use crate::model::{KeyKind, KeyRecord, KeyState, Metadata, Name, Owner};
+use crate::plan::{PlanConfig, Plans};
+use crate::store::embedded::EmbeddedStore;
+
+/// The time the fixture's clock starts at.
+pub const T0: UnixTime = 1_700_000_000;
+
+/// Collects the invalidations it is sent, in order.
+#[derive(Default)]
+pub struct Recorder(Mutex<Vec<Invalidation>>);
+
+#[async_trait::async_trait]
+impl Invalidator for Recorder {
+    async fn invalidate(&self, change: Invalidation) {
+        self.0.lock().unwrap().push(change);
+    }
+}
+
+/// The services under test and what they run on.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub deps: Deps,
+    pub clock: ManualClock,
+    pub recorder: Arc<Recorder>,
+    pub owners: Owners,
+    pub keys: Keys,
+}
+
+impl Fixture {
+    /// Plans `default` (no cap) and `free` (2 keys); profiles `kg_live` and the hex `ctw`.
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap();
+        let clock = ManualClock::new(T0);
+        let recorder = Arc::new(Recorder::default());
+        let ctw = KeyProfile {
+            name: "ctw".into(),
+            prefix: "ctw".into(),
+            alphabet: Alphabet::Hex,
+            body_len: 56,
+        };
+        let free = PlanConfig {
+            max_active_keys: 2,
+            ..PlanConfig::unlimited("free")
+        };
+        let deps = Deps {
+            store: Arc::new(store),
+            hasher: SecretHasher::new(&Argon2Config {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+                max_concurrent: 2,
+            })
+            .unwrap(),
+            pepper: Pepper::new(vec![7; 32]).unwrap(),
+            profiles: Arc::new(Profiles::new(vec![default_profile(), ctw], "kg_live").unwrap()),
+            plans: Arc::new(
+                Plans::new(vec![PlanConfig::unlimited("default"), free], "default").unwrap(),
+            ),
+            clock: Arc::new(clock.clone()),
+            invalidator: recorder.clone(),
+        };
+        Fixture {
+            _dir: dir,
+            owners: Owners::new(deps.clone()),
+            keys: Keys::new(deps.clone()),
+            deps,
+            clock,
+            recorder,
+        }
+    }
+
+    /// The clock's time.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// The invalidations sent so far.
+    pub fn invalidations(&self) -> Vec<Invalidation> {
+        self.recorder.0.lock().unwrap().clone()
+    }
+
+    /// The invalidations sent so far, forgetting them.
+    pub fn take_invalidations(&self) -> Vec<Invalidation> {
+        std::mem::take(&mut *self.recorder.0.lock().unwrap())
+    }
+
+    /// A new active owner on `plan`, with the invalidations its creation sent forgotten.
+    pub async fn owner_on(&self, external_id: &str, plan: Option<&str>) -> Owner {
+        let owner = self
+            .owners
+            .create(
+                &Caller::Admin,
+                super::NewOwner {
+                    external_id: Name::parse("external_id", external_id).unwrap(),
+                    display_name: Name::parse("display_name", external_id).unwrap(),
+                    plan: plan.map(str::to_owned),
+                    metadata: Metadata::default(),
+                },
+            )
+            .await
+            .unwrap();
+        self.take_invalidations();
+        owner
+    }
+
+    /// A new active owner on the default plan.
+    pub async fn owner(&self, external_id: &str) -> Owner {
+        self.owner_on(external_id, None).await
+    }
+
+    /// Whether `secret` verifies against `phc`.
+    pub async fn verifies(&self, phc: &str, secret: &str) -> bool {
+        self.deps.hasher.verify(phc, secret).await.unwrap()
+    }
+}
+
+/// An API key caller acting for `owner_id` and holding `scopes`.
+pub fn key_caller(owner_id: &str, scopes: &[&str]) -> Caller {
+    Caller::Owner {
+        owner_id: owner_id.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// A plain active key record, for tests that need no store.
+pub fn record(id: &str, owner_id: &str) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        owner_id: owner_id.into(),
+        name: "ci".into(),
+        profile: Some("kg_live".into()),
+        prefix: Some("kg_live".into()),
+        kind: KeyKind::Single,
+        scopes: vec!["read".into()],
+        plan: None,
+        allowed_cidrs: Vec::new(),
+        metadata: BTreeMap::from([("team".into(), "core".into())]),
+        state: KeyState::Active,
+        secret_hash: String::new(),
+        lookup_digest: None,
+        previous_secret: None,
+        activation_digest: None,
+        created_at: T0,
+        updated_at: T0,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+        usage_count: 0,
+    }
+}
