@@ -108,9 +108,9 @@ fn redis_pool(config: &Config) -> Result<Option<RedisPool>, ConfigError> {
         .redis
         .pool()
         .map(Some)
-        .map_err(|message| ConfigError::Field {
+        .map_err(|e| ConfigError::Field {
             field: "redis.url".into(),
-            message,
+            message: e.to_string(),
         })
 }
 

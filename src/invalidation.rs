@@ -111,7 +111,7 @@ impl Publisher {
     /// the other replicas' cache TTL bounds how long they may miss it.
     pub async fn publish(&self, invalidation: &Invalidation) {
         let result = async {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
             redis::cmd("PUBLISH")
                 .arg(INVALIDATIONS)
                 .arg(invalidation.encode())

@@ -49,7 +49,7 @@ pub struct RunningServer {
     metrics_addr: SocketAddr,
     app: Arc<App>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), String>>,
+    task: JoinHandle<Result<(), ServeError>>,
 }
 
 impl RunningServer {
@@ -76,15 +76,26 @@ impl RunningServer {
     /// Reports NOT_SERVING, keeps serving for the drain grace, then stops accepting calls,
     /// lets in-flight calls finish, writes pending key uses, and waits for the server to
     /// end.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
-        self.task.await.map_err(|e| e.to_string())?
+        self.task.await?
     }
 
     /// Waits until the server ends by itself (a listener failure).
-    async fn wait(&mut self) -> Result<(), String> {
-        (&mut self.task).await.map_err(|e| e.to_string())?
+    async fn wait(&mut self) -> Result<(), ServeError> {
+        (&mut self.task).await?
     }
+}
+
+/// Why a running server stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener failed.
+    #[error("a listener failed: {0}")]
+    Listener(#[from] tonic::transport::Error),
+    /// The serving task panicked or was cancelled.
+    #[error("the server task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Refuses an exposed management API without an admin token: on a non-loopback address it
@@ -181,9 +192,7 @@ pub async fn start(
             track_readiness(app, &reporter, stopped),
         );
         app.authorizer.usage().flush(app.store.as_ref()).await;
-        management
-            .and(data_plane)
-            .map_err(|e| format!("a listener failed: {e}"))
+        management.and(data_plane).map_err(ServeError::from)
     });
     info!(addr = %management_addr, "management API listening");
     info!(addr = %data_plane_addr, "data plane listening");
@@ -362,12 +371,15 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     let mut server = start(&config, secrets, backends, Arc::new(SystemClock)).await?;
     tokio::select! {
         result = server.wait() => {
-            return result.map_err(StartError::Runtime);
+            return result.map_err(|e| StartError::Runtime(e.to_string()));
         }
         () = crate::shutdown::signal() => {}
     }
     info!("shutting down");
-    server.shutdown().await.map_err(StartError::Runtime)?;
+    server
+        .shutdown()
+        .await
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
     info!("stopped");
     Ok(())
 }

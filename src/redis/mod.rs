@@ -57,7 +57,7 @@ impl Default for RedisConfig {
 impl RedisConfig {
     /// A connection pool for these settings: at most `pool_size` connections, and no wait
     /// for one, nor for connecting, longer than `timeout`. Connections are made on first use.
-    pub fn pool(&self) -> Result<RedisPool, String> {
+    pub fn pool(&self) -> Result<RedisPool, PoolError> {
         init_tls();
         let pool = Some(deadpool_redis::PoolConfig {
             max_size: self.pool_size,
@@ -69,7 +69,7 @@ impl RedisConfig {
             ..Default::default()
         });
         let runtime = Some(deadpool_redis::Runtime::Tokio1);
-        let invalid = |e: &dyn std::fmt::Display| format!("invalid Redis settings: {e}");
+        let invalid = |e: &dyn std::fmt::Display| PoolError::Settings(e.to_string());
         if self.cluster_nodes.is_empty() {
             let mut config = deadpool_redis::Config::from_url(self.url.clone());
             config.pool = pool;
@@ -94,6 +94,17 @@ impl RedisConfig {
     }
 }
 
+/// Why no connection to Redis could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The URL or cluster nodes cannot be used (`redis.url`, `redis.cluster_nodes`).
+    #[error("invalid Redis settings: {0}")]
+    Settings(String),
+    /// Redis did not give a connection within the timeout.
+    #[error("no Redis connection: {0}")]
+    Unavailable(String),
+}
+
 /// A pool of connections to one Redis, or to a Redis Cluster.
 #[derive(Clone)]
 pub enum RedisPool {
@@ -113,18 +124,19 @@ pub enum RedisConnection {
 
 impl RedisPool {
     /// A connection, waiting at most the pool's timeout for one.
-    pub async fn get(&self) -> Result<RedisConnection, String> {
+    pub async fn get(&self) -> Result<RedisConnection, PoolError> {
+        let unavailable = |e: &dyn std::fmt::Display| PoolError::Unavailable(e.to_string());
         match self {
             RedisPool::Single(pool) => pool
                 .get()
                 .await
                 .map(RedisConnection::Single)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| unavailable(&e)),
             RedisPool::Cluster(pool) => pool
                 .get()
                 .await
                 .map(RedisConnection::Cluster)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| unavailable(&e)),
         }
     }
 }
