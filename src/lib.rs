@@ -8,8 +8,8 @@
 //! # Layout
 //!
 //! Two planes over one composition root. Modules are listed in layers, bottom to top; a
-//! module imports only from layers below its own (and from its own layer where listed
-//! earlier).
+//! module imports only from modules listed before it (`tests/architecture.rs` checks it),
+//! so the import graph has no cycle.
 //!
 //! 1. Foundations
 //!    - [`clock`] — injected time; durations written as text.
@@ -48,9 +48,9 @@
 //!      convert, call a plane, convert back.
 //! 8. Composition root
 //!    - [`app`] — builds every part from the configuration, once.
-//!    - [`server`] — listeners, health, start and drain.
 //!    - [`reflection`] — gRPC reflection listing exactly each listener's services, Envoy's
 //!      ext_authz included.
+//!    - [`server`] — listeners, health, start and drain.
 //! 9. Entry
 //!    - [`cli`] — the command line; `serve` and the management client commands.
 //!
