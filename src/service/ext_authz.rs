@@ -21,6 +21,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
@@ -73,13 +74,7 @@ impl ExtAuthzService {
     /// What Check asks, in the data plane's terms. Without HTTP attributes or a peer
     /// address there is nothing to decide on: no credential is taken.
     fn authz_request(&self, attributes: AttributeContext, traced_by_caller: bool) -> AuthzRequest {
-        let client_ip = attributes
-            .source
-            .and_then(|peer| peer.address)
-            .and_then(|address| match address.address {
-                Some(Address::SocketAddress(socket)) => socket.address.parse::<IpAddr>().ok(),
-                _ => None,
-            });
+        let client_ip = peer_ip(attributes.source);
         let Some(http) = attributes.request.and_then(|r| r.http) else {
             return AuthzRequest {
                 request_id: new_request_id(),
@@ -174,6 +169,14 @@ impl ExtAuthzService {
             http_response: Some(http_response),
             dynamic_metadata: Some(string_struct(&metadata)),
         }
+    }
+}
+
+/// The client's address, as Envoy reports the downstream peer.
+fn peer_ip(source: Option<Peer>) -> Option<IpAddr> {
+    match source?.address?.address? {
+        Address::SocketAddress(socket) => socket.address.parse().ok(),
+        _ => None,
     }
 }
 
