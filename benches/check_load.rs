@@ -11,7 +11,7 @@
 //! `cargo bench --bench check_load` (release build). Bounded: `REQUESTS` calls per run, and
 //! never longer than `TIME_LIMIT`. `KEYGATE_BENCH_BINARY` runs another keygate build instead
 //! of this one (to compare two builds in alternating rounds); `KEYGATE_BENCH_ONLY` runs only
-//! the scenarios whose name contains it.
+//! the scenario of that name.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -145,8 +145,8 @@ fn main() {
             &traced[..],
         ),
     ] {
-        let only = std::env::var("KEYGATE_BENCH_ONLY").unwrap_or_default();
-        if name.contains(only.as_str()) {
+        let only = std::env::var("KEYGATE_BENCH_ONLY").ok();
+        if only.is_none_or(|only| only == name) {
             run(name, &config, env);
         }
     }
