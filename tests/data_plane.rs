@@ -304,6 +304,144 @@ async fn denials_carry_status_json_body_and_error_headers() {
     assert!(!headers.contains_key("www-authenticate"));
 }
 
+/// An admin area whose upstream serves any case, a read-only API and a gRPC service.
+const ADMIN_ROUTES: &str = r#"
+[[plans]]
+name = "unmetered"
+
+[[routes]]
+path_prefix = "/admin/"
+case_sensitive = false
+scopes = ["admin"]
+
+[[routes]]
+path_prefix = "/v1/"
+scopes = ["read"]
+
+[[routes]]
+path_prefix = "/billing.v1.Invoices/"
+scopes = ["billing"]
+"#;
+
+/// Ways to write `/admin/x` that some server serves as `/admin/x`, `/x` aside: each needs
+/// the scope of the rule on `/admin/`.
+const ADMIN_SPELLINGS: &[&str] = &[
+    "/admin/x",
+    "//admin/x",
+    "/admin//x",
+    "/Admin/x",
+    "/ADMIN/x",
+    "/%61dmin/x",
+    "/%61%64%6D%69%6e/x",
+    "/v1/../admin/x",
+    "/v1/%2e%2E/admin/x",
+    "/admin/./x",
+    "/./admin/x",
+    "/../../admin/x",
+    "/admin/x/..",
+    "/admin%2fx",
+    "/admin%5Cx",
+    "/v1/..%2Fadmin/x",
+    "/v1/..%5cadmin/x",
+    "/v1\\..\\admin/x",
+    "/admin//../x",
+    "//V1/./..//%41dmin/./x?next=/v1/",
+];
+
+#[tokio::test]
+async fn no_spelling_of_a_path_gets_past_its_route_rule() {
+    let mut f = Fixture::with(Options {
+        extra_config: ADMIN_ROUTES,
+        ..Options::default()
+    })
+    .await;
+    let (reader, _) = f.reader().await;
+    let (administrator, _) = f
+        .key(proto::CreateKeyRequest {
+            scopes: vec!["read".into(), "admin".into()],
+            ..Default::default()
+        })
+        .await;
+    for spelling in ADMIN_SPELLINGS {
+        for method in ["GET", "POST"] {
+            assert_eq!(
+                f.code_of(request(method, spelling, &[("x-api-key", &reader)]))
+                    .await,
+                "INSUFFICIENT_SCOPE",
+                "{method} {spelling:?} without the admin scope"
+            );
+            assert_eq!(
+                f.code_of(request(method, spelling, &[("x-api-key", &administrator)]))
+                    .await,
+                "OK",
+                "{method} {spelling:?} with it"
+            );
+        }
+        let typed = authorize(
+            &f.data_plane,
+            proto::AuthorizeRequest {
+                key: reader.clone(),
+                method: "GET".into(),
+                path: spelling.to_string(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            typed.code,
+            proto::DecisionCode::InsufficientScope as i32,
+            "Authorize {spelling:?}"
+        );
+    }
+
+    // A path keygate cannot read (a broken escape, a control character) needs every
+    // rule's scopes.
+    let (everything, _) = f
+        .key(proto::CreateKeyRequest {
+            scopes: vec!["read".into(), "admin".into(), "billing".into()],
+            ..Default::default()
+        })
+        .await;
+    for unreadable in ["/%61dmin%zz/x", "/adm%00in/x", "/v1/%", "/v1/\tx"] {
+        for (key, expected) in [
+            (&reader, "INSUFFICIENT_SCOPE"),
+            (&administrator, "INSUFFICIENT_SCOPE"),
+            (&everything, "OK"),
+        ] {
+            assert_eq!(
+                f.code_of(request("GET", unreadable, &[("x-api-key", key)]))
+                    .await,
+                expected,
+                "{unreadable:?}"
+            );
+        }
+    }
+
+    // What the reader may call still works, however it is spelled; the query never matches.
+    for path in [
+        "/v1/sites",
+        "/v1/sites?next=/admin/x",
+        "//v1/./sites",
+        "/v1/%73ites",
+        "/admin2/x",
+        "/administrators",
+    ] {
+        assert_eq!(
+            f.code_of(request("GET", path, &[("x-api-key", &reader)]))
+                .await,
+            "OK",
+            "{path}"
+        );
+    }
+    // gRPC paths keep their rule, by service; a case-sensitive rule ignores other cases.
+    let grpc = |path: &str| request("POST", path, &[("x-api-key", &administrator)]);
+    assert_eq!(
+        f.code_of(grpc("/billing.v1.Invoices/Create")).await,
+        "INSUFFICIENT_SCOPE"
+    );
+    assert_eq!(f.code_of(grpc("/Billing.v1.Invoices/Create")).await, "OK");
+}
+
 #[tokio::test]
 async fn every_decision_code() {
     let mut f = Fixture::new().await;

@@ -292,3 +292,92 @@ async fn clients_see_their_rate_limits_and_429_when_over() {
         "the 429 never reached the upstream"
     );
 }
+
+/// Spellings of `/admin/x` that a server may serve as `/admin/x`, as raw request targets.
+const ADMIN_SPELLINGS: [&str; 18] = [
+    "/admin/x",
+    "//admin/x",
+    "/admin//x",
+    "/Admin/x",
+    "/ADMIN/x",
+    "/%61dmin/x",
+    "/%61%64%6D%69%6e/x",
+    "/v1/../admin/x",
+    "/v1/%2e%2E/admin/x",
+    "/admin/./x",
+    "/./admin/x",
+    "/../admin/x",
+    "/public/../admin/x",
+    "/admin%2fx",
+    "/public/..%2Fadmin/x",
+    "/public/..%5cadmin/x",
+    "/public\\..\\admin/x",
+    "//public/./..//%61dmin/x?next=/public/",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_of_an_admin_path_gets_past_its_scope() {
+    let s = stack().await;
+    for spelling in ADMIN_SPELLINGS {
+        let response = s.get(spelling, &[("x-api-key", &s.reader)]).await;
+        let code = serde_json::from_str::<serde_json::Value>(&response.body)
+            .ok()
+            .and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
+        let refused = match response.status {
+            403 => code.as_deref() == Some("INSUFFICIENT_SCOPE"),
+            // Envoy sends a client that escaped a slash to the unescaped path instead.
+            307 => response.header("location") == Some("/admin/x"),
+            _ => false,
+        };
+        assert!(
+            refused,
+            "{spelling}: {} {:?} {}\n{}",
+            response.status,
+            response.header("location"),
+            response.body,
+            s.envoy.log()
+        );
+    }
+    assert_eq!(
+        s.http.requests().len(),
+        0,
+        "no request without the admin scope reached the upstream: {:?}",
+        s.http.requests()
+    );
+
+    // The same spellings with the scope reach the upstream as the path the route table and
+    // keygate judged.
+    let allowed = s
+        .get("//v1/../%61dmin/./x", &[("x-api-key", &s.administrator)])
+        .await;
+    assert_eq!(allowed.status, 200, "{}", s.envoy.log());
+    assert_eq!(s.http.requests()[0].path, "/admin/x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_cannot_be_forged_on_a_route_keygate_does_not_check() {
+    let s = stack().await;
+    let forged = [
+        ("x-keygate-key-id", "key_forged"),
+        ("x-keygate-owner-id", "own_forged"),
+        ("x-keygate-plan", "enterprise"),
+        ("x-keygate-scopes", "admin"),
+        ("x-other", "kept"),
+    ];
+    let public = s.get("/public/status", &forged).await;
+    assert_eq!(public.status, 200, "{}", s.envoy.log());
+    let received = s.http.requests();
+    assert_eq!(received.len(), 1);
+    for (name, _) in &forged[..4] {
+        assert_eq!(
+            received[0].header(name),
+            None,
+            "{name} reached the upstream"
+        );
+    }
+    assert_eq!(
+        received[0].header("x-other"),
+        Some("kept"),
+        "other headers pass"
+    );
+}

@@ -11,7 +11,7 @@ use super::decision::{Decision, DecisionCode, Identity};
 use super::extract::Credential;
 use super::keys::{CachedKey, KeyCache};
 use super::policy::{RequestFacts, effective_plan, evaluate};
-use super::routes::{RouteRule, matching_rule};
+use super::routes::{RouteRule, route_needs};
 use super::usage::UsageRecorder;
 use crate::clock::Clock;
 use crate::error::Result;
@@ -156,8 +156,8 @@ impl Authorizer {
             });
         };
         let Identified { key, owner, plan } = self.identify(found).await?;
-        let rule = matching_rule(&self.routes, &request.method, &request.path);
-        let mut scopes = rule.map(|r| r.scopes.clone()).unwrap_or_default();
+        let route = route_needs(&self.routes, &request.method, &request.path);
+        let mut scopes = route.scopes;
         scopes.extend(request.extra_scopes.iter().cloned());
         let now = self.clock.now();
         let plan_config = self.plans.get(&plan);
@@ -180,11 +180,7 @@ impl Authorizer {
             .filter(|w| !w.is_empty())
             && code == DecisionCode::Ok
         {
-            let cost = request
-                .cost
-                .or(rule.and_then(|r| r.cost))
-                .unwrap_or(1)
-                .max(1);
+            let cost = request.cost.or(route.cost).unwrap_or(1).max(1);
             let subject = Subject {
                 owner_id: &record.owner_id,
                 key_id: &record.id,
