@@ -36,10 +36,11 @@
 //!    - [`manage`] — owner and key lifecycle rules, the authority rule, invalidation after
 //!      every write; no transport.
 //!    - [`admin`] — export and import of every record, for backup and migration.
-//! 5. Observability
+//! 5. Observability and admission
 //!    - [`metrics`] — Prometheus metrics and their HTTP listener.
 //!    - [`telemetry`] — logs, OTLP traces, trace context, the per-RPC layer, the decision
 //!      observer.
+//!    - [`admission`] — the data plane's limits: calls in flight, time per call, streams.
 //! 6. Configuration
 //!    - [`config`] — composes every module's settings; loads them from defaults, file,
 //!      `KEYGATE_*` env and flags.
@@ -62,6 +63,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod authz;
 pub mod cli;

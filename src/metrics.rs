@@ -57,6 +57,7 @@ pub struct Metrics {
     store_seconds: Family<Labels1, Histogram, fn() -> Histogram>,
     store_errors: Family<Labels1, Counter>,
     management: Family<[(&'static str, String); 2], Counter>,
+    overloaded: Family<Labels1, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -95,6 +96,7 @@ impl Default for Metrics {
             store_seconds: Family::new_with_constructor(latency_histogram),
             store_errors: Family::default(),
             management: Family::default(),
+            overloaded: Family::default(),
         }
     }
 }
@@ -128,6 +130,11 @@ impl Metrics {
         if failed {
             self.store_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// Counts a data-plane call refused for overload, by `reason` (`in_flight`, `timeout`).
+    pub fn overloaded(&self, reason: &'static str) {
+        self.overloaded.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Counts a management call to `method` that ended with gRPC status `code`.
@@ -168,6 +175,11 @@ impl Metrics {
             "store_errors",
             "Store operations that failed, by operation",
             metrics.store_errors.clone(),
+        );
+        registry.register(
+            "data_plane_overload_refusals",
+            "Check and Authorize calls answered UNAVAILABLE for overload, by reason: in_flight (the limit of calls being decided was reached) or timeout",
+            metrics.overloaded.clone(),
         );
         registry.register(
             "management_requests",

@@ -19,6 +19,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
+use crate::admission::AdmissionLayer;
 use crate::app::{App, Backends, StartError, create_data_dir};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ServeArgs};
@@ -210,6 +211,9 @@ pub async fn start(
 /// A router with keygate's tower layer in front of every call.
 type LayeredRouter = Router<Stack<RpcLayer, Identity>>;
 
+/// The data plane's router: the same, then admission.
+type AdmittedRouter = Router<Stack<AdmissionLayer, Stack<RpcLayer, Identity>>>;
+
 /// The management listener's services: KeyManager, health and reflection, each call
 /// traced and counted.
 fn management_router(
@@ -230,15 +234,18 @@ fn management_router(
 }
 
 /// The data-plane listener's services: Check, Authorize, health and reflection, each call
-/// traced.
+/// traced and admitted within the configured limits.
 fn data_plane_router(
     app: &Arc<App>,
     health: HealthServer<impl Health>,
-) -> Result<LayeredRouter, StartError> {
+) -> Result<AdmittedRouter, StartError> {
     let (v1, v1alpha) = crate::reflection::data_plane().map_err(reflection_failed)?;
     let plane = &app.data_plane;
+    let admission = &app.config.admission;
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(admission.max_concurrent_streams)
         .layer(RpcLayer::spans())
+        .layer(AdmissionLayer::new(admission, app.metrics.clone()))
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::AdmissionConfig;
 use crate::authz::extract::CredentialSource;
 use crate::authz::keys::CacheConfig;
 use crate::authz::response::{ErrorsConfig, HeaderNames};
@@ -47,6 +48,8 @@ pub struct Config {
     pub store: StoreBackend,
     /// Listening addresses.
     pub listen: ListenConfig,
+    /// Limits that keep the data plane answering under overload.
+    pub admission: AdmissionConfig,
     /// Key shapes that can be issued and are recognised.
     pub profiles: Vec<KeyProfile>,
     /// Profile used when CreateKey names none.
@@ -85,6 +88,7 @@ impl Default for Config {
             data_dir: PathBuf::from("keygate-data"),
             store: StoreBackend::Embedded,
             listen: ListenConfig::default(),
+            admission: AdmissionConfig::default(),
             profiles: vec![crate::key::format::default_profile()],
             default_profile: "kg_live".into(),
             plans: vec![PlanConfig::unlimited("default")],
@@ -235,6 +239,15 @@ impl Config {
         }
         if self.redis.timeout.is_zero() {
             return Err(field_error("redis.timeout", "must be longer than zero"));
+        }
+        if self.admission.max_in_flight == 0 || self.admission.max_concurrent_streams == 0 {
+            return Err(field_error(
+                "admission",
+                "max_in_flight and max_concurrent_streams must be at least 1",
+            ));
+        }
+        if self.admission.timeout.is_zero() {
+            return Err(field_error("admission.timeout", "must be longer than zero"));
         }
         if self.cache.ttl.is_zero() {
             return Err(field_error("cache.ttl", "must be longer than zero"));

@@ -61,11 +61,19 @@ pub fn check_request(
 /// Check's answer to `request` on `data_plane`; the call must succeed.
 #[allow(dead_code)] // the benches drive their own clients
 pub async fn check(data_plane: &Channel, request: CheckRequest) -> CheckResponse {
+    try_check(data_plane, request).await.unwrap()
+}
+
+/// Check's answer to `request` on `data_plane`, or the status the call failed with.
+#[allow(dead_code)] // the benches drive their own clients
+pub async fn try_check(
+    data_plane: &Channel,
+    request: CheckRequest,
+) -> Result<CheckResponse, tonic::Status> {
     AuthorizationClient::new(data_plane.clone())
         .check(request)
         .await
-        .unwrap()
-        .into_inner()
+        .map(tonic::Response::into_inner)
 }
 
 /// The string keygate put under `field` in the answer's dynamic metadata.

@@ -1,0 +1,128 @@
+//! The data plane under overload: past its limit of calls in flight, or past its time per
+//! call, keygate answers UNAVAILABLE at once instead of queueing, health checks still pass,
+//! and the refusals are counted.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::check::{check, check_request, decision_code};
+use common::faulty::faulty;
+use common::http::http_request;
+use common::{Options, create_owner, issue_key, start_with};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use keygate::store::embedded::EmbeddedStore;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+fn request(key: &str) -> CheckRequest {
+    let bearer = format!("Bearer {key}");
+    check_request(
+        "203.0.113.9",
+        "GET",
+        "/v1/items",
+        &[("authorization", &bearer)],
+        &[],
+    )
+}
+
+/// The refusals counted under `reason`, from `/metrics`.
+async fn refusals(server: &common::TestServer, reason: &str) -> u64 {
+    let page = http_request(server.server.metrics_addr(), "GET", "/metrics", &[]).await;
+    let series = format!("keygate_data_plane_overload_refusals_total{{reason=\"{reason}\"}} ");
+    page.body
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(faulty(Arc::new(
+        EmbeddedStore::open(&dir.path().join("k.redb")).unwrap(),
+    )));
+    let server = start_with(Options {
+        admin_token: Some(common::ADMIN_TOKEN),
+        store: Some(store.clone()),
+        extra_config: "[admission]\nmax_in_flight = 1\ntimeout = \"1h\"\n",
+        ..Options::default()
+    })
+    .await;
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "pro").await.id;
+    let key = issue_key(&mut manage, &owner, "cold").await.secret;
+    let data_plane = server.data_plane().await;
+
+    // The first Check needs the store, which now hangs: it holds the only slot.
+    store.hook().hold(true);
+    let stalled = tokio::spawn({
+        let data_plane = data_plane.clone();
+        let request = request(&key);
+        async move { check(&data_plane, request).await }
+    });
+    store.hook().until_waiting(1).await;
+
+    // Without admission the call would wait for the store; a generous ceiling fails it.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        common::check::try_check(&data_plane, request(&key)),
+    )
+    .await
+    .expect("a call past the limit is answered at once, not queued")
+    .expect_err("a call past the limit must be refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("limit"), "{refused:?}");
+    let health = HealthClient::new(data_plane.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health checks are always admitted");
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+    assert_eq!(refusals(&server, "in_flight").await, 1);
+
+    // Released, the stalled call is decided, and the slot is free again.
+    store.hook().hold(false);
+    assert_eq!(decision_code(&stalled.await.unwrap()), "OK");
+    assert_eq!(
+        decision_code(&check(&data_plane, request(&key)).await),
+        "OK"
+    );
+}
+
+#[tokio::test]
+async fn a_call_that_outlasts_the_time_limit_is_answered_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(faulty(Arc::new(
+        EmbeddedStore::open(&dir.path().join("k.redb")).unwrap(),
+    )));
+    let server = start_with(Options {
+        admin_token: Some(common::ADMIN_TOKEN),
+        store: Some(store.clone()),
+        extra_config: "[admission]\ntimeout = \"50ms\"\n",
+        ..Options::default()
+    })
+    .await;
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "pro").await.id;
+    let key = issue_key(&mut manage, &owner, "cold").await.secret;
+    let data_plane = server.data_plane().await;
+
+    store.hook().hold(true);
+    let late = tokio::time::timeout(
+        Duration::from_secs(10),
+        common::check::try_check(&data_plane, request(&key)),
+    )
+    .await
+    .expect("the time limit answers the call")
+    .expect_err("a call the store holds past the limit must fail");
+    assert_eq!(late.code(), tonic::Code::Unavailable, "{late:?}");
+    assert!(late.message().contains("within"), "{late:?}");
+    assert_eq!(refusals(&server, "timeout").await, 1);
+
+    store.hook().hold(false);
+    assert_eq!(
+        decision_code(&check(&data_plane, request(&key)).await),
+        "OK"
+    );
+}
