@@ -61,6 +61,7 @@ impl Fixture {
                 iterations: 1,
                 parallelism: 1,
                 max_concurrent: 2,
+                ..Argon2Config::default()
             })
             .unwrap(),
             pepper: Pepper::new(vec![7; 32]).unwrap(),
