@@ -150,6 +150,7 @@ pub fn record(id: &str, owner_id: &str) -> KeyRecord {
         metadata: BTreeMap::from([("team".into(), "core".into())]),
         state: KeyState::Active,
         secret_hash: String::new(),
+        secret_check: None,
         lookup_digest: None,
         previous_secret: None,
         activation_digest: None,
