@@ -243,8 +243,23 @@ impl Collector for DataPlaneCollector {
             ),
             (
                 "argon2_verifications",
-                "argon2id verifications started",
+                "argon2id verifications run",
                 hasher.verifications(),
+            ),
+            (
+                "secret_check_refusals",
+                "Wrong secrets refused by the stored secret check, without argon2",
+                load(&cache.check_refusals),
+            ),
+            (
+                "argon2_refused",
+                "argon2id jobs refused at once: the queue was full or too long for their deadline",
+                hasher.refused(),
+            ),
+            (
+                "argon2_skipped",
+                "argon2id jobs not run because their caller had gone or their deadline had passed",
+                hasher.skipped(),
             ),
         ];
         for (name, help, value) in counters {

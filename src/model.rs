@@ -78,6 +78,10 @@ pub enum KeyKind {
 pub struct PreviousSecret {
     /// Its argon2id PHC string.
     pub hash: String,
+    /// Its keyed check ([`crate::key::hash::Pepper::secret_check`]), if it was written
+    /// with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
     /// When it stops working.
     pub expires_at: UnixTime,
 }
@@ -109,6 +113,11 @@ pub struct KeyRecord {
     pub state: KeyState,
     /// argon2id PHC string of the whole key text.
     pub secret_hash: String,
+    /// Keyed check of the whole key text ([`crate::key::hash::Pepper::secret_check`]): most
+    /// wrong secrets are refused by it without argon2. Absent in records written before
+    /// checks existed; argon2 alone decides those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_check: Option<String>,
     /// Lower-case hex HMAC digest of the key text, for keys found by digest (imported ones).
     pub lookup_digest: Option<String>,
     /// The secret replaced by the last rotation, while its grace period lasts.
@@ -135,5 +144,23 @@ impl KeyRecord {
     /// not revoked and not expired does, including disabled and pending ones.
     pub fn counts_against_quota(&self, now: UnixTime) -> bool {
         self.state != KeyState::Revoked && self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_secret_checks_still_load() {
+        let old = r#"{"id":"k1","owner_id":"o1","name":"n","profile":null,"prefix":null,
+            "kind":"single","scopes":[],"plan":null,"allowed_cidrs":[],"metadata":{},
+            "state":"active","secret_hash":"$argon2id$x","lookup_digest":null,
+            "previous_secret":{"hash":"$argon2id$y","expires_at":9},
+            "activation_digest":null,"created_at":1,"updated_at":1,"expires_at":null,
+            "revoked_at":null,"last_used_at":null}"#;
+        let record: KeyRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.secret_check, None);
+        assert_eq!(record.previous_secret.unwrap().check, None);
     }
 }

@@ -301,7 +301,8 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
     );
 
     // After a rotation the shared entry no longer matches the stored hash: the old secret is
-    // verified again (against the previous hash), never trusted blindly.
+    // checked again, never trusted blindly, and refused by the record's secret check
+    // without argon2.
     a.client()
         .await
         .rotate_key(admin(proto::RotateKeyRequest {
@@ -312,7 +313,9 @@ async fn a_key_verified_by_one_replica_needs_no_argon2_on_another() {
         .unwrap();
     let c = replica(&redis, redis_store(&redis, Duration::from_secs(2)).await).await;
     assert_eq!(decide(&c, &key.secret).await, "INVALID_API_KEY");
-    assert_eq!(verifications(&c), 1);
+    assert_eq!(verifications(&c), 0);
+    let refusals = &c.server.app().authorizer.keys().stats().check_refusals;
+    assert_eq!(refusals.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

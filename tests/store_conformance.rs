@@ -43,6 +43,7 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
         metadata: BTreeMap::new(),
         state: KeyState::Active,
         secret_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        secret_check: None,
         lookup_digest: None,
         previous_secret: None,
         activation_digest: None,
@@ -143,8 +144,10 @@ pub async fn keys_round_trip_with_indexes(store: &dyn Store) {
     let mut imported = key("k2", "o1");
     imported.kind = KeyKind::Imported;
     imported.lookup_digest = Some("ab".repeat(32));
+    imported.secret_check = Some("1a2b:0badf00d".into());
     imported.previous_secret = Some(PreviousSecret {
         hash: "old".into(),
+        check: Some("1a2b:12345678".into()),
         expires_at: 5_000,
     });
     store.insert_key(&key("k1", "o1"), None).await.unwrap();

@@ -9,10 +9,14 @@
 //! configured profile's format keep their embedded id, so the first path finds them.
 //!
 //! * **Verified entries**, keyed by the HMAC digest of the presented credential: the key
-//!   record and which secret matched. Bounded in size, each entry lives at most the TTL.
+//!   record and which secret matched. A verified key stays verified while its record and
+//!   owner are unchanged: an entry goes when its key or owner changes (here and, through
+//!   [`crate::invalidation`], on every replica), when the cache needs room (`capacity`;
+//!   moka's TinyLFU keeps the keys in use), or after `ttl`, a long maximum (24 h by
+//!   default) that only bounds staleness should an invalidation be missed. No key is
+//!   re-hashed on a short timer.
 //! * **Rejections**, keyed the same way, for credentials that proved no key (unknown id,
-//!   wrong secret): a flood of the same bad key costs one store read and one argon2 run per
-//!   rejection TTL.
+//!   wrong secret): a flood of the same bad key costs one store read per rejection TTL.
 //! * **Owners**, keyed by owner id.
 //!
 //! * **Imported digests**: the digests of every imported key, held in memory. A string that
@@ -29,15 +33,33 @@
 //! Concurrent misses for the same credential are coalesced: one load and one argon2 run
 //! serve all of them.
 //!
+//! # What wrong secrets cost
+//!
+//! Key ids are public (pair keys send them alone; identity headers carry them), so anyone
+//! can present any number of distinct wrong secrets for a real id. Each costs one store read
+//! of that record and one HMAC, and is refused by the record's keyed secret check
+//! ([`crate::key::hash::Pepper::secret_check`]) without argon2; a guess passes the check with
+//! probability 2^-32, so a million wrong secrets reach argon2 about 0.0002 times. An
+//! attacker cannot make keygate spend argon2 time, nor hold workers that valid keys need;
+//! they can make it spend store reads and rejection-cache room (bounded by `capacity`,
+//! entries living `rejection_ttl`). Garbage that fails the key format costs nothing at all.
+//!
+//! Records written before checks existed, or under another pepper, have no usable check:
+//! argon2 decides them, one verification per key id at a time. Others for the same id wait
+//! their turn until their deadline, so a flood against such a key occupies at most one
+//! worker and cannot starve other keys.
+//!
 //! Invalidation is by key or owner id, from the management path. Each entry remembers the
 //! invalidation epoch at which its load started; an entry loaded before its id's last
 //! invalidation is stale and reloaded, so a load racing a revocation can never bring the
-//! revoked record back.
+//! revoked record back. Invalidation markers are kept for `ttl` and bounded by `capacity`:
+//! should a marker be pushed out early, every entry loaded before it counts as stale, which
+//! costs re-verification, never a stale answer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
@@ -45,7 +67,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::key::format::Profiles;
-use crate::key::hash::{Digest, Pepper, SecretHasher};
+use crate::key::hash::{CheckOutcome, Digest, HashError, Pepper, SecretHasher};
 use crate::model::{KeyRecord, Owner};
 use crate::store::Store;
 
@@ -63,10 +85,11 @@ pub enum MatchedSecret {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Most verified credentials kept.
+    /// Most verified credentials kept (also rejections, owners and invalidation markers).
     pub capacity: u64,
-    /// How long a verified credential is trusted without looking at the store again. It
-    /// bounds staleness should an invalidation be missed.
+    /// The longest a verified credential is trusted without looking at the store again.
+    /// Changes drop entries at once; this only bounds staleness should an invalidation be
+    /// missed.
     #[serde(with = "crate::clock::duration_text")]
     pub ttl: Duration,
     /// How long a rejected credential is rejected without looking again.
@@ -81,7 +104,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             capacity: 100_000,
-            ttl: Duration::from_secs(60),
+            ttl: Duration::from_secs(24 * 3600),
             rejection_ttl: Duration::from_secs(5),
             shared_ttl: Duration::from_secs(600),
         }
@@ -112,6 +135,8 @@ pub struct CacheStats {
     pub rejection_hits: AtomicU64,
     /// Credentials rejected by their format alone, with no lookup.
     pub malformed: AtomicU64,
+    /// Credentials refused by the stored secret check, without argon2.
+    pub check_refusals: AtomicU64,
     /// Shared-cache reads and writes Redis failed; each is treated as a miss.
     pub shared_errors: AtomicU64,
 }
@@ -160,6 +185,8 @@ enum LoadFailure {
     Rejected,
     /// The store could not answer.
     Store(Error),
+    /// The key changed while it was being loaded.
+    Stale,
 }
 
 /// The cache in front of the store and argon2.
@@ -169,6 +196,11 @@ pub struct KeyCache {
     owners: Cache<String, Arc<(Owner, u64)>>,
     invalidated: moka::sync::Cache<String, u64>,
     epoch: AtomicU64,
+    /// Entries loaded before this epoch are stale: raised by [`KeyCache::clear`] and when an
+    /// invalidation marker is pushed out for room.
+    floor: Arc<AtomicU64>,
+    /// One argon2 turn at a time per key id, for records without a usable secret check.
+    unchecked_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     imported: RwLock<HashSet<Digest>>,
     store: Arc<dyn Store>,
     hasher: SecretHasher,
@@ -281,6 +313,8 @@ impl KeyCache {
         profiles: Arc<Profiles>,
         shared: Option<SharedVerifications>,
     ) -> Self {
+        let floor = Arc::new(AtomicU64::new(0));
+        let raise = floor.clone();
         KeyCache {
             verified: Cache::builder()
                 .max_capacity(config.capacity)
@@ -294,11 +328,20 @@ impl KeyCache {
                 .max_capacity(config.capacity)
                 .time_to_live(config.ttl)
                 .build(),
-            // An invalidation only matters while an entry loaded before it may live.
+            // An invalidation only matters while an entry loaded before it may live. A marker
+            // pushed out for room makes everything loaded before it stale.
             invalidated: moka::sync::Cache::builder()
-                .time_to_live(config.ttl + Duration::from_secs(1))
+                .max_capacity(config.capacity)
+                .time_to_live(config.ttl + Duration::from_secs(60))
+                .eviction_listener(move |_, epoch: u64, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        raise.fetch_max(epoch, Ordering::SeqCst);
+                    }
+                })
                 .build(),
             epoch: AtomicU64::new(0),
+            floor,
+            unchecked_turns: Mutex::new(HashMap::new()),
             imported: RwLock::new(HashSet::new()),
             store,
             hasher,
@@ -321,7 +364,10 @@ impl KeyCache {
 
     /// The key `credential` proves, if any, and which level answered. Store failures for
     /// credentials not in the cache are errors: the caller cannot decide without the store.
-    pub async fn verify(&self, credential: &str) -> Result<Lookup> {
+    /// A cold credential is answered by `deadline` (the configured wait when `None`), as
+    /// UNAVAILABLE if argon2 cannot run by then.
+    pub async fn verify(&self, credential: &str, deadline: Option<Instant>) -> Result<Lookup> {
+        let deadline = self.hasher.deadline(deadline);
         let answer = |key, outcome| Ok(Lookup { key, outcome });
         let digest = self.pepper.digest(credential.as_bytes());
         // The id a key in a configured profile's format embeds; `None` for imported keys,
@@ -347,7 +393,13 @@ impl KeyCache {
                 .verified
                 .try_get_with(
                     digest,
-                    self.load(credential, embedded_id, &digest, epoch, &loaded_by_us),
+                    self.load(
+                        credential,
+                        embedded_id,
+                        &digest,
+                        (epoch, deadline),
+                        &loaded_by_us,
+                    ),
                 )
                 .await;
             let outcome = loaded_by_us.get().copied().unwrap_or(CacheOutcome::L1Hit);
@@ -360,6 +412,7 @@ impl KeyCache {
                             answer(None, outcome)
                         }
                         LoadFailure::Store(e) => Err(e.clone()),
+                        LoadFailure::Stale => continue,
                     };
                 }
             };
@@ -384,7 +437,7 @@ impl KeyCache {
         credential: &str,
         embedded_id: Option<&str>,
         digest: &Digest,
-        epoch: u64,
+        (epoch, deadline): (u64, Instant),
         outcome: &std::sync::OnceLock<CacheOutcome>,
     ) -> std::result::Result<Arc<CachedKey>, LoadFailure> {
         let cached = |key, matched| {
@@ -406,10 +459,12 @@ impl KeyCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let _ = outcome.set(CacheOutcome::Miss);
         let verified = self
-            .verify_stored(credential, embedded_id, digest)
+            .verify_stored(credential, embedded_id, digest, deadline)
             .instrument(tracing::debug_span!("key cache miss"))
             .await;
         match verified {
+            // Changed while it was verified: nothing is kept, the caller loads it again.
+            Ok(Some((key, _))) if self.is_stale(&key.id, epoch) => Err(LoadFailure::Stale),
             Ok(Some((key, matched))) => {
                 if let Some(shared) = &self.shared {
                     shared.put(digest, &key, matched, &self.stats).await;
@@ -422,13 +477,15 @@ impl KeyCache {
     }
 
     /// Reads the key `credential` names (by its embedded id, else by its digest) and checks
-    /// the secret against the stored hashes: the key and which secret matched, or `None`
-    /// when it proves no key. Store and hashing failures are errors, not `None`.
+    /// the secret against the stored secret checks and hashes: the key and which secret
+    /// matched, or `None` when it proves no key. Store and hashing failures are errors, not
+    /// `None`.
     async fn verify_stored(
         &self,
         credential: &str,
         embedded_id: Option<&str>,
         digest: &Digest,
+        deadline: Instant,
     ) -> Result<Option<(KeyRecord, MatchedSecret)>> {
         let record = match embedded_id {
             Some(id) => self.store.get_key(id).await?,
@@ -437,23 +494,74 @@ impl KeyCache {
         let Some(key) = record else {
             return Ok(None);
         };
-        let hash_failed = |e: crate::key::hash::HashError| Error::Unavailable(e.to_string());
-        let previous = key.previous_secret.as_ref().map(|p| p.hash.clone());
-        for (hash, matched) in [
-            (Some(key.secret_hash.clone()), MatchedSecret::Current),
+        let previous = key
+            .previous_secret
+            .as_ref()
+            .map(|p| (p.hash.clone(), p.check.clone()));
+        let mut hashed = false;
+        for (candidate, matched) in [
+            (
+                Some((key.secret_hash.clone(), key.secret_check.clone())),
+                MatchedSecret::Current,
+            ),
             (previous, MatchedSecret::Previous),
         ] {
-            let Some(hash) = hash else { continue };
-            if self
-                .hasher
-                .verify(&hash, credential)
-                .await
-                .map_err(hash_failed)?
-            {
+            let Some((hash, check)) = candidate else {
+                continue;
+            };
+            let said = check.as_deref().map_or(CheckOutcome::Unknown, |check| {
+                self.pepper.compare_check(check, credential)
+            });
+            let verified = match said {
+                CheckOutcome::Mismatch => Ok(false),
+                CheckOutcome::Match => {
+                    hashed = true;
+                    self.hasher.verify_by(&hash, credential, deadline).await
+                }
+                CheckOutcome::Unknown => {
+                    hashed = true;
+                    let _turn = self.unchecked_turn(&key.id, deadline).await?;
+                    self.hasher.verify_by(&hash, credential, deadline).await
+                }
+            }
+            .map_err(|e| hash_failed(&key.id, e))?;
+            if verified {
                 return Ok(Some((key, matched)));
             }
         }
+        if !hashed {
+            self.stats.check_refusals.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(None)
+    }
+
+    /// Waits (until `deadline`) for the turn to verify a secret of key `id` without a
+    /// usable secret check: one at a time per id, so wrong secrets for one key occupy at
+    /// most one argon2 worker.
+    async fn unchecked_turn(&self, id: &str, deadline: Instant) -> Result<UncheckedTurn<'_>> {
+        let lock = self
+            .unchecked_turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let mut turn = UncheckedTurn {
+            turns: &self.unchecked_turns,
+            id: id.to_owned(),
+            lock: lock.clone(),
+            guard: None,
+        };
+        let until = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(until, lock.lock_owned()).await {
+            Ok(guard) => {
+                turn.guard = Some(guard);
+                Ok(turn)
+            }
+            Err(_) => Err(Error::Unavailable(
+                "another verification of this key is running; retry".into(),
+            )),
+        }
     }
 
     /// The owner `id`, or `None` if there is none.
@@ -538,7 +646,8 @@ impl KeyCache {
 
     /// Forgets every verified entry and owner, e.g. after losing invalidation messages.
     pub fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.floor.fetch_max(epoch, Ordering::SeqCst);
         self.verified.invalidate_all();
         self.owners.invalidate_all();
     }
@@ -551,10 +660,227 @@ impl KeyCache {
     /// Whether an entry for `id` whose load started at `loaded_at` predates an
     /// invalidation of `id`.
     fn is_stale(&self, id: &str, loaded_at: u64) -> bool {
-        self.invalidated.get(id).is_some_and(|at| at > loaded_at)
+        loaded_at < self.floor.load(Ordering::SeqCst)
+            || self.invalidated.get(id).is_some_and(|at| at > loaded_at)
     }
+}
+
+/// A key id's turn at argon2 without a secret check; the id's entry goes when nobody else
+/// waits for it.
+struct UncheckedTurn<'a> {
+    turns: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UncheckedTurn<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        // Held by the map and by this turn only: nobody waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            turns.remove(&self.id);
+        }
+    }
+}
+
+/// The error a failed argon2 job becomes: UNAVAILABLE, as the secret was neither accepted
+/// nor refused. A hash needing more memory than the workers hold is an operator's problem,
+/// so it is logged (with the key id, never the secret).
+fn hash_failed(key_id: &str, error: HashError) -> Error {
+    if let HashError::TooCostly { .. } = &error {
+        tracing::warn!(key_id, %error, "cannot verify a stored hash");
+    }
+    Error::Unavailable(error.to_string())
 }
 
 fn owner_marker(id: &str) -> String {
     format!("owner/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::key::format::{Profiles, default_profile};
+    use crate::key::hash::Argon2Config;
+    use crate::model::{KeyKind, KeyState};
+    use crate::store::embedded::EmbeddedStore;
+
+    struct Fixture {
+        cache: KeyCache,
+        store: Arc<dyn Store>,
+        hasher: SecretHasher,
+        pepper: Pepper,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap());
+        let hasher = SecretHasher::new(&Argon2Config {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 2,
+            ..Argon2Config::default()
+        })
+        .unwrap();
+        let pepper = Pepper::new(vec![9; 32]).unwrap();
+        store
+            .create_owner(&Owner {
+                id: "o1".into(),
+                external_id: "e1".into(),
+                display_name: "o".into(),
+                state: crate::model::OwnerState::Active,
+                plan: "default".into(),
+                metadata: BTreeMap::new(),
+                created_at: 0,
+                updated_at: 0,
+            })
+            .await
+            .unwrap();
+        let profiles = Arc::new(Profiles::new(vec![default_profile()], "kg_live").unwrap());
+        let cache = KeyCache::new(
+            &CacheConfig::default(),
+            store.clone(),
+            hasher.clone(),
+            pepper.clone(),
+            profiles,
+            None,
+        );
+        Fixture {
+            cache,
+            store,
+            hasher,
+            pepper,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        /// Stores a key with id `id` and returns its secret; `checked` says whether the
+        /// record carries a secret check, as records written before checks existed do not.
+        async fn key(&self, id: &str, checked: bool) -> String {
+            let secret = default_profile().issue(id).text().to_owned();
+            let record = KeyRecord {
+                id: id.into(),
+                owner_id: "o1".into(),
+                name: "k".into(),
+                profile: Some("kg_live".into()),
+                prefix: Some("kg_live".into()),
+                kind: KeyKind::Single,
+                scopes: vec![],
+                plan: None,
+                allowed_cidrs: vec![],
+                metadata: BTreeMap::new(),
+                state: KeyState::Active,
+                secret_hash: self.hasher.hash(&secret).await.unwrap(),
+                secret_check: checked.then(|| self.pepper.secret_check(&secret)),
+                lookup_digest: None,
+                previous_secret: None,
+                activation_digest: None,
+                created_at: 0,
+                updated_at: 0,
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+                usage_count: 0,
+            };
+            self.store.insert_key(&record, None).await.unwrap();
+            secret
+        }
+
+        async fn proves(&self, credential: &str) -> Result<bool> {
+            Ok(self.cache.verify(credential, None).await?.key.is_some())
+        }
+    }
+
+    fn wrong_secrets(id: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| default_profile().issue(id).text().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn distinct_wrong_secrets_for_a_known_id_run_no_argon2() {
+        let f = fixture().await;
+        let secret = f.key("aaaaaaaaaaaa", true).await;
+        let before = f.hasher.verifications();
+        for wrong in wrong_secrets("aaaaaaaaaaaa", 200) {
+            assert!(!f.proves(&wrong).await.unwrap());
+        }
+        assert_eq!(f.hasher.verifications(), before);
+        assert_eq!(f.cache.stats().check_refusals.load(Ordering::Relaxed), 200);
+        assert!(f.proves(&secret).await.unwrap());
+        assert_eq!(f.hasher.verifications(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn records_without_a_check_are_verified_one_at_a_time_per_key() {
+        let f = fixture().await;
+        let secret = f.key("bbbbbbbbbbbb", false).await;
+        let before = f.hasher.verifications();
+        for wrong in wrong_secrets("bbbbbbbbbbbb", 3) {
+            assert!(!f.proves(&wrong).await.unwrap());
+        }
+        assert_eq!(f.hasher.verifications(), before + 3, "argon2 alone decides");
+        assert!(f.proves(&secret).await.unwrap());
+
+        let soon = || Instant::now() + Duration::from_millis(50);
+        let held = f
+            .cache
+            .unchecked_turn("bbbbbbbbbbbb", soon())
+            .await
+            .unwrap();
+        let waited = f.cache.unchecked_turn("bbbbbbbbbbbb", soon()).await;
+        assert!(matches!(waited, Err(Error::Unavailable(_))));
+        let other = f
+            .cache
+            .unchecked_turn("cccccccccccc", soon())
+            .await
+            .unwrap();
+        drop((held, other));
+        assert!(f.cache.unchecked_turn("bbbbbbbbbbbb", soon()).await.is_ok());
+        assert!(
+            f.cache.unchecked_turns.lock().unwrap().is_empty(),
+            "turns are forgotten when nobody waits"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_verified_key_stays_until_it_changes() {
+        let f = fixture().await;
+        let secret = f.key("dddddddddddd", true).await;
+        assert!(f.proves(&secret).await.unwrap());
+        let before = f.hasher.verifications();
+        for _ in 0..10 {
+            assert!(f.proves(&secret).await.unwrap());
+        }
+        assert_eq!(f.hasher.verifications(), before, "warm: no argon2");
+        f.cache.invalidate_key("dddddddddddd");
+        assert!(f.proves(&secret).await.unwrap());
+        assert_eq!(
+            f.hasher.verifications(),
+            before + 1,
+            "changed: verified again"
+        );
+        f.cache.clear();
+        assert!(f.proves(&secret).await.unwrap());
+        assert_eq!(
+            f.hasher.verifications(),
+            before + 2,
+            "cleared: verified again"
+        );
+    }
+
+    #[test]
+    fn a_verification_is_kept_for_a_day_at_most_by_default() {
+        let config = CacheConfig::default();
+        assert_eq!(config.ttl, Duration::from_secs(24 * 3600));
+        assert!(config.rejection_ttl <= Duration::from_secs(5));
+    }
 }

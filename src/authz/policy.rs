@@ -97,6 +97,7 @@ mod tests {
             metadata: BTreeMap::new(),
             state: KeyState::Active,
             secret_hash: String::new(),
+            secret_check: None,
             lookup_digest: None,
             previous_secret: None,
             activation_digest: None,
@@ -196,6 +197,7 @@ mod tests {
         let rotated = KeyRecord {
             previous_secret: Some(PreviousSecret {
                 hash: String::new(),
+                check: None,
                 expires_at: NOW + 10,
             }),
             ..key()
@@ -215,6 +217,7 @@ mod tests {
         let ended = KeyRecord {
             previous_secret: Some(PreviousSecret {
                 hash: String::new(),
+                check: None,
                 expires_at: NOW,
             }),
             ..key()

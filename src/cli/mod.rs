@@ -500,8 +500,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
         }
     };
+    // The blocking pool runs embedded-store transactions (argon2 has its own threads); a cap
+    // keeps the thread count bounded under a flood, queueing the rest.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(32)
         .build()
     {
         Ok(runtime) => runtime,

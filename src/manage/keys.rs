@@ -188,6 +188,7 @@ impl Keys {
                     KeyState::Active
                 },
                 secret_hash: self.hash(secret.text()).await?,
+                secret_check: Some(self.deps.pepper.secret_check(secret.text())),
                 lookup_digest: None,
                 previous_secret: None,
                 activation_digest: activation_code
@@ -315,13 +316,16 @@ impl Keys {
         .clone();
         let secret = profile.issue(&current.id);
         let new_hash = self.hash(secret.text()).await?;
+        let new_check = self.deps.pepper.secret_check(secret.text());
         let key = self
             .deps
             .change_key(caller, &current.id, move |k, now| {
                 refuse_revoked(k)?;
                 let old_hash = std::mem::replace(&mut k.secret_hash, new_hash.clone());
+                let old_check = k.secret_check.replace(new_check.clone());
                 k.previous_secret = (grace > 0).then(|| PreviousSecret {
                     hash: old_hash,
+                    check: old_check,
                     expires_at: now + grace,
                 });
                 if grace == 0 {
@@ -389,6 +393,7 @@ impl Keys {
             metadata: import.metadata.into_map(),
             state: KeyState::Active,
             secret_hash: self.hash(secret).await?,
+            secret_check: Some(self.deps.pepper.secret_check(secret)),
             lookup_digest: Some(self.deps.pepper.digest(secret.as_bytes()).to_hex()),
             previous_secret: None,
             activation_digest: None,
@@ -549,6 +554,10 @@ mod tests {
         assert_eq!(&stored, key);
         assert!(!stored.secret_hash.contains(issued.secret.text()));
         assert!(f.verifies(&stored.secret_hash, issued.secret.text()).await);
+        assert_eq!(
+            stored.secret_check,
+            Some(f.deps.pepper.secret_check(issued.secret.text()))
+        );
         assert!(!format!("{issued:?}").contains(issued.secret.text()));
         // Reading the key again never shows the secret: only the record comes back.
         assert_eq!(f.keys.get(&Caller::Admin, &key.id).await.unwrap(), stored);
@@ -948,6 +957,9 @@ mod tests {
         let previous = rotated.key.previous_secret.clone().unwrap();
         assert_eq!(previous.expires_at, T0 + 10 + 3600);
         assert!(f.verifies(&previous.hash, first.secret.text()).await);
+        let check = |secret: &str| Some(f.deps.pepper.secret_check(secret));
+        assert_eq!(previous.check, check(first.secret.text()));
+        assert_eq!(rotated.key.secret_check, check(rotated.secret.text()));
         assert!(
             f.verifies(&rotated.key.secret_hash, rotated.secret.text())
                 .await
@@ -1044,6 +1056,7 @@ mod tests {
         let digest = f.deps.pepper.digest(legacy.as_bytes()).to_hex();
         assert_eq!(key.lookup_digest.as_deref(), Some(digest.as_str()));
         assert!(f.verifies(&key.secret_hash, legacy).await);
+        assert_eq!(key.secret_check, Some(f.deps.pepper.secret_check(legacy)));
         assert!(!format!("{key:?}").contains("3f8da4f058e8992f91c42ccfd00b31e3"));
         let found = f.deps.store.find_key_by_digest(&digest).await.unwrap();
         assert_eq!(found.as_ref(), Some(&key));

@@ -61,6 +61,7 @@ impl Fixture {
                 iterations: 1,
                 parallelism: 1,
                 max_concurrent: 2,
+                ..Argon2Config::default()
             })
             .unwrap(),
             pepper: Pepper::new(vec![7; 32]).unwrap(),
@@ -149,6 +150,7 @@ pub fn record(id: &str, owner_id: &str) -> KeyRecord {
         metadata: BTreeMap::from([("team".into(), "core".into())]),
         state: KeyState::Active,
         secret_hash: String::new(),
+        secret_check: None,
         lookup_digest: None,
         previous_secret: None,
         activation_digest: None,

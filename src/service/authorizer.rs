@@ -42,7 +42,9 @@ impl Authorizer for AuthorizerService {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let request = authz_request(request.into_inner(), request_id)?;
+        let deadline = super::deadline(request.metadata());
+        let mut request = authz_request(request.into_inner(), request_id)?;
+        request.deadline = deadline;
         let decision = self.plane.authorizer.decide(&request).await?;
         Ok(Response::new(self.answer(decision)))
     }
@@ -97,6 +99,7 @@ fn authz_request(req: proto::AuthorizeRequest, request_id: String) -> Result<Aut
         client_ip,
         extra_scopes: req.required_scopes,
         cost: (req.cost > 0).then_some(req.cost),
+        deadline: None,
     })
 }
 

@@ -61,8 +61,10 @@ impl Authorization for ExtAuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let traced_by_caller = request.metadata().contains_key("traceparent");
+        let deadline = super::deadline(request.metadata());
         let attributes = request.into_inner().attributes.unwrap_or_default();
-        let request = self.authz_request(attributes, traced_by_caller);
+        let mut request = self.authz_request(attributes, traced_by_caller);
+        request.deadline = deadline;
         let decision = self.plane.authorizer.decide(&request).await?;
         Ok(Response::new(
             self.check_response(&decision, &request.request_id),
@@ -112,6 +114,7 @@ impl ExtAuthzService {
                 .get(COST_EXTENSION)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .filter(|&c| c > 0),
+            deadline: None,
         }
     }
 

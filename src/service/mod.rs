@@ -8,6 +8,7 @@ pub mod ext_authz;
 pub mod key_manager;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::authz::engine::Authorizer;
 use crate::authz::extract::CredentialSource;
@@ -51,5 +52,49 @@ impl From<crate::error::Error> for tonic::Status {
             crate::error::Error::Unavailable(_) => Code::Unavailable,
         };
         tonic::Status::new(code, error.to_string())
+    }
+}
+
+/// When the caller stops waiting, from the `grpc-timeout` it sent (gRPC over HTTP/2: up to
+/// 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`); `None` without a valid one.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    Some(Instant::now() + grpc_timeout(text)?)
+}
+
+/// The duration a `grpc-timeout` value means.
+fn grpc_timeout(text: &str) -> Option<Duration> {
+    let unit = text.chars().last()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(value * 3600),
+        'M' => Duration::from_secs(value * 60),
+        'S' => Duration::from_secs(value),
+        'm' => Duration::from_millis(value),
+        'u' => Duration::from_micros(value),
+        'n' => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("250000u"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "10", "10x", "123456789m", "-1m", "1.5S", "1é"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
     }
 }

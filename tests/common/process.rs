@@ -35,8 +35,17 @@ impl KeygateProcess {
     /// Starts `keygate serve` with its data in `data_dir`, the test configuration, and
     /// `env` added to a clean environment.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> KeygateProcess {
+        Self::start_with_config(data_dir, super::TEST_CONFIG, env)
+    }
+
+    /// [`KeygateProcess::start`] with the configuration file `config_text`.
+    pub fn start_with_config(
+        data_dir: &Path,
+        config_text: &str,
+        env: &[(&str, &str)],
+    ) -> KeygateProcess {
         let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(config.path(), super::TEST_CONFIG).unwrap();
+        std::fs::write(config.path(), config_text).unwrap();
         let mut command = Command::new(keygate_bin());
         command
             .args(["serve", "--config"])
@@ -87,6 +96,11 @@ impl KeygateProcess {
             log,
             _config: config,
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://<management address>`.
