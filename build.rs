@@ -4,6 +4,10 @@
 //! envoy-types crate ships, whose generated Rust types keygate serves it with), and records
 //! the git revision being built (`KEYGATE_GIT_REVISION`; set it in the environment to build
 //! from a tree without `.git`).
+//!
+//! The revision reaches the code as `BUILD_GIT_REVISION`, a name outside `KEYGATE_*`: Cargo
+//! also puts `rustc-env` variables in the environment of `cargo run`, where every
+//! `KEYGATE_*` name is weighed as configuration.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    println!("cargo:rustc-env=KEYGATE_GIT_REVISION={}", git_revision());
+    println!("cargo:rustc-env=BUILD_GIT_REVISION={}", git_revision());
     let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
