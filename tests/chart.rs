@@ -363,12 +363,9 @@ fn every_rendered_configuration_is_one_keygate_accepts_in_the_pod_s_environment(
             links.iter().any(|(name, _)| name == "KEYGATE_SERVICE_HOST"),
             "{what}: {links:?}"
         );
-        let config = keygate::config::Config::load(
-            Some(&path),
-            env.clone().into_iter().chain(links),
-            &[],
-        )
-        .unwrap_or_else(|e| panic!("{what}: keygate refuses the chart's config: {e}"));
+        let config =
+            keygate::config::Config::load(Some(&path), env.clone().into_iter().chain(links), &[])
+                .unwrap_or_else(|e| panic!("{what}: keygate refuses the chart's config: {e}"));
         keygate::server::check_deployment(&config, &env)
             .unwrap_or_else(|e| panic!("{what}: keygate would not start: {e}"));
         assert_eq!(

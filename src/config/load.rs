@@ -387,7 +387,11 @@ mod tests {
             ("KEYGATE_LISTEN__MANAGMENT", "listen.managment"),
             ("KEYGATE_REDIS__PORT", "redis.port"),
         ] {
-            assert_eq!(classify(name, &fields), EnvVar::Field(path.into()), "{name}");
+            assert_eq!(
+                classify(name, &fields),
+                EnvVar::Field(path.into()),
+                "{name}"
+            );
         }
         for name in FOREIGN {
             assert_eq!(classify(name, &fields), EnvVar::Foreign, "{name}");
@@ -439,12 +443,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("set by KEYGATE_LISTEN__MANAGMENT"), "{text}");
-        let flag = load(&[], &[("redis.port", "6379")]).unwrap_err().to_string();
-        assert!(flag.contains("redis.port") && flag.contains("--set redis.port"), "{flag}");
+        let flag = load(&[], &[("redis.port", "6379")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            flag.contains("redis.port") && flag.contains("--set redis.port"),
+            "{flag}"
+        );
         let table = load(&[], &[("listen", r#"{"managment": "127.0.0.1:1"}"#)])
             .unwrap_err()
             .to_string();
-        assert!(table.contains("listen.managment") && table.contains("--set listen"), "{table}");
+        assert!(
+            table.contains("listen.managment") && table.contains("--set listen"),
+            "{table}"
+        );
         let misspelt_table = load(&[("KEYGATE_LISTENER__MANAGEMENT", "x")], &[]).unwrap_err();
         assert!(matches!(misspelt_table, ConfigError::Override { .. }));
     }

@@ -24,7 +24,10 @@ pub fn service_links(
     for &(port_name, port, protocol) in ports {
         if !port_name.is_empty() {
             let port_name = port_name.to_ascii_uppercase().replace('-', "_");
-            vars.push((format!("{service}_SERVICE_PORT_{port_name}"), port.to_string()));
+            vars.push((
+                format!("{service}_SERVICE_PORT_{port_name}"),
+                port.to_string(),
+            ));
         }
         let link = format!("{service}_PORT_{port}_{protocol}");
         vars.push((format!("{link}_PROTO"), protocol.to_ascii_lowercase()));
@@ -45,7 +48,11 @@ pub fn keygate_release_links() -> Vec<(String, String)> {
             "10.96.0.10",
             &[("grpc-authz", 9191, "TCP"), ("http-metrics", 9090, "TCP")],
         ),
-        service_links("keygate-management", "10.96.0.11", &[("grpc-admin", 9192, "TCP")]),
+        service_links(
+            "keygate-management",
+            "10.96.0.11",
+            &[("grpc-admin", 9192, "TCP")],
+        ),
         service_links("keygate-redis", "10.96.0.12", &[("redis", 6379, "TCP")]),
     ]
     .concat()
