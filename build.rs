@@ -4,6 +4,10 @@
 //! envoy-types crate ships, whose generated Rust types keygate serves it with), and records
 //! the git revision being built (`KEYGATE_GIT_REVISION`; set it in the environment to build
 //! from a tree without `.git`).
+//!
+//! The revision reaches the code as `BUILD_GIT_REVISION`, a name outside `KEYGATE_*`: Cargo
+//! also puts `rustc-env` variables in the environment of `cargo run`, where every
+//! `KEYGATE_*` name is weighed as configuration.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    println!("cargo:rustc-env=KEYGATE_GIT_REVISION={}", git_revision());
+    println!("cargo:rustc-env=BUILD_GIT_REVISION={}", git_revision());
     let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
@@ -115,11 +119,6 @@ fn git_revision() -> String {
     {
         return revision.trim().to_owned();
     }
-    for watched in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        if std::path::Path::new(watched).exists() {
-            println!("cargo:rerun-if-changed={watched}");
-        }
-    }
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -128,6 +127,19 @@ fn git_revision() -> String {
             .filter(|out| out.status.success())
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
+    // Build again after a commit or checkout. In a linked worktree `.git` is a file: HEAD
+    // lives in the worktree's own git directory, branches in the common one.
+    let git_dir = git(&["rev-parse", "--git-dir"]).unwrap_or_else(|| ".git".to_owned());
+    let common_dir = git(&["rev-parse", "--git-common-dir"]).unwrap_or_else(|| git_dir.clone());
+    for watched in [
+        Path::new(&git_dir).join("HEAD"),
+        Path::new(&common_dir).join("refs/heads"),
+        Path::new(&common_dir).join("packed-refs"),
+    ] {
+        if watched.exists() {
+            println!("cargo:rerun-if-changed={}", watched.display());
+        }
+    }
     git(&["rev-parse", "--short=12", "HEAD"])
         .filter(|commit| !commit.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())

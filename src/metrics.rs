@@ -33,7 +33,7 @@ use crate::authz::engine::{Api, Authorizer};
 use crate::ratelimit::RateLimiter;
 
 /// The version and git revision this binary was built from.
-pub const BUILD_REVISION: &str = env!("KEYGATE_GIT_REVISION");
+pub const BUILD_REVISION: &str = env!("BUILD_GIT_REVISION");
 
 /// Latency buckets in seconds, from 25 µs (a warm decision) to 2.5 s (a slow store).
 const LATENCY_BUCKETS: [f64; 14] = [

@@ -374,13 +374,16 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     if let PepperSource::Generated(path) = &pepper_source {
         warn!(path = %path.display(), "generated a new pepper; back it up with the data directory, imported keys depend on it");
     }
+    // Listening for signals before any listener opens: whoever sees a listener up may stop
+    // keygate at once, and gets a drained stop.
+    let stop_signal = crate::shutdown::signal();
     let backends = Backends::open(&config).await?;
     let mut server = start(&config, secrets, backends, Arc::new(SystemClock)).await?;
     tokio::select! {
         result = server.wait() => {
             return result.map_err(|e| StartError::Runtime(e.to_string()));
         }
-        () = crate::shutdown::signal() => {}
+        () = stop_signal => {}
     }
     info!("shutting down");
     server

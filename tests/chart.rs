@@ -14,6 +14,7 @@ use common::helm::{
     Rendering, chart_dir, ci_values, helm, kubernetes_validate, ports, refused, render, render_ci,
     selects,
 };
+use common::kubernetes::service_links;
 use common::process::keygate_bin;
 
 /// The values files under `helm/keygate/ci/` that the issue of each store mode asks for.
@@ -175,6 +176,7 @@ fn the_pod_is_locked_down_and_probed_over_grpc() {
             "RuntimeDefault"
         );
         assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["enableServiceLinks"], false);
 
         let container = rendering.container();
         let security = &container["securityContext"];
@@ -345,8 +347,6 @@ fn every_rendered_configuration_is_one_keygate_accepts_in_the_pod_s_environment(
             serde_yaml_ng::to_string(&rendering.keygate_config()).unwrap(),
         )
         .unwrap();
-        let config = keygate::config::Config::load(Some(&path), [], &[])
-            .unwrap_or_else(|e| panic!("{what}: keygate refuses the chart's config: {e}"));
         let env: std::collections::HashMap<String, String> = rendering.container()["env"]
             .as_array()
             .unwrap()
@@ -356,6 +356,16 @@ fn every_rendered_configuration_is_one_keygate_accepts_in_the_pod_s_environment(
                 (var["name"].as_str().unwrap().to_owned(), value.to_owned())
             })
             .collect();
+        // The pod turns service links off, but a cluster that injects them anyway (or a copy
+        // of the pod spec without the setting) must not stop keygate either.
+        let links = rendered_service_links(&rendering);
+        assert!(
+            links.iter().any(|(name, _)| name == "KEYGATE_SERVICE_HOST"),
+            "{what}: {links:?}"
+        );
+        let config =
+            keygate::config::Config::load(Some(&path), env.clone().into_iter().chain(links), &[])
+                .unwrap_or_else(|e| panic!("{what}: keygate refuses the chart's config: {e}"));
         keygate::server::check_deployment(&config, &env)
             .unwrap_or_else(|e| panic!("{what}: keygate would not start: {e}"));
         assert_eq!(
@@ -368,6 +378,34 @@ fn every_rendered_configuration_is_one_keygate_accepts_in_the_pod_s_environment(
             "{what}"
         );
     }
+}
+
+/// The service-link variables Kubernetes would set for the Services of `rendering`.
+fn rendered_service_links(rendering: &Rendering) -> Vec<(String, String)> {
+    rendering
+        .all("Service")
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, service)| {
+            let ports: Vec<(&str, u16, &str)> = service["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|port| {
+                    (
+                        port["name"].as_str().unwrap_or_default(),
+                        u16::try_from(port["port"].as_u64().unwrap()).unwrap(),
+                        port["protocol"].as_str().unwrap_or("TCP"),
+                    )
+                })
+                .collect();
+            service_links(
+                service["metadata"]["name"].as_str().unwrap(),
+                &format!("10.96.0.{}", 10 + i),
+                &ports,
+            )
+        })
+        .collect()
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use common::ADMIN_TOKEN;
+use common::kubernetes::keygate_release_links;
 use common::process::{KeygateProcess, keygate_bin};
 
 const PEPPER: &str = "cli test pepper 0123456789";
@@ -342,6 +343,71 @@ fn a_bad_configuration_fails_before_serving_with_a_usage_code() {
             !err.contains("listening"),
             "no port may open on a bad config: {err}"
         );
+    }
+}
+
+#[test]
+fn kubernetes_service_links_never_stop_keygate_and_typos_still_do() {
+    let links = keygate_release_links();
+    let mut env: Vec<(&str, &str)> = links
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.extend([
+        ("KEYGATE_PEPPER", PEPPER),
+        ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+    ]);
+    assert!(
+        env.contains(&("KEYGATE_SERVICE_HOST", "10.96.0.10")),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&("KEYGATE_PORT", "tcp://10.96.0.10:9191")),
+        "{env:?}"
+    );
+
+    // `serve` reports its three listeners (or the start panics with its log) and answers.
+    let dir = tempfile::tempdir().unwrap();
+    let served = KeygateProcess::start(dir.path(), &env);
+    let plans = cli(&served, &["plans", "list", "--json"], "");
+    assert!(plans.status.success(), "{}", stderr(&plans));
+    drop(served);
+
+    let checked = keygate(&["config", "check"], &env);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let effective: serde_yaml_ng::Value =
+        serde_yaml_ng::from_slice(&checked.stdout).expect("the effective configuration");
+    assert_eq!(effective["listen"]["data_plane"], "0.0.0.0:9191");
+
+    // Among them, a misspelt field, at the top or nested, and a misspelt flag still fail.
+    let data_dir = dir.path().to_str().unwrap();
+    for (typo, args, mentions) in [
+        (
+            ("KEYGATE_DATA_DIRR", data_dir),
+            &[][..],
+            "KEYGATE_DATA_DIRR",
+        ),
+        (
+            ("KEYGATE_LISTEN__MANAGMENT", "127.0.0.1:0"),
+            &[][..],
+            "KEYGATE_LISTEN__MANAGMENT",
+        ),
+        (
+            ("KEYGATE_DATA_DIR", data_dir),
+            &["--set", "listen.managment=127.0.0.1:0"][..],
+            "listen.managment",
+        ),
+    ] {
+        let mut env = env.clone();
+        env.push(typo);
+        for command in [&["config", "check"][..], &["serve"][..]] {
+            let args: Vec<&str> = command.iter().chain(args).copied().collect();
+            let failed = keygate(&args, &env);
+            let err = stderr(&failed);
+            assert_eq!(failed.status.code(), Some(2), "{typo:?} {args:?}: {err}");
+            assert!(err.contains(mentions), "{typo:?} {args:?}: {err}");
+            assert!(!err.contains("listening"), "{err}");
+        }
     }
 }
 

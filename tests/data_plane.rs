@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::authorize::{authorize, try_authorize};
-use common::check::{check_request, decision_code, metadata_str};
+use common::check::{REQUEST_ID, check_request, decision_code, metadata_str};
 use common::faulty::faulty;
 use common::{ADMIN_TOKEN, Options, T0, TestServer, admin, create_owner, start_with};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -440,6 +440,41 @@ async fn no_spelling_of_a_path_gets_past_its_route_rule() {
         "INSUFFICIENT_SCOPE"
     );
     assert_eq!(f.code_of(grpc("/Billing.v1.Invoices/Create")).await, "OK");
+}
+
+#[tokio::test]
+async fn the_error_id_is_the_requests_x_request_id() {
+    let mut f = Fixture::new().await;
+    // Envoy sends its internal stream id as well; the client and the access log know the
+    // request by its x-request-id.
+    let with_stream_id = |mut check: CheckRequest, stream_id: &str| {
+        let attributes = check.attributes.as_mut().unwrap();
+        let http = attributes.request.as_mut().unwrap().http.as_mut().unwrap();
+        http.id = stream_id.into();
+        check
+    };
+    let both = f
+        .check(with_stream_id(request("GET", "/v1/x", &[]), "1234567"))
+        .await;
+    let (_, headers, body) = denial(&both);
+    assert_eq!(headers["x-error-id"], REQUEST_ID);
+    assert_eq!(body["error"]["request_id"], REQUEST_ID);
+
+    // Without the header, Envoy's id is the best there is; without either, a new one.
+    let without_header = |stream_id: &str| {
+        let mut check = with_stream_id(request("GET", "/v1/x", &[]), stream_id);
+        let attributes = check.attributes.as_mut().unwrap();
+        let http = attributes.request.as_mut().unwrap().http.as_mut().unwrap();
+        http.headers.remove("x-request-id");
+        check
+    };
+    let (_, headers, body) = denial(&f.check(without_header("1234567")).await);
+    assert_eq!(headers["x-error-id"], "1234567");
+    assert_eq!(body["error"]["request_id"], "1234567");
+    let (_, headers, body) = denial(&f.check(without_header("")).await);
+    let made_up = &headers["x-error-id"];
+    assert_eq!(made_up.len(), 32, "{made_up}");
+    assert_eq!(body["error"]["request_id"], made_up.as_str());
 }
 
 #[tokio::test]

@@ -224,6 +224,37 @@ async fn denied_clients_get_json_errors_and_the_upstream_sees_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_ids_are_the_x_request_id_envoy_logs() {
+    let s = stack().await;
+    // Envoy makes up an x-request-id for a request without one, and decides whether to keep
+    // one a client sends; either way keygate answers with the id Envoy passed on and logs.
+    let generated = s.get("/v1/x", &[]).await;
+    let sent = s
+        .get("/v1/x", &[("x-request-id", "client-chosen-request-id")])
+        .await;
+    let log = s.envoy.access_log(2);
+    for response in [&generated, &sent] {
+        assert_eq!(response.status, 401, "{}", s.envoy.log());
+        let id = response.header("x-error-id").expect("x-error-id");
+        assert_eq!(json(response)["error"]["request_id"], id);
+        assert!(
+            !id.bytes().all(|b| b.is_ascii_digit()),
+            "{id} is Envoy's internal stream id, not the request's x-request-id"
+        );
+        assert!(
+            log.iter().any(|entry| entry["request_id"] == id),
+            "{id} is not in the access log: {log:?}"
+        );
+    }
+    let id = generated.header("x-error-id").unwrap_or_default();
+    assert_eq!(
+        (id.len(), id.matches('-').count()),
+        (36, 4),
+        "{id} is the UUID Envoy generated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_clients_get_grpc_statuses() {
     let s = stack().await;
     s.health(Some(&s.reader)).await.unwrap();

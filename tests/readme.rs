@@ -1,11 +1,185 @@
-//! The README's Install on Kubernetes section: its values example installs with the Helm
-//! chart, and every value it names is one of the chart's.
+//! The README as a new user meets it: its first command serves, and its Install on
+//! Kubernetes section's values example installs with the Helm chart, every value it names
+//! being one of the chart's.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
 use serde_json::Value as Json;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use common::helm::{chart_dir, render, repo_path};
+use common::process::{keygate_bin, logged_addr};
+
+/// How long the first command may take to build (nothing, when the tests' build is fresh)
+/// and report its data plane.
+const FIRST_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long keygate may take to stop after SIGTERM, with no drain grace.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child process killed when dropped, so a failed assertion leaves nothing running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first command of the README (the first line of its first `sh` block), without its
+/// comment, as words.
+fn first_command(readme: &str) -> Vec<String> {
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .expect("the README has a sh block");
+    let line = block.lines().next().unwrap_or_default();
+    let command = line.split(" #").next().unwrap_or_default();
+    command.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The target directory the tests' keygate binary was built in (`<dir>/debug/keygate`),
+/// where `cargo run` finds the same build up to date.
+fn target_dir() -> PathBuf {
+    let binary = keygate_bin();
+    let profile_dir = binary.parent().expect("the binary's directory");
+    profile_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("the target directory")
+}
+
+/// Whether Cargo put the variable `name` in this test's environment, where a user's shell
+/// has none: left in, it would make `cargo run` rerun the build scripts that watch it (ring's
+/// watches `CARGO_PKG_NAME`) and rebuild much of the dependency tree.
+fn set_for_tests_by_cargo(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO"
+                | "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_s_first_command_serves() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let words = first_command(&readme);
+    assert_eq!(
+        words,
+        ["cargo", "run", "--release", "--", "serve"],
+        "the first command changed; update this test with it"
+    );
+    // As written, but in the debug profile the tests have built already. Run from the
+    // checkout in the environment of these tests (Cargo's own variables and all), with a
+    // fresh data directory and loopback ports chosen by the system instead of the defaults,
+    // through the configuration's own variables.
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_for_tests_by_cargo) {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(words[1..].iter().filter(|word| *word != "--release"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("KEYGATE_LOG", "info")
+        .env("KEYGATE_DATA_DIR", data_dir.path())
+        .env("KEYGATE_LISTEN__MANAGEMENT", "127.0.0.1:0")
+        .env("KEYGATE_LISTEN__DATA_PLANE", "127.0.0.1:0")
+        .env("KEYGATE_LISTEN__METRICS", "127.0.0.1:0")
+        .env("KEYGATE_SHUTDOWN__DRAIN_GRACE", "0s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = Running(command.spawn().expect("cannot run cargo"));
+    let stderr = child.0.stderr.take().unwrap();
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let data_plane: SocketAddr = loop {
+        match received.recv_timeout(FIRST_COMMAND_TIMEOUT) {
+            Ok(line) => {
+                let addr = line
+                    .contains("data plane listening")
+                    .then(|| logged_addr(&line))
+                    .flatten();
+                log.push(line);
+                if let Some(addr) = addr {
+                    break addr;
+                }
+            }
+            Err(e) => panic!(
+                "the first command did not serve ({e}); its output:\n{}",
+                log.join("\n")
+            ),
+        }
+    };
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{data_plane}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}; output:\n{}", log.join("\n")))
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+
+    // `cargo run` replaced itself with keygate: SIGTERM reaches keygate, which drains and
+    // exits cleanly.
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("cannot run kill");
+    assert!(sent.success());
+    // Its output ends when it exits.
+    loop {
+        match received.recv_timeout(STOP_TIMEOUT) {
+            Ok(line) => log.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "keygate did not stop within {STOP_TIMEOUT:?} of SIGTERM; output:\n{}",
+                log.join("\n")
+            ),
+        }
+    }
+    let status = child.0.wait().unwrap();
+    let log = log.join("\n");
+    assert!(status.success(), "{status}; output:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        log.contains("Running `") && log.contains("keygate serve`"),
+        "Cargo ran keygate: {log}"
+    );
+}
 
 #[test]
 fn the_readme_install_section_matches_the_chart() {

@@ -29,7 +29,7 @@ use crate::proto;
 #[derive(Parser, Debug)]
 #[command(
     name = "keygate",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("KEYGATE_GIT_REVISION"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("BUILD_GIT_REVISION"), ")"),
     about = "API-key authorization service and its management client"
 )]
 pub struct Cli {

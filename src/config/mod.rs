@@ -5,7 +5,9 @@
 //! Environment variables name fields by their path in upper case, with `__` between levels:
 //! `KEYGATE_DATA_DIR`, `KEYGATE_LISTEN__MANAGEMENT`, `KEYGATE_ARGON2__MEMORY_KIB`. Values are
 //! read as JSON when they parse as JSON (numbers, booleans, lists) and as text otherwise.
-//! Flags set the same paths: `--set listen.management=127.0.0.1:0`.
+//! Flags set the same paths: `--set listen.management=127.0.0.1:0`. Other `KEYGATE_*`
+//! variables (Kubernetes service links such as `KEYGATE_SERVICE_HOST`) are ignored when they
+//! have a known foreign shape and refused otherwise; [`load`] has the rule.
 //!
 //! Secrets (pepper, admin token) are never part of this file; see [`crate::secrets`].
 //!

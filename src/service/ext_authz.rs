@@ -118,14 +118,15 @@ impl ExtAuthzService {
         }
     }
 
-    /// Envoy's request id, else the configured request-id header, else a new one.
+    /// The id the client and Envoy's access log know the request by: the configured
+    /// request-id header (`x-request-id`, which Envoy sets on every request by default), else
+    /// Envoy's internal stream id (a decimal no one else sees), else a new one.
     fn request_id(&self, http: &HttpRequest) -> String {
-        let configured = header(http, &self.plane.responder.headers.request_id);
-        match (http.id.as_str(), configured) {
-            (id, _) if !id.is_empty() => id.to_owned(),
-            (_, Some(id)) => id.to_owned(),
-            _ => new_request_id(),
-        }
+        header(http, &self.plane.responder.headers.request_id)
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .or(Some(http.id.as_str()).filter(|id| !id.is_empty()))
+            .map_or_else(new_request_id, str::to_owned)
     }
 
     /// The CheckResponse for `decision`.

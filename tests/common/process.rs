@@ -154,7 +154,7 @@ impl Drop for KeygateProcess {
 
 /// The `addr` field of a log line, in the human (`addr=127.0.0.1:9`) or JSON
 /// (`"addr":"127.0.0.1:9"`) format.
-fn logged_addr(line: &str) -> Option<SocketAddr> {
+pub fn logged_addr(line: &str) -> Option<SocketAddr> {
     let start = line
         .find("addr=")
         .map(|i| i + "addr=".len())
