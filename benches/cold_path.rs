@@ -4,7 +4,10 @@
 //! 1. argon2 jobs run per 1,000 distinct wrong secrets for a known key id;
 //! 2. cold-key latency (p50 / p99), one never-seen key after another, alone and during a
 //!    flood of distinct wrong secrets for a known id from 32 concurrent tasks;
-//! 3. resident memory per warm key: the growth of `/proc/self/statm` while the cache fills
+//! 3. warm-key latency (p50 / p99) from 4 tasks, alone and during a storm of 1,000
+//!    never-seen valid keys verified from 32 tasks: what a cold storm costs the keys
+//!    already warm;
+//! 4. resident memory per warm key: the growth of `/proc/self/statm` while the cache fills
 //!    with verified keys (records already read once, so the store's own cache is warm),
 //!    and the warm keys one GiB holds.
 //!
@@ -27,8 +30,13 @@ use keygate::store::embedded::EmbeddedStore;
 const COLD_KEYS: usize = 100;
 /// Warm keys put in the cache for the memory figure.
 const WARM_KEYS: usize = 50_000;
-/// Tasks sending wrong secrets during the flood.
+/// Tasks sending wrong secrets during the flood, or cold keys during the storm.
 const FLOODERS: usize = 32;
+/// Never-seen keys in the cold storm.
+const STORM_KEYS: usize = 1_000;
+/// Tasks sending warm-key verifications, one a millisecond each, and the most each sends.
+const WARM_TASKS: usize = 4;
+const WARM_TICKS: usize = 60_000;
 
 struct Bench {
     cache: Arc<KeyCache>,
@@ -131,6 +139,43 @@ async fn cold_latencies(cache: &KeyCache, keys: &[(String, String)]) -> (Duratio
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+/// Times verifications of the warm `secret` from each of `WARM_TASKS` tasks, each sending
+/// one a millisecond (as steady traffic would), for `WARM_TICKS` milliseconds or until
+/// `done` turns true, whichever comes first.
+async fn warm_latencies(
+    cache: &Arc<KeyCache>,
+    secret: &str,
+    done: &Arc<AtomicBool>,
+) -> (Duration, Duration, usize) {
+    let tasks: Vec<_> = (0..WARM_TASKS)
+        .map(|_| {
+            let (cache, secret, done) = (cache.clone(), secret.to_owned(), done.clone());
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(Duration::from_millis(1));
+                let mut times = Vec::with_capacity(WARM_TICKS);
+                while times.len() < WARM_TICKS && !done.load(Ordering::Relaxed) {
+                    ticks.tick().await;
+                    let started = Instant::now();
+                    let lookup = cache.verify(&secret, None).await.unwrap();
+                    times.push(started.elapsed());
+                    assert!(lookup.key.is_some());
+                }
+                times
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await.unwrap());
+    }
+    times.sort();
+    (
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.len(),
+    )
+}
+
 /// Resident memory of this process, in bytes.
 fn resident() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
@@ -195,7 +240,52 @@ fn main() {
             argon2() - before
         );
 
-        // 3. Memory per warm key, with cheap hashes so that filling is quick.
+        // 3. Warm keys alone, then during a storm of never-seen valid keys.
+        let warm = &keys[1].0;
+        let storm_keys = Arc::new(bench.keys(STORM_KEYS, &hasher).await);
+        let calm_done = Arc::new(AtomicBool::new(false));
+        let timer = {
+            let calm_done = calm_done.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                calm_done.store(true, Ordering::Relaxed);
+            })
+        };
+        let (p50, p99, n) = warm_latencies(&bench.cache, warm, &calm_done).await;
+        timer.await.unwrap();
+        println!("warm key, no storm: p50 {p50:.1?}, p99 {p99:.1?} ({n} checks over 5 s)");
+        let storm_done = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let stormers: Vec<_> = (0..FLOODERS)
+            .map(|_| {
+                let (cache, keys, next) = (bench.cache.clone(), storm_keys.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some((secret, _)) = keys.get(i) else { break };
+                        let _ = cache.verify(secret, None).await;
+                    }
+                })
+            })
+            .collect();
+        let storm = {
+            let storm_done = storm_done.clone();
+            tokio::spawn(async move {
+                for stormer in stormers {
+                    stormer.await.unwrap();
+                }
+                storm_done.store(true, Ordering::Relaxed);
+            })
+        };
+        let (p50, p99, n) = warm_latencies(&bench.cache, warm, &storm_done).await;
+        storm.await.unwrap();
+        println!(
+            "warm key, during a storm of {STORM_KEYS} never-seen keys ({:.1?}): p50 {p50:.1?}, p99 {p99:.1?} ({n} checks)",
+            started.elapsed()
+        );
+
+        // 4. Memory per warm key, with cheap hashes so that filling is quick.
         let cheap = Argon2Config {
             memory_kib: 64,
             iterations: 1,
