@@ -724,8 +724,18 @@ mod tests {
         not_found(f.keys.get(&caller, &bobs.id).await);
         not_found(f.keys.revoke(&caller, &bobs.id).await.map(|w| w.record));
         not_found(f.keys.delete(&caller, &bobs.id).await.map(|w| w.record));
-        not_found(f.keys.activate(&caller, &bobs.id, "code").await.map(|w| w.record));
-        not_found(f.keys.update(&caller, &bobs.id, KeyEdit::default()).await.map(|w| w.record));
+        not_found(
+            f.keys
+                .activate(&caller, &bobs.id, "code")
+                .await
+                .map(|w| w.record),
+        );
+        not_found(
+            f.keys
+                .update(&caller, &bobs.id, KeyEdit::default())
+                .await
+                .map(|w| w.record),
+        );
         not_found(
             f.keys
                 .rotate(&caller, &bobs.id, grace(0))
@@ -770,10 +780,18 @@ mod tests {
         };
         let uncapped = f.keys.create(&Caller::Admin, own_plan).await.unwrap().key;
         // It still counts against the owner's cap, like every live key.
-        f.keys.revoke(&Caller::Admin, &first.id).await.unwrap().record;
+        f.keys
+            .revoke(&Caller::Admin, &first.id)
+            .await
+            .unwrap()
+            .record;
         let refused = f.keys.create(&Caller::Admin, new_key(&owner.id)).await;
         assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
-        f.keys.revoke(&Caller::Admin, &uncapped.id).await.unwrap().record;
+        f.keys
+            .revoke(&Caller::Admin, &uncapped.id)
+            .await
+            .unwrap()
+            .record;
         f.keys
             .create(&Caller::Admin, new_key(&owner.id))
             .await
@@ -791,7 +809,8 @@ mod tests {
         f.owners
             .update(&Caller::Admin, &owner.id, disable)
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
         let create = f
             .keys
             .create(&Caller::Admin, new_key(&owner.id))
@@ -841,7 +860,12 @@ mod tests {
         );
 
         f.clock.advance(5);
-        let active = f.keys.activate(&Caller::Admin, &id, &code).await.unwrap().record;
+        let active = f
+            .keys
+            .activate(&Caller::Admin, &id, &code)
+            .await
+            .unwrap()
+            .record;
         assert_eq!(active.state, KeyState::Active);
         assert_eq!(active.activation_digest, None);
         assert_eq!(active.updated_at, T0 + 5);
@@ -866,7 +890,12 @@ mod tests {
             disabled: Some(true),
             ..Default::default()
         };
-        let updated = f.keys.update(&Caller::Admin, &key.id, edit).await.unwrap().record;
+        let updated = f
+            .keys
+            .update(&Caller::Admin, &key.id, edit)
+            .await
+            .unwrap()
+            .record;
         assert_eq!(updated.name, "renamed");
         assert_eq!(updated.state, KeyState::Disabled);
         assert_eq!(updated.expires_at, Some(T0 + 3600));
@@ -901,7 +930,8 @@ mod tests {
             .keys
             .update(&Caller::Admin, &key.id, enable.clone())
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
         assert_eq!(enabled.state, KeyState::Active);
 
         f.keys.revoke(&Caller::Admin, &key.id).await.unwrap().record;
@@ -944,7 +974,8 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &key.id, grace(3600))
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
         assert!(rotated.key.previous_secret.is_some());
         f.clock.advance(10);
         f.take_invalidations();
@@ -975,7 +1006,8 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &id, grace(3600))
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
         assert_ne!(rotated.secret.text(), first.secret.text());
         assert!(rotated.secret.text().starts_with(&format!("kg_live_{id}")));
         let previous = rotated.key.previous_secret.clone().unwrap();
@@ -990,7 +1022,12 @@ mod tests {
         );
         assert_eq!(f.take_invalidations(), [Invalidation::Key(id.clone())]);
 
-        let at_once = f.keys.rotate(&Caller::Admin, &id, grace(0)).await.unwrap().record;
+        let at_once = f
+            .keys
+            .rotate(&Caller::Admin, &id, grace(0))
+            .await
+            .unwrap()
+            .record;
         assert_eq!(at_once.key.previous_secret, None);
         assert!(
             !f.verifies(&at_once.key.secret_hash, rotated.secret.text())
@@ -1006,7 +1043,8 @@ mod tests {
         f.keys
             .rotate(&Caller::Admin, &id, grace(90 * 86_400))
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
 
         f.keys.revoke(&Caller::Admin, &id).await.unwrap().record;
         f.take_invalidations();
@@ -1035,7 +1073,8 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &imported.id, grace(60))
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
         assert_eq!(graced.key.kind, KeyKind::Single);
         assert_eq!(graced.key.prefix.as_deref(), Some("kg_live"));
         assert_eq!(
@@ -1052,7 +1091,8 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &imported.id, grace(0))
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
         assert_eq!(at_once.key.lookup_digest, None);
         assert_eq!(
             f.take_invalidations(),
@@ -1236,7 +1276,10 @@ mod tests {
         let owner = f.owner("alice").await;
         f.recorder.take_confirmed();
         let issued = created(&f, new_key(&owner.id)).await;
-        assert!(f.recorder.take_confirmed().is_empty(), "a new key is not waited on");
+        assert!(
+            f.recorder.take_confirmed().is_empty(),
+            "a new key is not waited on"
+        );
         let id = issued.key.id.clone();
         let rotated = f.keys.rotate(&Caller::Admin, &id, grace(0)).await.unwrap();
         assert!(rotated.propagation.unacknowledged.is_empty());

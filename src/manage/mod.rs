@@ -194,9 +194,7 @@ impl Deps {
                 );
             }
             if let Some(new) = new {
-                self.invalidator
-                    .announce(Invalidation::Imported(new))
-                    .await;
+                self.invalidator.announce(Invalidation::Imported(new)).await;
             }
         }
         propagation

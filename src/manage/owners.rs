@@ -242,7 +242,8 @@ mod tests {
                 },
             )
             .await
-            .unwrap().record;
+            .unwrap()
+            .record;
         assert_eq!(updated.state, OwnerState::Disabled);
         assert_eq!(updated.plan, "free");
         assert_eq!(updated.display_name, owner.display_name);

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ManagementPlane;
-use crate::manage::Written;
 use super::caller::authenticate;
 use super::convert::{self, next_page_token};
+use crate::manage::Written;
 use crate::proto::{self, key_manager_server::KeyManager};
 
 /// The KeyManager gRPC service.
