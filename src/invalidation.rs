@@ -36,7 +36,10 @@
 //!   do not wait for it, and its cache TTL bounds its staleness as before.
 //!
 //! A replica that joins after the writer read the live set subscribed first and dropped its
-//! whole cache when it did, after the write was stored: it cannot hold the old record.
+//! whole cache when it did, after the write was stored: it cannot hold the old record. A
+//! writer that has lost its own subscription cannot hear confirmations, and reports every
+//! other live replica; one that cannot read the live set publishes without waiting and
+//! logs why.
 //!
 //! A replica that loses its subscription keeps deciding from its cache (the TTL bounds
 //! staleness) and drops the whole cache when it subscribes again, since messages may have

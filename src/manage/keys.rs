@@ -780,18 +780,10 @@ mod tests {
         };
         let uncapped = f.keys.create(&Caller::Admin, own_plan).await.unwrap().key;
         // It still counts against the owner's cap, like every live key.
-        f.keys
-            .revoke(&Caller::Admin, &first.id)
-            .await
-            .unwrap()
-            .record;
+        f.keys.revoke(&Caller::Admin, &first.id).await.unwrap();
         let refused = f.keys.create(&Caller::Admin, new_key(&owner.id)).await;
         assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
-        f.keys
-            .revoke(&Caller::Admin, &uncapped.id)
-            .await
-            .unwrap()
-            .record;
+        f.keys.revoke(&Caller::Admin, &uncapped.id).await.unwrap();
         f.keys
             .create(&Caller::Admin, new_key(&owner.id))
             .await
@@ -809,8 +801,7 @@ mod tests {
         f.owners
             .update(&Caller::Admin, &owner.id, disable)
             .await
-            .unwrap()
-            .record;
+            .unwrap();
         let create = f
             .keys
             .create(&Caller::Admin, new_key(&owner.id))
@@ -934,7 +925,7 @@ mod tests {
             .record;
         assert_eq!(enabled.state, KeyState::Active);
 
-        f.keys.revoke(&Caller::Admin, &key.id).await.unwrap().record;
+        f.keys.revoke(&Caller::Admin, &key.id).await.unwrap();
         f.take_invalidations();
         let error = f
             .keys
@@ -1043,10 +1034,9 @@ mod tests {
         f.keys
             .rotate(&Caller::Admin, &id, grace(90 * 86_400))
             .await
-            .unwrap()
-            .record;
+            .unwrap();
 
-        f.keys.revoke(&Caller::Admin, &id).await.unwrap().record;
+        f.keys.revoke(&Caller::Admin, &id).await.unwrap();
         f.take_invalidations();
         let revoked = f
             .keys
@@ -1238,7 +1228,7 @@ mod tests {
         }
         created(&f, new_key(&other.id)).await;
         ids.sort();
-        f.keys.revoke(&Caller::Admin, &ids[1]).await.unwrap().record;
+        f.keys.revoke(&Caller::Admin, &ids[1]).await.unwrap();
         let caller = key_caller(&owner.id, MANAGER);
         let first = Page {
             after: None,
