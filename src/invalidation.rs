@@ -32,8 +32,10 @@
 //!   to its cache first, then publishes `NONCE:REPLICA` on the writer's ack channel
 //!   ([`invalidation_acks`]`(WRITER)`), to which the writer is subscribed on the same
 //!   connection as the invalidation channel. An earlier version reads the kind `ack` as
-//!   unknown and ignores the message; it does not register a heartbeat either, so writers
-//!   do not wait for it, and its cache TTL bounds its staleness as before.
+//!   unknown and ignores the message, so a writer publishes the plain change just before
+//!   the ack request, in the same round trip: during a rolling upgrade, earlier replicas
+//!   still drop the key at once. They do not register a heartbeat, so writers do not wait
+//!   for their confirmation.
 //!
 //! A replica that joins after the writer read the live set subscribed first and dropped its
 //! whole cache when it did, after the write was stored: it cannot hold the old record. A
@@ -258,7 +260,7 @@ impl Invalidations {
     pub async fn announce(&self, invalidation: Invalidation) {
         invalidation.apply(self.authorizer.keys()).await;
         if let Some(replica) = &self.replica {
-            replica.publish(&invalidation.encode()).await;
+            replica.publish(&[invalidation.encode()]).await;
         }
     }
 }
@@ -305,14 +307,17 @@ impl Replica {
         Ok(live.into_iter().filter(|id| *id != self.id).collect())
     }
 
-    /// Publishes `text` on the invalidation channel; a failure is logged.
-    async fn publish(&self, text: &str) -> bool {
+    /// Publishes `texts` on the invalidation channel, in order and in one round trip; a
+    /// failure is logged.
+    async fn publish(&self, texts: &[String]) -> bool {
         let result = async {
             let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("PUBLISH")
-                .arg(INVALIDATIONS)
-                .arg(text)
-                .query_async::<i64>(&mut connection)
+            let mut pipeline = redis::pipe();
+            for text in texts {
+                pipeline.cmd("PUBLISH").arg(INVALIDATIONS).arg(text);
+            }
+            pipeline
+                .query_async::<Vec<i64>>(&mut connection)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -332,12 +337,12 @@ impl Replica {
             Ok(live) => live,
             Err(e) => {
                 warn!("cannot read the live replicas ({e}); publishing without waiting");
-                self.publish(&invalidation.encode()).await;
+                self.publish(&[invalidation.encode()]).await;
                 return Propagation::default();
             }
         };
         if live.is_empty() {
-            self.publish(&invalidation.encode()).await;
+            self.publish(&[invalidation.encode()]).await;
             return Propagation::default();
         }
         let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
@@ -351,7 +356,12 @@ impl Replica {
             invalidation: invalidation.clone(),
         };
         let mut pending: HashSet<String> = live.into_iter().collect();
-        if self.publish(&message.encode()).await {
+        // The plain change first, for earlier versions, which ignore ack requests; this
+        // version applies both, which is harmless, and confirms the second.
+        if self
+            .publish(&[invalidation.encode(), message.encode()])
+            .await
+        {
             let deadline = tokio::time::Instant::now() + self.ack_timeout;
             while !pending.is_empty() {
                 match tokio::time::timeout_at(deadline, acks.recv()).await {

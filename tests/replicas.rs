@@ -13,12 +13,14 @@ use common::redis::RedisServer;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, issue_key, start_with};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use keygate::invalidation::Invalidation;
 use keygate::proto;
 use keygate::redis::RedisConfig;
 use keygate::redis::keyspace::LIVE_REPLICAS;
 use keygate::service::key_manager::UNACKNOWLEDGED_REPLICAS;
 use keygate::store::Store;
 use keygate::store::redis::RedisStore;
+use tokio_stream::StreamExt;
 
 /// A Redis store on `redis` whose calls give up after `timeout`.
 async fn redis_store(redis: &RedisServer, timeout: Duration) -> Arc<dyn Store> {
@@ -300,11 +302,17 @@ async fn a_live_replica_that_does_not_confirm_is_reported_and_the_revocation_sti
         "a new key is not waited on"
     );
 
+    // What an earlier version, which knows no ack requests, hears on the channel.
+    let mut earlier = client.get_async_pubsub().await.unwrap();
+    earlier
+        .subscribe(keygate::redis::keyspace::INVALIDATIONS)
+        .await
+        .unwrap();
+
+    let key_id = created.key.clone().unwrap().id;
     let started = Instant::now();
     let answer = manage
-        .revoke_key(admin(proto::RevokeKeyRequest {
-            id: created.key.clone().unwrap().id,
-        }))
+        .revoke_key(admin(proto::RevokeKeyRequest { id: key_id.clone() }))
         .await
         .expect("the revocation is stored whether or not every replica confirms");
     let waited = started.elapsed();
@@ -319,6 +327,20 @@ async fn a_live_replica_that_does_not_confirm_is_reported_and_the_revocation_sti
         1.0
     );
     assert_eq!(decide(&b, &created.secret).await, "INVALID_API_KEY");
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut messages = earlier.on_message();
+        loop {
+            let text: String = messages.next().await.unwrap().get_payload().unwrap();
+            if Invalidation::decode(&text) == Some(Invalidation::Key(key_id.clone())) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        heard.is_ok(),
+        "the plain change reaches earlier versions too"
+    );
 
     // The silent replica leaves the live set: writes stop waiting for it.
     ::redis::cmd("ZREM")
