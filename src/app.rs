@@ -12,7 +12,7 @@ use crate::authz::keys::{KeyCache, SharedVerifications};
 use crate::authz::response::Responder;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
-use crate::invalidation::{Invalidation, Invalidations, Publisher};
+use crate::invalidation::{Invalidation, Invalidations, Propagation, Replica};
 use crate::key::hash::SecretHasher;
 use crate::manage::{Deps, Invalidator, Keys, Owners};
 use crate::metrics::Metrics;
@@ -140,6 +140,8 @@ pub struct App {
     pub data_plane: Arc<DataPlane>,
     /// What the management adapter uses.
     pub management: Arc<ManagementPlane>,
+    /// Changes applied to this replica's cache and, with Redis, to every other's.
+    pub invalidations: Arc<Invalidations>,
     /// The configuration it was built from.
     pub config: Config,
     /// Current time.
@@ -213,7 +215,7 @@ impl App {
         });
         let invalidations = Arc::new(Invalidations::new(
             authorizer.clone(),
-            shared.map(Publisher::new),
+            shared.map(|pool| Arc::new(Replica::new(pool, &config.invalidation))),
         ));
         let deps = Deps {
             store: store.clone(),
@@ -222,7 +224,7 @@ impl App {
             profiles,
             plans,
             clock: clock.clone(),
-            invalidator: invalidations,
+            invalidator: invalidations.clone(),
         };
         let management = Arc::new(ManagementPlane {
             auth: ManagementAuth {
@@ -240,6 +242,7 @@ impl App {
             authorizer,
             data_plane,
             management,
+            invalidations,
             config: config.clone(),
             clock,
         })
@@ -248,7 +251,11 @@ impl App {
 
 #[async_trait::async_trait]
 impl Invalidator for Invalidations {
-    async fn invalidate(&self, change: Invalidation) {
-        Invalidations::invalidate(self, change).await;
+    async fn invalidate(&self, change: Invalidation) -> Propagation {
+        Invalidations::invalidate(self, change).await
+    }
+
+    async fn announce(&self, change: Invalidation) {
+        Invalidations::announce(self, change).await;
     }
 }

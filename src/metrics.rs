@@ -30,6 +30,7 @@ use tracing::warn;
 
 use crate::authz::decision::{Decision, DecisionCode};
 use crate::authz::engine::{Api, Authorizer};
+use crate::invalidation::Invalidations;
 use crate::ratelimit::RateLimiter;
 
 /// The version and git revision this binary was built from.
@@ -147,8 +148,13 @@ impl Metrics {
             .inc();
     }
 
-    /// A registry with every metric, the counters `authorizer` keeps and the build info.
-    pub fn registry(self: &Arc<Self>, authorizer: Arc<Authorizer>) -> Registry {
+    /// A registry with every metric, the counters `authorizer` and `invalidations` keep and
+    /// the build info.
+    pub fn registry(
+        self: &Arc<Self>,
+        authorizer: Arc<Authorizer>,
+        invalidations: Arc<Invalidations>,
+    ) -> Registry {
         let metrics = self;
         let mut registry = Registry::with_prefix("keygate");
         registry.register(
@@ -194,13 +200,14 @@ impl Metrics {
                 ("revision", BUILD_REVISION),
             ]),
         );
-        registry.register_collector(Box::new(DataPlaneCollector(authorizer)));
+        registry.register_collector(Box::new(DataPlaneCollector(authorizer, invalidations)));
         registry
     }
 }
 
-/// Reads the counters the data plane keeps (cache, argon2, Redis limiter), at scrape time.
-struct DataPlaneCollector(Arc<Authorizer>);
+/// Reads the counters the data plane keeps (cache, argon2, Redis limiter, invalidations), at
+/// scrape time.
+struct DataPlaneCollector(Arc<Authorizer>, Arc<Invalidations>);
 
 impl std::fmt::Debug for DataPlaneCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -297,6 +304,12 @@ impl Collector for DataPlaneCollector {
         ConstCounter::new(fallbacks).encode(encoder.encode_descriptor(
             "rate_limit_fallbacks",
             "Rate-limit checks decided by the local stand-in because Redis did not answer",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(self.1.unacknowledged_total()).encode(encoder.encode_descriptor(
+            "invalidation_unacknowledged_replicas",
+            "Live replicas that did not confirm, within invalidation.ack_timeout, that they dropped a revoked, disabled, rotated, deleted or changed record; counted once per invalidation",
             None,
             MetricType::Counter,
         )?)?;

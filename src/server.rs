@@ -164,7 +164,9 @@ pub async fn start(
     let management_addr = local_addr(&management)?;
     let data_plane_addr = local_addr(&data_plane)?;
     let metrics_addr = local_addr(&metrics)?;
-    let registry = app.metrics.registry(app.authorizer.clone());
+    let registry = app
+        .metrics
+        .registry(app.authorizer.clone(), app.invalidations.clone());
 
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
@@ -294,12 +296,12 @@ async fn drain(
     let _ = close.send(true);
 }
 
-/// With the Redis store, applies other replicas' changes to this replica's cache until the
-/// listeners close.
+/// With the Redis store, applies other replicas' changes to this replica's cache, confirms
+/// them and keeps this replica in the live set until the listeners close.
 async fn follow_invalidations(app: &App, closed: watch::Receiver<bool>) {
-    if app.config.store == StoreBackend::Redis {
+    if let Some(replica) = app.invalidations.replica() {
         let url = app.config.redis.subscribe_url().to_owned();
-        crate::invalidation::subscribe(url, app.authorizer.clone(), closed).await;
+        crate::invalidation::follow(url, app.authorizer.clone(), replica.clone(), closed).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! Several keygate replicas on one Redis: a key created on one works on all, and a change
-//! made on one is refused by the others on their next request.
+//! made on one is refused by the others on their very next request: the write returns only
+//! once every live replica confirmed, or reports the ones that did not.
 
 mod common;
 
@@ -7,14 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::check::{check, check_request, decision_code};
+use common::http::http_request;
 use common::redis::RedisServer;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, issue_key, start_with};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use keygate::invalidation::Invalidation;
 use keygate::proto;
 use keygate::redis::RedisConfig;
+use keygate::redis::keyspace::LIVE_REPLICAS;
+use keygate::service::key_manager::UNACKNOWLEDGED_REPLICAS;
 use keygate::store::Store;
 use keygate::store::redis::RedisStore;
+use tokio_stream::StreamExt;
 
 /// A Redis store on `redis` whose calls give up after `timeout`.
 async fn redis_store(redis: &RedisServer, timeout: Duration) -> Arc<dyn Store> {
@@ -69,6 +75,67 @@ fn wait_for_subscribers(url: &str, count: i64) {
         assert!(Instant::now() < deadline, "replicas did not subscribe");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits (bounded) until `count` replicas are in the live set of the Redis at `url`.
+fn wait_for_live(url: &str, count: usize) {
+    let client = ::redis::Client::open(url).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live: usize = client
+            .get_connection()
+            .and_then(|mut c| ::redis::cmd("ZCARD").arg(LIVE_REPLICAS).query(&mut c))
+            .unwrap_or_default();
+        if live >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not register as live"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A redis-server, started off the async runtime.
+async fn started_redis() -> RedisServer {
+    tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until `count` replicas subscribed and are live on `redis`.
+async fn wait_for_replicas(redis: RedisServer, count: usize) -> RedisServer {
+    tokio::task::spawn_blocking(move || {
+        wait_for_subscribers(&redis.url(), count as i64);
+        wait_for_live(&redis.url(), count);
+        redis
+    })
+    .await
+    .unwrap()
+}
+
+/// How many live replicas did not confirm, as a write's answer reports it.
+fn unacknowledged<T>(answer: &tonic::Response<T>) -> &str {
+    answer
+        .metadata()
+        .get(UNACKNOWLEDGED_REPLICAS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("missing")
+}
+
+/// The value of the unlabelled counter `name` on `server`'s metrics listener.
+async fn counter(server: &TestServer, name: &str) -> f64 {
+    let response = http_request(server.server.metrics_addr(), "GET", "/metrics", &[]).await;
+    assert_eq!(response.status, 200);
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {}", response.body))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Waits (bounded) until the data plane's readiness entry reports `serving`.
@@ -133,25 +200,17 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
     assert_eq!(decide(&b, &key).await, "OK", "created on A, works on B");
     assert_eq!(decide(&a, &key).await, "OK");
 
-    manage
+    let answer = manage
         .revoke_key(admin(proto::RevokeKeyRequest {
             id: created.key.unwrap().id,
         }))
         .await
         .unwrap();
-    let revoked_at = Instant::now();
-    let deadline = revoked_at + Duration::from_secs(5);
-    let mut checks = 0;
-    loop {
-        checks += 1;
-        if decide(&b, &key).await == "INVALID_API_KEY" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "B still accepts the revoked key");
-    }
-    println!(
-        "replicas: revoked on A, refused by B {:?} after RevokeKey returned ({checks} checks)",
-        revoked_at.elapsed()
+    assert_eq!(unacknowledged(&answer), "0");
+    assert_eq!(
+        decide(&b, &key).await,
+        "INVALID_API_KEY",
+        "the very next request on B after RevokeKey returned"
     );
 
     let other = issue_key(&mut manage, &owner.id, "other").await.secret;
@@ -169,13 +228,134 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
         }))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while decide(&b, &other).await != "OWNER_DISABLED" {
-        assert!(
-            Instant::now() < deadline,
-            "B still accepts the disabled owner's key"
-        );
+    assert_eq!(
+        decide(&b, &other).await,
+        "OWNER_DISABLED",
+        "the very next request on B after UpdateOwner returned"
+    );
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_replica_is_refused_by_the_other_on_the_very_next_request() {
+    let redis = started_redis().await;
+    let store = redis_store(&redis, Duration::from_secs(2)).await;
+    let a = replica(&redis, store.clone()).await;
+    let b = replica(&redis, store.clone()).await;
+    let redis = wait_for_replicas(redis, 2).await;
+
+    let mut manage = a.client().await;
+    let owner = create_owner(&mut manage, "acme", "").await;
+    const CYCLES: usize = 150;
+    let mut refused = 0;
+    for cycle in 0..CYCLES {
+        let created = issue_key(&mut manage, &owner.id, &format!("cycle-{cycle}")).await;
+        let key = created.secret;
+        assert_eq!(decide(&a, &key).await, "OK", "warm on A, cycle {cycle}");
+        assert_eq!(decide(&b, &key).await, "OK", "warm on B, cycle {cycle}");
+        let answer = manage
+            .revoke_key(admin(proto::RevokeKeyRequest {
+                id: created.key.unwrap().id,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(unacknowledged(&answer), "0", "cycle {cycle}");
+        match decide(&b, &key).await.as_str() {
+            "INVALID_API_KEY" => refused += 1,
+            other => println!("cycle {cycle}: B answered {other} after RevokeKey returned"),
+        }
     }
+    assert_eq!(refused, CYCLES, "refused by B on the very next request");
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_replica_that_does_not_confirm_is_reported_and_the_revocation_still_succeeds() {
+    let redis = started_redis().await;
+    let store = redis_store(&redis, Duration::from_secs(2)).await;
+    let tables = format!(
+        "[redis]\nurl = \"{}\"\n[invalidation]\nack_timeout = \"300ms\"\n[[plans]]\nname = \"unmetered\"\n",
+        redis.url()
+    );
+    let a = replica_with(&tables, store.clone()).await;
+    let b = replica_with(&tables, store.clone()).await;
+    let redis = wait_for_replicas(redis, 2).await;
+    // A replica that is registered as live (its heartbeat far in the future) but never
+    // listens, as a hung process would.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    ::redis::cmd("ZADD")
+        .arg(LIVE_REPLICAS)
+        .arg(i64::MAX / 2)
+        .arg("silent-replica")
+        .query_async::<i64>(&mut connection)
+        .await
+        .unwrap();
+
+    let mut manage = a.client().await;
+    let owner = create_owner(&mut manage, "acme", "").await;
+    let created = issue_key(&mut manage, &owner.id, "shared").await;
+    assert_eq!(decide(&b, &created.secret).await, "OK");
+    assert_eq!(
+        counter(&a, "keygate_invalidation_unacknowledged_replicas_total").await,
+        0.0,
+        "a new key is not waited on"
+    );
+
+    // What an earlier version, which knows no ack requests, hears on the channel.
+    let mut earlier = client.get_async_pubsub().await.unwrap();
+    earlier
+        .subscribe(keygate::redis::keyspace::INVALIDATIONS)
+        .await
+        .unwrap();
+
+    let key_id = created.key.clone().unwrap().id;
+    let started = Instant::now();
+    let answer = manage
+        .revoke_key(admin(proto::RevokeKeyRequest { id: key_id.clone() }))
+        .await
+        .expect("the revocation is stored whether or not every replica confirms");
+    let waited = started.elapsed();
+    assert_eq!(answer.get_ref().state, proto::KeyState::Revoked as i32);
+    assert_eq!(unacknowledged(&answer), "1", "the silent replica, not B");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "waited {waited:?}: the bounded wait, then the answer"
+    );
+    assert_eq!(
+        counter(&a, "keygate_invalidation_unacknowledged_replicas_total").await,
+        1.0
+    );
+    assert_eq!(decide(&b, &created.secret).await, "INVALID_API_KEY");
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut messages = earlier.on_message();
+        loop {
+            let text: String = messages.next().await.unwrap().get_payload().unwrap();
+            if Invalidation::decode(&text) == Some(Invalidation::Key(key_id.clone())) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        heard.is_ok(),
+        "the plain change reaches earlier versions too"
+    );
+
+    // The silent replica leaves the live set: writes stop waiting for it.
+    ::redis::cmd("ZREM")
+        .arg(LIVE_REPLICAS)
+        .arg("silent-replica")
+        .query_async::<i64>(&mut connection)
+        .await
+        .unwrap();
+    let answer = manage
+        .delete_key(admin(proto::DeleteKeyRequest {
+            id: created.key.unwrap().id,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(unacknowledged(&answer), "0");
     drop(redis);
 }
 

@@ -435,6 +435,20 @@ mod tests {
     }
 
     #[test]
+    fn the_invalidation_wait_is_set_by_env_and_must_be_longer_than_zero() {
+        let config = load(&[("KEYGATE_INVALIDATION__ACK_TIMEOUT", "250ms")], &[]).unwrap();
+        assert_eq!(
+            config.invalidation.ack_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        let error = load(&[], &[("invalidation.ack_timeout", "0s")]).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Field { field, .. } if field == "invalidation.ack_timeout"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_wrong_nested_field_names_the_field_and_its_source() {
         let error = load(&[("KEYGATE_LISTEN__MANAGMENT", "127.0.0.1:1")], &[]).unwrap_err();
         let text = error.to_string();

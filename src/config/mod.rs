@@ -27,6 +27,7 @@ use crate::authz::keys::CacheConfig;
 use crate::authz::response::{ErrorsConfig, HeaderNames};
 use crate::authz::routes::RouteRule;
 use crate::authz::usage::UsageConfig;
+use crate::invalidation::InvalidationConfig;
 use crate::key::format::{KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
 use crate::plan::{PlanConfig, Plans};
@@ -80,6 +81,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// How a stop on SIGTERM or SIGINT proceeds.
     pub shutdown: ShutdownConfig,
+    /// How long a write that withdraws access waits for the other replicas (Redis).
+    pub invalidation: InvalidationConfig,
     /// Which decisions are written to the log, one line each.
     pub decision_log: DecisionLog,
 }
@@ -91,6 +94,7 @@ impl Default for Config {
             store: StoreBackend::Embedded,
             listen: ListenConfig::default(),
             admission: AdmissionConfig::default(),
+            invalidation: InvalidationConfig::default(),
             profiles: vec![crate::key::format::default_profile()],
             default_profile: "kg_live".into(),
             plans: vec![PlanConfig::unlimited("default")],
@@ -246,6 +250,12 @@ impl Config {
             return Err(field_error(
                 "admission",
                 "max_in_flight and max_concurrent_streams must be at least 1",
+            ));
+        }
+        if self.invalidation.ack_timeout.is_zero() {
+            return Err(field_error(
+                "invalidation.ack_timeout",
+                "must be longer than zero",
             ));
         }
         if self.admission.timeout.is_zero() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::edit::{KeyEdit, future};
-use super::{Caller, Deps, Page};
+use super::{Caller, Deps, Page, Written};
 use crate::clock::UnixTime;
 use crate::error::{Error, Result};
 use crate::key::format::{Alphabet, IssuedKey, KeyProfile};
@@ -221,7 +221,12 @@ impl Keys {
     }
 
     /// Activates a key pending activation with the code issued for it.
-    pub async fn activate(&self, caller: &Caller, id: &str, code: &str) -> Result<KeyRecord> {
+    pub async fn activate(
+        &self,
+        caller: &Caller,
+        id: &str,
+        code: &str,
+    ) -> Result<Written<KeyRecord>> {
         let code = required("activation_code", code)?;
         let presented = self.deps.pepper.digest(code.as_bytes()).to_hex();
         self.deps
@@ -266,7 +271,12 @@ impl Keys {
     }
 
     /// Applies `edit` to key `id` (see [`KeyEdit::apply`] for the state rules).
-    pub async fn update(&self, caller: &Caller, id: &str, edit: KeyEdit) -> Result<KeyRecord> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: &str,
+        edit: KeyEdit,
+    ) -> Result<Written<KeyRecord>> {
         if let Some(scopes) = &edit.scopes {
             caller.require_grantable(scopes)?;
         }
@@ -278,7 +288,7 @@ impl Keys {
 
     /// Revokes key `id` for good; revoking a revoked key changes nothing. The previous
     /// secret and any pending activation go with it.
-    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<Written<KeyRecord>> {
         self.deps
             .change_key(caller, id, |k, now| {
                 if k.state != KeyState::Revoked {
@@ -294,7 +304,12 @@ impl Keys {
 
     /// Issues a new secret for key `id`, keeping its id. The old secret works for the grace
     /// period, or stops at once; an imported key becomes an issued single key.
-    pub async fn rotate(&self, caller: &Caller, id: &str, rotation: Rotation) -> Result<Issued> {
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        id: &str,
+        rotation: Rotation,
+    ) -> Result<Written<Issued>> {
         if rotation.grace > MAX_ROTATION_GRACE {
             return Err(Error::InvalidArgument(format!(
                 "grace may be at most {} days",
@@ -317,7 +332,10 @@ impl Keys {
         let secret = profile.issue(&current.id);
         let new_hash = self.hash(secret.text()).await?;
         let new_check = self.deps.pepper.secret_check(secret.text());
-        let key = self
+        let Written {
+            record: key,
+            propagation,
+        } = self
             .deps
             .change_key(caller, &current.id, move |k, now| {
                 refuse_revoked(k)?;
@@ -339,19 +357,25 @@ impl Keys {
                 Ok(())
             })
             .await?;
-        Ok(Issued {
-            key,
-            secret,
-            activation_code: None,
+        Ok(Written {
+            record: Issued {
+                key,
+                secret,
+                activation_code: None,
+            },
+            propagation,
         })
     }
 
     /// Deletes key `id` and its indexes, returning what was removed.
-    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<Written<KeyRecord>> {
         let key = self.deps.visible_key(caller, id).await?;
         let deleted = self.deps.store.delete_key(&key.id).await?;
-        self.deps.after_key_write(Some(&deleted), None).await;
-        Ok(deleted)
+        let propagation = self.deps.after_key_write(Some(&deleted), None).await;
+        Ok(Written {
+            record: deleted,
+            propagation,
+        })
     }
 
     /// Adopts a key issued elsewhere. A key in a configured profile's format keeps its
@@ -698,15 +722,25 @@ mod tests {
             other => panic!("{other:?}"),
         };
         not_found(f.keys.get(&caller, &bobs.id).await);
-        not_found(f.keys.revoke(&caller, &bobs.id).await);
-        not_found(f.keys.delete(&caller, &bobs.id).await);
-        not_found(f.keys.activate(&caller, &bobs.id, "code").await);
-        not_found(f.keys.update(&caller, &bobs.id, KeyEdit::default()).await);
+        not_found(f.keys.revoke(&caller, &bobs.id).await.map(|w| w.record));
+        not_found(f.keys.delete(&caller, &bobs.id).await.map(|w| w.record));
+        not_found(
+            f.keys
+                .activate(&caller, &bobs.id, "code")
+                .await
+                .map(|w| w.record),
+        );
+        not_found(
+            f.keys
+                .update(&caller, &bobs.id, KeyEdit::default())
+                .await
+                .map(|w| w.record),
+        );
         not_found(
             f.keys
                 .rotate(&caller, &bobs.id, grace(0))
                 .await
-                .map(|i| i.key),
+                .map(|i| i.record.key),
         );
         let listed = f
             .keys
@@ -817,7 +851,12 @@ mod tests {
         );
 
         f.clock.advance(5);
-        let active = f.keys.activate(&Caller::Admin, &id, &code).await.unwrap();
+        let active = f
+            .keys
+            .activate(&Caller::Admin, &id, &code)
+            .await
+            .unwrap()
+            .record;
         assert_eq!(active.state, KeyState::Active);
         assert_eq!(active.activation_digest, None);
         assert_eq!(active.updated_at, T0 + 5);
@@ -842,7 +881,12 @@ mod tests {
             disabled: Some(true),
             ..Default::default()
         };
-        let updated = f.keys.update(&Caller::Admin, &key.id, edit).await.unwrap();
+        let updated = f
+            .keys
+            .update(&Caller::Admin, &key.id, edit)
+            .await
+            .unwrap()
+            .record;
         assert_eq!(updated.name, "renamed");
         assert_eq!(updated.state, KeyState::Disabled);
         assert_eq!(updated.expires_at, Some(T0 + 3600));
@@ -877,7 +921,8 @@ mod tests {
             .keys
             .update(&Caller::Admin, &key.id, enable.clone())
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         assert_eq!(enabled.state, KeyState::Active);
 
         f.keys.revoke(&Caller::Admin, &key.id).await.unwrap();
@@ -920,17 +965,18 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &key.id, grace(3600))
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         assert!(rotated.key.previous_secret.is_some());
         f.clock.advance(10);
         f.take_invalidations();
-        let revoked = f.keys.revoke(&Caller::Admin, &key.id).await.unwrap();
+        let revoked = f.keys.revoke(&Caller::Admin, &key.id).await.unwrap().record;
         assert_eq!(revoked.state, KeyState::Revoked);
         assert_eq!(revoked.revoked_at, Some(T0 + 10));
         assert_eq!(revoked.previous_secret, None);
         assert_eq!(f.take_invalidations(), [Invalidation::Key(key.id.clone())]);
         f.clock.advance(10);
-        let again = f.keys.revoke(&Caller::Admin, &key.id).await.unwrap();
+        let again = f.keys.revoke(&Caller::Admin, &key.id).await.unwrap().record;
         assert_eq!(
             again.revoked_at,
             Some(T0 + 10),
@@ -951,7 +997,8 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &id, grace(3600))
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         assert_ne!(rotated.secret.text(), first.secret.text());
         assert!(rotated.secret.text().starts_with(&format!("kg_live_{id}")));
         let previous = rotated.key.previous_secret.clone().unwrap();
@@ -966,7 +1013,12 @@ mod tests {
         );
         assert_eq!(f.take_invalidations(), [Invalidation::Key(id.clone())]);
 
-        let at_once = f.keys.rotate(&Caller::Admin, &id, grace(0)).await.unwrap();
+        let at_once = f
+            .keys
+            .rotate(&Caller::Admin, &id, grace(0))
+            .await
+            .unwrap()
+            .record;
         assert_eq!(at_once.key.previous_secret, None);
         assert!(
             !f.verifies(&at_once.key.secret_hash, rotated.secret.text())
@@ -1011,7 +1063,8 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &imported.id, grace(60))
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         assert_eq!(graced.key.kind, KeyKind::Single);
         assert_eq!(graced.key.prefix.as_deref(), Some("kg_live"));
         assert_eq!(
@@ -1028,7 +1081,8 @@ mod tests {
             .keys
             .rotate(&Caller::Admin, &imported.id, grace(0))
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         assert_eq!(at_once.key.lookup_digest, None);
         assert_eq!(
             f.take_invalidations(),
@@ -1139,7 +1193,7 @@ mod tests {
         let digest = imported.lookup_digest.clone().unwrap();
         f.take_invalidations();
         let caller = key_caller(&owner.id, MANAGER);
-        let deleted = f.keys.delete(&caller, &imported.id).await.unwrap();
+        let deleted = f.keys.delete(&caller, &imported.id).await.unwrap().record;
         assert_eq!(deleted, imported);
         assert_eq!(f.deps.store.get_key(&imported.id).await.unwrap(), None);
         assert_eq!(
@@ -1202,5 +1256,63 @@ mod tests {
             .unwrap();
         assert_eq!(revoked.len(), 1);
         assert_eq!(revoked[0].id, ids[1]);
+    }
+
+    /// Writes that withdraw access wait for the replicas and say which did not confirm; a
+    /// new key is only announced.
+    #[tokio::test]
+    async fn withdrawing_writes_are_confirmed_and_report_silent_replicas() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        f.recorder.take_confirmed();
+        let issued = created(&f, new_key(&owner.id)).await;
+        assert!(
+            f.recorder.take_confirmed().is_empty(),
+            "a new key is not waited on"
+        );
+        let id = issued.key.id.clone();
+        let rotated = f.keys.rotate(&Caller::Admin, &id, grace(0)).await.unwrap();
+        assert!(rotated.propagation.unacknowledged.is_empty());
+        f.recorder.silent_replicas(&["r2", "r3"]);
+        let disabled = f
+            .keys
+            .update(
+                &Caller::Admin,
+                &id,
+                KeyEdit {
+                    disabled: Some(true),
+                    ..KeyEdit::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(disabled.propagation.unacknowledged, ["r2", "r3"]);
+        let revoked = f.keys.revoke(&Caller::Admin, &id).await.unwrap();
+        assert_eq!(revoked.record.state, KeyState::Revoked);
+        assert_eq!(revoked.propagation.unacknowledged_count(), 2);
+        let deleted = f.keys.delete(&Caller::Admin, &id).await.unwrap();
+        assert_eq!(deleted.propagation.unacknowledged_count(), 2);
+        assert_eq!(
+            f.recorder.take_confirmed(),
+            vec![Invalidation::Key(id); 4],
+            "rotate, disable, revoke and delete each waited"
+        );
+        let owner_disabled = f
+            .owners
+            .update(
+                &Caller::Admin,
+                &owner.id,
+                OwnerUpdate {
+                    state: Some(crate::model::OwnerState::Disabled),
+                    ..OwnerUpdate::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(owner_disabled.propagation.unacknowledged_count(), 2);
+        assert_eq!(
+            f.recorder.take_confirmed(),
+            [Invalidation::Owner(owner.id.clone())]
+        );
     }
 }

@@ -22,7 +22,12 @@
 //! - A new secret (create, rotate) appears once, in the answer; the store keeps its argon2id
 //!   hash only.
 //! - After each stored write, what replicas cached about it is dropped through the
-//!   [`Invalidator`], in one place per record kind (see `Deps::after_key_write`).
+//!   [`Invalidator`], in one place per record kind (see `Deps::after_key_write`). A write
+//!   that changes or deletes a record (revoke, disable, rotate, delete, an owner change)
+//!   returns only when every live replica confirmed it dropped what it cached, or the
+//!   invalidator's bounded wait ended; the answer ([`Written`]) says which replicas did not
+//!   confirm, and the write is stored either way. A new record (create, import, a new
+//!   owner) is only announced: nothing cached about it can grant access it should not.
 
 pub mod caller;
 pub mod edit;
@@ -33,7 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::invalidation::Invalidation;
+use crate::invalidation::{Invalidation, Propagation};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
 use crate::model::values::required;
@@ -49,8 +54,22 @@ pub use owners::{NewOwner, OwnerUpdate, Owners};
 /// Drops what every replica cached about a change; called after each stored write.
 #[async_trait::async_trait]
 pub trait Invalidator: Send + Sync {
-    /// Drops what is cached about `change`, here and on the other replicas.
-    async fn invalidate(&self, change: Invalidation);
+    /// Drops what is cached about `change`, here and on every other live replica, waiting
+    /// (bounded) until each confirmed; returns which did not.
+    async fn invalidate(&self, change: Invalidation) -> Propagation;
+
+    /// Tells every replica about `change` without waiting: for news that cannot make
+    /// anything cached grant access (a new record).
+    async fn announce(&self, change: Invalidation);
+}
+
+/// A stored write, and how far the invalidation that followed it got.
+#[derive(Debug, Clone)]
+pub struct Written<T> {
+    /// What was written (or, for a delete, removed).
+    pub record: T,
+    /// The live replicas that did not confirm dropping what they cached in time.
+    pub propagation: Propagation,
 }
 
 /// What the management services work with; cheap to clone.
@@ -122,7 +141,7 @@ impl Deps {
         caller: &Caller,
         id: &str,
         change: impl Fn(&mut KeyRecord, crate::clock::UnixTime) -> Result<()> + Send + Sync + 'static,
-    ) -> Result<KeyRecord> {
+    ) -> Result<Written<KeyRecord>> {
         let key = self.visible_key(caller, id).await?;
         let now = self.clock.now();
         // The record as the committed attempt found it: a store may run the change again.
@@ -136,40 +155,61 @@ impl Deps {
         });
         let updated = self.store.update_key(&key.id, change).await?;
         let before = before.lock().unwrap_or_else(|e| e.into_inner()).take();
-        self.after_key_write(Some(before.as_ref().unwrap_or(&key)), Some(&updated))
+        let propagation = self
+            .after_key_write(Some(before.as_ref().unwrap_or(&key)), Some(&updated))
             .await;
-        Ok(updated)
+        Ok(Written {
+            record: updated,
+            propagation,
+        })
     }
 
     /// The one place a stored key write is followed by its invalidations: the key itself
     /// (created, changed or deleted), a lookup digest that no longer names a key, and one
-    /// that now does.
-    async fn after_key_write(&self, before: Option<&KeyRecord>, after: Option<&KeyRecord>) {
+    /// that now does. What withdraws access (a changed or deleted key, a released digest)
+    /// is confirmed by every live replica; what only adds (a new key, a new digest) is
+    /// announced.
+    async fn after_key_write(
+        &self,
+        before: Option<&KeyRecord>,
+        after: Option<&KeyRecord>,
+    ) -> Propagation {
+        let mut propagation = Propagation::default();
         let Some(id) = after.or(before).map(|k| k.id.clone()) else {
-            return;
+            return propagation;
         };
         let digest = |k: Option<&KeyRecord>| k.and_then(|k| k.lookup_digest.clone());
         let (old, new) = (digest(before), digest(after));
-        self.invalidator.invalidate(Invalidation::Key(id)).await;
+        if before.is_some() {
+            propagation.merge(self.invalidator.invalidate(Invalidation::Key(id)).await);
+        } else {
+            self.invalidator.announce(Invalidation::Key(id)).await;
+        }
         if old != new {
             if let Some(old) = old {
-                self.invalidator
-                    .invalidate(Invalidation::Unimported(old))
-                    .await;
+                propagation.merge(
+                    self.invalidator
+                        .invalidate(Invalidation::Unimported(old))
+                        .await,
+                );
             }
             if let Some(new) = new {
-                self.invalidator
-                    .invalidate(Invalidation::Imported(new))
-                    .await;
+                self.invalidator.announce(Invalidation::Imported(new)).await;
             }
         }
+        propagation
     }
 
-    /// The invalidation that follows a stored owner write.
-    async fn after_owner_write(&self, owner: &Owner) {
-        self.invalidator
-            .invalidate(Invalidation::Owner(owner.id.clone()))
-            .await;
+    /// The invalidation that follows a stored owner write: confirmed for a change,
+    /// announced for a new owner.
+    async fn after_owner_write(&self, owner: &Owner, created: bool) -> Propagation {
+        let change = Invalidation::Owner(owner.id.clone());
+        if created {
+            self.invalidator.announce(change).await;
+            Propagation::default()
+        } else {
+            self.invalidator.invalidate(change).await
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Caller, Deps, Page};
+use super::{Caller, Deps, Page, Written};
 use crate::error::{Error, Result};
 use crate::key::format::Alphabet;
 use crate::model::{Metadata, Name, Owner, OwnerState};
@@ -64,7 +64,7 @@ impl Owners {
             updated_at: now,
         };
         self.deps.store.create_owner(&owner).await?;
-        self.deps.after_owner_write(&owner).await;
+        self.deps.after_owner_write(&owner, true).await;
         Ok(owner)
     }
 
@@ -82,8 +82,14 @@ impl Owners {
             .await
     }
 
-    /// Changes the fields `update` names on owner `id`. Admin only.
-    pub async fn update(&self, caller: &Caller, id: &str, update: OwnerUpdate) -> Result<Owner> {
+    /// Changes the fields `update` names on owner `id`. Admin only. Returns once every live
+    /// replica dropped what it cached about the owner (see [`Written`]).
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: &str,
+        update: OwnerUpdate,
+    ) -> Result<Written<Owner>> {
         caller.require_admin()?;
         let id = crate::model::values::required("owner.id", id)?;
         let plan = match update.plan.as_deref() {
@@ -116,8 +122,11 @@ impl Owners {
                 }),
             )
             .await?;
-        self.deps.after_owner_write(&owner).await;
-        Ok(owner)
+        let propagation = self.deps.after_owner_write(&owner, false).await;
+        Ok(Written {
+            record: owner,
+            propagation,
+        })
     }
 
     /// The configured plans; any authenticated caller may read them.
@@ -233,7 +242,8 @@ mod tests {
                 },
             )
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         assert_eq!(updated.state, OwnerState::Disabled);
         assert_eq!(updated.plan, "free");
         assert_eq!(updated.display_name, owner.display_name);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Caller, Deps, Invalidator, Keys, Owners};
 use crate::clock::{Clock, ManualClock, UnixTime};
-use crate::invalidation::Invalidation;
+use crate::invalidation::{Invalidation, Propagation};
 use crate::key::format::{Alphabet, KeyProfile, Profiles, default_profile};
 use crate::key::hash::{Argon2Config, Pepper, SecretHasher};
 use crate::model::{KeyKind, KeyRecord, KeyState, Metadata, Name, Owner};
@@ -16,14 +16,39 @@ use crate::store::embedded::EmbeddedStore;
 /// The time the fixture's clock starts at.
 pub const T0: UnixTime = 1_700_000_000;
 
-/// Collects the invalidations it is sent, in order.
+/// Collects the invalidations it is sent, in order, and answers confirmed ones with the
+/// replicas it is told are not answering.
 #[derive(Default)]
-pub struct Recorder(Mutex<Vec<Invalidation>>);
+pub struct Recorder {
+    sent: Mutex<Vec<Invalidation>>,
+    confirmed: Mutex<Vec<Invalidation>>,
+    silent: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    /// From now on, confirmed invalidations report `replicas` as unacknowledged.
+    pub fn silent_replicas(&self, replicas: &[&str]) {
+        *self.silent.lock().unwrap() = replicas.iter().map(|r| r.to_string()).collect();
+    }
+
+    /// The invalidations that were confirmed rather than announced, forgetting them.
+    pub fn take_confirmed(&self) -> Vec<Invalidation> {
+        std::mem::take(&mut *self.confirmed.lock().unwrap())
+    }
+}
 
 #[async_trait::async_trait]
 impl Invalidator for Recorder {
-    async fn invalidate(&self, change: Invalidation) {
-        self.0.lock().unwrap().push(change);
+    async fn invalidate(&self, change: Invalidation) -> Propagation {
+        self.sent.lock().unwrap().push(change.clone());
+        self.confirmed.lock().unwrap().push(change);
+        Propagation {
+            unacknowledged: self.silent.lock().unwrap().clone(),
+        }
+    }
+
+    async fn announce(&self, change: Invalidation) {
+        self.sent.lock().unwrap().push(change);
     }
 }
 
@@ -89,12 +114,12 @@ impl Fixture {
 
     /// The invalidations sent so far.
     pub fn invalidations(&self) -> Vec<Invalidation> {
-        self.recorder.0.lock().unwrap().clone()
+        self.recorder.sent.lock().unwrap().clone()
     }
 
     /// The invalidations sent so far, forgetting them.
     pub fn take_invalidations(&self) -> Vec<Invalidation> {
-        std::mem::take(&mut *self.recorder.0.lock().unwrap())
+        std::mem::take(&mut *self.recorder.sent.lock().unwrap())
     }
 
     /// A new active owner on `plan`, with the invalidations its creation sent forgotten.

@@ -16,9 +16,10 @@
 //! | `{keys}` | the key-id and digest indexes | a key's id and its lookup digest are claimed together |
 //! | `{OWNER}` (after `kg:rl:`) | an owner's rate-limit counters | one decision checks and charges all of its windows in one step |
 //! | `{DIGEST}` (after `kg:l2:`) | one shared verification | nothing: the tag only spreads these over the cluster |
+//! | `{replicas}` | the live replica set | nothing: it is touched alone |
 //!
-//! The invalidation channel is not a key: a message published on it reaches subscribers on
-//! every node of a cluster.
+//! The invalidation and ack channels are not keys: a message published on one reaches
+//! subscribers on every node of a cluster.
 
 // The store (`store/redis.rs`). Records are JSON; lists are sorted sets with every
 // score 0, so that `ZRANGEBYLEX` pages them in id order.
@@ -90,6 +91,16 @@ pub fn shared_verification(digest_hex: &str) -> String {
 /// channel has no slot: a message published on any node reaches subscribers on every node.
 pub const INVALIDATIONS: &str = "kg:invalidations";
 
+/// The live replicas, a sorted set: replica id → its last heartbeat, in milliseconds of
+/// Redis' clock. Read and written alone, by one script at a time.
+pub const LIVE_REPLICAS: &str = "kg:{replicas}:live";
+
+/// The pub/sub channel on which replicas confirm to the writer `replica_id` that they
+/// applied one of its invalidations.
+pub fn invalidation_acks(replica_id: &str) -> String {
+    format!("kg:invalidation_acks:{replica_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +118,7 @@ mod tests {
         assert_eq!(owner_rate_counter("o1", 1_000), "kg:rl:{o1}:o:1000");
         assert_eq!(shared_verification("ab12"), "kg:l2:{ab12}");
         assert_eq!(INVALIDATIONS, "kg:invalidations");
+        assert_eq!(LIVE_REPLICAS, "kg:{replicas}:live");
+        assert_eq!(invalidation_acks("r1"), "kg:invalidation_acks:r1");
     }
 }

@@ -3,7 +3,7 @@
 //! what the script expects in `KEYS` and `ARGV` and what it returns; callers send them with
 //! EVALSHA, and the script is loaded again after a Redis restart or `SCRIPT FLUSH`.
 //!
-//! The store's scripts come first, then the rate limiter's.
+//! The store's scripts come first, then the rate limiter's, then the live replica set's.
 
 // The store (`store/redis.rs`).
 
@@ -254,4 +254,32 @@ if allowed == 1 then
 end
 out[1] = allowed
 return out
+"#;
+
+// The live replica set (`invalidation.rs`). Both read Redis' clock (`TIME`), so that the
+// replicas' own clocks do not matter.
+
+/// Writes a replica's heartbeat and deletes the heartbeats too old to matter.
+///
+/// `KEYS[1]`: `kg:{replicas}:live`.
+/// `ARGV[1]`: the replica id, `ARGV[2]`: the age in milliseconds past which an entry is
+/// deleted.
+/// Returns 1.
+pub const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return 1
+"#;
+
+/// The live replicas: those whose heartbeat is recent enough.
+///
+/// `KEYS[1]`: `kg:{replicas}:live`.
+/// `ARGV[1]`: the oldest heartbeat, in milliseconds before now, that counts as live.
+/// Returns the ids of the live replicas.
+pub const LIVE_REPLICAS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 "#;

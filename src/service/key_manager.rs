@@ -2,6 +2,12 @@
 //! the caller, converts the request to a typed input, calls the management plane
 //! ([`crate::manage`]), which owns every rule, and converts the record back. Errors become
 //! statuses through the one `From<Error> for Status`.
+//!
+//! A call that changes or deletes a record (UpdateOwner, ActivateKey, UpdateKey, RevokeKey,
+//! RotateKey, DeleteKey) answers once every live replica dropped what it cached about it,
+//! or the bounded wait ended (see [`crate::invalidation`]); its response metadata
+//! [`UNACKNOWLEDGED_REPLICAS`] says how many live replicas did not confirm in time (0 when
+//! all did). The change is stored either way.
 
 use std::sync::Arc;
 
@@ -10,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::ManagementPlane;
 use super::caller::authenticate;
 use super::convert::{self, next_page_token};
+use crate::manage::Written;
 use crate::proto::{self, key_manager_server::KeyManager};
 
 /// The KeyManager gRPC service.
@@ -25,6 +32,20 @@ impl KeyManagerService {
 }
 
 type Answer<T> = Result<Response<T>, Status>;
+
+/// Response metadata: how many live replicas did not confirm dropping the changed record
+/// within `invalidation.ack_timeout`.
+pub const UNACKNOWLEDGED_REPLICAS: &str = "x-keygate-unacknowledged-replicas";
+
+/// The answer to a write: `message`, with the number of replicas `written` did not reach.
+fn written<R, T>(written: &Written<R>, message: T) -> Response<T> {
+    let mut response = Response::new(message);
+    response.metadata_mut().insert(
+        UNACKNOWLEDGED_REPLICAS,
+        written.propagation.unacknowledged_count().into(),
+    );
+    response
+}
 
 #[tonic::async_trait]
 impl KeyManager for KeyManagerService {
@@ -69,7 +90,7 @@ impl KeyManager for KeyManagerService {
         let caller = authenticate(&self.plane.auth, &request).await?;
         let (id, update) = convert::owner_update(request.into_inner())?;
         let owner = self.plane.owners.update(&caller, &id, update).await?;
-        Ok(Response::new((&owner).into()))
+        Ok(written(&owner, (&owner.record).into()))
     }
 
     async fn list_plans(
@@ -105,7 +126,7 @@ impl KeyManager for KeyManagerService {
             .keys
             .activate(&caller, &req.id, &req.activation_code)
             .await?;
-        Ok(Response::new((&key).into()))
+        Ok(written(&key, (&key.record).into()))
     }
 
     async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Answer<proto::Key> {
@@ -137,7 +158,7 @@ impl KeyManager for KeyManagerService {
         let caller = authenticate(&self.plane.auth, &request).await?;
         let (id, edit) = convert::key_edit(request.into_inner())?;
         let key = self.plane.keys.update(&caller, &id, edit).await?;
-        Ok(Response::new((&key).into()))
+        Ok(written(&key, (&key.record).into()))
     }
 
     async fn revoke_key(&self, request: Request<proto::RevokeKeyRequest>) -> Answer<proto::Key> {
@@ -147,7 +168,7 @@ impl KeyManager for KeyManagerService {
             .keys
             .revoke(&caller, &request.get_ref().id)
             .await?;
-        Ok(Response::new((&key).into()))
+        Ok(written(&key, (&key.record).into()))
     }
 
     async fn rotate_key(
@@ -158,7 +179,7 @@ impl KeyManager for KeyManagerService {
         let req = request.get_ref();
         let rotation = convert::rotation(req.grace.as_ref())?;
         let issued = self.plane.keys.rotate(&caller, &req.id, rotation).await?;
-        Ok(Response::new(convert::issued(&issued)))
+        Ok(written(&issued, convert::issued(&issued.record)))
     }
 
     async fn delete_key(
@@ -166,11 +187,12 @@ impl KeyManager for KeyManagerService {
         request: Request<proto::DeleteKeyRequest>,
     ) -> Answer<proto::DeleteKeyResponse> {
         let caller = authenticate(&self.plane.auth, &request).await?;
-        self.plane
+        let deleted = self
+            .plane
             .keys
             .delete(&caller, &request.get_ref().id)
             .await?;
-        Ok(Response::new(proto::DeleteKeyResponse {}))
+        Ok(written(&deleted, proto::DeleteKeyResponse {}))
     }
 
     async fn import_key(&self, request: Request<proto::ImportKeyRequest>) -> Answer<proto::Key> {
