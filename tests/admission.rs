@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::check::{check, check_request, decision_code};
-use common::faulty::faulty;
+use common::faulty::{FaultyStore, faulty};
 use common::http::http_request;
 use common::{Options, create_owner, issue_key, start_with};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use keygate::store::embedded::EmbeddedStore;
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -37,8 +38,17 @@ async fn refusals(server: &common::TestServer, reason: &str) -> u64 {
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
-#[tokio::test]
-async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health_still_answers() {
+/// A server configured with `admission` over a store the test can hold, and a key it has
+/// never verified.
+struct Held {
+    server: common::TestServer,
+    store: Arc<FaultyStore>,
+    key: String,
+    data_plane: Channel,
+    _dir: tempfile::TempDir,
+}
+
+async fn held(admission: &str) -> Held {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(faulty(Arc::new(
         EmbeddedStore::open(&dir.path().join("k.redb")).unwrap(),
@@ -46,7 +56,7 @@ async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health
     let server = start_with(Options {
         admin_token: Some(common::ADMIN_TOKEN),
         store: Some(store.clone()),
-        extra_config: "[admission]\nmax_in_flight = 1\ntimeout = \"1h\"\n",
+        extra_config: admission,
         ..Options::default()
     })
     .await;
@@ -54,6 +64,24 @@ async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health
     let owner = create_owner(&mut manage, "acme", "pro").await.id;
     let key = issue_key(&mut manage, &owner, "cold").await.secret;
     let data_plane = server.data_plane().await;
+    Held {
+        server,
+        store,
+        key,
+        data_plane,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health_still_answers() {
+    let Held {
+        server,
+        store,
+        key,
+        data_plane,
+        _dir,
+    } = held("[admission]\nmax_in_flight = 1\ntimeout = \"1h\"\n").await;
 
     // The first Check needs the store, which now hangs: it holds the only slot.
     store.hook().hold(true);
@@ -92,21 +120,13 @@ async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health
 
 #[tokio::test]
 async fn a_call_that_outlasts_the_time_limit_is_answered_unavailable() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(faulty(Arc::new(
-        EmbeddedStore::open(&dir.path().join("k.redb")).unwrap(),
-    )));
-    let server = start_with(Options {
-        admin_token: Some(common::ADMIN_TOKEN),
-        store: Some(store.clone()),
-        extra_config: "[admission]\ntimeout = \"50ms\"\n",
-        ..Options::default()
-    })
-    .await;
-    let mut manage = server.client().await;
-    let owner = create_owner(&mut manage, "acme", "pro").await.id;
-    let key = issue_key(&mut manage, &owner, "cold").await.secret;
-    let data_plane = server.data_plane().await;
+    let Held {
+        server,
+        store,
+        key,
+        data_plane,
+        _dir,
+    } = held("[admission]\ntimeout = \"50ms\"\n").await;
 
     store.hook().hold(true);
     let late = tokio::time::timeout(
