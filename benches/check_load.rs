@@ -1,9 +1,12 @@
 //! A bounded load loop against a real keygate process: Check calls for one warm key over
 //! loopback, from several concurrent HTTP/2 connections, as Envoy would send them. Prints
-//! p50 / p99 / p99.9 latency and throughput, four times: with no rate limit on the key's
-//! plan, with the local limiter, with the Redis limiter (a redis-server on loopback), and
-//! with no rate limit but every request traced (spans made and batched for an OTLP
-//! endpoint that refuses them, so the cost measured is keygate's own).
+//! p50 / p99 / p99.9 latency and throughput, five times: with no rate limit on the key's
+//! plan; the same with twice the default `admission.max_in_flight` calls in flight
+//! (overload: the calls past the limit are refused at once, and the p99 of the admitted ones
+//! shows what overload costs them); with the local limiter; with the Redis limiter (a
+//! redis-server on loopback); and with no rate limit but every request traced (spans made
+//! and batched for an OTLP endpoint that refuses them, so the cost measured is keygate's
+//! own).
 //!
 //! Each run also prints the server's CPU time per Check (user + system, from
 //! `/proc/<pid>/stat`), the figure that compares builds on a shared, noisy machine.
@@ -31,6 +34,9 @@ use redis_server::RedisServer;
 const REQUESTS: usize = 60_000;
 const CONNECTIONS: usize = 8;
 const IN_FLIGHT_PER_CONNECTION: usize = 4;
+/// In flight per connection in the overload scenario: 8 x 256 = 2,048, twice the default
+/// `admission.max_in_flight`.
+const OVERLOAD_PER_CONNECTION: usize = 256;
 const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 fn check_request(key: &str) -> CheckRequest {
@@ -137,6 +143,7 @@ fn main() {
     ];
     for (name, config, env) in [
         ("no rate limit", String::new(), &[][..]),
+        ("overload, no rate limit", String::new(), &[][..]),
         ("local limiter", METERED.to_owned(), &[][..]),
         ("Redis limiter", redis_config, &[][..]),
         (
@@ -154,6 +161,11 @@ fn main() {
 }
 
 fn run(name: &str, config: &str, env: &[(&str, &str)]) {
+    let in_flight = if name.starts_with("overload") {
+        OVERLOAD_PER_CONNECTION
+    } else {
+        IN_FLIGHT_PER_CONNECTION
+    };
     println!("check_load: --- {name} ---");
     let dir = tempfile::tempdir().unwrap();
     let (mut keygate, management, data_plane) = start_keygate(dir.path(), config, env);
@@ -182,39 +194,51 @@ fn run(name: &str, config: &str, env: &[(&str, &str)]) {
         let warm = clients[0].check(check_request(&key)).await.unwrap().into_inner();
         assert_eq!(warm.status.unwrap().code, 0, "the key must be allowed");
 
-        let per_task = REQUESTS / (CONNECTIONS * IN_FLIGHT_PER_CONNECTION);
+        let per_task = (REQUESTS / (CONNECTIONS * in_flight)).max(1);
         let deadline = Instant::now() + TIME_LIMIT;
         let cpu_before = cpu_time(keygate.id());
         let started = Instant::now();
         let mut tasks = Vec::new();
         for client in &clients {
-            for _ in 0..IN_FLIGHT_PER_CONNECTION {
+            for _ in 0..in_flight {
                 let mut client = client.clone();
                 let request = check_request(&key);
                 tasks.push(tokio::spawn(async move {
                     let mut latencies = Vec::with_capacity(per_task);
+                    let mut refused = 0usize;
                     for _ in 0..per_task {
                         if Instant::now() > deadline {
                             break;
                         }
                         let sent = Instant::now();
-                        let answer = client.check(request.clone()).await.unwrap().into_inner();
-                        latencies.push(sent.elapsed());
-                        assert_eq!(answer.status.unwrap().code, 0);
+                        match client.check(request.clone()).await {
+                            Ok(answer) => {
+                                latencies.push(sent.elapsed());
+                                assert_eq!(answer.into_inner().status.unwrap().code, 0);
+                            }
+                            // Overload is answered UNAVAILABLE at once; anything else is a bug.
+                            Err(status) if status.code() == tonic::Code::Unavailable => {
+                                refused += 1;
+                            }
+                            Err(status) => panic!("Check failed: {status:?}"),
+                        }
                     }
-                    latencies
+                    (latencies, refused)
                 }));
             }
         }
         let mut latencies = Vec::new();
+        let mut refused = 0;
         for task in tasks {
-            latencies.extend(task.await.unwrap());
+            let (answered, turned_away) = task.await.unwrap();
+            latencies.extend(answered);
+            refused += turned_away;
         }
         let elapsed = started.elapsed();
         let cpu = cpu_time(keygate.id()) - cpu_before;
         latencies.sort();
         println!(
-            "check_load: {} Checks of a warm key over {CONNECTIONS} HTTP/2 connections x {IN_FLIGHT_PER_CONNECTION} in flight, in {:.2?}",
+            "check_load: {} Checks of a warm key over {CONNECTIONS} HTTP/2 connections x {in_flight} in flight, in {:.2?}; {refused} refused for overload",
             latencies.len(),
             elapsed
         );
