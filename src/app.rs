@@ -144,8 +144,6 @@ pub struct App {
     pub invalidations: Arc<Invalidations>,
     /// The configuration it was built from.
     pub config: Config,
-    /// Current time.
-    pub clock: Arc<dyn Clock>,
 }
 
 impl App {
@@ -223,7 +221,7 @@ impl App {
             pepper: secrets.pepper,
             profiles,
             plans,
-            clock: clock.clone(),
+            clock,
             invalidator: invalidations.clone(),
         };
         let management = Arc::new(ManagementPlane {
@@ -244,7 +242,6 @@ impl App {
             management,
             invalidations,
             config: config.clone(),
-            clock,
         })
     }
 }

@@ -328,6 +328,7 @@ fn set_path(tree: &mut Value, path: &str, raw: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::load;
 
     fn fields() -> BTreeSet<String> {
         let tree = serde_json::to_value(Config::default()).unwrap();
@@ -399,15 +400,6 @@ mod tests {
         for name in UNKNOWN {
             assert_eq!(classify(name, &fields), EnvVar::Unknown, "{name}");
         }
-    }
-
-    fn load(env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let overrides: Vec<_> = overrides
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load(None, env, &overrides)
     }
 
     #[test]

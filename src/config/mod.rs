@@ -296,7 +296,11 @@ mod tests {
     use super::*;
     use crate::plan::RateScope;
 
-    fn load(env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    /// The configuration from no file, `env` and `overrides`.
+    pub(super) fn load(
+        env: &[(&str, &str)],
+        overrides: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         let overrides: Vec<_> = overrides
             .iter()
