@@ -1,8 +1,15 @@
 //! Admission on the data plane: at most `max_in_flight` calls are being decided at once,
-//! and each gets at most `timeout`. A call beyond either limit is answered UNAVAILABLE at
-//! once (Envoy's `status_on_error` / `failure_mode_allow` then apply, as for any fault), so
-//! overload never builds a queue whose wait Envoy would give up on anyway, and the calls
-//! that are admitted keep their latency.
+//! none starts after waiting `max_wait` for a CPU, and each gets at most `timeout`. A call
+//! beyond any limit is answered UNAVAILABLE at once (Envoy's `status_on_error` /
+//! `failure_mode_allow` then apply, as for any fault), so overload never builds a queue
+//! whose wait Envoy would give up on anyway, and the calls that are admitted keep their
+//! latency.
+//!
+//! A warm Check is decided in one poll of its future, so the queue that grows when calls
+//! arrive faster than the CPU decides them is not in flight here: it is the runtime's queue
+//! of calls accepted from HTTP/2 and not yet polled. `max_wait` bounds that queue by the
+//! time a call spent in it (measured from the moment HTTP/2 handed the call over); refusing
+//! such a call costs a fraction of deciding it, so the backlog drains.
 //!
 //! Health checks are always admitted: an overloaded replica is busy, not dead, and must not
 //! be restarted for it.
@@ -11,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -28,6 +35,10 @@ pub struct AdmissionConfig {
     /// timeout is 200 ms by default: a later answer would be thrown away.
     #[serde(with = "crate::clock::duration_text")]
     pub timeout: Duration,
+    /// Longest a call may wait, once received, before its decision starts; it is then
+    /// answered UNAVAILABLE at once.
+    #[serde(with = "crate::clock::duration_text")]
+    pub max_wait: Duration,
     /// Most concurrent HTTP/2 streams a client may open on one connection.
     pub max_concurrent_streams: u32,
 }
@@ -37,7 +48,8 @@ impl Default for AdmissionConfig {
         AdmissionConfig {
             max_in_flight: 1024,
             timeout: Duration::from_millis(500),
-            max_concurrent_streams: 1024,
+            max_wait: Duration::from_millis(20),
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -48,6 +60,7 @@ pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
     limit: usize,
     timeout: Duration,
+    max_wait: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -58,6 +71,7 @@ impl AdmissionLayer {
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
             limit: config.max_in_flight,
             timeout: config.timeout,
+            max_wait: config.max_wait,
             metrics,
         }
     }
@@ -112,10 +126,20 @@ where
             ));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
+        let received = Instant::now();
         let call = self.inner.call(request);
-        let (timeout, metrics) = (layer.timeout, layer.metrics.clone());
+        let (timeout, max_wait, metrics) = (layer.timeout, layer.max_wait, layer.metrics.clone());
         Box::pin(async move {
             let _permit = permit;
+            let waited = received.elapsed();
+            if waited > max_wait {
+                metrics.overloaded("wait");
+                let status = tonic::Status::unavailable(format!(
+                    "keygate is overloaded: the call waited {} for a CPU; retry",
+                    humantime::format_duration(truncate_to_millis(waited))
+                ));
+                return Ok(status.into_http());
+            }
             match tokio::time::timeout(timeout, call).await {
                 Ok(answer) => answer,
                 Err(_) => {
@@ -129,4 +153,9 @@ where
             }
         })
     }
+}
+
+/// `duration` in whole milliseconds, for messages.
+fn truncate_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64)
 }

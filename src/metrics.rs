@@ -133,7 +133,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a data-plane call refused for overload, by `reason` (`in_flight`, `timeout`).
+    /// Counts a data-plane call refused for overload, by `reason` (`in_flight`, `wait`, `timeout`).
     pub fn overloaded(&self, reason: &'static str) {
         self.overloaded.get_or_create(&[("reason", reason)]).inc();
     }
@@ -184,7 +184,7 @@ impl Metrics {
         );
         registry.register(
             "data_plane_overload_refusals",
-            "Check and Authorize calls answered UNAVAILABLE for overload, by reason: in_flight (the limit of calls being decided was reached) or timeout",
+            "Check and Authorize calls answered UNAVAILABLE for overload, by reason: in_flight (the limit of calls being decided was reached), wait (the call waited past admission.max_wait to start) or timeout",
             metrics.overloaded.clone(),
         );
         registry.register(

@@ -246,6 +246,12 @@ fn data_plane_router(
     let admission = &app.config.admission;
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(admission.max_concurrent_streams)
+        // Under overload Envoy gives up on calls still queued on the connection and resets
+        // their streams; h2 drops the whole connection (every admitted call on it) once
+        // more than 20 such resets wait to be accepted. Reset streams no longer count as
+        // open, so a client can have several times `max_concurrent_streams` of them: allow
+        // four times, still a bound on the memory they hold.
+        .http2_max_pending_accept_reset_streams(Some(4 * admission.max_concurrent_streams as usize))
         .layer(RpcLayer::spans())
         .layer(AdmissionLayer::new(admission, app.metrics.clone()))
         .add_service(health)

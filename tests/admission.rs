@@ -1,5 +1,5 @@
-//! The data plane under overload: past its limit of calls in flight, or past its time per
-//! call, keygate answers UNAVAILABLE at once instead of queueing, health checks still pass,
+//! The data plane under overload: past its limit of calls in flight, past its wait before a
+//! call starts, or past its time per call, keygate answers UNAVAILABLE at once instead of queueing, health checks still pass,
 //! and the refusals are counted.
 
 mod common;
@@ -145,4 +145,32 @@ async fn a_call_that_outlasts_the_time_limit_is_answered_unavailable() {
         decision_code(&check(&data_plane, request(&key)).await),
         "OK"
     );
+}
+
+#[tokio::test]
+async fn a_call_that_waited_past_max_wait_before_it_could_start_is_refused_and_health_still_answers()
+ {
+    // Every call waits longer than a nanosecond between HTTP/2 handing it over and its
+    // first poll: each one is past `max_wait`.
+    let Held {
+        server,
+        key,
+        data_plane,
+        _dir,
+        ..
+    } = held("[admission]\nmax_wait = \"1ns\"\n").await;
+
+    for _ in 0..3 {
+        let refused = common::check::try_check(&data_plane, request(&key))
+            .await
+            .expect_err("a call that waited past max_wait must be refused");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("overloaded"), "{refused:?}");
+    }
+    let health = HealthClient::new(data_plane.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health checks are always admitted");
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+    assert_eq!(refusals(&server, "wait").await, 3);
 }

@@ -261,6 +261,12 @@ impl Config {
         if self.admission.timeout.is_zero() {
             return Err(field_error("admission.timeout", "must be longer than zero"));
         }
+        if self.admission.max_wait.is_zero() {
+            return Err(field_error(
+                "admission.max_wait",
+                "must be longer than zero",
+            ));
+        }
         if self.cache.ttl.is_zero() {
             return Err(field_error("cache.ttl", "must be longer than zero"));
         }
