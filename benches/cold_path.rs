@@ -103,6 +103,7 @@ impl Bench {
                 allowed_cidrs: vec![],
                 metadata: BTreeMap::from([("tier".into(), "gold".into())]),
                 state: KeyState::Active,
+                disabled_by_admin: false,
                 secret_hash: hasher.hash(&secret).await.unwrap(),
                 secret_check: Some(self.pepper.secret_check(&secret)),
                 lookup_digest: None,

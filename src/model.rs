@@ -111,6 +111,9 @@ pub struct KeyRecord {
     pub metadata: BTreeMap<String, String>,
     /// Life-cycle state.
     pub state: KeyState,
+    /// Whether the admin disabled it: then only the admin may enable it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled_by_admin: bool,
     /// argon2id PHC string of the whole key text.
     pub secret_hash: String,
     /// Keyed check of the whole key text ([`crate::key::hash::Pepper::secret_check`]): most

@@ -42,6 +42,7 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         metadata: BTreeMap::new(),
         state: KeyState::Active,
+        disabled_by_admin: false,
         secret_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
         secret_check: None,
         lookup_digest: None,

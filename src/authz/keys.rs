@@ -778,6 +778,7 @@ mod tests {
                 allowed_cidrs: vec![],
                 metadata: BTreeMap::new(),
                 state: KeyState::Active,
+                disabled_by_admin: false,
                 secret_hash: self.hasher.hash(&secret).await.unwrap(),
                 secret_check: checked.then(|| self.pepper.secret_check(&secret)),
                 lookup_digest: None,

@@ -96,6 +96,7 @@ mod tests {
             allowed_cidrs: vec![],
             metadata: BTreeMap::new(),
             state: KeyState::Active,
+            disabled_by_admin: false,
             secret_hash: String::new(),
             secret_check: None,
             lookup_digest: None,

@@ -1,5 +1,6 @@
 //! [`KeyEdit`]: the changes an update makes to a key, and the state rules they obey.
 
+use super::Caller;
 use crate::clock::UnixTime;
 use crate::error::{Error, Result};
 use crate::model::{Cidrs, KeyRecord, KeyState, Metadata, Name, Scopes};
@@ -30,18 +31,28 @@ impl KeyEdit {
         }
     }
 
-    /// Applies the edit to `k`. A revoked key cannot change; a pending key is enabled only
-    /// by its activation code; disabling or enabling a key already in that state is a no-op.
-    pub fn apply(&self, k: &mut KeyRecord) -> Result<()> {
+    /// Applies the edit to `k` for `caller`. A revoked key cannot change; a pending key is
+    /// enabled only by its activation code; a key the admin disabled is enabled only by the
+    /// admin; disabling or enabling a key already in that state is a no-op.
+    pub fn apply(&self, k: &mut KeyRecord, caller: &Caller) -> Result<()> {
         if k.state == KeyState::Revoked {
             return Err(Error::FailedPrecondition(format!(
                 "key {:?} is revoked and can no longer be changed",
                 k.id
             )));
         }
+        if self.disabled == Some(false) {
+            caller.require_may_enable(k)?;
+        }
         match (self.disabled, k.state) {
-            (Some(true), KeyState::Active) => k.state = KeyState::Disabled,
-            (Some(false), KeyState::Disabled) => k.state = KeyState::Active,
+            (Some(true), KeyState::Active) => {
+                k.state = KeyState::Disabled;
+                k.disabled_by_admin = caller.is_admin();
+            }
+            (Some(false), KeyState::Disabled) => {
+                k.state = KeyState::Active;
+                k.disabled_by_admin = false;
+            }
             (Some(false), KeyState::PendingActivation) => {
                 return Err(Error::FailedPrecondition(format!(
                     "key {:?} is pending activation; activate it with its code",
@@ -87,7 +98,7 @@ mod tests {
     fn edited(state: KeyState, edit: &KeyEdit) -> Result<KeyRecord> {
         let mut k = record("k1", "own_a");
         k.state = state;
-        edit.apply(&mut k).map(|()| k)
+        edit.apply(&mut k, &Caller::Admin).map(|()| k)
     }
 
     fn toggle(disabled: bool) -> KeyEdit {
@@ -139,7 +150,7 @@ mod tests {
         let mut before = record("k1", "own_a");
         before.expires_at = Some(5);
         let mut after = before.clone();
-        edit.apply(&mut after).unwrap();
+        edit.apply(&mut after, &Caller::Admin).unwrap();
         assert_eq!(after.scopes, ["b"]);
         assert_eq!(after.expires_at, None);
         assert_eq!(after.name, before.name);

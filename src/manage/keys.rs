@@ -9,7 +9,7 @@ use super::edit::{KeyEdit, future};
 use super::{Caller, Deps, Page, Written};
 use crate::clock::UnixTime;
 use crate::error::{Error, Result};
-use crate::key::format::{Alphabet, IssuedKey, KeyProfile};
+use crate::key::format::{Alphabet, IssuedKey, KeyProfile, MIN_SECRET_BITS};
 use crate::key::hash::secrets_equal;
 use crate::model::values::required;
 use crate::model::{
@@ -152,9 +152,10 @@ impl Keys {
         Keys { deps }
     }
 
-    /// Issues a key to an active owner the caller may act for, within the plan's quota.
+    /// Issues a key to an active owner the caller may act for, within the plan's quota and
+    /// the caller's authority.
     pub async fn create(&self, caller: &Caller, new: NewKey) -> Result<Issued> {
-        caller.require_grantable(&new.scopes)?;
+        caller.require_plan_choice(new.plan.as_deref())?;
         let now = self.deps.clock.now();
         let expires_at = new.expiry.map(|e| e.at(now)).transpose()?;
         let plan = self.deps.plan_name("plan", new.plan.as_deref())?;
@@ -162,44 +163,53 @@ impl Keys {
         let owner = self
             .owner_for_new_key(caller, caller.owner_for_new_key(new.owner_id.as_deref()))
             .await?;
-        let quota = self.quota(&owner, plan.as_deref(), now);
         let activation_code = new.require_activation.then(|| Alphabet::Base62.random(12));
+        // Everything but the id and the secret, judged before any secret is drawn.
+        let draft = KeyRecord {
+            id: String::new(),
+            owner_id: owner.id.clone(),
+            name: new.name.as_str().to_owned(),
+            profile: Some(profile.name.clone()),
+            prefix: Some(profile.prefix.clone()),
+            kind: if new.pair {
+                KeyKind::Pair
+            } else {
+                KeyKind::Single
+            },
+            scopes: new.scopes.to_vec(),
+            plan,
+            allowed_cidrs: new.allowed_cidrs.to_vec(),
+            metadata: (*new.metadata).clone(),
+            state: if activation_code.is_some() {
+                KeyState::PendingActivation
+            } else {
+                KeyState::Active
+            },
+            disabled_by_admin: false,
+            secret_hash: String::new(),
+            secret_check: None,
+            lookup_digest: None,
+            previous_secret: None,
+            activation_digest: activation_code
+                .as_ref()
+                .map(|code| self.deps.pepper.digest(code.as_bytes()).to_hex()),
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        caller.require_may_make(&draft)?;
+        let quota = self.quota(&owner, draft.plan.as_deref(), now);
         for _ in 0..ID_ATTEMPTS {
             let id = profile.new_key_id();
             let secret = profile.issue(&id);
             let record = KeyRecord {
                 id,
-                owner_id: owner.id.clone(),
-                name: new.name.as_str().to_owned(),
-                profile: Some(profile.name.clone()),
-                prefix: Some(profile.prefix.clone()),
-                kind: if new.pair {
-                    KeyKind::Pair
-                } else {
-                    KeyKind::Single
-                },
-                scopes: new.scopes.to_vec(),
-                plan: plan.clone(),
-                allowed_cidrs: new.allowed_cidrs.to_vec(),
-                metadata: (*new.metadata).clone(),
-                state: if activation_code.is_some() {
-                    KeyState::PendingActivation
-                } else {
-                    KeyState::Active
-                },
                 secret_hash: self.hash(secret.text()).await?,
                 secret_check: Some(self.deps.pepper.secret_check(secret.text())),
-                lookup_digest: None,
-                previous_secret: None,
-                activation_digest: activation_code
-                    .as_ref()
-                    .map(|code| self.deps.pepper.digest(code.as_bytes()).to_hex()),
-                created_at: now,
-                updated_at: now,
-                expires_at,
-                revoked_at: None,
-                last_used_at: None,
-                usage_count: 0,
+                ..draft.clone()
             };
             match self.deps.store.insert_key(&record, quota).await {
                 Ok(()) => {
@@ -270,19 +280,21 @@ impl Keys {
             .await
     }
 
-    /// Applies `edit` to key `id` (see [`KeyEdit::apply`] for the state rules).
+    /// Applies `edit` to key `id` (see [`KeyEdit::apply`] for the state rules); the key as
+    /// updated must be within the caller's authority.
     pub async fn update(
         &self,
         caller: &Caller,
         id: &str,
         edit: KeyEdit,
     ) -> Result<Written<KeyRecord>> {
-        if let Some(scopes) = &edit.scopes {
-            caller.require_grantable(scopes)?;
-        }
         edit.check(self.deps.clock.now())?;
+        let by = caller.clone();
         self.deps
-            .change_key(caller, id, move |k, _| edit.apply(k))
+            .change_key(caller, id, move |k, _| {
+                edit.apply(k, &by)?;
+                by.require_may_make(k)
+            })
             .await
     }
 
@@ -318,6 +330,7 @@ impl Keys {
         }
         let grace = rotation.grace.as_secs() as i64;
         let current = self.deps.visible_key(caller, id).await?;
+        caller.require_may_touch(&current)?;
         refuse_revoked(&current)?;
         let profile = match &current.profile {
             Some(name) => self.deps.profiles.get(name).ok_or_else(|| {
@@ -370,6 +383,7 @@ impl Keys {
     /// Deletes key `id` and its indexes, returning what was removed.
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<Written<KeyRecord>> {
         let key = self.deps.visible_key(caller, id).await?;
+        caller.require_may_touch(&key)?;
         let deleted = self.deps.store.delete_key(&key.id).await?;
         let propagation = self.deps.after_key_write(Some(&deleted), None).await;
         Ok(Written {
@@ -391,7 +405,7 @@ impl Keys {
                 "secret must be 1 to {MAX_IMPORTED_KEY_LEN} printable ASCII characters without spaces, exactly as clients send it"
             )));
         }
-        caller.require_grantable(&import.scopes)?;
+        caller.require_plan_choice(import.plan.as_deref())?;
         let now = self.deps.clock.now();
         let plan = self.deps.plan_name("plan", import.plan.as_deref())?;
         let owner = self
@@ -404,7 +418,10 @@ impl Keys {
             ),
             Err(_) => (Alphabet::Base62.random(12).to_string(), None),
         };
-        let record = KeyRecord {
+        if !caller.is_admin() {
+            require_strong_secret(secret)?;
+        }
+        let mut record = KeyRecord {
             id,
             owner_id: owner.id.clone(),
             name: import.name.into_string(),
@@ -416,7 +433,8 @@ impl Keys {
             allowed_cidrs: import.allowed_cidrs.into_vec(),
             metadata: import.metadata.into_map(),
             state: KeyState::Active,
-            secret_hash: self.hash(secret).await?,
+            disabled_by_admin: false,
+            secret_hash: String::new(),
             secret_check: Some(self.deps.pepper.secret_check(secret)),
             lookup_digest: Some(self.deps.pepper.digest(secret.as_bytes()).to_hex()),
             previous_secret: None,
@@ -428,6 +446,8 @@ impl Keys {
             last_used_at: None,
             usage_count: 0,
         };
+        caller.require_may_make(&record)?;
+        record.secret_hash = self.hash(secret).await?;
         let quota = self.quota(&owner, plan.as_deref(), now);
         self.deps
             .store
@@ -493,6 +513,47 @@ impl Keys {
 }
 
 /// Refuses to change a revoked key's secret.
+/// Refuses an imported key text with fewer random bits than issued keys carry, judged
+/// by [`estimated_secret_bits`]: what an API key may import, so that it cannot make a
+/// guessable key.
+fn require_strong_secret(text: &str) -> Result<()> {
+    let bits = estimated_secret_bits(text);
+    if bits < f64::from(MIN_SECRET_BITS) {
+        return Err(Error::PermissionDenied(format!(
+            "secret: the imported key carries about {bits:.0} random bits, fewer than the {MIN_SECRET_BITS} of an issued key; only the admin may import weaker legacy keys; an API key may only manage and make keys no stronger than itself"
+        )));
+    }
+    Ok(())
+}
+
+/// A generous estimate of the random bits in `text`: its length times the bits per
+/// character of the smallest common alphabet holding it (hex, base62, base64url, printable
+/// ASCII), and nothing for a text repeating a handful of characters (fewer distinct
+/// characters than a quarter of its length, up to 8).
+fn estimated_secret_bits(text: &str) -> f64 {
+    let bytes = text.as_bytes();
+    let distinct = bytes
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if distinct < (bytes.len() / 4).min(8) {
+        return 0.0;
+    }
+    let alphabet: f64 = if bytes.iter().all(u8::is_ascii_hexdigit) {
+        16.0
+    } else if bytes.iter().all(u8::is_ascii_alphanumeric) {
+        62.0
+    } else if bytes
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+    {
+        64.0
+    } else {
+        94.0
+    };
+    bytes.len() as f64 * alphabet.log2()
+}
+
 fn refuse_revoked(k: &KeyRecord) -> Result<()> {
     if k.state == KeyState::Revoked {
         return Err(Error::FailedPrecondition(format!(
@@ -506,6 +567,23 @@ fn refuse_revoked(k: &KeyRecord) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issued_keys_pass_the_secret_floor_and_short_or_repetitive_texts_do_not() {
+        let issued = crate::key::format::default_profile().issue("AAAAAAAAAAAA");
+        assert!(estimated_secret_bits(issued.text()) >= f64::from(MIN_SECRET_BITS));
+        assert!(estimated_secret_bits(&Alphabet::Base62.random(22)) >= 128.0);
+        assert!(estimated_secret_bits(&Alphabet::Hex.random(32)) >= 128.0);
+        for weak in [
+            "z",
+            "password123",
+            &"a".repeat(64),
+            &"ab".repeat(40),
+            "0123456789abcdef",
+        ] {
+            assert!(estimated_secret_bits(weak) < 128.0, "{weak}");
+        }
+    }
     use crate::invalidation::Invalidation;
     use crate::manage::OwnerUpdate;
     use crate::manage::testing::{Fixture, T0, key_caller};

@@ -46,7 +46,7 @@ use crate::model::{KeyRecord, Owner};
 use crate::plan::Plans;
 use crate::store::{KeyChange, Store};
 
-pub use caller::{Caller, MANAGE_SCOPE};
+pub use caller::{Caller, CallingKey, MANAGE_SCOPE};
 pub use edit::KeyEdit;
 pub use keys::{Expiry, Import, Issued, Keys, NewKey, Rotation};
 pub use owners::{NewOwner, OwnerUpdate, Owners};
@@ -134,8 +134,9 @@ impl Deps {
         Ok(Some(plan.to_owned()))
     }
 
-    /// Applies `change` to a key the caller may see, stamping `updated_at`, then
-    /// invalidates what was cached about it.
+    /// Applies `change` to a key the caller may see and touch, stamping `updated_at`, then
+    /// invalidates what was cached about it. The caller's authority is judged again on the
+    /// record the store's write found, so a concurrent change cannot slip past it.
     async fn change_key(
         &self,
         caller: &Caller,
@@ -143,12 +144,15 @@ impl Deps {
         change: impl Fn(&mut KeyRecord, crate::clock::UnixTime) -> Result<()> + Send + Sync + 'static,
     ) -> Result<Written<KeyRecord>> {
         let key = self.visible_key(caller, id).await?;
+        caller.require_may_touch(&key)?;
         let now = self.clock.now();
         // The record as the committed attempt found it: a store may run the change again.
         let before = Arc::new(Mutex::new(None));
         let seen = before.clone();
+        let by = caller.clone();
         let change: KeyChange = Arc::new(move |k: &mut KeyRecord| {
             *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(k.clone());
+            by.require_may_touch(k)?;
             change(k, now)?;
             k.updated_at = now;
             Ok(())

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Caller, Deps, Invalidator, Keys, Owners};
+use super::{Caller, CallingKey, Deps, Invalidator, Keys, Owners};
 use crate::clock::{Clock, ManualClock, UnixTime};
 use crate::invalidation::{Invalidation, Propagation};
 use crate::key::format::{Alphabet, KeyProfile, Profiles, default_profile};
@@ -152,12 +152,12 @@ impl Fixture {
     }
 }
 
-/// An API key caller acting for `owner_id` and holding `scopes`.
+/// An API key caller acting for `owner_id` and holding `scopes`, with no expiry and no
+/// network fence.
 pub fn key_caller(owner_id: &str, scopes: &[&str]) -> Caller {
-    Caller::Owner {
-        owner_id: owner_id.into(),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-    }
+    let mut key = record("caller", owner_id);
+    key.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+    Caller::Key(CallingKey::of(&key))
 }
 
 /// A plain active key record, for tests that need no store.
@@ -174,6 +174,7 @@ pub fn record(id: &str, owner_id: &str) -> KeyRecord {
         allowed_cidrs: Vec::new(),
         metadata: BTreeMap::from([("team".into(), "core".into())]),
         state: KeyState::Active,
+        disabled_by_admin: false,
         secret_hash: String::new(),
         secret_check: None,
         lookup_digest: None,

@@ -18,7 +18,7 @@ use crate::authz::engine::Authorizer;
 use crate::error::{Error, Result};
 use crate::secrets::AdminToken;
 
-pub use crate::manage::caller::{Caller, MANAGE_SCOPE};
+pub use crate::manage::caller::{Caller, CallingKey, MANAGE_SCOPE};
 
 /// What management authentication needs: the admin token, whether anonymous loopback
 /// calls are accepted, and the data plane to check API keys with.
@@ -68,10 +68,7 @@ pub async fn authenticate<T>(auth: &ManagementAuth, request: &Request<T>) -> Res
         .check_key(token, client_ip, &[MANAGE_SCOPE.to_owned()])
         .await?;
     match (check.code, check.key) {
-        (DecisionCode::Ok, Some(key)) => Ok(Caller::Owner {
-            owner_id: key.key.owner_id.clone(),
-            scopes: key.key.scopes.clone(),
-        }),
+        (DecisionCode::Ok, Some(key)) => Ok(Caller::Key(CallingKey::of(&key.key))),
         (DecisionCode::InsufficientScope, _) => Err(Error::PermissionDenied(format!(
             "this API key lacks the scope {MANAGE_SCOPE:?} needed to manage keys"
         ))),
