@@ -1,0 +1,180 @@
+//! The load loops: closed (callers that wait for each answer) and open (calls sent at a
+//! rate whatever the answers), and what they saw.
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tonic::transport::Channel;
+
+use crate::check_request;
+
+/// Calls per closed-loop run.
+const REQUESTS: usize = 60_000;
+/// Closed-loop callers per connection.
+pub const IN_FLIGHT_PER_CONNECTION: usize = 16;
+/// The longest a closed-loop run may take.
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+/// How long an open-loop run offers its load.
+const OPEN_LOOP_TIME: Duration = Duration::from_secs(5);
+/// The deadline of each open-loop call: Envoy's ext_authz timeout.
+pub const CALL_DEADLINE: Duration = Duration::from_millis(200);
+
+/// How a scenario offers its calls.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// `IN_FLIGHT_PER_CONNECTION` callers per connection, each sending its next call when
+    /// the last is answered.
+    Closed,
+    /// Calls sent at `rate` per second whatever the answers, each with `CALL_DEADLINE`.
+    Open { rate: f64 },
+}
+
+/// Runs `load` over `clients` with `key`.
+pub async fn offer(load: Load, clients: &[AuthorizationClient<Channel>], key: &str) -> Outcome {
+    match load {
+        Load::Closed => closed_loop(clients, key).await,
+        Load::Open { rate } => open_loop(clients, key, rate).await,
+    }
+}
+
+/// What a load loop saw.
+#[derive(Default)]
+pub struct Outcome {
+    /// The latency of every allowed Check.
+    pub latencies: Vec<Duration>,
+    /// Calls answered UNAVAILABLE (keygate's overload answer).
+    pub refused: usize,
+    /// Calls not answered within `CALL_DEADLINE`.
+    pub late: usize,
+    /// Calls lost with their connection.
+    pub dropped: usize,
+    /// Calls sent.
+    pub sent: usize,
+}
+
+impl Outcome {
+    /// Counts one call's answer; anything but allowed, overloaded or late is a bug.
+    fn record(&mut self, latency: Duration, answer: Result<Result<i32, tonic::Status>, ()>) {
+        match answer {
+            Ok(Ok(code)) => {
+                assert_eq!(code, 0, "the key must be allowed");
+                self.latencies.push(latency);
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => self.refused += 1,
+            // The server's deadline answer, or the client's own (tonic's says Cancelled).
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
+                self.late += 1
+            }
+            // The connection dropped under the call (the server's h2 guard against clients
+            // that reset many streams closes the connection; tonic reconnects).
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unknown | tonic::Code::ResourceExhausted
+                ) && status.source().is_some() =>
+            {
+                self.dropped += 1
+            }
+            Ok(Err(status)) => panic!("Check failed: {status:?}"),
+            Err(()) => self.late += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        self.latencies.extend(other.latencies);
+        self.refused += other.refused;
+        self.late += other.late;
+        self.dropped += other.dropped;
+        self.sent += other.sent;
+    }
+}
+
+/// One Check with `deadline` sent as `grpc-timeout` and kept by the caller too.
+async fn timed_check(
+    mut client: AuthorizationClient<Channel>,
+    request: CheckRequest,
+    deadline: Option<Duration>,
+) -> (Duration, Result<Result<i32, tonic::Status>, ()>) {
+    let sent = Instant::now();
+    let mut request = tonic::Request::new(request);
+    let call = async {
+        match deadline {
+            Some(deadline) => {
+                request.set_timeout(deadline);
+                tokio::time::timeout(deadline, client.check(request))
+                    .await
+                    .map_err(drop)
+            }
+            None => Ok(client.check(request).await),
+        }
+    };
+    let answer = call.await;
+    let code = answer.map(|answer| answer.map(|ok| ok.into_inner().status.unwrap().code));
+    (sent.elapsed(), code)
+}
+
+/// `REQUESTS` calls (or `TIME_LIMIT`) from closed-loop callers.
+async fn closed_loop(clients: &[AuthorizationClient<Channel>], key: &str) -> Outcome {
+    let per_task = REQUESTS / (clients.len() * IN_FLIGHT_PER_CONNECTION);
+    let deadline = Instant::now() + TIME_LIMIT;
+    let mut tasks = Vec::new();
+    for client in clients {
+        for _ in 0..IN_FLIGHT_PER_CONNECTION {
+            let (client, request) = (client.clone(), check_request(key));
+            tasks.push(tokio::spawn(async move {
+                let mut outcome = Outcome::default();
+                while outcome.sent < per_task && Instant::now() < deadline {
+                    let (latency, answer) =
+                        timed_check(client.clone(), request.clone(), None).await;
+                    outcome.sent += 1;
+                    outcome.record(latency, answer);
+                }
+                outcome
+            }));
+        }
+    }
+    let mut outcome = Outcome::default();
+    for task in tasks {
+        outcome.merge(task.await.unwrap());
+    }
+    outcome
+}
+
+/// Calls sent at `rate` per second for `OPEN_LOOP_TIME`, whatever the answers; the ones not
+/// answered within `CALL_DEADLINE` are given up, as Envoy would.
+async fn open_loop(clients: &[AuthorizationClient<Channel>], key: &str, rate: f64) -> Outcome {
+    let request = check_request(key);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut calls = tokio::task::JoinSet::new();
+    let mut outcome = Outcome::default();
+    while started.elapsed() < OPEN_LOOP_TIME {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as usize;
+        while outcome.sent < due {
+            let client = clients[outcome.sent % clients.len()].clone();
+            calls.spawn(timed_check(client, request.clone(), Some(CALL_DEADLINE)));
+            outcome.sent += 1;
+        }
+        while let Some(done) = calls.try_join_next() {
+            let (latency, answer) = done.unwrap();
+            outcome.record(latency, answer);
+        }
+    }
+    while let Some(done) = calls.join_next().await {
+        let (latency, answer) = done.unwrap();
+        outcome.record(latency, answer);
+    }
+    outcome
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}

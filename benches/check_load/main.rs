@@ -1,0 +1,452 @@
+//! Check under load, against a real keygate process and, for comparison in the same run, a
+//! no-op ext_authz server on the same stack (tonic, envoy-types, tokio) that answers every
+//! Check OK with one header. Scenarios, each a fresh server:
+//!
+//! * `no-op ext_authz`: the baseline, the cost of the gRPC hop alone;
+//! * `no rate limit`: keygate, one warm key, no rate windows;
+//! * `overload, no rate limit`: an open loop offering twice the throughput the previous
+//!   scenario reached in this round, each call with Envoy's 200 ms deadline: the calls past
+//!   the server's limits are refused at once, and the p99 of the allowed ones shows what
+//!   overload costs them;
+//! * `local limiter` / `Redis limiter`: two rate windows too wide to deny anything, counted
+//!   in process / in a redis-server on loopback;
+//! * `no rate limit, every request traced`: spans made and batched for an OTLP endpoint
+//!   that refuses them, so the cost measured is keygate's own;
+//! * `Envoy + no-op ext_authz` / `Envoy + keygate`: Envoy (one worker) in front, its
+//!   ext_authz filter calling the server and a direct response after it, loaded over
+//!   HTTP/1.1 by `wrk`.
+//!
+//! The direct scenarios use a closed loop of 4 HTTP/2 connections x 16 calls in flight.
+//! Each run prints throughput, p50/p99 and the server's CPU time per call (user + system,
+//! from `/proc/<pid>/stat`); at the end a table gives the median of each over the rounds
+//! and the ratio to the no-op baseline measured in the same round. On a shared machine
+//! absolute figures move by a quarter between runs: the ratios are the result.
+//!
+//! `scripts/bench` runs it as intended (release build, server and Envoy pinned to CPU 0,
+//! the load generator to CPU 1, three rounds). Environment:
+//! `KEYGATE_BENCH_ROUNDS` (default 1); `KEYGATE_BENCH_ONLY` (comma-separated scenario
+//! names); `KEYGATE_BENCH_BINARY` (another keygate build, to compare two builds);
+//! `KEYGATE_BENCH_SERVER_CPUS` (pins servers and Envoy with `taskset`);
+//! `KEYGATE_BENCH_SERVER_CPU_SHARE` (e.g. `0.25`: that share of one CPU, through a cgroup,
+//! so that the generator can overload the server); `KEYGATE_BENCH_OVERLOAD_RATE` (calls per
+//! second when the overload scenario runs without the one before it, 40,000 unless set);
+//! and the bench's own `KEYGATE_ADMISSION__*` variables are passed to keygate. Bounded:
+//! 60,000 calls or a minute per closed-loop run, 5 s per open-loop or `wrk` run.
+
+mod load;
+mod servers;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+use load::{CALL_DEADLINE, IN_FLIGHT_PER_CONNECTION, Load, Outcome, percentile};
+use servers::{Envoy, Running, cpu_time};
+
+#[path = "../../tests/common/check.rs"]
+mod check;
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+#[path = "../../tests/common/tools.rs"]
+mod tools;
+use redis_server::RedisServer;
+
+/// HTTP/2 connections of the direct scenarios.
+const CONNECTIONS: usize = 4;
+/// The offered load in the overload scenario, as a multiple of the throughput measured
+/// without it.
+const OVERLOAD_FACTOR: f64 = 2.0;
+/// Connections `wrk` keeps open to Envoy.
+const WRK_CONNECTIONS: usize = 64;
+/// How long each `wrk` run lasts.
+const WRK_TIME: &str = "5s";
+
+/// A Check request as Envoy sends it for `GET /v1/sites?page=2` with `key`.
+fn check_request(key: &str) -> CheckRequest {
+    let bearer = format!("Bearer {key}");
+    let headers = [
+        (":authority", "api.example.com"),
+        ("user-agent", "load/1.0"),
+        ("authorization", bearer.as_str()),
+    ];
+    check::check_request("203.0.113.9", "GET", "/v1/sites?page=2", &headers, &[])
+}
+
+/// A plan with two windows too wide to deny anything, so every Check runs the limiter.
+const METERED: &str = r#"
+default_plan = "metered"
+[[plans]]
+name = "metered"
+rate_windows = [{ limit = 1000000, period = "1s" }, { limit = 1000000000, period = "1h", per = "owner" }]
+"#;
+
+/// The server a scenario loads.
+enum Target {
+    /// The no-op ext_authz server.
+    Noop,
+    /// keygate with this configuration and environment.
+    Keygate {
+        config: String,
+        env: Vec<(&'static str, String)>,
+    },
+}
+
+/// How the load reaches the server.
+enum Front {
+    /// Check calls straight from the generator.
+    Direct(LoadKind),
+    /// HTTP requests through Envoy, from `wrk`.
+    Envoy,
+}
+
+/// The direct load of a scenario.
+#[derive(Clone, Copy)]
+enum LoadKind {
+    Closed,
+    /// An open loop at `OVERLOAD_FACTOR` times the last closed-loop throughput.
+    Overload,
+}
+
+struct Scenario {
+    name: &'static str,
+    target: Target,
+    front: Front,
+    /// The scenario its ratios are taken against.
+    baseline: &'static str,
+}
+
+/// What one run measured.
+#[derive(Clone, Copy)]
+struct Measured {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Server CPU per request, in microseconds (keygate or the no-op server; Envoy's is
+    /// not counted).
+    cpu_us: f64,
+}
+
+fn main() {
+    if std::env::var_os(servers::NOOP_MODE).is_some() {
+        return servers::serve_noop();
+    }
+    let redis = RedisServer::start();
+    let redis_config = format!(
+        "{METERED}\n[ratelimit]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\ntimeout = \"100ms\"\n",
+        redis.url()
+    );
+    // A loopback port nothing listens on: the exporter's sends fail at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let traced = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{closed}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
+    ];
+    let keygate = |config: &str, env: &[(&'static str, String)]| Target::Keygate {
+        config: config.to_owned(),
+        env: env.to_vec(),
+    };
+    let scenarios = [
+        Scenario {
+            name: "no-op ext_authz",
+            target: Target::Noop,
+            front: Front::Direct(LoadKind::Closed),
+            baseline: "no-op ext_authz",
+        },
+        Scenario {
+            name: "no rate limit",
+            target: keygate("", &[]),
+            front: Front::Direct(LoadKind::Closed),
+            baseline: "no-op ext_authz",
+        },
+        Scenario {
+            name: "overload, no rate limit",
+            target: keygate("", &[]),
+            front: Front::Direct(LoadKind::Overload),
+            baseline: "no-op ext_authz",
+        },
+        Scenario {
+            name: "local limiter",
+            target: keygate(METERED, &[]),
+            front: Front::Direct(LoadKind::Closed),
+            baseline: "no-op ext_authz",
+        },
+        Scenario {
+            name: "Redis limiter",
+            target: keygate(&redis_config, &[]),
+            front: Front::Direct(LoadKind::Closed),
+            baseline: "no-op ext_authz",
+        },
+        Scenario {
+            name: "no rate limit, every request traced",
+            target: keygate("", &traced),
+            front: Front::Direct(LoadKind::Closed),
+            baseline: "no-op ext_authz",
+        },
+        Scenario {
+            name: "Envoy + no-op ext_authz",
+            target: Target::Noop,
+            front: Front::Envoy,
+            baseline: "Envoy + no-op ext_authz",
+        },
+        Scenario {
+            name: "Envoy + keygate",
+            target: keygate("", &[]),
+            front: Front::Envoy,
+            baseline: "Envoy + no-op ext_authz",
+        },
+    ];
+    let only: Option<Vec<String>> = std::env::var("KEYGATE_BENCH_ONLY")
+        .ok()
+        .map(|names| names.split(',').map(|n| n.trim().to_owned()).collect());
+    let chosen: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|s| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|n| n == s.name))
+        })
+        .collect();
+    assert!(!chosen.is_empty(), "KEYGATE_BENCH_ONLY names no scenario");
+    let rounds: usize = std::env::var("KEYGATE_BENCH_ROUNDS")
+        .map_or(1, |n| n.parse().expect("KEYGATE_BENCH_ROUNDS: a number"));
+
+    // results[round][scenario index]
+    let mut results: Vec<Vec<Option<Measured>>> = Vec::new();
+    for round in 1..=rounds {
+        let mut measured = vec![None; chosen.len()];
+        let mut capacity = None;
+        for (i, scenario) in chosen.iter().enumerate() {
+            println!("check_load: --- round {round}: {} ---", scenario.name);
+            let result = run(scenario, capacity);
+            if let Front::Direct(LoadKind::Closed) = scenario.front
+                && matches!(scenario.target, Target::Keygate { .. })
+            {
+                capacity.get_or_insert(result.throughput);
+            }
+            measured[i] = Some(result);
+        }
+        results.push(measured);
+    }
+    summarize(&chosen, &results);
+    drop(redis);
+}
+
+/// Runs one scenario once.
+fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
+    let dir = tempfile::tempdir().unwrap();
+    let server = match &scenario.target {
+        Target::Noop => servers::noop(),
+        Target::Keygate { config, env } => {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            servers::keygate(dir.path(), config, &env)
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let key = runtime.block_on(async {
+        match &server.management {
+            Some(management) => servers::create_key(management).await,
+            None => "noop".to_owned(),
+        }
+    });
+    match scenario.front {
+        Front::Direct(kind) => {
+            let load = match kind {
+                LoadKind::Closed => Load::Closed,
+                LoadKind::Overload => Load::Open {
+                    rate: capacity.map_or_else(
+                        || {
+                            std::env::var("KEYGATE_BENCH_OVERLOAD_RATE").map_or(40_000.0, |r| {
+                                r.parse()
+                                    .expect("KEYGATE_BENCH_OVERLOAD_RATE: calls per second")
+                            })
+                        },
+                        |c| c * OVERLOAD_FACTOR,
+                    ),
+                },
+            };
+            runtime.block_on(direct(&server, &key, load))
+        }
+        Front::Envoy => through_envoy(&server, &key),
+    }
+}
+
+/// Check calls straight to `server`.
+async fn direct(server: &Running, key: &str, load: Load) -> Measured {
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(
+            AuthorizationClient::connect(server.data_plane.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    // Warm the key (the one argon2 verification) before measuring.
+    let warm = clients[0]
+        .check(check_request(key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(warm.status.unwrap().code, 0, "the key must be allowed");
+
+    let cpu_before = cpu_time(server.pid());
+    let started = Instant::now();
+    let outcome = load::offer(load, &clients, key).await;
+    let elapsed = started.elapsed();
+    let cpu = cpu_time(server.pid()) - cpu_before;
+    let Outcome {
+        mut latencies,
+        refused,
+        late,
+        dropped,
+        sent,
+    } = outcome;
+    latencies.sort();
+    let in_flight = match load {
+        Load::Closed => format!("{CONNECTIONS} x {IN_FLIGHT_PER_CONNECTION} in flight"),
+        Load::Open { rate } => format!(
+            "an open loop of {:.0} calls/s (asked for {rate:.0})",
+            sent as f64 / elapsed.as_secs_f64()
+        ),
+    };
+    println!(
+        "check_load: {} Checks allowed over {in_flight} in {elapsed:.2?}; {refused} refused UNAVAILABLE, {late} past the {CALL_DEADLINE:?} deadline, {dropped} lost with their connection",
+        latencies.len(),
+    );
+    let measured = Measured {
+        throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        cpu_us: cpu.as_secs_f64() * 1e6 / sent as f64,
+    };
+    report(&measured);
+    println!(
+        "check_load: p99.9 {:?}  max {:?}",
+        percentile(&latencies, 0.999),
+        latencies[latencies.len() - 1]
+    );
+    measured
+}
+
+/// HTTP requests through Envoy to `server`, from `wrk`.
+fn through_envoy(server: &Running, key: &str) -> Measured {
+    let envoy = Envoy::start(&tools::venv_tool("envoy"), &server.data_plane);
+    let url = format!("http://{}/v1/sites?page=2", envoy.listen);
+    let header = format!("authorization: Bearer {key}");
+    let wrk = |duration: &str| {
+        let output = Command::new("wrk")
+            .args(["-t1", &format!("-c{WRK_CONNECTIONS}"), "-d", duration])
+            .args(["--latency", "-H", &header, &url])
+            .output()
+            .expect("wrk is not installed: apt-get install wrk (scripts/bench installs it)");
+        assert!(output.status.success(), "wrk failed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    wrk("1s");
+    let cpu_before = cpu_time(server.pid());
+    let envoy_before = cpu_time(envoy.pid());
+    let text = wrk(WRK_TIME);
+    let cpu = cpu_time(server.pid()) - cpu_before;
+    let envoy_cpu = cpu_time(envoy.pid()) - envoy_before;
+    assert!(
+        !text.contains("Non-2xx"),
+        "Envoy answered requests other than 200:\n{text}"
+    );
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} in wrk's output:\n{text}"))
+            .trim()
+            .to_owned()
+    };
+    let throughput: f64 = field("Requests/sec:").parse().unwrap();
+    let total: f64 = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))
+        .map(|(count, _)| count.trim().parse().unwrap())
+        .expect("wrk's request count");
+    let measured = Measured {
+        throughput,
+        p50: wrk_duration(&field("50%")),
+        p99: wrk_duration(&field("99%")),
+        cpu_us: cpu.as_secs_f64() * 1e6 / total,
+    };
+    report(&measured);
+    println!(
+        "check_load: Envoy CPU per request {:.1} µs",
+        envoy_cpu.as_secs_f64() * 1e6 / total
+    );
+    measured
+}
+
+/// A duration as wrk prints it: `812.00us`, `1.53ms`, `2.01s`.
+fn wrk_duration(text: &str) -> Duration {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap());
+    let value: f64 = number.parse().unwrap();
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        other => panic!("unknown unit {other} in wrk's {text}"),
+    };
+    Duration::from_secs_f64(seconds)
+}
+
+fn report(m: &Measured) {
+    println!(
+        "check_load: throughput {:.0} requests/s  p50 {:?}  p99 {:?}  server CPU per request {:.1} µs",
+        m.throughput, m.p50, m.p99, m.cpu_us
+    );
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Prints the median of each figure over the rounds and the median of the per-round
+/// ratios to each scenario's baseline.
+fn summarize(chosen: &[&Scenario], results: &[Vec<Option<Measured>>]) {
+    println!(
+        "check_load: | scenario | requests/s | vs baseline | p50 | p99 | p99 vs baseline | server CPU/request |"
+    );
+    println!("check_load: | --- | --- | --- | --- | --- | --- | --- |");
+    let column = |i: usize, f: &dyn Fn(&Measured) -> f64| {
+        median(
+            results
+                .iter()
+                .filter_map(|r| r[i].as_ref().map(f))
+                .collect(),
+        )
+    };
+    for (i, scenario) in chosen.iter().enumerate() {
+        let base = chosen.iter().position(|s| s.name == scenario.baseline);
+        let ratio = |f: &dyn Fn(&Measured) -> f64| match base {
+            Some(b) => format!(
+                "{:.2}x",
+                median(
+                    results
+                        .iter()
+                        .map(|r| f(r[i].as_ref().unwrap()) / f(r[b].as_ref().unwrap()))
+                        .collect()
+                )
+            ),
+            None => "-".to_owned(),
+        };
+        println!(
+            "check_load: | {} | {:.0} | {} | {:.2} ms | {:.2} ms | {} | {:.1} µs |",
+            scenario.name,
+            column(i, &|m| m.throughput),
+            ratio(&|m| m.throughput),
+            column(i, &|m| m.p50.as_secs_f64() * 1e3),
+            column(i, &|m| m.p99.as_secs_f64() * 1e3),
+            ratio(&|m| m.p99.as_secs_f64()),
+            column(i, &|m| m.cpu_us),
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! The servers under load, each a child process that can be pinned to CPUs: keygate (this
+//! build or `KEYGATE_BENCH_BINARY`), a no-op ext_authz server on the same stack (this bench
+//! binary run again in its no-op mode), and Envoy in front of either.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderValue,
+    HeaderValueOption, HttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use keygate::proto::{self, key_manager_client::KeyManagerClient};
+
+/// The admin token every keygate under load is started with.
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+
+/// The environment variable that turns this bench binary into the no-op server.
+pub const NOOP_MODE: &str = "KEYGATE_BENCH_NOOP_SERVER";
+
+/// A server process, killed when dropped.
+pub struct Running {
+    child: Child,
+    /// The data plane's (or the no-op server's) `http://` URL.
+    pub data_plane: String,
+    /// The management API's URL; `None` for the no-op server.
+    pub management: Option<String>,
+}
+
+impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program`, pinned to `KEYGATE_BENCH_SERVER_CPUS` when set (e.g. "0", with the bench
+/// itself under `taskset -c 1`), so that server and load generator do not share a core.
+fn pinned(program: &Path) -> Command {
+    match std::env::var("KEYGATE_BENCH_SERVER_CPUS") {
+        Ok(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.arg("-c").arg(cpus).arg(program);
+            taskset
+        }
+        Err(_) => Command::new(program),
+    }
+}
+
+/// Spawns `command`, applies `KEYGATE_BENCH_SERVER_CPU_SHARE`, and reads the listening
+/// addresses it logs.
+fn spawn(mut command: Command, management: bool) -> Running {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("cannot start the server");
+    if let Ok(share) = std::env::var("KEYGATE_BENCH_SERVER_CPU_SHARE") {
+        limit_cpu(
+            child.id(),
+            share.parse().expect("a share of one CPU, e.g. 0.25"),
+        );
+    }
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut address = |what: &str| loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if line.contains(what) {
+            return format!("http://{}", line.split("addr=").nth(1).unwrap().trim());
+        }
+    };
+    let management = management.then(|| address("management API listening"));
+    let data_plane = address("data plane listening");
+    std::thread::spawn(move || lines.for_each(drop));
+    Running {
+        child,
+        data_plane,
+        management,
+    }
+}
+
+/// Starts keygate with `config` and `env`, its data in `dir`.
+pub fn keygate(dir: &Path, config: &str, env: &[(&str, &str)]) -> Running {
+    let config_path = dir.join("keygate.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let binary = std::env::var_os("KEYGATE_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_keygate")),
+        PathBuf::from,
+    );
+    let mut command = pinned(&binary);
+    command
+        .args([
+            "serve",
+            "--management-addr",
+            "127.0.0.1:0",
+            "--data-plane-addr",
+            "127.0.0.1:0",
+            "--set",
+            "listen.metrics=127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_clear()
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYGATE_LOG", "error,keygate::server=info")
+        .envs(env.iter().copied())
+        .envs(std::env::vars().filter(|(name, _)| name.starts_with("KEYGATE_ADMISSION__")));
+    spawn(command, true)
+}
+
+/// Starts the no-op ext_authz server: this bench binary in its no-op mode.
+pub fn noop() -> Running {
+    let mut command = pinned(&std::env::current_exe().unwrap());
+    command.env_clear().env(NOOP_MODE, "1");
+    spawn(command, false)
+}
+
+/// `message` as the admin sends it.
+fn as_admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    request
+}
+
+/// Creates an owner and a key through keygate's management API and returns the key.
+pub async fn create_key(management: &str) -> String {
+    let mut manage = KeyManagerClient::connect(management.to_owned())
+        .await
+        .unwrap();
+    let owner = manage
+        .create_owner(as_admin(proto::CreateOwnerRequest {
+            external_id: "bench".into(),
+            display_name: "bench".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    manage
+        .create_key(as_admin(proto::CreateKeyRequest {
+            owner_id: owner.id,
+            name: "bench".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+}
+
+/// The no-op server: answers every Check OK with one header, on the same tonic and
+/// envoy-types as keygate, on the runtime keygate uses. Runs until killed.
+pub fn serve_noop() {
+    struct Noop;
+
+    #[tonic::async_trait]
+    impl Authorization for Noop {
+        async fn check(
+            &self,
+            _request: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            Ok(tonic::Response::new(CheckResponse {
+                status: Some(rpc::Status::default()),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: vec![HeaderValueOption {
+                        header: Some(HeaderValue {
+                            key: "x-noop".into(),
+                            value: "1".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }))
+        }
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        eprintln!(
+            "no-op data plane listening addr={}",
+            listener.local_addr().unwrap()
+        );
+        tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::new(Noop))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+}
+
+/// Envoy (one worker) on a free loopback port, its ext_authz filter calling `authz` (the
+/// server's `host:port`) and every authorized request answered by a direct response.
+pub struct Envoy {
+    child: Child,
+    /// Where requests go.
+    pub listen: SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Envoy {
+    /// Starts Envoy, pinned like the servers, and waits until it listens.
+    pub fn start(envoy: &Path, authz: &str) -> Envoy {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let authz: SocketAddr = authz.trim_start_matches("http://").parse().unwrap();
+        let config = ENVOY_CONFIG
+            .replace("LISTEN_PORT", &listen.port().to_string())
+            .replace("AUTHZ_PORT", &authz.port().to_string());
+        let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        std::fs::write(file.path(), config).unwrap();
+        let mut command = pinned(envoy);
+        let child = command
+            .arg("-c")
+            .arg(file.path())
+            .arg("--disable-hot-restart")
+            .args(["--base-id", &listen.port().to_string()])
+            .args(["--log-level", "error", "--concurrency", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start envoy");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(listen).is_err() {
+            assert!(std::time::Instant::now() < deadline, "envoy did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Envoy {
+            child,
+            listen,
+            _config: file,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Envoy's configuration for the bench: ext_authz over gRPC, then a direct response.
+const ENVOY_CONFIG: &str = r#"
+static_resources:
+  listeners:
+    - name: ingress
+      address:
+        socket_address: { address: 127.0.0.1, port_value: LISTEN_PORT }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: api
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: "/" }
+                          direct_response: { status: 200, body: { inline_string: "ok" } }
+                http_filters:
+                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      grpc_service:
+                        envoy_grpc: { cluster_name: authz }
+                        timeout: 0.25s
+                      transport_api_version: V3
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: authz
+      type: STATIC
+      connect_timeout: 0.25s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {}
+      load_assignment:
+        cluster_name: authz
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: { address: 127.0.0.1, port_value: AUTHZ_PORT }
+"#;
+
+/// Puts process `pid` in a cgroup (v1 `cpu` controller) allowed `share` of one CPU in every
+/// 10 ms, as a Kubernetes CPU limit would: a server slower than the load generator, so that
+/// the generator can overload it. Needs a writable `/sys/fs/cgroup/cpu`.
+fn limit_cpu(pid: u32, share: f64) {
+    let group = PathBuf::from(format!("/sys/fs/cgroup/cpu/keygate-bench-{pid}"));
+    let write = |file: &str, value: String| {
+        std::fs::write(group.join(file), value)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", group.join(file).display()))
+    };
+    std::fs::create_dir(&group).expect("cannot create a cpu cgroup (cgroup v1, writable)");
+    write("cpu.cfs_period_us", "10000".into());
+    write("cpu.cfs_quota_us", format!("{}", (10_000.0 * share) as u64));
+    write("cgroup.procs", pid.to_string());
+}
+
+/// CPU time (user + system) process `pid` has used so far. `/proc/<pid>/stat` counts it
+/// in clock ticks, which Linux exposes to user space at 100 per second.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
