@@ -4,7 +4,7 @@
 //! adapters (`service::caller::authenticate`); what it may then do is decided here, once,
 //! for every management call.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 
 /// The scope that lets an API key manage its owner's keys.
 pub const MANAGE_SCOPE: &str = "keygate:keys";
@@ -60,7 +60,8 @@ impl Caller {
             && let Some(missing) = scopes.iter().find(|s| !held.contains(s))
         {
             return Err(Error::PermissionDenied(format!(
-                "the calling key cannot grant scope {missing:?}, which it does not hold"
+                "the calling key cannot grant scope {}, which it does not hold",
+                quote(missing)
             )));
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! [`KeyEdit`]: the changes an update makes to a key, and the state rules they obey.
 
 use crate::clock::UnixTime;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::model::{Cidrs, KeyRecord, KeyState, Metadata, Name, Scopes};
 
 /// The fields a key update changes; `None` leaves a field as it is.
@@ -35,8 +35,8 @@ impl KeyEdit {
     pub fn apply(&self, k: &mut KeyRecord) -> Result<()> {
         if k.state == KeyState::Revoked {
             return Err(Error::FailedPrecondition(format!(
-                "key {:?} is revoked and can no longer be changed",
-                k.id
+                "key {} is revoked and can no longer be changed",
+                quote(&k.id)
             )));
         }
         match (self.disabled, k.state) {
@@ -44,8 +44,8 @@ impl KeyEdit {
             (Some(false), KeyState::Disabled) => k.state = KeyState::Active,
             (Some(false), KeyState::PendingActivation) => {
                 return Err(Error::FailedPrecondition(format!(
-                    "key {:?} is pending activation; activate it with its code",
-                    k.id
+                    "key {} is pending activation; activate it with its code",
+                    quote(&k.id)
                 )));
             }
             _ => {}

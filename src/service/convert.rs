@@ -7,7 +7,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::clock::UnixTime;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::manage::{
     Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, Rotation,
 };
@@ -122,7 +122,8 @@ pub fn mask_paths(mask: Option<prost_types::FieldMask>, allowed: &[&str]) -> Res
     for path in &paths {
         if !allowed.contains(&path.as_str()) {
             return Err(Error::InvalidArgument(format!(
-                "update_mask: {path:?} cannot be updated; updatable fields are {allowed:?}"
+                "update_mask: {} cannot be updated; updatable fields are {allowed:?}",
+                quote(path)
             )));
         }
     }

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, key_not_found,
-    owner_not_found,
+    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, external_id_taken,
+    key_not_found, owner_not_found,
 };
 use crate::error::{Error, Result};
 use crate::model::{KeyRecord, KeyState, Owner};
@@ -137,10 +137,7 @@ impl Store for EmbeddedStore {
                 .map_err(fault)?
                 .is_some()
             {
-                return Err(Error::AlreadyExists(format!(
-                    "an owner with external id {:?} already exists",
-                    owner.external_id
-                )));
+                return Err(external_id_taken(&owner.external_id));
             }
             owners
                 .insert(owner.id.as_str(), encode(&owner)?.as_slice())
