@@ -104,7 +104,10 @@ fn start_keygate(
         .arg("--data-dir")
         .arg(dir)
         .env_clear()
-        .env("KEYGATE_ADMIN_TOKEN", "bench-admin-token-0123456789")
+        .env(
+            "KEYGATE_ADMIN_TOKEN",
+            "bench-admin-token-0123456789-abcdefghij",
+        )
         .env("KEYGATE_LOG", "error,keygate::server=info")
         .envs(env.iter().copied())
         .envs(std::env::vars().filter(|(name, _)| name.starts_with("KEYGATE_ADMISSION__")))
@@ -296,7 +299,9 @@ fn as_admin<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",
-        "Bearer bench-admin-token-0123456789".parse().unwrap(),
+        "Bearer bench-admin-token-0123456789-abcdefghij"
+            .parse()
+            .unwrap(),
     );
     request
 }

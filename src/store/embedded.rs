@@ -36,8 +36,18 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens the database file at `path`, creating it readable by its owner only (0600).
     pub fn open(path: &Path) -> Result<Self> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create the embedded store {}: {e}",
+                path.display()
+            ))
+        })?;
         let db = Database::create(path).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot open the embedded store {}: {e}",

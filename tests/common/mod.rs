@@ -27,7 +27,7 @@ use keygate::store::embedded::EmbeddedStore;
 use tonic::transport::Channel;
 
 /// The admin token test servers are started with.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789-abcdefghij";
 
 /// The start of the manual clock: 2026-01-01T00:00:00Z.
 pub const T0: i64 = 1_767_225_600;
