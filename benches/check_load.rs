@@ -228,7 +228,9 @@ enum Load {
 fn run(name: &str, config: &str, env: &[(&str, &str)], load: Load) -> f64 {
     println!("check_load: --- {name} ---");
     let dir = tempfile::tempdir().unwrap();
-    let (mut keygate, management, data_plane) = start_keygate(dir.path(), config, env);
+    // A directory keygate creates itself, private as it requires.
+    let (mut keygate, management, data_plane) =
+        start_keygate(&dir.path().join("data"), config, env);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let throughput = runtime.block_on(async {
         let key = create_key(management).await;

@@ -66,7 +66,7 @@ async fn exporting(protocol: &str, extra_env: &[(&str, &str)]) -> Exporting {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     env.extend_from_slice(extra_env);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let server = KeygateProcess::start(dir.path(), &env);
     let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
     let owner = create_owner(&mut manage, "acme", "pro").await;
@@ -400,7 +400,7 @@ fn grpcurl_health(addr: SocketAddr, service: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_reports_not_serving_drains_flushes_usage_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let data = dir.path().join("data");
     let mut server = KeygateProcess::start(
         &data,

@@ -112,6 +112,15 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     test_config_with(dir, "")
 }
 
+/// A fresh directory private to this user (0700), as keygate requires of a data directory
+/// it is given.
+pub fn data_dir() -> tempfile::TempDir {
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    builder.tempdir().unwrap()
+}
+
 /// How a test server differs from the default one.
 #[derive(Default)]
 pub struct Options<'a> {
