@@ -17,7 +17,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
     && install -D -m 0755 target/release/keygate /out/keygate \
-    && mkdir -p /out/data
+    && install -d -m 0700 /out/data
 
 # glibc, libgcc and CA certificates; no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12

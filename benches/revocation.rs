@@ -34,7 +34,7 @@ use redis_server::RedisServer;
 const REVOCATIONS: usize = 300;
 /// Revocations run first and not timed.
 const WARMUP: usize = 20;
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789-abcdefghij";
 
 /// A replica in Redis mode over `store`, with its files in `dir`.
 async fn replica(redis_url: &str, store: Arc<dyn Store>, dir: &std::path::Path) -> RunningServer {

@@ -18,7 +18,7 @@ use crate::manage::{Deps, Invalidator, Keys, Owners};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Backend, RateLimiter};
 use crate::redis::RedisPool;
-use crate::secrets::Secrets;
+use crate::secrets::{Secrets, not_private};
 use crate::service::caller::ManagementAuth;
 use crate::service::{DataPlane, ManagementPlane};
 use crate::store::embedded::EmbeddedStore;
@@ -114,8 +114,28 @@ fn redis_pool(config: &Config) -> Result<Option<RedisPool>, ConfigError> {
         })
 }
 
-/// Creates the data directory if it is missing, readable by its owner only.
+/// Creates the data directory if it is missing, private to its owner (0700); refuses an
+/// existing one that is not a directory or that its group or others may access.
 pub fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let refused = |message| {
+        StartError::Config(ConfigError::Field {
+            field: "data_dir".into(),
+            message,
+        })
+    };
+    match std::fs::metadata(dir) {
+        Ok(metadata) if !metadata.is_dir() => {
+            return Err(refused(format!("{} is not a directory", dir.display())));
+        }
+        Ok(metadata) => return not_private(dir, &metadata).map_or(Ok(()), |why| Err(refused(why))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StartError::Runtime(format!(
+                "cannot read the data directory {} (data_dir): {e}",
+                dir.display()
+            )));
+        }
+    }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -8,6 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Seconds since the Unix epoch, UTC.
 pub type UnixTime = i64;
 
+/// The earliest instant a request may name: 1970-01-01T00:00:00Z.
+pub const MIN_UNIX_TIME: UnixTime = 0;
+/// The latest instant a request may name: 9999-12-31T23:59:59Z, the last one RFC 3339
+/// (and so every client printing a timestamp) can write.
+pub const MAX_UNIX_TIME: UnixTime = 253_402_300_799;
+
 /// Milliseconds since the Unix epoch, UTC.
 pub type UnixMillis = i64;
 

@@ -32,3 +32,36 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Most characters of caller input an error message quotes.
+pub const QUOTE_LIMIT: usize = 32;
+
+/// `input` as an error message quotes it: escaped (control and format characters shown as
+/// `\u{..}`) and cut to its first [`QUOTE_LIMIT`] characters with an ellipsis, so a message
+/// stays short and printable whatever was sent. Every message that repeats caller input
+/// quotes it through here.
+pub fn quote(input: &str) -> String {
+    match input.char_indices().nth(QUOTE_LIMIT) {
+        Some((end, _)) => format!("{:?}…", &input[..end]),
+        None => format!("{input:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_input_is_escaped_and_short() {
+        assert_eq!(quote("read"), r#""read""#);
+        assert_eq!(quote("a\nb"), r#""a\nb""#);
+        assert_eq!(quote("a\u{202e}b"), r#""a\u{202e}b""#);
+        let long = "é".repeat(10_000);
+        let quoted = quote(&long);
+        assert_eq!(quoted, format!("{:?}…", "é".repeat(QUOTE_LIMIT)));
+        assert_eq!(
+            quote(&"x".repeat(QUOTE_LIMIT)),
+            format!("{:?}", "x".repeat(32))
+        );
+    }
+}

@@ -371,7 +371,11 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
 
 async fn serve_until_signal(args: ServeArgs) -> Result<(), StartError> {
     let config = args.load()?;
-    create_data_dir(&config.data_dir)?;
+    // Only the embedded store keeps anything there: its file and, unless one is given, the
+    // pepper. The Redis store needs a shared pepper from the environment.
+    if config.store == StoreBackend::Embedded {
+        create_data_dir(&config.data_dir)?;
+    }
     let env: HashMap<String, String> = std::env::vars().collect();
     check_deployment(&config, &env)?;
     let (secrets, pepper_source) =

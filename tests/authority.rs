@@ -55,7 +55,7 @@ fn rfc3339(unix: u64) -> String {
 
 impl Fixture {
     fn start() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::data_dir();
         let config = format!("{}{PLANS}", common::TEST_CONFIG);
         let server = KeygateProcess::start_with_config(
             dir.path(),

@@ -558,16 +558,16 @@ fn secrets_are_generated_long_enough_or_taken_from_values() {
         secret["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
-    for key in ["pepper", "admin-token"] {
-        // At least 16 bytes: at least 24 base64 characters.
+    // The pepper needs 16 bytes (24 base64 characters), the admin token 32 (44).
+    for (key, least) in [("pepper", 24), ("admin-token", 44)] {
         let encoded = secret["data"][key].as_str().unwrap();
-        assert!(encoded.len() >= 24, "{key}: {encoded}");
+        assert!(encoded.len() >= least, "{key}: {encoded}");
     }
     let given = render(
         &[],
         &[json!({"secrets": {
             "pepper": "a-given-pepper-0123456789",
-            "adminToken": "a-given-admin-token-0123456789",
+            "adminToken": "a-given-admin-token-0123456789-abcdef",
         }})],
     );
     let secret = given.get("Secret", "keygate");
@@ -577,7 +577,7 @@ fn secrets_are_generated_long_enough_or_taken_from_values() {
     );
     assert_eq!(
         secret["data"]["admin-token"],
-        "YS1naXZlbi1hZG1pbi10b2tlbi0wMTIzNDU2Nzg5"
+        "YS1naXZlbi1hZG1pbi10b2tlbi0wMTIzNDU2Nzg5LWFiY2RlZg=="
     );
 }
 

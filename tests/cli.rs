@@ -64,7 +64,7 @@ fn json(output: &Output) -> serde_json::Value {
 
 #[test]
 fn the_five_minute_tour() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     // A data directory that does not exist yet is created on start.
     let server = server(&dir.path().join("new").join("data"));
 
@@ -144,7 +144,7 @@ fn the_five_minute_tour() {
 
 #[test]
 fn every_key_command_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let server = server(dir.path());
     let owner = json(&cli(
         &server,
@@ -258,7 +258,7 @@ fn every_key_command_round_trips() {
 
 #[test]
 fn errors_exit_non_zero_with_the_servers_message() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let server = server(dir.path());
 
     let anonymous = cli_as(&server, None, &["plans", "list"], "");
@@ -301,7 +301,7 @@ type BadStart<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn a_bad_configuration_fails_before_serving_with_a_usage_code() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let cases: &[BadStart] = &[
         (&["--management-addr", "nowhere"], &[], "listen.management"),
         (&[], &[("KEYGATE_ARGON2__ITERATIONS", "0")], "argon2"),
@@ -367,7 +367,7 @@ fn kubernetes_service_links_never_stop_keygate_and_typos_still_do() {
     );
 
     // `serve` reports its three listeners (or the start panics with its log) and answers.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let served = KeygateProcess::start(dir.path(), &env);
     let plans = cli(&served, &["plans", "list", "--json"], "");
     assert!(plans.status.success(), "{}", stderr(&plans));
@@ -419,7 +419,7 @@ async fn admin_export_and_import_move_an_embedded_store_to_redis() {
         .await
         .unwrap();
     let redis_url = redis.url();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let (old_dir, new_dir, file) = (
         dir.path().join("old"),
         dir.path().join("new"),
@@ -530,7 +530,7 @@ async fn admin_export_and_import_move_an_embedded_store_to_redis() {
 
 #[test]
 fn the_redis_store_requires_a_shared_pepper() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let output = Command::new(keygate_bin())
         .args(["serve", "--set", "store=redis", "--data-dir"])
         .arg(dir.path())
@@ -579,7 +579,7 @@ fn version_names_the_release_and_the_git_revision() {
 
 #[test]
 fn config_check_prints_the_effective_configuration_with_secrets_masked() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let file = dir.path().join("keygate.yaml");
     std::fs::write(
         &file,
@@ -631,4 +631,113 @@ fn config_check_prints_the_effective_configuration_with_secrets_masked() {
         stderr(&typo)
     );
     assert!(typo.stdout.is_empty());
+}
+
+/// `keygate serve` with `env` over `data_dir`, expected to stop before serving: its exit
+/// code and what it logged.
+fn refused_start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(keygate_bin())
+        .args(["serve", "--management-addr", "127.0.0.1:0"])
+        .args([
+            "--data-plane-addr",
+            "127.0.0.1:0",
+            "--set",
+            "listen.metrics=127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert!(!err.contains("listening"), "no port may open: {err}");
+    (output.status.code(), err)
+}
+
+#[test]
+fn a_blank_or_short_admin_token_stops_the_start() {
+    let dir = common::data_dir();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "  \n").unwrap();
+    let short = "s3cret-but-only-31-bytes-long!!";
+    assert_eq!(short.len(), 31);
+    for (variable, value, problem) in [
+        ("KEYGATE_ADMIN_TOKEN", short, "too short"),
+        ("KEYGATE_ADMIN_TOKEN", "      ", "only whitespace"),
+        (
+            "KEYGATE_ADMIN_TOKEN_FILE",
+            token_file.to_str().unwrap(),
+            "only whitespace",
+        ),
+    ] {
+        let data = common::data_dir();
+        let (code, err) = refused_start(
+            data.path(),
+            &[("KEYGATE_PEPPER", PEPPER), (variable, value)],
+        );
+        assert_eq!(code, Some(2), "{variable}: {err}");
+        assert!(
+            err.contains("KEYGATE_ADMIN_TOKEN")
+                && err.contains(problem)
+                && err.contains("32 bytes"),
+            "{variable}: {err}"
+        );
+        assert!(!err.contains(short), "the token is never echoed: {err}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn data_directories_and_peppers_open_to_others_stop_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let env = [("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
+
+    let open_dir = common::data_dir();
+    for shared in [0o755, 0o750, 0o707] {
+        mode(open_dir.path(), shared);
+        let (code, err) = refused_start(open_dir.path(), &env);
+        assert_eq!(code, Some(2), "{err}");
+        let chmod = format!("run `chmod 700 {}`", open_dir.path().display());
+        assert!(err.contains("data_dir") && err.contains(&chmod), "{err}");
+    }
+    assert!(
+        !open_dir.path().join("pepper").exists(),
+        "nothing is written there"
+    );
+
+    let data = common::data_dir();
+    let pepper = data.path().join("pepper");
+    std::fs::write(&pepper, "a pepper of enough bytes, 0123456789").unwrap();
+    mode(&pepper, 0o644);
+    let (code, err) = refused_start(data.path(), &env);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("run `chmod 600 {}`", pepper.display())),
+        "{err}"
+    );
+    assert!(
+        !err.contains("a pepper of enough bytes"),
+        "never echoed: {err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_data_directory_and_its_files_are_private_to_keygate() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = common::data_dir();
+    let data = parent.path().join("data");
+    let served = KeygateProcess::start(&data, &[("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let mode =
+        |path: std::path::PathBuf| std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data.clone()), 0o700);
+    assert_eq!(mode(data.join("keygate.redb")), 0o600);
+    assert_eq!(mode(data.join("pepper")), 0o600);
+    drop(served);
+    // And the server starts again over what it created.
+    KeygateProcess::start(&data, &[("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
 }

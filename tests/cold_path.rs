@@ -173,7 +173,7 @@ async fn issue(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_and_a_wrong_secret_flood_keep_memory_threads_and_latency_bounded() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let server = KeygateProcess::start_with_config(
         dir.path(),
         &config(),

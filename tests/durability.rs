@@ -9,7 +9,7 @@ use keygate::proto::{self, key_manager_client::KeyManagerClient};
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     // No pepper in the environment: the one generated into the data directory on first
     // start must be found again after the crash.
     let env = [("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)];

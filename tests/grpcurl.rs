@@ -31,7 +31,7 @@ fn call(server: &KeygateProcess, method: &str, body: &str) -> (bool, String, Str
 
 #[test]
 fn grpcurl_discovers_and_calls_the_api_through_reflection() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let server = KeygateProcess::start(
         dir.path(),
         &[
@@ -119,7 +119,7 @@ fn listed(addr: &str) -> Vec<String> {
 
 #[test]
 fn each_listener_lists_exactly_the_services_it_serves() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let server = KeygateProcess::start(
         dir.path(),
         &[

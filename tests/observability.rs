@@ -66,7 +66,7 @@ async fn exporting(protocol: &str, extra_env: &[(&str, &str)]) -> Exporting {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     env.extend_from_slice(extra_env);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let server = KeygateProcess::start(dir.path(), &env);
     let mut manage = KeyManagerClient::new(channel(server.management_addr).await);
     let owner = create_owner(&mut manage, "acme", "pro").await;
@@ -400,7 +400,7 @@ fn grpcurl_health(addr: SocketAddr, service: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_reports_not_serving_drains_flushes_usage_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let data = dir.path().join("data");
     let mut server = KeygateProcess::start(
         &data,
@@ -690,6 +690,9 @@ async fn on_sigterm_a_check_in_flight_is_answered_and_pending_spans_are_exported
         // when the signal arrives.
         ("KEYGATE_ARGON2__MEMORY_KIB", "32768"),
         ("KEYGATE_ARGON2__ITERATIONS", "8"),
+        // On a busy machine that verification can take longer than the default wait;
+        // the test is about shutdown, not about the cold path's deadline.
+        ("KEYGATE_ARGON2__WAIT", "60s"),
     ];
     let Exporting {
         receiver,

@@ -91,7 +91,7 @@ async fn the_readme_s_first_command_serves() {
     // checkout in the environment of these tests (Cargo's own variables and all), with a
     // fresh data directory and loopback ports chosen by the system instead of the defaults,
     // through the configuration's own variables.
-    let data_dir = tempfile::tempdir().unwrap();
+    let data_dir = common::data_dir();
     let mut command = Command::new(env!("CARGO"));
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(set_for_tests_by_cargo) {

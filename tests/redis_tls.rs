@@ -147,7 +147,7 @@ impl Drop for TlsRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keygate_stores_keys_in_redis_over_tls_and_refuses_an_untrusted_server() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::data_dir();
     let tls = dir.path().to_owned();
     let redis = tokio::task::spawn_blocking(move || {
         certificates(&tls);

@@ -110,7 +110,8 @@ pub fn keygate(dir: &Path, config: &str, env: &[(&str, &str)]) -> Running {
         .arg("--config")
         .arg(&config_path)
         .arg("--data-dir")
-        .arg(dir)
+        // A directory keygate creates itself, private as it requires.
+        .arg(dir.join("data"))
         .env_clear()
         .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("KEYGATE_LOG", "error,keygate::server=info")

@@ -115,6 +115,15 @@ impl Credential {
     }
 }
 
+/// The token of a `Bearer <token>` header value, as the data plane and the management API
+/// both read it: the scheme in any case, any blanks around the value and between scheme and
+/// token. `None` for another scheme or no token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(|c: char| c.is_ascii_whitespace())?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The non-empty, trimmed items of a comma-separated list.
 pub fn comma_list(text: &str) -> impl Iterator<Item = &str> {
     text.split(',').map(str::trim).filter(|s| !s.is_empty())
@@ -150,13 +159,7 @@ pub fn extract<'h>(
             };
             match source.kind {
                 SourceKind::Header => Some(whole(value)),
-                SourceKind::Bearer => {
-                    let (scheme, token) = value.split_once(' ')?;
-                    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-                        return None;
-                    }
-                    Some(whole(token.trim()))
-                }
+                SourceKind::Bearer => bearer_token(value).map(whole),
                 SourceKind::Pair => Some(Credential::pair(value, present(&source.secret_header)?)),
             }
         })
@@ -205,6 +208,30 @@ mod tests {
             .as_deref(),
             Some("first")
         );
+    }
+
+    #[test]
+    fn bearer_spellings() {
+        for accepted in [
+            "Bearer kg_a",
+            "bearer kg_a",
+            "BEARER kg_a",
+            "BeArEr kg_a",
+            "  Bearer   kg_a  ",
+            "Bearer\tkg_a",
+        ] {
+            assert_eq!(bearer_token(accepted), Some("kg_a"), "{accepted:?}");
+        }
+        for refused in [
+            "Bearer",
+            "Bearer   ",
+            "Basic kg_a",
+            "Bearerkg_a",
+            "kg_a",
+            "",
+        ] {
+            assert_eq!(bearer_token(refused), None, "{refused:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use super::{
     KeysListArgs, KeysRotateArgs, KeysUpdateArgs, NewKeyArgs, OwnersCli, OwnersCommand,
     OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
 };
+use crate::error::quote;
 use crate::model::{Cidrs, Metadata, Name, Scopes};
 use crate::proto;
 use crate::proto::key_manager_client::KeyManagerClient;
@@ -137,7 +138,7 @@ pub async fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
         format!("http://{}", opts.addr)
     };
     let endpoint = Endpoint::from_shared(uri)
-        .map_err(|err| usage(format!("invalid --addr {:?}: {err}", opts.addr)))?
+        .map_err(|err| usage(format!("invalid --addr {}: {err}", quote(&opts.addr))))?
         .connect_timeout(CONNECT_TIMEOUT);
     let channel = endpoint.connect().await.map_err(|err| CliError::Connect {
         addr: opts.addr.clone(),
@@ -238,7 +239,8 @@ pub fn meta_map(items: Vec<(String, String)>) -> Result<HashMap<String, String>,
     for (key, value) in items {
         if map.contains_key(&key) {
             return Err(usage(format!(
-                "metadata key {key:?} is given more than once"
+                "metadata key {} is given more than once",
+                quote(&key)
             )));
         }
         map.insert(key, value);
@@ -267,7 +269,8 @@ fn parse_time(flag: &str, text: &str) -> Result<prost_types::Timestamp, CliError
         .map(prost_types::Timestamp::from)
         .map_err(|err| {
             usage(format!(
-                "invalid {flag} {text:?}: {err}; expected RFC 3339 in UTC, e.g. 2027-01-31T00:00:00Z"
+                "invalid {flag} {}: {err}; expected RFC 3339 in UTC, e.g. 2027-01-31T00:00:00Z",
+                quote(text)
             ))
         })
 }
@@ -283,11 +286,12 @@ fn days_from(now: SystemTime, days: u32) -> Result<prost_types::Timestamp, CliEr
 fn parse_grace(text: &str) -> Result<prost_types::Duration, CliError> {
     let duration = humantime::parse_duration(text).map_err(|err| {
         usage(format!(
-            "invalid --grace {text:?}: {err}; expected a duration like 30m or 24h"
+            "invalid --grace {}: {err}; expected a duration like 30m or 24h",
+            quote(text)
         ))
     })?;
     prost_types::Duration::try_from(duration)
-        .map_err(|_| usage(format!("--grace {text:?} is too long")))
+        .map_err(|_| usage(format!("--grace {} is too long", quote(text))))
 }
 
 fn page(args: PageArgs) -> (u32, String) {

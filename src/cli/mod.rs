@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
+use crate::error::quote;
 use crate::proto;
 
 /// The whole command line.
@@ -439,10 +440,12 @@ pub struct KeysImportArgs {
 pub fn parse_meta(item: &str) -> Result<(String, String), String> {
     match item.split_once('=') {
         None => Err(format!(
-            "metadata item {item:?} has no '=': expected KEY=VALUE"
+            "metadata item {} has no '=': expected KEY=VALUE",
+            quote(item)
         )),
         Some(("", _)) => Err(format!(
-            "metadata item {item:?} has an empty key: expected KEY=VALUE"
+            "metadata item {} has an empty key: expected KEY=VALUE",
+            quote(item)
         )),
         Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
     }

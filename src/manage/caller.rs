@@ -27,7 +27,7 @@
 use ipnet::IpNet;
 
 use crate::clock::UnixTime;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::model::{KeyRecord, KeyState};
 
 /// The scope that lets an API key manage its owner's keys.
@@ -77,7 +77,10 @@ impl CallingKey {
         if let Some(scope) = key.scopes.iter().find(|s| !self.scopes.contains(s)) {
             return Err(refused(
                 "scopes",
-                format!("{subject} holds scope {scope:?}, which the calling key does not"),
+                format!(
+                    "{subject} holds scope {}, which the calling key does not",
+                    quote(scope)
+                ),
             ));
         }
         if key.plan.is_some() && key.plan != self.plan {
@@ -218,7 +221,7 @@ impl Caller {
     pub fn require_may_touch(&self, key: &KeyRecord) -> Result<()> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Key(own) => own.require_no_stronger(key, &format!("key {:?}", key.id)),
+            Caller::Key(own) => own.require_no_stronger(key, &format!("key {}", quote(&key.id))),
         }
     }
 

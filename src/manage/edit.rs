@@ -2,7 +2,7 @@
 
 use super::Caller;
 use crate::clock::UnixTime;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::model::{Cidrs, KeyRecord, KeyState, Metadata, Name, Scopes};
 
 /// The fields a key update changes; `None` leaves a field as it is.
@@ -37,8 +37,8 @@ impl KeyEdit {
     pub fn apply(&self, k: &mut KeyRecord, caller: &Caller) -> Result<()> {
         if k.state == KeyState::Revoked {
             return Err(Error::FailedPrecondition(format!(
-                "key {:?} is revoked and can no longer be changed",
-                k.id
+                "key {} is revoked and can no longer be changed",
+                quote(&k.id)
             )));
         }
         if self.disabled == Some(false) {
@@ -55,8 +55,8 @@ impl KeyEdit {
             }
             (Some(false), KeyState::PendingActivation) => {
                 return Err(Error::FailedPrecondition(format!(
-                    "key {:?} is pending activation; activate it with its code",
-                    k.id
+                    "key {} is pending activation; activate it with its code",
+                    quote(&k.id)
                 )));
             }
             _ => {}

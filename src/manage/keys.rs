@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use super::edit::{KeyEdit, future};
 use super::{Caller, Deps, Page, Written};
 use crate::clock::UnixTime;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::key::format::{Alphabet, IssuedKey, KeyProfile, MIN_SECRET_BITS};
 use crate::key::hash::secrets_equal;
 use crate::model::values::required;
@@ -498,7 +498,8 @@ impl Keys {
         self.deps.profiles.get(name).ok_or_else(|| {
             let known: Vec<_> = self.deps.profiles.iter().map(|p| p.name.as_str()).collect();
             Error::InvalidArgument(format!(
-                "profile: unknown key profile {name:?}; configured profiles are {known:?}"
+                "profile: unknown key profile {}; configured profiles are {known:?}",
+                quote(name)
             ))
         })
     }

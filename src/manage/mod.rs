@@ -37,7 +37,7 @@ pub mod owners;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::invalidation::{Invalidation, Propagation};
 use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
@@ -106,7 +106,7 @@ impl Deps {
         let id = required("owner_id", id)?;
         match self.store.get_owner(id).await? {
             Some(owner) if caller.can_see(&owner.id) => Ok(owner),
-            _ => Err(Error::NotFound(format!("owner {id:?} not found"))),
+            _ => Err(Error::NotFound(format!("owner {} not found", quote(id)))),
         }
     }
 
@@ -115,7 +115,7 @@ impl Deps {
         let id = required("id", id)?;
         match self.store.get_key(id).await? {
             Some(key) if caller.can_see(&key.owner_id) => Ok(key),
-            _ => Err(Error::NotFound(format!("key {id:?} not found"))),
+            _ => Err(Error::NotFound(format!("key {} not found", quote(id)))),
         }
     }
 
@@ -128,7 +128,8 @@ impl Deps {
         if self.plans.get(plan).is_none() {
             let known = self.plans.names();
             return Err(Error::InvalidArgument(format!(
-                "{field}: unknown plan {plan:?}; configured plans are {known:?}"
+                "{field}: unknown plan {}; configured plans are {known:?}",
+                quote(plan)
             )));
         }
         Ok(Some(plan.to_owned()))

@@ -10,7 +10,7 @@ use std::ops::Deref;
 
 use ipnet::IpNet;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 
 /// Longest name, display name or external id accepted, in characters.
 pub const MAX_NAME_LEN: usize = 200;
@@ -36,8 +36,60 @@ pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     Ok(value)
 }
 
-/// A human-readable name: not blank, at most [`MAX_NAME_LEN`] characters, no control
-/// characters. Surrounding blanks are dropped.
+/// Unicode's format characters (general category Cf, Unicode 16): invisible characters
+/// that change how the text around them displays, such as bidi controls (U+202E) and
+/// zero-width characters (U+200B).
+const FORMAT_CHARACTERS: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+/// Whether `c` is a Unicode format character (general category Cf).
+pub fn is_format(c: char) -> bool {
+    FORMAT_CHARACTERS
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
+}
+
+/// Refuses `value` if it holds a control character or, with `readable`, a format
+/// character ([`is_format`]): text a person reads must show what it says.
+fn refuse_hidden(field: &str, value: &str, readable: bool) -> Result<()> {
+    let hidden = |c: &char| c.is_control() || (readable && is_format(*c));
+    match value.chars().find(hidden) {
+        Some(c) => Err(Error::InvalidArgument(format!(
+            "{field} contains U+{:04X}, a control{} character; remove it",
+            u32::from(c),
+            if readable {
+                " or invisible formatting (bidi, zero-width)"
+            } else {
+                ""
+            }
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A human-readable name: not blank, at most [`MAX_NAME_LEN`] characters, no control or
+/// format characters ([`is_format`]). Surrounding blanks are dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name(String);
 
@@ -45,11 +97,12 @@ impl Name {
     /// Checks `value` as the field `field`.
     pub fn parse(field: &str, value: &str) -> Result<Self> {
         let value = required(field, value)?;
-        if value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+        if value.chars().count() > MAX_NAME_LEN {
             return Err(Error::InvalidArgument(format!(
-                "{field} must be at most {MAX_NAME_LEN} characters with no control characters"
+                "{field} must be at most {MAX_NAME_LEN} characters"
             )));
         }
+        refuse_hidden(field, value, true)?;
         Ok(Name(value.to_owned()))
     }
 
@@ -86,7 +139,8 @@ impl Scope {
                 .all(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(c));
         if !valid {
             return Err(Error::InvalidArgument(format!(
-                "{field}: scope {value:?} is not valid: use letters, digits and _ . : / - (e.g. read, billing:write), at most {MAX_SCOPE_LEN} characters"
+                "{field}: scope {} is not valid: use letters, digits and _ . : / - (e.g. read, billing:write), at most {MAX_SCOPE_LEN} characters",
+                quote(value)
             )));
         }
         Ok(Scope(value.to_owned()))
@@ -155,7 +209,8 @@ impl Cidrs {
                     .map(|net| net.trunc())
                     .map_err(|_| {
                         Error::InvalidArgument(format!(
-                            "{field}: {text:?} is not a CIDR like 203.0.113.0/24 or an IP address"
+                            "{field}: {} is not a CIDR like 203.0.113.0/24 or an IP address",
+                            quote(text)
                         ))
                     })
             })
@@ -181,9 +236,9 @@ impl Deref for Cidrs {
     }
 }
 
-/// Free-form attributes: at most [`MAX_METADATA_ENTRIES`] entries, keys of 1 to
-/// [`MAX_METADATA_KEY_LEN`] bytes (not blank), values of at most [`MAX_METADATA_VALUE_LEN`]
-/// bytes.
+/// Free-form attributes: at most [`MAX_METADATA_ENTRIES`] entries; keys of 1 to
+/// [`MAX_METADATA_KEY_LEN`] bytes, not blank, without control or format characters; values
+/// of at most [`MAX_METADATA_VALUE_LEN`] bytes without control characters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata(BTreeMap<String, String>);
 
@@ -204,16 +259,21 @@ impl Metadata {
             )));
         }
         for (k, v) in &map {
+            let key = || format!("{field} key {}", quote(k));
             if k.trim().is_empty() || k.len() > MAX_METADATA_KEY_LEN {
                 return Err(Error::InvalidArgument(format!(
-                    "{field} key {k:?} must be 1 to {MAX_METADATA_KEY_LEN} bytes"
+                    "{} must be 1 to {MAX_METADATA_KEY_LEN} bytes",
+                    key()
                 )));
             }
+            refuse_hidden(&key(), k, true)?;
+            let value = format!("{field} value for {}", quote(k));
             if v.len() > MAX_METADATA_VALUE_LEN {
                 return Err(Error::InvalidArgument(format!(
-                    "{field} value for {k:?} is longer than {MAX_METADATA_VALUE_LEN} bytes"
+                    "{value} is longer than {MAX_METADATA_VALUE_LEN} bytes"
                 )));
             }
+            refuse_hidden(&value, v, false)?;
         }
         Ok(Metadata(map))
     }
@@ -279,6 +339,24 @@ mod tests {
         assert!(Name::parse("name", &"x".repeat(201)).is_err());
         assert!(Name::parse("name", &"é".repeat(200)).is_ok());
         assert!(Name::parse("name", "a\u{7}b").is_err());
+        assert!(Name::parse("name", "日本語 Ünïcode ok").is_ok());
+        for hidden in [
+            "\u{202e}",
+            "\u{200b}",
+            "\u{2066}",
+            "\u{feff}",
+            "\u{ad}",
+            "\n",
+            "\u{e0041}",
+        ] {
+            let error = Name::parse("key.name", &format!("ad{hidden}min")).unwrap_err();
+            let text = error.to_string();
+            assert!(text.starts_with("key.name contains U+"), "{text}");
+            assert!(
+                !text.contains(hidden),
+                "the message shows the character escaped: {text}"
+            );
+        }
         let error = Name::parse("display_name", "").unwrap_err();
         assert!(error.to_string().contains("display_name"), "{error}");
     }
@@ -294,5 +372,27 @@ mod tests {
         assert!(Metadata::parse("metadata", &long_value).is_err());
         let ok = HashMap::from([("k".to_owned(), "v".repeat(1024))]);
         assert_eq!(Metadata::parse("metadata", &ok).unwrap().len(), 1);
+        let long_key = HashMap::from([("k".repeat(129), String::new())]);
+        let error = Metadata::parse("metadata", &long_key)
+            .unwrap_err()
+            .to_string();
+        assert!(error.len() < 120, "the key is quoted short: {error}");
+    }
+
+    #[test]
+    fn metadata_has_no_control_characters() {
+        let accepted = HashMap::from([("team".to_owned(), "Zürich \u{200d} ok".to_owned())]);
+        assert!(Metadata::parse("metadata", &accepted).is_ok());
+        for (k, v) in [
+            ("te\nam", "x"),
+            ("te\u{202e}am", "x"),
+            ("team", "a\tb"),
+            ("team", "\u{0}"),
+        ] {
+            let entry = HashMap::from([(k.to_owned(), v.to_owned())]);
+            let error = Metadata::parse("metadata", &entry).unwrap_err().to_string();
+            assert!(error.starts_with("metadata "), "{error}");
+            assert!(error.contains("U+"), "{error}");
+        }
     }
 }

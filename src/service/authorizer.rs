@@ -13,7 +13,7 @@ use crate::authz::decision::{Decision, DecisionCode};
 use crate::authz::engine::{Api, AuthzRequest};
 use crate::authz::extract::Credential;
 use crate::authz::response::render;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::proto::{self, authorizer_server::Authorizer};
 use crate::ratelimit::RateOutcome;
 use crate::ratelimit::window::WindowState;
@@ -86,7 +86,8 @@ fn authz_request(req: proto::AuthorizeRequest, request_id: String) -> Result<Aut
         "" => None,
         text => Some(text.parse::<IpAddr>().map_err(|_| {
             Error::InvalidArgument(format!(
-                "client_address {text:?} is not an IP address like 203.0.113.7 or 2001:db8::7"
+                "client_address {} is not an IP address like 203.0.113.7 or 2001:db8::7",
+                quote(text)
             ))
         })?),
     };

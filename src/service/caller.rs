@@ -15,6 +15,7 @@ use tonic::Request;
 
 use crate::authz::decision::DecisionCode;
 use crate::authz::engine::Authorizer;
+use crate::authz::extract::bearer_token;
 use crate::error::{Error, Result};
 use crate::secrets::AdminToken;
 
@@ -43,18 +44,9 @@ pub async fn authenticate<T>(auth: &ManagementAuth, request: &Request<T>) -> Res
             )))
         };
     };
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
-        })?;
+    let token = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+        Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
+    })?;
     if auth.admin_token.as_ref().is_some_and(|t| t.matches(token)) {
         return Ok(Caller::Admin);
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::clock::UnixTime;
-use crate::error::{Error, Result};
+use crate::clock::{MAX_UNIX_TIME, MIN_UNIX_TIME, UnixTime};
+use crate::error::{Error, Result, quote};
 use crate::manage::{
     Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, Rotation,
 };
@@ -29,21 +29,24 @@ fn opt_timestamp(t: Option<UnixTime>) -> Option<prost_types::Timestamp> {
     t.map(timestamp)
 }
 
-/// The whole seconds of a request timestamp, checked to be a real instant.
+/// The whole seconds of a request timestamp, checked to be a real instant between
+/// [`MIN_UNIX_TIME`] and [`MAX_UNIX_TIME`].
 pub fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<UnixTime> {
-    if !(0..1_000_000_000).contains(&t.nanos) || t.seconds < 0 {
+    if !(0..1_000_000_000).contains(&t.nanos)
+        || !(MIN_UNIX_TIME..=MAX_UNIX_TIME).contains(&t.seconds)
+    {
         return Err(Error::InvalidArgument(format!(
-            "{field} is not a valid timestamp after 1970"
+            "{field} must be a timestamp from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
         )));
     }
     Ok(t.seconds)
 }
 
-/// A request duration as a std duration, refusing negative values.
+/// A request duration as a std duration, refusing negative values and malformed nanos.
 pub fn from_duration(field: &str, d: &prost_types::Duration) -> Result<Duration> {
-    if d.seconds < 0 || d.nanos < 0 {
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
         return Err(Error::InvalidArgument(format!(
-            "{field} must not be negative"
+            "{field} must be a duration of zero or more seconds"
         )));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
@@ -122,7 +125,8 @@ pub fn mask_paths(mask: Option<prost_types::FieldMask>, allowed: &[&str]) -> Res
     for path in &paths {
         if !allowed.contains(&path.as_str()) {
             return Err(Error::InvalidArgument(format!(
-                "update_mask: {path:?} cannot be updated; updatable fields are {allowed:?}"
+                "update_mask: {} cannot be updated; updatable fields are {allowed:?}",
+                quote(path)
             )));
         }
     }
@@ -396,6 +400,48 @@ impl From<&PlanConfig> for proto::Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_bounded_to_years_1970_through_9999() {
+        let at = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(from_timestamp("t", &at(0, 0)).unwrap(), 0);
+        assert_eq!(
+            from_timestamp("t", &at(MAX_UNIX_TIME, 999_999_999)).unwrap(),
+            MAX_UNIX_TIME
+        );
+        for bad in [
+            at(-1, 0),
+            at(MAX_UNIX_TIME + 1, 0),
+            at(i64::MAX, 0),
+            at(i64::MIN, 0),
+            at(5, -1),
+            at(5, 1_000_000_000),
+        ] {
+            let error = from_timestamp("key.expire_time", &bad).unwrap_err();
+            assert!(
+                matches!(&error, Error::InvalidArgument(m) if m.starts_with("key.expire_time") && m.contains("9999-12-31")),
+                "{error}"
+            );
+        }
+        let printed = humantime::format_rfc3339(
+            std::time::UNIX_EPOCH + Duration::from_secs(MAX_UNIX_TIME as u64),
+        );
+        assert_eq!(printed.to_string(), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn durations_are_not_negative_or_malformed() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(
+            from_duration("grace", &d(2, 5)).unwrap(),
+            Duration::new(2, 5)
+        );
+        for bad in [d(-1, 0), d(0, -1), d(0, 1_000_000_000)] {
+            assert!(
+                matches!(from_duration("grace", &bad), Err(Error::InvalidArgument(m)) if m.starts_with("grace"))
+            );
+        }
+    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_forgeries() {

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, key_not_found,
-    owner_not_found,
+    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, external_id_taken,
+    key_not_found, owner_not_found,
 };
 use crate::error::{Error, Result};
 use crate::model::{KeyRecord, KeyState, Owner};
@@ -36,8 +36,18 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens the database file at `path`, creating it readable by its owner only (0600).
     pub fn open(path: &Path) -> Result<Self> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create the embedded store {}: {e}",
+                path.display()
+            ))
+        })?;
         let db = Database::create(path).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot open the embedded store {}: {e}",
@@ -137,10 +147,7 @@ impl Store for EmbeddedStore {
                 .map_err(fault)?
                 .is_some()
             {
-                return Err(Error::AlreadyExists(format!(
-                    "an owner with external id {:?} already exists",
-                    owner.external_id
-                )));
+                return Err(external_id_taken(&owner.external_id));
             }
             owners
                 .insert(owner.id.as_str(), encode(&owner)?.as_slice())

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use async_trait::async_trait;
 
 use crate::clock::UnixTime;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::model::{KeyRecord, KeyState, Owner};
 
 /// A change to an owner, applied atomically to the stored record. Returning an error leaves
@@ -110,12 +110,20 @@ pub enum StoreBackend {
 
 /// `NotFound` for key `id`.
 pub(crate) fn key_not_found(id: &str) -> Error {
-    Error::NotFound(format!("key {id:?} not found"))
+    Error::NotFound(format!("key {} not found", quote(id)))
+}
+
+/// `AlreadyExists` for a new owner whose `external_id` another owner has.
+pub(crate) fn external_id_taken(external_id: &str) -> Error {
+    Error::AlreadyExists(format!(
+        "an owner with external id {} already exists",
+        quote(external_id)
+    ))
 }
 
 /// `NotFound` for owner `id`.
 pub(crate) fn owner_not_found(id: &str) -> Error {
-    Error::NotFound(format!("owner {id:?} not found"))
+    Error::NotFound(format!("owner {} not found", quote(id)))
 }
 
 /// The owner `change` makes of `before`: `InvalidArgument` when the change touches the id or

@@ -69,8 +69,8 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::{
-    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, key_not_found,
-    owner_not_found,
+    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, external_id_taken,
+    key_not_found, owner_not_found,
 };
 use crate::error::{Error, Result};
 use crate::model::{KeyRecord, KeyState, Owner};
@@ -321,10 +321,7 @@ impl Store for RedisStore {
                 if let Err(e) = self.invoke::<i64>(&undo).await {
                     warn!(owner_id = %owner.id, "cannot remove a refused owner's record: {e}");
                 }
-                Err(Error::AlreadyExists(format!(
-                    "an owner with external id {:?} already exists",
-                    owner.external_id
-                )))
+                Err(external_id_taken(&owner.external_id))
             }
             other => Err(unexpected("CLAIM_OWNER", other)),
         }

@@ -181,14 +181,17 @@ impl Rendering {
         serde_yaml_ng::from_str(text).unwrap()
     }
 
-    /// The volume mounted at `path` in keygate's container, from the pod's volumes.
+    /// The volume holding `path` in keygate's container (mounted there or at a directory
+    /// above it), from the pod's volumes.
     pub fn volume_at(&self, path: &str) -> &Json {
+        let holds = |mount: &str| path == mount || path.starts_with(&format!("{mount}/"));
         let mount = self.container()["volumeMounts"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["mountPath"] == path)
-            .unwrap_or_else(|| panic!("nothing is mounted at {path}"));
+            .filter(|m| m["mountPath"].as_str().is_some_and(holds))
+            .max_by_key(|m| m["mountPath"].as_str().unwrap().len())
+            .unwrap_or_else(|| panic!("nothing is mounted at or above {path}"));
         self.pod()["spec"]["volumes"]
             .as_array()
             .unwrap()

@@ -27,7 +27,7 @@ use keygate::store::embedded::EmbeddedStore;
 use tonic::transport::Channel;
 
 /// The admin token test servers are started with.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789-abcdefghij";
 
 /// The start of the manual clock: 2026-01-01T00:00:00Z.
 pub const T0: i64 = 1_767_225_600;
@@ -110,6 +110,15 @@ pub fn test_config_with(dir: &std::path::Path, extra: &str) -> Config {
 /// The test configuration, with its data directory in `dir`.
 pub fn test_config(dir: &std::path::Path) -> Config {
     test_config_with(dir, "")
+}
+
+/// A fresh directory private to this user (0700), as keygate requires of a data directory
+/// it is given.
+pub fn data_dir() -> tempfile::TempDir {
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    builder.tempdir().unwrap()
 }
 
 /// How a test server differs from the default one.

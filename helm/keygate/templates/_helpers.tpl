@@ -81,7 +81,11 @@ app.kubernetes.io/part-of: keygate
 {{- define "keygate.port.metrics" }}9090{{ end }}
 
 {{/* Where keygate's files live in the container. */}}
-{{- define "keygate.dataDir" }}/var/lib/keygate{{ end }}
+{{/* The volume is mounted at volumeDir; keygate keeps its files in dataDir below it, a
+directory it creates owner-only itself, whatever mode the provisioner gave the volume's root
+(often group- or world-accessible), which keygate would refuse as its data directory. */}}
+{{- define "keygate.volumeDir" }}/var/lib/keygate{{ end }}
+{{- define "keygate.dataDir" }}/var/lib/keygate/data{{ end }}
 {{- define "keygate.configDir" }}/etc/keygate{{ end }}
 {{- define "keygate.secretsDir" }}/etc/keygate/secrets{{ end }}
 
