@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::codegen::{Body, Bytes, StdError};
+use tonic::service::Routes;
 use tower::layer::util::{Identity, Stack};
+use tower::{Layer, Service};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +36,7 @@ use crate::shutdown::until_stopped;
 use crate::store::StoreBackend;
 use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::{CallCounter, RpcLayer};
+use crate::tls::{Listener, ServerTls};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// The health service name whose status says whether keygate can decide for keys it has not
@@ -99,17 +103,21 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Refuses an exposed management API without an admin token: on a non-loopback address it
-/// would otherwise be open to the network.
+/// Refuses an exposed management API with neither an admin token nor admin identities
+/// (which need mutual TLS): on a non-loopback address it would otherwise be open to the
+/// network.
 pub fn check_management_exposure(
     config: &Config,
     admin_token_given: bool,
 ) -> Result<(), ConfigError> {
-    if !config.listen.management.ip().is_loopback() && !admin_token_given {
+    if !config.listen.management.ip().is_loopback()
+        && !admin_token_given
+        && config.management.admin_identities.is_empty()
+    {
         return Err(ConfigError::Field {
             field: "listen.management".into(),
             message: format!(
-                "{} is not a loopback address; set KEYGATE_ADMIN_TOKEN or KEYGATE_ADMIN_TOKEN_FILE before exposing the management API",
+                "{} is not a loopback address; set KEYGATE_ADMIN_TOKEN or KEYGATE_ADMIN_TOKEN_FILE (or management.admin_identities with mutual TLS) before exposing the management API",
                 config.listen.management
             ),
         });
@@ -158,6 +166,9 @@ pub async fn start(
         .load_imported()
         .await
         .map_err(|e| StartError::Runtime(format!("cannot read imported keys: {e}")))?;
+    let management_tls = server_tls(config, Listener::Management)?;
+    let data_plane_tls = server_tls(config, Listener::DataPlane)?;
+    let handshake_timeout = config.tls.handshake_timeout;
     let management = bind(config.listen.management, "listen.management").await?;
     let data_plane = bind(config.listen.data_plane, "listen.data_plane").await?;
     let metrics = bind(config.listen.metrics, "listen.metrics").await?;
@@ -179,10 +190,20 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let app = &task_app;
         let (management, data_plane, (), (), (), (), ()) = tokio::join!(
-            management_router
-                .serve_with_incoming_shutdown(incoming(management), until_stopped(closed.clone())),
-            data_plane_router
-                .serve_with_incoming_shutdown(incoming(data_plane), until_stopped(closed.clone())),
+            serve_listener(
+                management_router,
+                management,
+                management_tls,
+                handshake_timeout,
+                closed.clone()
+            ),
+            serve_listener(
+                data_plane_router,
+                data_plane,
+                data_plane_tls,
+                handshake_timeout,
+                closed.clone()
+            ),
             crate::metrics::serve(metrics, registry, closed.clone()),
             flush_usage(app, closed.clone()),
             drain(
@@ -197,8 +218,13 @@ pub async fn start(
         app.authorizer.usage().flush(app.store.as_ref()).await;
         management.and(data_plane).map_err(ServeError::from)
     });
-    info!(addr = %management_addr, "management API listening");
-    info!(addr = %data_plane_addr, "data plane listening");
+    let tls = |listener| match config.tls.files(listener) {
+        Ok(Some(files)) if files.client_ca_file.is_some() => "mutual TLS",
+        Ok(Some(_)) => "TLS",
+        _ => "plaintext",
+    };
+    info!(addr = %management_addr, transport = tls(Listener::Management), "management API listening");
+    info!(addr = %data_plane_addr, transport = tls(Listener::DataPlane), "data plane listening");
     info!(addr = %metrics_addr, "metrics listening");
     Ok(RunningServer {
         management_addr,
@@ -340,6 +366,58 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, StartError> 
     TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Runtime(format!("cannot listen on {addr} ({field}): {e}")))
+}
+
+/// The TLS configuration of `listener`, read from its files; `None` for plaintext.
+fn server_tls(config: &Config, listener: Listener) -> Result<Option<Arc<ServerTls>>, StartError> {
+    let files = config
+        .tls
+        .files(listener)
+        .map_err(|(field, message)| ConfigError::Field { field, message })?;
+    files
+        .map(|files| {
+            ServerTls::load(files).map(Arc::new).map_err(|e| {
+                StartError::Config(ConfigError::Field {
+                    field: format!("tls.{}", listener.name()),
+                    message: e.to_string(),
+                })
+            })
+        })
+        .transpose()
+}
+
+/// Serves `router` on `listener` until `closed`: over TLS, each handshake within
+/// `handshake_timeout`, when `tls` is set, in plaintext otherwise.
+async fn serve_listener<L, ResBody>(
+    router: Router<L>,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    handshake_timeout: Duration,
+    closed: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error>
+where
+    L: Layer<Routes>,
+    L::Service: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    <L::Service as Service<http::Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as Service<http::Request<tonic::body::Body>>>::Error: Into<StdError> + Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<StdError>,
+{
+    let closing = until_stopped(closed);
+    match tls {
+        Some(tls) => {
+            let accepted = crate::tls::accept(listener, tls, handshake_timeout);
+            router.serve_with_incoming_shutdown(accepted, closing).await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), closing)
+                .await
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: answers are small and must leave at
