@@ -10,6 +10,7 @@ pub mod helm;
 pub mod http;
 pub mod kubernetes;
 pub mod otlp;
+pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod tools;
