@@ -52,6 +52,7 @@ pub struct RunningServer {
     management_addr: SocketAddr,
     data_plane_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
     app: Arc<App>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
@@ -71,6 +72,11 @@ impl RunningServer {
     /// The address Prometheus metrics are served on, at `/metrics`.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The address of the plaintext health-only listener, if one is configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// The shared state, for counters and tests.
@@ -172,6 +178,11 @@ pub async fn start(
     let management = bind(config.listen.management, "listen.management").await?;
     let data_plane = bind(config.listen.data_plane, "listen.data_plane").await?;
     let metrics = bind(config.listen.metrics, "listen.metrics").await?;
+    let health_only = match config.listen.health {
+        Some(addr) => Some(bind(addr, "listen.health").await?),
+        None => None,
+    };
+    let health_addr = health_only.as_ref().map(local_addr).transpose()?;
     let management_addr = local_addr(&management)?;
     let data_plane_addr = local_addr(&data_plane)?;
     let metrics_addr = local_addr(&metrics)?;
@@ -182,6 +193,7 @@ pub async fn start(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let management_router = management_router(&app, health.clone())?;
+    let health_router = tonic::transport::Server::builder().add_service(health.clone());
     let data_plane_router = data_plane_router(&app, health)?;
 
     let (stop, stopped) = watch::channel(false);
@@ -189,7 +201,7 @@ pub async fn start(
     let task_app = app.clone();
     let task = tokio::spawn(async move {
         let app = &task_app;
-        let (management, data_plane, (), (), (), (), ()) = tokio::join!(
+        let (management, data_plane, health, (), (), (), (), ()) = tokio::join!(
             serve_listener(
                 management_router,
                 management,
@@ -204,6 +216,17 @@ pub async fn start(
                 handshake_timeout,
                 closed.clone()
             ),
+            async {
+                match health_only {
+                    Some(listener) => {
+                        let closing = until_stopped(closed.clone());
+                        health_router
+                            .serve_with_incoming_shutdown(incoming(listener), closing)
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            },
             crate::metrics::serve(metrics, registry, closed.clone()),
             flush_usage(app, closed.clone()),
             drain(
@@ -216,7 +239,10 @@ pub async fn start(
             track_readiness(app, &reporter, stopped),
         );
         app.authorizer.usage().flush(app.store.as_ref()).await;
-        management.and(data_plane).map_err(ServeError::from)
+        management
+            .and(data_plane)
+            .and(health)
+            .map_err(ServeError::from)
     });
     let tls = |listener| match config.tls.files(listener) {
         Ok(Some(files)) if files.client_ca_file.is_some() => "mutual TLS",
@@ -226,10 +252,14 @@ pub async fn start(
     info!(addr = %management_addr, transport = tls(Listener::Management), "management API listening");
     info!(addr = %data_plane_addr, transport = tls(Listener::DataPlane), "data plane listening");
     info!(addr = %metrics_addr, "metrics listening");
+    if let Some(addr) = health_addr {
+        info!(addr = %addr, "health listening");
+    }
     Ok(RunningServer {
         management_addr,
         data_plane_addr,
         metrics_addr,
+        health_addr,
         app,
         stop,
         task,

@@ -136,6 +136,9 @@ pub struct ListenConfig {
     pub data_plane: SocketAddr,
     /// Prometheus metrics over plain HTTP, at `/metrics`.
     pub metrics: SocketAddr,
+    /// An optional plaintext listener serving only `grpc.health.v1.Health`, for probes
+    /// that cannot speak TLS (Kubernetes gRPC probes) when the data plane does.
+    pub health: Option<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -144,6 +147,7 @@ impl Default for ListenConfig {
             management: SocketAddr::from(([127, 0, 0, 1], 9192)),
             data_plane: SocketAddr::from(([0, 0, 0, 0], 9191)),
             metrics: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            health: None,
         }
     }
 }
