@@ -14,6 +14,9 @@ use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
 use keygate::proto::key_manager_client::KeyManagerClient;
 use keygate::proto::{self, AuthorizeRequest, DecisionCode, ListPlansRequest};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// The longest a test waits for a condition before failing.
 const CEILING: Duration = Duration::from_secs(20);
@@ -55,7 +58,13 @@ async fn manage_over_tls(
 async fn tls_is_served_on_both_listeners_and_plaintext_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
-    let server = server(&tls_config(&ca.server("server"), None)).await;
+    let server = start_with(Options {
+        admin_token: Some(ADMIN_TOKEN),
+        extra_config: &tls_config(&ca.server("server"), None),
+        health_listener: true,
+        ..Options::default()
+    })
+    .await;
     let (management, data_plane) = (
         server.server.management_addr(),
         server.server.data_plane_addr(),
@@ -81,6 +90,39 @@ async fn tls_is_served_on_both_listeners_and_plaintext_is_refused() {
         };
         assert!(plaintext.is_err(), "plaintext to {addr} was served");
     }
+
+    // Probes that cannot speak TLS ask the plaintext health-only listener.
+    let health_addr = server.server.health_addr().unwrap();
+    let health = Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(health)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let config = tls_config(&ca.server("server"), None) + "handshake_timeout = \"200ms\"\n";
+    let server = server(&config).await;
+    let mut idle = tokio::net::TcpStream::connect(server.server.data_plane_addr())
+        .await
+        .unwrap();
+    let read = tokio::time::timeout(CEILING, idle.read(&mut [0; 16]))
+        .await
+        .expect("the half-open connection is still open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
 
 #[tokio::test]
