@@ -6,7 +6,9 @@
 //! at once, and the p99 of the admitted ones shows what overload costs them); with the
 //! local limiter; with the Redis limiter (a redis-server on loopback); and with no rate
 //! limit but every request traced (spans made and batched for an OTLP endpoint that refuses
-//! them, so the cost measured is keygate's own).
+//! them, so the cost measured is keygate's own). The `TLS vs plaintext` scenario runs with no
+//! rate limit twice back to back, plaintext then TLS on the data plane (a certificate made
+//! with `openssl`), so the two compare on the same machine in the same run.
 //!
 //! Each run also prints the server's CPU time per Check (user + system, from
 //! `/proc/<pid>/stat`), the figure that compares builds on a shared, noisy machine.
@@ -32,6 +34,9 @@ use keygate::proto::{self, key_manager_client::KeyManagerClient};
 
 #[path = "../tests/common/check.rs"]
 mod check;
+#[allow(dead_code)] // the bench uses the CA and server certificates only
+#[path = "../tests/common/pki.rs"]
+mod pki;
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 use redis_server::RedisServer;
@@ -47,6 +52,8 @@ const OVERLOAD_FACTOR: f64 = 2.0;
 /// The deadline of each call in the overload scenario: Envoy's ext_authz timeout.
 const CALL_DEADLINE: Duration = Duration::from_millis(200);
 const TIME_LIMIT: Duration = Duration::from_secs(60);
+/// The scenario that compares TLS with plaintext on the data plane.
+const TLS_SCENARIO: &str = "TLS vs plaintext";
 
 fn check_request(key: &str) -> CheckRequest {
     let bearer = format!("Bearer {key}");
@@ -189,9 +196,28 @@ fn main() {
             String::new(),
             &traced[..],
         ),
+        (TLS_SCENARIO, String::new(), &[][..]),
     ] {
         let only = std::env::var("KEYGATE_BENCH_ONLY").ok();
         if only.is_some_and(|only| only != name) {
+            continue;
+        }
+        if name == TLS_SCENARIO {
+            let pki_dir = tempfile::tempdir().unwrap();
+            let ca = pki::Ca::new(pki_dir.path(), "ca");
+            // TLS on the data plane; the bench's setup calls stay plaintext.
+            let tls = format!(
+                "{}[tls.management]\nenabled = false\n",
+                pki::tls_config(&ca.server("server"), None)
+            );
+            run("plaintext, no rate limit", &config, env, Load::Closed, None);
+            run(
+                "TLS, no rate limit",
+                &tls,
+                env,
+                Load::Closed,
+                Some(&ca.cert),
+            );
             continue;
         }
         if name.starts_with("overload") {
@@ -203,9 +229,9 @@ fn main() {
                 },
                 |capacity| capacity * OVERLOAD_FACTOR,
             );
-            run(name, &config, env, Load::Open { rate });
+            run(name, &config, env, Load::Open { rate }, None);
         } else {
-            let throughput = run(name, &config, env, Load::Closed);
+            let throughput = run(name, &config, env, Load::Closed, None);
             capacity.get_or_insert(throughput);
         }
     }
@@ -221,8 +247,15 @@ enum Load {
     Open { rate: f64 },
 }
 
-/// Runs one scenario and returns its throughput of allowed Checks per second.
-fn run(name: &str, config: &str, env: &[(&str, &str)], load: Load) -> f64 {
+/// Runs one scenario and returns its throughput of allowed Checks per second. With
+/// `tls_ca`, the data plane is called over TLS trusting that CA.
+fn run(
+    name: &str,
+    config: &str,
+    env: &[(&str, &str)],
+    load: Load,
+    tls_ca: Option<&std::path::Path>,
+) -> f64 {
     println!("check_load: --- {name} ---");
     let dir = tempfile::tempdir().unwrap();
     let (mut keygate, management, data_plane) = start_keygate(dir.path(), config, env);
@@ -231,7 +264,18 @@ fn run(name: &str, config: &str, env: &[(&str, &str)], load: Load) -> f64 {
         let key = create_key(management).await;
         let mut clients = Vec::new();
         for _ in 0..CONNECTIONS {
-            clients.push(AuthorizationClient::connect(data_plane.clone()).await.unwrap());
+            let channel = match tls_ca {
+                Some(ca) => {
+                    let addr = data_plane.trim_start_matches("http://").parse().unwrap();
+                    pki::tls_channel(addr, ca, None).await.unwrap()
+                }
+                None => tonic::transport::Endpoint::from_shared(data_plane.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            };
+            clients.push(AuthorizationClient::new(channel));
         }
         // Warm the key (the one argon2 verification) before measuring.
         let warm = clients[0].check(check_request(&key)).await.unwrap().into_inner();
