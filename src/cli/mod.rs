@@ -742,8 +742,11 @@ mod tests {
             ids,
             [
                 "addr",
+                "ca_cert",
+                "cert",
                 "cidrs",
                 "expires_at",
+                "key",
                 "meta",
                 "name",
                 "owner",
