@@ -7,9 +7,9 @@
 //!   everything.
 //! * An API key holding [`MANAGE_SCOPE`] may manage its own owner's keys, and grant only
 //!   scopes it holds itself.
-//! * With no admin token configured and the listener on loopback, calls without credentials
-//!   are accepted as admin: a single-machine setup needs no token. Off loopback, keygate
-//!   refuses to start without one.
+//! * With neither an admin token nor admin identities configured and the listener on
+//!   loopback, calls without credentials are accepted as admin: a single-machine setup
+//!   needs no token. Off loopback, keygate refuses to start without one of them.
 
 use std::sync::Arc;
 
