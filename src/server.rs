@@ -249,8 +249,9 @@ pub async fn start(
         Ok(Some(_)) => "TLS",
         _ => "plaintext",
     };
-    info!(addr = %management_addr, transport = tls(Listener::Management), "management API listening");
-    info!(addr = %data_plane_addr, transport = tls(Listener::DataPlane), "data plane listening");
+    // The address last: scripts read it up to the end of the line.
+    info!(transport = tls(Listener::Management), addr = %management_addr, "management API listening");
+    info!(transport = tls(Listener::DataPlane), addr = %data_plane_addr, "data plane listening");
     info!(addr = %metrics_addr, "metrics listening");
     if let Some(addr) = health_addr {
         info!(addr = %addr, "health listening");
