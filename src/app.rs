@@ -230,6 +230,7 @@ impl App {
                     .map(str::to_owned)
                     .collect(),
             },
+            trusted_callers: config.authorize.trusted_callers.clone(),
         });
         let invalidations = Arc::new(Invalidations::new(
             authorizer.clone(),
@@ -247,8 +248,10 @@ impl App {
         let management = Arc::new(ManagementPlane {
             auth: ManagementAuth {
                 allow_anonymous: secrets.admin_token.is_none()
+                    && config.management.admin_identities.is_empty()
                     && config.listen.management.ip().is_loopback(),
                 admin_token: secrets.admin_token,
+                config: config.management.clone(),
                 authorizer: authorizer.clone(),
             },
             owners: Owners::new(deps.clone()),

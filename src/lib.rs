@@ -27,10 +27,13 @@
 //!      ([`redis::scripts`]).
 //!    - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
 //!    - [`ratelimit`] — sliding-window rate limits, local and in Redis.
+//!    - [`tls`] — TLS on the gRPC listeners: certificates reloaded when their files change,
+//!      handshakes with a deadline, the identity a client certificate proves.
 //! 3. Data plane
 //!    - [`authz`] — [`authz::engine::Authorizer`]: extract → verify ([`authz::keys`], the
 //!      verified-key cache) → [`authz::policy`] → rate limits → [`authz::decision::Decision`],
 //!      rendered protocol-neutrally by [`authz::response`]. Knows nothing of gRPC.
+//!      [`authz::trust`] says whose word about a client's address is taken.
 //!    - [`invalidation`] — applying a change to this replica's cache and every other's.
 //! 4. Management plane
 //!    - [`manage`] — owner and key lifecycle rules, the authority rule, invalidation after
@@ -85,6 +88,7 @@ pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/keygate/v1/*.proto`.
 pub mod proto {

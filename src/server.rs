@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::codegen::{Body, Bytes, StdError};
+use tonic::service::Routes;
 use tower::layer::util::{Identity, Stack};
+use tower::{Layer, Service};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +36,7 @@ use crate::shutdown::until_stopped;
 use crate::store::StoreBackend;
 use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::{CallCounter, RpcLayer};
+use crate::tls::{Listener, ServerTls};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// The health service name whose status says whether keygate can decide for keys it has not
@@ -48,6 +52,7 @@ pub struct RunningServer {
     management_addr: SocketAddr,
     data_plane_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
     app: Arc<App>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
@@ -67,6 +72,11 @@ impl RunningServer {
     /// The address Prometheus metrics are served on, at `/metrics`.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The address of the plaintext health-only listener, if one is configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// The shared state, for counters and tests.
@@ -99,17 +109,21 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Refuses an exposed management API without an admin token: on a non-loopback address it
-/// would otherwise be open to the network.
+/// Refuses an exposed management API with neither an admin token nor admin identities
+/// (which need mutual TLS): on a non-loopback address it would otherwise be open to the
+/// network.
 pub fn check_management_exposure(
     config: &Config,
     admin_token_given: bool,
 ) -> Result<(), ConfigError> {
-    if !config.listen.management.ip().is_loopback() && !admin_token_given {
+    if !config.listen.management.ip().is_loopback()
+        && !admin_token_given
+        && config.management.admin_identities.is_empty()
+    {
         return Err(ConfigError::Field {
             field: "listen.management".into(),
             message: format!(
-                "{} is not a loopback address; set KEYGATE_ADMIN_TOKEN or KEYGATE_ADMIN_TOKEN_FILE before exposing the management API",
+                "{} is not a loopback address; set KEYGATE_ADMIN_TOKEN or KEYGATE_ADMIN_TOKEN_FILE (or management.admin_identities with mutual TLS) before exposing the management API",
                 config.listen.management
             ),
         });
@@ -158,9 +172,17 @@ pub async fn start(
         .load_imported()
         .await
         .map_err(|e| StartError::Runtime(format!("cannot read imported keys: {e}")))?;
+    let management_tls = server_tls(config, Listener::Management)?;
+    let data_plane_tls = server_tls(config, Listener::DataPlane)?;
+    let handshake_timeout = config.tls.handshake_timeout;
     let management = bind(config.listen.management, "listen.management").await?;
     let data_plane = bind(config.listen.data_plane, "listen.data_plane").await?;
     let metrics = bind(config.listen.metrics, "listen.metrics").await?;
+    let health_only = match config.listen.health {
+        Some(addr) => Some(bind(addr, "listen.health").await?),
+        None => None,
+    };
+    let health_addr = health_only.as_ref().map(local_addr).transpose()?;
     let management_addr = local_addr(&management)?;
     let data_plane_addr = local_addr(&data_plane)?;
     let metrics_addr = local_addr(&metrics)?;
@@ -171,6 +193,7 @@ pub async fn start(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let management_router = management_router(&app, health.clone())?;
+    let health_router = tonic::transport::Server::builder().add_service(health.clone());
     let data_plane_router = data_plane_router(&app, health)?;
 
     let (stop, stopped) = watch::channel(false);
@@ -178,11 +201,32 @@ pub async fn start(
     let task_app = app.clone();
     let task = tokio::spawn(async move {
         let app = &task_app;
-        let (management, data_plane, (), (), (), (), ()) = tokio::join!(
-            management_router
-                .serve_with_incoming_shutdown(incoming(management), until_stopped(closed.clone())),
-            data_plane_router
-                .serve_with_incoming_shutdown(incoming(data_plane), until_stopped(closed.clone())),
+        let (management, data_plane, health, (), (), (), (), ()) = tokio::join!(
+            serve_listener(
+                management_router,
+                management,
+                management_tls,
+                handshake_timeout,
+                closed.clone()
+            ),
+            serve_listener(
+                data_plane_router,
+                data_plane,
+                data_plane_tls,
+                handshake_timeout,
+                closed.clone()
+            ),
+            async {
+                match health_only {
+                    Some(listener) => {
+                        let closing = until_stopped(closed.clone());
+                        health_router
+                            .serve_with_incoming_shutdown(incoming(listener), closing)
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            },
             crate::metrics::serve(metrics, registry, closed.clone()),
             flush_usage(app, closed.clone()),
             drain(
@@ -195,15 +239,28 @@ pub async fn start(
             track_readiness(app, &reporter, stopped),
         );
         app.authorizer.usage().flush(app.store.as_ref()).await;
-        management.and(data_plane).map_err(ServeError::from)
+        management
+            .and(data_plane)
+            .and(health)
+            .map_err(ServeError::from)
     });
-    info!(addr = %management_addr, "management API listening");
-    info!(addr = %data_plane_addr, "data plane listening");
+    let tls = |listener| match config.tls.files(listener) {
+        Ok(Some(files)) if files.client_ca_file.is_some() => "mutual TLS",
+        Ok(Some(_)) => "TLS",
+        _ => "plaintext",
+    };
+    // The address last: scripts read it up to the end of the line.
+    info!(transport = tls(Listener::Management), addr = %management_addr, "management API listening");
+    info!(transport = tls(Listener::DataPlane), addr = %data_plane_addr, "data plane listening");
     info!(addr = %metrics_addr, "metrics listening");
+    if let Some(addr) = health_addr {
+        info!(addr = %addr, "health listening");
+    }
     Ok(RunningServer {
         management_addr,
         data_plane_addr,
         metrics_addr,
+        health_addr,
         app,
         stop,
         task,
@@ -340,6 +397,58 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, StartError> 
     TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Runtime(format!("cannot listen on {addr} ({field}): {e}")))
+}
+
+/// The TLS configuration of `listener`, read from its files; `None` for plaintext.
+fn server_tls(config: &Config, listener: Listener) -> Result<Option<Arc<ServerTls>>, StartError> {
+    let files = config
+        .tls
+        .files(listener)
+        .map_err(|(field, message)| ConfigError::Field { field, message })?;
+    files
+        .map(|files| {
+            ServerTls::load(files).map(Arc::new).map_err(|e| {
+                StartError::Config(ConfigError::Field {
+                    field: format!("tls.{}", listener.name()),
+                    message: e.to_string(),
+                })
+            })
+        })
+        .transpose()
+}
+
+/// Serves `router` on `listener` until `closed`: over TLS, each handshake within
+/// `handshake_timeout`, when `tls` is set, in plaintext otherwise.
+async fn serve_listener<L, ResBody>(
+    router: Router<L>,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    handshake_timeout: Duration,
+    closed: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error>
+where
+    L: Layer<Routes>,
+    L::Service: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    <L::Service as Service<http::Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as Service<http::Request<tonic::body::Body>>>::Error: Into<StdError> + Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<StdError>,
+{
+    let closing = until_stopped(closed);
+    match tls {
+        Some(tls) => {
+            let accepted = crate::tls::accept(listener, tls, handshake_timeout);
+            router.serve_with_incoming_shutdown(accepted, closing).await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), closing)
+                .await
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: answers are small and must leave at

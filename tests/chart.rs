@@ -18,11 +18,12 @@ use common::kubernetes::service_links;
 use common::process::keygate_bin;
 
 /// The values files under `helm/keygate/ci/` that the issue of each store mode asks for.
-const CI_VALUES: [&str; 4] = [
+const CI_VALUES: [&str; 5] = [
     "all-on.yaml",
     "embedded.yaml",
     "redis-cluster.yaml",
     "redis.yaml",
+    "tls.yaml",
 ];
 
 /// The labels every object of the chart carries.
@@ -45,13 +46,13 @@ fn seconds(duration: &Json) -> u64 {
 /// --strict`. Custom resources have no schema there; each kind the chart renders is checked
 /// here instead, and an unknown one fails.
 fn validate_against_kubernetes(rendering: &Rendering, what: &str) {
-    let (custom, builtin): (Vec<&Json>, Vec<&Json>) = rendering
-        .objects
-        .iter()
-        .partition(|o| o["apiVersion"] == "monitoring.coreos.com/v1");
+    let (custom, builtin): (Vec<&Json>, Vec<&Json>) = rendering.objects.iter().partition(|o| {
+        o["apiVersion"] == "monitoring.coreos.com/v1" || o["apiVersion"] == "cert-manager.io/v1"
+    });
     for object in custom {
         match object["kind"].as_str() {
             Some("ServiceMonitor") => check_service_monitor(object, rendering),
+            Some("Certificate") => check_certificate(object, rendering),
             other => panic!("{what}: no check for the custom resource {other:?}"),
         }
     }
@@ -90,6 +91,36 @@ fn check_service_monitor(monitor: &Json, rendering: &Rendering) {
         monitor["spec"]["namespaceSelector"]["matchNames"],
         json!([services[0]["metadata"]["namespace"]])
     );
+}
+
+/// A Certificate's required fields, and that it names every Service keygate serves TLS
+/// on and fills the Secret the pod mounts.
+fn check_certificate(certificate: &Json, rendering: &Rendering) {
+    let spec = &certificate["spec"];
+    assert!(
+        spec["issuerRef"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    let dns_names: Vec<&str> = spec["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for service in rendering.all("Service") {
+        let name = service["metadata"]["name"].as_str().unwrap();
+        let namespace = service["metadata"]["namespace"].as_str().unwrap();
+        if name.ends_with("-redis") {
+            continue;
+        }
+        assert!(
+            dns_names.contains(&format!("{name}.{namespace}.svc").as_str()),
+            "{name} is not in {dns_names:?}"
+        );
+    }
+    let mounted = rendering.volume_at("/etc/keygate/tls");
+    assert_eq!(mounted["secret"]["secretName"], spec["secretName"]);
 }
 
 /// Every object carries the standard labels, and so do the pods the workloads make.
@@ -229,6 +260,56 @@ fn the_pod_is_locked_down_and_probed_over_grpc() {
 }
 
 #[test]
+fn with_tls_keygate_reads_the_mounted_certificate_and_probes_use_the_plaintext_health_port() {
+    let tls = render_ci("tls.yaml");
+    let config = tls.keygate_config();
+    assert_eq!(
+        config["tls"],
+        json!({
+            "cert_file": "/etc/keygate/tls/tls.crt",
+            "key_file": "/etc/keygate/tls/tls.key",
+            "client_ca_file": "/etc/keygate/tls/ca.crt",
+        })
+    );
+    assert_eq!(config["listen"]["health"], "0.0.0.0:9193");
+    assert_eq!(tls.container_ports()["grpc-health"], 9193);
+    let container = tls.container();
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["grpc"]["port"], 9193, "{probe}");
+    }
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/keygate/tls")
+        .unwrap();
+    assert!(
+        mount.get("subPath").is_none(),
+        "renewals must reach the files"
+    );
+
+    let existing = render(
+        &[],
+        &[json!({"tls": {"enabled": true, "existingSecret": "edge-tls"}})],
+    );
+    assert!(existing.all("Certificate").is_empty());
+    assert_eq!(
+        existing.volume_at("/etc/keygate/tls")["secret"]["secretName"],
+        "edge-tls"
+    );
+    assert!(
+        existing.keygate_config()["tls"]
+            .get("client_ca_file")
+            .is_none()
+    );
+
+    let neither = refused(json!({"tls": {"enabled": true}}));
+    assert!(neither.contains("tls.existingSecret"), "{neither}");
+    let no_issuer = refused(json!({"tls": {"enabled": true, "certManager": {"enabled": true}}}));
+    assert!(no_issuer.contains("issuerRef.name"), "{no_issuer}");
+}
+
+#[test]
 fn a_config_change_rolls_the_pods() {
     let checksum = |rendering: &Rendering| {
         rendering.pod()["metadata"]["annotations"]["checksum/config"]
@@ -338,6 +419,7 @@ fn every_rendered_configuration_is_one_keygate_accepts_in_the_pod_s_environment(
         ("redis.yaml", render_ci("redis.yaml")),
         ("redis-cluster.yaml", render_ci("redis-cluster.yaml")),
         ("all-on.yaml", render_ci("all-on.yaml")),
+        ("tls.yaml", render_ci("tls.yaml")),
     ];
     for (what, rendering) in renderings {
         let dir = tempfile::tempdir().unwrap();

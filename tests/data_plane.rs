@@ -35,6 +35,10 @@ scopes = ["write"]
 [[routes]]
 path_prefix = "/billing.v1.Invoices/"
 scopes = ["billing"]
+
+# The tests call Authorize from loopback as a gateway would: its client_address is believed.
+[authorize.trusted_callers]
+networks = ["127.0.0.0/8"]
 "#;
 
 /// A server with an owner on the "unmetered" plan (no rate windows, so the clock can stand still), one on "free", and clients for everything.

@@ -50,6 +50,7 @@ async fn replica_with(tables: &str, store: Arc<dyn Store>) -> TestServer {
         store: Some(store),
         // `store` is a top-level field: it must come before any table.
         prepend_config: "store = \"redis\"",
+        ..Options::default()
     })
     .await
 }

@@ -12,6 +12,8 @@
 //!   in process / in a redis-server on loopback;
 //! * `no rate limit, every request traced`: spans made and batched for an OTLP endpoint
 //!   that refuses them, so the cost measured is keygate's own;
+//! * `TLS, no rate limit`: keygate with TLS on the data plane (a certificate made with
+//!   openssl at the start), called over TLS: compare with `no rate limit`;
 //! * `Envoy + no-op ext_authz` / `Envoy + keygate`: Envoy (one worker) in front, its
 //!   ext_authz filter calling the server and a direct response after it, loaded over
 //!   HTTP/1.1 by `wrk`.
@@ -47,6 +49,8 @@ use servers::{Envoy, Running, cpu_time};
 
 #[path = "../../tests/common/check.rs"]
 mod check;
+#[path = "../../tests/common/pki.rs"]
+mod pki;
 #[path = "../../tests/common/redis.rs"]
 mod redis_server;
 #[path = "../../tests/common/tools.rs"]
@@ -86,10 +90,12 @@ rate_windows = [{ limit = 1000000, period = "1s" }, { limit = 1000000000, period
 enum Target {
     /// The no-op ext_authz server.
     Noop,
-    /// keygate with this configuration and environment.
+    /// keygate with this configuration and environment; its data plane is called over
+    /// TLS trusting `tls_ca` when set.
     Keygate {
         config: String,
         env: Vec<(&'static str, String)>,
+        tls_ca: Option<std::path::PathBuf>,
     },
 }
 
@@ -150,6 +156,18 @@ fn main() {
     let keygate = |config: &str, env: &[(&'static str, String)]| Target::Keygate {
         config: config.to_owned(),
         env: env.to_vec(),
+        tls_ca: None,
+    };
+    let pki_dir = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new(pki_dir.path(), "ca");
+    // TLS on the data plane; the bench's setup calls stay plaintext.
+    let tls = Target::Keygate {
+        config: format!(
+            "{}[tls.management]\nenabled = false\n",
+            pki::tls_config(&ca.server("server"), None)
+        ),
+        env: Vec::new(),
+        tls_ca: Some(ca.cert.clone()),
     };
     let scenarios = [
         Scenario {
@@ -187,6 +205,12 @@ fn main() {
             target: keygate("", &traced),
             front: Front::Direct(LoadKind::Closed),
             baseline: "no-op ext_authz",
+        },
+        Scenario {
+            name: "TLS, no rate limit",
+            target: tls,
+            front: Front::Direct(LoadKind::Closed),
+            baseline: "no rate limit",
         },
         Scenario {
             name: "Envoy + no-op ext_authz",
@@ -241,7 +265,7 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let server = match &scenario.target {
         Target::Noop => servers::noop(),
-        Target::Keygate { config, env } => {
+        Target::Keygate { config, env, .. } => {
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             servers::keygate(dir.path(), config, &env)
         }
@@ -269,21 +293,41 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
                     ),
                 },
             };
-            runtime.block_on(direct(&server, &key, load))
+            let tls_ca = match &scenario.target {
+                Target::Keygate { tls_ca, .. } => tls_ca.as_deref(),
+                Target::Noop => None,
+            };
+            runtime.block_on(direct(&server, tls_ca, &key, load))
         }
         Front::Envoy => through_envoy(&server, &key),
     }
 }
 
-/// Check calls straight to `server`.
-async fn direct(server: &Running, key: &str, load: Load) -> Measured {
+/// Check calls straight to `server`, over TLS trusting `tls_ca` when set.
+async fn direct(
+    server: &Running,
+    tls_ca: Option<&std::path::Path>,
+    key: &str,
+    load: Load,
+) -> Measured {
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        clients.push(
-            AuthorizationClient::connect(server.data_plane.clone())
+        let channel = match tls_ca {
+            Some(ca) => {
+                let addr = server
+                    .data_plane
+                    .trim_start_matches("http://")
+                    .parse()
+                    .unwrap();
+                pki::tls_channel(addr, ca, None).await.unwrap()
+            }
+            None => tonic::transport::Endpoint::from_shared(server.data_plane.clone())
+                .unwrap()
+                .connect()
                 .await
                 .unwrap(),
-        );
+        };
+        clients.push(AuthorizationClient::new(channel));
     }
     // Warm the key (the one argon2 verification) before measuring.
     let warm = clients[0]

@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use zeroize::Zeroizing;
 
 use super::output;
@@ -132,19 +133,59 @@ pub type Client = KeyManagerClient<InterceptedService<Channel, AuthInterceptor>>
 /// Connects to the server named by `opts.addr`.
 pub async fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
     let auth = AuthInterceptor::new(opts.token.as_ref())?;
-    let uri = if opts.addr.contains("://") {
-        opts.addr.clone()
-    } else {
-        format!("http://{}", opts.addr)
+    let tls = client_tls(opts)?;
+    let uri = match (opts.addr.split_once("://"), &tls) {
+        (Some(("http", _)), Some(_)) => {
+            return Err(usage("--ca-cert needs an https:// address"));
+        }
+        (Some(("https", _)), None) => {
+            return Err(usage(
+                "an https:// address needs --ca-cert, the CA that signed the server's certificate",
+            ));
+        }
+        (Some(_), _) => opts.addr.clone(),
+        (None, Some(_)) => format!("https://{}", opts.addr),
+        (None, None) => format!("http://{}", opts.addr),
     };
-    let endpoint = Endpoint::from_shared(uri)
+    let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|err| usage(format!("invalid --addr {}: {err}", quote(&opts.addr))))?
         .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| usage(format!("unusable TLS files: {}", error_chain(&err))))?;
+    }
     let channel = endpoint.connect().await.map_err(|err| CliError::Connect {
         addr: opts.addr.clone(),
         cause: error_chain(&err),
     })?;
     Ok(KeyManagerClient::with_interceptor(channel, auth))
+}
+
+/// The client TLS settings `opts` ask for: the server's CA and, for mutual TLS, a client
+/// certificate and key; `None` for plaintext.
+fn client_tls(opts: &ClientOpts) -> Result<Option<ClientTlsConfig>, CliError> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| usage(format!("cannot read {flag} {}: {e}", path.display())))
+    };
+    let Some(ca) = &opts.ca_cert else {
+        return match opts.cert {
+            Some(_) => Err(usage(
+                "--cert needs --ca-cert: client certificates are sent over TLS",
+            )),
+            None => Ok(None),
+        };
+    };
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?));
+    if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
+        tls = tls.identity(Identity::from_pem(
+            read("--cert", cert)?,
+            read("--key", key)?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 /// `err` and its sources, joined by `: `, skipping repeats.

@@ -18,6 +18,7 @@ pub mod commands;
 pub mod output;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -95,6 +96,28 @@ pub struct ClientOpts {
         value_name = "TOKEN"
     )]
     pub token: Option<Token>,
+    /// CA certificate (PEM) that signed the server's certificate: connects over TLS
+    /// (`https://` is then assumed when no scheme is given).
+    #[arg(long, env = "KEYGATE_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for a server requiring mutual TLS; needs `--key`.
+    #[arg(
+        long,
+        env = "KEYGATE_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `--cert`.
+    #[arg(
+        long,
+        env = "KEYGATE_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -722,8 +745,11 @@ mod tests {
             ids,
             [
                 "addr",
+                "ca_cert",
+                "cert",
                 "cidrs",
                 "expires_at",
+                "key",
                 "meta",
                 "name",
                 "owner",

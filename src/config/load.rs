@@ -7,7 +7,7 @@
 //! starting must not trip on them. Each variable is read by the first rule that fits:
 //!
 //! 1. Variables keygate reads elsewhere (the config file's path, secrets, log settings, the
-//!    CLI client's address and token) are not configuration: [`NOT_CONFIG_VARS`].
+//!    CLI client's address, token and TLS files) are not configuration: [`NOT_CONFIG_VARS`].
 //! 2. A variable whose first path segment (the name after `KEYGATE_`, up to the first `__`)
 //!    is a top-level configuration field is configuration. Whatever follows must name real
 //!    nested fields: `KEYGATE_LISTEN__MANAGMENT` fails, naming the variable and the field.
@@ -39,6 +39,9 @@ const NOT_CONFIG_VARS: &[&str] = &[
     "KEYGATE_ADMIN_TOKEN_FILE",
     "KEYGATE_ADDR",
     "KEYGATE_TOKEN",
+    "KEYGATE_CA_CERT",
+    "KEYGATE_CERT",
+    "KEYGATE_KEY",
     "KEYGATE_LOG",
     "KEYGATE_LOG_FORMAT",
 ];

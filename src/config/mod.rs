@@ -26,16 +26,19 @@ use crate::authz::extract::CredentialSource;
 use crate::authz::keys::CacheConfig;
 use crate::authz::response::{ErrorsConfig, HeaderNames};
 use crate::authz::routes::RouteRule;
+use crate::authz::trust::AuthorizeConfig;
 use crate::authz::usage::UsageConfig;
 use crate::invalidation::InvalidationConfig;
 use crate::key::format::{KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
+use crate::manage::caller::ManagementConfig;
 use crate::plan::{PlanConfig, Plans};
 use crate::ratelimit::RateLimitConfig;
 use crate::redis::RedisConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::store::StoreBackend;
 use crate::telemetry::decisions::DecisionLog;
+use crate::tls::{Listener, TlsConfig};
 
 mod load;
 
@@ -51,6 +54,12 @@ pub struct Config {
     pub store: StoreBackend,
     /// Listening addresses.
     pub listen: ListenConfig,
+    /// TLS and mutual TLS on the gRPC listeners.
+    pub tls: TlsConfig,
+    /// Who is admin on the management API by client certificate.
+    pub management: ManagementConfig,
+    /// Whose `client_address` the Authorize RPC believes.
+    pub authorize: AuthorizeConfig,
     /// Limits that keep the data plane answering under overload.
     pub admission: AdmissionConfig,
     /// Key shapes that can be issued and are recognised.
@@ -93,6 +102,9 @@ impl Default for Config {
             data_dir: PathBuf::from("keygate-data"),
             store: StoreBackend::Embedded,
             listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            management: ManagementConfig::default(),
+            authorize: AuthorizeConfig::default(),
             admission: AdmissionConfig::default(),
             invalidation: InvalidationConfig::default(),
             profiles: vec![crate::key::format::default_profile()],
@@ -124,6 +136,9 @@ pub struct ListenConfig {
     pub data_plane: SocketAddr,
     /// Prometheus metrics over plain HTTP, at `/metrics`.
     pub metrics: SocketAddr,
+    /// An optional plaintext listener serving only `grpc.health.v1.Health`, for probes
+    /// that cannot speak TLS (Kubernetes gRPC probes) when the data plane does.
+    pub health: Option<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -132,6 +147,7 @@ impl Default for ListenConfig {
             management: SocketAddr::from(([127, 0, 0, 1], 9192)),
             data_plane: SocketAddr::from(([0, 0, 0, 0], 9191)),
             metrics: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            health: None,
         }
     }
 }
@@ -269,6 +285,46 @@ impl Config {
         }
         if self.cache.ttl.is_zero() {
             return Err(field_error("cache.ttl", "must be longer than zero"));
+        }
+        self.validate_tls()
+    }
+
+    /// Checks that TLS files come in pairs and that identities are only listed where
+    /// client certificates are required.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        for listener in [Listener::DataPlane, Listener::Management] {
+            self.tls
+                .files(listener)
+                .map_err(|(field, message)| field_error(field, message))?;
+        }
+        if self.tls.handshake_timeout.is_zero() {
+            return Err(field_error(
+                "tls.handshake_timeout",
+                "must be longer than zero",
+            ));
+        }
+        let needs_mtls = [
+            (
+                !self.management.admin_identities.is_empty(),
+                Listener::Management,
+                "management.admin_identities",
+            ),
+            (
+                !self.authorize.trusted_callers.identities.is_empty(),
+                Listener::DataPlane,
+                "authorize.trusted_callers.identities",
+            ),
+        ];
+        for (listed, listener, field) in needs_mtls {
+            if listed && !self.tls.requires_client_cert(listener) {
+                return Err(field_error(
+                    field,
+                    format!(
+                        "identities come from client certificates: set tls.client_ca_file (or tls.{}.client_ca_file)",
+                        listener.name()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

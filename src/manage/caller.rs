@@ -25,10 +25,31 @@
 //! A refusal is `PermissionDenied` with a message that starts with the dimension's name.
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
 use crate::model::{KeyRecord, KeyState};
+use crate::tls::PeerIdentity;
+
+/// Settings of the management API's authority rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagementConfig {
+    /// Client-certificate names (SAN URI, SAN DNS name or subject CN) that are admin with
+    /// no bearer token; needs mutual TLS on the management listener.
+    pub admin_identities: Vec<String>,
+}
+
+impl ManagementConfig {
+    /// The caller a verified client certificate makes on its own: admin when one of its
+    /// names is listed, nobody otherwise.
+    pub fn caller_for(&self, identity: Option<&PeerIdentity>) -> Option<Caller> {
+        identity
+            .filter(|id| id.is_any_of(&self.admin_identities))
+            .map(|_| Caller::Admin)
+    }
+}
 
 /// The scope that lets an API key manage its owner's keys.
 pub const MANAGE_SCOPE: &str = "keygate:keys";
@@ -381,6 +402,26 @@ mod tests {
         assert_eq!(dimension(caller.require_may_enable(&key)), "state");
         key.state = KeyState::PendingActivation;
         assert_eq!(dimension(caller.require_may_enable(&key)), "activation");
+    }
+
+    #[test]
+    fn only_a_listed_certificate_name_is_admin() {
+        let config = ManagementConfig {
+            admin_identities: vec!["spiffe://mesh/ops".into()],
+        };
+        let id = |name: &str| PeerIdentity {
+            names: vec!["other.example".into(), name.into()],
+        };
+        assert_eq!(
+            config.caller_for(Some(&id("spiffe://mesh/ops"))),
+            Some(Caller::Admin)
+        );
+        assert_eq!(config.caller_for(Some(&id("spiffe://mesh/app"))), None);
+        assert_eq!(config.caller_for(None), None);
+        assert_eq!(
+            ManagementConfig::default().caller_for(Some(&id("spiffe://mesh/ops"))),
+            None
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `keygate.v1.Authorizer/Authorize`: the Check decision as a typed answer, for services
-//! that check their callers themselves.
+//! that check their callers themselves. The `client_address` a caller names is believed
+//! only from a trusted caller ([`crate::authz::trust`]); otherwise the call's own peer
+//! address is judged.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use crate::authz::decision::{Decision, DecisionCode};
 use crate::authz::engine::{Api, AuthzRequest};
 use crate::authz::extract::Credential;
 use crate::authz::response::render;
+use crate::authz::trust::Peer;
 use crate::error::{Error, Result, quote};
 use crate::proto::{self, authorizer_server::Authorizer};
 use crate::ratelimit::RateOutcome;
@@ -43,7 +46,14 @@ impl Authorizer for AuthorizerService {
             .unwrap_or_default()
             .to_owned();
         let deadline = super::deadline(request.metadata());
+        let trusted = &self.plane.trusted_callers;
+        let identity = super::peer_identity(&request, &trusted.identities);
+        let peer = Peer {
+            addr: request.remote_addr().map(|a| a.ip()),
+            identity: identity.as_ref(),
+        };
         let mut request = authz_request(request.into_inner(), request_id)?;
+        request.client_ip = trusted.client_ip(request.client_ip, peer);
         request.deadline = deadline;
         let decision = self.plane.authorizer.decide(&request).await?;
         Ok(Response::new(self.answer(decision)))
@@ -80,7 +90,8 @@ impl AuthorizerService {
     }
 }
 
-/// What an Authorize request asks, in the data plane's terms.
+/// What an Authorize request asks, in the data plane's terms, with the client address as
+/// named (not yet weighed against who named it).
 fn authz_request(req: proto::AuthorizeRequest, request_id: String) -> Result<AuthzRequest> {
     let client_ip = match req.client_address.trim() {
         "" => None,

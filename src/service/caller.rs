@@ -1,13 +1,15 @@
 //! Who is calling the management API. What each caller may then touch is decided by
 //! [`crate::manage::Caller`]; this module only recognises the caller.
 //!
+//! * A client certificate naming one of `management.admin_identities` (mutual TLS) is
+//!   admin, bearer token or not: a service mesh calls keygate without tokens.
 //! * The admin token (`authorization: Bearer <token>`, compared in constant time) may manage
 //!   everything.
 //! * An API key holding [`MANAGE_SCOPE`] may manage its own owner's keys, and grant only
 //!   scopes it holds itself.
-//! * With no admin token configured and the listener on loopback, calls without credentials
-//!   are accepted as admin: a single-machine setup needs no token. Off loopback, keygate
-//!   refuses to start without one.
+//! * With neither an admin token nor admin identities configured and the listener on
+//!   loopback, calls without credentials are accepted as admin: a single-machine setup
+//!   needs no token. Off loopback, keygate refuses to start without one of them.
 
 use std::sync::Arc;
 
@@ -17,17 +19,20 @@ use crate::authz::decision::DecisionCode;
 use crate::authz::engine::Authorizer;
 use crate::authz::extract::bearer_token;
 use crate::error::{Error, Result};
+use crate::manage::caller::ManagementConfig;
 use crate::secrets::AdminToken;
 
 pub use crate::manage::caller::{Caller, CallingKey, MANAGE_SCOPE};
 
-/// What management authentication needs: the admin token, whether anonymous loopback
-/// calls are accepted, and the data plane to check API keys with.
+/// What management authentication needs: the admin token and identities, whether
+/// anonymous loopback calls are accepted, and the data plane to check API keys with.
 pub struct ManagementAuth {
     /// Full-access token, if configured.
     pub admin_token: Option<AdminToken>,
-    /// Whether calls without credentials are accepted: only when no admin token is
-    /// configured and the management listener is on loopback.
+    /// Client-certificate names that are admin.
+    pub config: ManagementConfig,
+    /// Whether calls without credentials are accepted: only when neither an admin token nor
+    /// admin identities are configured and the management listener is on loopback.
     pub allow_anonymous: bool,
     /// Checks API keys presented as bearer tokens.
     pub authorizer: Arc<Authorizer>,
@@ -35,6 +40,10 @@ pub struct ManagementAuth {
 
 /// Authenticates the caller of a management RPC from its metadata and peer address.
 pub async fn authenticate<T>(auth: &ManagementAuth, request: &Request<T>) -> Result<Caller> {
+    let identity = super::peer_identity(request, &auth.config.admin_identities);
+    if let Some(caller) = auth.config.caller_for(identity.as_ref()) {
+        return Ok(caller);
+    }
     let Some(header) = request.metadata().get("authorization") else {
         return if auth.allow_anonymous {
             Ok(Caller::Admin)

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use crate::authz::engine::Authorizer;
 use crate::authz::extract::CredentialSource;
 use crate::authz::response::Responder;
+use crate::authz::trust::TrustedCallers;
 use crate::manage::{Keys, Owners};
+use crate::tls::PeerIdentity;
 use caller::ManagementAuth;
 
 /// What the data-plane adapters (Check, Authorize) share: the decision maker, where
@@ -25,6 +27,8 @@ pub struct DataPlane {
     pub credentials: Vec<CredentialSource>,
     /// Writes answers.
     pub responder: Responder,
+    /// Authorize callers whose `client_address` is believed.
+    pub trusted_callers: TrustedCallers,
 }
 
 /// What the management adapter uses: how callers are authenticated, and the owner and key
@@ -53,6 +57,17 @@ impl From<crate::error::Error> for tonic::Status {
         };
         tonic::Status::new(code, error.to_string())
     }
+}
+
+/// The identity of the client certificate `request` came with, looked up only when some
+/// identity is `listed` (parsing the certificate is wasted otherwise).
+pub fn peer_identity<T>(request: &tonic::Request<T>, listed: &[String]) -> Option<PeerIdentity> {
+    if listed.is_empty() {
+        return None;
+    }
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(PeerIdentity::from_cert))
 }
 
 /// When the caller stops waiting, from the `grpc-timeout` it sent (gRPC over HTTP/2: up to

@@ -10,6 +10,7 @@ pub mod helm;
 pub mod http;
 pub mod kubernetes;
 pub mod otlp;
+pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod tools;
@@ -132,6 +133,8 @@ pub struct Options<'a> {
     pub store: Option<Arc<dyn Store>>,
     /// TOML put before [`TEST_CONFIG`], for top-level fields.
     pub prepend_config: &'a str,
+    /// Opens the plaintext health-only listener on a free loopback port.
+    pub health_listener: bool,
 }
 
 /// Starts a server over a fresh embedded store, with or without an admin token.
@@ -146,7 +149,10 @@ pub async fn start(admin_token: Option<&str>) -> TestServer {
 /// Starts a server as `options` say.
 pub async fn start_with(options: Options<'_>) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config_around(dir.path(), options.prepend_config, options.extra_config);
+    let mut config = test_config_around(dir.path(), options.prepend_config, options.extra_config);
+    if options.health_listener {
+        config.listen.health = Some(([127, 0, 0, 1], 0).into());
+    }
     let mut env = std::collections::HashMap::new();
     env.insert(
         "KEYGATE_PEPPER".to_string(),

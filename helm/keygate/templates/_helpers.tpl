@@ -88,6 +88,17 @@ directory it creates owner-only itself, whatever mode the provisioner gave the v
 {{- define "keygate.dataDir" }}/var/lib/keygate/data{{ end }}
 {{- define "keygate.configDir" }}/etc/keygate{{ end }}
 {{- define "keygate.secretsDir" }}/etc/keygate/secrets{{ end }}
+{{- define "keygate.tlsDir" }}/etc/keygate/tls{{ end }}
+
+{{/* The Secret holding the TLS certificate: the one given, or the one cert-manager fills. */}}
+{{- define "keygate.tlsSecretName" -}}
+{{- .Values.tls.existingSecret | default (include "keygate.suffixed" (list . "tls")) }}
+{{- end }}
+
+{{/* The port the probes ask: the data plane's, or the plaintext health port under TLS. */}}
+{{- define "keygate.port.probes" -}}
+{{- if .Values.tls.enabled }}{{ .Values.tls.healthPort }}{{ else }}{{ include "keygate.port.authz" . }}{{ end }}
+{{- end }}
 
 {{/* The container image reference. */}}
 {{- define "keygate.image" -}}
@@ -124,6 +135,14 @@ every template that depends on them, so `helm template` fails as `helm install` 
 {{- end }}
 {{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.dataPlaneNamespaces) }}
 {{- fail "networkPolicy.enabled with no networkPolicy.dataPlaneNamespaces would let no proxy reach the data plane: list the mesh or gateway namespaces" }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- if eq (not .Values.tls.existingSecret) (not .Values.tls.certManager.enabled) }}
+{{- fail "tls.enabled needs exactly one source of the certificate: tls.existingSecret or tls.certManager.enabled" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
