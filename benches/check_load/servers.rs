@@ -28,6 +28,8 @@ pub struct Running {
     pub data_plane: String,
     /// The management API's URL; `None` for the no-op server.
     pub management: Option<String>,
+    /// The cgroup limiting its CPU, removed after it.
+    cgroup: Option<PathBuf>,
 }
 
 impl Running {
@@ -41,6 +43,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(group) = &self.cgroup {
+            let _ = std::fs::remove_dir(group);
+        }
     }
 }
 
@@ -65,12 +70,12 @@ fn spawn(mut command: Command, management: bool) -> Running {
         .stdout(Stdio::null())
         .spawn()
         .expect("cannot start the server");
-    if let Ok(share) = std::env::var("KEYGATE_BENCH_SERVER_CPU_SHARE") {
+    let cgroup = std::env::var("KEYGATE_BENCH_SERVER_CPU_SHARE").ok().map(|share| {
         limit_cpu(
             child.id(),
             share.parse().expect("a share of one CPU, e.g. 0.25"),
-        );
-    }
+        )
+    });
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut address = |what: &str| loop {
         let line = lines.next().expect("the server exited").unwrap();
@@ -85,6 +90,7 @@ fn spawn(mut command: Command, management: bool) -> Running {
         child,
         data_plane,
         management,
+        cgroup,
     }
 }
 
@@ -317,8 +323,9 @@ static_resources:
 
 /// Puts process `pid` in a cgroup (v1 `cpu` controller) allowed `share` of one CPU in every
 /// 10 ms, as a Kubernetes CPU limit would: a server slower than the load generator, so that
-/// the generator can overload it. Needs a writable `/sys/fs/cgroup/cpu`.
-fn limit_cpu(pid: u32, share: f64) {
+/// the generator can overload it. Needs a writable `/sys/fs/cgroup/cpu`. Returns the
+/// cgroup.
+fn limit_cpu(pid: u32, share: f64) -> PathBuf {
     let group = PathBuf::from(format!("/sys/fs/cgroup/cpu/keygate-bench-{pid}"));
     let write = |file: &str, value: String| {
         std::fs::write(group.join(file), value)
@@ -328,6 +335,7 @@ fn limit_cpu(pid: u32, share: f64) {
     write("cpu.cfs_period_us", "10000".into());
     write("cpu.cfs_quota_us", format!("{}", (10_000.0 * share) as u64));
     write("cgroup.procs", pid.to_string());
+    group
 }
 
 /// CPU time (user + system) process `pid` has used so far. `/proc/<pid>/stat` counts it

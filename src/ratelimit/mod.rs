@@ -284,7 +284,9 @@ impl RateLimiter {
                 1,
                 DecidedBy::Local,
             ),
-            RateLimiter::Redis(redis) => redis.check(subject, windows, cost, clock).await,
+            // Boxed: the Redis round trip's state would otherwise make every caller's
+            // future larger, local limiter or not.
+            RateLimiter::Redis(redis) => Box::pin(redis.check(subject, windows, cost, clock)).await,
         }
     }
 }
