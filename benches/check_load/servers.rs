@@ -205,9 +205,12 @@ pub fn serve_noop() {
             "no-op data plane listening addr={}",
             listener.local_addr().unwrap()
         );
+        // TCP_NODELAY, as keygate and gRPC servers generally set it.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(Noop))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(incoming)
             .await
             .unwrap();
     });
