@@ -1,6 +1,6 @@
 //! TLS and mutual TLS on the gRPC listeners, with certificates made by `openssl`: what is
-//! refused, what is accepted, who is admin by certificate, certificate rotation, and whose
-//! `client_address` Authorize believes.
+//! refused, what is accepted, who is admin by certificate, certificate rotation, whose
+//! `client_address` Authorize believes, and route rules for some callers only.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::authorize::try_authorize;
+use common::check::{check, check_request, decision_code};
 use common::pki::{Ca, Issued, tls_channel, tls_config};
 use common::process::keygate_bin;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
@@ -289,6 +290,82 @@ async fn authorize_believes_client_address_only_from_trusted_callers() {
             DecisionCode::try_from(answer.code).unwrap(),
             expected,
             "{caller} naming {named:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_rule_with_callers_applies_only_to_the_certificates_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server = server(&format!(
+        "{}\n[tls.management]\nenabled = false\n{}",
+        tls_config(&ca.server("server"), Some(&ca)),
+        r#"
+[[routes]]
+path_prefix = "/reports/"
+callers = ["spiffe://test/batch", "gateway.test"]
+
+[[routes]]
+path_prefix = "/reports/"
+scopes = ["reports"]
+"#
+    ))
+    .await;
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = manage
+        .create_key(admin(proto::CreateKeyRequest {
+            owner_id: owner.id,
+            name: "no scopes".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+
+    // Named by SAN URI, by SAN DNS name, by subject CN; and a caller named nowhere.
+    let batch = ca.issue("batch", "URI:spiffe://test/batch");
+    let gateway = ca.issue("gw", "URI:spiffe://test/gw,DNS:gateway.test");
+    let by_cn = ca.issue("gateway.test", "URI:spiffe://test/other-gw");
+    let web = ca.issue("web", "URI:spiffe://test/web,DNS:web.test");
+    let table = [
+        (&batch, "/reports/daily", DecisionCode::Ok),
+        (&gateway, "/reports/daily", DecisionCode::Ok),
+        (&by_cn, "/reports/daily", DecisionCode::Ok),
+        (&web, "/reports/daily", DecisionCode::InsufficientScope),
+        (&web, "/other", DecisionCode::Ok),
+    ];
+    for (caller, path, expected) in table {
+        let channel = tls_channel(server.server.data_plane_addr(), &ca.cert, Some(caller))
+            .await
+            .unwrap();
+        let request = check_request("203.0.113.9", "GET", path, &[("x-api-key", &key)], &[]);
+        let answer = check(&channel, request).await;
+        let name = caller.cert.display();
+        // Check's metadata spells the code as the proto does, without the enum's prefix.
+        let check_code = expected.as_str_name().strip_prefix("DECISION_CODE_");
+        assert_eq!(
+            Some(decision_code(&answer).as_str()),
+            check_code,
+            "Check {path} by {name}"
+        );
+        let answer = try_authorize(
+            &channel,
+            AuthorizeRequest {
+                key: key.clone(),
+                method: "GET".into(),
+                path: path.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            DecisionCode::try_from(answer.code).unwrap(),
+            expected,
+            "Authorize {path} by {name}"
         );
     }
 }
