@@ -1,6 +1,7 @@
 //! TLS and mutual TLS on the gRPC listeners, with certificates made by `openssl`: what is
 //! refused, what is accepted, who is admin by certificate, certificate rotation, whose
-//! `client_address` Authorize believes, and route rules for some callers only.
+//! `client_address` Authorize believes, route rules for some callers only, and a Python
+//! grpcio client that shares no TLS or gRPC code with keygate.
 
 mod common;
 
@@ -11,6 +12,7 @@ use common::authorize::try_authorize;
 use common::check::{check, check_request, decision_code};
 use common::pki::{Ca, Issued, tls_channel, tls_config};
 use common::process::keygate_bin;
+use common::tools::venv_tool;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
 use keygate::proto::key_manager_client::KeyManagerClient;
 use keygate::proto::{self, AuthorizeRequest, DecisionCode, ListPlansRequest};
@@ -442,5 +444,90 @@ async fn the_cli_manages_over_mutual_tls_with_its_certificate_flags() {
         plain.status.code(),
         Some(2),
         "--ca-cert with http:// is a usage error"
+    );
+}
+
+/// What `tests/clients/authorize.py` (Python, grpcio) printed for an Authorize call with
+/// `key` to `addr`, trusting `ca`, presenting `client` if given.
+async fn python_authorize(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    key: &str,
+    client: Option<&Issued>,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/authorize.py");
+    let mut args = vec![
+        script.display().to_string(),
+        addr.to_string(),
+        ca.display().to_string(),
+        key.to_owned(),
+    ];
+    if let Some(client) = client {
+        args.extend([
+            client.cert.display().to_string(),
+            client.key.display().to_string(),
+        ]);
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(venv_tool("python"))
+            .args(args)
+            .output()
+            .expect("cannot run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test]
+async fn a_python_grpcio_client_authorizes_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server = server(&format!(
+        "{}\n[tls.management]\nenabled = false\n",
+        tls_config(&ca.server("server"), Some(&ca))
+    ))
+    .await;
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = manage
+        .create_key(admin(proto::CreateKeyRequest {
+            owner_id: owner.id.clone(),
+            name: "python".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let addr = server.server.data_plane_addr();
+    let client = ca.issue("python", "URI:spiffe://test/python");
+
+    let allowed = python_authorize(addr, &ca.cert, &key, Some(&client)).await;
+    assert_eq!(allowed["code"], DecisionCode::Ok as i32, "{allowed}");
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    assert_eq!(allowed["owner_id"], owner.id.as_str(), "{allowed}");
+    let wrong = python_authorize(addr, &ca.cert, "kg_live_not-a-real-key", Some(&client)).await;
+    assert_eq!(
+        (wrong["code"].as_i64(), wrong["http_status"].as_i64()),
+        (Some(DecisionCode::InvalidApiKey as i64), Some(401)),
+        "{wrong}"
+    );
+    let stranger_ca = Ca::new(dir.path(), "stranger-ca");
+    let distrusted = python_authorize(addr, &stranger_ca.cert, &key, Some(&client)).await;
+    assert_eq!(
+        distrusted["error"], "UNAVAILABLE",
+        "keygate's certificate passed an unrelated CA: {distrusted}"
+    );
+    let anonymous = python_authorize(addr, &ca.cert, &key, None).await;
+    assert_eq!(
+        anonymous["error"], "UNAVAILABLE",
+        "served without a client certificate: {anonymous}"
     );
 }
