@@ -231,6 +231,7 @@ impl App {
                     .collect(),
             },
             trusted_callers: config.authorize.trusted_callers.clone(),
+            listed_identities: config.data_plane_identities(),
         });
         let invalidations = Arc::new(Invalidations::new(
             authorizer.clone(),

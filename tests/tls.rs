@@ -1,6 +1,7 @@
 //! TLS and mutual TLS on the gRPC listeners, with certificates made by `openssl`: what is
-//! refused, what is accepted, who is admin by certificate, certificate rotation, and whose
-//! `client_address` Authorize believes.
+//! refused, what is accepted, who is admin by certificate, certificate rotation, whose
+//! `client_address` Authorize believes, route rules for some callers only, and a Python
+//! grpcio client that shares no TLS or gRPC code with keygate.
 
 mod common;
 
@@ -8,8 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::authorize::try_authorize;
+use common::check::{check, check_request, decision_code};
 use common::pki::{Ca, Issued, tls_channel, tls_config};
 use common::process::keygate_bin;
+use common::tools::venv_tool;
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
 use keygate::proto::key_manager_client::KeyManagerClient;
 use keygate::proto::{self, AuthorizeRequest, DecisionCode, ListPlansRequest};
@@ -293,6 +296,82 @@ async fn authorize_believes_client_address_only_from_trusted_callers() {
     }
 }
 
+#[tokio::test]
+async fn a_route_rule_with_callers_applies_only_to_the_certificates_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server = server(&format!(
+        "{}\n[tls.management]\nenabled = false\n{}",
+        tls_config(&ca.server("server"), Some(&ca)),
+        r#"
+[[routes]]
+path_prefix = "/reports/"
+callers = ["spiffe://test/batch", "gateway.test"]
+
+[[routes]]
+path_prefix = "/reports/"
+scopes = ["reports"]
+"#
+    ))
+    .await;
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = manage
+        .create_key(admin(proto::CreateKeyRequest {
+            owner_id: owner.id,
+            name: "no scopes".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+
+    // Named by SAN URI, by SAN DNS name, by subject CN; and a caller named nowhere.
+    let batch = ca.issue("batch", "URI:spiffe://test/batch");
+    let gateway = ca.issue("gw", "URI:spiffe://test/gw,DNS:gateway.test");
+    let by_cn = ca.issue("gateway.test", "URI:spiffe://test/other-gw");
+    let web = ca.issue("web", "URI:spiffe://test/web,DNS:web.test");
+    let table = [
+        (&batch, "/reports/daily", DecisionCode::Ok),
+        (&gateway, "/reports/daily", DecisionCode::Ok),
+        (&by_cn, "/reports/daily", DecisionCode::Ok),
+        (&web, "/reports/daily", DecisionCode::InsufficientScope),
+        (&web, "/other", DecisionCode::Ok),
+    ];
+    for (caller, path, expected) in table {
+        let channel = tls_channel(server.server.data_plane_addr(), &ca.cert, Some(caller))
+            .await
+            .unwrap();
+        let request = check_request("203.0.113.9", "GET", path, &[("x-api-key", &key)], &[]);
+        let answer = check(&channel, request).await;
+        let name = caller.cert.display();
+        // Check's metadata spells the code as the proto does, without the enum's prefix.
+        let check_code = expected.as_str_name().strip_prefix("DECISION_CODE_");
+        assert_eq!(
+            Some(decision_code(&answer).as_str()),
+            check_code,
+            "Check {path} by {name}"
+        );
+        let answer = try_authorize(
+            &channel,
+            AuthorizeRequest {
+                key: key.clone(),
+                method: "GET".into(),
+                path: path.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            DecisionCode::try_from(answer.code).unwrap(),
+            expected,
+            "Authorize {path} by {name}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_manages_over_mutual_tls_with_its_certificate_flags() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,5 +444,90 @@ async fn the_cli_manages_over_mutual_tls_with_its_certificate_flags() {
         plain.status.code(),
         Some(2),
         "--ca-cert with http:// is a usage error"
+    );
+}
+
+/// What `tests/clients/authorize.py` (Python, grpcio) printed for an Authorize call with
+/// `key` to `addr`, trusting `ca`, presenting `client` if given.
+async fn python_authorize(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    key: &str,
+    client: Option<&Issued>,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/authorize.py");
+    let mut args = vec![
+        script.display().to_string(),
+        addr.to_string(),
+        ca.display().to_string(),
+        key.to_owned(),
+    ];
+    if let Some(client) = client {
+        args.extend([
+            client.cert.display().to_string(),
+            client.key.display().to_string(),
+        ]);
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(venv_tool("python"))
+            .args(args)
+            .output()
+            .expect("cannot run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test]
+async fn a_python_grpcio_client_authorizes_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server = server(&format!(
+        "{}\n[tls.management]\nenabled = false\n",
+        tls_config(&ca.server("server"), Some(&ca))
+    ))
+    .await;
+    let mut manage = server.client().await;
+    let owner = create_owner(&mut manage, "acme", "pro").await;
+    let key = manage
+        .create_key(admin(proto::CreateKeyRequest {
+            owner_id: owner.id.clone(),
+            name: "python".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let addr = server.server.data_plane_addr();
+    let client = ca.issue("python", "URI:spiffe://test/python");
+
+    let allowed = python_authorize(addr, &ca.cert, &key, Some(&client)).await;
+    assert_eq!(allowed["code"], DecisionCode::Ok as i32, "{allowed}");
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    assert_eq!(allowed["owner_id"], owner.id.as_str(), "{allowed}");
+    let wrong = python_authorize(addr, &ca.cert, "kg_live_not-a-real-key", Some(&client)).await;
+    assert_eq!(
+        (wrong["code"].as_i64(), wrong["http_status"].as_i64()),
+        (Some(DecisionCode::InvalidApiKey as i64), Some(401)),
+        "{wrong}"
+    );
+    let stranger_ca = Ca::new(dir.path(), "stranger-ca");
+    let distrusted = python_authorize(addr, &stranger_ca.cert, &key, Some(&client)).await;
+    assert_eq!(
+        distrusted["error"], "UNAVAILABLE",
+        "keygate's certificate passed an unrelated CA: {distrusted}"
+    );
+    let anonymous = python_authorize(addr, &ca.cert, &key, None).await;
+    assert_eq!(
+        anonymous["error"], "UNAVAILABLE",
+        "served without a client certificate: {anonymous}"
     );
 }

@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::model::Owner;
 use crate::plan::Plans;
 use crate::ratelimit::{RateLimiter, Subject};
+use crate::tls::PeerIdentity;
 
 /// Which API asked for a decision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +55,10 @@ pub struct AuthzRequest {
     pub path: String,
     /// The client's address.
     pub client_ip: Option<IpAddr>,
+    /// The names the calling service's verified client certificate proves (mutual TLS on
+    /// the data plane), read when some rule names callers; route rules with `callers`
+    /// apply only to these.
+    pub caller: Option<PeerIdentity>,
     /// Scopes required on top of the route rules' (from `context_extensions` or the
     /// Authorize request).
     pub extra_scopes: Vec<String>,
@@ -159,7 +164,12 @@ impl Authorizer {
             });
         };
         let Identified { key, owner, plan } = self.identify(found).await?;
-        let route = route_needs(&self.routes, &request.method, &request.path);
+        let route = route_needs(
+            &self.routes,
+            &request.method,
+            &request.path,
+            request.caller.as_ref(),
+        );
         let mut scopes = route.scopes;
         scopes.extend(request.extra_scopes.iter().cloned());
         let now = self.clock.now();

@@ -11,9 +11,19 @@
 //! every reading needs; a path that cannot be read at all (a broken escape, a control
 //! character) needs what every rule for its method needs.
 //!
-//! Seed example, read-only vs full access:
+//! A rule with `callers` applies only to calls from a service whose verified client
+//! certificate (mutual TLS on the data plane) proves one of those names, a SAN URI, SAN DNS
+//! name or subject CN ([`PeerIdentity`]); other calls skip it, as if it were not there. The
+//! caller is whoever called keygate: for Check the proxy (Envoy), for Authorize the service
+//! asking. Rules without `callers` apply to every call.
+//!
+//! Seed example, read-only vs full access, and an internal gateway that needs no scope:
 //!
 //! ```toml
+//! [[routes]]
+//! path_prefix = "/public/v1/"
+//! callers = ["spiffe://mesh/ns/edge/sa/internal-gateway"]
+//!
 //! [[routes]]
 //! methods = ["GET", "HEAD"]
 //! path_prefix = "/public/v1/"
@@ -27,6 +37,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::path::{self, Reading, Unreadable};
+use crate::tls::PeerIdentity;
 
 /// One rule, as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +58,10 @@ pub struct RouteRule {
     /// What a matching request costs against rate limits; 1 when absent.
     #[serde(default)]
     pub cost: Option<u64>,
+    /// Client-certificate names (SAN URI, SAN DNS name or subject CN) of the callers it
+    /// applies to; empty means every caller. Needs mutual TLS on the data plane.
+    #[serde(default)]
+    pub callers: Vec<String>,
 }
 
 fn sensitive() -> bool {
@@ -91,12 +106,17 @@ impl RouteRule {
         Ok(())
     }
 
-    fn matches_method(&self, method: &str) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    /// Whether the rule applies to a call for `method` from `caller`, whatever the path.
+    fn applies(&self, method: &str, caller: Option<&PeerIdentity>) -> bool {
+        let method_matches =
+            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+        let caller_matches =
+            self.callers.is_empty() || caller.is_some_and(|id| id.is_any_of(&self.callers));
+        method_matches && caller_matches
     }
 
-    /// Whether the rule covers `method` on `path`, a normalized path.
-    fn matches(&self, method: &str, path: &str) -> bool {
+    /// Whether the rule covers `method` on `path`, a normalized path, from `caller`.
+    fn matches(&self, method: &str, path: &str, caller: Option<&PeerIdentity>) -> bool {
         let prefix = self.path_prefix.as_bytes();
         let start = path.as_bytes().get(..prefix.len());
         let covered = if self.case_sensitive {
@@ -104,7 +124,7 @@ impl RouteRule {
         } else {
             start.is_some_and(|s| s.eq_ignore_ascii_case(prefix))
         };
-        covered && self.matches_method(method)
+        covered && self.applies(method, caller)
     }
 }
 
@@ -128,21 +148,28 @@ impl RouteNeeds {
     }
 }
 
-/// What `rules` ask of `method` on `path` (raw, possibly with a query string): for each
+/// What `rules` ask of `method` on `path` (raw, possibly with a query string) called by
+/// `caller` (the names its client certificate proves, if it presented one): for each
 /// reading of the normalized path, what its first matching rule asks, together (the most
-/// of the costs); for a path that cannot be read, what every rule for `method` asks.
-pub fn route_needs(rules: &[RouteRule], method: &str, path: &str) -> RouteNeeds {
+/// of the costs); for a path that cannot be read, what every rule for `method` and `caller`
+/// asks. Rules naming other callers are skipped.
+pub fn route_needs(
+    rules: &[RouteRule],
+    method: &str,
+    path: &str,
+    caller: Option<&PeerIdentity>,
+) -> RouteNeeds {
     let mut needs = RouteNeeds::default();
     match path::readings(path) {
         Ok(readings) => {
             for reading in &readings {
-                if let Some(rule) = rules.iter().find(|r| r.matches(method, reading)) {
+                if let Some(rule) = rules.iter().find(|r| r.matches(method, reading, caller)) {
                     needs.add(rule);
                 }
             }
         }
         Err(Unreadable) => {
-            for rule in rules.iter().filter(|r| r.matches_method(method)) {
+            for rule in rules.iter().filter(|r| r.applies(method, caller)) {
                 needs.add(rule);
             }
         }
@@ -161,6 +188,7 @@ mod tests {
             case_sensitive: true,
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             cost,
+            callers: Vec::new(),
         }
     }
 
@@ -180,7 +208,7 @@ mod tests {
     }
 
     fn required_scopes(rules: &[RouteRule], method: &str, path: &str) -> Vec<String> {
-        route_needs(rules, method, path).scopes
+        route_needs(rules, method, path, None).scopes
     }
 
     #[test]
@@ -196,8 +224,8 @@ mod tests {
         assert!(required_scopes(&rules, "GET", "/health").is_empty());
         assert!(required_scopes(&rules, "GET", "/v2/x?/v1/").is_empty());
         assert!(required_scopes(&rules, "GET", "/v2/x#/v1/").is_empty());
-        assert_eq!(route_needs(&rules, "POST", "/v1/x").cost, Some(5));
-        assert_eq!(route_needs(&rules, "GET", "/v1/x").cost, None);
+        assert_eq!(route_needs(&rules, "POST", "/v1/x", None).cost, Some(5));
+        assert_eq!(route_needs(&rules, "GET", "/v1/x", None).cost, None);
     }
 
     #[test]
@@ -273,7 +301,7 @@ mod tests {
         ]);
         for path in ["/%zzadmin/x", "/v1/%", "/adm%00in/x", "/adm\0in/x"] {
             assert_eq!(
-                route_needs(&rules, "GET", path),
+                route_needs(&rules, "GET", path, None),
                 RouteNeeds {
                     scopes: vec!["read".into(), "admin".into()],
                     cost: Some(3),
@@ -305,6 +333,64 @@ mod tests {
         let mut spelled = rule(&[], "//v1/./%7Euser/", &[], None);
         spelled.normalize().unwrap();
         assert_eq!(spelled.path_prefix, "/v1/~user/");
+    }
+
+    fn caller(names: &[&str]) -> PeerIdentity {
+        PeerIdentity {
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_rule_with_callers_applies_only_to_calls_from_them() {
+        let rules = normalized(vec![
+            RouteRule {
+                callers: vec!["spiffe://mesh/gateway".into(), "batch.internal".into()],
+                ..rule(&[], "/v1/", &[], Some(2))
+            },
+            rule(&["GET"], "/v1/", &["read"], None),
+            rule(&[], "/v1/", &["write"], None),
+        ]);
+        let gateway = caller(&["spiffe://mesh/gateway", "gateway.internal", "gateway"]);
+        let batch = caller(&["batch.internal"]);
+        let stranger = caller(&["spiffe://mesh/other", "gateway.internal"]);
+        let table: [(Option<&PeerIdentity>, &str, &str, RouteNeeds); 6] = [
+            (Some(&gateway), "POST", "/v1/x", needs(&[], Some(2))),
+            (Some(&batch), "GET", "//v1/./x", needs(&[], Some(2))),
+            (Some(&stranger), "GET", "/v1/x", needs(&["read"], None)),
+            (None, "POST", "/v1/x", needs(&["write"], None)),
+            // An unreadable path needs what every rule for the method and caller needs.
+            (
+                Some(&gateway),
+                "GET",
+                "/v1/%zz",
+                needs(&["read", "write"], Some(2)),
+            ),
+            (None, "GET", "/v1/%zz", needs(&["read", "write"], None)),
+        ];
+        for (who, method, path, expected) in table {
+            assert_eq!(
+                route_needs(&rules, method, path, who),
+                expected,
+                "{who:?} {method} {path}"
+            );
+        }
+    }
+
+    fn needs(scopes: &[&str], cost: Option<u64>) -> RouteNeeds {
+        RouteNeeds {
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            cost,
+        }
+    }
+
+    #[test]
+    fn callers_are_optional_in_the_config() {
+        let rule: RouteRule =
+            toml::from_str("path_prefix = \"/\"\ncallers = [\"gateway.internal\"]").unwrap();
+        assert_eq!(rule.callers, ["gateway.internal"]);
+        let rule: RouteRule = toml::from_str("path_prefix = \"/\"").unwrap();
+        assert!(rule.callers.is_empty());
     }
 
     #[test]

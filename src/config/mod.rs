@@ -289,8 +289,8 @@ impl Config {
         self.validate_tls()
     }
 
-    /// Checks that TLS files come in pairs and that identities are only listed where
-    /// client certificates are required.
+    /// Checks that TLS files come in pairs and that identities (admins, trusted callers,
+    /// route rules' callers) are only listed where client certificates are required.
     fn validate_tls(&self) -> Result<(), ConfigError> {
         for listener in [Listener::DataPlane, Listener::Management] {
             self.tls
@@ -307,14 +307,22 @@ impl Config {
             (
                 !self.management.admin_identities.is_empty(),
                 Listener::Management,
-                "management.admin_identities",
+                "management.admin_identities".to_owned(),
             ),
             (
                 !self.authorize.trusted_callers.identities.is_empty(),
                 Listener::DataPlane,
-                "authorize.trusted_callers.identities",
+                "authorize.trusted_callers.identities".to_owned(),
             ),
-        ];
+        ]
+        .into_iter()
+        .chain(self.routes.iter().enumerate().map(|(i, rule)| {
+            (
+                !rule.callers.is_empty(),
+                Listener::DataPlane,
+                format!("routes[{i}].callers"),
+            )
+        }));
         for (listed, listener, field) in needs_mtls {
             if listed && !self.tls.requires_client_cert(listener) {
                 return Err(field_error(
@@ -327,6 +335,20 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every client-certificate name the data plane's settings list: trusted Authorize
+    /// callers and route rules' `callers`, each once.
+    pub fn data_plane_identities(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let listed = (self.authorize.trusted_callers.identities.iter())
+            .chain(self.routes.iter().flat_map(|rule| &rule.callers));
+        for name in listed {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
     }
 
     /// The configured key profiles, validated.
@@ -491,6 +513,43 @@ api_access = false
         assert_eq!(field_of(argon), "argon2");
         let path = load(&[], &[("listen..management", "x")]).unwrap_err();
         assert!(matches!(path, ConfigError::Override { .. }));
+    }
+
+    #[test]
+    fn route_callers_need_mutual_tls_on_the_data_plane() {
+        let routes = (
+            "routes",
+            r#"[{"path_prefix":"/v1/"},{"path_prefix":"/","callers":["gateway.internal","spiffe://mesh/gw"]}]"#,
+        );
+        let server = [("tls.cert_file", "s.crt"), ("tls.key_file", "s.key")];
+        let error = load(&[], &[routes, server[0], server[1]]).unwrap_err();
+        assert!(error.to_string().contains("tls.client_ca_file"), "{error}");
+        assert_eq!(field_of(error), "routes[1].callers");
+        let management_only = [
+            routes,
+            server[0],
+            server[1],
+            ("tls.management.client_ca_file", "ca.crt"),
+        ];
+        let error = load(&[], &management_only).unwrap_err();
+        assert_eq!(field_of(error), "routes[1].callers");
+
+        let trusted = (
+            "authorize.trusted_callers.identities",
+            r#"["spiffe://mesh/gw"]"#,
+        );
+        let mtls = [
+            routes,
+            server[0],
+            server[1],
+            ("tls.client_ca_file", "ca.crt"),
+            trusted,
+        ];
+        let config = load(&[], &mtls).unwrap();
+        assert_eq!(
+            config.data_plane_identities(),
+            ["spiffe://mesh/gw", "gateway.internal"]
+        );
     }
 
     #[test]

@@ -47,13 +47,14 @@ impl Authorizer for AuthorizerService {
             .to_owned();
         let deadline = super::deadline(request.metadata());
         let trusted = &self.plane.trusted_callers;
-        let identity = super::peer_identity(&request, &trusted.identities);
+        let identity = super::peer_identity(&request, &self.plane.listed_identities);
         let peer = Peer {
             addr: request.remote_addr().map(|a| a.ip()),
             identity: identity.as_ref(),
         };
         let mut request = authz_request(request.into_inner(), request_id)?;
         request.client_ip = trusted.client_ip(request.client_ip, peer);
+        request.caller = identity;
         request.deadline = deadline;
         let decision = self.plane.authorizer.decide(&request).await?;
         Ok(Response::new(self.answer(decision)))
@@ -109,6 +110,7 @@ fn authz_request(req: proto::AuthorizeRequest, request_id: String) -> Result<Aut
         method: req.method.trim().to_ascii_uppercase(),
         path: req.path,
         client_ip,
+        caller: None,
         extra_scopes: req.required_scopes,
         cost: (req.cost > 0).then_some(req.cost),
         deadline: None,

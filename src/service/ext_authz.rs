@@ -62,9 +62,11 @@ impl Authorization for ExtAuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let traced_by_caller = request.metadata().contains_key("traceparent");
         let deadline = super::deadline(request.metadata());
+        let caller = super::peer_identity(&request, &self.plane.listed_identities);
         let attributes = request.into_inner().attributes.unwrap_or_default();
         let mut request = self.authz_request(attributes, traced_by_caller);
         request.deadline = deadline;
+        request.caller = caller;
         let decision = self.plane.authorizer.decide(&request).await?;
         Ok(Response::new(
             self.check_response(&decision, &request.request_id),
@@ -106,6 +108,7 @@ impl ExtAuthzService {
             method: http.method.clone(),
             path: http.path.clone(),
             client_ip,
+            caller: None,
             extra_scopes: extensions
                 .get(SCOPES_EXTENSION)
                 .map(|v| comma_list(v).map(str::to_owned).collect())

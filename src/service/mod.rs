@@ -29,6 +29,9 @@ pub struct DataPlane {
     pub responder: Responder,
     /// Authorize callers whose `client_address` is believed.
     pub trusted_callers: TrustedCallers,
+    /// Every client-certificate name the data plane's settings list (trusted callers,
+    /// route rules' `callers`): a call's certificate is read only when there is one.
+    pub listed_identities: Vec<String>,
 }
 
 /// What the management adapter uses: how callers are authenticated, and the owner and key

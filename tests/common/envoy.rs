@@ -1,6 +1,7 @@
 //! Envoy as a child process, running the shipped `examples/envoy/envoy.yaml` with only its
-//! ports replaced: started on a free loopback port, its output kept for assertions, killed
-//! when dropped.
+//! ports replaced (and, for TLS to keygate, the README's `UpstreamTlsContext` snippet added
+//! with its file names replaced): started on a free loopback port, its output kept for
+//! assertions, killed when dropped.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,6 +28,56 @@ const EXAMPLE_PORTS: [u16; 4] = [10000, 9191, 8081, 8082];
 /// Path of the example configuration, as shipped.
 pub fn example_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/envoy.yaml")
+}
+
+/// Path of the example's README, which shows the `UpstreamTlsContext` for TLS to keygate.
+fn example_readme() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/README.md")
+}
+
+/// The name the README's snippet expects in keygate's certificate: its `sni`, and the SAN
+/// Envoy checks.
+pub const KEYGATE_TLS_NAME: &str = "keygate.keygate.svc";
+
+/// The files the README's TLS snippet names, as a test made them.
+pub struct UpstreamTls<'a> {
+    /// The CA that signed keygate's certificate.
+    pub ca: &'a Path,
+    /// Envoy's client certificate and key, for keygate with `tls.client_ca_file`; `None`
+    /// leaves the snippet's `tls_certificates` block out, as the README says to.
+    pub client: Option<(&'a Path, &'a Path)>,
+}
+
+/// The `keygate` cluster's `transport_socket` exactly as the example's README shows it
+/// (its one yaml block under "TLS to keygate"), with its file names replaced by `tls`'s.
+fn readme_transport_socket(tls: &UpstreamTls<'_>) -> String {
+    let readme = std::fs::read_to_string(example_readme()).unwrap();
+    let section = readme
+        .split("## TLS to keygate\n")
+        .nth(1)
+        .expect("the README has a \"TLS to keygate\" section");
+    let snippet = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("the TLS section has a yaml block");
+    let path = |p: &Path| p.display().to_string();
+    let snippet = replace_once(snippet, "/etc/envoy/keygate-ca.crt", &path(tls.ca));
+    let client_block = "            tls_certificates:\n";
+    match tls.client {
+        Some((cert, key)) => {
+            let snippet = replace_once(&snippet, "/etc/envoy/client.crt", &path(cert));
+            replace_once(&snippet, "/etc/envoy/client.key", &path(key))
+        }
+        None => {
+            // The block ends the snippet: everything before it is the TLS-only setup.
+            let (before, _) = snippet
+                .split_once(client_block)
+                .expect("the snippet has a tls_certificates block");
+            assert_eq!(snippet.matches(client_block).count(), 1);
+            before.to_owned()
+        }
+    }
 }
 
 /// A loopback address nothing listens on right now: bound to port 0, read, and released.
@@ -119,6 +170,22 @@ impl EnvoyProcess {
     ) -> EnvoyProcess {
         let listen_addr = free_loopback_addr();
         let config = example_with_ports(listen_addr, keygate, http_upstream, grpc_upstream);
+        Self::start_with_config(listen_addr, config)
+    }
+
+    /// Like [`EnvoyProcess::start`], with the `keygate` cluster speaking TLS to keygate as
+    /// the example's README shows, with `tls`'s files.
+    pub fn start_tls(
+        keygate: SocketAddr,
+        http_upstream: SocketAddr,
+        grpc_upstream: SocketAddr,
+        tls: &UpstreamTls<'_>,
+    ) -> EnvoyProcess {
+        let listen_addr = free_loopback_addr();
+        let config = example_with_ports(listen_addr, keygate, http_upstream, grpc_upstream);
+        let endpoints = "      load_assignment:\n        cluster_name: keygate\n";
+        let with_tls = readme_transport_socket(tls) + endpoints;
+        let config = replace_once(&config, endpoints, &with_tls);
         Self::start_with_config(listen_addr, config)
     }
 
