@@ -70,12 +70,14 @@ fn spawn(mut command: Command, management: bool) -> Running {
         .stdout(Stdio::null())
         .spawn()
         .expect("cannot start the server");
-    let cgroup = std::env::var("KEYGATE_BENCH_SERVER_CPU_SHARE").ok().map(|share| {
-        limit_cpu(
-            child.id(),
-            share.parse().expect("a share of one CPU, e.g. 0.25"),
-        )
-    });
+    let cgroup = std::env::var("KEYGATE_BENCH_SERVER_CPU_SHARE")
+        .ok()
+        .map(|share| {
+            limit_cpu(
+                child.id(),
+                share.parse().expect("a share of one CPU, e.g. 0.25"),
+            )
+        });
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut address = |what: &str| loop {
         let line = lines.next().expect("the server exited").unwrap();
