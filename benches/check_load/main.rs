@@ -27,8 +27,8 @@
 //!
 //! `scripts/bench` runs it as intended (release build, server and Envoy pinned to CPU 0,
 //! the load generator to CPU 1, three rounds). Environment:
-//! `KEYGATE_BENCH_ROUNDS` (default 1); `KEYGATE_BENCH_ONLY` (comma-separated scenario
-//! names); `KEYGATE_BENCH_BINARY` (another keygate build, to compare two builds);
+//! `KEYGATE_BENCH_ROUNDS` (default 1); `KEYGATE_BENCH_ONLY` (scenario names separated
+//! by `;`); `KEYGATE_BENCH_BINARY` (another keygate build, to compare two builds);
 //! `KEYGATE_BENCH_SERVER_CPUS` (pins servers and Envoy with `taskset`);
 //! `KEYGATE_BENCH_SERVER_CPU_SHARE` (e.g. `0.25`: that share of one CPU, through a cgroup,
 //! so that the generator can overload the server); `KEYGATE_BENCH_OVERLOAD_RATE` (calls per
@@ -105,7 +105,38 @@ enum Front {
     /// Check calls straight from the generator.
     Direct(LoadKind),
     /// HTTP requests through Envoy, from `wrk`.
-    Envoy,
+    Envoy(EnvoyLoad),
+}
+
+/// How `wrk` loads Envoy, and Envoy keygate.
+#[derive(Clone, Copy)]
+struct EnvoyLoad {
+    /// Connections `wrk` keeps open to Envoy, each with one request in flight.
+    connections: usize,
+    /// Envoy's bound on Check calls in flight (its circuit breaker; 1,024 is Envoy's
+    /// default).
+    max_requests: u32,
+    /// Whether the load is past what the server can decide: Envoy's refusals are counted
+    /// rather than an error, and latencies are those of the allowed requests.
+    overload: bool,
+}
+
+impl EnvoyLoad {
+    /// Envoy in front of a server with room to spare.
+    const NORMAL: EnvoyLoad = EnvoyLoad {
+        connections: WRK_CONNECTIONS,
+        max_requests: 1024,
+        overload: false,
+    };
+
+    /// 512 connections against a server with a share of a CPU, with `max_requests`.
+    fn overload(max_requests: u32) -> EnvoyLoad {
+        EnvoyLoad {
+            connections: 512,
+            max_requests,
+            overload: true,
+        }
+    }
 }
 
 /// The direct load of a scenario.
@@ -114,6 +145,16 @@ enum LoadKind {
     Closed,
     /// An open loop at `OVERLOAD_FACTOR` times the last closed-loop throughput.
     Overload,
+}
+
+impl Scenario {
+    /// Whether the scenario offers more than the server can decide.
+    fn overload(&self) -> bool {
+        match self.front {
+            Front::Direct(kind) => matches!(kind, LoadKind::Overload),
+            Front::Envoy(load) => load.overload,
+        }
+    }
 }
 
 struct Scenario {
@@ -216,19 +257,41 @@ fn main() {
         Scenario {
             name: "Envoy + no-op ext_authz",
             target: Target::Noop,
-            front: Front::Envoy,
+            front: Front::Envoy(EnvoyLoad::NORMAL),
             baseline: "Envoy + no-op ext_authz",
         },
         Scenario {
             name: "Envoy + keygate",
             target: keygate("", &[]),
-            front: Front::Envoy,
+            front: Front::Envoy(EnvoyLoad::NORMAL),
             baseline: "Envoy + no-op ext_authz",
+        },
+        Scenario {
+            name: "Envoy + keygate, light load",
+            target: keygate("", &[]),
+            front: Front::Envoy(EnvoyLoad {
+                connections: 8,
+                max_requests: 1024,
+                overload: false,
+            }),
+            baseline: "Envoy + keygate, light load",
+        },
+        Scenario {
+            name: "Envoy + keygate, overload, Envoy's default breaker",
+            target: keygate("", &[]),
+            front: Front::Envoy(EnvoyLoad::overload(1024)),
+            baseline: "Envoy + keygate, light load",
+        },
+        Scenario {
+            name: "Envoy + keygate, overload, breaker at 32",
+            target: keygate("", &[]),
+            front: Front::Envoy(EnvoyLoad::overload(32)),
+            baseline: "Envoy + keygate, light load",
         },
     ];
     let only: Option<Vec<String>> = std::env::var("KEYGATE_BENCH_ONLY")
         .ok()
-        .map(|names| names.split(',').map(|n| n.trim().to_owned()).collect());
+        .map(|names| names.split(';').map(|n| n.trim().to_owned()).collect());
     // Overload needs a server slower than the generator: with both on a core of their own,
     // one generator core cannot offer twice what the server decides, and the run would
     // measure the generator's collapse. It runs when named, or with a CPU share.
@@ -237,7 +300,7 @@ fn main() {
         .iter()
         .filter(|s| match &only {
             Some(only) => only.iter().any(|n| n == s.name),
-            None => limited || !matches!(s.front, Front::Direct(LoadKind::Overload)),
+            None => limited || !s.overload(),
         })
         .collect();
     assert!(!chosen.is_empty(), "KEYGATE_BENCH_ONLY names no scenario");
@@ -304,7 +367,7 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
             };
             runtime.block_on(direct(&server, tls_ca, &key, load))
         }
-        Front::Envoy => through_envoy(&server, &key),
+        Front::Envoy(load) => through_envoy(&server, &key, load, dir.path()),
     }
 }
 
@@ -381,69 +444,80 @@ async fn direct(
     measured
 }
 
-/// HTTP requests through Envoy to `server`, from `wrk`.
-fn through_envoy(server: &Running, key: &str) -> Measured {
-    let envoy = Envoy::start(&tools::venv_tool("envoy"), &server.data_plane);
+/// HTTP requests through Envoy to `server`, from `wrk`. Latencies are Envoy's (its access
+/// log, millisecond resolution) for the allowed requests; under overload the requests
+/// Envoy refused (its circuit breaker or a failed Check: 403) are counted apart.
+fn through_envoy(server: &Running, key: &str, load: EnvoyLoad, dir: &std::path::Path) -> Measured {
+    let envoy = Envoy::start(
+        &tools::venv_tool("envoy"),
+        &server.data_plane,
+        load.max_requests,
+        dir,
+    );
     let url = format!("http://{}/v1/sites?page=2", envoy.listen);
     let header = format!("authorization: Bearer {key}");
     let wrk = |duration: &str| {
         let output = Command::new("wrk")
-            .args(["-t1", &format!("-c{WRK_CONNECTIONS}"), "-d", duration])
-            .args(["--latency", "-H", &header, &url])
+            .args(["-t1", &format!("-c{}", load.connections), "-d", duration])
+            .args(["-H", &header, &url])
             .output()
             .expect("wrk is not installed: apt-get install wrk (scripts/bench installs it)");
         assert!(output.status.success(), "wrk failed");
-        String::from_utf8_lossy(&output.stdout).into_owned()
     };
     wrk("1s");
+    let logged = || std::fs::read_to_string(&envoy.access_log).unwrap_or_default();
+    let skip = logged().lines().count();
     let cpu_before = cpu_time(server.pid());
     let envoy_before = cpu_time(envoy.pid());
-    let text = wrk(WRK_TIME);
+    let started = Instant::now();
+    wrk(WRK_TIME);
+    let elapsed = started.elapsed();
     let cpu = cpu_time(server.pid()) - cpu_before;
     let envoy_cpu = cpu_time(envoy.pid()) - envoy_before;
+    // Envoy writes its access log in the background: wait until every request is in it.
+    let mut log = logged();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = logged();
+        if now.len() == log.len() {
+            break;
+        }
+        log = now;
+    }
+    let (mut allowed, mut refused, mut other) = (Vec::new(), 0usize, 0usize);
+    for line in log.lines().skip(skip) {
+        let (status, millis) = line.split_once(' ').expect("status and duration");
+        match status {
+            "200" => allowed.push(Duration::from_millis(millis.trim().parse().unwrap())),
+            "403" => refused += 1,
+            _ => other += 1,
+        }
+    }
+    let total = allowed.len() + refused + other;
     assert!(
-        !text.contains("Non-2xx"),
-        "Envoy answered requests other than 200:\n{text}"
+        load.overload || (refused == 0 && other == 0),
+        "Envoy answered {refused} requests 403 and {other} otherwise, not 200"
     );
-    let field = |label: &str| {
-        text.lines()
-            .find_map(|line| line.trim().strip_prefix(label))
-            .unwrap_or_else(|| panic!("no {label} in wrk's output:\n{text}"))
-            .trim()
-            .to_owned()
-    };
-    let throughput: f64 = field("Requests/sec:").parse().unwrap();
-    let total: f64 = text
-        .lines()
-        .find_map(|line| line.trim().split_once(" requests in "))
-        .map(|(count, _)| count.trim().parse().unwrap())
-        .expect("wrk's request count");
+    allowed.sort();
+    println!(
+        "check_load: {} requests allowed, {refused} refused 403 by Envoy, {other} other, in {elapsed:.2?} ({} connections, breaker at {})",
+        allowed.len(),
+        load.connections,
+        load.max_requests
+    );
     let measured = Measured {
-        throughput,
-        p50: wrk_duration(&field("50%")),
-        p99: wrk_duration(&field("99%")),
-        cpu_us: cpu.as_secs_f64() * 1e6 / total,
+        throughput: allowed.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&allowed, 0.50),
+        p99: percentile(&allowed, 0.99),
+        cpu_us: cpu.as_secs_f64() * 1e6 / total as f64,
     };
     report(&measured);
     println!(
         "check_load: Envoy CPU per request {:.1} µs",
-        envoy_cpu.as_secs_f64() * 1e6 / total
+        envoy_cpu.as_secs_f64() * 1e6 / total as f64
     );
     measured
-}
-
-/// A duration as wrk prints it: `812.00us`, `1.53ms`, `2.01s`.
-fn wrk_duration(text: &str) -> Duration {
-    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap());
-    let value: f64 = number.parse().unwrap();
-    let seconds = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        other => panic!("unknown unit {other} in wrk's {text}"),
-    };
-    Duration::from_secs_f64(seconds)
 }
 
 fn report(m: &Measured) {

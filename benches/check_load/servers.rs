@@ -224,20 +224,27 @@ pub struct Envoy {
     child: Child,
     /// Where requests go.
     pub listen: SocketAddr,
+    /// Envoy's access log: a line per request, `<status> <duration in ms>`.
+    pub access_log: PathBuf,
     _config: tempfile::NamedTempFile,
 }
 
 impl Envoy {
-    /// Starts Envoy, pinned like the servers, and waits until it listens.
-    pub fn start(envoy: &Path, authz: &str) -> Envoy {
+    /// Starts Envoy, pinned like the servers, and waits until it listens. At most
+    /// `max_requests` Check calls are in flight to `authz` (the cluster's circuit breaker);
+    /// Envoy fails the rest at once.
+    pub fn start(envoy: &Path, authz: &str, max_requests: u32, log_dir: &Path) -> Envoy {
         let listen = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
         let authz: SocketAddr = authz.trim_start_matches("http://").parse().unwrap();
+        let access_log = log_dir.join("envoy-access.log");
         let config = ENVOY_CONFIG
             .replace("LISTEN_PORT", &listen.port().to_string())
-            .replace("AUTHZ_PORT", &authz.port().to_string());
+            .replace("AUTHZ_PORT", &authz.port().to_string())
+            .replace("MAX_REQUESTS", &max_requests.to_string())
+            .replace("ACCESS_LOG", &access_log.display().to_string());
         let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
         std::fs::write(file.path(), config).unwrap();
         let mut command = pinned(envoy);
@@ -247,6 +254,8 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .args(["--base-id", &listen.port().to_string()])
             .args(["--log-level", "error", "--concurrency", "1"])
+            // Access log lines reach the file within 50 ms.
+            .args(["--file-flush-interval-msec", "50"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -260,6 +269,7 @@ impl Envoy {
         Envoy {
             child,
             listen,
+            access_log,
             _config: file,
         }
     }
@@ -290,6 +300,14 @@ static_resources:
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: ingress
+                access_log:
+                  - name: envoy.access_loggers.file
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                      path: ACCESS_LOG
+                      log_format:
+                        text_format_source:
+                          inline_string: "%RESPONSE_CODE% %DURATION%\n"
                 route_config:
                   virtual_hosts:
                     - name: api
@@ -312,6 +330,10 @@ static_resources:
     - name: authz
       type: STATIC
       connect_timeout: 0.25s
+      circuit_breakers:
+        thresholds:
+          - max_requests: MAX_REQUESTS
+            max_pending_requests: MAX_REQUESTS
       typed_extension_protocol_options:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
