@@ -101,7 +101,7 @@ pub struct Authorizer {
 /// What the key a credential proves and its owner say, before the policy.
 struct Identified {
     key: Arc<CachedKey>,
-    owner: Option<Owner>,
+    owner: Option<Arc<Owner>>,
     plan: String,
 }
 
@@ -182,7 +182,7 @@ impl Authorizer {
         let mut code = evaluate(
             record,
             key.matched,
-            owner.as_ref(),
+            owner.as_deref(),
             plan_config,
             &facts,
             now,
@@ -250,7 +250,7 @@ impl Authorizer {
         let code = evaluate(
             &key.key,
             key.matched,
-            owner.as_ref(),
+            owner.as_deref(),
             self.plans.get(&plan),
             &facts,
             self.clock.now(),
@@ -264,7 +264,7 @@ impl Authorizer {
     /// The owner and plan in force for a verified key.
     async fn identify(&self, key: Arc<CachedKey>) -> Result<Identified> {
         let owner = self.keys.owner(&key.key.owner_id).await?;
-        let plan = effective_plan(&key.key, owner.as_ref())
+        let plan = effective_plan(&key.key, owner.as_deref())
             .unwrap_or_default()
             .to_owned();
         Ok(Identified { key, owner, plan })

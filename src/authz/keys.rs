@@ -193,7 +193,7 @@ enum LoadFailure {
 pub struct KeyCache {
     verified: Cache<Digest, Arc<CachedKey>>,
     rejected: Cache<Digest, ()>,
-    owners: Cache<String, Arc<(Owner, u64)>>,
+    owners: Cache<String, Arc<(Arc<Owner>, u64)>>,
     invalidated: moka::sync::Cache<String, u64>,
     epoch: AtomicU64,
     /// Entries loaded before this epoch are stale: raised by [`KeyCache::clear`] and when an
@@ -367,9 +367,17 @@ impl KeyCache {
     /// A cold credential is answered by `deadline` (the configured wait when `None`), as
     /// UNAVAILABLE if argon2 cannot run by then.
     pub async fn verify(&self, credential: &str, deadline: Option<Instant>) -> Result<Lookup> {
-        let deadline = self.hasher.deadline(deadline);
         let answer = |key, outcome| Ok(Lookup { key, outcome });
         let digest = self.pepper.digest(credential.as_bytes());
+        // A verified credential answers before anything else is worked out: the digest
+        // names exactly this text, and an entry exists only for a text that verified.
+        if let Some(entry) = self.verified.get(&digest).await
+            && !self.is_stale(&entry.key.id, entry.epoch)
+        {
+            self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+            return answer(Some(entry), CacheOutcome::L1Hit);
+        }
+        let deadline = self.hasher.deadline(deadline);
         // The id a key in a configured profile's format embeds; `None` for imported keys,
         // which are found by their digest.
         let embedded_id = match self.profiles.parse(credential) {
@@ -387,26 +395,19 @@ impl KeyCache {
         // Two rounds at most: a stale entry is dropped and loaded once more.
         for _ in 0..2 {
             let epoch = self.epoch.load(Ordering::SeqCst);
-            // A verified entry answers at once. Only a miss builds the load, boxed: the cold
-            // path's state (store, argon2) is far larger than the warm path's, and every
-            // warm call would otherwise allocate and copy room for it.
-            let (loaded, outcome) = match self.verified.get(&digest).await {
-                Some(entry) => (Ok(entry), CacheOutcome::L1Hit),
-                None => {
-                    // Set by the load when this call ran it; otherwise an entry answered.
-                    let loaded_by_us = std::sync::OnceLock::new();
-                    let load = self.load(
-                        credential,
-                        embedded_id,
-                        &digest,
-                        (epoch, deadline),
-                        &loaded_by_us,
-                    );
-                    let loaded = self.verified.try_get_with(digest, Box::pin(load)).await;
-                    let outcome = loaded_by_us.get().copied().unwrap_or(CacheOutcome::L1Hit);
-                    (loaded, outcome)
-                }
-            };
+            // Set by the load when this call ran it; otherwise an entry answered. The load
+            // is boxed: the cold path's state (store, argon2) is far larger than the warm
+            // path's, and every call's future would otherwise make room for it.
+            let loaded_by_us = std::sync::OnceLock::new();
+            let load = self.load(
+                credential,
+                embedded_id,
+                &digest,
+                (epoch, deadline),
+                &loaded_by_us,
+            );
+            let loaded = self.verified.try_get_with(digest, Box::pin(load)).await;
+            let outcome = loaded_by_us.get().copied().unwrap_or(CacheOutcome::L1Hit);
             let entry = match loaded {
                 Ok(entry) => entry,
                 Err(failure) => {
@@ -569,22 +570,29 @@ impl KeyCache {
     }
 
     /// The owner `id`, or `None` if there is none.
-    pub async fn owner(&self, id: &str) -> Result<Option<Owner>> {
-        let marker = owner_marker(id);
+    pub async fn owner(&self, id: &str) -> Result<Option<Arc<Owner>>> {
         for _ in 0..2 {
             let epoch = self.epoch.load(Ordering::SeqCst);
-            let loaded = self
-                .owners
-                .try_get_with(id.to_owned(), async {
-                    match self.store.get_owner(id).await {
-                        Ok(Some(owner)) => Ok(Arc::new((owner, epoch))),
-                        Ok(None) => Err(None),
-                        Err(e) => Err(Some(e)),
-                    }
-                })
-                .await;
+            // A cached owner answers without building the load (or its key's String).
+            let loaded = match self.owners.get(id).await {
+                Some(entry) => Ok(entry),
+                None => {
+                    self.owners
+                        .try_get_with(id.to_owned(), async {
+                            match self.store.get_owner(id).await {
+                                Ok(Some(owner)) => Ok(Arc::new((Arc::new(owner), epoch))),
+                                Ok(None) => Err(None),
+                                Err(e) => Err(Some(e)),
+                            }
+                        })
+                        .await
+                }
+            };
             match loaded {
-                Ok(entry) if self.is_stale(&marker, entry.1) => {
+                Ok(entry)
+                    if self.invalidated_since(entry.1)
+                        && self.is_stale(&owner_marker(id), entry.1) =>
+                {
                     self.owners.invalidate(id).await;
                 }
                 Ok(entry) => return Ok(Some(entry.0.clone())),
@@ -664,8 +672,17 @@ impl KeyCache {
     /// Whether an entry for `id` whose load started at `loaded_at` predates an
     /// invalidation of `id`.
     fn is_stale(&self, id: &str, loaded_at: u64) -> bool {
+        self.invalidated_since(loaded_at)
+            && (loaded_at < self.floor.load(Ordering::SeqCst)
+                || self.invalidated.get(id).is_some_and(|at| at > loaded_at))
+    }
+
+    /// Whether anything was invalidated since a load that started at `loaded_at`: every
+    /// invalidation advances the epoch, so when it has not moved no entry can be stale and
+    /// the common case costs two atomic loads instead of a lookup.
+    fn invalidated_since(&self, loaded_at: u64) -> bool {
         loaded_at < self.floor.load(Ordering::SeqCst)
-            || self.invalidated.get(id).is_some_and(|at| at > loaded_at)
+            || self.epoch.load(Ordering::SeqCst) > loaded_at
     }
 }
 
