@@ -491,6 +491,8 @@ fn through_envoy(server: &Running, key: &str, load: EnvoyLoad, dir: &std::path::
         match status {
             "200" => allowed.push(Duration::from_millis(millis.trim().parse().unwrap())),
             "403" => refused += 1,
+            // Requests in flight when wrk stopped: the client went away.
+            "0" => {}
             _ => other += 1,
         }
     }
