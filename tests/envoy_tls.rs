@@ -10,8 +10,7 @@ use common::envoy::{EnvoyProcess, KEYGATE_TLS_NAME, UpstreamTls};
 use common::http::{HttpResponse, http_request};
 use common::pki::{Ca, Issued, tls_config};
 use common::upstream::{GrpcUpstream, HttpUpstream, UPSTREAM_BODY};
-use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
-use keygate::proto;
+use common::{ADMIN_TOKEN, Options, TestServer, create_owner, issue_key_with_scopes, start_with};
 
 /// keygate's certificate as the README's snippet expects it: its `sni` name, and the
 /// loopback address Envoy dials.
@@ -30,16 +29,8 @@ async fn keygate(tls: &str) -> (TestServer, String) {
     .await;
     let mut manage = server.client().await;
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let key = manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner.id,
-            name: "e2e".into(),
-            scopes: vec!["read".into()],
-            ..Default::default()
-        }))
+    let key = issue_key_with_scopes(&mut manage, &owner.id, "e2e", &["read"])
         .await
-        .unwrap()
-        .into_inner()
         .secret;
     (server, key)
 }

@@ -13,7 +13,7 @@ use common::check::{check, check_request, decision_code};
 use common::pki::{Ca, Issued, tls_channel, tls_config};
 use common::process::keygate_bin;
 use common::tools::venv_tool;
-use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
+use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, issue_key, start_with};
 use keygate::proto::key_manager_client::KeyManagerClient;
 use keygate::proto::{self, AuthorizeRequest, DecisionCode, ListPlansRequest};
 use tonic::transport::Channel;
@@ -316,16 +316,7 @@ scopes = ["reports"]
     .await;
     let mut manage = server.client().await;
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let key = manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner.id,
-            name: "no scopes".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let key = issue_key(&mut manage, &owner.id, "no scopes").await.secret;
 
     // Named by SAN URI, by SAN DNS name, by subject CN; and a caller named nowhere.
     let batch = ca.issue("batch", "URI:spiffe://test/batch");
@@ -496,16 +487,7 @@ async fn a_python_grpcio_client_authorizes_over_mutual_tls() {
     .await;
     let mut manage = server.client().await;
     let owner = create_owner(&mut manage, "acme", "pro").await;
-    let key = manage
-        .create_key(admin(proto::CreateKeyRequest {
-            owner_id: owner.id.clone(),
-            name: "python".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let key = issue_key(&mut manage, &owner.id, "python").await.secret;
     let addr = server.server.data_plane_addr();
     let client = ca.issue("python", "URI:spiffe://test/python");
 
