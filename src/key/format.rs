@@ -429,9 +429,54 @@ impl Profiles {
     }
 }
 
+/// A generous estimate of the random bits in `text`: its length times the bits per
+/// character of the smallest common alphabet holding it (hex, base62, base64url, printable
+/// ASCII), and nothing for a text repeating a handful of characters (fewer distinct
+/// characters than a quarter of its length, up to 8).
+pub fn estimated_secret_bits(text: &str) -> f64 {
+    let bytes = text.as_bytes();
+    let distinct = bytes
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if distinct < (bytes.len() / 4).min(8) {
+        return 0.0;
+    }
+    let alphabet: f64 = if bytes.iter().all(u8::is_ascii_hexdigit) {
+        16.0
+    } else if bytes.iter().all(u8::is_ascii_alphanumeric) {
+        62.0
+    } else if bytes
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+    {
+        64.0
+    } else {
+        94.0
+    };
+    bytes.len() as f64 * alphabet.log2()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issued_keys_pass_the_secret_floor_and_short_or_repetitive_texts_do_not() {
+        let issued = default_profile().issue("AAAAAAAAAAAA");
+        assert!(estimated_secret_bits(issued.text()) >= f64::from(MIN_SECRET_BITS));
+        assert!(estimated_secret_bits(&Alphabet::Base62.random(22)) >= 128.0);
+        assert!(estimated_secret_bits(&Alphabet::Hex.random(32)) >= 128.0);
+        for weak in [
+            "z",
+            "password123",
+            &"a".repeat(64),
+            &"ab".repeat(40),
+            "0123456789abcdef",
+        ] {
+            assert!(estimated_secret_bits(weak) < 128.0, "{weak}");
+        }
+    }
 
     fn hex_profile() -> KeyProfile {
         KeyProfile {

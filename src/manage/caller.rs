@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
+use crate::key::format::{MIN_SECRET_BITS, estimated_secret_bits};
 use crate::model::{KeyRecord, KeyState};
 use crate::tls::PeerIdentity;
 
@@ -255,6 +256,22 @@ impl Caller {
         }
     }
 
+    /// Refuses an API key importing `text` when it carries fewer random bits than an
+    /// issued key ([`estimated_secret_bits`]), so that it cannot make a guessable key; the
+    /// admin may import weaker legacy keys.
+    pub fn require_strong_import(&self, text: &str) -> Result<()> {
+        let bits = estimated_secret_bits(text);
+        if self.is_admin() || bits >= f64::from(MIN_SECRET_BITS) {
+            return Ok(());
+        }
+        Err(refused(
+            "secret",
+            format!(
+                "the imported key carries about {bits:.0} random bits, fewer than the {MIN_SECRET_BITS} of an issued key; only the admin may import weaker legacy keys"
+            ),
+        ))
+    }
+
     /// Refuses enabling `key` where only the admin may: a key the admin disabled, or one
     /// still waiting for its activation code.
     pub fn require_may_enable(&self, key: &KeyRecord) -> Result<()> {
@@ -422,6 +439,14 @@ mod tests {
             ManagementConfig::default().caller_for(Some(&id("spiffe://mesh/ops"))),
             None
         );
+    }
+
+    #[test]
+    fn only_the_admin_imports_a_weak_secret() {
+        Caller::Admin.require_strong_import("z").unwrap();
+        assert_eq!(dimension(bounded().require_strong_import("z")), "secret");
+        let strong = crate::key::format::Alphabet::Base62.random(40);
+        bounded().require_strong_import(&strong).unwrap();
     }
 
     #[test]

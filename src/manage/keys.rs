@@ -9,7 +9,7 @@ use super::edit::{KeyEdit, future};
 use super::{Caller, Deps, Page, Written};
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
-use crate::key::format::{Alphabet, IssuedKey, KeyProfile, MIN_SECRET_BITS};
+use crate::key::format::{Alphabet, IssuedKey, KeyProfile};
 use crate::key::hash::secrets_equal;
 use crate::model::values::required;
 use crate::model::{
@@ -418,9 +418,7 @@ impl Keys {
             ),
             Err(_) => (Alphabet::Base62.random(12).to_string(), None),
         };
-        if !caller.is_admin() {
-            require_strong_secret(secret)?;
-        }
+        caller.require_strong_import(secret)?;
         let mut record = KeyRecord {
             id,
             owner_id: owner.id.clone(),
@@ -514,47 +512,6 @@ impl Keys {
 }
 
 /// Refuses to change a revoked key's secret.
-/// Refuses an imported key text with fewer random bits than issued keys carry, judged
-/// by [`estimated_secret_bits`]: what an API key may import, so that it cannot make a
-/// guessable key.
-fn require_strong_secret(text: &str) -> Result<()> {
-    let bits = estimated_secret_bits(text);
-    if bits < f64::from(MIN_SECRET_BITS) {
-        return Err(Error::PermissionDenied(format!(
-            "secret: the imported key carries about {bits:.0} random bits, fewer than the {MIN_SECRET_BITS} of an issued key; only the admin may import weaker legacy keys; an API key may only manage and make keys no stronger than itself"
-        )));
-    }
-    Ok(())
-}
-
-/// A generous estimate of the random bits in `text`: its length times the bits per
-/// character of the smallest common alphabet holding it (hex, base62, base64url, printable
-/// ASCII), and nothing for a text repeating a handful of characters (fewer distinct
-/// characters than a quarter of its length, up to 8).
-fn estimated_secret_bits(text: &str) -> f64 {
-    let bytes = text.as_bytes();
-    let distinct = bytes
-        .iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    if distinct < (bytes.len() / 4).min(8) {
-        return 0.0;
-    }
-    let alphabet: f64 = if bytes.iter().all(u8::is_ascii_hexdigit) {
-        16.0
-    } else if bytes.iter().all(u8::is_ascii_alphanumeric) {
-        62.0
-    } else if bytes
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
-    {
-        64.0
-    } else {
-        94.0
-    };
-    bytes.len() as f64 * alphabet.log2()
-}
-
 fn refuse_revoked(k: &KeyRecord) -> Result<()> {
     if k.state == KeyState::Revoked {
         return Err(Error::FailedPrecondition(format!(
@@ -568,23 +525,6 @@ fn refuse_revoked(k: &KeyRecord) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn issued_keys_pass_the_secret_floor_and_short_or_repetitive_texts_do_not() {
-        let issued = crate::key::format::default_profile().issue("AAAAAAAAAAAA");
-        assert!(estimated_secret_bits(issued.text()) >= f64::from(MIN_SECRET_BITS));
-        assert!(estimated_secret_bits(&Alphabet::Base62.random(22)) >= 128.0);
-        assert!(estimated_secret_bits(&Alphabet::Hex.random(32)) >= 128.0);
-        for weak in [
-            "z",
-            "password123",
-            &"a".repeat(64),
-            &"ab".repeat(40),
-            "0123456789abcdef",
-        ] {
-            assert!(estimated_secret_bits(weak) < 128.0, "{weak}");
-        }
-    }
     use crate::invalidation::Invalidation;
     use crate::manage::OwnerUpdate;
     use crate::manage::testing::{Fixture, T0, key_caller};
