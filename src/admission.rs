@@ -119,12 +119,15 @@ where
         }
         let layer = &self.layer;
         let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
-            layer.metrics.overloaded("in_flight");
-            let status = tonic::Status::unavailable(format!(
-                "keygate is deciding its limit of {} calls already; retry",
-                layer.limit
-            ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+            let refusal = refuse(
+                &layer.metrics,
+                "in_flight",
+                format!(
+                    "keygate is deciding its limit of {} calls already; retry",
+                    layer.limit
+                ),
+            );
+            return Box::pin(std::future::ready(Ok(refusal)));
         };
         let received = Instant::now();
         let call = self.inner.call(request);
@@ -133,26 +136,38 @@ where
             let _permit = permit;
             let waited = received.elapsed();
             if waited > max_wait {
-                metrics.overloaded("wait");
-                let status = tonic::Status::unavailable(format!(
-                    "keygate is overloaded: the call waited {} for a CPU; retry",
-                    humantime::format_duration(truncate_to_millis(waited))
+                return Ok(refuse(
+                    &metrics,
+                    "wait",
+                    format!(
+                        "keygate is overloaded: the call waited {} for a CPU; retry",
+                        humantime::format_duration(truncate_to_millis(waited))
+                    ),
                 ));
-                return Ok(status.into_http());
             }
             match tokio::time::timeout(timeout, call).await {
                 Ok(answer) => answer,
-                Err(_) => {
-                    metrics.overloaded("timeout");
-                    let status = tonic::Status::unavailable(format!(
+                Err(_) => Ok(refuse(
+                    &metrics,
+                    "timeout",
+                    format!(
                         "keygate could not decide within {}",
                         humantime::format_duration(timeout)
-                    ));
-                    Ok(status.into_http())
-                }
+                    ),
+                )),
             }
         })
     }
+}
+
+/// An overload refusal for `reason`, counted: UNAVAILABLE with `message`.
+fn refuse<T: Default>(
+    metrics: &Metrics,
+    reason: &'static str,
+    message: String,
+) -> http::Response<T> {
+    metrics.overloaded(reason);
+    tonic::Status::unavailable(message).into_http()
 }
 
 /// `duration` in whole milliseconds, for messages.

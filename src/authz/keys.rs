@@ -672,9 +672,9 @@ impl KeyCache {
     /// Whether an entry for `id` whose load started at `loaded_at` predates an
     /// invalidation of `id`.
     fn is_stale(&self, id: &str, loaded_at: u64) -> bool {
-        self.invalidated_since(loaded_at)
-            && (loaded_at < self.floor.load(Ordering::SeqCst)
-                || self.invalidated.get(id).is_some_and(|at| at > loaded_at))
+        loaded_at < self.floor.load(Ordering::SeqCst)
+            || (self.epoch.load(Ordering::SeqCst) > loaded_at
+                && self.invalidated.get(id).is_some_and(|at| at > loaded_at))
     }
 
     /// Whether anything was invalidated since a load that started at `loaded_at`: every
