@@ -176,6 +176,24 @@ struct Measured {
     cpu_us: f64,
 }
 
+impl Measured {
+    /// The figures of a run that took `elapsed` and `cpu` of the server's time for
+    /// `requests` requests, of which those allowed took `allowed` (sorted); printed.
+    fn of(allowed: &[Duration], elapsed: Duration, cpu: Duration, requests: usize) -> Measured {
+        let m = Measured {
+            throughput: allowed.len() as f64 / elapsed.as_secs_f64(),
+            p50: percentile(allowed, 0.50),
+            p99: percentile(allowed, 0.99),
+            cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
+        };
+        println!(
+            "check_load: throughput {:.0} requests/s  p50 {:?}  p99 {:?}  server CPU per request {:.1} µs",
+            m.throughput, m.p50, m.p99, m.cpu_us
+        );
+        m
+    }
+}
+
 fn main() {
     if std::env::var_os(servers::NOOP_MODE).is_some() {
         return servers::serve_noop();
@@ -429,13 +447,7 @@ async fn direct(
         "check_load: {} Checks allowed over {in_flight} in {elapsed:.2?}; {refused} refused UNAVAILABLE, {late} past the {CALL_DEADLINE:?} deadline, {dropped} lost with their connection",
         latencies.len(),
     );
-    let measured = Measured {
-        throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        cpu_us: cpu.as_secs_f64() * 1e6 / sent as f64,
-    };
-    report(&measured);
+    let measured = Measured::of(&latencies, elapsed, cpu, sent);
     println!(
         "check_load: p99.9 {:?}  max {:?}",
         percentile(&latencies, 0.999),
@@ -508,25 +520,12 @@ fn through_envoy(server: &Running, key: &str, load: EnvoyLoad, dir: &std::path::
         load.connections,
         load.max_requests
     );
-    let measured = Measured {
-        throughput: allowed.len() as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&allowed, 0.50),
-        p99: percentile(&allowed, 0.99),
-        cpu_us: cpu.as_secs_f64() * 1e6 / total as f64,
-    };
-    report(&measured);
+    let measured = Measured::of(&allowed, elapsed, cpu, total);
     println!(
         "check_load: Envoy CPU per request {:.1} µs",
         envoy_cpu.as_secs_f64() * 1e6 / total as f64
     );
     measured
-}
-
-fn report(m: &Measured) {
-    println!(
-        "check_load: throughput {:.0} requests/s  p50 {:?}  p99 {:?}  server CPU per request {:.1} µs",
-        m.throughput, m.p50, m.p99, m.cpu_us
-    );
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
