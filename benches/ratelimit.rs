@@ -91,41 +91,64 @@ fn local(windows: &[RateWindow]) {
         "ratelimit: local limiter, 2 windows: {one_thread:.0} decisions/s on one thread, {all_threads:.0} on {threads} threads"
     );
 
-    // Memory: one per-key window for many keys.
-    let one_window = &windows[..1];
-    let limiter = LocalLimiter::new(10_000_000, Duration::from_secs(7200));
-    let before = resident_bytes();
-    let ids: Vec<String> = (0..SUBJECTS).map(|i| format!("k{i:011}")).collect();
-    let ids_bytes = resident_bytes() - before;
-    for id in &ids {
-        limiter.check(
-            Subject {
-                owner_id: "own_0123456789abcdef",
-                key_id: id,
-            },
-            one_window,
-            1,
-            1_000,
-            1,
-            DecidedBy::Local,
+    // Memory: one per-key window for many keys, holding one group each, then holding a full
+    // log (about a hundred groups: the most a window keeps, whatever its limit).
+    for (subjects, charges, label) in [
+        (SUBJECTS, 1, "one group"),
+        (FULL_SUBJECTS, FULL_LOG_GROUPS, "a full log"),
+    ] {
+        let limiter = LocalLimiter::new(10_000_000, Duration::from_secs(7200));
+        let before = resident_bytes();
+        let ids: Vec<String> = (0..subjects).map(|i| format!("k{i:011}")).collect();
+        let ids_bytes = resident_bytes() - before;
+        for id in &ids {
+            for _ in 0..charges {
+                limiter.check(
+                    Subject {
+                        owner_id: "own_0123456789abcdef",
+                        key_id: id,
+                    },
+                    &full_log_window(),
+                    FULL_LOG_COST,
+                    1_000,
+                    1,
+                    DecidedBy::Local,
+                );
+            }
+        }
+        let per_subject = (resident_bytes() - before - ids_bytes) as f64 / subjects as f64;
+        println!(
+            "ratelimit: local state per subject and window holding {label}: {per_subject:.0} bytes resident ({subjects} subjects)"
         );
     }
-    let per_subject = (resident_bytes() - before - ids_bytes) as f64 / SUBJECTS as f64;
-    println!(
-        "ratelimit: local state per counted subject: {per_subject:.0} bytes resident ({SUBJECTS} subjects; counter itself {} bytes)",
-        std::mem::size_of::<keygate::ratelimit::window::Counter>()
-    );
 }
+
+/// A window whose groups hold [`FULL_LOG_COST`] units, so every charge closes one.
+fn full_log_window() -> [RateWindow; 1] {
+    [RateWindow {
+        limit: 1_000_000,
+        period: Duration::from_secs(3600),
+        per: RateScope::Key,
+    }]
+}
+
+/// The group size of [`full_log_window`] (`limit / 100 + 1`).
+const FULL_LOG_COST: u64 = 10_001;
+
+/// Charges that fill [`full_log_window`]: 99 groups (the 100th would pass the limit).
+const FULL_LOG_GROUPS: usize = 99;
+
+/// Subjects whose full logs are measured.
+const FULL_SUBJECTS: usize = 20_000;
 
 async fn redis(windows: &[RateWindow], url: String) {
     let config = RedisConfig {
         url,
-        pool_size: 32,
         timeout: Duration::from_millis(500),
         ..RedisConfig::default()
     };
     let limiter = Arc::new(RedisLimiter::new(
-        config.pool().unwrap(),
+        config.client().unwrap(),
         &config,
         1,
         LocalLimiter::new(1000, Duration::from_secs(60)),
@@ -177,6 +200,26 @@ async fn redis(windows: &[RateWindow], url: String) {
     println!(
         "ratelimit: Redis limiter, 2 windows, one script call each: {one:.0} decisions/s one at a time, {many:.0} with {concurrency} in flight"
     );
+
+    // Memory in Redis: a full log, as Redis counts it.
+    let window = full_log_window();
+    let full = Subject {
+        owner_id: "own_bench",
+        key_id: "full",
+    };
+    for _ in 0..FULL_LOG_GROUPS {
+        limiter
+            .check(full, &window, FULL_LOG_COST, &SystemClock)
+            .await;
+    }
+    let mut connection = config.client().unwrap().get().await.unwrap();
+    let bytes: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(keygate::ratelimit::counter_key(full, &window[0]))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    println!("ratelimit: Redis memory of one window holding a full log: {bytes} bytes");
 }
 
 fn main() {

@@ -17,7 +17,7 @@ use crate::key::hash::SecretHasher;
 use crate::manage::{Deps, Invalidator, Keys, Owners};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Backend, RateLimiter};
-use crate::redis::RedisPool;
+use crate::redis::RedisClient;
 use crate::secrets::{Secrets, not_private};
 use crate::service::caller::ManagementAuth;
 use crate::service::{DataPlane, ManagementPlane};
@@ -51,23 +51,23 @@ impl StartError {
     }
 }
 
-/// Where keygate keeps its records, and the one Redis pool every Redis user shares (store,
+/// Where keygate keeps its records, and the one Redis client every Redis user shares (store,
 /// rate limiter, shared cache, invalidation publisher).
 pub struct Backends {
     /// Owners and keys.
     pub store: Arc<dyn Store>,
     /// Connections to Redis, when the configuration uses it.
-    pub redis: Option<RedisPool>,
+    pub redis: Option<RedisClient>,
 }
 
 impl Backends {
     /// Opens the store `config` selects (creating the data directory for the embedded one)
-    /// over the shared pool, and warns when a Redis store may lose acknowledged writes.
+    /// over the shared connection, and warns when a Redis store may lose acknowledged writes.
     pub async fn open(config: &Config) -> Result<Self, StartError> {
-        let redis = redis_pool(config)?;
+        let redis = redis_client(config)?;
         let store: Arc<dyn Store> = match (&config.store, &redis) {
             (StoreBackend::Redis, Some(pool)) => {
-                let store = RedisStore::with_pool(pool.clone(), config.redis.timeout)
+                let store = RedisStore::with_client(pool.clone(), config.redis.timeout)
                     .await
                     .map_err(|e| StartError::Runtime(e.to_string()))?;
                 if let Some(warning) = store.persistence_warning().await {
@@ -88,25 +88,25 @@ impl Backends {
         Ok(Backends { store, redis })
     }
 
-    /// `store`, with a Redis pool for the rest when `config` uses Redis: for a store opened
+    /// `store`, with a Redis client for the rest when `config` uses Redis: for a store opened
     /// elsewhere, as tests do.
     pub fn with_store(config: &Config, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
         Ok(Backends {
             store,
-            redis: redis_pool(config)?,
+            redis: redis_client(config)?,
         })
     }
 }
 
-/// The Redis pool `config` needs: with the Redis store or the Redis rate limiter.
-fn redis_pool(config: &Config) -> Result<Option<RedisPool>, ConfigError> {
+/// The Redis client `config` needs: with the Redis store or the Redis rate limiter.
+fn redis_client(config: &Config) -> Result<Option<RedisClient>, ConfigError> {
     let used = config.store == StoreBackend::Redis || config.ratelimit.backend == Backend::Redis;
     if !used {
         return Ok(None);
     }
     config
         .redis
-        .pool()
+        .client()
         .map(Some)
         .map_err(|e| ConfigError::Field {
             field: "redis.url".into(),

@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, Script};
+use redis::{self, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -60,7 +60,7 @@ use tracing::{info, warn};
 
 use crate::authz::engine::Authorizer;
 use crate::authz::keys::KeyCache;
-use crate::redis::RedisPool;
+use crate::redis::RedisClient;
 use crate::redis::keyspace::{INVALIDATIONS, LIVE_REPLICAS, invalidation_acks};
 use crate::redis::scripts;
 use crate::shutdown::until_stopped;
@@ -268,7 +268,7 @@ impl Invalidations {
 /// This replica on Redis: its id, its heartbeat, and the confirmations it waits for.
 pub struct Replica {
     id: String,
-    pool: RedisPool,
+    client: RedisClient,
     ack_timeout: Duration,
     next_nonce: AtomicU64,
     waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>,
@@ -276,13 +276,13 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica with a new random id, publishing over `pool`.
-    pub fn new(pool: RedisPool, config: &InvalidationConfig) -> Self {
+    /// A replica with a new random id, publishing over `client`.
+    pub fn new(client: RedisClient, config: &InvalidationConfig) -> Self {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).expect("the operating system's random source failed");
         Replica {
             id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
-            pool,
+            client,
             ack_timeout: config.ack_timeout,
             next_nonce: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
@@ -297,7 +297,7 @@ impl Replica {
 
     /// The other live replicas.
     async fn live_others(&self) -> Result<Vec<String>, String> {
-        let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
         let live: Vec<String> = LIVE_SCRIPT
             .key(LIVE_REPLICAS)
             .arg(LIVE_WITHIN.as_millis() as u64)
@@ -311,7 +311,7 @@ impl Replica {
     /// failure is logged.
     async fn publish(&self, texts: &[String]) -> bool {
         let result = async {
-            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
             let mut pipeline = redis::pipe();
             for text in texts {
                 pipeline.cmd("PUBLISH").arg(INVALIDATIONS).arg(text);
@@ -402,7 +402,7 @@ impl Replica {
 
     /// Confirms to `request`'s writer that this replica applied the change.
     async fn acknowledge(&self, request: &AckRequest) -> Result<(), String> {
-        let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
         redis::cmd("PUBLISH")
             .arg(invalidation_acks(&request.writer))
             .arg(format!("{}:{}", request.nonce, self.id))
@@ -414,7 +414,7 @@ impl Replica {
 
     /// Writes this replica's heartbeat into the live set.
     async fn heartbeat(&self) -> Result<(), String> {
-        let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
         HEARTBEAT_SCRIPT
             .key(LIVE_REPLICAS)
             .arg(&self.id)
@@ -428,7 +428,7 @@ impl Replica {
     /// Removes this replica from the live set.
     async fn leave(&self) {
         let result = async {
-            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
             redis::cmd("ZREM")
                 .arg(LIVE_REPLICAS)
                 .arg(&self.id)

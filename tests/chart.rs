@@ -368,7 +368,10 @@ fn values_config_reaches_keygate_with_the_fields_the_pod_depends_on() {
         redis["ratelimit"],
         json!({"backend": "redis", "replicas": 3})
     );
-    assert_eq!(redis["redis"], json!({"pool_size": 32, "timeout": "100ms"}));
+    assert_eq!(
+        redis["redis"],
+        json!({"retry_after": "2s", "timeout": "100ms"})
+    );
 }
 
 #[test]

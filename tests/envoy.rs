@@ -315,7 +315,7 @@ async fn clients_see_their_rate_limits_and_429_when_over() {
     let limited = s.get("/v1/x", &[("x-api-key", &s.administrator)]).await;
     assert_eq!(limited.status, 429);
     assert_eq!(json(&limited)["error"]["code"], "RATE_LIMITED");
-    assert_eq!(limited.header("retry-after"), Some("2"));
+    assert_eq!(limited.header("retry-after"), Some("1"));
     assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(
         s.http.requests().len(),

@@ -112,14 +112,14 @@ async fn windows_limit_each_key_and_the_owner_with_headers_for_the_client() {
     let (allowed, headers) = call(&keys[0]).await;
     assert!(!allowed);
     assert_eq!(headers["x-ratelimit-remaining"], "0");
-    // All five sit at the start of this second: the next fits 200 ms into the next second,
-    // when four-fifths of them still count (4 + 1 = 5).
-    assert_eq!(headers["retry-after"], "2");
+    // All five were admitted at this instant: the next fits when they leave the window,
+    // one second on, and that is also when every one of them is gone.
+    assert_eq!(headers["retry-after"], "1");
     let reset: i64 = headers["x-ratelimit-reset"].parse().unwrap();
     assert_eq!(
         reset,
         common::T0 + 1,
-        "epoch seconds at which the current bucket ends"
+        "epoch seconds at which every counted request has left the window"
     );
 
     // The owner's window (8 a minute) is shared: the second key gets the 3 left.
@@ -132,11 +132,12 @@ async fn windows_limit_each_key_and_the_owner_with_headers_for_the_client() {
     // Two seconds on, the per-second window has room again but the minute does not.
     server.clock.advance(2);
     assert!(!call(&keys[0]).await.0);
-    // The eight sit at the start of minute 0. At 1:04 they still count 8 × 56/60 ≈ 7.5, so
-    // no room; from 1:07.5 they count 7 and one more fits.
-    server.clock.advance(62);
+    // The eight were admitted at 0:00 and stay in every window that holds that instant:
+    // refused up to 0:59.999, and room again at 1:00.
+    server.clock.advance(57);
+    server.clock.advance_millis(999);
     assert!(!call(&keys[0]).await.0);
-    server.clock.advance_millis(3_500);
+    server.clock.advance_millis(1);
     assert!(call(&keys[0]).await.0);
 }
 
@@ -164,9 +165,8 @@ async fn rate_limited_requests_get_429_with_the_json_body() {
     let json: serde_json::Value = serde_json::from_str(&body.body).unwrap();
     assert_eq!(json["error"]["code"], "RATE_LIMITED");
     let (_, headers) = outcome(&denied);
-    // Ten at the start of this hour: the next fits 6 minutes into the next hour, when 9 of
-    // them still count by the sliding estimate.
-    assert_eq!(headers["retry-after"], "3960");
+    // Ten admitted at this instant: the next fits when they leave the window, an hour on.
+    assert_eq!(headers["retry-after"], "3600");
 }
 
 #[tokio::test]
@@ -332,7 +332,9 @@ async fn when_redis_dies_each_replica_enforces_its_share_then_returns_to_redis()
     })
     .await
     .unwrap();
-    // The limiter tries Redis again once its back-off (1 s on keygate's clock) has passed.
+    // The limiter tries Redis again once its back-off (1 s on keygate's clock) has passed,
+    // and first tells it about the 5 its share admitted meanwhile (the restarted Redis has
+    // forgotten everything else).
     a.clock.advance(2);
     let (allowed, headers) = check(&a, &key, "/v1").await;
     assert!(allowed);
@@ -341,5 +343,124 @@ async fn when_redis_dies_each_replica_enforces_its_share_then_returns_to_redis()
         "the whole limit again, from Redis"
     );
     assert_eq!(stats.decisions.load(Ordering::Relaxed), 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stats.replayed.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outage's admissions were never charged to Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.replayed.load(Ordering::Relaxed), 1, "one window");
+    let (allowed, headers) = check(&a, &key, "/v1").await;
+    assert!(allowed);
+    assert_eq!(
+        headers["x-ratelimit-remaining"], "3",
+        "10 − the 5 admitted during the outage − 2 since"
+    );
+    let mut more = 0;
+    for _ in 0..5 {
+        more += usize::from(check(&a, &key, "/v1").await.0);
+    }
+    assert_eq!(
+        more, 3,
+        "the outage's admissions still count in Redis's window"
+    );
     drop(redis);
+}
+
+/// The Redis script and the in-process limiter are two implementations of one window log:
+/// replayed at the same moments with the same costs, against a real redis-server, they make
+/// the same decisions and tell the same remaining, reset and retry-after — through limit
+/// changes too (which regroup the logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_script_decides_exactly_as_the_local_limiter() {
+    use keygate::plan::{RateScope, RateWindow};
+    use keygate::ratelimit::local::LocalLimiter;
+    use keygate::ratelimit::{DecidedBy, Subject, counter_key};
+    use std::time::Duration;
+
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let script = redis::Script::new(keygate::redis::scripts::CHECK_AND_CHARGE);
+    let local = LocalLimiter::new(1000, Duration::from_secs(3600));
+    let subject = Subject {
+        owner_id: "o",
+        key_id: "k",
+    };
+    let window = |limit, secs, per| RateWindow {
+        limit,
+        period: Duration::from_secs(secs),
+        per,
+    };
+    // (windows, moments): limits from exact logs to grouped ones, and changes between them.
+    let phases = [
+        vec![
+            window(3, 1, RateScope::Key),
+            window(20, 60, RateScope::Owner),
+        ],
+        vec![
+            window(150, 1, RateScope::Key),
+            window(20_000, 60, RateScope::Owner),
+        ],
+        vec![
+            window(7, 1, RateScope::Key),
+            window(900, 60, RateScope::Owner),
+        ],
+        vec![
+            window(5_000, 2, RateScope::Key),
+            window(1_000_000, 60, RateScope::Owner),
+        ],
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let mut now: i64 = 1_700_000_000_000;
+    let (mut decisions, mut admitted) = (0, 0);
+    for windows in &phases {
+        let limits = keygate::ratelimit::limits(windows, 1);
+        for _ in 0..1500 {
+            now += random(25) as i64;
+            let cost = 1 + random(windows[0].limit.min(40));
+            let expected = local.check(subject, windows, cost, now, 1, DecidedBy::Local);
+            let mut invocation = script.prepare_invoke();
+            for w in windows {
+                invocation.key(counter_key(subject, w));
+            }
+            invocation.arg(cost).arg("check").arg(now);
+            for (limit, period) in &limits {
+                invocation.arg(limit).arg(period);
+            }
+            let reply: Vec<i64> = invocation.invoke(&mut connection).unwrap();
+            let at = format!("at {now} cost {cost} limits {limits:?}");
+            assert_eq!(reply[0] == 1, expected.allowed, "{at}");
+            assert_eq!(reply[1], now, "{at}");
+            for (told, state) in reply[2..].chunks(3).zip(&expected.windows) {
+                let (count, newest, wait) = (told[0] as u64, told[1], told[2]);
+                assert_eq!(state.remaining, state.limit.saturating_sub(count), "{at}");
+                let reset = if count == 0 {
+                    now
+                } else {
+                    newest + state.period_ms as i64
+                };
+                assert_eq!(state.reset_at, reset, "{at}");
+                assert_eq!(state.retry_after_ms, u64::try_from(wait).ok(), "{at}");
+            }
+            decisions += 1;
+            admitted += usize::from(expected.allowed);
+        }
+    }
+    assert!(
+        admitted > 0 && admitted < decisions,
+        "{admitted} of {decisions}"
+    );
 }

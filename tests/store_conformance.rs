@@ -429,7 +429,6 @@ async fn redis_store() -> (Arc<dyn Store>, RedisServer) {
         .unwrap();
     let config = RedisConfig {
         url: server.url(),
-        pool_size: 8,
         // Generous: tests run in parallel on small machines.
         timeout: Duration::from_secs(5),
         ..RedisConfig::default()
@@ -447,7 +446,6 @@ async fn redis_cluster_store() -> (Arc<dyn Store>, RedisCluster) {
         .unwrap();
     let config = RedisConfig {
         cluster_nodes: cluster.urls(),
-        pool_size: 8,
         timeout: Duration::from_secs(5),
         ..RedisConfig::default()
     };
@@ -561,7 +559,6 @@ async fn redis_failures_are_unavailable_and_show_no_secret() {
         .unwrap();
     let config = RedisConfig {
         url: format!("redis://:hunter2-secret@{}", server.addr),
-        pool_size: 2,
         timeout: Duration::from_millis(500),
         ..RedisConfig::default()
     };

@@ -212,14 +212,14 @@ pub struct KeyCache {
 
 /// Verifications shared with other replicas through Redis.
 pub struct SharedVerifications {
-    pool: crate::redis::RedisPool,
+    client: crate::redis::RedisClient,
     ttl: Duration,
 }
 
 impl SharedVerifications {
-    /// Shares verifications through `pool` for `ttl`.
-    pub fn new(pool: crate::redis::RedisPool, ttl: Duration) -> Self {
-        SharedVerifications { pool, ttl }
+    /// Shares verifications through `client` for `ttl`.
+    pub fn new(client: crate::redis::RedisClient, ttl: Duration) -> Self {
+        SharedVerifications { client, ttl }
     }
 
     fn name(digest: &Digest) -> String {
@@ -234,8 +234,8 @@ impl SharedVerifications {
         stats: &CacheStats,
     ) -> Option<(String, MatchedSecret, String)> {
         let read = async {
-            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
-            deadpool_redis::redis::cmd("GET")
+            let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("GET")
                 .arg(Self::name(digest))
                 .query_async::<Option<String>>(&mut connection)
                 .await
@@ -274,8 +274,8 @@ impl SharedVerifications {
             "p"
         };
         let write = async {
-            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
-            deadpool_redis::redis::cmd("SET")
+            let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("SET")
                 .arg(Self::name(digest))
                 .arg(format!("{} {which} {fingerprint}", key.id))
                 .arg("PX")

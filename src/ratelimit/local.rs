@@ -1,22 +1,45 @@
-//! The in-process limiter: one small counter per (subject, window), each behind its own
-//! lock, so decisions for different keys never contend. Idle counters expire and the number
-//! kept is bounded.
+//! The in-process limiter: one [`WindowLog`] per (subject, window), each behind its own
+//! lock, so decisions for different keys never contend. Idle logs expire and the number kept
+//! is bounded.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::window::Counter;
+use super::window::WindowLog;
 use super::{DecidedBy, RateOutcome, Subject, counter_key, limits};
 use crate::clock::UnixMillis;
 use crate::plan::RateWindow;
 
-/// Counters in this process.
+/// Window logs in this process.
 pub struct LocalLimiter {
-    counters: moka::sync::Cache<String, Arc<Mutex<Counter>>>,
+    counters: moka::sync::Cache<String, Arc<Mutex<Entry>>>,
+}
+
+/// One window's log, with the limit and period it was last checked against.
+#[derive(Default)]
+struct Entry {
+    log: WindowLog,
+    limit: u64,
+    period: u64,
+}
+
+/// A window log's totals, to be charged elsewhere (Redis, after an outage).
+#[derive(Debug, Clone)]
+pub struct LoggedWindow {
+    /// The window's counter name ([`counter_key`]).
+    pub key: String,
+    /// Units counted.
+    pub units: u64,
+    /// The newest time logged.
+    pub newest: UnixMillis,
+    /// The window's limit when last checked.
+    pub limit: u64,
+    /// The window's period in milliseconds.
+    pub period: u64,
 }
 
 impl LocalLimiter {
-    /// A limiter keeping at most `capacity` counters, each dropped after `idle` unused.
+    /// A limiter keeping at most `capacity` window logs, each dropped after `idle` unused.
     pub fn new(capacity: u64, idle: Duration) -> Self {
         LocalLimiter {
             counters: moka::sync::Cache::builder()
@@ -38,7 +61,7 @@ impl LocalLimiter {
         decided_by: DecidedBy,
     ) -> RateOutcome {
         let keys: Vec<String> = windows.iter().map(|w| counter_key(subject, w)).collect();
-        let cells: Vec<Arc<Mutex<Counter>>> = keys
+        let cells: Vec<Arc<Mutex<Entry>>> = keys
             .iter()
             .map(|k| self.counters.get_with_by_ref(k, Default::default))
             .collect();
@@ -46,33 +69,58 @@ impl LocalLimiter {
         // a cycle.
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
-        let mut guards: Vec<Option<MutexGuard<'_, Counter>>> =
+        let mut guards: Vec<Option<MutexGuard<'_, Entry>>> =
             (0..keys.len()).map(|_| None).collect();
         for i in order {
             guards[i] = Some(cells[i].lock().unwrap_or_else(|e| e.into_inner()));
         }
         let limits = limits(windows, share);
-        let mut counters: Vec<Counter> = guards
-            .iter()
+        let entries = guards.iter_mut().flatten().map(|guard| &mut **guard);
+        let logs: Vec<&mut WindowLog> = entries
             .zip(&limits)
-            .map(|(g, &(_, period))| Counter::rolled(g.as_deref().copied(), now, period))
+            .map(|(entry, &(limit, period))| {
+                entry.log.advance(now, limit, period);
+                (entry.limit, entry.period) = (limit, period);
+                &mut entry.log
+            })
             .collect();
-        let outcome = RateOutcome::evaluate(&limits, &mut counters, cost, now, decided_by);
-        for (guard, counter) in guards.iter_mut().zip(counters) {
-            if let Some(guard) = guard {
-                **guard = counter;
-            }
-        }
-        outcome
+        RateOutcome::decide(&limits, logs.into_iter(), cost, now, decided_by)
     }
 
-    /// Counters currently kept.
+    /// Every window log that counts units.
+    pub fn logged(&self) -> Vec<LoggedWindow> {
+        self.counters
+            .iter()
+            .filter_map(|(key, cell)| {
+                let entry = cell.lock().unwrap_or_else(|e| e.into_inner());
+                (!entry.log.is_empty()).then(|| LoggedWindow {
+                    key: key.as_ref().clone(),
+                    units: entry.log.count(),
+                    newest: entry.log.newest(),
+                    limit: entry.limit,
+                    period: entry.period,
+                })
+            })
+            .collect()
+    }
+
+    /// Empties `window`'s log, unless it changed since it was read.
+    pub fn forget(&self, window: &LoggedWindow) {
+        if let Some(cell) = self.counters.get(&window.key) {
+            let mut entry = cell.lock().unwrap_or_else(|e| e.into_inner());
+            if entry.log.count() == window.units && entry.log.newest() == window.newest {
+                *entry = Entry::default();
+            }
+        }
+    }
+
+    /// Window logs currently kept.
     pub fn len(&self) -> u64 {
         self.counters.run_pending_tasks();
         self.counters.entry_count()
     }
 
-    /// Whether no counter is kept.
+    /// Whether no window log is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -192,18 +240,21 @@ mod tests {
         l.check(KEY_A, &windows, 2, now, 1, DecidedBy::Local);
         let denied = l.check(KEY_A, &windows, 1, now + 1000, 1, DecidedBy::Local);
         assert!(!denied.allowed);
-        // Both requests sit in this bucket: the next one fits once the next bucket starts
-        // and enough of this one has slid out (half of it, for 2 → 1 plus the new one).
+        // The next one fits when the first two leave the window, a period after them.
         let retry = denied.retry_after_secs().unwrap();
-        assert_eq!(retry, 9 + 5);
+        assert_eq!(retry, 9);
         let config = super::super::RateLimitConfig::default();
         let headers: std::collections::HashMap<_, _> =
             denied.headers(&config).into_iter().collect();
         assert_eq!(headers["x-ratelimit-limit"], "2");
         assert_eq!(headers["x-ratelimit-remaining"], "0");
         assert_eq!(headers["x-ratelimit-reset"], "4010");
-        assert_eq!(headers["retry-after"], "14");
+        assert_eq!(headers["retry-after"], "9");
         let later = now + 1000 + retry as i64 * 1000;
+        assert!(
+            !l.check(KEY_A, &windows, 1, later - 1, 1, DecidedBy::Local)
+                .allowed
+        );
         assert!(
             l.check(KEY_A, &windows, 1, later, 1, DecidedBy::Local)
                 .allowed

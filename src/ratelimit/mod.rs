@@ -1,6 +1,11 @@
-//! Rate limiting: sliding-window counters for every window of a key's plan, checked and
-//! charged in one atomic step, in process ([`local`]) or in Redis ([`redis`]) so that many
-//! replicas enforce one limit.
+//! Rate limiting: a sliding-window log ([`window`]) for every window of a key's plan, checked
+//! and charged in one atomic step, in process ([`local`]) or in Redis ([`redis`]) so that
+//! many replicas enforce one limit.
+//!
+//! The guarantee: in *every* span of a window's period, at any alignment, a subject is
+//! admitted at most `limit` units (requests weighted by cost), and a request is refused at
+//! most 1 % of the limit early (never, for limits below 100). A window's state is at most
+//! about 0.8 KiB, whatever its limit.
 //!
 //! A request passes only if every window has room; only then are all windows charged, so a
 //! denial costs nothing. Windows count per key or per owner (all the owner's keys share it).
@@ -18,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::clock::UnixMillis;
 use crate::plan::{RateScope, RateWindow};
 use crate::redis::keyspace;
-use window::{Counter, WindowState, assess};
+use window::{WindowLog, WindowState};
 
-/// Where counters live.
+/// Where window logs live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
@@ -34,7 +39,7 @@ pub enum Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResetFormat {
-    /// Unix epoch seconds at which the current bucket ends.
+    /// Unix epoch seconds at which every request counted now has left the window.
     Epoch,
     /// Seconds from now until then.
     Delta,
@@ -44,7 +49,7 @@ pub enum ResetFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Where counters live.
+    /// Where window logs live.
     pub backend: Backend,
     /// Replicas sharing the limit: while Redis is unreachable, each enforces
     /// `limit / replicas` locally.
@@ -53,7 +58,7 @@ pub struct RateLimitConfig {
     pub reset: ResetFormat,
     /// Also send the IETF `RateLimit-Policy` and `RateLimit` headers.
     pub ietf_headers: bool,
-    /// Most subjects (key or owner per window) counted locally at once.
+    /// Most window logs (a key's or an owner's, per window) kept locally at once.
     pub local_capacity: u64,
 }
 
@@ -78,13 +83,13 @@ pub struct Subject<'a> {
     pub key_id: &'a str,
 }
 
-/// The name of one window's counter for `subject`. Every counter of an owner carries the same
+/// The name of one window's log for `subject`. Every log of an owner carries the same
 /// hash tag, so all windows of a decision live in one Redis Cluster slot.
 pub fn counter_key(subject: Subject<'_>, window: &RateWindow) -> String {
     let period = period_ms(window);
     match window.per {
-        RateScope::Key => keyspace::key_rate_counter(subject.owner_id, subject.key_id, period),
-        RateScope::Owner => keyspace::owner_rate_counter(subject.owner_id, period),
+        RateScope::Key => keyspace::key_rate_window(subject.owner_id, subject.key_id, period),
+        RateScope::Owner => keyspace::owner_rate_window(subject.owner_id, period),
     }
 }
 
@@ -118,40 +123,33 @@ pub struct RateOutcome {
 }
 
 impl RateOutcome {
-    /// Evaluates `cost` against `windows` whose counters, rolled to `now`, are `counters`;
-    /// charges the counters when every window has room.
-    pub fn evaluate(
+    /// Decides a request of `cost` on the logs of `windows` (limit, period in ms), already
+    /// advanced to `now`: admitted when every window has room, and then charged to each.
+    pub fn decide<'a>(
         windows: &[(u64, u64)],
-        counters: &mut [Counter],
+        logs: impl ExactSizeIterator<Item = &'a mut WindowLog>,
         cost: u64,
         now: UnixMillis,
         decided_by: DecidedBy,
     ) -> RateOutcome {
-        let states: Vec<WindowState> = windows
+        let mut logs: Vec<&mut WindowLog> = logs.collect();
+        let fits: Vec<bool> = logs
             .iter()
-            .zip(counters.iter())
-            .map(|(&(limit, period), counter)| assess(counter, limit, period, cost, now))
+            .zip(windows)
+            .map(|(log, &(limit, _))| log.fits(cost, limit))
             .collect();
-        let allowed = states.iter().all(|s| s.has_room);
+        let allowed = fits.iter().all(|&f| f);
         if allowed {
-            for counter in counters.iter_mut() {
-                counter.current = counter.current.saturating_add(cost);
+            for log in logs.iter_mut() {
+                log.charge(cost, now);
             }
         }
-        let windows = if allowed {
-            states
-        } else {
-            // Nothing was charged: report every window as it stands without this request.
-            windows
-                .iter()
-                .zip(counters.iter())
-                .zip(states)
-                .map(|((&(limit, period), counter), denied)| WindowState {
-                    remaining: assess(counter, limit, period, 0, now).remaining,
-                    ..denied
-                })
-                .collect()
-        };
+        let windows = logs
+            .iter()
+            .zip(windows)
+            .zip(fits)
+            .map(|((log, &(limit, period)), fit)| log.state(limit, period, cost, now, fit))
+            .collect();
         RateOutcome {
             allowed,
             windows,
@@ -237,30 +235,30 @@ pub fn limits(windows: &[RateWindow], share: u64) -> Vec<(u64, u64)> {
 
 /// Rate limits, in this process or shared through Redis.
 pub enum RateLimiter {
-    /// In-process counters.
+    /// In-process window logs.
     Local(LocalLimiter),
     /// Redis, with a local stand-in.
     Redis(redis::RedisLimiter),
 }
 
 impl RateLimiter {
-    /// Counters in this process. They are dropped after two periods of the longest
-    /// configured window unused, when both of its buckets are empty anyway.
+    /// Window logs in this process. Each is dropped after the longest configured period
+    /// unused, when it is empty anyway.
     pub fn local(config: &RateLimitConfig, longest_period: Duration) -> Self {
-        RateLimiter::Local(local_counters(config, longest_period))
+        RateLimiter::Local(local_logs(config, longest_period))
     }
 
-    /// Counters in Redis over `pool`, with local counters standing in while Redis does not
+    /// Window logs in Redis over `client`, with local ones standing in while Redis does not
     /// answer.
     pub fn redis(
         config: &RateLimitConfig,
-        pool: crate::redis::RedisPool,
+        client: crate::redis::RedisClient,
         redis: &crate::redis::RedisConfig,
         longest_period: Duration,
     ) -> Self {
-        let fallback = local_counters(config, longest_period);
+        let fallback = local_logs(config, longest_period);
         RateLimiter::Redis(redis::RedisLimiter::new(
-            pool,
+            client,
             redis,
             config.replicas,
             fallback,
@@ -291,10 +289,10 @@ impl RateLimiter {
     }
 }
 
-/// Local counters for the windows of `config`'s plans, kept two longest periods.
-fn local_counters(config: &RateLimitConfig, longest_period: Duration) -> LocalLimiter {
+/// Local window logs for `config`'s plans, each kept the longest period unused.
+fn local_logs(config: &RateLimitConfig, longest_period: Duration) -> LocalLimiter {
     LocalLimiter::new(
         config.local_capacity,
-        longest_period.max(Duration::from_secs(1)) * 2,
+        longest_period.max(Duration::from_secs(1)),
     )
 }

@@ -61,18 +61,18 @@ pub fn owner_key_ids(owner_id: &str) -> String {
 
 // The rate limiter (`ratelimit/redis.rs`).
 
-/// One window's counter for one key, a hash (`b` bucket index, `c` count in that bucket,
-/// `p` count in the bucket before) that expires two periods after its last charge. Tagged
-/// with the key's owner, like [`owner_rate_counter`], so every window of one decision —
-/// per key or per owner — lives in one slot and is checked and charged in one step.
-pub fn key_rate_counter(owner_id: &str, key_id: &str, period_ms: u64) -> String {
-    format!("kg:rl:{{{owner_id}}}:k:{key_id}:{period_ms}")
+/// One window's log for one key, a string (see the rate limiter's script) that expires when
+/// its newest unit leaves the window. Tagged with the key's owner, like
+/// [`owner_rate_window`], so every window of one decision — per key or per owner — lives in
+/// one slot and is checked and charged in one step.
+pub fn key_rate_window(owner_id: &str, key_id: &str, period_ms: u64) -> String {
+    format!("kg:rw:{{{owner_id}}}:k:{key_id}:{period_ms}")
 }
 
-/// One window's counter shared by all of an owner's keys, a hash like
-/// [`key_rate_counter`]'s, tagged with the owner for the same reason.
-pub fn owner_rate_counter(owner_id: &str, period_ms: u64) -> String {
-    format!("kg:rl:{{{owner_id}}}:o:{period_ms}")
+/// One window's log shared by all of an owner's keys, a string like
+/// [`key_rate_window`]'s, tagged with the owner for the same reason.
+pub fn owner_rate_window(owner_id: &str, period_ms: u64) -> String {
+    format!("kg:rw:{{{owner_id}}}:o:{period_ms}")
 }
 
 // The shared verification cache (`crate::cache`).
@@ -111,11 +111,8 @@ mod tests {
         assert_eq!(owner_record("o1"), "kg:{o:o1}:owner");
         assert_eq!(owner_keys("o1"), "kg:{o:o1}:keys");
         assert_eq!(owner_key_ids("o1"), "kg:{o:o1}:key_ids");
-        assert_eq!(
-            key_rate_counter("o1", "k1", 60_000),
-            "kg:rl:{o1}:k:k1:60000"
-        );
-        assert_eq!(owner_rate_counter("o1", 1_000), "kg:rl:{o1}:o:1000");
+        assert_eq!(key_rate_window("o1", "k1", 60_000), "kg:rw:{o1}:k:k1:60000");
+        assert_eq!(owner_rate_window("o1", 1_000), "kg:rw:{o1}:o:1000");
         assert_eq!(shared_verification("ab12"), "kg:l2:{ab12}");
         assert_eq!(INVALIDATIONS, "kg:invalidations");
         assert_eq!(LIVE_REPLICAS, "kg:{replicas}:live");

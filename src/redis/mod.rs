@@ -1,5 +1,5 @@
-//! Redis as keygate uses it: the connection settings, a pool over Redis or Redis Cluster
-//! behind one type, the names of every key and channel ([`keyspace`]) and the Lua scripts
+//! Redis as keygate uses it: the connection settings, one shared connection to Redis or
+//! Redis Cluster behind one type, the names of every key and channel ([`keyspace`]) and the Lua scripts
 //! run against them ([`scripts`]).
 //!
 //! The store, the rate limiter, the shared cache and the invalidation publisher all run
@@ -12,8 +12,10 @@ pub mod scripts;
 
 use std::time::Duration;
 
-use deadpool_redis::redis::aio::ConnectionLike;
-use deadpool_redis::redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::sync::{Arc, Mutex};
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use serde::{Deserialize, Serialize};
 
 /// Chooses ring as rustls's cryptography for `rediss://` connections; the first call wins
@@ -32,8 +34,6 @@ pub struct RedisConfig {
     /// Redis Cluster: the URLs of some of its nodes (any one is enough to find the others).
     /// When given, `url` is not used.
     pub cluster_nodes: Vec<String>,
-    /// Most pooled connections.
-    pub pool_size: usize,
     /// The longest any decision waits for Redis, connecting included.
     #[serde(with = "crate::clock::duration_text")]
     pub timeout: Duration,
@@ -47,7 +47,6 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             cluster_nodes: Vec::new(),
-            pool_size: 16,
             timeout: Duration::from_millis(50),
             retry_after: Duration::from_secs(1),
         }
@@ -55,36 +54,30 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
-    /// A connection pool for these settings: at most `pool_size` connections, and no wait
-    /// for one, nor for connecting, longer than `timeout`. Connections are made on first use.
-    pub fn pool(&self) -> Result<RedisPool, PoolError> {
+    /// A client for these settings. It connects on first use, and no command (connecting
+    /// included) waits longer than `timeout`.
+    pub fn client(&self) -> Result<RedisClient, ClientError> {
         init_tls();
-        let pool = Some(deadpool_redis::PoolConfig {
-            max_size: self.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(self.timeout),
-                create: Some(self.timeout),
-                recycle: Some(self.timeout),
-            },
-            ..Default::default()
-        });
-        let runtime = Some(deadpool_redis::Runtime::Tokio1);
-        let invalid = |e: &dyn std::fmt::Display| PoolError::Settings(e.to_string());
-        if self.cluster_nodes.is_empty() {
-            let mut config = deadpool_redis::Config::from_url(self.url.clone());
-            config.pool = pool;
-            config
-                .create_pool(runtime)
-                .map(RedisPool::Single)
-                .map_err(|e| invalid(&e))
+        let invalid = |e: &dyn std::fmt::Display| ClientError::Settings(e.to_string());
+        let target = if self.cluster_nodes.is_empty() {
+            Target::Single(redis::Client::open(self.url.as_str()).map_err(|e| invalid(&e))?)
         } else {
-            let mut config = deadpool_redis::cluster::Config::from_urls(self.cluster_nodes.clone());
-            config.pool = pool;
-            config
-                .create_pool(runtime)
-                .map(RedisPool::Cluster)
-                .map_err(|e| invalid(&e))
-        }
+            Target::Cluster(
+                redis::cluster::ClusterClient::builder(self.cluster_nodes.clone())
+                    .connection_timeout(self.timeout)
+                    .response_timeout(self.timeout)
+                    .build()
+                    .map_err(|e| invalid(&e))?,
+            )
+        };
+        Ok(RedisClient {
+            shared: Arc::new(Shared {
+                target,
+                timeout: self.timeout,
+                connection: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        })
     }
 
     /// Where to subscribe to invalidations: published messages reach every node of a
@@ -96,57 +89,126 @@ impl RedisConfig {
 
 /// Why no connection to Redis could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoolError {
+pub enum ClientError {
     /// The URL or cluster nodes cannot be used (`redis.url`, `redis.cluster_nodes`).
     #[error("invalid Redis settings: {0}")]
     Settings(String),
-    /// Redis did not give a connection within the timeout.
+    /// Redis did not accept a connection within the timeout.
     #[error("no Redis connection: {0}")]
     Unavailable(String),
 }
 
-/// A pool of connections to one Redis, or to a Redis Cluster.
+/// Redis, or a Redis Cluster, over one multiplexed connection that every user shares:
+/// concurrent commands are pipelined on it, and none waits for a connection of its own. The
+/// connection is made on first use and made again after it breaks.
 #[derive(Clone)]
-pub enum RedisPool {
-    /// One Redis server.
-    Single(deadpool_redis::Pool),
-    /// A Redis Cluster, reached through any of its nodes.
-    Cluster(deadpool_redis::cluster::Pool),
+pub struct RedisClient {
+    shared: Arc<Shared>,
 }
 
-/// A pooled connection, returned to its pool when dropped.
-pub enum RedisConnection {
-    /// To one Redis server.
-    Single(deadpool_redis::Connection),
-    /// To a Redis Cluster.
-    Cluster(deadpool_redis::cluster::Connection),
+struct Shared {
+    target: Target,
+    timeout: Duration,
+    /// The connection, while it works.
+    connection: Mutex<Option<RedisConnection>>,
+    /// Held while connecting, so a broken connection is replaced once, not by every caller.
+    connecting: tokio::sync::Mutex<()>,
 }
 
-impl RedisPool {
-    /// A connection, waiting at most the pool's timeout for one.
-    pub async fn get(&self) -> Result<RedisConnection, PoolError> {
-        let unavailable = |e: &dyn std::fmt::Display| PoolError::Unavailable(e.to_string());
-        match self {
-            RedisPool::Single(pool) => pool
-                .get()
-                .await
-                .map(RedisConnection::Single)
-                .map_err(|e| unavailable(&e)),
-            RedisPool::Cluster(pool) => pool
-                .get()
-                .await
-                .map(RedisConnection::Cluster)
-                .map_err(|e| unavailable(&e)),
+/// Where to connect. One per process, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A handle on the shared connection, cheap to clone; commands sent on it are pipelined
+/// with everyone else's.
+#[derive(Clone)]
+pub struct RedisConnection {
+    link: Link,
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+enum Link {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RedisClient {
+    /// The shared connection, connecting (at most the timeout) if there is none.
+    pub async fn get(&self) -> Result<RedisConnection, ClientError> {
+        if let Some(connection) = self.current() {
+            return Ok(connection);
+        }
+        let _connecting = self.shared.connecting.lock().await;
+        if let Some(connection) = self.current() {
+            return Ok(connection);
+        }
+        let unavailable = |e: &dyn std::fmt::Display| ClientError::Unavailable(e.to_string());
+        let timeout = self.shared.timeout;
+        let link = match &self.shared.target {
+            Target::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Link::Single)
+            }
+            Target::Cluster(client) => {
+                match tokio::time::timeout(timeout, client.get_async_connection()).await {
+                    Ok(connected) => connected.map(Link::Cluster),
+                    Err(_) => Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no answer from the cluster",
+                        format!("within {timeout:?}"),
+                    ))),
+                }
+            }
+        }
+        .map_err(|e| unavailable(&e))?;
+        let connection = RedisConnection {
+            link,
+            shared: self.shared.clone(),
+        };
+        *self.shared.lock() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn current(&self) -> Option<RedisConnection> {
+        self.shared.lock().clone()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<RedisConnection>> {
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the shared connection after `error` if it says the connection is gone, so the
+    /// next caller connects again.
+    fn note(&self, error: &redis::RedisError) {
+        if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+            self.lock().take();
         }
     }
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConnection::Single(c) => c.req_packed_command(cmd),
-            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            let reply = match &mut self.link {
+                Link::Single(c) => c.req_packed_command(cmd).await,
+                Link::Cluster(c) => c.req_packed_command(cmd).await,
+            };
+            if let Err(e) = &reply {
+                self.shared.note(e);
+            }
+            reply
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -155,16 +217,22 @@ impl ConnectionLike for RedisConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
-            RedisConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
+        Box::pin(async move {
+            let reply = match &mut self.link {
+                Link::Single(c) => c.req_packed_commands(cmd, offset, count).await,
+                Link::Cluster(c) => c.req_packed_commands(cmd, offset, count).await,
+            };
+            if let Err(e) = &reply {
+                self.shared.note(e);
+            }
+            reply
+        })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            RedisConnection::Single(c) => c.get_db(),
-            RedisConnection::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }

@@ -204,55 +204,132 @@ return 0
 
 // The rate limiter (`ratelimit/redis.rs`).
 
-/// Checks and charges every window of one decision.
+/// Checks and charges every window of one decision, with the window logs of
+/// `ratelimit/window.rs`: the same steps, on the same structure kept in a string.
 ///
-/// `KEYS`: one hash per window (`b` bucket index, `c` count in that bucket, `p` count in the
-/// bucket before), named by [`keyspace::key_rate_counter`](super::keyspace::key_rate_counter) or
-/// [`keyspace::owner_rate_counter`](super::keyspace::owner_rate_counter): all under the owner's hash tag, so they share a
-/// cluster slot.
-/// `ARGV[1]`: the request's cost; then, for window i, `ARGV[2i]` its limit and `ARGV[2i+1]` its
-/// period in milliseconds.
-/// Returns `{allowed, now_ms, b1, c1, p1, b2, c2, p2, ...}`: the counters before this
-/// request, rolled to now, from which the caller computes remaining, reset and retry-after
-/// with the same arithmetic as the local limiter.
+/// `KEYS`: one string per window, named by
+/// [`keyspace::key_rate_window`](super::keyspace::key_rate_window) or
+/// [`keyspace::owner_rate_window`](super::keyspace::owner_rate_window): all under the owner's
+/// hash tag, so they share a cluster slot. Each holds three little-endian doubles (units per
+/// group, units in the open group, newest time in ms) and then the time of each closed group,
+/// oldest first; it expires when its newest unit leaves the window.
+/// `ARGV[1]`: the request's cost; `ARGV[2]`: `check` (charge only if every window has room)
+/// or `charge` (charge regardless: admissions made while Redis was away); `ARGV[3]`: the time
+/// in ms to decide at, or empty for Redis's clock; then, for window i, `ARGV[2i+2]` its limit
+/// and `ARGV[2i+3]` its period in ms.
+/// Returns `{allowed, now_ms, count1, newest1, wait1, count2, ...}`: per window the units
+/// counted (after this request, if admitted), the newest time logged and how long until the
+/// request fits (0 when it fits now, -1 when it never can).
 ///
-/// Admission is `p × (P − e) + (c + cost) × P ≤ limit × P` (see `ratelimit/window.rs`); counts stay
-/// exact in Lua's doubles while `limit × P < 2^53`, which configuration enforces.
+/// Times and counts are whole numbers far below 2^53, exact in Lua's doubles.
 pub const CHECK_AND_CHARGE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local cost = tonumber(ARGV[1])
-local allowed = 1
-local out = {0, now}
-local rolled = {}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i])
-  local period = tonumber(ARGV[2 * i + 1])
-  local bucket = math.floor(now / period)
-  local v = redis.call('HMGET', KEYS[i], 'b', 'c', 'p')
-  local b, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if b == nil or b < bucket - 1 then
-    c, p = 0, 0
-  elseif b == bucket - 1 then
-    c, p = 0, c
+local HEADER = 24
+
+-- The time of the j-th closed group of a body of packed times.
+local function time_of(body, j)
+  return (struct.unpack('<d', body, 8 * (j - 1) + 1))
+end
+
+local function regroup(w, size)
+  local total = w.group * w.n + w.open
+  local parts = {}
+  for i = 1, math.floor(total / size) do
+    local j = math.floor((i * size - 1) / w.group) + 1
+    if j <= w.n then
+      parts[i] = string.sub(w.body, 8 * (j - 1) + 1, 8 * j)
+    else
+      parts[i] = struct.pack('<d', w.newest)
+    end
   end
-  local elapsed = now % period
-  if p * (period - elapsed) + (c + cost) * period > limit * period then
+  w.body, w.n, w.open, w.group = table.concat(parts), #parts, total % size, size
+end
+
+local function load(key, limit, period)
+  local w = {group = 0, open = 0, newest = 0, body = '', n = 0}
+  local s = redis.call('GET', key)
+  if s then
+    w.group, w.open, w.newest = struct.unpack('<ddd', s)
+    local body = string.sub(s, HEADER + 1)
+    local n = #body / 8
+    local horizon = now - period
+    local first = 1
+    while first <= n and time_of(body, first) <= horizon do
+      first = first + 1
+    end
+    w.body, w.n = string.sub(body, 8 * (first - 1) + 1), n - first + 1
+    if w.n == 0 and w.newest <= horizon then
+      w.open = 0
+    end
+  end
+  local count = w.group * w.n + w.open
+  local wanted = math.floor(limit / 100) + 1
+  if w.group == 0 or count == 0 then
+    w.group = wanted
+  elseif w.group < wanted then
+    regroup(w, wanted)
+  elseif w.group > wanted then
+    local size = math.max(wanted, math.ceil(count / 100))
+    if size < w.group then
+      regroup(w, size)
+    end
+  end
+  return w
+end
+
+local logs = {}
+local allowed = 1
+for i = 1, #KEYS do
+  local limit, period = tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3])
+  local w = load(KEYS[i], limit, period)
+  w.limit, w.period = limit, period
+  w.fits = w.group * w.n + w.open + cost <= limit
+  if not w.fits then
     allowed = 0
   end
-  rolled[i] = {bucket, c, p, period}
-  table.insert(out, bucket)
-  table.insert(out, c)
-  table.insert(out, p)
+  logs[i] = w
 end
-if allowed == 1 then
-  for i = 1, #KEYS do
-    local r = rolled[i]
-    redis.call('HSET', KEYS[i], 'b', r[1], 'c', r[2] + cost, 'p', r[3])
-    redis.call('PEXPIRE', KEYS[i], r[4] * 2)
+if allowed == 1 or ARGV[2] == 'charge' then
+  for i, w in ipairs(logs) do
+    if now > w.newest then
+      w.newest = now
+    end
+    local total = w.open + cost
+    local filled = math.floor(total / w.group)
+    if filled > 0 then
+      w.body = w.body .. string.rep(struct.pack('<d', w.newest), filled)
+      w.n = w.n + filled
+    end
+    w.open = total % w.group
+    local header = struct.pack('<ddd', w.group, w.open, w.newest)
+    redis.call('SET', KEYS[i], header .. w.body, 'PX', w.newest + w.period - now)
   end
 end
-out[1] = allowed
+local out = {allowed, now}
+for _, w in ipairs(logs) do
+  local count = w.group * w.n + w.open
+  local wait = 0
+  if not w.fits then
+    if cost > w.limit then
+      wait = -1
+    else
+      local j = math.ceil((count + cost - w.limit) / w.group)
+      local leaves = w.newest
+      if j >= 1 and j <= w.n then
+        leaves = time_of(w.body, j)
+      end
+      wait = math.max(leaves + w.period - now, 1)
+    end
+  end
+  table.insert(out, count)
+  table.insert(out, w.newest)
+  table.insert(out, wait)
+end
 return out
 "#;
 

@@ -63,7 +63,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, FromRedisValue, Script, ScriptInvocation};
+use redis::{self, FromRedisValue, Script, ScriptInvocation};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
@@ -78,7 +78,7 @@ use crate::redis::keyspace::{
     KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, owner_key_ids, owner_keys,
     owner_record,
 };
-use crate::redis::{RedisConfig, RedisConnection, RedisPool, scripts};
+use crate::redis::{RedisClient, RedisConfig, RedisConnection, scripts};
 
 /// Records fetched per round trip when listing.
 const PAGE: usize = 100;
@@ -104,10 +104,10 @@ static HSET_IF_UNCHANGED_SCRIPT: LazyLock<Script> =
 static HDEL_IF_EQUAL_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(scripts::HDEL_IF_EQUAL));
 
-/// The Redis store. Cheap to clone; clones share one connection pool.
+/// The Redis store. Cheap to clone; clones share one Redis connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: RedisPool,
+    client: RedisClient,
     timeout: Duration,
 }
 
@@ -137,16 +137,16 @@ fn lex_after(after: Option<&str>) -> String {
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `config.url` with up to `config.pool_size` connections; every
+    /// Connects to the Redis at `config.url` (or the cluster at `config.cluster_nodes`); every
     /// call waits at most `config.timeout`. Fails unless Redis answers a PING.
     pub async fn connect(config: &RedisConfig) -> Result<RedisStore> {
-        let pool = config.pool().map_err(unavailable)?;
-        Self::with_pool(pool, config.timeout).await
+        let client = config.client().map_err(unavailable)?;
+        Self::with_client(client, config.timeout).await
     }
 
-    /// A store over `pool`, each command bounded by `timeout`; checks that Redis answers.
-    pub async fn with_pool(pool: RedisPool, timeout: Duration) -> Result<RedisStore> {
-        let store = RedisStore { pool, timeout };
+    /// A store over `client`, each command bounded by `timeout`; checks that Redis answers.
+    pub async fn with_client(client: RedisClient, timeout: Duration) -> Result<RedisStore> {
+        let store = RedisStore { client, timeout };
         let pong: String = store.query(&redis::cmd("PING")).await?;
         if pong != "PONG" {
             return Err(unexpected("PING", pong));
@@ -178,7 +178,7 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<RedisConnection> {
-        self.pool
+        self.client
             .get()
             .await
             .map_err(|e| unavailable(format!("cannot get a connection: {e}")))
