@@ -246,7 +246,10 @@ async fn a_cold_burst_and_a_wrong_secret_flood_keep_memory_threads_and_latency_b
     // drain, so only the workers' current jobs (one each at most) can end during the flood.
     let drained_by = Instant::now() + Duration::from_secs(10);
     while counter(server.metrics_addr, "keygate_argon2_queue_depth").await > 0 {
-        assert!(Instant::now() < drained_by, "the argon2 queue never drained");
+        assert!(
+            Instant::now() < drained_by,
+            "the argon2 queue never drained"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
