@@ -283,11 +283,16 @@ impl Collector for DataPlaneCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        let (limiter_errors, fallbacks) = match authorizer.limiter() {
+        let (limiter_errors, fallbacks, limiter_calls) = match authorizer.limiter() {
             RateLimiter::Redis(redis) => {
-                (load(&redis.stats().errors), load(&redis.stats().fallbacks))
+                let stats = redis.stats();
+                (
+                    load(&stats.errors),
+                    load(&stats.fallbacks),
+                    load(&stats.calls),
+                )
             }
-            RateLimiter::Local(_) => (0, 0),
+            RateLimiter::Local(_) => (0, 0, 0),
         };
         let mut errors = encoder.encode_descriptor(
             "redis_errors",
@@ -301,6 +306,12 @@ impl Collector for DataPlaneCollector {
         ] {
             ConstCounter::new(count).encode(errors.encode_family(&[("component", component)])?)?;
         }
+        ConstCounter::new(limiter_calls).encode(encoder.encode_descriptor(
+            "rate_limit_redis_calls",
+            "Script calls of the Redis rate limiter; decisions for one subject in flight together share one",
+            None,
+            MetricType::Counter,
+        )?)?;
         ConstCounter::new(fallbacks).encode(encoder.encode_descriptor(
             "rate_limit_fallbacks",
             "Rate-limit checks decided by the local stand-in because Redis did not answer",

@@ -371,8 +371,8 @@ async fn when_redis_dies_each_replica_enforces_its_share_then_returns_to_redis()
 
 /// The Redis script and the in-process limiter are two implementations of one window log:
 /// replayed at the same moments with the same costs, against a real redis-server, they make
-/// the same decisions and tell the same remaining, reset and retry-after — through limit
-/// changes too (which regroup the logs).
+/// the same decisions and tell the same remaining, reset and retry-after — several decisions
+/// in one call, and through limit changes (which regroup the logs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_script_decides_exactly_as_the_local_limiter() {
     use keygate::plan::{RateScope, RateWindow};
@@ -428,39 +428,109 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
     let (mut decisions, mut admitted) = (0, 0);
     for windows in &phases {
         let limits = keygate::ratelimit::limits(windows, 1);
-        for _ in 0..1500 {
-            now += random(25) as i64;
-            let cost = 1 + random(windows[0].limit.min(40));
-            let expected = local.check(subject, windows, cost, now, 1, DecidedBy::Local);
+        for _ in 0..600 {
+            now += random(60) as i64;
+            // Up to four decisions at one moment, in one call.
+            let costs: Vec<u64> = (0..1 + random(4))
+                .map(|_| 1 + random(windows[0].limit.min(40)))
+                .collect();
             let mut invocation = script.prepare_invoke();
             for w in windows {
                 invocation.key(counter_key(subject, w));
             }
-            invocation.arg(cost).arg("check").arg(now);
+            invocation.arg("check").arg(now).arg(windows.len());
             for (limit, period) in &limits {
                 invocation.arg(limit).arg(period);
             }
-            let reply: Vec<i64> = invocation.invoke(&mut connection).unwrap();
-            let at = format!("at {now} cost {cost} limits {limits:?}");
-            assert_eq!(reply[0] == 1, expected.allowed, "{at}");
-            assert_eq!(reply[1], now, "{at}");
-            for (told, state) in reply[2..].chunks(3).zip(&expected.windows) {
-                let (count, newest, wait) = (told[0] as u64, told[1], told[2]);
-                assert_eq!(state.remaining, state.limit.saturating_sub(count), "{at}");
-                let reset = if count == 0 {
-                    now
-                } else {
-                    newest + state.period_ms as i64
-                };
-                assert_eq!(state.reset_at, reset, "{at}");
-                assert_eq!(state.retry_after_ms, u64::try_from(wait).ok(), "{at}");
+            for cost in &costs {
+                invocation.arg(cost);
             }
-            decisions += 1;
-            admitted += usize::from(expected.allowed);
+            let reply: Vec<i64> = invocation.invoke(&mut connection).unwrap();
+            assert_eq!(reply[0], now);
+            let told = reply[1..].chunks(1 + 3 * windows.len());
+            assert_eq!(told.len(), costs.len());
+            for (&cost, told) in costs.iter().zip(told) {
+                let expected = local.check(subject, windows, cost, now, 1, DecidedBy::Local);
+                let at = format!("at {now} cost {cost} limits {limits:?}");
+                assert_eq!(told[0] == 1, expected.allowed, "{at}");
+                for (told, state) in told[1..].chunks(3).zip(&expected.windows) {
+                    let (count, newest, wait) = (told[0] as u64, told[1], told[2]);
+                    assert_eq!(state.remaining, state.limit.saturating_sub(count), "{at}");
+                    let reset = if count == 0 {
+                        now
+                    } else {
+                        newest + state.period_ms as i64
+                    };
+                    assert_eq!(state.reset_at, reset, "{at}");
+                    assert_eq!(state.retry_after_ms, u64::try_from(wait).ok(), "{at}");
+                }
+                decisions += 1;
+                admitted += usize::from(expected.allowed);
+            }
         }
     }
     assert!(
         admitted > 0 && admitted < decisions,
         "{admitted} of {decisions}"
+    );
+}
+
+/// Decisions for one key in flight together go to Redis in shared calls, and are decided
+/// exactly as one by one: of 300 at once against 120 an hour, exactly 120 pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
+    use keygate::clock::SystemClock;
+    use keygate::plan::{RateScope, RateWindow};
+    use keygate::ratelimit::local::LocalLimiter;
+    use keygate::ratelimit::redis::RedisLimiter;
+    use keygate::ratelimit::{DecidedBy, Subject};
+    use keygate::redis::RedisConfig;
+    use std::time::Duration;
+
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let config = RedisConfig {
+        url: redis.url(),
+        timeout: Duration::from_secs(5),
+        ..RedisConfig::default()
+    };
+    let limiter = Arc::new(RedisLimiter::new(
+        config.client().unwrap(),
+        &config,
+        1,
+        LocalLimiter::new(100, Duration::from_secs(3600)),
+    ));
+    let windows = [RateWindow {
+        limit: 120,
+        period: Duration::from_secs(3600),
+        per: RateScope::Key,
+    }];
+    let mut decisions = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let (limiter, windows) = (limiter.clone(), windows.clone());
+        decisions.spawn(async move {
+            let subject = Subject {
+                owner_id: "o",
+                key_id: "hot",
+            };
+            limiter.check(subject, &windows, 1, &SystemClock).await
+        });
+    }
+    let mut admitted = 0;
+    while let Some(outcome) = decisions.join_next().await {
+        let outcome = outcome.unwrap();
+        assert_eq!(outcome.decided_by, DecidedBy::Redis);
+        admitted += usize::from(outcome.allowed);
+    }
+    assert_eq!(admitted, 120);
+    let stats = limiter.stats();
+    assert_eq!(stats.decisions.load(Ordering::Relaxed), 300);
+    let calls = stats.calls.load(Ordering::Relaxed);
+    // While one call is in flight, every decision arriving waits for the next: ten or more
+    // share a call on average, however the 300 arrive.
+    assert!(
+        calls <= 30,
+        "{calls} calls for 300 decisions in flight together"
     );
 }

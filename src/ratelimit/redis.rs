@@ -1,6 +1,14 @@
-//! The Redis limiter: one script call per decision checks and charges every window
+//! The Redis limiter: a script call checks and charges every window of a decision
 //! atomically, with Redis's own clock, so replicas with skewed clocks agree. Calls go over the
-//! shared multiplexed connection, pipelined with every other decision in flight.
+//! shared multiplexed connection, pipelined with every other call in flight.
+//!
+//! # Batches
+//!
+//! At most one call per subject (the same windows) is in flight from a replica. Decisions for
+//! that subject arriving meanwhile wait for it to return and then go together in the next
+//! call, which decides them one after another exactly as separate calls would: a hot key
+//! costs Redis one call per round trip, not one per request, and each decision still waits
+//! for at most one round trip after the one in flight.
 //!
 //! # While Redis is away
 //!
@@ -12,9 +20,12 @@
 //! Windows that end after that are exact again; a window that overlaps the outage may hold,
 //! on top of what Redis admitted, each replica's share.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use redis::Script;
 
@@ -33,6 +44,8 @@ use crate::plan::RateWindow;
 pub struct RedisLimiterStats {
     /// Decisions made by Redis.
     pub decisions: AtomicU64,
+    /// Script calls that decided them (a batch of decisions for one subject is one call).
+    pub calls: AtomicU64,
     /// Calls that failed or timed out.
     pub errors: AtomicU64,
     /// Decisions made by the local stand-in.
@@ -59,8 +72,16 @@ struct Shared {
     replay_pending: AtomicBool,
     /// Held by the one task telling Redis about them.
     replaying: AtomicBool,
+    /// Decisions waiting for their subject's call in flight, by the subject's window names.
+    batches: Mutex<HashMap<String, Vec<Waiting>>>,
     stats: RedisLimiterStats,
 }
+
+/// A decision waiting for a call: its cost, and where its outcome goes.
+type Waiting = (u64, oneshot::Sender<Result<RateOutcome, String>>);
+
+/// Most decisions sent in one call.
+const MOST_PER_CALL: usize = 256;
 
 /// What the script says about one window: units counted, newest time, wait.
 const WINDOW_FIELDS: usize = 3;
@@ -84,6 +105,7 @@ impl RedisLimiter {
                 down_until: AtomicI64::new(0),
                 replay_pending: AtomicBool::new(false),
                 replaying: AtomicBool::new(false),
+                batches: Mutex::new(HashMap::new()),
                 stats: RedisLimiterStats::default(),
             }),
         }
@@ -168,11 +190,12 @@ impl Shared {
                     let mut invocation = script.prepare_invoke();
                     invocation
                         .key(&window.key)
-                        .arg(window.units)
                         .arg("charge")
                         .arg("")
+                        .arg(1)
                         .arg(window.limit)
-                        .arg(window.period);
+                        .arg(window.period)
+                        .arg(window.units);
                     let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
                     match tokio::time::timeout(timeout, call).await {
                         Ok(Ok(_)) => Ok(window),
@@ -218,12 +241,84 @@ impl Shared {
         }
     }
 
+    /// Decides a request through Redis: in the next call for its subject.
     async fn decide(
-        &self,
+        self: &Arc<Self>,
         subject: Subject<'_>,
         windows: &[RateWindow],
         cost: u64,
-    ) -> Result<RateOutcome, redis::RedisError> {
+    ) -> Result<RateOutcome, String> {
+        let keys: Vec<String> = windows.iter().map(|w| counter_key(subject, w)).collect();
+        let batch = keys.join(" ");
+        let (sender, outcome) = oneshot::channel();
+        // A subject with an entry has a task calling for it, which will take this decision.
+        let first = {
+            let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+            match batches.get_mut(&batch) {
+                Some(waiting) => {
+                    waiting.push((cost, sender));
+                    false
+                }
+                None => {
+                    batches.insert(batch.clone(), vec![(cost, sender)]);
+                    true
+                }
+            }
+        };
+        if first {
+            tokio::spawn(
+                self.clone()
+                    .call_while_waiting(batch, keys, limits(windows, 1)),
+            );
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err("the call was abandoned".into()))
+    }
+
+    /// Sends the decisions waiting in `batch` in calls, one at a time, until none waits.
+    async fn call_while_waiting(
+        self: Arc<Self>,
+        batch: String,
+        keys: Vec<String>,
+        limits: Vec<(u64, u64)>,
+    ) {
+        loop {
+            let waiting: Vec<Waiting> = {
+                let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(waiting) = batches.get_mut(&batch) else {
+                    return;
+                };
+                if waiting.is_empty() {
+                    batches.remove(&batch);
+                    return;
+                }
+                let taken = waiting.len().min(MOST_PER_CALL);
+                waiting.drain(..taken).collect()
+            };
+            let costs: Vec<u64> = waiting.iter().map(|(cost, _)| *cost).collect();
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let call = tokio::time::timeout(self.timeout, self.call(&keys, &limits, &costs));
+            let outcomes = match call.await {
+                Ok(Ok(outcomes)) => outcomes.into_iter().map(Ok).collect(),
+                Ok(Err(e)) => vec![Err(e.to_string()); waiting.len()],
+                Err(_) => vec![Err(format!("no answer within {:?}", self.timeout)); waiting.len()],
+            };
+            for ((_, sender), outcome) in waiting.into_iter().zip(outcomes) {
+                // A decision that stopped waiting fell back locally; Redis counts it too.
+                let _ = sender.send(outcome);
+            }
+        }
+    }
+
+    /// One script call deciding a request of each of `costs`, in order, on the windows named
+    /// `keys` with `limits`.
+    async fn call(
+        &self,
+        keys: &[String],
+        limits: &[(u64, u64)],
+        costs: &[u64],
+    ) -> Result<Vec<RateOutcome>, redis::RedisError> {
         let mut connection = self.client.get().await.map_err(|e| {
             redis::RedisError::from((
                 redis::ErrorKind::Io,
@@ -231,44 +326,46 @@ impl Shared {
                 e.to_string(),
             ))
         })?;
-        let limits = limits(windows, 1);
         let mut invocation = self.script.prepare_invoke();
-        for window in windows {
-            invocation.key(counter_key(subject, window));
+        for key in keys {
+            invocation.key(key);
         }
-        invocation.arg(cost).arg("check").arg("");
-        for (limit, period) in &limits {
+        invocation.arg("check").arg("").arg(limits.len());
+        for (limit, period) in limits {
             invocation.arg(limit).arg(period);
+        }
+        for cost in costs {
+            invocation.arg(cost);
         }
         // EVALSHA; on NOSCRIPT (after SCRIPT FLUSH or a restart) the script is loaded again.
         let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
-        outcome_of(&reply, &limits).ok_or_else(|| {
+        outcomes_of(&reply, limits, costs.len()).ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "unexpected script reply"))
         })
     }
 }
 
-/// The outcome the script's `reply` tells for windows of `limits`.
-fn outcome_of(reply: &[i64], limits: &[(u64, u64)]) -> Option<RateOutcome> {
-    let (&allowed, &now) = (reply.first()?, reply.get(1)?);
-    let fields = reply.get(2..)?;
-    if fields.len() != limits.len() * WINDOW_FIELDS {
+/// The outcomes the script's `reply` tells for `decisions` decisions on windows of
+/// `limits`.
+fn outcomes_of(reply: &[i64], limits: &[(u64, u64)], decisions: usize) -> Option<Vec<RateOutcome>> {
+    let (&now, told) = reply.split_first()?;
+    let per_decision = 1 + limits.len() * WINDOW_FIELDS;
+    if told.len() != decisions * per_decision {
         return None;
     }
-    let windows = fields
-        .chunks_exact(WINDOW_FIELDS)
-        .zip(limits)
-        .map(|(w, &(limit, period))| {
-            let (count, newest, wait) = (w[0].max(0) as u64, w[1], w[2]);
-            let retry_after_ms = u64::try_from(wait).ok();
-            let has_room = wait == 0;
-            WindowState::new(limit, period, count, newest, now, retry_after_ms, has_room)
-        })
-        .collect();
-    Some(RateOutcome {
-        allowed: allowed == 1,
-        windows,
+    let outcome = |told: &[i64]| RateOutcome {
+        allowed: told[0] == 1,
+        windows: told[1..]
+            .chunks_exact(WINDOW_FIELDS)
+            .zip(limits)
+            .map(|(w, &(limit, period))| {
+                let (count, newest, wait) = (w[0].max(0) as u64, w[1], w[2]);
+                let retry_after_ms = u64::try_from(wait).ok();
+                WindowState::new(limit, period, count, newest, now, retry_after_ms, wait == 0)
+            })
+            .collect(),
         now,
         decided_by: DecidedBy::Redis,
-    })
+    };
+    Some(told.chunks_exact(per_decision).map(outcome).collect())
 }

@@ -204,8 +204,9 @@ return 0
 
 // The rate limiter (`ratelimit/redis.rs`).
 
-/// Checks and charges every window of one decision, with the window logs of
-/// `ratelimit/window.rs`: the same steps, on the same structure kept in a string.
+/// Checks and charges every window of a batch of decisions for one subject, in order, with
+/// the window logs of `ratelimit/window.rs`: the same steps, on the same structure kept in a
+/// string.
 ///
 /// `KEYS`: one string per window, named by
 /// [`keyspace::key_rate_window`](super::keyspace::key_rate_window) or
@@ -213,22 +214,23 @@ return 0
 /// hash tag, so they share a cluster slot. Each holds three little-endian doubles (units per
 /// group, units in the open group, newest time in ms) and then the time of each closed group,
 /// oldest first; it expires when its newest unit leaves the window.
-/// `ARGV[1]`: the request's cost; `ARGV[2]`: `check` (charge only if every window has room)
-/// or `charge` (charge regardless: admissions made while Redis was away); `ARGV[3]`: the time
-/// in ms to decide at, or empty for Redis's clock; then, for window i, `ARGV[2i+2]` its limit
-/// and `ARGV[2i+3]` its period in ms.
-/// Returns `{allowed, now_ms, count1, newest1, wait1, count2, ...}`: per window the units
-/// counted (after this request, if admitted), the newest time logged and how long until the
-/// request fits (0 when it fits now, -1 when it never can).
+/// `ARGV[1]`: `check` (a decision is charged only if every window has room for it) or
+/// `charge` (charged regardless: admissions made while Redis was away); `ARGV[2]`: the time
+/// in ms to decide at, or empty for Redis's clock; `ARGV[3]`: the number of windows n; then,
+/// for window i, `ARGV[2i+2]` its limit and `ARGV[2i+3]` its period in ms; then the cost of
+/// each decision.
+/// Returns `{now_ms, then per decision: allowed, then per window: count, newest, wait}`: the
+/// units counted (after the decision, if admitted), the newest time logged and how long until
+/// the decision would fit (0 when it fits, -1 when it never can).
 ///
 /// Times and counts are whole numbers far below 2^53, exact in Lua's doubles.
 pub const CHECK_AND_CHARGE: &str = r#"
-local now = tonumber(ARGV[3])
+local now = tonumber(ARGV[2])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local cost = tonumber(ARGV[1])
+local n = tonumber(ARGV[3])
 local HEADER = 24
 
 -- The time of the j-th closed group of a body of packed times.
@@ -251,18 +253,18 @@ local function regroup(w, size)
 end
 
 local function load(key, limit, period)
-  local w = {group = 0, open = 0, newest = 0, body = '', n = 0}
+  local w = {group = 0, open = 0, newest = 0, body = '', n = 0, limit = limit, period = period}
   local s = redis.call('GET', key)
   if s then
     w.group, w.open, w.newest = struct.unpack('<ddd', s)
     local body = string.sub(s, HEADER + 1)
-    local n = #body / 8
+    local count = #body / 8
     local horizon = now - period
     local first = 1
-    while first <= n and time_of(body, first) <= horizon do
+    while first <= count and time_of(body, first) <= horizon do
       first = first + 1
     end
-    w.body, w.n = string.sub(body, 8 * (first - 1) + 1), n - first + 1
+    w.body, w.n = string.sub(body, 8 * (first - 1) + 1), count - first + 1
     if w.n == 0 and w.newest <= horizon then
       w.open = 0
     end
@@ -282,53 +284,63 @@ local function load(key, limit, period)
   return w
 end
 
-local logs = {}
-local allowed = 1
-for i = 1, #KEYS do
-  local limit, period = tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3])
-  local w = load(KEYS[i], limit, period)
-  w.limit, w.period = limit, period
-  w.fits = w.group * w.n + w.open + cost <= limit
-  if not w.fits then
-    allowed = 0
+local function charge(w, cost)
+  if now > w.newest then
+    w.newest = now
   end
-  logs[i] = w
+  local total = w.open + cost
+  local filled = math.floor(total / w.group)
+  if filled > 0 then
+    w.body = w.body .. string.rep(struct.pack('<d', w.newest), filled)
+    w.n = w.n + filled
+  end
+  w.open = total % w.group
 end
-if allowed == 1 or ARGV[2] == 'charge' then
+
+local function wait(w, cost)
+  if cost > w.limit then
+    return -1
+  end
+  local j = math.ceil((w.group * w.n + w.open + cost - w.limit) / w.group)
+  local leaves = w.newest
+  if j >= 1 and j <= w.n then
+    leaves = time_of(w.body, j)
+  end
+  return math.max(leaves + w.period - now, 1)
+end
+
+local logs = {}
+for i = 1, n do
+  logs[i] = load(KEYS[i], tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3]))
+end
+local out = {now}
+local charged = false
+for d = 2 * n + 4, #ARGV do
+  local cost = tonumber(ARGV[d])
+  local fits = {}
+  local allowed = true
   for i, w in ipairs(logs) do
-    if now > w.newest then
-      w.newest = now
+    fits[i] = w.group * w.n + w.open + cost <= w.limit
+    allowed = allowed and fits[i]
+  end
+  if allowed or ARGV[1] == 'charge' then
+    for _, w in ipairs(logs) do
+      charge(w, cost)
     end
-    local total = w.open + cost
-    local filled = math.floor(total / w.group)
-    if filled > 0 then
-      w.body = w.body .. string.rep(struct.pack('<d', w.newest), filled)
-      w.n = w.n + filled
-    end
-    w.open = total % w.group
+    charged = true
+  end
+  table.insert(out, allowed and 1 or 0)
+  for i, w in ipairs(logs) do
+    table.insert(out, w.group * w.n + w.open)
+    table.insert(out, w.newest)
+    table.insert(out, fits[i] and 0 or wait(w, cost))
+  end
+end
+if charged then
+  for i, w in ipairs(logs) do
     local header = struct.pack('<ddd', w.group, w.open, w.newest)
     redis.call('SET', KEYS[i], header .. w.body, 'PX', w.newest + w.period - now)
   end
-end
-local out = {allowed, now}
-for _, w in ipairs(logs) do
-  local count = w.group * w.n + w.open
-  local wait = 0
-  if not w.fits then
-    if cost > w.limit then
-      wait = -1
-    else
-      local j = math.ceil((count + cost - w.limit) / w.group)
-      local leaves = w.newest
-      if j >= 1 and j <= w.n then
-        leaves = time_of(w.body, j)
-      end
-      wait = math.max(leaves + w.period - now, 1)
-    end
-  end
-  table.insert(out, count)
-  table.insert(out, w.newest)
-  table.insert(out, wait)
 end
 return out
 "#;
