@@ -19,6 +19,10 @@ pub enum RateScope {
     Owner,
 }
 
+/// The longest period a rate window may have. Rate limiters keep logged times as 32-bit
+/// millisecond offsets, which span 49 days.
+pub const MAX_PERIOD: Duration = Duration::from_secs(31 * 24 * 3600);
+
 /// At most `limit` requests per `period`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,8 +94,8 @@ pub struct Plans {
 }
 
 impl Plans {
-    /// Validates `plans` (unique non-empty names, positive limits, periods of a second or
-    /// more) and that `default_plan` is among them.
+    /// Validates `plans` (unique non-empty names, positive limits, periods from a second to
+    /// 31 days) and that `default_plan` is among them.
     pub fn new(plans: Vec<PlanConfig>, default_plan: &str) -> Result<Self, PlanError> {
         let error = |field: String, message: String| PlanError { field, message };
         let mut names = BTreeSet::new();
@@ -117,6 +121,12 @@ impl Plans {
                     return Err(error(
                         format!("{field}.period"),
                         "must be at least 1s".into(),
+                    ));
+                }
+                if window.period > MAX_PERIOD {
+                    return Err(error(
+                        format!("{field}.period"),
+                        "must be at most 31 days".into(),
                     ));
                 }
             }
@@ -221,5 +231,11 @@ mod tests {
             field(vec![short], "free"),
             "plans[0].rate_windows[0].period"
         );
+        let mut long = free();
+        long.rate_windows = vec![window(1, 1), window(1, 32 * 86_400)];
+        assert_eq!(field(vec![long], "free"), "plans[0].rate_windows[1].period");
+        let mut month = free();
+        month.rate_windows = vec![window(1, 31 * 86_400)];
+        assert!(Plans::new(vec![month], "free").is_ok());
     }
 }

@@ -18,8 +18,8 @@
 //!
 //! `g = ⌊limit / 100⌋ + 1`: below 100 every unit is its own group (an exact sliding log), and
 //! above, a refusal can come at most `g − 1 ≤ 1 %` of the limit early. A window never holds
-//! more than `limit / g + 1 ≤ 101` groups, so its state is at most about 0.8 KiB of
-//! timestamps whatever the limit. Only the newest group is partly filled; every other holds
+//! more than `limit / g + 1 ≤ 101` groups, so its state is at most about 0.4 KiB of
+//! timestamps (32-bit offsets from a base) whatever the limit. Only the newest group is partly filled; every other holds
 //! exactly `g` units, so the count is `g × closed groups + units in the open one`.
 //!
 //! A group's time is the newest of its units', and never earlier than any group before it
@@ -47,8 +47,11 @@ const MOST_GROUPS: u64 = 100;
 pub struct WindowLog {
     /// Units in each closed group (0 while the log is empty and unsized).
     group: u64,
-    /// When the newest unit of each closed group was admitted, oldest first.
-    closed: VecDeque<UnixMillis>,
+    /// When the newest unit of each closed group was admitted, oldest first, in milliseconds
+    /// after `base` (4 bytes each: a window spans at most [`crate::plan::MAX_PERIOD`]).
+    closed: VecDeque<u32>,
+    /// The time the offsets in `closed` count from.
+    base: UnixMillis,
     /// Units in the open group, fewer than `group`.
     open: u64,
     /// The newest time logged: the open group's, and the earliest any new unit is logged at.
@@ -121,7 +124,7 @@ impl WindowLog {
     /// whose newest unit has left the window and fits the group size to the limit.
     pub fn advance(&mut self, now: UnixMillis, limit: u64, period: u64) {
         let horizon = now.saturating_sub(period as i64);
-        while self.closed.front().is_some_and(|&at| at <= horizon) {
+        while self.closed_at(0).is_some_and(|at| at <= horizon) {
             self.closed.pop_front();
         }
         if self.closed.is_empty() && self.newest <= horizon {
@@ -153,9 +156,37 @@ impl WindowLog {
         }
         let total = self.open + units;
         let filled = total / self.group;
-        self.closed
-            .extend(std::iter::repeat_n(self.newest, filled as usize));
+        if filled > 0 {
+            let offset = self.offset_of_newest();
+            self.closed
+                .extend(std::iter::repeat_n(offset, filled as usize));
+        }
         self.open = total % self.group;
+    }
+
+    /// When the `i`-th closed group (oldest first) was logged.
+    fn closed_at(&self, i: usize) -> Option<UnixMillis> {
+        self.closed
+            .get(i)
+            .map(|&offset| self.base + i64::from(offset))
+    }
+
+    /// The newest time as an offset from `base`, moving `base` up to the oldest group's time
+    /// when the offset would not fit. Every logged time lies within one period of the newest,
+    /// so it then fits.
+    fn offset_of_newest(&mut self) -> u32 {
+        if self.closed.is_empty() {
+            self.base = self.newest;
+        }
+        if let Ok(offset) = u32::try_from(self.newest - self.base) {
+            return offset;
+        }
+        let shift = self.closed.front().copied().unwrap_or_default();
+        for offset in self.closed.iter_mut() {
+            *offset -= shift;
+        }
+        self.base += i64::from(shift);
+        u32::try_from(self.newest - self.base).unwrap_or(u32::MAX)
     }
 
     /// Whether a request of `cost` fits a window of `limit`, as of the last
@@ -210,10 +241,10 @@ impl WindowLog {
             return None;
         }
         let groups = excess.div_ceil(self.group) as usize;
-        let leaves = match groups.checked_sub(1).and_then(|i| self.closed.get(i)) {
-            Some(&at) => at,
-            None => self.newest,
-        };
+        let leaves = groups
+            .checked_sub(1)
+            .and_then(|i| self.closed_at(i))
+            .unwrap_or(self.newest);
         Some((leaves + period as i64 - now).max(1) as u64)
     }
 
@@ -222,14 +253,15 @@ impl WindowLog {
     fn regroup(&mut self, size: u64) {
         let total = self.count();
         let old = self.group;
-        let time_of_unit = |unit: u64| -> UnixMillis {
+        let newest = self.offset_of_newest();
+        let offset_of_unit = |unit: u64| -> u32 {
             self.closed
                 .get((unit / old) as usize)
                 .copied()
-                .unwrap_or(self.newest)
+                .unwrap_or(newest)
         };
-        let closed: VecDeque<UnixMillis> = (1..=total / size)
-            .map(|i| time_of_unit(i * size - 1))
+        let closed: VecDeque<u32> = (1..=total / size)
+            .map(|i| offset_of_unit(i * size - 1))
             .collect();
         self.closed = closed;
         self.open = total % size;
@@ -331,6 +363,24 @@ mod tests {
         // Everything leaves the window a period after the newest unit, not before.
         assert!(!decide(&mut log, 10, SECOND, 1, 1_198));
         assert!(decide(&mut log, 10, SECOND, 1, 1_199));
+    }
+
+    #[test]
+    fn a_log_in_use_for_months_keeps_its_times() {
+        // A 31-day window charged once a day for a year: the offsets are rebased as the
+        // base falls behind, and every time stays exact.
+        let (limit, period) = (1_000, 31 * 86_400 * SECOND);
+        let mut log = WindowLog::default();
+        let day = 86_400 * SECOND as i64;
+        for d in 0..365 {
+            assert!(decide(&mut log, limit, period, 11, d * day));
+        }
+        assert_eq!(log.count(), 31 * 11);
+        assert_eq!(log.closed_at(0), Some(334 * day));
+        assert_eq!(
+            log.state(limit, period, 1, 365 * day, true).reset_at,
+            364 * day + period as i64
+        );
     }
 
     #[test]
