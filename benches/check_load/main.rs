@@ -39,6 +39,11 @@
 mod load;
 mod servers;
 
+/// The allocator keygate's binary uses, so the no-op server (this binary) runs on the same
+/// stack, allocator included.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
