@@ -470,7 +470,7 @@ fn hash_with(memory: &mut [Block], params: &Params, secret: &[u8]) -> Result<Str
 
 /// The server's secret key for keyed digests. Zeroized on drop, never printed.
 #[derive(Clone)]
-pub struct Pepper(Arc<Zeroizing<Vec<u8>>>);
+pub struct Pepper(Arc<hmac::Hmac<Sha256>>);
 
 /// An HMAC-SHA-256 digest of a secret under the pepper. Safe to store and index: without the
 /// pepper it reveals nothing about the secret.
@@ -508,19 +508,21 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 impl Pepper {
-    /// Wraps pepper bytes; at least 16 are required.
+    /// Wraps pepper bytes; at least 16 are required. Only the HMAC state keyed with them is
+    /// kept (it is wiped when dropped, as the bytes are now), so no request pays for keying.
     pub fn new(bytes: Vec<u8>) -> Result<Self, PepperTooShort> {
         let bytes = Zeroizing::new(bytes);
         if bytes.len() < 16 {
             return Err(PepperTooShort(bytes.len()));
         }
-        Ok(Pepper(Arc::new(bytes)))
+        let keyed = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&bytes)
+            .expect("HMAC accepts keys of any length");
+        Ok(Pepper(Arc::new(keyed)))
     }
 
     /// HMAC-SHA-256 of `data` under the pepper.
     pub fn digest(&self, data: &[u8]) -> Digest {
-        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC accepts keys of any length");
+        let mut mac = (*self.0).clone();
         mac.update(data);
         Digest(mac.finalize().into_bytes().into())
     }
@@ -576,8 +578,7 @@ impl Pepper {
     }
 
     fn check_bytes(&self, secret: &[u8]) -> [u8; 4] {
-        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC accepts keys of any length");
+        let mut mac = (*self.0).clone();
         mac.update(SECRET_CHECK_MESSAGE);
         mac.update(&[0]);
         mac.update(secret);
