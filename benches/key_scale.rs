@@ -26,7 +26,7 @@
 //! cold Check) use the default cost.
 //!
 //! Bounded: fixed counts, every child has a time limit (the whole run takes about three
-//! minutes on two cores), and memory peaks at under 3 GiB, printed (the million warm keys,
+//! minutes on two cores), and memory peaks at about 2 GiB, printed (the million warm keys,
 //! their secrets, and redb's cache, 1 GiB at most). The stores live in a temporary
 //! directory (about 1.2 GB), removed at the end.
 
