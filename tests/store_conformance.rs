@@ -468,6 +468,46 @@ async fn embedded_records_survive_reopening() {
     assert_eq!(reopened.get_key("k1").await.unwrap(), Some(key("k1", "o1")));
 }
 
+#[tokio::test]
+async fn embedded_bulk_inserts_index_everything_and_are_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        keygate::store::embedded::EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap();
+    let mut imported = key("k2", "o1");
+    imported.lookup_digest = Some("ab".repeat(32));
+    store
+        .insert_all(
+            vec![owner("o1", "e1"), owner("o2", "e2")],
+            vec![key("k1", "o1"), imported.clone(), key("k3", "o2")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_owner("o2").await.unwrap(),
+        Some(owner("o2", "e2"))
+    );
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(key("k1", "o1")));
+    let listed = store.list_keys("o1", None, None, 10).await.unwrap();
+    assert_eq!(listed, vec![key("k1", "o1"), imported.clone()]);
+    assert_eq!(
+        store.find_key_by_digest(&"ab".repeat(32)).await.unwrap(),
+        Some(imported)
+    );
+
+    // One refusal (a taken id, after records that were fine) stores nothing of the batch.
+    let refused = store
+        .insert_all(
+            vec![owner("o3", "e3")],
+            vec![key("k4", "o3"), key("k1", "o1")],
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::AlreadyExists(_))));
+    assert_eq!(store.get_owner("o3").await.unwrap(), None);
+    assert_eq!(store.get_key("k4").await.unwrap(), None);
+    let unknown_owner = store.insert_all(vec![], vec![key("k5", "o9")]).await;
+    assert!(matches!(unknown_owner, Err(Error::NotFound(_))));
+}
+
 /// Index entries that name no record (left by a write interrupted between its steps) are
 /// invisible, and a digest left by a key that is gone is taken by the next key needing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,8 +195,8 @@ impl Authorizer {
         {
             let cost = request.cost.or(route.cost).unwrap_or(1).max(1);
             let subject = Subject {
-                owner_id: &record.owner_id,
-                key_id: &record.id,
+                owner_id: record.owner_id(),
+                key_id: record.id(),
             };
             let outcome = self
                 .limiter
@@ -208,15 +208,15 @@ impl Authorizer {
             rate = Some(outcome);
         }
         if code == DecisionCode::Ok {
-            self.usage.record(&record.id, now);
+            self.usage.record(record.id(), now);
         }
         // A revoked key is "invalid" to the client; it is not identified to anyone downstream.
         let identity = (code != DecisionCode::InvalidApiKey).then(|| Identity {
-            key_id: record.id.clone(),
-            owner_id: record.owner_id.clone(),
+            key_id: record.id().to_owned(),
+            owner_id: record.owner_id().to_owned(),
             plan,
-            scopes: record.scopes.clone(),
-            metadata: record.metadata.clone(),
+            scopes: record.scope_list(),
+            metadata: record.metadata_map(),
             expires_at: record.expires_at,
         });
         Ok(Decision {
@@ -263,7 +263,7 @@ impl Authorizer {
 
     /// The owner and plan in force for a verified key.
     async fn identify(&self, key: Arc<CachedKey>) -> Result<Identified> {
-        let owner = self.keys.owner(&key.key.owner_id).await?;
+        let owner = self.keys.owner(key.key.owner_id()).await?;
         let plan = effective_plan(&key.key, owner.as_deref())
             .unwrap_or_default()
             .to_owned();

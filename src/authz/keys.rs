@@ -8,8 +8,8 @@
 //! ends (the policy judges that per request). Imported keys that happen to be in a
 //! configured profile's format keep their embedded id, so the first path finds them.
 //!
-//! * **Verified entries**, keyed by the HMAC digest of the presented credential: the key
-//!   record and which secret matched. A verified key stays verified while its record and
+//! * **Verified entries**, keyed by the HMAC digest of the presented credential: what
+//!   decisions read of the key record ([`VerifiedKey`]) and which secret matched. A verified key stays verified while its record and
 //!   owner are unchanged: an entry goes when its key or owner changes (here and, through
 //!   [`crate::invalidation`], on every replica), when the cache needs room (`capacity`;
 //!   moka's TinyLFU keeps the keys in use), or after `ttl`, a long maximum (24 h by
@@ -56,19 +56,21 @@
 //! should a marker be pushed out early, every entry loaded before it counts as stale, which
 //! costs re-verification, never a stale answer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use crate::clock::UnixTime;
 use crate::error::{Error, Result};
 use crate::key::format::Profiles;
 use crate::key::hash::{CheckOutcome, Digest, HashError, Pepper, SecretHasher};
-use crate::model::{KeyRecord, Owner};
+use crate::model::{KeyRecord, KeyState, Owner};
 use crate::store::Store;
 
 /// Which of a key's secrets a credential matched.
@@ -114,11 +116,134 @@ impl Default for CacheConfig {
 /// A credential that proved a key.
 #[derive(Debug, Clone)]
 pub struct CachedKey {
-    /// The key's record as loaded.
-    pub key: KeyRecord,
+    /// What decisions read of the key's record, as loaded.
+    pub key: VerifiedKey,
     /// Which secret matched.
     pub matched: MatchedSecret,
     epoch: u64,
+}
+
+/// What a decision reads of a verified key's record, and nothing else. The cache holds one
+/// per warm credential, so it leaves out what no decision needs (secret hashes and checks,
+/// digests, name, profile, bookkeeping times) and keeps the strings it needs end to end in
+/// one allocation: a warm key costs three allocations here, whatever its scopes and
+/// metadata, and well under 1 KiB of memory with the cache's own bookkeeping
+/// (`cargo bench --bench key_scale`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedKey {
+    /// The id, the owner id, the plan (when the key has its own), each scope, then each
+    /// metadata key and its value, in key order.
+    text: Box<str>,
+    /// Where each of those strings ends in `text`.
+    ends: Box<[u32]>,
+    has_plan: bool,
+    scope_count: u32,
+    allowed_cidrs: Box<[IpNet]>,
+    /// Its life-cycle state.
+    pub state: KeyState,
+    /// When it stops working, if ever.
+    pub expires_at: Option<UnixTime>,
+    /// When the secret its last rotation replaced stops working, while the record keeps
+    /// that secret.
+    pub previous_expires_at: Option<UnixTime>,
+}
+
+impl VerifiedKey {
+    /// What a decision reads of `record`.
+    pub fn of(record: &KeyRecord) -> Self {
+        let strings = [record.id.as_str(), record.owner_id.as_str()]
+            .into_iter()
+            .chain(record.plan.as_deref())
+            .chain(record.scopes.iter().map(String::as_str))
+            .chain(
+                record
+                    .metadata
+                    .iter()
+                    .flat_map(|(k, v)| [k.as_str(), v.as_str()]),
+            );
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for string in strings {
+            text.push_str(string);
+            // Records are bounded to kilobytes by validation; 4 GiB is far out of reach.
+            ends.push(u32::try_from(text.len()).expect("a key record under 4 GiB"));
+        }
+        VerifiedKey {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+            has_plan: record.plan.is_some(),
+            scope_count: u32::try_from(record.scopes.len()).expect("a key record under 4 GiB"),
+            allowed_cidrs: record.allowed_cidrs.as_slice().into(),
+            state: record.state,
+            expires_at: record.expires_at,
+            previous_expires_at: record.previous_secret.as_ref().map(|p| p.expires_at),
+        }
+    }
+
+    /// The `i`th string in `text`.
+    fn string(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |before| self.ends[before]);
+        &self.text[start as usize..self.ends[i] as usize]
+    }
+
+    /// Where the scopes start among the strings.
+    fn first_scope(&self) -> usize {
+        2 + usize::from(self.has_plan)
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> &str {
+        self.string(0)
+    }
+
+    /// Its owner's id.
+    pub fn owner_id(&self) -> &str {
+        self.string(1)
+    }
+
+    /// The plan replacing its owner's, if any.
+    pub fn plan(&self) -> Option<&str> {
+        self.has_plan.then(|| self.string(2))
+    }
+
+    /// The scopes granted, in the record's order.
+    pub fn scopes(&self) -> impl ExactSizeIterator<Item = &str> {
+        let first = self.first_scope();
+        (first..first + self.scope_count as usize).map(|i| self.string(i))
+    }
+
+    /// Whether it was granted `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|s| s == scope)
+    }
+
+    /// The client networks it may be used from; empty allows any.
+    pub fn allowed_cidrs(&self) -> &[IpNet] {
+        &self.allowed_cidrs
+    }
+
+    /// Its metadata, in key order.
+    pub fn metadata(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        let first = self.first_scope() + self.scope_count as usize;
+        let entries = (self.ends.len() - first) / 2;
+        (0..entries).map(move |e| (self.string(first + 2 * e), self.string(first + 2 * e + 1)))
+    }
+
+    /// Its scopes, as an identity or a caller carries them.
+    pub fn scope_list(&self) -> Vec<String> {
+        self.scopes().map(str::to_owned).collect()
+    }
+
+    /// Its metadata, as an identity carries it.
+    pub fn metadata_map(&self) -> BTreeMap<String, String> {
+        // Inserted one by one: collecting would first gather the pairs in a vector to sort
+        // them, and they are sorted already.
+        let mut map = BTreeMap::new();
+        for (k, v) in self.metadata() {
+            map.insert(k.to_owned(), v.to_owned());
+        }
+        map
+    }
 }
 
 /// Counters that show the cache at work.
@@ -372,7 +497,7 @@ impl KeyCache {
         // A verified credential answers before anything else is worked out: the digest
         // names exactly this text, and an entry exists only for a text that verified.
         if let Some(entry) = self.verified.get(&digest).await
-            && !self.is_stale(&entry.key.id, entry.epoch)
+            && !self.is_stale(entry.key.id(), entry.epoch)
         {
             self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
             return answer(Some(entry), CacheOutcome::L1Hit);
@@ -421,7 +546,7 @@ impl KeyCache {
                     };
                 }
             };
-            if self.is_stale(&entry.key.id, entry.epoch) {
+            if self.is_stale(entry.key.id(), entry.epoch) {
                 self.verified.invalidate(&digest).await;
                 continue;
             }
@@ -445,9 +570,9 @@ impl KeyCache {
         (epoch, deadline): (u64, Instant),
         outcome: &std::sync::OnceLock<CacheOutcome>,
     ) -> std::result::Result<Arc<CachedKey>, LoadFailure> {
-        let cached = |key, matched| {
+        let cached = |key: KeyRecord, matched| {
             Arc::new(CachedKey {
-                key,
+                key: VerifiedKey::of(&key),
                 matched,
                 epoch,
             })
@@ -910,6 +1035,92 @@ mod tests {
             before + 2,
             "cleared: verified again"
         );
+    }
+
+    fn record(id: &str) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            owner_id: "own_1".into(),
+            name: "k".into(),
+            profile: Some("kg_live".into()),
+            prefix: Some("kg_live".into()),
+            kind: KeyKind::Single,
+            scopes: vec![],
+            plan: None,
+            allowed_cidrs: vec![],
+            metadata: BTreeMap::new(),
+            state: KeyState::Active,
+            disabled_by_admin: false,
+            secret_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into(),
+            secret_check: Some("check".into()),
+            lookup_digest: None,
+            previous_secret: None,
+            activation_digest: None,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+            usage_count: 0,
+        }
+    }
+
+    #[test]
+    fn a_verified_key_keeps_what_decisions_read() {
+        let full = KeyRecord {
+            plan: Some("pro".into()),
+            scopes: vec!["read".into(), "write".into(), "".into()],
+            allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            metadata: BTreeMap::from([
+                ("team".into(), "payments".into()),
+                ("empty".into(), "".into()),
+                ("é".into(), "ü😀".into()),
+            ]),
+            state: KeyState::Disabled,
+            expires_at: Some(50),
+            previous_secret: Some(crate::model::PreviousSecret {
+                hash: "old".into(),
+                check: None,
+                expires_at: 40,
+            }),
+            ..record("aaaaaaaaaaaa")
+        };
+        let key = VerifiedKey::of(&full);
+        assert_eq!(key.id(), "aaaaaaaaaaaa");
+        assert_eq!(key.owner_id(), "own_1");
+        assert_eq!(key.plan(), Some("pro"));
+        assert_eq!(key.scope_list(), full.scopes);
+        assert!(key.has_scope("write") && key.has_scope("") && !key.has_scope("wri"));
+        assert_eq!(key.allowed_cidrs(), full.allowed_cidrs.as_slice());
+        assert_eq!(key.metadata_map(), full.metadata);
+        assert_eq!(key.state, KeyState::Disabled);
+        assert_eq!(key.expires_at, Some(50));
+        assert_eq!(key.previous_expires_at, Some(40));
+
+        let bare = VerifiedKey::of(&record("bbbbbbbbbbbb"));
+        assert_eq!((bare.id(), bare.owner_id()), ("bbbbbbbbbbbb", "own_1"));
+        assert_eq!(bare.plan(), None);
+        assert_eq!(bare.scopes().len(), 0);
+        assert_eq!(bare.metadata().len(), 0);
+        assert!(bare.allowed_cidrs().is_empty());
+        assert_eq!(bare.previous_expires_at, None);
+
+        // A plan and metadata without scopes, and scopes without a plan, stay apart.
+        let plan_only = VerifiedKey::of(&KeyRecord {
+            plan: Some("pro".into()),
+            metadata: BTreeMap::from([("k".into(), "v".into())]),
+            ..record("cccccccccccc")
+        });
+        assert_eq!(plan_only.plan(), Some("pro"));
+        assert_eq!(plan_only.scopes().len(), 0);
+        assert_eq!(plan_only.metadata().collect::<Vec<_>>(), [("k", "v")]);
+        let scopes_only = VerifiedKey::of(&KeyRecord {
+            scopes: vec!["read".into()],
+            ..record("dddddddddddd")
+        });
+        assert_eq!(scopes_only.plan(), None);
+        assert_eq!(scopes_only.scopes().collect::<Vec<_>>(), ["read"]);
+        assert_eq!(scopes_only.metadata().len(), 0);
     }
 
     #[test]

@@ -4,14 +4,14 @@
 use std::net::IpAddr;
 
 use super::decision::DecisionCode;
-use super::keys::MatchedSecret;
+use super::keys::{MatchedSecret, VerifiedKey};
 use crate::clock::UnixTime;
-use crate::model::{KeyRecord, KeyState, Owner, OwnerState};
+use crate::model::{KeyState, Owner, OwnerState};
 use crate::plan::PlanConfig;
 
 /// The name of the plan in force for `key`: its own, else its owner's.
-pub fn effective_plan<'a>(key: &'a KeyRecord, owner: Option<&'a Owner>) -> Option<&'a str> {
-    key.plan.as_deref().or(owner.map(|o| o.plan.as_str()))
+pub fn effective_plan<'a>(key: &'a VerifiedKey, owner: Option<&'a Owner>) -> Option<&'a str> {
+    key.plan().or(owner.map(|o| o.plan.as_str()))
 }
 
 /// What the policy needs to know about the request.
@@ -27,7 +27,7 @@ pub struct RequestFacts<'a> {
 /// Checks run from the most to the least fundamental, so a revoked key is reported as
 /// invalid even if it also lacks a scope.
 pub fn evaluate(
-    key: &KeyRecord,
+    key: &VerifiedKey,
     matched: MatchedSecret,
     owner: Option<&Owner>,
     plan: Option<&PlanConfig>,
@@ -40,12 +40,7 @@ pub fn evaluate(
     if key.expires_at.is_some_and(|t| t <= now) {
         return DecisionCode::ExpiredApiKey;
     }
-    if matched == MatchedSecret::Previous
-        && key
-            .previous_secret
-            .as_ref()
-            .is_none_or(|p| p.expires_at <= now)
-    {
+    if matched == MatchedSecret::Previous && key.previous_expires_at.is_none_or(|t| t <= now) {
         return DecisionCode::ExpiredApiKey;
     }
     if matches!(key.state, KeyState::Disabled | KeyState::PendingActivation) {
@@ -60,14 +55,15 @@ pub fn evaluate(
     if request
         .required_scopes
         .iter()
-        .any(|needed| !key.scopes.contains(needed))
+        .any(|needed| !key.has_scope(needed))
     {
         return DecisionCode::InsufficientScope;
     }
-    if !key.allowed_cidrs.is_empty()
+    let networks = key.allowed_cidrs();
+    if !networks.is_empty()
         && !request
             .client_ip
-            .is_some_and(|ip| key.allowed_cidrs.iter().any(|net| net.contains(&ip)))
+            .is_some_and(|ip| networks.iter().any(|net| net.contains(&ip)))
     {
         return DecisionCode::IpNotAllowed;
     }
@@ -79,7 +75,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{KeyKind, PreviousSecret};
+    use crate::model::{KeyKind, KeyRecord, PreviousSecret};
 
     const NOW: UnixTime = 1_000_000;
 
@@ -147,7 +143,14 @@ mod tests {
             required_scopes: &scopes,
         };
         let plan = plan(api);
-        evaluate(key, matched, owner, Some(&plan), &facts, NOW)
+        evaluate(
+            &VerifiedKey::of(key),
+            matched,
+            owner,
+            Some(&plan),
+            &facts,
+            NOW,
+        )
     }
 
     fn simple(key: &KeyRecord) -> DecisionCode {
@@ -285,7 +288,7 @@ mod tests {
         };
         assert_eq!(
             evaluate(
-                &key(),
+                &VerifiedKey::of(&key()),
                 MatchedSecret::Current,
                 Some(&owner()),
                 None,

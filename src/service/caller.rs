@@ -18,6 +18,7 @@ use tonic::Request;
 use crate::authz::decision::DecisionCode;
 use crate::authz::engine::Authorizer;
 use crate::authz::extract::bearer_token;
+use crate::authz::keys::VerifiedKey;
 use crate::error::{Error, Result};
 use crate::manage::caller::ManagementConfig;
 use crate::secrets::AdminToken;
@@ -69,7 +70,7 @@ pub async fn authenticate<T>(auth: &ManagementAuth, request: &Request<T>) -> Res
         .check_key(token, client_ip, &[MANAGE_SCOPE.to_owned()])
         .await?;
     match (check.code, check.key) {
-        (DecisionCode::Ok, Some(key)) => Ok(Caller::Key(CallingKey::of(&key.key))),
+        (DecisionCode::Ok, Some(key)) => Ok(Caller::Key(calling_key(&key.key))),
         (DecisionCode::InsufficientScope, _) => Err(Error::PermissionDenied(format!(
             "this API key lacks the scope {MANAGE_SCOPE:?} needed to manage keys"
         ))),
@@ -77,5 +78,17 @@ pub async fn authenticate<T>(auth: &ManagementAuth, request: &Request<T>) -> Res
             Error::PermissionDenied(format!("{} ({})", code.default_message(), code.as_str())),
         ),
         _ => Err(invalid()),
+    }
+}
+
+/// The authority of the verified API key `key` as a management caller.
+fn calling_key(key: &VerifiedKey) -> CallingKey {
+    CallingKey {
+        id: key.id().to_owned(),
+        owner_id: key.owner_id().to_owned(),
+        scopes: key.scope_list(),
+        plan: key.plan().map(str::to_owned),
+        expires_at: key.expires_at,
+        allowed_cidrs: key.allowed_cidrs().to_vec(),
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -64,6 +64,24 @@ impl EmbeddedStore {
             Ok(())
         })?;
         Ok(store)
+    }
+
+    /// Stores `owners`, then `keys`, in one durable transaction: each by the rules of
+    /// [`Store::create_owner`] and [`Store::insert_key`] (without a quota), and all or
+    /// nothing, so the first refusal leaves the store as it was. For loading many records
+    /// at once, where a transaction per record would spend its time committing.
+    pub async fn insert_all(&self, owners: Vec<Owner>, keys: Vec<KeyRecord>) -> Result<()> {
+        self.write(move |txn| {
+            let mut tables = Tables::open(txn)?;
+            for owner in &owners {
+                tables.add_owner(owner)?;
+            }
+            for key in &keys {
+                tables.add_key(key, None)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `work` in one write transaction on the current thread; commits if it succeeds.
@@ -124,6 +142,116 @@ fn get_json<T: DeserializeOwned>(
         .transpose()
 }
 
+/// The tables a write of owners and keys touches, opened once per transaction.
+struct Tables<'txn> {
+    owners: Table<'txn, &'static str, &'static [u8]>,
+    by_external: Table<'txn, &'static str, &'static str>,
+    keys: Table<'txn, &'static str, &'static [u8]>,
+    by_owner: Table<'txn, (&'static str, &'static str), ()>,
+    by_digest: Table<'txn, &'static str, &'static str>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+        Ok(Tables {
+            owners: txn.open_table(OWNERS).map_err(fault)?,
+            by_external: txn.open_table(OWNERS_BY_EXTERNAL_ID).map_err(fault)?,
+            keys: txn.open_table(KEYS).map_err(fault)?,
+            by_owner: txn.open_table(KEYS_BY_OWNER).map_err(fault)?,
+            by_digest: txn.open_table(KEYS_BY_DIGEST).map_err(fault)?,
+        })
+    }
+
+    /// Adds `owner` and its external id; `AlreadyExists` if either is taken.
+    fn add_owner(&mut self, owner: &Owner) -> Result<()> {
+        if self.owners.get(owner.id.as_str()).map_err(fault)?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "owner {:?} already exists",
+                owner.id
+            )));
+        }
+        if self
+            .by_external
+            .get(owner.external_id.as_str())
+            .map_err(fault)?
+            .is_some()
+        {
+            return Err(external_id_taken(&owner.external_id));
+        }
+        self.owners
+            .insert(owner.id.as_str(), encode(owner)?.as_slice())
+            .map_err(fault)?;
+        self.by_external
+            .insert(owner.external_id.as_str(), owner.id.as_str())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    /// Adds `key` and its indexes, by the rules of [`Store::insert_key`].
+    fn add_key(&mut self, key: &KeyRecord, quota: Option<Quota>) -> Result<()> {
+        if self
+            .owners
+            .get(key.owner_id.as_str())
+            .map_err(fault)?
+            .is_none()
+        {
+            return Err(owner_not_found(&key.owner_id));
+        }
+        if self.keys.get(key.id.as_str()).map_err(fault)?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "key {:?} already exists",
+                key.id
+            )));
+        }
+        if let Some(digest) = &key.lookup_digest
+            && self
+                .by_digest
+                .get(digest.as_str())
+                .map_err(fault)?
+                .is_some()
+        {
+            return Err(Error::AlreadyExists(
+                "this key has been imported already".into(),
+            ));
+        }
+        if let Some(quota) = quota {
+            let mut counted = 0u32;
+            for entry in self
+                .by_owner
+                .range((key.owner_id.as_str(), "")..)
+                .map_err(fault)?
+            {
+                let (owned, _) = entry.map_err(fault)?;
+                let (owner_id, key_id) = owned.value();
+                if owner_id != key.owner_id {
+                    break;
+                }
+                let other: KeyRecord = get_json(&self.keys, key_id)?
+                    .ok_or_else(|| fault("owner index names a missing key"))?;
+                counted += u32::from(other.counts_against_quota(quota.now));
+            }
+            if counted >= quota.max_active_keys {
+                return Err(Error::FailedPrecondition(format!(
+                    "owner {:?} already has {counted} active keys, the most its plan allows; revoke or delete one first",
+                    key.owner_id
+                )));
+            }
+        }
+        self.keys
+            .insert(key.id.as_str(), encode(key)?.as_slice())
+            .map_err(fault)?;
+        self.by_owner
+            .insert((key.owner_id.as_str(), key.id.as_str()), ())
+            .map_err(fault)?;
+        if let Some(digest) = &key.lookup_digest {
+            self.by_digest
+                .insert(digest.as_str(), key.id.as_str())
+                .map_err(fault)?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<()> {
@@ -133,31 +261,8 @@ impl Store for EmbeddedStore {
 
     async fn create_owner(&self, owner: &Owner) -> Result<()> {
         let owner = owner.clone();
-        self.write(move |txn| {
-            let mut owners = txn.open_table(OWNERS).map_err(fault)?;
-            let mut by_external = txn.open_table(OWNERS_BY_EXTERNAL_ID).map_err(fault)?;
-            if owners.get(owner.id.as_str()).map_err(fault)?.is_some() {
-                return Err(Error::AlreadyExists(format!(
-                    "owner {:?} already exists",
-                    owner.id
-                )));
-            }
-            if by_external
-                .get(owner.external_id.as_str())
-                .map_err(fault)?
-                .is_some()
-            {
-                return Err(external_id_taken(&owner.external_id));
-            }
-            owners
-                .insert(owner.id.as_str(), encode(&owner)?.as_slice())
-                .map_err(fault)?;
-            by_external
-                .insert(owner.external_id.as_str(), owner.id.as_str())
-                .map_err(fault)?;
-            Ok(())
-        })
-        .await
+        self.write(move |txn| Tables::open(txn)?.add_owner(&owner))
+            .await
     }
 
     async fn get_owner(&self, id: &str) -> Result<Option<Owner>> {
@@ -202,62 +307,8 @@ impl Store for EmbeddedStore {
 
     async fn insert_key(&self, key: &KeyRecord, quota: Option<Quota>) -> Result<()> {
         let key = key.clone();
-        self.write(move |txn| {
-            let owners = txn.open_table(OWNERS).map_err(fault)?;
-            if owners.get(key.owner_id.as_str()).map_err(fault)?.is_none() {
-                return Err(owner_not_found(&key.owner_id));
-            }
-            let mut keys = txn.open_table(KEYS).map_err(fault)?;
-            let mut by_owner = txn.open_table(KEYS_BY_OWNER).map_err(fault)?;
-            let mut by_digest = txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
-            if keys.get(key.id.as_str()).map_err(fault)?.is_some() {
-                return Err(Error::AlreadyExists(format!(
-                    "key {:?} already exists",
-                    key.id
-                )));
-            }
-            if let Some(digest) = &key.lookup_digest
-                && by_digest.get(digest.as_str()).map_err(fault)?.is_some()
-            {
-                return Err(Error::AlreadyExists(
-                    "this key has been imported already".into(),
-                ));
-            }
-            if let Some(quota) = quota {
-                let mut counted = 0u32;
-                for entry in by_owner
-                    .range((key.owner_id.as_str(), "")..)
-                    .map_err(fault)?
-                {
-                    let (owned, _) = entry.map_err(fault)?;
-                    let (owner_id, key_id) = owned.value();
-                    if owner_id != key.owner_id {
-                        break;
-                    }
-                    let other: KeyRecord = get_json(&keys, key_id)?
-                        .ok_or_else(|| fault("owner index names a missing key"))?;
-                    counted += u32::from(other.counts_against_quota(quota.now));
-                }
-                if counted >= quota.max_active_keys {
-                    return Err(Error::FailedPrecondition(format!(
-                        "owner {:?} already has {counted} active keys, the most its plan allows; revoke or delete one first",
-                        key.owner_id
-                    )));
-                }
-            }
-            keys.insert(key.id.as_str(), encode(&key)?.as_slice())
-                .map_err(fault)?;
-            by_owner
-                .insert((key.owner_id.as_str(), key.id.as_str()), ())
-                .map_err(fault)?;
-            if let Some(digest) = &key.lookup_digest {
-                by_digest
-                    .insert(digest.as_str(), key.id.as_str())
-                    .map_err(fault)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |txn| Tables::open(txn)?.add_key(&key, quota))
+            .await
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>> {
