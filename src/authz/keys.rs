@@ -926,29 +926,10 @@ mod tests {
         async fn key(&self, id: &str, checked: bool) -> String {
             let secret = default_profile().issue(id).text().to_owned();
             let record = KeyRecord {
-                id: id.into(),
                 owner_id: "o1".into(),
-                name: "k".into(),
-                profile: Some("kg_live".into()),
-                prefix: Some("kg_live".into()),
-                kind: KeyKind::Single,
-                scopes: vec![],
-                plan: None,
-                allowed_cidrs: vec![],
-                metadata: BTreeMap::new(),
-                state: KeyState::Active,
-                disabled_by_admin: false,
                 secret_hash: self.hasher.hash(&secret).await.unwrap(),
                 secret_check: checked.then(|| self.pepper.secret_check(&secret)),
-                lookup_digest: None,
-                previous_secret: None,
-                activation_digest: None,
-                created_at: 0,
-                updated_at: 0,
-                expires_at: None,
-                revoked_at: None,
-                last_used_at: None,
-                usage_count: 0,
+                ..record(id)
             };
             self.store.insert_key(&record, None).await.unwrap();
             secret
