@@ -517,8 +517,7 @@ impl KeyCache {
             self.stats.rejection_hits.fetch_add(1, Ordering::Relaxed);
             return answer(None, CacheOutcome::RejectionHit);
         }
-        // Two rounds at most: a stale entry is dropped and loaded once more.
-        for _ in 0..2 {
+        for _ in 0..LOAD_ROUNDS {
             let epoch = self.epoch.load(Ordering::SeqCst);
             // Set by the load when this call ran it; otherwise an entry answered. The load
             // is boxed: the cold path's state (store, argon2) is far larger than the warm
@@ -696,7 +695,7 @@ impl KeyCache {
 
     /// The owner `id`, or `None` if there is none.
     pub async fn owner(&self, id: &str) -> Result<Option<Arc<Owner>>> {
-        for _ in 0..2 {
+        for _ in 0..LOAD_ROUNDS {
             let epoch = self.epoch.load(Ordering::SeqCst);
             // A cached owner answers without building the load (or its key's String).
             let loaded = match self.owners.get(id).await {
@@ -810,6 +809,12 @@ impl KeyCache {
             || self.epoch.load(Ordering::SeqCst) > loaded_at
     }
 }
+
+/// How many times a lookup drops a stale entry and loads again before it answers
+/// UNAVAILABLE. One change is usually heard more than once (from the write itself, then from
+/// Redis as the plain change and as the confirmation request), and an entry loaded while a
+/// later copy arrives is dropped too; a bound keeps a storm of changes from looping.
+const LOAD_ROUNDS: usize = 4;
 
 /// A key id's turn at argon2 without a secret check; the id's entry goes when nobody else
 /// waits for it.
