@@ -66,8 +66,8 @@ impl Backends {
     pub async fn open(config: &Config) -> Result<Self, StartError> {
         let redis = redis_client(config)?;
         let store: Arc<dyn Store> = match (&config.store, &redis) {
-            (StoreBackend::Redis, Some(pool)) => {
-                let store = RedisStore::with_client(pool.clone(), config.redis.timeout)
+            (StoreBackend::Redis, Some(client)) => {
+                let store = RedisStore::with_client(client.clone(), config.redis.timeout)
                     .await
                     .map_err(|e| StartError::Runtime(e.to_string()))?;
                 if let Some(warning) = store.persistence_warning().await {
@@ -103,6 +103,11 @@ fn redis_client(config: &Config) -> Result<Option<RedisClient>, ConfigError> {
     let used = config.store == StoreBackend::Redis || config.ratelimit.backend == Backend::Redis;
     if !used {
         return Ok(None);
+    }
+    if config.redis.pool_size.is_some() {
+        warn!(
+            "redis.pool_size is no longer used: every Redis user shares one multiplexed connection"
+        );
     }
     config
         .redis
@@ -196,12 +201,12 @@ impl App {
             profiles.clone(),
             shared
                 .clone()
-                .map(|pool| SharedVerifications::new(pool, config.cache.shared_ttl)),
+                .map(|client| SharedVerifications::new(client, config.cache.shared_ttl)),
         );
         let limiter = match (&config.ratelimit.backend, redis) {
-            (Backend::Redis, Some(pool)) => RateLimiter::redis(
+            (Backend::Redis, Some(client)) => RateLimiter::redis(
                 &config.ratelimit,
-                pool,
+                client,
                 &config.redis,
                 plans.longest_period(),
             ),
@@ -235,7 +240,7 @@ impl App {
         });
         let invalidations = Arc::new(Invalidations::new(
             authorizer.clone(),
-            shared.map(|pool| Arc::new(Replica::new(pool, &config.invalidation))),
+            shared.map(|client| Arc::new(Replica::new(client, &config.invalidation))),
         ));
         let deps = Deps {
             store: store.clone(),

@@ -40,6 +40,10 @@ pub struct RedisConfig {
     /// After a failure, how long the local stand-in is used before Redis is tried again.
     #[serde(with = "crate::clock::duration_text")]
     pub retry_after: Duration,
+    /// No longer used: one multiplexed connection replaced the pool. Still accepted, so
+    /// configurations written for earlier versions load (with a warning at start).
+    #[serde(skip_serializing)]
+    pub pool_size: Option<usize>,
 }
 
 impl Default for RedisConfig {
@@ -49,6 +53,7 @@ impl Default for RedisConfig {
             cluster_nodes: Vec::new(),
             timeout: Duration::from_millis(50),
             retry_after: Duration::from_secs(1),
+            pool_size: None,
         }
     }
 }
@@ -234,5 +239,20 @@ impl ConnectionLike for RedisConnection {
             Link::Single(c) => c.get_db(),
             Link::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_written_for_the_connection_pool_still_load() {
+        let config: RedisConfig =
+            toml::from_str("url = \"redis://10.0.0.5:6379\"\npool_size = 16\ntimeout = \"20ms\"")
+                .unwrap();
+        assert_eq!(config.pool_size, Some(16));
+        assert_eq!(config.timeout, Duration::from_millis(20));
+        assert!(config.client().is_ok());
     }
 }
