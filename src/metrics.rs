@@ -283,17 +283,19 @@ impl Collector for DataPlaneCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        let (limiter_errors, fallbacks, limiter_calls) = match authorizer.limiter() {
-            RateLimiter::Redis(redis) => {
-                let stats = redis.stats();
-                (
-                    load(&stats.errors),
-                    load(&stats.fallbacks),
-                    load(&stats.calls),
-                )
-            }
-            RateLimiter::Local(_) => (0, 0, 0),
-        };
+        let (limiter_errors, fallbacks, limiter_calls, refused_from_memory) =
+            match authorizer.limiter() {
+                RateLimiter::Redis(redis) => {
+                    let stats = redis.stats();
+                    (
+                        load(&stats.errors),
+                        load(&stats.fallbacks),
+                        load(&stats.calls),
+                        load(&stats.refused_from_memory),
+                    )
+                }
+                RateLimiter::Local(_) => (0, 0, 0, 0),
+            };
         let mut errors = encoder.encode_descriptor(
             "redis_errors",
             "Redis calls that failed or timed out, by component",
@@ -309,6 +311,12 @@ impl Collector for DataPlaneCollector {
         ConstCounter::new(limiter_calls).encode(encoder.encode_descriptor(
             "rate_limit_redis_calls",
             "Script calls of the Redis rate limiter; decisions for one subject in flight together share one",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(refused_from_memory).encode(encoder.encode_descriptor(
+            "rate_limit_refused_from_memory",
+            "Rate-limit checks refused without a Redis call, within the wait an earlier refusal told",
             None,
             MetricType::Counter,
         )?)?;

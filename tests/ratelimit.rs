@@ -534,3 +534,70 @@ async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
         "{calls} calls for 300 decisions in flight together"
     );
 }
+
+/// A subject past its limit is refused from the refusal Redis gave, until the wait it told
+/// has passed: 5 an hour, then 50 more attempts cost one more call, not fifty, and each
+/// is told to come back when the first five leave the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_repeated_from_memory_until_their_wait_passes() {
+    use keygate::clock::SystemClock;
+    use keygate::plan::{RateScope, RateWindow};
+    use keygate::ratelimit::local::LocalLimiter;
+    use keygate::ratelimit::redis::RedisLimiter;
+    use keygate::ratelimit::{DecidedBy, Subject};
+    use keygate::redis::RedisConfig;
+    use std::time::Duration;
+
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let config = RedisConfig {
+        url: redis.url(),
+        timeout: Duration::from_secs(5),
+        ..RedisConfig::default()
+    };
+    let limiter = RedisLimiter::new(
+        config.client().unwrap(),
+        &config,
+        1,
+        LocalLimiter::new(100, Duration::from_secs(3600)),
+    );
+    let windows = [RateWindow {
+        limit: 5,
+        period: Duration::from_secs(3600),
+        per: RateScope::Key,
+    }];
+    let subject = Subject {
+        owner_id: "o",
+        key_id: "eager",
+    };
+    for _ in 0..5 {
+        assert!(
+            limiter
+                .check(subject, &windows, 1, &SystemClock)
+                .await
+                .allowed
+        );
+    }
+    for _ in 0..50 {
+        let refused = limiter.check(subject, &windows, 1, &SystemClock).await;
+        assert!(!refused.allowed);
+        assert_eq!(refused.decided_by, DecidedBy::Redis);
+        let retry = refused.retry_after_secs().unwrap();
+        assert!((3590..=3600).contains(&retry), "retry after {retry} s");
+    }
+    let stats = limiter.stats();
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.refused_from_memory.load(Ordering::Relaxed), 49);
+    // Another subject is not affected.
+    let other = Subject {
+        owner_id: "o",
+        key_id: "calm",
+    };
+    assert!(
+        limiter
+            .check(other, &windows, 1, &SystemClock)
+            .await
+            .allowed
+    );
+}

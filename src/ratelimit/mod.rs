@@ -171,6 +171,18 @@ impl RateOutcome {
         }
     }
 
+    /// Milliseconds until a refused request would fit: the longest wait among the windows
+    /// without room. `None` when it was admitted, or when it never can fit.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        if self.allowed {
+            return None;
+        }
+        let mut waits = self.windows.iter().filter(|w| !w.has_room);
+        waits.try_fold(0, |longest, w| {
+            w.retry_after_ms.map(|wait| longest.max(wait))
+        })
+    }
+
     /// Whole seconds until the request would fit (at least 1), for `retry-after`. A request
     /// that can never fit is told to come back after the longest window's period.
     pub fn retry_after_secs(&self) -> Option<u64> {

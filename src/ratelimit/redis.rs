@@ -10,6 +10,15 @@
 //! costs Redis one call per round trip, not one per request, and each decision still waits
 //! for at most one round trip after the one in flight.
 //!
+//! # Refusals without a call
+//!
+//! A refusal tells when the request would fit. Until then, nothing can make room sooner:
+//! the units that refused it leave only at their times, and other replicas can only add
+//! more. So a replica that was refused for a subject refuses that subject again, at that
+//! cost or more, from memory until the time it was told (counted from when it asked, which
+//! is no later than when Redis answered): a client hammering past its limit costs Redis one
+//! call per wait, not one per request.
+//!
 //! # While Redis is away
 //!
 //! When Redis does not answer within its timeout, the in-process limiter stands in, each
@@ -46,6 +55,8 @@ pub struct RedisLimiterStats {
     pub decisions: AtomicU64,
     /// Script calls that decided them (a batch of decisions for one subject is one call).
     pub calls: AtomicU64,
+    /// Decisions refused from a refusal Redis gave earlier, without a call.
+    pub refused_from_memory: AtomicU64,
     /// Calls that failed or timed out.
     pub errors: AtomicU64,
     /// Decisions made by the local stand-in.
@@ -74,6 +85,8 @@ struct Shared {
     replaying: AtomicBool,
     /// Decisions waiting for their subject's call in flight, by the subject's window names.
     batches: Mutex<HashMap<String, Vec<Waiting>>>,
+    /// The latest refusal for each subject, by the subject's window names.
+    refusals: moka::sync::Cache<String, Arc<Refusal>>,
     stats: RedisLimiterStats,
 }
 
@@ -82,6 +95,34 @@ type Waiting = (u64, oneshot::Sender<Result<RateOutcome, String>>);
 
 /// Most decisions sent in one call.
 const MOST_PER_CALL: usize = 256;
+
+/// Most subjects whose latest refusal is remembered; the least used are forgotten first.
+const REMEMBERED_REFUSALS: u64 = 100_000;
+
+/// A refusal Redis gave: requests of `cost` or more cannot fit before `until`.
+struct Refusal {
+    cost: u64,
+    until: tokio::time::Instant,
+    asked: tokio::time::Instant,
+    outcome: RateOutcome,
+}
+
+impl Refusal {
+    /// The refusal as it stands `now`: every wait shortened by the time since it was given.
+    fn at(&self, now: tokio::time::Instant) -> RateOutcome {
+        let elapsed = now.saturating_duration_since(self.asked).as_millis() as u64;
+        let mut outcome = self.outcome.clone();
+        outcome.now += elapsed as i64;
+        for window in &mut outcome.windows {
+            if !window.has_room {
+                window.retry_after_ms = window
+                    .retry_after_ms
+                    .map(|w| w.saturating_sub(elapsed).max(1));
+            }
+        }
+        outcome
+    }
+}
 
 /// What the script says about one window: units counted, newest time, wait.
 const WINDOW_FIELDS: usize = 3;
@@ -106,6 +147,9 @@ impl RedisLimiter {
                 replay_pending: AtomicBool::new(false),
                 replaying: AtomicBool::new(false),
                 batches: Mutex::new(HashMap::new()),
+                refusals: moka::sync::Cache::builder()
+                    .max_capacity(REMEMBERED_REFUSALS)
+                    .build(),
                 stats: RedisLimiterStats::default(),
             }),
         }
@@ -250,6 +294,15 @@ impl Shared {
     ) -> Result<RateOutcome, String> {
         let keys: Vec<String> = windows.iter().map(|w| counter_key(subject, w)).collect();
         let batch = keys.join(" ");
+        if let Some(refusal) = self.refusals.get(&batch) {
+            let now = tokio::time::Instant::now();
+            if cost >= refusal.cost && now < refusal.until {
+                self.stats
+                    .refused_from_memory
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(refusal.at(now));
+            }
+        }
         let (sender, outcome) = oneshot::channel();
         // A subject with an entry has a task calling for it, which will take this decision.
         let first = {
@@ -298,9 +351,13 @@ impl Shared {
             };
             let costs: Vec<u64> = waiting.iter().map(|(cost, _)| *cost).collect();
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let asked = tokio::time::Instant::now();
             let call = tokio::time::timeout(self.timeout, self.call(&keys, &limits, &costs));
             let outcomes = match call.await {
-                Ok(Ok(outcomes)) => outcomes.into_iter().map(Ok).collect(),
+                Ok(Ok(outcomes)) => {
+                    self.remember_refusal(&batch, &costs, &outcomes, asked);
+                    outcomes.into_iter().map(Ok).collect()
+                }
                 Ok(Err(e)) => vec![Err(e.to_string()); waiting.len()],
                 Err(_) => vec![Err(format!("no answer within {:?}", self.timeout)); waiting.len()],
             };
@@ -309,6 +366,33 @@ impl Shared {
                 let _ = sender.send(outcome);
             }
         }
+    }
+
+    /// Remembers the last refusal among `outcomes` (of requests of `costs`, asked at
+    /// `asked`) that tells when it would fit.
+    fn remember_refusal(
+        &self,
+        batch: &str,
+        costs: &[u64],
+        outcomes: &[RateOutcome],
+        asked: tokio::time::Instant,
+    ) {
+        let refused = costs.iter().zip(outcomes).rev().find(|(_, o)| !o.allowed);
+        let Some((&cost, outcome)) = refused else {
+            return;
+        };
+        let Some(wait) = outcome.retry_after_ms() else {
+            return;
+        };
+        self.refusals.insert(
+            batch.to_owned(),
+            Arc::new(Refusal {
+                cost,
+                until: asked + Duration::from_millis(wait),
+                asked,
+                outcome: outcome.clone(),
+            }),
+        );
     }
 
     /// One script call deciding a request of each of `costs`, in order, on the windows named
