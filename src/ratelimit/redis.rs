@@ -124,6 +124,24 @@ impl Refusal {
     }
 }
 
+/// How the script treats the decisions it is given.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Each is charged only if every window has room for it.
+    Check,
+    /// Each is charged regardless: admissions made while Redis was away.
+    Charge,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Check => "check",
+            Mode::Charge => "charge",
+        }
+    }
+}
+
 /// What the script says about one window: units counted, newest time, wait.
 const WINDOW_FIELDS: usize = 3;
 
@@ -219,32 +237,22 @@ impl Shared {
 
     /// Charges Redis with every window log of the stand-in and forgets each log told. On
     /// failure Redis is marked down again and the logs not yet told stay for the next try.
-    async fn replay(&self) {
+    async fn replay(self: &Arc<Self>) {
         const AT_ONCE: usize = 64;
         self.replay_pending.store(false, Ordering::Relaxed);
         let mut told = 0;
         for batch in self.fallback.logged().chunks(AT_ONCE) {
             let mut calls = tokio::task::JoinSet::new();
             for window in batch {
-                let (client, script, timeout) =
-                    (self.client.clone(), self.script.clone(), self.timeout);
-                let window = window.clone();
+                let (shared, window) = (self.clone(), window.clone());
                 calls.spawn(async move {
-                    let mut connection = client.get().await.map_err(|e| e.to_string())?;
-                    let mut invocation = script.prepare_invoke();
-                    invocation
-                        .key(&window.key)
-                        .arg("charge")
-                        .arg("")
-                        .arg(1)
-                        .arg(window.limit)
-                        .arg(window.period)
-                        .arg(window.units);
-                    let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
-                    match tokio::time::timeout(timeout, call).await {
+                    let keys = [window.key.clone()];
+                    let (limits, units) = ([(window.limit, window.period)], [window.units]);
+                    let call = shared.call(Mode::Charge, &keys, &limits, &units);
+                    match tokio::time::timeout(shared.timeout, call).await {
                         Ok(Ok(_)) => Ok(window),
                         Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err(format!("no answer within {timeout:?}")),
+                        Err(_) => Err(format!("no answer within {:?}", shared.timeout)),
                     }
                 });
             }
@@ -352,7 +360,8 @@ impl Shared {
             let costs: Vec<u64> = waiting.iter().map(|(cost, _)| *cost).collect();
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             let asked = tokio::time::Instant::now();
-            let call = tokio::time::timeout(self.timeout, self.call(&keys, &limits, &costs));
+            let call =
+                tokio::time::timeout(self.timeout, self.call(Mode::Check, &keys, &limits, &costs));
             let outcomes = match call.await {
                 Ok(Ok(outcomes)) => {
                     self.remember_refusal(&batch, &costs, &outcomes, asked);
@@ -399,6 +408,7 @@ impl Shared {
     /// `keys` with `limits`.
     async fn call(
         &self,
+        mode: Mode,
         keys: &[String],
         limits: &[(u64, u64)],
         costs: &[u64],
@@ -414,7 +424,7 @@ impl Shared {
         for key in keys {
             invocation.key(key);
         }
-        invocation.arg("check").arg("").arg(limits.len());
+        invocation.arg(mode.name()).arg("").arg(limits.len());
         for (limit, period) in limits {
             invocation.arg(limit).arg(period);
         }
