@@ -216,7 +216,7 @@ async fn redis(windows: &[RateWindow], url: String) {
     let mut connection = config.client().unwrap().get().await.unwrap();
     let bytes: u64 = redis::cmd("MEMORY")
         .arg("USAGE")
-        .arg(keygate::ratelimit::counter_key(full, &window[0]))
+        .arg(keygate::ratelimit::window_key(full, &window[0]))
         .query_async(&mut connection)
         .await
         .unwrap();

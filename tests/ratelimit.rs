@@ -377,7 +377,7 @@ async fn when_redis_dies_each_replica_enforces_its_share_then_returns_to_redis()
 async fn the_redis_script_decides_exactly_as_the_local_limiter() {
     use keygate::plan::{RateScope, RateWindow};
     use keygate::ratelimit::local::LocalLimiter;
-    use keygate::ratelimit::{DecidedBy, Subject, counter_key};
+    use keygate::ratelimit::{DecidedBy, Subject, window_key};
     use std::time::Duration;
 
     let redis = tokio::task::spawn_blocking(RedisServer::start)
@@ -436,7 +436,7 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
                 .collect();
             let mut invocation = script.prepare_invoke();
             for w in windows {
-                invocation.key(counter_key(subject, w));
+                invocation.key(window_key(subject, w));
             }
             invocation.arg("check").arg(now).arg(windows.len());
             for (limit, period) in &limits {

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::window::WindowLog;
-use super::{DecidedBy, RateOutcome, Subject, counter_key, limits};
+use super::{DecidedBy, RateOutcome, Subject, limits, window_key};
 use crate::clock::UnixMillis;
 use crate::plan::RateWindow;
 
 /// Window logs in this process.
 pub struct LocalLimiter {
-    counters: moka::sync::Cache<String, Arc<Mutex<Entry>>>,
+    logs: moka::sync::Cache<String, Arc<Mutex<Entry>>>,
 }
 
 /// One window's log, with the limit and period it was last checked against.
@@ -26,7 +26,7 @@ struct Entry {
 /// A window log's totals, to be charged elsewhere (Redis, after an outage).
 #[derive(Debug, Clone)]
 pub struct LoggedWindow {
-    /// The window's counter name ([`counter_key`]).
+    /// The window's name ([`window_key`]).
     pub key: String,
     /// Units counted.
     pub units: u64,
@@ -42,7 +42,7 @@ impl LocalLimiter {
     /// A limiter keeping at most `capacity` window logs, each dropped after `idle` unused.
     pub fn new(capacity: u64, idle: Duration) -> Self {
         LocalLimiter {
-            counters: moka::sync::Cache::builder()
+            logs: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(idle)
                 .build(),
@@ -60,12 +60,12 @@ impl LocalLimiter {
         share: u64,
         decided_by: DecidedBy,
     ) -> RateOutcome {
-        let keys: Vec<String> = windows.iter().map(|w| counter_key(subject, w)).collect();
+        let keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
         let cells: Vec<Arc<Mutex<Entry>>> = keys
             .iter()
-            .map(|k| self.counters.get_with_by_ref(k, Default::default))
+            .map(|k| self.logs.get_with_by_ref(k, Default::default))
             .collect();
-        // Lock in key order, so two decisions sharing counters never wait on each other in
+        // Lock in key order, so two decisions sharing windows never wait on each other in
         // a cycle.
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
@@ -89,7 +89,7 @@ impl LocalLimiter {
 
     /// Every window log that counts units.
     pub fn logged(&self) -> Vec<LoggedWindow> {
-        self.counters
+        self.logs
             .iter()
             .filter_map(|(key, cell)| {
                 let entry = cell.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,7 +106,7 @@ impl LocalLimiter {
 
     /// Empties `window`'s log, unless it changed since it was read.
     pub fn forget(&self, window: &LoggedWindow) {
-        if let Some(cell) = self.counters.get(&window.key) {
+        if let Some(cell) = self.logs.get(&window.key) {
             let mut entry = cell.lock().unwrap_or_else(|e| e.into_inner());
             if entry.log.count() == window.units && entry.log.newest() == window.newest {
                 *entry = Entry::default();
@@ -116,8 +116,8 @@ impl LocalLimiter {
 
     /// Window logs currently kept.
     pub fn len(&self) -> u64 {
-        self.counters.run_pending_tasks();
-        self.counters.entry_count()
+        self.logs.run_pending_tasks();
+        self.logs.entry_count()
     }
 
     /// Whether no window log is kept.
@@ -276,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_counters_expire_and_memory_stays_bounded() {
+    fn idle_logs_expire_and_memory_stays_bounded() {
         let l = LocalLimiter::new(100, Duration::from_secs(3600));
         let windows = [window(10, 1, RateScope::Key)];
         for i in 0..1000 {

@@ -85,7 +85,7 @@ pub struct Subject<'a> {
 
 /// The name of one window's log for `subject`. Every log of an owner carries the same
 /// hash tag, so all windows of a decision live in one Redis Cluster slot.
-pub fn counter_key(subject: Subject<'_>, window: &RateWindow) -> String {
+pub fn window_key(subject: Subject<'_>, window: &RateWindow) -> String {
     let period = period_ms(window);
     match window.per {
         RateScope::Key => keyspace::key_rate_window(subject.owner_id, subject.key_id, period),

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 
 use super::local::LocalLimiter;
 use super::window::WindowState;
-use super::{DecidedBy, RateOutcome, Subject, counter_key, limits};
+use super::{DecidedBy, RateOutcome, Subject, limits, window_key};
 use crate::clock::{Clock, UnixMillis};
 use crate::plan::RateWindow;
 
@@ -300,7 +300,7 @@ impl Shared {
         windows: &[RateWindow],
         cost: u64,
     ) -> Result<RateOutcome, String> {
-        let keys: Vec<String> = windows.iter().map(|w| counter_key(subject, w)).collect();
+        let keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
         let batch = keys.join(" ");
         if let Some(refusal) = self.refusals.get(&batch) {
             let now = tokio::time::Instant::now();
