@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/memory.rs"]
+mod memory;
+use memory::resident;
+
 use keygate::authz::keys::{CacheConfig, KeyCache};
 use keygate::key::format::{Profiles, default_profile};
 use keygate::key::hash::{Argon2Config, Pepper, SecretHasher};
@@ -175,13 +179,6 @@ async fn warm_latencies(
         percentile(&times, 0.99),
         times.len(),
     )
-}
-
-/// Resident memory of this process, in bytes.
-fn resident() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
 }
 
 fn main() {

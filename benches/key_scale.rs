@@ -37,6 +37,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/memory.rs"]
+mod memory;
+use memory::{peak, resident};
+
 use keygate::app::{App, Backends};
 use keygate::authz::decision::DecisionCode;
 use keygate::authz::engine::AuthzRequest;
@@ -88,24 +92,6 @@ fn cheap() -> Argon2Config {
         max_concurrent: 2,
         ..Argon2Config::default()
     }
-}
-
-/// Resident memory of this process, in bytes.
-fn resident() -> u64 {
-    status_bytes("VmRSS:")
-}
-
-/// The most resident memory this process has had, in bytes.
-fn peak() -> u64 {
-    status_bytes("VmHWM:")
-}
-
-/// A figure in KiB from `/proc/self/status`, in bytes.
-fn status_bytes(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
 }
 
 /// A small, seeded generator for picking samples (splitmix64): the same picks every run.

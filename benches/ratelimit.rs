@@ -8,6 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/memory.rs"]
+mod memory;
+
 use keygate::clock::SystemClock;
 use keygate::plan::{RateScope, RateWindow};
 use keygate::ratelimit::local::LocalLimiter;
@@ -36,17 +39,6 @@ fn windows() -> Vec<RateWindow> {
             per: RateScope::Owner,
         },
     ]
-}
-
-/// Resident memory of this process in bytes.
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 fn local(windows: &[RateWindow]) {
@@ -99,9 +91,9 @@ fn local(windows: &[RateWindow]) {
         (SUBJECTS, 1, "one group"),
     ] {
         let limiter = LocalLimiter::new(10_000_000, Duration::from_secs(7200));
-        let before = resident_bytes();
+        let before = memory::resident();
         let ids: Vec<String> = (0..subjects).map(|i| format!("k{i:011}")).collect();
-        let ids_bytes = resident_bytes() - before;
+        let ids_bytes = memory::resident() - before;
         for id in &ids {
             for _ in 0..charges {
                 limiter.check(
@@ -117,7 +109,7 @@ fn local(windows: &[RateWindow]) {
                 );
             }
         }
-        let per_subject = (resident_bytes() - before - ids_bytes) as f64 / subjects as f64;
+        let per_subject = (memory::resident() - before - ids_bytes) as f64 / subjects as f64;
         println!(
             "ratelimit: local state per subject and window holding {label}: {per_subject:.0} bytes resident ({subjects} subjects)"
         );
