@@ -14,7 +14,7 @@ use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSe
 use keygate::redis::RedisConfig;
 use keygate::redis::keyspace;
 use keygate::store::redis::RedisStore;
-use keygate::store::{Quota, Store};
+use keygate::store::{KeyUse, Quota, Store};
 
 fn owner(id: &str, external: &str) -> Owner {
     Owner {
@@ -377,6 +377,34 @@ pub async fn deleting_a_key_removes_it_everywhere(store: &dyn Store) {
 
 /// Expands to one `#[tokio::test]` per conformance check for a backend. `$make` is an async
 /// expression yielding `(Arc<dyn Store>, guard)`; the guard lives until the test ends.
+pub async fn key_uses_add_up_and_skip_keys_that_are_gone(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    store.insert_key(&key("k1", "o1"), None).await.unwrap();
+    store.insert_key(&key("k2", "o1"), None).await.unwrap();
+    let used = |key_id: &str, used_at, uses| KeyUse {
+        key_id: key_id.into(),
+        used_at,
+        uses,
+    };
+    let failed = store
+        .record_uses(vec![
+            used("k1", 100, 2),
+            used("gone", 100, 1),
+            used("k2", 50, 7),
+        ])
+        .await
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    // An older use does not move `last_used_at` back; counts add up.
+    let failed = store.record_uses(vec![used("k1", 60, 3)]).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    let k1 = store.get_key("k1").await.unwrap().unwrap();
+    assert_eq!((k1.last_used_at, k1.usage_count), (Some(100), 5));
+    let k2 = store.get_key("k2").await.unwrap().unwrap();
+    assert_eq!((k2.last_used_at, k2.usage_count), (Some(50), 7));
+    assert_eq!(store.get_key("gone").await.unwrap(), None);
+}
+
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -403,6 +431,7 @@ macro_rules! conformance_suite {
             check!(keys_list_by_owner_state_and_page);
             check!(key_updates_keep_indexes_in_step);
             check!(deleting_a_key_removes_it_everywhere);
+            check!(key_uses_add_up_and_skip_keys_that_are_gone);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_inserts_never_exceed_the_quota() {

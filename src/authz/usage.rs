@@ -3,7 +3,7 @@
 //! shutdown.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::clock::UnixTime;
-use crate::error::Error;
-use crate::store::Store;
+use crate::store::{KeyUse, Store};
 
 /// `last_used_at` bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,27 +58,33 @@ impl UsageRecorder {
     }
 
     /// Writes every noted use to `store` and forgets them. Keys deleted meanwhile are
-    /// skipped; a store failure puts the uses back to be written next time.
+    /// skipped; uses the store could not record are put back to be written next time.
     pub async fn flush(&self, store: &dyn Store) {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        for (id, (used_at, uses)) in batch {
-            let result = store
-                .update_key(
-                    &id,
-                    Arc::new(move |k| {
-                        k.last_used_at = Some(k.last_used_at.map_or(used_at, |t| t.max(used_at)));
-                        k.usage_count = k.usage_count.saturating_add(uses);
-                        Ok(())
-                    }),
-                )
-                .await;
-            match result {
-                Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => {
-                    warn!(key_id = %id, "cannot record key use: {e}");
-                    self.add(&id, used_at, uses);
-                }
-            }
+        if batch.is_empty() {
+            return;
+        }
+        let uses: Vec<KeyUse> = batch
+            .into_iter()
+            .map(|(key_id, (used_at, uses))| KeyUse {
+                key_id,
+                used_at,
+                uses,
+            })
+            .collect();
+        let (failed, reason) = match store.record_uses(uses.clone()).await {
+            Ok(failed) => (failed, None),
+            Err(e) => (uses, Some(e)),
+        };
+        if failed.is_empty() {
+            return;
+        }
+        match reason {
+            Some(e) => warn!(keys = failed.len(), "cannot record key uses: {e}"),
+            None => warn!(keys = failed.len(), "cannot record some key uses"),
+        }
+        for used in failed {
+            self.add(&used.key_id, used.used_at, used.uses);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{KeyChange, OwnerChange, Quota, Store};
+use super::{KeyChange, KeyUse, OwnerChange, Quota, Store};
 use crate::error::Result;
 use crate::model::{KeyRecord, KeyState, Owner};
 
@@ -113,5 +113,10 @@ impl<H: CallHook> Store for Decorated<H> {
         self.hook
             .around("delete_key", self.inner.delete_key(id))
             .await
+    }
+
+    async fn record_uses(&self, uses: Vec<KeyUse>) -> Result<Vec<KeyUse>> {
+        let call = self.inner.record_uses(uses);
+        self.hook.around("record_uses", call).await
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, external_id_taken,
+    KeyChange, KeyUse, OwnerChange, Quota, Store, changed_key, changed_owner, external_id_taken,
     key_not_found, owner_not_found,
 };
 use crate::error::{Error, Result};
@@ -397,6 +397,23 @@ impl Store for EmbeddedStore {
             keys.insert(id.as_str(), encode(&key)?.as_slice())
                 .map_err(fault)?;
             Ok(key)
+        })
+        .await
+    }
+
+    /// All in one transaction: a flush of many keys' uses costs one durable commit.
+    async fn record_uses(&self, uses: Vec<KeyUse>) -> Result<Vec<KeyUse>> {
+        self.write(move |txn| {
+            let mut keys = txn.open_table(KEYS).map_err(fault)?;
+            for used in &uses {
+                let Some(mut key): Option<KeyRecord> = get_json(&keys, &used.key_id)? else {
+                    continue;
+                };
+                used.apply(&mut key);
+                keys.insert(used.key_id.as_str(), encode(&key)?.as_slice())
+                    .map_err(fault)?;
+            }
+            Ok(Vec::new())
         })
         .await
     }

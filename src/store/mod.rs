@@ -94,6 +94,50 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a key and its indexes, returning what was removed. `NotFound` if there is none.
     async fn delete_key(&self, id: &str) -> Result<KeyRecord>;
+
+    /// Adds each of `uses` to its key's `last_used_at` and `usage_count`, skipping keys that
+    /// are gone. Returns the uses that could not be recorded, to be tried again; an error
+    /// means none was. This default records them one key at a time; a backend that can
+    /// write them all at once does.
+    async fn record_uses(&self, uses: Vec<KeyUse>) -> Result<Vec<KeyUse>> {
+        let mut failed = Vec::new();
+        for used in uses {
+            let change: KeyChange = Arc::new({
+                let used = used.clone();
+                move |key| {
+                    used.apply(key);
+                    Ok(())
+                }
+            });
+            match self.update_key(&used.key_id, change).await {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(_) => failed.push(used),
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// Uses of one key noted since they were last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    /// The key.
+    pub key_id: String,
+    /// The latest use.
+    pub used_at: UnixTime,
+    /// How many uses.
+    pub uses: u64,
+}
+
+impl KeyUse {
+    /// Adds these uses to `key`: its latest use is the later of the two.
+    pub fn apply(&self, key: &mut KeyRecord) {
+        key.last_used_at = Some(
+            key.last_used_at
+                .map_or(self.used_at, |t| t.max(self.used_at)),
+        );
+        key.usage_count = key.usage_count.saturating_add(self.uses);
+    }
 }
 
 /// Where owners and keys live.
