@@ -14,7 +14,7 @@
 //! | `{o:OWNER}` | an owner's record, its key records and their order | a key's insert checks its owner and quota; a key's record and its place in the order change together |
 //! | `{owners}` | the owner listing and the external-id index | an owner's external id is claimed and its id listed in one step |
 //! | `{keys}` | the key-id and digest indexes | a key's id and its lookup digest are claimed together |
-//! | `{OWNER}` (after `kg:rl:`) | an owner's rate-limit counters | one decision checks and charges all of its windows in one step |
+//! | `{OWNER}` (after `kg:rw:`) | an owner's rate-limit window logs | one decision checks and charges all of its windows in one step |
 //! | `{DIGEST}` (after `kg:l2:`) | one shared verification | nothing: the tag only spreads these over the cluster |
 //! | `{replicas}` | the live replica set | nothing: it is touched alone |
 //!
