@@ -150,6 +150,42 @@ impl KeyRecord {
     }
 }
 
+/// Records for unit tests, here so that every layer's tests can start from one.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A plain active single key `id` of `owner_id`: no scopes, metadata, secret or
+    /// timestamps. Tests override what they need.
+    pub fn key_record(id: &str, owner_id: &str) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            owner_id: owner_id.into(),
+            name: "k".into(),
+            profile: Some("kg_live".into()),
+            prefix: Some("kg_live".into()),
+            kind: KeyKind::Single,
+            scopes: Vec::new(),
+            plan: None,
+            allowed_cidrs: Vec::new(),
+            metadata: BTreeMap::new(),
+            state: KeyState::Active,
+            disabled_by_admin: false,
+            secret_hash: String::new(),
+            secret_check: None,
+            lookup_digest: None,
+            previous_secret: None,
+            activation_digest: None,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+            usage_count: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

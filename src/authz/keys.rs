@@ -857,7 +857,8 @@ mod tests {
     use super::*;
     use crate::key::format::{Profiles, default_profile};
     use crate::key::hash::Argon2Config;
-    use crate::model::{KeyKind, KeyState};
+    use crate::model::KeyState;
+    use crate::model::testing::key_record;
     use crate::store::embedded::EmbeddedStore;
 
     struct Fixture {
@@ -1025,29 +1026,9 @@ mod tests {
 
     fn record(id: &str) -> KeyRecord {
         KeyRecord {
-            id: id.into(),
-            owner_id: "own_1".into(),
-            name: "k".into(),
-            profile: Some("kg_live".into()),
-            prefix: Some("kg_live".into()),
-            kind: KeyKind::Single,
-            scopes: vec![],
-            plan: None,
-            allowed_cidrs: vec![],
-            metadata: BTreeMap::new(),
-            state: KeyState::Active,
-            disabled_by_admin: false,
             secret_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into(),
             secret_check: Some("check".into()),
-            lookup_digest: None,
-            previous_secret: None,
-            activation_digest: None,
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-            usage_count: 0,
+            ..key_record(id, "own_1")
         }
     }
 

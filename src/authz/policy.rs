@@ -75,35 +75,16 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{KeyKind, KeyRecord, PreviousSecret};
+    use crate::model::testing::key_record;
+    use crate::model::{KeyRecord, PreviousSecret};
 
     const NOW: UnixTime = 1_000_000;
 
     fn key() -> KeyRecord {
         KeyRecord {
-            id: "k".into(),
-            owner_id: "o".into(),
             name: "n".into(),
-            profile: Some("kg_live".into()),
-            prefix: Some("kg_live".into()),
-            kind: KeyKind::Single,
             scopes: vec!["read".into()],
-            plan: None,
-            allowed_cidrs: vec![],
-            metadata: BTreeMap::new(),
-            state: KeyState::Active,
-            disabled_by_admin: false,
-            secret_hash: String::new(),
-            secret_check: None,
-            lookup_digest: None,
-            previous_secret: None,
-            activation_digest: None,
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-            usage_count: 0,
+            ..key_record("k", "o")
         }
     }
 

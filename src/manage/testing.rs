@@ -9,7 +9,8 @@ use crate::clock::{Clock, ManualClock, UnixTime};
 use crate::invalidation::{Invalidation, Propagation};
 use crate::key::format::{Alphabet, KeyProfile, Profiles, default_profile};
 use crate::key::hash::{Argon2Config, Pepper, SecretHasher};
-use crate::model::{KeyKind, KeyRecord, KeyState, Metadata, Name, Owner};
+use crate::model::testing::key_record;
+use crate::model::{KeyRecord, Metadata, Name, Owner};
 use crate::plan::{PlanConfig, Plans};
 use crate::store::embedded::EmbeddedStore;
 
@@ -163,28 +164,11 @@ pub fn key_caller(owner_id: &str, scopes: &[&str]) -> Caller {
 /// A plain active key record, for tests that need no store.
 pub fn record(id: &str, owner_id: &str) -> KeyRecord {
     KeyRecord {
-        id: id.into(),
-        owner_id: owner_id.into(),
         name: "ci".into(),
-        profile: Some("kg_live".into()),
-        prefix: Some("kg_live".into()),
-        kind: KeyKind::Single,
         scopes: vec!["read".into()],
-        plan: None,
-        allowed_cidrs: Vec::new(),
         metadata: BTreeMap::from([("team".into(), "core".into())]),
-        state: KeyState::Active,
-        disabled_by_admin: false,
-        secret_hash: String::new(),
-        secret_check: None,
-        lookup_digest: None,
-        previous_secret: None,
-        activation_digest: None,
         created_at: T0,
         updated_at: T0,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-        usage_count: 0,
+        ..key_record(id, owner_id)
     }
 }
