@@ -76,7 +76,7 @@ impl LocalLimiter {
         }
         let limits = limits(windows, share);
         let entries = guards.iter_mut().flatten().map(|guard| &mut **guard);
-        let logs: Vec<&mut WindowLog> = entries
+        let mut logs: Vec<&mut WindowLog> = entries
             .zip(&limits)
             .map(|(entry, &(limit, period))| {
                 entry.log.advance(now, limit, period);
@@ -84,7 +84,7 @@ impl LocalLimiter {
                 &mut entry.log
             })
             .collect();
-        RateOutcome::decide(&limits, logs.into_iter(), cost, now, decided_by)
+        RateOutcome::decide(&limits, &mut logs, cost, now, decided_by)
     }
 
     /// Every window log that counts units.

@@ -125,14 +125,13 @@ pub struct RateOutcome {
 impl RateOutcome {
     /// Decides a request of `cost` on the logs of `windows` (limit, period in ms), already
     /// advanced to `now`: admitted when every window has room, and then charged to each.
-    pub fn decide<'a>(
+    pub fn decide(
         windows: &[(u64, u64)],
-        logs: impl ExactSizeIterator<Item = &'a mut WindowLog>,
+        logs: &mut [&mut WindowLog],
         cost: u64,
         now: UnixMillis,
         decided_by: DecidedBy,
     ) -> RateOutcome {
-        let mut logs: Vec<&mut WindowLog> = logs.collect();
         let fits: Vec<bool> = logs
             .iter()
             .zip(windows)
