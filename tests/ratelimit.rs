@@ -15,9 +15,15 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use keygate::proto;
 use std::sync::Arc;
 
-use keygate::ratelimit::{RateLimiter, redis::RedisLimiterStats};
+use keygate::clock::SystemClock;
+use keygate::plan::{RateScope, RateWindow};
+use keygate::ratelimit::local::LocalLimiter;
+use keygate::ratelimit::redis::{RedisLimiter, RedisLimiterStats};
+use keygate::ratelimit::{DecidedBy, RateLimiter, Subject};
+use keygate::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::embedded::EmbeddedStore;
+use std::time::Duration;
 
 /// Plans for these tests: 5 a second per key and 8 a minute per owner; 10 an hour per key.
 const PLANS: &str = r#"
@@ -375,10 +381,7 @@ async fn when_redis_dies_each_replica_enforces_its_share_then_returns_to_redis()
 /// in one call, and through limit changes (which regroup the logs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_script_decides_exactly_as_the_local_limiter() {
-    use keygate::plan::{RateScope, RateWindow};
-    use keygate::ratelimit::local::LocalLimiter;
-    use keygate::ratelimit::{DecidedBy, Subject, window_key};
-    use std::time::Duration;
+    use keygate::ratelimit::window_key;
 
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
@@ -475,18 +478,8 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
     );
 }
 
-/// Decisions for one key in flight together go to Redis in shared calls, and are decided
-/// exactly as one by one: of 300 at once against 120 an hour, exactly 120 pass.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
-    use keygate::clock::SystemClock;
-    use keygate::plan::{RateScope, RateWindow};
-    use keygate::ratelimit::local::LocalLimiter;
-    use keygate::ratelimit::redis::RedisLimiter;
-    use keygate::ratelimit::{DecidedBy, Subject};
-    use keygate::redis::RedisConfig;
-    use std::time::Duration;
-
+/// A Redis limiter (one replica) on its own fresh redis-server, which is the guard.
+async fn redis_limiter() -> (RedisLimiter, RedisServer) {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
@@ -495,17 +488,27 @@ async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
         timeout: Duration::from_secs(5),
         ..RedisConfig::default()
     };
-    let limiter = Arc::new(RedisLimiter::new(
-        config.client().unwrap(),
-        &config,
-        1,
-        LocalLimiter::new(100, Duration::from_secs(3600)),
-    ));
-    let windows = [RateWindow {
-        limit: 120,
+    let fallback = LocalLimiter::new(100, Duration::from_secs(3600));
+    let limiter = RedisLimiter::new(config.client().unwrap(), &config, 1, fallback);
+    (limiter, redis)
+}
+
+/// One per-key window of `limit` an hour.
+fn hourly(limit: u64) -> [RateWindow; 1] {
+    [RateWindow {
+        limit,
         period: Duration::from_secs(3600),
         per: RateScope::Key,
-    }];
+    }]
+}
+
+/// Decisions for one key in flight together go to Redis in shared calls, and are decided
+/// exactly as one by one: of 300 at once against 120 an hour, exactly 120 pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
+    let (limiter, _redis) = redis_limiter().await;
+    let limiter = Arc::new(limiter);
+    let windows = hourly(120);
     let mut decisions = tokio::task::JoinSet::new();
     for _ in 0..300 {
         let (limiter, windows) = (limiter.clone(), windows.clone());
@@ -540,33 +543,8 @@ async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
 /// is told to come back when the first five leave the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_repeated_from_memory_until_their_wait_passes() {
-    use keygate::clock::SystemClock;
-    use keygate::plan::{RateScope, RateWindow};
-    use keygate::ratelimit::local::LocalLimiter;
-    use keygate::ratelimit::redis::RedisLimiter;
-    use keygate::ratelimit::{DecidedBy, Subject};
-    use keygate::redis::RedisConfig;
-    use std::time::Duration;
-
-    let redis = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let config = RedisConfig {
-        url: redis.url(),
-        timeout: Duration::from_secs(5),
-        ..RedisConfig::default()
-    };
-    let limiter = RedisLimiter::new(
-        config.client().unwrap(),
-        &config,
-        1,
-        LocalLimiter::new(100, Duration::from_secs(3600)),
-    );
-    let windows = [RateWindow {
-        limit: 5,
-        period: Duration::from_secs(3600),
-        per: RateScope::Key,
-    }];
+    let (limiter, _redis) = redis_limiter().await;
+    let windows = hourly(5);
     let subject = Subject {
         owner_id: "o",
         key_id: "eager",
