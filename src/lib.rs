@@ -27,6 +27,8 @@
 //!      ([`redis::scripts`]).
 //!    - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
 //!    - [`ratelimit`] — sliding-window rate limits, local and in Redis.
+//!    - [`connection`] — accepted connections prepared for small answers: no Nagle delay,
+//!      HTTP/2 frames coalesced into one write.
 //!    - [`tls`] — TLS on the gRPC listeners: certificates reloaded when their files change,
 //!      handshakes with a deadline, the identity a client certificate proves.
 //! 3. Data plane
@@ -72,6 +74,7 @@ pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod invalidation;
 pub mod key;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tonic::codegen::{Body, Bytes, StdError};
 use tonic::service::Routes;
 use tower::layer::util::{Identity, Stack};
@@ -26,6 +26,7 @@ use crate::admission::AdmissionLayer;
 use crate::app::{App, Backends, StartError, create_data_dir};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ServeArgs};
+use crate::connection::{self, Unvectored};
 use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
 use crate::secrets::{PepperSource, Secrets};
@@ -451,10 +452,12 @@ where
     }
 }
 
-/// Accepted connections with Nagle's algorithm off: answers are small and must leave at
-/// once, not wait for the client's delayed acknowledgement.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Accepted plaintext connections, prepared for small answers ([`connection::plaintext`]).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Unvectored<TcpStream>>> {
+    use tokio_stream::StreamExt;
+    TcpIncoming::from(listener).map(|accepted| accepted.map(connection::plaintext))
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {

@@ -24,6 +24,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+use crate::connection::Unvectored;
+
 /// TLS for the data plane and the management API. Setting `cert_file` and `key_file`
 /// turns it on for both; each listener may override any file or turn TLS off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,7 +287,7 @@ pub fn accept(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     handshake_timeout: Duration,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<io::Result<Unvectored<TlsStream<TcpStream>>>> {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -306,7 +308,7 @@ pub fn accept(
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
+                        let _ = sender.send(Ok(Unvectored(stream))).await;
                     }
                     Ok(Err(e)) => handshake_failed(peer, &e.to_string()),
                     Err(_) => handshake_failed(peer, "timed out"),
