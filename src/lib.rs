@@ -52,6 +52,8 @@
 //! 7. Adapters
 //!    - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager): authenticate,
 //!      convert, call a plane, convert back.
+//!    - [`http`] — HTTP beside gRPC on the same ports: JSON routes transcoded into the gRPC
+//!      calls, their OpenAPI document.
 //! 8. Composition root
 //!    - [`app`] — builds every part from the configuration, once.
 //!    - [`reflection`] — gRPC reflection listing exactly each listener's services, Envoy's
@@ -76,6 +78,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod http;
 pub mod invalidation;
 pub mod key;
 pub mod manage;
@@ -97,4 +100,9 @@ pub mod tls;
 pub mod proto {
     #![allow(missing_docs)]
     tonic::include_proto!("keygate.v1");
+
+    /// The descriptors of keygate's protos and what they import: offered through gRPC
+    /// reflection, read for the management API's method names and the JSON mapping.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("keygate_descriptor");
 }

@@ -6,11 +6,7 @@
 
 use tonic_reflection::server::{Builder, Error, v1, v1alpha};
 
-use crate::proto::{authorizer_server, key_manager_server};
-
-/// keygate's own protobuf descriptors, offered through gRPC reflection and read
-/// for the management API's method names.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keygate_descriptor");
+use crate::proto::{FILE_DESCRIPTOR_SET, authorizer_server, key_manager_server};
 
 /// Envoy's ext_authz service (`envoy.service.auth.v3`) and everything it imports, compiled
 /// at build time from the protos the envoy-types crate ships. Only the descriptors: the

@@ -27,6 +27,7 @@ use crate::app::{App, Backends, StartError, create_data_dir};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ServeArgs};
 use crate::connection::{self, Unvectored};
+use crate::http::{HttpApi, HttpLayer};
 use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
 use crate::secrets::{PepperSource, Secrets};
@@ -268,21 +269,24 @@ pub async fn start(
     })
 }
 
-/// A router with keygate's tower layer in front of every call.
-type LayeredRouter = Router<Stack<RpcLayer, Identity>>;
+/// A router answering HTTP requests, with keygate's tower layer in front of every call.
+type LayeredRouter = Router<Stack<RpcLayer, Stack<HttpLayer, Identity>>>;
 
 /// The data plane's router: the same, then admission.
-type AdmittedRouter = Router<Stack<AdmissionLayer, Stack<RpcLayer, Identity>>>;
+type AdmittedRouter = Router<Stack<AdmissionLayer, Stack<RpcLayer, Stack<HttpLayer, Identity>>>>;
 
 /// The management listener's services: KeyManager, health and reflection, each call
-/// traced and counted.
+/// traced and counted; the JSON routes and their OpenAPI document beside them.
 fn management_router(
     app: &Arc<App>,
     health: HealthServer<impl Health>,
 ) -> Result<LayeredRouter, StartError> {
     let (v1, v1alpha) = crate::reflection::management().map_err(reflection_failed)?;
     let calls = CallCounter::new(app.metrics.clone(), management_methods());
+    let http = HttpApi::management().map_err(routes_failed)?;
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(HttpLayer::new(http))
         .layer(RpcLayer::counted(calls))
         .add_service(health)
         .add_service(v1)
@@ -294,7 +298,7 @@ fn management_router(
 }
 
 /// The data-plane listener's services: Check, Authorize, health and reflection, each call
-/// traced and admitted within the configured limits.
+/// traced and admitted within the configured limits; Authorize's JSON route beside them.
 fn data_plane_router(
     app: &Arc<App>,
     health: HealthServer<impl Health>,
@@ -302,7 +306,9 @@ fn data_plane_router(
     let (v1, v1alpha) = crate::reflection::data_plane().map_err(reflection_failed)?;
     let plane = &app.data_plane;
     let admission = &app.config.admission;
+    let http = HttpApi::data_plane().map_err(routes_failed)?;
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(admission.max_concurrent_streams)
         // Under overload Envoy gives up on calls still queued on the connection and resets
         // their streams; h2 drops the whole connection (every admitted call on it) once
@@ -310,6 +316,7 @@ fn data_plane_router(
         // open, so a client can have several times `max_concurrent_streams` of them: allow
         // four times, still a bound on the memory they hold.
         .http2_max_pending_accept_reset_streams(Some(4 * admission.max_concurrent_streams as usize))
+        .layer(HttpLayer::new(http))
         .layer(RpcLayer::spans())
         .layer(AdmissionLayer::new(admission, app.metrics.clone()))
         .add_service(health)
@@ -320,6 +327,10 @@ fn data_plane_router(
         )))
         .add_service(AuthorizerServer::new(AuthorizerService::new(plane.clone())));
     Ok(router)
+}
+
+fn routes_failed(e: crate::http::transcode::RouteError) -> StartError {
+    StartError::Runtime(format!("cannot build the JSON routes: {e}"))
 }
 
 fn reflection_failed(e: tonic_reflection::server::Error) -> StartError {
@@ -536,9 +547,8 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 fn management_methods() -> Vec<String> {
     use prost::Message;
     let service = <KeyManagerServer<KeyManagerService> as NamedService>::NAME;
-    let descriptors =
-        prost_types::FileDescriptorSet::decode(crate::reflection::FILE_DESCRIPTOR_SET)
-            .unwrap_or_default();
+    let descriptors = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+        .unwrap_or_default();
     descriptors
         .file
         .iter()
