@@ -1,7 +1,7 @@
-//! The management authority rule, through the real binary and independent clients (grpcurl
-//! and keygate's CLI): an API key holding `keygate:keys` may only touch and make keys no
-//! stronger than itself — every RPC against every dimension, allowed and refused — while
-//! the admin may do all of it.
+//! The management authority rule, through the real binary and independent clients (grpcurl,
+//! curl on the JSON routes, and keygate's CLI): an API key holding `keygate:keys` may only
+//! touch and make keys no stronger than itself — every RPC against every dimension, allowed
+//! and refused, over gRPC and over JSON — while the admin may do all of it.
 
 mod common;
 
@@ -32,7 +32,17 @@ struct Refusal {
     message: String,
 }
 
+/// How the fixture calls the management API.
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    /// gRPC, with grpcurl.
+    Grpc,
+    /// The JSON routes, with curl.
+    Json,
+}
+
 struct Fixture {
+    transport: Transport,
     server: KeygateProcess,
     _dir: tempfile::TempDir,
     owner_id: String,
@@ -54,7 +64,7 @@ fn rfc3339(unix: u64) -> String {
 }
 
 impl Fixture {
-    fn start() -> Fixture {
+    fn start(transport: Transport) -> Fixture {
         let dir = common::data_dir();
         let config = format!("{}{PLANS}", common::TEST_CONFIG);
         let server = KeygateProcess::start_with_config(
@@ -66,6 +76,7 @@ impl Fixture {
             ],
         );
         let mut fixture = Fixture {
+            transport,
             server,
             _dir: dir,
             owner_id: String::new(),
@@ -97,8 +108,20 @@ impl Fixture {
         fixture
     }
 
-    /// Calls `keygate.v1.KeyManager/<method>` with grpcurl, as the holder of `token`.
+    /// Calls `keygate.v1.KeyManager/<method>` as the holder of `token`, over the
+    /// fixture's transport.
     fn call(&self, token: &str, method: &str, body: Value) -> Result<Value, Refusal> {
+        match self.transport {
+            Transport::Grpc => self.call_grpc(token, method, body),
+            Transport::Json => {
+                common::json_api::call(self.server.management_addr, token, method, body)
+                    .map_err(|(code, message)| Refusal { code, message })
+            }
+        }
+    }
+
+    /// Calls `keygate.v1.KeyManager/<method>` with grpcurl.
+    fn call_grpc(&self, token: &str, method: &str, body: Value) -> Result<Value, Refusal> {
         let output = Command::new(venv_tool("grpcurl"))
             .arg("-plaintext")
             .arg("-H")
@@ -201,8 +224,17 @@ fn random_text(len: usize) -> String {
 }
 
 #[test]
-fn a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself() {
-    let f = Fixture::start();
+fn a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself_over_grpc() {
+    a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself(Transport::Grpc);
+}
+
+#[test]
+fn a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself_over_json() {
+    a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself(Transport::Json);
+}
+
+fn a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself(transport: Transport) {
+    let f = Fixture::start(transport);
 
     f.call(&f.caller, "CreateKey", f.within())
         .expect("a key within the caller's authority");
@@ -275,8 +307,17 @@ fn a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself() {
 }
 
 #[test]
-fn a_self_service_key_touches_only_siblings_no_stronger_than_itself() {
-    let f = Fixture::start();
+fn a_self_service_key_touches_only_siblings_no_stronger_than_itself_over_grpc() {
+    a_self_service_key_touches_only_siblings_no_stronger_than_itself(Transport::Grpc);
+}
+
+#[test]
+fn a_self_service_key_touches_only_siblings_no_stronger_than_itself_over_json() {
+    a_self_service_key_touches_only_siblings_no_stronger_than_itself(Transport::Json);
+}
+
+fn a_self_service_key_touches_only_siblings_no_stronger_than_itself(transport: Transport) {
+    let f = Fixture::start(transport);
     let by_id = |id: &str| json!({"id": id});
     let rename = |id: &str| json!({"key": {"id": id, "name": "renamed"}, "update_mask": {"paths": ["name"]}});
     let rotate = |id: &str| json!({"id": id, "grace": "3600s"});
@@ -330,8 +371,17 @@ fn a_self_service_key_touches_only_siblings_no_stronger_than_itself() {
 }
 
 #[test]
-fn a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself() {
-    let f = Fixture::start();
+fn a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself_over_grpc() {
+    a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself(Transport::Grpc);
+}
+
+#[test]
+fn a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself_over_json() {
+    a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself(Transport::Json);
+}
+
+fn a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself(transport: Transport) {
+    let f = Fixture::start(transport);
     let update = |id: &str, key: Value, mask: &str| {
         let mut key = key;
         key["id"] = json!(id);
@@ -398,7 +448,7 @@ fn a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself() {
 
 #[test]
 fn the_cli_keeps_the_same_rule_for_create_and_rotate() {
-    let f = Fixture::start();
+    let f = Fixture::start(Transport::Grpc);
     let cli = |args: &[&str]| {
         Command::new(keygate_bin())
             .args(args)

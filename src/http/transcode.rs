@@ -366,6 +366,7 @@ async fn read_message(
     if let Some(id) = id {
         set_from_text(&mut fields, &input, route.id_field, &id, false).map_err(invalid)?;
     }
+    camel_case_masks(&mut fields, &input);
     DynamicMessage::deserialize_with_options(
         input,
         Value::Object(fields),
@@ -459,6 +460,43 @@ fn typed(kind: &Kind, text: &str) -> Result<Value, &'static str> {
         Kind::Message(message) if !is_text_message(message) => Err("set in the JSON body"),
         _ => Ok(Value::String(text.to_owned())),
     }
+}
+
+/// Field masks in the proto3 JSON mapping name fields in camelCase; the proto names
+/// (`expire_time`) are taken too, as everywhere else in the request.
+fn camel_case_masks(fields: &mut Map<String, Value>, message: &MessageDescriptor) {
+    for field in message.fields() {
+        let is_mask = matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask");
+        if !is_mask {
+            continue;
+        }
+        for name in [field.name(), field.json_name()] {
+            if let Some(Value::String(paths)) = fields.get_mut(name) {
+                *paths = paths
+                    .split(',')
+                    .map(|path| lower_camel_case(path.trim()))
+                    .collect::<Vec<_>>()
+                    .join(",");
+            }
+        }
+    }
+}
+
+/// `expire_time` as `expireTime`; a name already in camelCase stays as it is.
+fn lower_camel_case(name: &str) -> String {
+    let mut camel = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                camel.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            c => camel.push(c),
+        }
+    }
+    camel
 }
 
 /// Whether `message` is written as one JSON string (timestamps, durations, field masks).
@@ -572,7 +610,7 @@ async fn json_answer(output: MessageDescriptor, answer: Response<Body>) -> Respo
     let mut json = Vec::with_capacity(data.len() * 2);
     let written = message.serialize_with_options(
         &mut serde_json::Serializer::new(&mut json),
-        &SerializeOptions::new(),
+        &SerializeOptions::new().skip_default_fields(false),
     );
     match written {
         Ok(()) => json_response(StatusCode::OK, Bytes::from(json)),
@@ -727,6 +765,16 @@ mod tests {
         let mut fields =
             serde_json::from_str::<Map<String, Value>>(r#"{"key": {"id": "key_1"}}"#).unwrap();
         set_from_text(&mut fields, &input, "key.id", "key_1", false).unwrap();
+    }
+
+    #[test]
+    fn field_masks_take_either_spelling() {
+        let transcoder = Transcoder::new(management_routes()).unwrap();
+        let input = transcoder.method(8).input();
+        let mut fields: Map<String, Value> =
+            serde_json::from_str(r#"{"update_mask": "expire_time, allowedCidrs,name"}"#).unwrap();
+        camel_case_masks(&mut fields, &input);
+        assert_eq!(fields["update_mask"], "expireTime,allowedCidrs,name");
     }
 
     #[test]

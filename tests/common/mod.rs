@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod faulty;
 pub mod helm;
 pub mod http;
+pub mod json_api;
 pub mod kubernetes;
 pub mod otlp;
 pub mod pki;

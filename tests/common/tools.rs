@@ -16,3 +16,17 @@ pub fn venv_tool(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Path of system command `name`, which `scripts/install-test-tools` installs from Debian
+/// packages.
+#[allow(dead_code)] // the benches drive only the venv's tools
+pub fn system_tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not on PATH: run scripts/install-test-tools (scripts/test does it for you)")
+        })
+}
