@@ -412,3 +412,46 @@ async fn identity_headers_cannot_be_forged_on_a_route_keygate_does_not_check() {
         "other headers pass"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_and_revoked_over_json_is_obeyed_at_the_next_request() {
+    let s = stack().await;
+    let management = s.keygate.server.management_addr();
+    let call = |rpc: &'static str, message: serde_json::Value| {
+        tokio::task::spawn_blocking(move || {
+            common::json_api::call(management, ADMIN_TOKEN, rpc, message)
+                .unwrap_or_else(|refusal| panic!("{rpc}: {refusal:?}"))
+        })
+    };
+    let owner = call(
+        "CreateOwner",
+        serde_json::json!({"externalId": "json-co", "displayName": "JSON Co", "plan": "pro"}),
+    )
+    .await
+    .unwrap();
+    let created = call(
+        "CreateKey",
+        serde_json::json!({"ownerId": owner["id"], "name": "over json", "scopes": ["read"]}),
+    )
+    .await
+    .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+
+    let ok = s.get("/v1/sites", &[("x-api-key", &secret)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let received = s.http.requests();
+    assert_eq!(received[0].header("x-keygate-key-id"), Some(id.as_str()));
+
+    call("RevokeKey", serde_json::json!({"id": id}))
+        .await
+        .unwrap();
+    let refused = s.get("/v1/sites", &[("x-api-key", &secret)]).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(json(&refused)["error"]["code"], "INVALID_API_KEY");
+    assert_eq!(
+        s.http.requests().len(),
+        1,
+        "the upstream saw only the allowed one"
+    );
+}

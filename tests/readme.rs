@@ -226,3 +226,88 @@ fn the_readme_install_section_matches_the_chart() {
         }
     }
 }
+
+/// The code block of `language` in the README section titled `heading`.
+fn section_block(readme: &str, heading: &str, language: &str) -> String {
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("the README has a {heading:?} section"));
+    let section = &readme[start + heading.len() + 2..];
+    let end = ["\n## ", "\n### "]
+        .iter()
+        .filter_map(|heading| section.find(heading))
+        .min()
+        .unwrap_or(section.len());
+    section[..end]
+        .split(&format!("```{language}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("{heading} has a {language} example"))
+        .to_owned()
+}
+
+#[test]
+fn the_readme_json_api_examples_work_as_written() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let dir = common::data_dir();
+    let server = common::process::KeygateProcess::start(
+        dir.path(),
+        &[
+            ("KEYGATE_PEPPER", "readme json pepper 0123456"),
+            ("KEYGATE_ADMIN_TOKEN", common::ADMIN_TOKEN),
+        ],
+    );
+    let env = [
+        ("KEYGATE_URL", server.url()),
+        ("KEYGATE_ADMIN_TOKEN", common::ADMIN_TOKEN.to_owned()),
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+    ];
+    let run = |program: PathBuf, flag: &str, script: String| {
+        let output = Command::new(program)
+            .args([flag, &script])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v.as_str())))
+            .output()
+            .expect("cannot run the example");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{script}\n{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+
+    let shell = section_block(&readme, "### Over HTTP (JSON)", "sh");
+    common::tools::system_tool("jq");
+    let printed = run(common::tools::system_tool("bash"), "-ec", shell);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert!(lines[0].ends_with(" ci KEY_STATE_ACTIVE"), "{printed}");
+    assert_eq!(lines[1], "KEY_STATE_REVOKED");
+
+    let python = section_block(&readme, "### Over HTTP (JSON)", "python");
+    let printed = run(common::tools::venv_tool("python"), "-c", python);
+    assert_eq!(printed, "['ci']\nKEY_STATE_REVOKED\n");
+
+    // What the examples made is what the server holds.
+    let (status, owners) = common::json_api::send(
+        server.management_addr,
+        common::ADMIN_TOKEN,
+        "GET",
+        "/v1/owners",
+        None,
+    );
+    assert_eq!(status, 200);
+    let names: Vec<&str> = owners["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["externalId"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{owners}");
+    assert!(
+        names.contains(&"acme") && names.contains(&"globex"),
+        "{owners}"
+    );
+}
