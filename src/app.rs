@@ -10,11 +10,12 @@ use tracing::{info, warn};
 use crate::authz::engine::Authorizer;
 use crate::authz::keys::{KeyCache, SharedVerifications};
 use crate::authz::response::Responder;
+use crate::authz::usage::UsageRecorder;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::invalidation::{Invalidation, Invalidations, Propagation, Replica};
 use crate::key::hash::SecretHasher;
-use crate::manage::{Deps, Invalidator, Keys, Owners};
+use crate::manage::{Deps, Invalidator, Keys, Owners, Usage};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Backend, RateLimiter};
 use crate::redis::RedisClient;
@@ -216,6 +217,7 @@ impl App {
         let authorizer = Arc::new(Authorizer::new(
             keys,
             limiter,
+            UsageRecorder::new(config.time_zone.clone(), config.usage.history_days),
             config.routes.clone(),
             plans.clone(),
             clock.clone(),
@@ -249,6 +251,7 @@ impl App {
             profiles,
             plans,
             clock,
+            calendar: config.time_zone.clone(),
             invalidator: invalidations.clone(),
         };
         let management = Arc::new(ManagementPlane {
@@ -261,7 +264,8 @@ impl App {
                 authorizer: authorizer.clone(),
             },
             owners: Owners::new(deps.clone()),
-            keys: Keys::new(deps),
+            keys: Keys::new(deps.clone()),
+            usage: Usage::new(deps),
         });
         Ok(App {
             metrics,

@@ -13,6 +13,7 @@
 //!
 //! 1. Foundations
 //!    - [`clock`] — injected time; durations written as text.
+//!    - [`calendar`] — calendar days in the configured time zone.
 //!    - [`error`] — the error shape callers can act on (invalid, not found, unavailable...).
 //!    - [`key`] — key text format ([`key::format`]), argon2id hashing and peppered digests
 //!      ([`key::hash`]).
@@ -73,6 +74,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod authz;
+pub mod calendar;
 pub mod cli;
 pub mod clock;
 pub mod config;

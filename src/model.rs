@@ -186,6 +186,40 @@ pub(crate) mod testing {
     }
 }
 
+/// Requests of one key on one calendar day: how many were allowed, and how many were
+/// denied, by decision code (`RATE_LIMITED`, `EXPIRED_API_KEY`...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyUsage {
+    /// Allowed requests.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub allowed: u64,
+    /// Denied requests by decision code.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub denied: BTreeMap<String, u64>,
+}
+
+impl DailyUsage {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &DailyUsage) {
+        self.allowed = self.allowed.saturating_add(other.allowed);
+        for (code, count) in &other.denied {
+            let total = self.denied.entry(code.clone()).or_default();
+            *total = total.saturating_add(*count);
+        }
+    }
+
+    /// Every denied request, whatever its code.
+    pub fn denied_total(&self) -> u64 {
+        self.denied
+            .values()
+            .fold(0, |sum, n| sum.saturating_add(*n))
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,7 +240,7 @@ pub async fn start(
             follow_invalidations(app, closed.clone()),
             track_readiness(app, &reporter, stopped),
         );
-        app.authorizer.usage().flush(app.store.as_ref()).await;
+        app.authorizer.flush_usage(app.store.as_ref()).await;
         management
             .and(data_plane)
             .and(health)
@@ -345,7 +345,7 @@ async fn flush_usage(app: &App, closed: watch::Receiver<bool>) {
     tokio::pin!(closing);
     loop {
         tokio::select! {
-            _ = ticks.tick() => app.authorizer.usage().flush(app.store.as_ref()).await,
+            _ = ticks.tick() => app.authorizer.flush_usage(app.store.as_ref()).await,
             () = &mut closing => break,
         }
     }

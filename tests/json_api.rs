@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::ADMIN_TOKEN;
-use common::json_api::{call, request_for, route, send};
+use common::json_api::{call, request_for, send};
 use common::process::KeygateProcess;
 use common::tools::{system_tool, venv_tool};
 use keygate::http::transcode::management_routes;
@@ -176,6 +176,19 @@ fn every_route_answers_the_admin() {
         json!({"ownerId": carol_id, "name": "legacy", "secret": "sk_legacy_7Hq2mX9pL4vN8rT3wZ6yB1cD5fG0jK"}),
     );
     assert_eq!(imported["kind"], "KEY_KIND_IMPORTED");
+    let usage = ok("GetKeyUsage", json!({"keyId": pending}));
+    assert_eq!(
+        usage["days"].as_array().unwrap().len(),
+        30,
+        "the last 30 days by default"
+    );
+    assert_eq!(usage["timeZone"], "UTC");
+    let usage = ok(
+        "GetKeyUsage",
+        json!({"ownerId": carol_id, "startDate": "2026-01-01", "endDate": "2026-01-07"}),
+    );
+    assert_eq!(usage["days"][0]["date"], "2026-01-01");
+    assert_eq!(usage["days"].as_array().unwrap().len(), 7);
     assert_eq!(
         answers.len(),
         management_routes().len(),
@@ -201,10 +214,10 @@ fn every_route_refuses_a_caller_without_a_token() {
     let f = Fixture::start();
     for route in management_routes() {
         for token in ["", "not-a-token", &"x".repeat(40)] {
-            let message = match route.id_field {
-                "" => json!({}),
-                "id" => json!({"id": f.bobs_key}),
-                nested => json!({nested.split('.').next().unwrap(): {"id": f.bobs_key}}),
+            let message = match route.id_field.split_once('.') {
+                _ if route.id_field.is_empty() => json!({}),
+                None => json!({route.id_field: f.bobs_key}),
+                Some((outer, inner)) => json!({outer: {inner: f.bobs_key}}),
             };
             let (path, _) = request_for(&route, &message);
             let body = route.body.then(|| json!({}));
@@ -265,6 +278,8 @@ fn a_managing_key_reaches_only_its_own_owner() {
             json!({"ownerId": f.bob, "name": "x", "secret": "sk_4f9Kq2Lm8Np3Rs7Tv1Wx5Yz0Ab6Cd"}),
             "NotFound",
         ),
+        ("GetKeyUsage", json!({"keyId": bobs}), "NotFound"),
+        ("GetKeyUsage", json!({"ownerId": f.bob}), "NotFound"),
     ];
     let covered: Vec<&str> = rows.iter().map(|(rpc, _, _)| *rpc).collect();
     for route in management_routes() {
@@ -401,6 +416,28 @@ fn bad_input_and_unknown_records_are_refused_with_the_right_status() {
             json!({"ownerId": "own_nobody", "name": "x", "secret": "sk_4f9Kq2Lm8Np3Rs7Tv1Wx5Yz0Ab6Cd"}),
             status_404,
         ),
+        (
+            "GetKeyUsage",
+            json!({"keyId": id, "startDate": "2026-02-30"}),
+            status_400,
+        ),
+        (
+            "GetKeyUsage",
+            json!({"keyId": id, "startDate": "2026-03-01", "endDate": "2026-02-01"}),
+            status_400,
+        ),
+        (
+            "GetKeyUsage",
+            json!({"keyId": id, "startDate": "2020-01-01", "endDate": "2026-01-01"}),
+            status_400,
+        ),
+        (
+            "GetKeyUsage",
+            json!({"keyId": id, "ownerId": f.alice}),
+            status_400,
+        ),
+        ("GetKeyUsage", json!({"keyId": "nope"}), status_404),
+        ("GetKeyUsage", json!({"ownerId": "own_nobody"}), status_404),
     ];
     for route in management_routes() {
         assert!(
@@ -550,7 +587,6 @@ fn the_openapi_document_is_valid_and_matches_the_routes_served() {
         create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/keygate.v1.CreateKeyRequest"
     );
-    let _ = route("CreateKey");
 }
 
 #[test]

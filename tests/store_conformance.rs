@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer};
+use keygate::calendar::Day;
 use keygate::error::Error;
-use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
+use keygate::model::{DailyUsage, KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
 use keygate::redis::RedisConfig;
 use keygate::redis::keyspace;
 use keygate::store::redis::RedisStore;
-use keygate::store::{KeyUse, Quota, Store};
+use keygate::store::{KeyDayUsage, KeyUse, Quota, Retention, Store};
 
 fn owner(id: &str, external: &str) -> Owner {
     Owner {
@@ -375,8 +376,6 @@ pub async fn deleting_a_key_removes_it_everywhere(store: &dyn Store) {
     store.insert_key(&k, None).await.unwrap();
 }
 
-/// Expands to one `#[tokio::test]` per conformance check for a backend. `$make` is an async
-/// expression yielding `(Arc<dyn Store>, guard)`; the guard lives until the test ends.
 pub async fn key_uses_add_up_and_skip_keys_that_are_gone(store: &dyn Store) {
     store.create_owner(&owner("o1", "e1")).await.unwrap();
     store.insert_key(&key("k1", "o1"), None).await.unwrap();
@@ -405,6 +404,98 @@ pub async fn key_uses_add_up_and_skip_keys_that_are_gone(store: &dyn Store) {
     assert_eq!(store.get_key("gone").await.unwrap(), None);
 }
 
+pub async fn daily_usage_adds_up_by_day_from_the_first_kept_day(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    store.insert_key(&key("k1", "o1"), None).await.unwrap();
+    store.insert_key(&key("k2", "o1"), None).await.unwrap();
+    let counts = |allowed: u64, denied: &[(&str, u64)]| DailyUsage {
+        allowed,
+        denied: denied.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+    };
+    // Days up to today: Redis lets a day expire once it leaves the kept history.
+    let today = today();
+    let d = |n: i32| Day(today.0 - 103 + n);
+    let on = |key_id: &str, day: i32, usage: DailyUsage| KeyDayUsage {
+        key_id: key_id.into(),
+        day: d(day),
+        usage,
+    };
+    let kept = Retention { today, days: 4 };
+    assert_eq!(kept.first_kept(), d(100));
+    let failed = store
+        .record_daily_usage(
+            vec![
+                on("k1", 100, counts(5, &[("RATE_LIMITED", 2)])),
+                on("k1", 102, counts(1, &[])),
+                on("k2", 101, counts(0, &[("EXPIRED_API_KEY", 4)])),
+                on("gone", 101, counts(9, &[])),
+                on("k1", 99, counts(7, &[])),
+            ],
+            kept,
+        )
+        .await
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    let failed = store
+        .record_daily_usage(
+            vec![on(
+                "k1",
+                100,
+                counts(3, &[("RATE_LIMITED", 1), ("SCOPE_DENIED", 1)]),
+            )],
+            kept,
+        )
+        .await
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        store.daily_usage("k1", d(90), d(110)).await.unwrap(),
+        vec![
+            (
+                d(100),
+                counts(8, &[("RATE_LIMITED", 3), ("SCOPE_DENIED", 1)])
+            ),
+            (d(102), counts(1, &[])),
+        ],
+        "days before keep_from are never written; counts of a day add up"
+    );
+    assert_eq!(
+        store.daily_usage("k1", d(101), d(102)).await.unwrap(),
+        vec![(d(102), counts(1, &[]))]
+    );
+    assert_eq!(
+        store.daily_usage("k2", d(90), d(110)).await.unwrap(),
+        vec![(d(101), counts(0, &[("EXPIRED_API_KEY", 4)]))]
+    );
+    assert_eq!(
+        store.daily_usage("gone", d(90), d(110)).await.unwrap(),
+        vec![]
+    );
+
+    // A deleted key's history goes with it (or, on Redis, is never shown for a new key:
+    // ids are random).
+    store.delete_key("k2").await.unwrap();
+    let failed = store
+        .record_daily_usage(vec![on("k2", 103, counts(1, &[]))], kept)
+        .await
+        .unwrap();
+    assert!(failed.is_empty());
+    assert_eq!(
+        store.daily_usage("k2", d(103), d(103)).await.unwrap(),
+        vec![]
+    );
+}
+
+/// Today in UTC.
+fn today() -> Day {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    Day((now.as_secs() / 86_400) as i32)
+}
+
+/// Expands to one `#[tokio::test]` per conformance check for a backend. `$make` is an async
+/// expression yielding `(Arc<dyn Store>, guard)`; the guard lives until the test ends.
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -432,6 +523,7 @@ macro_rules! conformance_suite {
             check!(key_updates_keep_indexes_in_step);
             check!(deleting_a_key_removes_it_everywhere);
             check!(key_uses_add_up_and_skip_keys_that_are_gone);
+            check!(daily_usage_adds_up_by_day_from_the_first_kept_day);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_inserts_never_exceed_the_quota() {
@@ -483,6 +575,60 @@ async fn redis_cluster_store() -> (Arc<dyn Store>, RedisCluster) {
 }
 
 conformance_suite!(redis_cluster, redis_cluster_store());
+
+#[tokio::test]
+async fn embedded_usage_history_forgets_days_before_the_first_kept_day() {
+    let (store, _dir) = embedded_store().await;
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    store.insert_key(&key("k1", "o1"), None).await.unwrap();
+    let kept = |today: i32, days: u32| Retention {
+        today: Day(today),
+        days,
+    };
+    let day = |n: i32, allowed: u64| KeyDayUsage {
+        key_id: "k1".into(),
+        day: Day(n),
+        usage: DailyUsage {
+            allowed,
+            ..DailyUsage::default()
+        },
+    };
+    store
+        .record_daily_usage(vec![day(10, 1), day(11, 2), day(12, 3)], kept(12, 3))
+        .await
+        .unwrap();
+    store
+        .record_daily_usage(vec![day(13, 4)], kept(13, 2))
+        .await
+        .unwrap();
+    let kept: Vec<i32> = (store.daily_usage("k1", Day(0), Day(20)).await.unwrap())
+        .iter()
+        .map(|(d, _)| d.0)
+        .collect();
+    assert_eq!(kept, [12, 13]);
+}
+
+#[tokio::test]
+async fn redis_usage_days_expire_once_they_leave_the_kept_history() {
+    let (store, server) = redis_store().await;
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    store.insert_key(&key("k1", "o1"), None).await.unwrap();
+    let today = today();
+    let usage = KeyDayUsage {
+        key_id: "k1".into(),
+        day: today,
+        usage: DailyUsage {
+            allowed: 1,
+            ..DailyUsage::default()
+        },
+    };
+    let kept = Retention { today, days: 90 };
+    store.record_daily_usage(vec![usage], kept).await.unwrap();
+    let name = keyspace::key_daily_usage("k1", today.0);
+    let expires: i64 = server.command(::redis::cmd("EXPIRETIME").arg(&name));
+    // Kept today and the 89 days after; gone on the 90th.
+    assert_eq!(expires, i64::from(today.0 + 90) * 86_400);
+}
 
 #[tokio::test]
 async fn embedded_records_survive_reopening() {

@@ -106,11 +106,12 @@ struct Identified {
 }
 
 impl Authorizer {
-    /// An authorizer deciding with `keys` and `limiter` under `routes` and `plans`,
-    /// reporting every decision to `observer`.
+    /// An authorizer deciding with `keys` and `limiter` under `routes` and `plans`, noting
+    /// uses in `usage`, reporting every decision to `observer`.
     pub fn new(
         keys: KeyCache,
         limiter: RateLimiter,
+        usage: UsageRecorder,
         routes: Vec<RouteRule>,
         plans: Arc<Plans>,
         clock: Arc<dyn Clock>,
@@ -119,7 +120,7 @@ impl Authorizer {
         Authorizer {
             keys,
             limiter,
-            usage: UsageRecorder::default(),
+            usage,
             routes,
             plans,
             clock,
@@ -137,9 +138,9 @@ impl Authorizer {
         &self.limiter
     }
 
-    /// Key uses not yet written to the store.
-    pub fn usage(&self) -> &UsageRecorder {
-        &self.usage
+    /// Writes the noted key uses and usage history to `store`.
+    pub async fn flush_usage(&self, store: &dyn crate::store::Store) {
+        self.usage.flush(store, self.clock.now()).await;
     }
 
     /// Decides `request` and reports the decision to the observer. Errors are faults
@@ -207,9 +208,7 @@ impl Authorizer {
             }
             rate = Some(outcome);
         }
-        if code == DecisionCode::Ok {
-            self.usage.record(record.id(), now);
-        }
+        self.usage.record(record.id(), now, code);
         // A revoked key is "invalid" to the client; it is not identified to anyone downstream.
         let identity = (code != DecisionCode::InvalidApiKey).then(|| Identity {
             key_id: record.id().to_owned(),

@@ -1,6 +1,7 @@
-//! `last_used_at` and usage counts without a store write per request: uses are noted in
-//! memory and written in batches, at most once per key per flush interval, and once more on
-//! shutdown.
+//! `last_used_at`, usage counts and the daily usage history without a store write per
+//! request: every decision on a known key is noted in memory (allowed, or denied with its
+//! code, on its calendar day) and written in batches, at most once per key per flush
+//! interval, and once more on shutdown.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,10 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use tracing::warn;
 
+use super::decision::DecisionCode;
+use crate::calendar::{Calendar, Day};
 use crate::clock::UnixTime;
-use crate::store::{KeyUse, Store};
+use crate::model::DailyUsage;
+use crate::store::{KeyDayUsage, KeyUse, Retention, Store};
 
-/// `last_used_at` bookkeeping.
+/// Usage bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
@@ -21,70 +25,170 @@ pub struct UsageConfig {
     /// interval.
     #[serde(with = "crate::clock::duration_text")]
     pub flush_interval: Duration,
+    /// How many days of per-key usage history are kept, today included.
+    pub history_days: u32,
 }
 
 impl Default for UsageConfig {
     fn default() -> Self {
         UsageConfig {
             flush_interval: Duration::from_secs(60),
+            history_days: 90,
         }
     }
 }
 
-/// Notes key uses and writes them to the store in batches.
+/// The most days of usage history kept.
+pub const MAX_HISTORY_DAYS: u32 = 3660;
+
+impl UsageConfig {
+    /// Checks the history length.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(1..=MAX_HISTORY_DAYS).contains(&self.history_days) {
+            return Err((
+                "usage.history_days".into(),
+                format!("must be from 1 to {MAX_HISTORY_DAYS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What is noted of one key since the last flush.
 #[derive(Default)]
+struct Pending {
+    /// The latest allowed use and how many, for `last_used_at` and `usage_count`.
+    used_at: UnixTime,
+    uses: u64,
+    /// Counts per day (one day, except across midnight).
+    days: Vec<(Day, DailyUsage)>,
+}
+
+impl Pending {
+    fn day(&mut self, day: Day) -> &mut DailyUsage {
+        let index = match self.days.iter().position(|(d, _)| *d == day) {
+            Some(index) => index,
+            None => {
+                self.days.push((day, DailyUsage::default()));
+                self.days.len() - 1
+            }
+        };
+        &mut self.days[index].1
+    }
+}
+
+/// Notes decisions on keys and writes them to the store in batches.
 pub struct UsageRecorder {
-    /// Key id → (latest use, uses since the last flush).
-    pending: Mutex<HashMap<String, (UnixTime, u64)>>,
+    calendar: Calendar,
+    history_days: u32,
+    /// Key id → what was noted since the last flush.
+    pending: Mutex<HashMap<String, Pending>>,
 }
 
 impl UsageRecorder {
-    /// Notes that key `id` was used at `now`.
-    pub fn record(&self, id: &str, now: UnixTime) {
-        self.add(id, now, 1);
-    }
-
-    fn add(&self, id: &str, used_at: UnixTime, uses: u64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        match pending.get_mut(id) {
-            Some((last, count)) => {
-                *last = (*last).max(used_at);
-                *count += uses;
-            }
-            None => {
-                pending.insert(id.to_owned(), (used_at, uses));
-            }
+    /// A recorder counting days in `calendar`, keeping `history_days` of them.
+    pub fn new(calendar: Calendar, history_days: u32) -> Self {
+        UsageRecorder {
+            calendar,
+            history_days,
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Writes every noted use to `store` and forgets them. Keys deleted meanwhile are
-    /// skipped; uses the store could not record are put back to be written next time.
-    pub async fn flush(&self, store: &dyn Store) {
+    /// The time zone days are counted in.
+    pub fn calendar(&self) -> &Calendar {
+        &self.calendar
+    }
+
+    /// The days the history keeps on the day of `now`.
+    fn retention(&self, now: UnixTime) -> Retention {
+        Retention {
+            today: self.calendar.day(now),
+            days: self.history_days,
+        }
+    }
+
+    /// Notes that key `id` was decided `code` at `now`.
+    pub fn record(&self, id: &str, now: UnixTime, code: DecisionCode) {
+        let day = self.calendar.day(now);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let noted = match pending.get_mut(id) {
+            Some(noted) => noted,
+            None => pending.entry(id.to_owned()).or_default(),
+        };
+        let counts = noted.day(day);
+        if code == DecisionCode::Ok {
+            counts.allowed += 1;
+            noted.uses += 1;
+            noted.used_at = noted.used_at.max(now);
+        } else {
+            *counts.denied.entry(code.as_str().to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Writes everything noted to `store` and forgets it; `now` says which days the history
+    /// keeps. Keys deleted meanwhile are skipped; what the store could not record is put
+    /// back to be written next time.
+    pub async fn flush(&self, store: &dyn Store, now: UnixTime) {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         if batch.is_empty() {
             return;
         }
-        let uses: Vec<KeyUse> = batch
-            .into_iter()
-            .map(|(key_id, (used_at, uses))| KeyUse {
-                key_id,
-                used_at,
-                uses,
-            })
-            .collect();
-        let (failed, reason) = match store.record_uses(uses.clone()).await {
-            Ok(failed) => (failed, None),
-            Err(e) => (uses, Some(e)),
+        let mut uses = Vec::new();
+        let mut days = Vec::new();
+        for (key_id, noted) in batch {
+            for (day, usage) in noted.days {
+                days.push(KeyDayUsage {
+                    key_id: key_id.clone(),
+                    day,
+                    usage,
+                });
+            }
+            if noted.uses > 0 {
+                uses.push(KeyUse {
+                    key_id,
+                    used_at: noted.used_at,
+                    uses: noted.uses,
+                });
+            }
+        }
+        let failed_uses = match store.record_uses(uses.clone()).await {
+            Ok(failed) => failed,
+            Err(e) => {
+                warn!(keys = uses.len(), "cannot record key uses: {e}");
+                uses
+            }
         };
-        if failed.is_empty() {
+        let failed_days = match store
+            .record_daily_usage(days.clone(), self.retention(now))
+            .await
+        {
+            Ok(failed) => failed,
+            Err(e) => {
+                warn!(entries = days.len(), "cannot record the usage history: {e}");
+                days
+            }
+        };
+        if failed_uses.is_empty() && failed_days.is_empty() {
             return;
         }
-        match reason {
-            Some(e) => warn!(keys = failed.len(), "cannot record key uses: {e}"),
-            None => warn!(keys = failed.len(), "cannot record some key uses"),
+        warn!(
+            keys = failed_uses.len(),
+            days = failed_days.len(),
+            "some usage could not be recorded; it is kept for the next flush"
+        );
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for used in failed_uses {
+            let noted = pending.entry(used.key_id).or_default();
+            noted.uses += used.uses;
+            noted.used_at = noted.used_at.max(used.used_at);
         }
-        for used in failed {
-            self.add(&used.key_id, used.used_at, used.uses);
+        for failed in failed_days {
+            pending
+                .entry(failed.key_id)
+                .or_default()
+                .day(failed.day)
+                .add(&failed.usage);
         }
     }
 }

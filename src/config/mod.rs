@@ -28,6 +28,7 @@ use crate::authz::response::{ErrorsConfig, HeaderNames};
 use crate::authz::routes::RouteRule;
 use crate::authz::trust::AuthorizeConfig;
 use crate::authz::usage::UsageConfig;
+use crate::calendar::Calendar;
 use crate::invalidation::InvalidationConfig;
 use crate::key::format::{KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
@@ -82,7 +83,9 @@ pub struct Config {
     pub errors: ErrorsConfig,
     /// The verified-key cache.
     pub cache: CacheConfig,
-    /// `last_used_at` bookkeeping.
+    /// The time zone calendar days are counted in (usage history), an IANA name.
+    pub time_zone: Calendar,
+    /// `last_used_at` and usage-history bookkeeping.
     pub usage: UsageConfig,
     /// Rate limiting.
     pub ratelimit: RateLimitConfig,
@@ -117,6 +120,7 @@ impl Default for Config {
             headers: HeaderNames::default(),
             errors: ErrorsConfig::default(),
             cache: CacheConfig::default(),
+            time_zone: Calendar::default(),
             usage: UsageConfig::default(),
             ratelimit: RateLimitConfig::default(),
             redis: RedisConfig::default(),
@@ -256,6 +260,9 @@ impl Config {
         if self.usage.flush_interval < Duration::from_secs(1) {
             return Err(field_error("usage.flush_interval", "must be at least 1s"));
         }
+        self.usage
+            .validate()
+            .map_err(|(field, message)| field_error(field, message))?;
         if self.ratelimit.replicas == 0 {
             return Err(field_error("ratelimit.replicas", "must be at least 1"));
         }

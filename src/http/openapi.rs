@@ -16,13 +16,26 @@ pub fn document(transcoder: &Transcoder) -> Value {
     let mut schemas = BTreeMap::new();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (index, route) in transcoder.routes().iter().enumerate() {
+        // Fields any route of the same method fills from its path are never query parameters.
+        let path_fields: Vec<&str> = transcoder
+            .routes()
+            .iter()
+            .filter(|r| r.rpc == route.rpc && !r.id_field.is_empty())
+            .map(|r| r.id_field.split('.').next().unwrap_or_default())
+            .collect();
+        let shared = transcoder
+            .routes()
+            .iter()
+            .filter(|r| r.rpc == route.rpc)
+            .count()
+            > 1;
         let method = transcoder.method(index);
         let (input, output) = (method.input(), method.output());
         collect_schemas(&input, &mut schemas);
         collect_schemas(&output, &mut schemas);
         paths.entry(route.template.to_owned()).or_default().insert(
             route.method.as_str().to_ascii_lowercase(),
-            operation(route, &input, &output),
+            operation(route, shared, &path_fields, &input, &output),
         );
     }
     schemas.insert("Error".into(), error_schema());
@@ -48,8 +61,16 @@ pub fn document(transcoder: &Transcoder) -> Value {
     })
 }
 
-/// One route's operation.
-fn operation(route: &Route, input: &MessageDescriptor, output: &MessageDescriptor) -> Value {
+/// One route's operation; `shared` when other routes call the same method, whose ids then
+/// name the field the path fills (`GetKeyUsageByOwnerId`); `path_fields` are never query
+/// parameters.
+fn operation(
+    route: &Route,
+    shared: bool,
+    path_fields: &[&str],
+    input: &MessageDescriptor,
+    output: &MessageDescriptor,
+) -> Value {
     let mut parameters = Vec::new();
     if !route.id_field.is_empty() {
         parameters.push(json!({
@@ -60,8 +81,18 @@ fn operation(route: &Route, input: &MessageDescriptor, output: &MessageDescripto
             "description": format!("Sets `{}`.", route.id_field),
         }));
     }
+    let operation_id = if shared {
+        let by: String = route
+            .id_field
+            .split(['_', '.'])
+            .map(|word| word[..1].to_ascii_uppercase() + &word[1..])
+            .collect();
+        format!("{}By{by}", route.rpc)
+    } else {
+        route.rpc.to_owned()
+    };
     let mut operation = json!({
-        "operationId": route.rpc,
+        "operationId": operation_id,
         "summary": route.summary,
         "tags": [tag(route)],
         "responses": {
@@ -81,8 +112,7 @@ fn operation(route: &Route, input: &MessageDescriptor, output: &MessageDescripto
             "content": { "application/json": { "schema": reference(input) } },
         });
     } else {
-        let id_name = route.id_field.split('.').next().unwrap_or_default();
-        for field in input.fields().filter(|f| f.name() != id_name) {
+        for field in input.fields().filter(|f| !path_fields.contains(&f.name())) {
             parameters.push(json!({
                 "name": field.json_name(),
                 "in": "query",
@@ -224,7 +254,8 @@ mod tests {
         for route in transcoder.routes() {
             let operation =
                 &document["paths"][route.template][route.method.as_str().to_ascii_lowercase()];
-            assert_eq!(operation["operationId"], route.rpc, "{}", route.template);
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(id.starts_with(route.rpc), "{}: {id}", route.template);
         }
         let schemas = document["components"]["schemas"].as_object().unwrap();
         for name in [
@@ -252,5 +283,18 @@ mod tests {
         );
         let get = &document["paths"]["/v1/keys/{id}"]["get"]["parameters"];
         assert_eq!(get.as_array().unwrap().len(), 1, "only the id: {get}");
+        let by_owner = &document["paths"]["/v1/owners/{id}/usage"]["get"];
+        assert_eq!(by_owner["operationId"], "GetKeyUsageByOwnerId");
+        let names: Vec<&str> = by_owner["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["id", "startDate", "endDate"],
+            "the id fills ownerId"
+        );
     }
 }

@@ -193,6 +193,22 @@ pub fn management_routes() -> Vec<Route> {
             "",
             "Import a key issued elsewhere",
         ),
+        Route::new(
+            M::GET,
+            "/v1/keys/{id}/usage",
+            rpc("GetKeyUsage"),
+            false,
+            "key_id",
+            "A key's requests per day",
+        ),
+        Route::new(
+            M::GET,
+            "/v1/owners/{id}/usage",
+            rpc("GetKeyUsage"),
+            false,
+            "owner_id",
+            "An owner's requests per day, summed over its keys",
+        ),
     ]
 }
 

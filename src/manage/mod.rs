@@ -13,6 +13,7 @@
 //!   another owner is refused; it may grant only scopes it holds itself; owner-wide calls
 //!   (create, list, update owners) are refused.
 //! - Any authenticated caller may list the plans.
+//! - Whoever may see a key or an owner may read its usage history.
 //!
 //! # Rules every write follows
 //!
@@ -33,9 +34,11 @@ pub mod caller;
 pub mod edit;
 pub mod keys;
 pub mod owners;
+pub mod usage;
 
 use std::sync::{Arc, Mutex};
 
+use crate::calendar::Calendar;
 use crate::clock::Clock;
 use crate::error::{Error, Result, quote};
 use crate::invalidation::{Invalidation, Propagation};
@@ -50,6 +53,7 @@ pub use caller::{Caller, CallingKey, MANAGE_SCOPE};
 pub use edit::KeyEdit;
 pub use keys::{Expiry, Import, Issued, Keys, NewKey, Rotation};
 pub use owners::{NewOwner, OwnerUpdate, Owners};
+pub use usage::{Usage, UsageOf, UsageReport};
 
 /// Drops what every replica cached about a change; called after each stored write.
 #[async_trait::async_trait]
@@ -87,6 +91,8 @@ pub struct Deps {
     pub plans: Arc<Plans>,
     /// Current time.
     pub clock: Arc<dyn Clock>,
+    /// The time zone usage is counted in.
+    pub calendar: Calendar,
     /// Told about every stored write.
     pub invalidator: Arc<dyn Invalidator>,
 }

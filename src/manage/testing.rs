@@ -96,6 +96,7 @@ impl Fixture {
                 Plans::new(vec![PlanConfig::unlimited("default"), free], "default").unwrap(),
             ),
             clock: Arc::new(clock.clone()),
+            calendar: crate::calendar::Calendar::default(),
             invalidator: recorder.clone(),
         };
         Fixture {

@@ -16,6 +16,7 @@
 //! | `{keys}` | the key-id and digest indexes | a key's id and its lookup digest are claimed together |
 //! | `{OWNER}` (after `kg:rw:`) | an owner's rate-limit window logs | one decision checks and charges all of its windows in one step |
 //! | `{DIGEST}` (after `kg:l2:`) | one shared verification | nothing: the tag only spreads these over the cluster |
+//! | `{u:KEY}` | one key's daily usage counts | a flush writes, and a query reads, one key's days in one pipeline |
 //! | `{replicas}` | the live replica set | nothing: it is touched alone |
 //!
 //! The invalidation and ack channels are not keys: a message published on one reaches
@@ -67,6 +68,13 @@ pub fn owner_key_ids(owner_id: &str) -> String {
 /// one slot and is checked and charged in one step.
 pub fn key_rate_window(owner_id: &str, key_id: &str, period_ms: u64) -> String {
     format!("kg:rw:{{{owner_id}}}:k:{key_id}:{period_ms}")
+}
+
+/// One key's requests on one day (days since 1970-01-01 in the configured time zone), a
+/// hash: `allowed` and `denied:CODE` → count. Expires once the day leaves the kept history.
+/// Tagged with the key, so a key's days are written and read in one pipeline.
+pub fn key_daily_usage(key_id: &str, day: i32) -> String {
+    format!("kg:{{u:{key_id}}}:usage:{day}")
 }
 
 /// One window's log shared by all of an owner's keys, a string like

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use crate::calendar::Day;
 use crate::clock::{MAX_UNIX_TIME, MIN_UNIX_TIME, UnixTime};
 use crate::error::{Error, Result, quote};
 use crate::manage::{
-    Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, Rotation,
+    Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, Rotation, UsageReport,
 };
 use crate::model::{
     Cidrs, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, Scopes,
@@ -107,6 +108,38 @@ pub fn page(size: u32, token: &str) -> Result<Page> {
         after: parse_page_token(token)?,
         size: page_size(size)?,
     })
+}
+
+/// The day a `YYYY-MM-DD` field names; `None` when blank.
+pub fn date(field: &str, text: &str) -> Result<Option<Day>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Day::parse(text).map(Some).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{field} must be a date written YYYY-MM-DD, not {}",
+            quote(text)
+        ))
+    })
+}
+
+/// A usage report as the API shows it.
+impl From<UsageReport> for proto::GetKeyUsageResponse {
+    fn from(report: UsageReport) -> Self {
+        proto::GetKeyUsageResponse {
+            days: report
+                .days
+                .into_iter()
+                .map(|(day, usage)| proto::DailyUsage {
+                    date: day.to_string(),
+                    allowed: usage.allowed,
+                    denied: usage.denied.into_iter().collect(),
+                })
+                .collect(),
+            time_zone: report.time_zone,
+        }
+    }
 }
 
 /// `text`, or `None` when blank.

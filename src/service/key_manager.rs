@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::ManagementPlane;
 use super::caller::authenticate;
 use super::convert::{self, next_page_token};
-use crate::manage::Written;
+use crate::manage::{UsageOf, Written};
 use crate::proto::{self, key_manager_server::KeyManager};
 
 /// The KeyManager gRPC service.
@@ -200,5 +200,26 @@ impl KeyManager for KeyManagerService {
         let import = convert::import(request.into_inner())?;
         let key = self.plane.keys.import(&caller, import).await?;
         Ok(Response::new((&key).into()))
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<proto::GetKeyUsageRequest>,
+    ) -> Answer<proto::GetKeyUsageResponse> {
+        let caller = authenticate(&self.plane.auth, &request).await?;
+        let req = request.into_inner();
+        let of = match (req.key_id.trim(), req.owner_id.trim()) {
+            (key, "") if !key.is_empty() => UsageOf::Key(key),
+            ("", owner) if !owner.is_empty() => UsageOf::Owner(owner),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of key_id and owner_id",
+                ));
+            }
+        };
+        let first = convert::date("start_date", &req.start_date)?;
+        let last = convert::date("end_date", &req.end_date)?;
+        let report = self.plane.usage.report(&caller, of, first, last).await?;
+        Ok(Response::new(report.into()))
     }
 }

@@ -14,7 +14,7 @@ use crate::authz::engine::Authorizer;
 use crate::authz::extract::CredentialSource;
 use crate::authz::response::Responder;
 use crate::authz::trust::TrustedCallers;
-use crate::manage::{Keys, Owners};
+use crate::manage::{Keys, Owners, Usage};
 use crate::tls::PeerIdentity;
 use caller::ManagementAuth;
 
@@ -43,6 +43,8 @@ pub struct ManagementPlane {
     pub owners: Owners,
     /// Keys.
     pub keys: Keys,
+    /// Usage history.
+    pub usage: Usage,
 }
 
 /// The one mapping from keygate's errors to gRPC statuses.

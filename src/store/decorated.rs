@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{KeyChange, KeyUse, OwnerChange, Quota, Store};
+use super::{KeyChange, KeyDayUsage, KeyUse, OwnerChange, Quota, Retention, Store};
+use crate::calendar::Day;
 use crate::error::Result;
-use crate::model::{KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
 
 /// One store call in flight, as a hook receives and returns it.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
@@ -118,5 +119,24 @@ impl<H: CallHook> Store for Decorated<H> {
     async fn record_uses(&self, uses: Vec<KeyUse>) -> Result<Vec<KeyUse>> {
         let call = self.inner.record_uses(uses);
         self.hook.around("record_uses", call).await
+    }
+
+    async fn record_daily_usage(
+        &self,
+        usage: Vec<KeyDayUsage>,
+        kept: Retention,
+    ) -> Result<Vec<KeyDayUsage>> {
+        let call = self.inner.record_daily_usage(usage, kept);
+        self.hook.around("record_daily_usage", call).await
+    }
+
+    async fn daily_usage(
+        &self,
+        key_id: &str,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<(Day, DailyUsage)>> {
+        let call = self.inner.daily_usage(key_id, first, last);
+        self.hook.around("daily_usage", call).await
     }
 }

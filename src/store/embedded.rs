@@ -11,11 +11,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    KeyChange, KeyUse, OwnerChange, Quota, Store, changed_key, changed_owner, external_id_taken,
-    key_not_found, owner_not_found,
+    KeyChange, KeyDayUsage, KeyUse, OwnerChange, Quota, Retention, Store, changed_key,
+    changed_owner, external_id_taken, key_not_found, owner_not_found,
 };
+use crate::calendar::Day;
 use crate::error::{Error, Result};
-use crate::model::{KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
 
 /// Owner id → JSON owner.
 const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
@@ -28,6 +29,12 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const KEYS_BY_OWNER: TableDefinition<(&str, &str), ()> = TableDefinition::new("keys_by_owner");
 /// Lookup digest (hex) → key id, for keys found by digest.
 const KEYS_BY_DIGEST: TableDefinition<&str, &str> = TableDefinition::new("keys_by_digest");
+
+/// (key id, day) → that day's usage counts, JSON.
+const USAGE: TableDefinition<(&str, i32), &[u8]> = TableDefinition::new("usage");
+
+/// (day, key id): the usage entries of each day, so that old days are forgotten in order.
+const USAGE_BY_DAY: TableDefinition<(i32, &str), ()> = TableDefinition::new("usage_by_day");
 
 /// The embedded store. Cheap to clone; clones share one database.
 #[derive(Clone)]
@@ -61,6 +68,8 @@ impl EmbeddedStore {
             txn.open_table(KEYS).map_err(fault)?;
             txn.open_table(KEYS_BY_OWNER).map_err(fault)?;
             txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
+            txn.open_table(USAGE).map_err(fault)?;
+            txn.open_table(USAGE_BY_DAY).map_err(fault)?;
             Ok(())
         })?;
         Ok(store)
@@ -434,8 +443,89 @@ impl Store for EmbeddedStore {
                     .remove(digest.as_str())
                     .map_err(fault)?;
             }
+            forget_usage(txn, &id)?;
             Ok(key)
         })
         .await
     }
+
+    async fn record_daily_usage(
+        &self,
+        usage: Vec<KeyDayUsage>,
+        kept: Retention,
+    ) -> Result<Vec<KeyDayUsage>> {
+        let keep_from = kept.first_kept();
+        self.write(move |txn| {
+            let keys = txn.open_table(KEYS).map_err(fault)?;
+            let mut days = txn.open_table(USAGE).map_err(fault)?;
+            let mut by_day = txn.open_table(USAGE_BY_DAY).map_err(fault)?;
+            for entry in usage.iter().filter(|u| u.day >= keep_from) {
+                if keys.get(entry.key_id.as_str()).map_err(fault)?.is_none() {
+                    continue;
+                }
+                let at = (entry.key_id.as_str(), entry.day.0);
+                let mut counts: DailyUsage = match days.get(at).map_err(fault)? {
+                    Some(bytes) => decode(bytes.value())?,
+                    None => DailyUsage::default(),
+                };
+                counts.add(&entry.usage);
+                days.insert(at, encode(&counts)?.as_slice())
+                    .map_err(fault)?;
+                by_day
+                    .insert((entry.day.0, entry.key_id.as_str()), ())
+                    .map_err(fault)?;
+            }
+            let old: Vec<(i32, String)> = by_day
+                .range(..(keep_from.0, ""))
+                .map_err(fault)?
+                .map(|entry| {
+                    let (at, _) = entry.map_err(fault)?;
+                    let (day, key_id) = at.value();
+                    Ok((day, key_id.to_owned()))
+                })
+                .collect::<Result<_>>()?;
+            for (day, key_id) in old {
+                by_day.remove((day, key_id.as_str())).map_err(fault)?;
+                days.remove((key_id.as_str(), day)).map_err(fault)?;
+            }
+            Ok(Vec::new())
+        })
+        .await
+    }
+
+    async fn daily_usage(
+        &self,
+        key_id: &str,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<(Day, DailyUsage)>> {
+        let key_id = key_id.to_owned();
+        self.read(move |txn| {
+            let days = txn.open_table(USAGE).map_err(fault)?;
+            days.range((key_id.as_str(), first.0)..=(key_id.as_str(), last.0))
+                .map_err(fault)?
+                .map(|entry| {
+                    let (at, counts) = entry.map_err(fault)?;
+                    Ok((Day(at.value().1), decode(counts.value())?))
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Removes every day of key `key_id`'s usage history.
+fn forget_usage(txn: &WriteTransaction, key_id: &str) -> Result<()> {
+    let mut days = txn.open_table(USAGE).map_err(fault)?;
+    let mut by_day = txn.open_table(USAGE_BY_DAY).map_err(fault)?;
+    let kept: Vec<i32> = days
+        .range((key_id, i32::MIN)..=(key_id, i32::MAX))
+        .map_err(fault)?
+        .map(|entry| Ok(entry.map_err(fault)?.0.value().1))
+        .collect::<Result<_>>()?;
+    for day in kept {
+        days.remove((key_id, day)).map_err(fault)?;
+        by_day.remove((day, key_id)).map_err(fault)?;
+    }
+    Ok(())
 }

@@ -25,9 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use async_trait::async_trait;
 
+use crate::calendar::Day;
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
-use crate::model::{KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
 
 /// A change to an owner, applied atomically to the stored record. Returning an error leaves
 /// the record as it was and is passed to the caller.
@@ -116,6 +117,52 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(failed)
     }
+
+    /// Adds each day's counts to its key's usage history (keys that are gone are skipped),
+    /// and forgets the days `kept` no longer holds. Returns the counts that could not be
+    /// recorded, to be tried again; an error means none was. Each key's counts are recorded
+    /// all or not at all, so trying again never counts twice.
+    async fn record_daily_usage(
+        &self,
+        usage: Vec<KeyDayUsage>,
+        kept: Retention,
+    ) -> Result<Vec<KeyDayUsage>>;
+
+    /// Key `key_id`'s usage history from `first` to `last` (both included), in day order;
+    /// days without requests are left out.
+    async fn daily_usage(
+        &self,
+        key_id: &str,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<(Day, DailyUsage)>>;
+}
+
+/// The days a usage history keeps: the last `days` days, up to and including `today`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest day.
+    pub today: Day,
+    /// How many days are kept, at least 1.
+    pub days: u32,
+}
+
+impl Retention {
+    /// The oldest day kept.
+    pub fn first_kept(&self) -> Day {
+        Day(self.today.0 - self.days.max(1) as i32 + 1)
+    }
+}
+
+/// One key's requests on one day, noted since they were last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDayUsage {
+    /// The key.
+    pub key_id: String,
+    /// The day, in the configured time zone.
+    pub day: Day,
+    /// The counts to add.
+    pub usage: DailyUsage,
 }
 
 /// Uses of one key noted since they were last written.

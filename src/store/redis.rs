@@ -59,6 +59,7 @@
 //! a timeout, is [`Error::Unavailable`]. A write acknowledged by this store is as durable as
 //! Redis is configured to make it: run Redis with AOF (`appendfsync everysec` or `always`).
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -69,14 +70,15 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::{
-    KeyChange, OwnerChange, Quota, Store, changed_key, changed_owner, external_id_taken,
-    key_not_found, owner_not_found,
+    KeyChange, KeyDayUsage, OwnerChange, Quota, Retention, Store, changed_key, changed_owner,
+    external_id_taken, key_not_found, owner_not_found,
 };
+use crate::calendar::Day;
 use crate::error::{Error, Result};
-use crate::model::{KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
 use crate::redis::keyspace::{
-    KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, owner_key_ids, owner_keys,
-    owner_record,
+    KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, key_daily_usage, owner_key_ids,
+    owner_keys, owner_record,
 };
 use crate::redis::{RedisClient, RedisConfig, RedisConnection, scripts};
 
@@ -189,6 +191,18 @@ impl RedisStore {
         self.bounded(async {
             let mut connection = self.connection().await?;
             cmd.query_async(&mut connection).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Commands of one slot in one round trip.
+    async fn query_pipeline<T: FromRedisValue>(&self, pipeline: &redis::Pipeline) -> Result<T> {
+        self.bounded(async {
+            let mut connection = self.connection().await?;
+            pipeline
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)
         })
         .await
     }
@@ -640,6 +654,97 @@ impl Store for RedisStore {
         self.release_key(id, &owner_id, key.lookup_digest.as_deref())
             .await;
         Ok(key)
+    }
+
+    async fn record_daily_usage(
+        &self,
+        usage: Vec<KeyDayUsage>,
+        kept: Retention,
+    ) -> Result<Vec<KeyDayUsage>> {
+        let keep_from = kept.first_kept();
+        let usage: Vec<KeyDayUsage> = usage.into_iter().filter(|u| u.day >= keep_from).collect();
+        if usage.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Keys that are gone are skipped: one look at the key-id index for the whole batch.
+        let mut by_key: BTreeMap<&str, Vec<&KeyDayUsage>> = BTreeMap::new();
+        for entry in &usage {
+            by_key.entry(entry.key_id.as_str()).or_default().push(entry);
+        }
+        let ids: Vec<&str> = by_key.keys().copied().collect();
+        let owners: Vec<Option<String>> = self
+            .query(redis::cmd("HMGET").arg(OWNER_OF).arg(&ids))
+            .await?;
+        // A day expires as it leaves the kept history (at midnight UTC: the zone's offset
+        // keeps it a few hours more or less).
+        let kept_days = i64::from(kept.days.max(1));
+        let mut failed = Vec::new();
+        for ((key_id, entries), owner) in by_key.into_iter().zip(owners) {
+            if owner.is_none() {
+                continue;
+            }
+            // One transaction per key: its counts land all together or not at all.
+            let mut pipeline = redis::pipe();
+            pipeline.atomic();
+            for entry in &entries {
+                let name = key_daily_usage(key_id, entry.day.0);
+                if entry.usage.allowed > 0 {
+                    pipeline
+                        .cmd("HINCRBY")
+                        .arg(&name)
+                        .arg("allowed")
+                        .arg(entry.usage.allowed)
+                        .ignore();
+                }
+                for (code, count) in &entry.usage.denied {
+                    pipeline
+                        .cmd("HINCRBY")
+                        .arg(&name)
+                        .arg(format!("denied:{code}"))
+                        .arg(*count)
+                        .ignore();
+                }
+                let expires = (i64::from(entry.day.0) + kept_days) * 86_400;
+                pipeline.cmd("EXPIREAT").arg(&name).arg(expires).ignore();
+            }
+            if self.query_pipeline::<()>(&pipeline).await.is_err() {
+                failed.extend(entries.into_iter().cloned());
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn daily_usage(
+        &self,
+        key_id: &str,
+        first: Day,
+        last: Day,
+    ) -> Result<Vec<(Day, DailyUsage)>> {
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = redis::pipe();
+        for day in first.0..=last.0 {
+            pipeline.cmd("HGETALL").arg(key_daily_usage(key_id, day));
+        }
+        let days: Vec<BTreeMap<String, u64>> = self.query_pipeline(&pipeline).await?;
+        Ok((first.0..=last.0)
+            .zip(days)
+            .filter(|(_, fields)| !fields.is_empty())
+            .map(|(day, fields)| {
+                let mut usage = DailyUsage::default();
+                for (field, count) in fields {
+                    match field.strip_prefix("denied:") {
+                        Some(code) => {
+                            usage.denied.insert(code.to_owned(), count);
+                        }
+                        None if field == "allowed" => usage.allowed = count,
+                        None => {}
+                    }
+                }
+                (Day(day), usage)
+            })
+            .collect())
     }
 }
 

@@ -12,12 +12,45 @@ use serde_json::Value;
 
 use super::tools::system_tool;
 
-/// The route serving KeyManager method `rpc`.
-pub fn route(rpc: &str) -> Route {
+/// The route serving KeyManager method `rpc` for `message`: of the routes of one method,
+/// the one whose path takes the id the message has.
+pub fn route(rpc: &str, message: &Value) -> Route {
     management_routes()
         .into_iter()
-        .find(|route| route.rpc == rpc)
-        .unwrap_or_else(|| panic!("no JSON route for {rpc}"))
+        .find(|route| {
+            route.rpc == rpc
+                && (route.id_field.is_empty() || !field(message, route.id_field).is_null())
+        })
+        .unwrap_or_else(|| panic!("no JSON route for {rpc} {message}"))
+}
+
+/// The value at dotted `path` (proto field names) in `message`, whose names may be the proto
+/// names or their camelCase JSON names.
+fn field<'a>(message: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(message, |value, name| {
+        let found = &value[name];
+        if found.is_null() {
+            &value[camel_case(name).as_str()]
+        } else {
+            found
+        }
+    })
+}
+
+/// `key_id` as `keyId`.
+fn camel_case(name: &str) -> String {
+    let mut words = name.split('_');
+    let first = words.next().unwrap_or_default().to_owned();
+    words.fold(first, |text, word| text + &upper_first(word))
+}
+
+/// `word` with its first letter in upper case.
+fn upper_first(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
 }
 
 /// The path (with query) and body that call `rpc` with `message`: the `{id}` taken from the
@@ -25,10 +58,7 @@ pub fn route(rpc: &str) -> Route {
 pub fn request_for(route: &Route, message: &Value) -> (String, Option<Value>) {
     let mut path = route.template.to_owned();
     if !route.id_field.is_empty() {
-        let id = route
-            .id_field
-            .split('.')
-            .fold(message, |value, name| &value[name])
+        let id = field(message, route.id_field)
             .as_str()
             .unwrap_or_else(|| panic!("{} needs {}: {message}", route.rpc, route.id_field));
         path = path.replace("{id}", id);
@@ -47,7 +77,7 @@ pub fn request_for(route: &Route, message: &Value) -> (String, Option<Value>) {
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(name, _)| name.as_str() != route.id_field)
+        .filter(|(name, _)| name.as_str() != route.id_field && **name != camel_case(route.id_field))
         .map(|(name, value)| match value {
             Value::String(text) => format!("{name}={text}"),
             other => format!("{name}={other}"),
@@ -103,7 +133,7 @@ pub fn call(
     rpc: &str,
     message: Value,
 ) -> Result<Value, (String, String)> {
-    let route = route(rpc);
+    let route = route(rpc, &message);
     let (path, body) = request_for(&route, &message);
     let (status, answer) = send(addr, token, route.method.as_str(), &path, body.as_ref());
     if status == 200 {
@@ -116,21 +146,14 @@ pub fn call(
     );
     let name = error["status"].as_str().expect("an error names its status");
     Err((
-        camel_case(name),
+        code_name(name),
         error["message"].as_str().unwrap_or_default().to_owned(),
     ))
 }
 
 /// `PERMISSION_DENIED` as `PermissionDenied`.
-fn camel_case(name: &str) -> String {
+fn code_name(name: &str) -> String {
     name.split('_')
-        .map(|word| {
-            let lower = word.to_ascii_lowercase();
-            let mut chars = lower.chars();
-            chars
-                .next()
-                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
+        .map(|word| upper_first(&word.to_ascii_lowercase()))
         .collect()
 }
