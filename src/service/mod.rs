@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::authz::engine::Authorizer;
 use crate::authz::extract::CredentialSource;
 use crate::authz::response::Responder;
-use crate::authz::trust::TrustedCallers;
+use crate::authz::trust::{ForwardAuthConfig, TrustedCallers};
 use crate::manage::{Keys, Owners};
 use crate::tls::PeerIdentity;
 use caller::ManagementAuth;
@@ -29,6 +29,8 @@ pub struct DataPlane {
     pub responder: Responder,
     /// Authorize callers whose `client_address` is believed.
     pub trusted_callers: TrustedCallers,
+    /// Proxies whose `X-Forwarded-For` forward-auth believes.
+    pub forward_auth: ForwardAuthConfig,
     /// Every client-certificate name the data plane's settings list (trusted callers,
     /// route rules' `callers`): a call's certificate is read only when there is one.
     pub listed_identities: Vec<String>,
