@@ -13,6 +13,7 @@ pub mod kubernetes;
 pub mod otlp;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod tools;
 pub mod upstream;
