@@ -6,6 +6,7 @@ pub mod authorize;
 pub mod check;
 pub mod envoy;
 pub mod faulty;
+pub mod forward_auth;
 pub mod helm;
 pub mod http;
 pub mod json_api;
