@@ -1,6 +1,9 @@
 //! What the forward-auth tests share: keygate trusting the proxies on 127.0.0.1 and asking
-//! the `admin` scope under `/admin/`, and keys to call it with.
+//! the `admin` scope under `/admin/`, keys to call it with, and the proxies that ask it
+//! (nginx, running its shipped example with only its ports replaced).
 
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::Arc;
 
 use keygate::proto;
@@ -8,6 +11,8 @@ use keygate::store::Store;
 use tonic::transport::Channel;
 
 use super::http::HttpResponse;
+use super::proxy::{ProxyProcess, example, free_loopback_addr, with_addresses};
+use super::tools::system_tool;
 use super::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, start_with};
 
 /// keygate's forward-auth settings in the tests: the proxies connect from 127.0.0.1 (a
@@ -100,4 +105,26 @@ pub fn error_code(response: &HttpResponse) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no error code: {}", response.body))
         .to_owned()
+}
+
+/// Starts nginx with `examples/nginx/nginx.conf`, asking `keygate` in front of `upstream`.
+pub fn start_nginx(keygate: SocketAddr, upstream: SocketAddr) -> ProxyProcess {
+    let listen = free_loopback_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(example("nginx/nginx.conf")).unwrap();
+    let config = with_addresses(
+        &example,
+        &[(8080, listen), (9191, keygate), (8081, upstream)],
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(system_tool("nginx"));
+    command.arg("-p").arg(dir.path()).arg("-c").arg(&path);
+    // In the foreground, one process running as the test's user, its pid file and errors
+    // its own: nothing is shared with other tests or a system nginx.
+    command.args(["-e", "stderr", "-g"]).arg(format!(
+        "daemon off; master_process off; pid {};",
+        dir.path().join("nginx.pid").display()
+    ));
+    ProxyProcess::start("nginx", command, listen).keeping(dir)
 }
