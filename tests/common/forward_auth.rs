@@ -1,6 +1,6 @@
 //! What the forward-auth tests share: keygate trusting the proxies on 127.0.0.1 and asking
 //! the `admin` scope under `/admin/`, keys to call it with, and the proxies that ask it
-//! (nginx, running its shipped example with only its ports replaced).
+//! (nginx and Caddy, each running its shipped example with only its ports replaced).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -127,4 +127,26 @@ pub fn start_nginx(keygate: SocketAddr, upstream: SocketAddr) -> ProxyProcess {
         dir.path().join("nginx.pid").display()
     ));
     ProxyProcess::start("nginx", command, listen).keeping(dir)
+}
+
+/// Starts Caddy with `examples/caddy/Caddyfile`, asking `keygate` in front of `upstream`.
+pub fn start_caddy(keygate: SocketAddr, upstream: SocketAddr) -> ProxyProcess {
+    let listen = free_loopback_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(example("caddy/Caddyfile")).unwrap();
+    let config = with_addresses(
+        &example,
+        &[(8080, listen), (9191, keygate), (8081, upstream)],
+    );
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(system_tool("caddy"));
+    command
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        // Caddy keeps its state (autosaved config, certificates) under these.
+        .env("XDG_CONFIG_HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .env("HOME", dir.path());
+    ProxyProcess::start("caddy", command, listen).keeping(dir)
 }
