@@ -74,6 +74,23 @@ async fn held(admission: &str) -> Held {
     }
 }
 
+/// A Check with `key`, never verified, holding a place in flight until the store (made to
+/// hang here) is released; its answer once it is.
+async fn stall_a_check(
+    store: &FaultyStore,
+    data_plane: &Channel,
+    key: &str,
+) -> tokio::task::JoinHandle<envoy_types::pb::envoy::service::auth::v3::CheckResponse> {
+    store.hook().hold(true);
+    let stalled = tokio::spawn({
+        let data_plane = data_plane.clone();
+        let request = request(key);
+        async move { check(&data_plane, request).await }
+    });
+    store.hook().until_waiting(1).await;
+    stalled
+}
+
 #[tokio::test]
 async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health_still_answers() {
     let Held {
@@ -85,13 +102,7 @@ async fn past_the_limit_of_calls_in_flight_a_check_is_refused_at_once_and_health
     } = held("[admission]\nmax_in_flight = 1\ntimeout = \"1h\"\n").await;
 
     // The first Check needs the store, which now hangs: it holds the only slot.
-    store.hook().hold(true);
-    let stalled = tokio::spawn({
-        let data_plane = data_plane.clone();
-        let request = request(&key);
-        async move { check(&data_plane, request).await }
-    });
-    store.hook().until_waiting(1).await;
+    let stalled = stall_a_check(&store, &data_plane, &key).await;
 
     // Without admission the call would wait for the store; a generous ceiling fails it.
     let refused = tokio::time::timeout(
@@ -203,13 +214,7 @@ async fn forward_auth_takes_the_same_places_as_check_and_is_refused_with_a_503()
     } = held("[admission]\nmax_in_flight = 1\ntimeout = \"1h\"\n").await;
 
     // A Check holds the only place: forward-auth is refused at once, in HTTP, and counted.
-    store.hook().hold(true);
-    let stalled = tokio::spawn({
-        let data_plane = data_plane.clone();
-        let request = request(&key);
-        async move { check(&data_plane, request).await }
-    });
-    store.hook().until_waiting(1).await;
+    let stalled = stall_a_check(&store, &data_plane, &key).await;
     let refused = tokio::time::timeout(Duration::from_secs(10), forward_auth(&server, &key))
         .await
         .expect("a call past the limit is answered at once, not queued");

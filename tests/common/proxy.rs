@@ -1,6 +1,6 @@
 //! A proxy (Envoy, nginx, Caddy) as a child process running one of the shipped example
 //! configurations with only its ports replaced: started on a free loopback port, its output
-//! kept for assertions, killed when dropped.
+//! kept for assertions, killed when dropped. Shared by the tests and the load bench.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,6 +53,27 @@ pub fn with_addresses(config: &str, ports: &[(u16, SocketAddr)]) -> String {
         config = replace_once(&config, &format!("127.0.0.1:{port}"), &addr.to_string());
     }
     config
+}
+
+/// Starts nginx (`nginx`: its command, maybe behind `taskset`) with the configuration
+/// `config`, listening on `listen`: in the foreground, one process running as the caller's
+/// user, its pid file, temporary files and errors its own, so nothing is shared with
+/// another test or a system nginx.
+pub fn start_nginx(mut nginx: Command, config: &str, listen: SocketAddr) -> ProxyProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, config).unwrap();
+    nginx
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&path)
+        .args(["-e", "stderr", "-g"])
+        .arg(format!(
+            "daemon off; master_process off; pid {};",
+            dir.path().join("nginx.pid").display()
+        ));
+    ProxyProcess::start("nginx", nginx, listen).keeping(dir)
 }
 
 /// A running proxy.
@@ -132,6 +153,7 @@ impl ProxyProcess {
     }
 
     /// The lines printed so far.
+    #[allow(dead_code)] // not every includer reads the access log
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
