@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use common::faulty::faulty;
-use common::forward_auth::{FENCED_CLIENT, Keys, error_code, json, start};
+use common::forward_auth::{FENCED_CLIENT, Keys, error_code, json, send, start};
 use common::http::{HttpResponse, http_request, http_request_from};
 use common::{admin, create_owner};
 use keygate::proto;
@@ -85,16 +85,11 @@ async fn an_allowed_request_gets_200_with_the_headers_for_the_upstream_and_the_c
     }
 
     // Envoy's form, over h2c: the original path after the prefix, the method as is.
-    let channel = keygate.data_plane().await;
     let request = http::Request::post("/forward-auth/v1/things?page=2")
         .header("x-api-key", &keys.reader)
         .body(tonic::body::Body::default())
         .unwrap();
-    let mut service = channel;
-    std::future::poll_fn(|cx| tower::Service::poll_ready(&mut service, cx))
-        .await
-        .unwrap();
-    let response = tower::Service::call(&mut service, request).await.unwrap();
+    let response = send(keygate.data_plane().await, request).await;
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     assert_eq!(

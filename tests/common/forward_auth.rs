@@ -108,6 +108,18 @@ pub fn error_code(response: &HttpResponse) -> String {
         .to_owned()
 }
 
+/// Sends `request` (a forward-auth call, no gRPC content type) over `channel`, an HTTP/2
+/// connection to the data plane (h2c or TLS), and returns the answer.
+pub async fn send(
+    mut channel: Channel,
+    request: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    std::future::poll_fn(|cx| tower::Service::poll_ready(&mut channel, cx))
+        .await
+        .unwrap();
+    tower::Service::call(&mut channel, request).await.unwrap()
+}
+
 /// What every proxy example must do with an allowed request: a POST with the reader's key as
 /// a bearer token, a second credential and forged identity headers reaches the API once,
 /// with keygate's identity and without any credential, and the client gets the API's answer
