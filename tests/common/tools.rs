@@ -19,7 +19,6 @@ pub fn venv_tool(name: &str) -> PathBuf {
 
 /// Path of system command `name`, which `scripts/install-test-tools` installs from Debian
 /// packages: on `PATH`, or in the sbin directories where Debian puts daemons (nginx).
-#[allow(dead_code)] // the benches drive only the venv's tools
 pub fn system_tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
