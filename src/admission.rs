@@ -13,6 +13,10 @@
 //!
 //! Health checks are always admitted: an overloaded replica is busy, not dead, and must not
 //! be restarted for it.
+//!
+//! Calls that do not pass through the layer (forward-auth, answered in plain HTTP) are
+//! admitted by the same places and limits through [`AdmissionLayer::enter`] and
+//! [`Admitted::run`], and refused in their own protocol.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 
@@ -117,57 +121,101 @@ where
         if request.uri().path().starts_with(HEALTH) {
             return Box::pin(self.inner.call(request));
         }
-        let layer = &self.layer;
-        let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
-            let refusal = refuse(
-                &layer.metrics,
-                "in_flight",
-                format!(
-                    "keygate is deciding its limit of {} calls already; retry",
-                    layer.limit
-                ),
-            );
-            return Box::pin(std::future::ready(Ok(refusal)));
+        let admitted = match self.layer.enter() {
+            Ok(admitted) => admitted,
+            Err(refused) => return Box::pin(std::future::ready(Ok(refused.into_grpc()))),
         };
-        let received = Instant::now();
         let call = self.inner.call(request);
-        let (timeout, max_wait, metrics) = (layer.timeout, layer.max_wait, layer.metrics.clone());
         Box::pin(async move {
-            let _permit = permit;
-            let waited = received.elapsed();
-            if waited > max_wait {
-                return Ok(refuse(
-                    &metrics,
-                    "wait",
-                    format!(
-                        "keygate is overloaded: the call waited {} for a CPU; retry",
-                        humantime::format_duration(truncate_to_millis(waited))
-                    ),
-                ));
-            }
-            match tokio::time::timeout(timeout, call).await {
+            match admitted.run(call).await {
                 Ok(answer) => answer,
-                Err(_) => Ok(refuse(
-                    &metrics,
-                    "timeout",
-                    format!(
-                        "keygate could not decide within {}",
-                        humantime::format_duration(timeout)
-                    ),
-                )),
+                Err(refused) => Ok(refused.into_grpc()),
             }
         })
     }
 }
 
-/// An overload refusal for `reason`, counted: UNAVAILABLE with `message`.
-fn refuse<T: Default>(
-    metrics: &Metrics,
-    reason: &'static str,
-    message: String,
-) -> http::Response<T> {
-    metrics.overloaded(reason);
-    tonic::Status::unavailable(message).into_http()
+impl AdmissionLayer {
+    /// Takes one of the places for calls in flight for a call received now, to be
+    /// [`Admitted::run`]; refused (and counted) when there is none left. Call it when the
+    /// call is handed over, not when its future first runs: the time in between is the
+    /// wait `max_wait` bounds.
+    pub fn enter(&self) -> Result<Admitted, Refused> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Admitted {
+                permit,
+                received: Instant::now(),
+                layer: self.clone(),
+            }),
+            Err(_) => Err(self.refuse(
+                "in_flight",
+                format!(
+                    "keygate is deciding its limit of {} calls already; retry",
+                    self.limit
+                ),
+            )),
+        }
+    }
+
+    /// A refusal for `reason`, counted.
+    fn refuse(&self, reason: &'static str, message: String) -> Refused {
+        self.metrics.overloaded(reason);
+        Refused { message }
+    }
+}
+
+/// A call holding a place among the calls in flight until it is answered.
+pub struct Admitted {
+    permit: OwnedSemaphorePermit,
+    received: Instant,
+    layer: AdmissionLayer,
+}
+
+impl Admitted {
+    /// Runs `call`, unless it waited longer than `max_wait` to start, for at most `timeout`;
+    /// otherwise the refusal, counted.
+    pub async fn run<T>(self, call: impl Future<Output = T>) -> Result<T, Refused> {
+        let Admitted {
+            permit: _permit,
+            received,
+            layer,
+        } = self;
+        let waited = received.elapsed();
+        if waited > layer.max_wait {
+            return Err(layer.refuse(
+                "wait",
+                format!(
+                    "keygate is overloaded: the call waited {} for a CPU; retry",
+                    humantime::format_duration(truncate_to_millis(waited))
+                ),
+            ));
+        }
+        tokio::time::timeout(layer.timeout, call)
+            .await
+            .map_err(|_| {
+                layer.refuse(
+                    "timeout",
+                    format!(
+                        "keygate could not decide within {}",
+                        humantime::format_duration(layer.timeout)
+                    ),
+                )
+            })
+    }
+}
+
+/// A call refused for overload: the caller answers UNAVAILABLE in its protocol.
+#[derive(Debug)]
+pub struct Refused {
+    /// What the client is told.
+    pub message: String,
+}
+
+impl Refused {
+    /// The refusal as a gRPC UNAVAILABLE.
+    fn into_grpc<T: Default>(self) -> http::Response<T> {
+        tonic::Status::unavailable(self.message).into_http()
+    }
 }
 
 /// `duration` in whole milliseconds, for messages.

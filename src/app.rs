@@ -238,6 +238,7 @@ impl App {
                     .collect(),
             },
             trusted_callers: config.authorize.trusted_callers.clone(),
+            forward_auth: config.forward_auth.clone(),
             listed_identities: config.data_plane_identities(),
         });
         let invalidations = Arc::new(Invalidations::new(

@@ -54,7 +54,7 @@
 //!    - [`service`] — gRPC services (ext_authz Check, Authorize, KeyManager): authenticate,
 //!      convert, call a plane, convert back.
 //!    - [`http`] — HTTP beside gRPC on the same ports: JSON routes transcoded into the gRPC
-//!      calls, their OpenAPI document.
+//!      calls, their OpenAPI document; forward-auth for proxies ([`http::forward_auth`]).
 //! 8. Composition root
 //!    - [`app`] — builds every part from the configuration, once.
 //!    - [`reflection`] — gRPC reflection listing exactly each listener's services, Envoy's

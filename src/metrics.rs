@@ -49,9 +49,9 @@ type Labels2 = [(&'static str, &'static str); 2];
 pub struct Metrics {
     decisions: Family<Labels2, Counter>,
     /// Per API, per code: resolved once so the request path only adds to an atomic.
-    decision_counters: [[Counter; DecisionCode::ALL.len()]; 2],
+    decision_counters: [[Counter; DecisionCode::ALL.len()]; Api::ALL.len()],
     decision_seconds: Family<Labels1, Histogram, fn() -> Histogram>,
-    decision_histograms: [Histogram; 2],
+    decision_histograms: [Histogram; Api::ALL.len()],
     rate_limit: Family<Labels1, Counter>,
     rate_allowed: Counter,
     rate_limited: Counter,
@@ -70,7 +70,7 @@ impl Default for Metrics {
         let decisions = Family::<Labels2, Counter>::default();
         let decision_seconds: Family<Labels1, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
-        let apis = [Api::Check, Api::Authorize];
+        let apis = Api::ALL;
         let decision_counters = apis.map(|api| {
             DecisionCode::ALL.map(|code| {
                 decisions

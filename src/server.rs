@@ -27,6 +27,7 @@ use crate::app::{App, Backends, StartError, create_data_dir};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ServeArgs};
 use crate::connection::{self, Unvectored};
+use crate::http::forward_auth::ForwardAuth;
 use crate::http::{HttpApi, HttpLayer};
 use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
@@ -298,7 +299,8 @@ fn management_router(
 }
 
 /// The data-plane listener's services: Check, Authorize, health and reflection, each call
-/// traced and admitted within the configured limits; Authorize's JSON route beside them.
+/// traced and admitted within the configured limits; Authorize's JSON route and
+/// forward-auth beside them, forward-auth admitted by the same limits.
 fn data_plane_router(
     app: &Arc<App>,
     health: HealthServer<impl Health>,
@@ -306,7 +308,9 @@ fn data_plane_router(
     let (v1, v1alpha) = crate::reflection::data_plane().map_err(reflection_failed)?;
     let plane = &app.data_plane;
     let admission = &app.config.admission;
-    let http = HttpApi::data_plane().map_err(routes_failed)?;
+    let admitted = AdmissionLayer::new(admission, app.metrics.clone());
+    let forward_auth = ForwardAuth::new(plane.clone(), admitted.clone());
+    let http = HttpApi::data_plane(forward_auth).map_err(routes_failed)?;
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(admission.max_concurrent_streams)
@@ -318,7 +322,7 @@ fn data_plane_router(
         .http2_max_pending_accept_reset_streams(Some(4 * admission.max_concurrent_streams as usize))
         .layer(HttpLayer::new(http))
         .layer(RpcLayer::spans())
-        .layer(AdmissionLayer::new(admission, app.metrics.clone()))
+        .layer(admitted)
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)

@@ -1,5 +1,6 @@
 //! The Istio and Envoy Gateway examples under `examples/`, checked against what the Helm
-//! chart renders.
+//! chart renders; the Traefik example, which no test can run (Traefik has no Debian
+//! package), checked against keygate's defaults.
 
 mod common;
 
@@ -131,5 +132,53 @@ fn the_envoy_gateway_example_sends_checks_to_the_chart_s_data_plane() {
     assert_eq!(
         grant["spec"]["to"],
         json!([{"group": "", "kind": "Service", "name": service}])
+    );
+}
+
+#[test]
+fn the_traefik_example_sends_and_takes_keygate_s_default_headers() {
+    use keygate::authz::extract::CredentialSource;
+    use keygate::authz::response::HeaderNames;
+
+    let text = std::fs::read_to_string(repo_path("examples/traefik/dynamic.yaml")).unwrap();
+    let config = &yaml_documents(&text)[0]["http"];
+    let lower = |list: &Json| -> Vec<String> {
+        (list.as_array().unwrap().iter())
+            .map(|name| name.as_str().unwrap().to_ascii_lowercase())
+            .collect()
+    };
+    let middlewares = &config["middlewares"];
+    let forward_auth = &middlewares["keygate"]["forwardAuth"];
+    assert!(
+        forward_auth["address"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(":9191/forward-auth"))
+    );
+    assert_eq!(forward_auth["trustForwardHeader"], false);
+
+    let names = HeaderNames::default();
+    let identity = [names.key_id, names.owner_id, names.plan, names.scopes];
+    assert_eq!(lower(&forward_auth["authResponseHeaders"]), identity);
+
+    let credentials: Vec<String> = (CredentialSource::defaults().iter())
+        .flat_map(|source| source.headers().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let sent = lower(&forward_auth["authRequestHeaders"]);
+    let dropped: Vec<String> = (middlewares["drop-credentials"]["headers"]["customRequestHeaders"]
+        .as_object()
+        .unwrap())
+    .iter()
+    .inspect(|(_, value)| assert_eq!(**value, "", "an empty value removes the header"))
+    .map(|(name, _)| name.to_ascii_lowercase())
+    .collect();
+    for header in &credentials {
+        assert!(sent.contains(header), "{header} is not sent to keygate");
+        assert!(dropped.contains(header), "{header} reaches the API");
+    }
+    assert!(sent.contains(&names.request_id));
+    let router = &config["routers"]["api"];
+    assert_eq!(
+        router["middlewares"],
+        json!(["keygate", "drop-credentials"])
     );
 }

@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on the gRPC listeners, with certificates made by `openssl`: what is
 //! refused, what is accepted, who is admin by certificate, certificate rotation, whose
-//! `client_address` Authorize believes, route rules for some callers only, and a Python
-//! grpcio client that shares no TLS or gRPC code with keygate.
+//! `client_address` Authorize believes, route rules for some callers only (Check, Authorize
+//! and forward-auth alike), and a Python grpcio client that shares no TLS or gRPC code with
+//! keygate.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::authorize::try_authorize;
 use common::check::{check, check_request, decision_code};
+use common::forward_auth::send;
 use common::pki::{Ca, Issued, tls_channel, tls_config};
 use common::process::keygate_bin;
 use common::tools::venv_tool;
@@ -317,6 +319,8 @@ scopes = ["reports"]
     let mut manage = server.client().await;
     let owner = create_owner(&mut manage, "acme", "pro").await;
     let key = issue_key(&mut manage, &owner.id, "no scopes").await.secret;
+    // Forward-auth's own, so that no key makes more calls than its rate window allows.
+    let forward_key = issue_key(&mut manage, &owner.id, "no scopes").await.secret;
 
     // Named by SAN URI, by SAN DNS name, by subject CN; and a caller named nowhere.
     let batch = ca.issue("batch", "URI:spiffe://test/batch");
@@ -360,6 +364,19 @@ scopes = ["reports"]
             expected,
             "Authorize {path} by {name}"
         );
+        let request = http::Request::get("/forward-auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", path)
+            .header("x-api-key", &forward_key)
+            .body(tonic::body::Body::default())
+            .unwrap();
+        let answer = send(channel, request).await;
+        let status = if expected == DecisionCode::Ok {
+            200
+        } else {
+            403
+        };
+        assert_eq!(answer.status(), status, "forward-auth {path} by {name}");
     }
 }
 

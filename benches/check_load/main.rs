@@ -17,7 +17,11 @@
 //!   openssl at the start), called over TLS: compare with `no rate limit`;
 //! * `Envoy + no-op ext_authz` / `Envoy + keygate`: Envoy (one worker) in front, its
 //!   ext_authz filter calling the server and a direct response after it, loaded over
-//!   HTTP/1.1 by `wrk`.
+//!   HTTP/1.1 by `wrk`;
+//! * `nginx, no auth` / `nginx + keygate forward-auth`: nginx (one process) running the
+//!   shipped `examples/nginx/nginx.conf`, its `auth_request` off or asking keygate's
+//!   forward-auth, and a `return 200` of its own as the API, loaded by `wrk` over HTTP/1.1
+//!   (latencies from `wrk`, CPU per request of keygate and of nginx).
 //!
 //! The direct scenarios use a closed loop of 4 HTTP/2 connections x 16 calls in flight.
 //! Each run prints throughput, p50/p99 and the server's CPU time per call (user + system,
@@ -57,6 +61,8 @@ use servers::{Envoy, Running, cpu_time};
 mod check;
 #[path = "../../tests/common/pki.rs"]
 mod pki;
+#[path = "../../tests/common/proxy.rs"]
+mod proxy;
 #[path = "../../tests/common/redis.rs"]
 mod redis_server;
 #[path = "../../tests/common/tools.rs"]
@@ -111,6 +117,8 @@ enum Front {
     Direct(LoadKind),
     /// HTTP requests through Envoy, from `wrk`.
     Envoy(EnvoyLoad),
+    /// HTTP requests through nginx, from `wrk`, asking forward-auth when `auth`.
+    Nginx { auth: bool },
 }
 
 /// How `wrk` loads Envoy, and Envoy keygate.
@@ -158,6 +166,7 @@ impl Scenario {
         match self.front {
             Front::Direct(kind) => matches!(kind, LoadKind::Overload),
             Front::Envoy(load) => load.overload,
+            Front::Nginx { .. } => false,
         }
     }
 }
@@ -185,12 +194,18 @@ impl Measured {
     /// The figures of a run that took `elapsed` and `cpu` of the server's time for
     /// `requests` requests, of which those allowed took `allowed` (sorted); printed.
     fn of(allowed: &[Duration], elapsed: Duration, cpu: Duration, requests: usize) -> Measured {
-        let m = Measured {
+        Measured {
             throughput: allowed.len() as f64 / elapsed.as_secs_f64(),
             p50: percentile(allowed, 0.50),
             p99: percentile(allowed, 0.99),
             cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
-        };
+        }
+        .printed()
+    }
+
+    /// These figures, after printing them.
+    fn printed(self) -> Measured {
+        let m = self;
         println!(
             "check_load: throughput {:.0} requests/s  p50 {:?}  p99 {:?}  server CPU per request {:.1} µs",
             m.throughput, m.p50, m.p99, m.cpu_us
@@ -288,6 +303,18 @@ fn main() {
             target: keygate("", &[]),
             front: Front::Envoy(EnvoyLoad::NORMAL),
             baseline: "Envoy + no-op ext_authz",
+        },
+        Scenario {
+            name: "nginx, no auth",
+            target: keygate("", &[]),
+            front: Front::Nginx { auth: false },
+            baseline: "nginx, no auth",
+        },
+        Scenario {
+            name: "nginx + keygate forward-auth",
+            target: keygate("", &[]),
+            front: Front::Nginx { auth: true },
+            baseline: "nginx, no auth",
         },
         Scenario {
             name: "Envoy + keygate, light load",
@@ -391,6 +418,7 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
             runtime.block_on(direct(&server, tls_ca, &key, load))
         }
         Front::Envoy(load) => through_envoy(&server, &key, load, dir.path()),
+        Front::Nginx { auth } => through_nginx(&server, &key, auth),
     }
 }
 
@@ -472,15 +500,7 @@ fn through_envoy(server: &Running, key: &str, load: EnvoyLoad, dir: &std::path::
         dir,
     );
     let url = format!("http://{}/v1/sites?page=2", envoy.listen);
-    let header = format!("authorization: Bearer {key}");
-    let wrk = |duration: &str| {
-        let output = Command::new("wrk")
-            .args(["-t1", &format!("-c{}", load.connections), "-d", duration])
-            .args(["-H", &header, &url])
-            .output()
-            .expect("wrk is not installed: apt-get install wrk (scripts/bench installs it)");
-        assert!(output.status.success(), "wrk failed");
-    };
+    let wrk = |duration: &str| wrk(load.connections, duration, key, &url);
     wrk("1s");
     let logged = || std::fs::read_to_string(&envoy.access_log).unwrap_or_default();
     let skip = logged().lines().count();
@@ -531,6 +551,86 @@ fn through_envoy(server: &Running, key: &str, load: EnvoyLoad, dir: &std::path::
         envoy_cpu.as_secs_f64() * 1e6 / total as f64
     );
     measured
+}
+
+/// Runs `wrk` (one thread, `connections` connections) against `url` for `duration`, each
+/// request with `key` as a bearer token, and returns its report.
+fn wrk(connections: usize, duration: &str, key: &str, url: &str) -> String {
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            "-d",
+            duration,
+            "--latency",
+        ])
+        .args(["-H", &format!("authorization: Bearer {key}"), url])
+        .output()
+        .expect("wrk is not installed: apt-get install wrk (scripts/bench installs it)");
+    assert!(output.status.success(), "wrk failed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// HTTP requests through nginx, asking `server`'s forward-auth when `auth`, from `wrk`.
+/// Latencies are `wrk`'s; the requests must all be answered 200.
+fn through_nginx(server: &Running, key: &str, auth: bool) -> Measured {
+    let nginx = servers::nginx(&server.data_plane, auth);
+    let url = format!("http://{}/v1/sites?page=2", nginx.listen_addr);
+    wrk(WRK_CONNECTIONS, "1s", key, &url);
+    let cpu_before = cpu_time(server.pid());
+    let nginx_before = cpu_time(nginx.pid());
+    let report = wrk(WRK_CONNECTIONS, WRK_TIME, key, &url);
+    let cpu = cpu_time(server.pid()) - cpu_before;
+    let nginx_cpu = cpu_time(nginx.pid()) - nginx_before;
+    assert!(
+        !report.contains("Non-2xx"),
+        "nginx answered requests other than 200:\n{report}\n{}",
+        nginx.log()
+    );
+    let field = |label: &str| {
+        (report.lines())
+            .find_map(|line| line.trim().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} in wrk's report:\n{report}"))
+            .trim()
+            .to_owned()
+    };
+    let requests: f64 = (report.lines())
+        .find(|line| line.contains(" requests in "))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    let measured = Measured {
+        throughput: field("Requests/sec:").parse().unwrap(),
+        p50: wrk_duration(&field("50%")),
+        p99: wrk_duration(&field("99%")),
+        cpu_us: cpu.as_secs_f64() * 1e6 / requests,
+    }
+    .printed();
+    println!(
+        "check_load: nginx CPU per request {:.1} µs ({WRK_CONNECTIONS} connections, auth_request {})",
+        nginx_cpu.as_secs_f64() * 1e6 / requests,
+        if auth { "on" } else { "off" }
+    );
+    measured
+}
+
+/// A duration as `wrk` prints it: `812.00us`, `1.23ms`, `2.01s`.
+fn wrk_duration(text: &str) -> Duration {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("not a wrk duration: {text}"));
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => panic!("not a wrk duration: {text}"),
+    };
+    Duration::from_secs_f64(seconds)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

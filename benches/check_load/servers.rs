@@ -1,6 +1,7 @@
 //! The servers under load, each a child process that can be pinned to CPUs: keygate (this
 //! build or `KEYGATE_BENCH_BINARY`), a no-op ext_authz server on the same stack (this bench
-//! binary run again in its no-op mode), and Envoy in front of either.
+//! binary run again in its no-op mode), Envoy in front of either, and nginx in front of
+//! keygate's forward-auth or of nothing.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -14,6 +15,11 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::rpc;
 use keygate::proto::{self, key_manager_client::KeyManagerClient};
+
+use crate::proxy::{
+    ProxyProcess, example, free_loopback_addr, replace_once, start_nginx, with_addresses,
+};
+use crate::tools::system_tool;
 
 /// The admin token every keygate under load is started with.
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
@@ -47,6 +53,28 @@ impl Drop for Running {
             let _ = std::fs::remove_dir(group);
         }
     }
+}
+
+/// nginx (one process, pinned like the servers) on a free loopback port, running the shipped
+/// `examples/nginx/nginx.conf`: asking forward-auth at `authz` (the server's `http://`
+/// URL) before every request when `auth`, with `auth_request off` otherwise, and answering
+/// the requests it lets through from a server block of its own in place of the example's
+/// API.
+pub fn nginx(authz: &str, auth: bool) -> ProxyProcess {
+    let listen = free_loopback_addr();
+    let api = free_loopback_addr();
+    let authz: SocketAddr = authz.trim_start_matches("http://").parse().unwrap();
+    let example = std::fs::read_to_string(example("nginx/nginx.conf")).unwrap();
+    let mut config = with_addresses(&example, &[(8080, listen), (9191, authz), (8081, api)]);
+    if !auth {
+        config = replace_once(&config, "auth_request /_keygate;", "auth_request off;");
+    }
+    let end = config.rfind('}').expect("the example ends its http block");
+    config.insert_str(
+        end,
+        &format!("    server {{\n        listen {api};\n        location / {{ return 200 \"ok\"; }}\n    }}\n"),
+    );
+    start_nginx(pinned(&system_tool("nginx")), &config, listen)
 }
 
 /// `program`, pinned to `KEYGATE_BENCH_SERVER_CPUS` when set (e.g. "0", with the bench

@@ -28,14 +28,20 @@ pub enum Api {
     Check,
     /// keygate's Authorize.
     Authorize,
+    /// `/forward-auth`, for proxies that ask over plain HTTP.
+    ForwardAuth,
 }
 
 impl Api {
+    /// Every API, in declaration order (`api as usize` is its index).
+    pub const ALL: [Api; 3] = [Api::Check, Api::Authorize, Api::ForwardAuth];
+
     /// The name in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Api::Check => "check",
             Api::Authorize => "authorize",
+            Api::ForwardAuth => "forward_auth",
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::authz::extract::CredentialSource;
 use crate::authz::keys::CacheConfig;
 use crate::authz::response::{ErrorsConfig, HeaderNames};
 use crate::authz::routes::RouteRule;
-use crate::authz::trust::AuthorizeConfig;
+use crate::authz::trust::{AuthorizeConfig, ForwardAuthConfig};
 use crate::authz::usage::UsageConfig;
 use crate::calendar::Calendar;
 use crate::invalidation::InvalidationConfig;
@@ -61,6 +61,8 @@ pub struct Config {
     pub management: ManagementConfig,
     /// Whose `client_address` the Authorize RPC believes.
     pub authorize: AuthorizeConfig,
+    /// Whose `X-Forwarded-For` forward-auth believes.
+    pub forward_auth: ForwardAuthConfig,
     /// Limits that keep the data plane answering under overload.
     pub admission: AdmissionConfig,
     /// Key shapes that can be issued and are recognised.
@@ -108,6 +110,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             management: ManagementConfig::default(),
             authorize: AuthorizeConfig::default(),
+            forward_auth: ForwardAuthConfig::default(),
             admission: AdmissionConfig::default(),
             invalidation: InvalidationConfig::default(),
             profiles: vec![crate::key::format::default_profile()],
@@ -255,6 +258,9 @@ impl Config {
             .params()
             .map_err(|e| field_error("argon2", e.to_string()))?;
         self.errors
+            .validate()
+            .map_err(|(field, message)| field_error(field, message))?;
+        self.forward_auth
             .validate()
             .map_err(|(field, message)| field_error(field, message))?;
         if self.usage.flush_interval < Duration::from_secs(1) {
@@ -518,6 +524,33 @@ api_access = false
         assert!(field_of(period).starts_with("plans[0].rate_windows[0]"));
         let argon = load(&[("KEYGATE_ARGON2__MEMORY_KIB", "1")], &[]).unwrap_err();
         assert_eq!(field_of(argon), "argon2");
+        let proxies = load(
+            &[("KEYGATE_FORWARD_AUTH__TRUSTED_PROXIES", r#"["10.0.0.0/8"]"#)],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            proxies.forward_auth.trusted_proxies,
+            ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+        );
+        let not_a_network = load(
+            &[],
+            &[("forward_auth.trusted_proxies", r#"["10.0.0.0/33"]"#)],
+        )
+        .unwrap_err();
+        assert!(
+            field_of(not_a_network).starts_with("forward_auth.trusted_proxies"),
+            "the field is named"
+        );
+        let everyone = load(
+            &[],
+            &[(
+                "forward_auth.trusted_proxies",
+                r#"["10.0.0.0/8", "0.0.0.0/0"]"#,
+            )],
+        )
+        .unwrap_err();
+        assert_eq!(field_of(everyone), "forward_auth.trusted_proxies[1]");
         let path = load(&[], &[("listen..management", "x")]).unwrap_err();
         assert!(matches!(path, ConfigError::Override { .. }));
     }

@@ -3,9 +3,13 @@
 //! ([`transcode`]), so every rule, authority check, metric and span is the gRPC one; the
 //! OpenAPI document describing them is generated from the same route table ([`openapi`]).
 //!
+//! On the data plane, [`forward_auth`] answers proxies that authorize requests over plain
+//! HTTP (nginx, Traefik, Caddy, Envoy's `http_service`).
+//!
 //! Whatever is not gRPC and matches no route gets a JSON 404; a known path with another
 //! method a 405 naming the allowed ones.
 
+pub mod forward_auth;
 pub mod openapi;
 pub mod transcode;
 
@@ -20,6 +24,7 @@ use http_body_util::Full;
 use tonic::body::Body;
 use tonic::codegen::Bytes;
 
+use forward_auth::ForwardAuth;
 use transcode::{Route, RouteMatch, Transcoder};
 
 /// The HTTP side of one listener: its JSON routes and, on the management listener, the
@@ -27,6 +32,7 @@ use transcode::{Route, RouteMatch, Transcoder};
 pub struct HttpApi {
     transcoder: Transcoder,
     document: Option<Bytes>,
+    forward_auth: Option<Arc<ForwardAuth>>,
 }
 
 /// Where the OpenAPI document is served.
@@ -41,14 +47,17 @@ impl HttpApi {
         Ok(HttpApi {
             transcoder,
             document: Some(Bytes::from(document)),
+            forward_auth: None,
         })
     }
 
-    /// The data-plane listener's HTTP side: `POST /v1/authorize`.
-    pub fn data_plane() -> Result<Self, transcode::RouteError> {
+    /// The data-plane listener's HTTP side: `POST /v1/authorize`, and `forward_auth` on
+    /// its paths.
+    pub fn data_plane(forward_auth: ForwardAuth) -> Result<Self, transcode::RouteError> {
         Ok(HttpApi {
             transcoder: Transcoder::new(transcode::data_plane_routes())?,
             document: None,
+            forward_auth: Some(Arc::new(forward_auth)),
         })
     }
 
@@ -106,6 +115,12 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         if is_grpc(&request) {
             return Box::pin(self.inner.call(request));
+        }
+        if let Some(forward_auth) = &self.api.forward_auth
+            && ForwardAuth::serves(request.uri().path())
+        {
+            let answer = forward_auth.answer(request);
+            return Box::pin(async move { Ok(answer.await) });
         }
         let api = self.api.clone();
         // The ready clone answers this call; the original stays for the next poll_ready.

@@ -28,10 +28,10 @@ use tonic::{Request, Response, Status};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::DataPlane;
+use super::{DataPlane, RouteAsks};
 use crate::authz::decision::Decision;
 use crate::authz::engine::{Api, AuthzRequest};
-use crate::authz::extract::{comma_list, extract};
+use crate::authz::extract::extract;
 use crate::authz::response::Answer;
 use crate::telemetry::propagation::remote_parent;
 
@@ -81,7 +81,7 @@ impl ExtAuthzService {
         let client_ip = peer_ip(attributes.source);
         let Some(http) = attributes.request.and_then(|r| r.http) else {
             return AuthzRequest {
-                request_id: new_request_id(),
+                request_id: super::request_id([]),
                 ..AuthzRequest::default()
             };
         };
@@ -95,12 +95,17 @@ impl ExtAuthzService {
             let _ = span.set_parent(parent);
         }
         let extensions = &attributes.context_extensions;
-        let only: Option<Vec<&str>> = extensions
-            .get(CREDENTIALS_EXTENSION)
-            .map(|v| comma_list(v).collect());
+        let asks = RouteAsks::read(
+            extensions.get(SCOPES_EXTENSION).map(String::as_str),
+            extensions.get(CREDENTIALS_EXTENSION).map(String::as_str),
+            extensions.get(COST_EXTENSION).map(String::as_str),
+        );
         let credentials = &self.plane.credentials;
-        let credential = client_ip
-            .and_then(|_| extract(credentials, only.as_deref(), |name| header(&http, name)));
+        let credential = client_ip.and_then(|_| {
+            extract(credentials, asks.credentials.as_deref(), |name| {
+                header(&http, name)
+            })
+        });
         AuthzRequest {
             api: Api::Check,
             request_id: self.request_id(&http),
@@ -109,14 +114,8 @@ impl ExtAuthzService {
             path: http.path.clone(),
             client_ip,
             caller: None,
-            extra_scopes: extensions
-                .get(SCOPES_EXTENSION)
-                .map(|v| comma_list(v).map(str::to_owned).collect())
-                .unwrap_or_default(),
-            cost: extensions
-                .get(COST_EXTENSION)
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|&c| c > 0),
+            extra_scopes: asks.scopes,
+            cost: asks.cost,
             deadline: None,
         }
     }
@@ -125,11 +124,10 @@ impl ExtAuthzService {
     /// request-id header (`x-request-id`, which Envoy sets on every request by default), else
     /// Envoy's internal stream id (a decimal no one else sees), else a new one.
     fn request_id(&self, http: &HttpRequest) -> String {
-        header(http, &self.plane.responder.headers.request_id)
-            .map(str::trim)
-            .filter(|id| !id.is_empty())
-            .or(Some(http.id.as_str()).filter(|id| !id.is_empty()))
-            .map_or_else(new_request_id, str::to_owned)
+        super::request_id([
+            header(http, &self.plane.responder.headers.request_id),
+            Some(http.id.as_str()),
+        ])
     }
 
     /// The CheckResponse for `decision`.
@@ -245,13 +243,6 @@ fn string_struct(fields: &[(&str, &str)]) -> Struct {
             })
             .collect(),
     }
-}
-
-/// A request id for requests that came without one.
-pub fn new_request_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    crate::key::hash::hex(&bytes)
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::authz::engine::Authorizer;
-use crate::authz::extract::CredentialSource;
+use crate::authz::extract::{CredentialSource, comma_list};
 use crate::authz::response::Responder;
-use crate::authz::trust::TrustedCallers;
+use crate::authz::trust::{ForwardAuthConfig, TrustedCallers};
 use crate::manage::{Keys, Owners, Usage};
 use crate::tls::PeerIdentity;
 use caller::ManagementAuth;
@@ -29,6 +29,8 @@ pub struct DataPlane {
     pub responder: Responder,
     /// Authorize callers whose `client_address` is believed.
     pub trusted_callers: TrustedCallers,
+    /// Proxies whose `X-Forwarded-For` forward-auth believes.
+    pub forward_auth: ForwardAuthConfig,
     /// Every client-certificate name the data plane's settings list (trusted callers,
     /// route rules' `callers`): a call's certificate is read only when there is one.
     pub listed_identities: Vec<String>,
@@ -73,6 +75,53 @@ pub fn peer_identity<T>(request: &tonic::Request<T>, listed: &[String]) -> Optio
     request
         .peer_certs()
         .and_then(|certs| certs.first().and_then(PeerIdentity::from_cert))
+}
+
+/// What a route asks of keygate on top of the route rules: Check's `context_extensions`
+/// (`keygate.scopes`, `keygate.credentials`, `keygate.cost`) and forward-auth's query
+/// parameters say the same things, read here alike.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteAsks<'a> {
+    /// Scopes required on top of the route rules'.
+    pub scopes: Vec<String>,
+    /// The only credential sources accepted, by name; all when `None`.
+    pub credentials: Option<Vec<&'a str>>,
+    /// What a request costs against rate limits; the route rules say when `None`.
+    pub cost: Option<u64>,
+}
+
+impl<'a> RouteAsks<'a> {
+    /// Reads the comma-separated `scopes` and `credentials` and the `cost` (a positive
+    /// integer; anything else leaves it to the route rules).
+    pub fn read(scopes: Option<&str>, credentials: Option<&'a str>, cost: Option<&str>) -> Self {
+        RouteAsks {
+            scopes: scopes
+                .map(|v| comma_list(v).map(str::to_owned).collect())
+                .unwrap_or_default(),
+            credentials: credentials.map(|v| comma_list(v).collect()),
+            cost: cost
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&c| c > 0),
+        }
+    }
+}
+
+/// The id a request is known by in logs and error bodies: the first of `candidates` that
+/// is not blank (trimmed), else a new random one.
+pub fn request_id<'a>(candidates: impl IntoIterator<Item = Option<&'a str>>) -> String {
+    candidates
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|id| !id.is_empty())
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// A request id for requests that came without one.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    crate::key::hash::hex(&bytes)
 }
 
 /// When the caller stops waiting, from the `grpc-timeout` it sent (gRPC over HTTP/2: up to

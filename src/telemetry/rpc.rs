@@ -1,6 +1,7 @@
 //! [`RpcLayer`]: wraps a tonic server so every call runs in a span named after its method,
 //! joined to the caller's trace through the `traceparent` / `tracestate` gRPC metadata, and,
-//! on the management listener, is counted by method and status.
+//! on the management listener, is counted by method and status. [`server_span`] makes the
+//! same span for calls answered in plain HTTP.
 //!
 //! The span carries the decision fields (`keygate.decision`, `keygate.key_id`, ...) empty;
 //! the data-plane handlers fill them in through [`tracing::Span::current`].
@@ -11,8 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tracing::Instrument;
 use tracing::field::Empty;
+use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::propagation::remote_parent;
@@ -102,26 +103,11 @@ where
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("", ""));
-        let span = tracing::debug_span!(
-            "rpc",
-            otel.name = path.trim_start_matches('/'),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = Empty,
-            keygate.decision = Empty,
-            keygate.key_id = Empty,
-            keygate.owner_id = Empty,
-            keygate.cache = Empty,
-            keygate.rate_limit = Empty,
-            keygate.request_id = Empty,
-        );
-        if !span.is_disabled()
-            && let Some(parent) = remote_parent(|name| request.headers().get(name)?.to_str().ok())
-        {
-            let _ = span.set_parent(parent);
+        let span = server_span(path.trim_start_matches('/'), request.headers());
+        if !span.is_disabled() {
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", service);
+            span.record("rpc.method", method);
         }
         let counted = self
             .counter
@@ -148,6 +134,37 @@ where
             response
         })
     }
+}
+
+/// A server span named `name` (OpenTelemetry's name; the span's own is `rpc`), joined to
+/// the caller's trace through the `traceparent` / `tracestate` in `headers`. Its gRPC or
+/// HTTP fields and the decision fields (`keygate.decision`, `keygate.key_id`, ...) start
+/// empty, for the layer and the data-plane handlers to fill in.
+pub fn server_span(name: &str, headers: &http::HeaderMap) -> Span {
+    let span = tracing::debug_span!(
+        "rpc",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = Empty,
+        rpc.service = Empty,
+        rpc.method = Empty,
+        rpc.grpc.status_code = Empty,
+        http.request.method = Empty,
+        http.response.status_code = Empty,
+        keygate.decision = Empty,
+        keygate.key_id = Empty,
+        keygate.owner_id = Empty,
+        keygate.cache = Empty,
+        keygate.rate_limit = Empty,
+        keygate.request_id = Empty,
+    );
+    if !span.is_disabled()
+        && let Some(parent) = remote_parent(|name| headers.get(name)?.to_str().ok())
+    {
+        let _ = span.set_parent(parent);
+    }
+    span
 }
 
 /// Whether a status means the server failed (as OpenTelemetry's gRPC conventions count it),

@@ -1,19 +1,16 @@
-//! Envoy as a child process, running the shipped `examples/envoy/envoy.yaml` with only its
+//! Envoy as a child process, running a shipped example (`examples/envoy/envoy.yaml`, the
+//! gRPC ext_authz mode, or `examples/envoy/http-service.yaml`, forward-auth) with only its
 //! ports replaced (and, for TLS to keygate, the README's `UpstreamTlsContext` snippet added
 //! with its file names replaced): started on a free loopback port, its output kept for
 //! assertions, killed when dropped.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::proxy::{ProxyProcess, example, free_loopback_addr, replace_once};
 use super::tools::venv_tool;
-
-/// The most Envoy may take to accept connections before the test gives up.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most an access log line may take to appear: Envoy flushes stdout every 50 ms here.
 const ACCESS_LOG_TIMEOUT: Duration = Duration::from_secs(5);
@@ -21,18 +18,23 @@ const ACCESS_LOG_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause between two readiness checks.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// The ports written in the example configuration, in the order `start` replaces them:
-/// listener, keygate, HTTP upstream, gRPC upstream.
+/// The ports written in the example configurations: listener, keygate, HTTP upstream,
+/// gRPC upstream (`envoy.yaml` only).
 const EXAMPLE_PORTS: [u16; 4] = [10000, 9191, 8081, 8082];
 
-/// Path of the example configuration, as shipped.
+/// Path of the gRPC example configuration, as shipped.
 pub fn example_config() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/envoy.yaml")
+    example("envoy/envoy.yaml")
+}
+
+/// Path of the forward-auth (`http_service`) example configuration, as shipped.
+pub fn http_service_config() -> PathBuf {
+    example("envoy/http-service.yaml")
 }
 
 /// Path of the example's README, which shows the `UpstreamTlsContext` for TLS to keygate.
 fn example_readme() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/README.md")
+    example("envoy/README.md")
 }
 
 /// The name the README's snippet expects in keygate's certificate: its `sni`, and the SAN
@@ -80,14 +82,6 @@ fn readme_transport_socket(tls: &UpstreamTls<'_>) -> String {
     }
 }
 
-/// A loopback address nothing listens on right now: bound to port 0, read, and released.
-pub fn free_loopback_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Checks the configuration at `config_path` with `envoy --mode validate`; the error is what
 /// Envoy printed.
 pub fn validate(config_path: &Path) -> Result<(), String> {
@@ -119,16 +113,10 @@ fn replace_port(config: &str, from: u16, to: u16) -> String {
         .into_owned()
 }
 
-/// The example configuration with its ports replaced by `listen`, `keygate`,
-/// `http_upstream` and `grpc_upstream`, all on 127.0.0.1.
-fn example_with_ports(
-    listen: SocketAddr,
-    keygate: SocketAddr,
-    http_upstream: SocketAddr,
-    grpc_upstream: SocketAddr,
-) -> String {
-    let targets = [listen, keygate, http_upstream, grpc_upstream];
-    let mut config = std::fs::read_to_string(example_config()).unwrap();
+/// The example configuration at `path` with its ports replaced by `targets` (listener,
+/// keygate, HTTP upstream and, for `envoy.yaml`, gRPC upstream), all on 127.0.0.1.
+fn example_with_ports(path: &Path, targets: &[SocketAddr]) -> String {
+    let mut config = std::fs::read_to_string(path).unwrap();
     for (from, to) in EXAMPLE_PORTS.into_iter().zip(targets) {
         assert!(
             to.ip().is_loopback() && to.is_ipv4(),
@@ -139,23 +127,11 @@ fn example_with_ports(
     config
 }
 
-/// `config` with its one occurrence of `from` replaced by `to`; panics unless there is
-/// exactly one.
-fn replace_once(config: &str, from: &str, to: &str) -> String {
-    assert_eq!(
-        config.matches(from).count(),
-        1,
-        "the config must hold {from:?} once"
-    );
-    config.replacen(from, to, 1)
-}
-
 /// A running Envoy.
 pub struct EnvoyProcess {
-    child: Child,
+    proxy: ProxyProcess,
     /// Where clients send requests: the listener, on 127.0.0.1.
     pub listen_addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
     _config: tempfile::NamedTempFile,
 }
 
@@ -169,7 +145,21 @@ impl EnvoyProcess {
         grpc_upstream: SocketAddr,
     ) -> EnvoyProcess {
         let listen_addr = free_loopback_addr();
-        let config = example_with_ports(listen_addr, keygate, http_upstream, grpc_upstream);
+        let config = example_with_ports(
+            &example_config(),
+            &[listen_addr, keygate, http_upstream, grpc_upstream],
+        );
+        Self::start_with_config(listen_addr, config)
+    }
+
+    /// Starts Envoy with the forward-auth example (`http_service` mode), asking `keygate`'s
+    /// data plane over HTTP in front of `http_upstream`.
+    pub fn start_http_service(keygate: SocketAddr, http_upstream: SocketAddr) -> EnvoyProcess {
+        let listen_addr = free_loopback_addr();
+        let config = example_with_ports(
+            &http_service_config(),
+            &[listen_addr, keygate, http_upstream],
+        );
         Self::start_with_config(listen_addr, config)
     }
 
@@ -182,7 +172,10 @@ impl EnvoyProcess {
         tls: &UpstreamTls<'_>,
     ) -> EnvoyProcess {
         let listen_addr = free_loopback_addr();
-        let config = example_with_ports(listen_addr, keygate, http_upstream, grpc_upstream);
+        let config = example_with_ports(
+            &example_config(),
+            &[listen_addr, keygate, http_upstream, grpc_upstream],
+        );
         let endpoints = "      load_assignment:\n        cluster_name: keygate\n";
         let with_tls = readme_transport_socket(tls) + endpoints;
         let config = replace_once(&config, endpoints, &with_tls);
@@ -199,7 +192,10 @@ impl EnvoyProcess {
         otlp: SocketAddr,
     ) -> EnvoyProcess {
         let listen_addr = free_loopback_addr();
-        let config = example_with_ports(listen_addr, keygate, http_upstream, grpc_upstream);
+        let config = example_with_ports(
+            &example_config(),
+            &[listen_addr, keygate, http_upstream, grpc_upstream],
+        );
         let tracing = r#"                stat_prefix: ingress
                 tracing:
                   provider:
@@ -243,7 +239,8 @@ impl EnvoyProcess {
             panic!("{output}");
         }
 
-        let mut child = Command::new(venv_tool("envoy"))
+        let mut command = Command::new(venv_tool("envoy"));
+        command
             .arg("-c")
             .arg(file.path())
             // No hot restart: no shared memory or domain socket, so Envoys in concurrent test
@@ -253,52 +250,17 @@ impl EnvoyProcess {
             .args(["--base-id", &listen_addr.port().to_string()])
             .args(["--log-level", "warn", "--concurrency", "1"])
             // Access log lines reach stdout within 50 ms instead of 10 s.
-            .args(["--file-flush-interval-msec", "50"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start envoy");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        keep_lines(child.stdout.take().unwrap(), &log);
-        keep_lines(child.stderr.take().unwrap(), &log);
-        let mut envoy = EnvoyProcess {
-            child,
+            .args(["--file-flush-interval-msec", "50"]);
+        EnvoyProcess {
+            proxy: ProxyProcess::start("envoy", command, listen_addr),
             listen_addr,
-            log,
             _config: file,
-        };
-        envoy.wait_until_listening();
-        envoy
-    }
-
-    /// Polls the listener until it accepts a TCP connection; panics with Envoy's log if
-    /// Envoy exits or the deadline passes first.
-    fn wait_until_listening(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "envoy exited ({status}) while starting; log:\n{}",
-                    self.log()
-                );
-            }
-            if TcpStream::connect_timeout(&self.listen_addr, POLL_INTERVAL).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "envoy did not listen on {} within {START_TIMEOUT:?}; log:\n{}",
-                self.listen_addr,
-                self.log()
-            );
-            std::thread::sleep(POLL_INTERVAL);
         }
     }
 
     /// Everything Envoy printed so far, stdout (access log) and stderr (warnings) interleaved.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proxy.log()
     }
 
     /// The access log entries (one JSON object per request, see the example config), once
@@ -306,7 +268,7 @@ impl EnvoyProcess {
     pub fn access_log(&self, count: usize) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + ACCESS_LOG_TIMEOUT;
         loop {
-            let entries: Vec<serde_json::Value> = (self.log.lock().unwrap().iter())
+            let entries: Vec<serde_json::Value> = (self.proxy.lines().iter())
                 .filter_map(|line| serde_json::from_str(line).ok())
                 .filter(serde_json::Value::is_object)
                 .collect();
@@ -324,21 +286,4 @@ impl EnvoyProcess {
 
     /// Kills Envoy and waits for it.
     pub fn stop(self) {}
-}
-
-impl Drop for EnvoyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Appends each line read from `stream` to `log`, on a thread of its own.
-fn keep_lines(stream: impl Read + Send + 'static, log: &Arc<Mutex<Vec<String>>>) {
-    let log = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            log.lock().unwrap().push(line);
-        }
-    });
 }

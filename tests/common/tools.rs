@@ -18,15 +18,14 @@ pub fn venv_tool(name: &str) -> PathBuf {
 }
 
 /// Path of system command `name`, which `scripts/install-test-tools` installs from Debian
-/// packages.
-#[allow(dead_code)] // the benches drive only the venv's tools
+/// packages: on `PATH`, or in the sbin directories where Debian puts daemons (nginx).
 pub fn system_tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
+        .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!("{name} is not on PATH: run scripts/install-test-tools (scripts/test does it for you)")
+            panic!("{name} is not installed: run scripts/install-test-tools (scripts/test does it for you)")
         })
 }
