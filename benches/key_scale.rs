@@ -37,6 +37,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/records.rs"]
+mod records;
+use records::record;
+
 #[path = "common/memory.rs"]
 mod memory;
 use memory::{peak, resident};
@@ -51,7 +55,7 @@ use keygate::key::format::{Alphabet, Profiles, default_profile};
 use keygate::key::hash::{Argon2Config, Pepper, SecretHasher};
 use keygate::manage::{Caller, NewKey};
 use keygate::model::values::{Metadata, Name, Scopes};
-use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState};
+use keygate::model::{Owner, OwnerState};
 use keygate::plan::PlanConfig;
 use keygate::secrets::Secrets;
 use keygate::store::Store;
@@ -157,35 +161,6 @@ fn append(path: &Path, lines: impl IntoIterator<Item = String>) {
         writeln!(out, "{line}").unwrap();
     }
     out.flush().unwrap();
-}
-
-/// A key record as CreateKey makes it: two scopes, one metadata entry, a secret check.
-fn record(id: String, owner_id: &str, check: String, hash: String, now: i64) -> KeyRecord {
-    KeyRecord {
-        id,
-        owner_id: owner_id.to_owned(),
-        name: "payments service".into(),
-        profile: Some("kg_live".into()),
-        prefix: Some("kg_live".into()),
-        kind: KeyKind::Single,
-        scopes: vec!["read".into(), "write".into()],
-        plan: None,
-        allowed_cidrs: vec![],
-        metadata: BTreeMap::from([("team".into(), "payments".into())]),
-        state: KeyState::Active,
-        disabled_by_admin: false,
-        secret_hash: hash,
-        secret_check: Some(check),
-        lookup_digest: None,
-        previous_secret: None,
-        activation_digest: None,
-        created_at: now,
-        updated_at: now,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-        usage_count: 0,
-    }
 }
 
 /// Hashes `secrets` with `hasher`, many at a time.

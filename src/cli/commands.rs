@@ -20,9 +20,10 @@ use zeroize::Zeroizing;
 use super::output;
 use super::{
     ClientOpts, IdArg, KeysActivateArgs, KeysCli, KeysCommand, KeysCreateArgs, KeysImportArgs,
-    KeysListArgs, KeysRotateArgs, KeysUpdateArgs, NewKeyArgs, OwnersCli, OwnersCommand,
-    OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
+    KeysListArgs, KeysRotateArgs, KeysUpdateArgs, KeysUsageArgs, NewKeyArgs, OwnersCli,
+    OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
 };
+use crate::calendar::Day;
 use crate::error::quote;
 use crate::model::{Cidrs, Metadata, Name, Scopes};
 use crate::proto;
@@ -246,6 +247,7 @@ pub async fn keys(cli: KeysCli) -> Result<(), CliError> {
         KeysCommand::Rotate(args) => keys_rotate(opts, args).await,
         KeysCommand::Delete(args) => keys_delete(opts, args).await,
         KeysCommand::Import(args) => keys_import(opts, args).await,
+        KeysCommand::Usage(args) => keys_usage(opts, args).await,
     }
 }
 
@@ -611,6 +613,60 @@ async fn keys_list(opts: &ClientOpts, args: KeysListArgs) -> Result<(), CliError
     } else {
         print_out(&output::keys_table(&answer.keys))?;
         print_next_page(&answer.next_page_token)
+    }
+}
+
+async fn keys_usage(opts: &ClientOpts, args: KeysUsageArgs) -> Result<(), CliError> {
+    let mut client = connect(opts).await?;
+    // Without `--to`, the server's today ends the range: ask for its default range and then,
+    // for another length, for the days before its last one.
+    let end_date = match args.to {
+        Some(to) => to,
+        None if args.days == DEFAULT_USAGE_DAYS => String::new(),
+        None => {
+            let probe = usage_request(&args.id, &args.owner, String::new(), String::new());
+            let answer = client.get_key_usage(probe).await?.into_inner();
+            answer
+                .days
+                .last()
+                .map(|d| d.date.clone())
+                .unwrap_or_default()
+        }
+    };
+    let start_date = if end_date.is_empty() {
+        String::new()
+    } else {
+        let last = Day::parse(&end_date).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--to must be a date written YYYY-MM-DD, not {end_date:?}"
+            ))
+        })?;
+        Day(last.0 - args.days as i32 + 1).to_string()
+    };
+    let request = usage_request(&args.id, &args.owner, start_date, end_date);
+    let answer = client.get_key_usage(request).await?.into_inner();
+    if opts.json {
+        print_json(&output::usage_json(&answer))
+    } else {
+        print_out(&output::usage_table(&answer))
+    }
+}
+
+/// The 30 days the server reports when no range is given.
+const DEFAULT_USAGE_DAYS: u32 = 30;
+
+/// GetKeyUsage for a key or an owner.
+fn usage_request(
+    key: &Option<String>,
+    owner: &Option<String>,
+    start_date: String,
+    end_date: String,
+) -> proto::GetKeyUsageRequest {
+    proto::GetKeyUsageRequest {
+        key_id: key.clone().unwrap_or_default(),
+        owner_id: owner.clone().unwrap_or_default(),
+        start_date,
+        end_date,
     }
 }
 

@@ -222,6 +222,26 @@ pub enum KeysCommand {
     /// Adopts a key issued elsewhere. The key is read from standard input, never from
     /// the command line.
     Import(KeysImportArgs),
+    /// Shows a key's requests per day (or an owner's, summed over its keys): allowed and
+    /// denied, with a small chart.
+    Usage(KeysUsageArgs),
+}
+
+/// `keygate keys usage`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("whose").required(true).args(["id", "owner"])))]
+pub struct KeysUsageArgs {
+    /// The key's id.
+    pub id: Option<String>,
+    /// An owner's id instead: the sum over its keys.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// How many days, up to today (or up to `--to`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub days: u32,
+    /// The last day, YYYY-MM-DD; today by default.
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 /// A command that names one record.

@@ -360,6 +360,62 @@ pub fn plans_table(plans: &[proto::Plan], default_plan: &str) -> String {
     table(&["NAME", "API ACCESS", "MAX KEYS", "WINDOWS"], &rows)
 }
 
+/// A usage report as JSON: the zone and each day's counts.
+pub fn usage_json(answer: &proto::GetKeyUsageResponse) -> Value {
+    json!({
+        "time_zone": answer.time_zone,
+        "days": answer.days.iter().map(|day| json!({
+            "date": day.date,
+            "allowed": day.allowed,
+            "denied": day.denied,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The widest bar of the usage chart, in characters.
+const CHART_WIDTH: u64 = 40;
+
+/// A usage report as a table: per day, allowed and denied requests, the denial codes, and a
+/// bar of the day's requests (`#` allowed, `x` denied) scaled to the busiest day.
+pub fn usage_table(answer: &proto::GetKeyUsageResponse) -> String {
+    let total = |day: &proto::DailyUsage| day.allowed + day.denied.values().sum::<u64>();
+    let busiest = answer.days.iter().map(total).max().unwrap_or(0).max(1);
+    let bar = |count: u64| -> usize {
+        // Any request shows at least one mark.
+        (count * CHART_WIDTH).div_ceil(busiest) as usize
+    };
+    let rows: Vec<Vec<String>> = answer
+        .days
+        .iter()
+        .map(|day| {
+            let denied: u64 = day.denied.values().sum();
+            let mut codes: Vec<(&String, &u64)> = day.denied.iter().collect();
+            codes.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let allowed_marks = bar(day.allowed);
+            let all_marks = bar(total(day)).max(allowed_marks);
+            vec![
+                day.date.clone(),
+                day.allowed.to_string(),
+                denied.to_string(),
+                codes.join(", "),
+                "#".repeat(allowed_marks) + &"x".repeat(all_marks - allowed_marks),
+            ]
+        })
+        .collect();
+    let allowed: u64 = answer.days.iter().map(|d| d.allowed).sum();
+    let denied: u64 = answer
+        .days
+        .iter()
+        .map(|d| d.denied.values().sum::<u64>())
+        .sum();
+    format!(
+        "{}\ntotal: {allowed} allowed, {denied} denied (days in {})",
+        table(&["DATE", "ALLOWED", "DENIED", "CODES", "REQUESTS"], &rows),
+        answer.time_zone
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
