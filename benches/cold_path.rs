@@ -23,10 +23,14 @@ use std::time::{Duration, Instant};
 mod memory;
 use memory::resident;
 
+#[path = "common/records.rs"]
+mod records;
+use records::record;
+
 use keygate::authz::keys::{CacheConfig, KeyCache};
 use keygate::key::format::{Profiles, default_profile};
 use keygate::key::hash::{Argon2Config, Pepper, SecretHasher};
-use keygate::model::{KeyKind, KeyRecord, KeyState, Owner, OwnerState};
+use keygate::model::{Owner, OwnerState};
 use keygate::store::Store;
 use keygate::store::embedded::EmbeddedStore;
 
@@ -95,31 +99,13 @@ impl Bench {
         for _ in 0..n {
             let id = default_profile().new_key_id();
             let secret = default_profile().issue(&id).text().to_owned();
-            let record = KeyRecord {
-                id: id.clone(),
-                owner_id: "o1".into(),
-                name: "bench".into(),
-                profile: Some("kg_live".into()),
-                prefix: Some("kg_live".into()),
-                kind: KeyKind::Single,
-                scopes: vec!["read".into(), "write".into()],
-                plan: None,
-                allowed_cidrs: vec![],
-                metadata: BTreeMap::from([("tier".into(), "gold".into())]),
-                state: KeyState::Active,
-                disabled_by_admin: false,
-                secret_hash: hasher.hash(&secret).await.unwrap(),
-                secret_check: Some(self.pepper.secret_check(&secret)),
-                lookup_digest: None,
-                previous_secret: None,
-                activation_digest: None,
-                created_at: 1_767_225_600,
-                updated_at: 1_767_225_600,
-                expires_at: None,
-                revoked_at: None,
-                last_used_at: None,
-                usage_count: 0,
-            };
+            let record = record(
+                id.clone(),
+                "o1",
+                self.pepper.secret_check(&secret),
+                hasher.hash(&secret).await.unwrap(),
+                1_767_225_600,
+            );
             self.store.insert_key(&record, None).await.unwrap();
             keys.push((secret, id));
         }

@@ -336,8 +336,9 @@ impl Collector for DataPlaneCollector {
     }
 }
 
-/// The gRPC status code's canonical name, as a label value.
-fn grpc_code_name(code: tonic::Code) -> &'static str {
+/// The gRPC status code's canonical name (`NOT_FOUND`): a label value, and the `status` of
+/// JSON errors.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

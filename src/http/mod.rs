@@ -24,6 +24,8 @@ use http_body_util::Full;
 use tonic::body::Body;
 use tonic::codegen::Bytes;
 
+use crate::metrics::grpc_code_name;
+
 use forward_auth::ForwardAuth;
 use transcode::{Route, RouteMatch, Transcoder};
 
@@ -191,7 +193,7 @@ pub fn http_status(code: tonic::Code) -> StatusCode {
 /// The JSON error answer for `code`:
 /// `{"error": {"code": 404, "status": "NOT_FOUND", "message": "..."}}`.
 pub fn error_response(code: tonic::Code, message: &str) -> Response<Body> {
-    let mut response = error_json(http_status(code), code_name(code), message);
+    let mut response = error_json(http_status(code), grpc_code_name(code), message);
     if code == tonic::Code::Unauthenticated {
         response
             .headers_mut()
@@ -206,30 +208,6 @@ fn error_json(status: StatusCode, name: &str, message: &str) -> Response<Body> {
         "error": { "code": status.as_u16(), "status": name, "message": message }
     });
     json_response(status, Bytes::from(body.to_string()))
-}
-
-/// The canonical name of a gRPC code (`NOT_FOUND`).
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// A JSON answer with `status` and `body`.
@@ -267,7 +245,7 @@ mod tests {
             assert_eq!(tonic::Code::from(code as i32), code);
             let status = http_status(code);
             assert_eq!(status.is_success(), code == tonic::Code::Ok, "{code:?}");
-            assert!(!code_name(code).is_empty());
+            assert!(!grpc_code_name(code).is_empty());
         }
         assert_eq!(
             http_status(tonic::Code::ResourceExhausted),
