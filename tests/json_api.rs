@@ -512,6 +512,17 @@ fn malformed_requests_get_json_errors() {
             "takes no body",
         ),
         (vec![url("/v2/keys")], "404", "no route for GET /v2/keys"),
+        (
+            vec![
+                "--header".into(),
+                "origin: https://evil.example".into(),
+                "--data-binary".into(),
+                "{}".into(),
+                url("/v1/owners"),
+            ],
+            "403",
+            "web browsers",
+        ),
         (vec![url("/v1/keys/a/b")], "404", "no route"),
         (
             vec!["--data-binary".into(), huge.clone(), url("/v1/keys")],

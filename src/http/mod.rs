@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tonic::body::Body;
@@ -27,7 +27,7 @@ use tonic::codegen::Bytes;
 use crate::metrics::grpc_code_name;
 
 use forward_auth::ForwardAuth;
-use transcode::{Route, RouteMatch, Transcoder};
+use transcode::{RouteMatch, Transcoder};
 
 /// The HTTP side of one listener: its JSON routes and, on the management listener, the
 /// OpenAPI document.
@@ -35,6 +35,8 @@ pub struct HttpApi {
     transcoder: Transcoder,
     document: Option<Bytes>,
     forward_auth: Option<Arc<ForwardAuth>>,
+    /// Whether requests a browser sends (with an `Origin`) are refused.
+    refuse_browsers: bool,
 }
 
 /// Where the OpenAPI document is served.
@@ -50,6 +52,7 @@ impl HttpApi {
             transcoder,
             document: Some(Bytes::from(document)),
             forward_auth: None,
+            refuse_browsers: true,
         })
     }
 
@@ -60,12 +63,8 @@ impl HttpApi {
             transcoder: Transcoder::new(transcode::data_plane_routes())?,
             document: None,
             forward_auth: Some(Arc::new(forward_auth)),
+            refuse_browsers: false,
         })
-    }
-
-    /// The routes served.
-    pub fn routes(&self) -> &[Route] {
-        self.transcoder.routes()
     }
 }
 
@@ -148,6 +147,15 @@ where
 {
     let path = request.uri().path().to_owned();
     let path = path.as_str();
+    // Browsers send `Origin` with every cross-site POST, including the "simple" ones they
+    // send without asking first: refusing them keeps any web page the operator visits from
+    // driving the management API (an anonymous loopback install has no token to stop it).
+    if api.refuse_browsers && request.headers().contains_key(ORIGIN) {
+        return error_response(
+            tonic::Code::PermissionDenied,
+            "requests from web browsers (with an Origin header) are refused; call the management API from a server or the CLI",
+        );
+    }
     if let Some(document) = &api.document
         && path == OPENAPI_PATH
     {
