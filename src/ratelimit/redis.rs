@@ -4,11 +4,11 @@
 //!
 //! # Batches
 //!
-//! At most one call per subject (the same windows) is in flight from a replica. Decisions for
-//! that subject arriving meanwhile wait for it to return and then go together in the next
-//! call, which decides them one after another exactly as separate calls would: a hot key
-//! costs Redis one call per round trip, not one per request, and each decision still waits
-//! for at most one round trip after the one in flight.
+//! At most one call per subject (the same windows and limits) is in flight from a replica.
+//! Decisions for that subject arriving meanwhile wait for it to return and then go together
+//! in the next call, which decides them one after another exactly as separate calls would: a
+//! hot key costs Redis one call per round trip, not one per request, and each decision still
+//! waits for at most one round trip after the one in flight.
 //!
 //! # Refusals without a call
 //!
@@ -17,7 +17,8 @@
 //! more. So a replica that was refused for a subject refuses that subject again, at that
 //! cost or more, from memory until the time it was told (counted from when it asked, which
 //! is no later than when Redis answered): a client hammering past its limit costs Redis one
-//! call per wait, not one per request.
+//! call per wait, not one per request. A refusal holds for the limits it was given under
+//! only: once the subject's plan changes its limits, the next decision asks Redis again.
 //!
 //! # While Redis is away
 //!
@@ -83,9 +84,10 @@ struct Shared {
     replay_pending: AtomicBool,
     /// Held by the one task telling Redis about them.
     replaying: AtomicBool,
-    /// Decisions waiting for their subject's call in flight, by the subject's window names.
+    /// Decisions waiting for their subject's call in flight, by the subject's window names
+    /// and limits.
     batches: Mutex<HashMap<String, Vec<Waiting>>>,
-    /// The latest refusal for each subject, by the subject's window names.
+    /// The latest refusal for each subject, by the subject's window names and limits.
     refusals: moka::sync::Cache<String, Arc<Refusal>>,
     stats: RedisLimiterStats,
 }
@@ -301,7 +303,15 @@ impl Shared {
         cost: u64,
     ) -> Result<RateOutcome, String> {
         let keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
-        let batch = keys.join(" ");
+        let limits = limits(windows, 1);
+        // Named by the limits too: when a plan changes, decisions under its new limits
+        // share no call and no remembered refusal with those under the old.
+        let batch = keys
+            .iter()
+            .zip(&limits)
+            .map(|(key, (limit, _))| format!("{key}={limit}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         if let Some(refusal) = self.refusals.get(&batch) {
             let now = tokio::time::Instant::now();
             if cost >= refusal.cost && now < refusal.until {
@@ -327,10 +337,7 @@ impl Shared {
             }
         };
         if first {
-            tokio::spawn(
-                self.clone()
-                    .call_while_waiting(batch, keys, limits(windows, 1)),
-            );
+            tokio::spawn(self.clone().call_while_waiting(batch, keys, limits));
         }
         outcome
             .await
