@@ -11,15 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{KeyRecord, Owner};
-use crate::store::Store;
-
-/// Records read or written per store call.
-const PAGE: usize = 500;
+use crate::plan::PlanConfig;
+use crate::store::{Store, Walked, walk};
 
 /// One line of an export.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "record", rename_all = "snake_case")]
 pub enum ExportLine {
+    /// A plan; plans come first, before the owners that name them.
+    Plan(PlanConfig),
     /// An owner; always before its keys.
     Owner(Owner),
     /// A key record.
@@ -29,44 +29,37 @@ pub enum ExportLine {
 /// How many records an export or import handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Plans.
+    pub plans: usize,
     /// Owners.
     pub owners: usize,
     /// Keys.
     pub keys: usize,
 }
 
-/// Writes every owner, each followed by its keys, to `out` as JSON lines.
+/// Writes every plan, then every owner, each followed by its keys, to `out` as JSON lines.
 pub async fn export(store: &dyn Store, mut out: impl Write) -> Result<Counts> {
     let mut counts = Counts::default();
     let write_error =
         |e: std::io::Error| Error::Unavailable(format!("cannot write the export: {e}"));
-    let mut after_owner: Option<String> = None;
-    loop {
-        let owners = store.list_owners(after_owner.as_deref(), PAGE).await?;
-        for owner in &owners {
-            write_line(&mut out, &ExportLine::Owner(owner.clone())).map_err(write_error)?;
-            counts.owners += 1;
-            let mut after_key: Option<String> = None;
-            loop {
-                let keys = store
-                    .list_keys(&owner.id, None, after_key.as_deref(), PAGE)
-                    .await?;
-                for key in &keys {
-                    write_line(&mut out, &ExportLine::Key(Box::new(key.clone())))
-                        .map_err(write_error)?;
-                    counts.keys += 1;
-                }
-                match keys.last() {
-                    Some(last) if keys.len() == PAGE => after_key = Some(last.id.clone()),
-                    _ => break,
-                }
-            }
-        }
-        match owners.last() {
-            Some(last) if owners.len() == PAGE => after_owner = Some(last.id.clone()),
-            _ => break,
-        }
+    for plan in store.list_plans().await? {
+        write_line(&mut out, &ExportLine::Plan(plan)).map_err(write_error)?;
+        counts.plans += 1;
     }
+    walk(store, |record| {
+        let line = match record {
+            Walked::Owner(owner) => {
+                counts.owners += 1;
+                ExportLine::Owner(owner.clone())
+            }
+            Walked::Key(key) => {
+                counts.keys += 1;
+                ExportLine::Key(Box::new(key.clone()))
+            }
+        };
+        write_line(&mut out, &line).map_err(write_error)
+    })
+    .await?;
     out.flush().map_err(write_error)?;
     Ok(counts)
 }
@@ -91,6 +84,7 @@ pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<Counts> {
             Error::InvalidArgument(format!("line {number} is not a keygate export record: {e}"))
         })?;
         let stored = match &record {
+            ExportLine::Plan(plan) => import_plan(store, plan).await.map(|()| counts.plans += 1),
             ExportLine::Owner(owner) => {
                 store.create_owner(owner).await.map(|()| counts.owners += 1)
             }
@@ -102,4 +96,18 @@ pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<Counts> {
         })?;
     }
     Ok(counts)
+}
+
+/// Stores `plan`, unless the store has exactly this plan already: a store that was served
+/// holds its configuration's plans, which an export of a store with the same configuration
+/// holds too. A stored plan of the same name that differs is refused, like any record
+/// already there.
+async fn import_plan(store: &dyn Store, plan: &PlanConfig) -> Result<()> {
+    match store.create_plan(plan).await {
+        Err(Error::AlreadyExists(refusal)) => match store.get_plan(&plan.name).await? {
+            Some(stored) if stored == *plan => Ok(()),
+            _ => Err(Error::AlreadyExists(refusal)),
+        },
+        other => other,
+    }
 }

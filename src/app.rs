@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::invalidation::{Invalidation, Invalidations, Propagation, Replica};
 use crate::key::hash::SecretHasher;
-use crate::manage::{Deps, Invalidator, Keys, Owners, Usage};
+use crate::manage::{Deps, Invalidator, Keys, Owners, Plans, Usage};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Backend, RateLimiter};
 use crate::redis::RedisClient;
@@ -55,7 +55,7 @@ impl StartError {
 /// Where keygate keeps its records, and the one Redis client every Redis user shares (store,
 /// rate limiter, shared cache, invalidation publisher).
 pub struct Backends {
-    /// Owners and keys.
+    /// Owners, plans and keys.
     pub store: Arc<dyn Store>,
     /// Connections to Redis, when the configuration uses it.
     pub redis: Option<RedisClient>,
@@ -158,7 +158,7 @@ pub fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
 pub struct App {
     /// What keygate counts and times, for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Owners and keys, each call observed.
+    /// Owners, plans and keys, each call observed.
     pub store: Arc<dyn Store>,
     /// The data plane's decision maker.
     pub authorizer: Arc<Authorizer>,
@@ -182,7 +182,7 @@ impl App {
     ) -> Result<Self, ConfigError> {
         let Backends { store, redis } = backends;
         let metrics = Arc::new(Metrics::default());
-        let plans = Arc::new(config.plans()?);
+        let initial_plans = config.initial_plans()?;
         let profiles = Arc::new(config.profiles()?);
         let store: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         let hasher = SecretHasher::new(&config.argon2).map_err(|e| ConfigError::Field {
@@ -205,13 +205,10 @@ impl App {
                 .map(|client| SharedVerifications::new(client, config.cache.shared_ttl)),
         );
         let limiter = match (&config.ratelimit.backend, redis) {
-            (Backend::Redis, Some(client)) => RateLimiter::redis(
-                &config.ratelimit,
-                client,
-                &config.redis,
-                plans.longest_period(),
-            ),
-            _ => RateLimiter::local(&config.ratelimit, plans.longest_period()),
+            (Backend::Redis, Some(client)) => {
+                RateLimiter::redis(&config.ratelimit, client, &config.redis)
+            }
+            _ => RateLimiter::local(&config.ratelimit),
         };
         let observer = Arc::new(DecisionRecorder::new(metrics.clone(), config.decision_log));
         let authorizer = Arc::new(Authorizer::new(
@@ -219,7 +216,6 @@ impl App {
             limiter,
             UsageRecorder::new(config.time_zone.clone(), config.usage.history_days),
             config.routes.clone(),
-            plans.clone(),
             clock.clone(),
             observer,
         ));
@@ -250,7 +246,7 @@ impl App {
             hasher,
             pepper: secrets.pepper,
             profiles,
-            plans,
+            default_plan: initial_plans.default_name().to_owned(),
             clock,
             calendar: config.time_zone.clone(),
             invalidator: invalidations.clone(),
@@ -265,6 +261,7 @@ impl App {
                 authorizer: authorizer.clone(),
             },
             owners: Owners::new(deps.clone()),
+            plans: Plans::new(deps.clone()),
             keys: Keys::new(deps.clone()),
             usage: Usage::new(deps),
         });

@@ -1,18 +1,18 @@
-//! Telling every replica that a key or owner changed, and waiting until they have.
+//! Telling every replica that a key, owner or plan changed, and waiting until they have.
 //!
 //! The management path applies each change to its own cache, then, with Redis, publishes it
-//! on a channel every replica subscribes to; a replica drops what it cached about that key
-//! or owner when the message arrives.
+//! on a channel every replica subscribes to; a replica drops what it cached about that key,
+//! owner or plan when the message arrives.
 //!
 //! # Confirmed invalidations
 //!
-//! A change that can withdraw access (a key or owner changed or deleted, a lookup digest
+//! A change that can withdraw access (a key, owner or plan changed or deleted, a lookup digest
 //! released) is *confirmed*: [`Invalidations::invalidate`] returns only when every other
 //! live replica has said it dropped what it cached, or when `invalidation.ack_timeout` has
 //! passed. Replicas that did not answer in time are returned in the [`Propagation`],
 //! counted (`keygate_invalidation_unacknowledged_replicas_total`) and logged; the write
-//! itself is stored either way. A change that only adds something (a new key or owner, a
-//! digest that now names a key) is *announced* ([`Invalidations::announce`]) without
+//! itself is stored either way. A change that only adds something (a new key, owner or
+//! plan, a digest that now names a key) is *announced* ([`Invalidations::announce`]) without
 //! waiting: nothing a replica cached about it can grant access it should not.
 //!
 //! The protocol, on Redis:
@@ -27,8 +27,9 @@
 //! - The writer reads the live set (without itself). If it is empty, it publishes the
 //!   change alone and returns. Otherwise it publishes an ack request and waits.
 //! - Messages on [`INVALIDATIONS`] are text: `KIND:VALUE` (kind `k` key id, `o` owner id,
-//!   `i` imported digest, `u` released digest), the format earlier versions publish and
-//!   read; or `ack:WRITER:NONCE;KIND:VALUE`, an ack request. A replica applies the change
+//!   `i` imported digest, `u` released digest, `p` plan name), the format earlier versions
+//!   publish and read (versions before plans were stored ignore `p`, as they keep plans in
+//!   their configuration); or `ack:WRITER:NONCE;KIND:VALUE`, an ack request. A replica applies the change
 //!   to its cache first, then publishes `NONCE:REPLICA` on the writer's ack channel
 //!   ([`invalidation_acks`]`(WRITER)`), to which the writer is subscribed on the same
 //!   connection as the invalidation channel. An earlier version reads the kind `ack` as
@@ -81,8 +82,8 @@ static LIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::LIV
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InvalidationConfig {
-    /// Longest a write that withdraws access (revoke, disable, rotate, delete, an owner
-    /// change) waits for every other live replica to confirm it dropped what it cached.
+    /// Longest a write that withdraws access (revoke, disable, rotate, delete, an owner or
+    /// plan change) waits for every other live replica to confirm it dropped what it cached.
     /// Replicas that did not confirm by then are reported; the write is stored either way.
     #[serde(with = "crate::clock::duration_text")]
     pub ack_timeout: Duration,
@@ -125,6 +126,8 @@ pub enum Invalidation {
     Key(String),
     /// An owner's record changed.
     Owner(String),
+    /// A plan, by name, was created, changed or deleted.
+    Plan(String),
     /// A key was imported; its lookup digest (hex) now names a key.
     Imported(String),
     /// A lookup digest (hex) no longer names a key.
@@ -137,6 +140,7 @@ impl Invalidation {
         match self {
             Invalidation::Key(id) => format!("k:{id}"),
             Invalidation::Owner(id) => format!("o:{id}"),
+            Invalidation::Plan(name) => format!("p:{name}"),
             Invalidation::Imported(digest) => format!("i:{digest}"),
             Invalidation::Unimported(digest) => format!("u:{digest}"),
         }
@@ -149,6 +153,7 @@ impl Invalidation {
         match kind {
             "k" => Some(Invalidation::Key(value)),
             "o" => Some(Invalidation::Owner(value)),
+            "p" => Some(Invalidation::Plan(value)),
             "i" => Some(Invalidation::Imported(value)),
             "u" => Some(Invalidation::Unimported(value)),
             _ => None,
@@ -160,6 +165,7 @@ impl Invalidation {
         match self {
             Invalidation::Key(id) => keys.invalidate_key(id),
             Invalidation::Owner(id) => keys.invalidate_owner(id),
+            Invalidation::Plan(name) => keys.invalidate_plan(name),
             Invalidation::Imported(digest) => keys.add_imported(digest).await,
             Invalidation::Unimported(digest) => keys.remove_imported(digest),
         }
@@ -602,6 +608,7 @@ mod tests {
         for invalidation in [
             Invalidation::Key("abc".into()),
             Invalidation::Owner("own_x".into()),
+            Invalidation::Plan("team: annual".into()),
             Invalidation::Imported("ab".repeat(32)),
             Invalidation::Unimported("cd".repeat(32)),
         ] {

@@ -1,8 +1,10 @@
 //! Plans: what an owner's keys may do (API access, how many live keys, rate windows), and
-//! the validated set of them a running keygate holds.
+//! the rules a plan must follow wherever it comes from (the configuration or the
+//! management API).
 //!
-//! A plan is named by owners and keys; the set always contains the default plan, so every
-//! owner has one in force.
+//! Plans are records in the store, named by owners and keys; the configuration's plans
+//! ([`InitialPlans`]) are the set a store starts with, and its default plan is the one new
+//! owners get.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -76,79 +78,134 @@ fn yes() -> bool {
     true
 }
 
-/// Why a set of plans is unusable: the field at fault, relative to the configuration root.
+/// Why a plan, or the configured set of them, is unusable: the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct PlanError {
-    /// Dotted path of the field, e.g. `plans[0].rate_windows[1].limit`.
+    /// Dotted path of the field, e.g. `plans[0].rate_windows[1].limit` in the configuration
+    /// or `plan.rate_windows[1].limit` in a request.
     pub field: String,
     /// What is wrong.
     pub message: String,
 }
 
-/// The configured plans and the one new owners get.
+impl From<PlanError> for crate::error::Error {
+    /// A plan that breaks a rule is bad input, naming the field.
+    fn from(error: PlanError) -> Self {
+        crate::error::Error::InvalidArgument(error.to_string())
+    }
+}
+
+/// Longest plan name, in characters: names travel in identity headers and URLs.
+pub const MAX_PLAN_NAME_LEN: usize = crate::model::values::MAX_NAME_LEN;
+
+/// Most rate windows a plan may have: each is a log checked on every request.
+pub const MAX_RATE_WINDOWS: usize = 16;
+
+impl PlanConfig {
+    /// Checks the plan on its own: a name that is not blank, has no surrounding blanks,
+    /// control or invisible characters and is at most [`MAX_PLAN_NAME_LEN`] characters;
+    /// at most [`MAX_RATE_WINDOWS`] windows, each with a positive limit and a period from a
+    /// second to 31 days, no two counting the same subject over the same period. Fields
+    /// are named under `at` (`plans[0]`, `plan`, or nothing for the plan's own fields).
+    pub fn validate(&self, at: &str) -> Result<(), PlanError> {
+        let error = |field: String, message: &str| PlanError {
+            field: if at.is_empty() {
+                field
+            } else {
+                format!("{at}.{field}")
+            },
+            message: message.to_owned(),
+        };
+        let name = &self.name;
+        if name.trim().is_empty() {
+            return Err(error("name".into(), "must not be empty"));
+        }
+        if name.trim() != name {
+            return Err(error("name".into(), "must not begin or end with blanks"));
+        }
+        if name.chars().count() > MAX_PLAN_NAME_LEN {
+            return Err(error(
+                "name".into(),
+                &format!("must be at most {MAX_PLAN_NAME_LEN} characters"),
+            ));
+        }
+        if name
+            .chars()
+            .any(|c| c.is_control() || crate::model::values::is_format(c))
+        {
+            return Err(error(
+                "name".into(),
+                "must not contain control or invisible formatting characters",
+            ));
+        }
+        if self.rate_windows.len() > MAX_RATE_WINDOWS {
+            return Err(error(
+                "rate_windows".into(),
+                &format!("at most {MAX_RATE_WINDOWS} windows"),
+            ));
+        }
+        for (j, window) in self.rate_windows.iter().enumerate() {
+            let field = format!("rate_windows[{j}]");
+            if window.limit == 0 {
+                return Err(error(format!("{field}.limit"), "must be at least 1"));
+            }
+            if window.period < Duration::from_secs(1) {
+                return Err(error(format!("{field}.period"), "must be at least 1s"));
+            }
+            if window.period > MAX_PERIOD {
+                return Err(error(format!("{field}.period"), "must be at most 31 days"));
+            }
+            // Two such windows would name one log: it would be charged twice per request.
+            if self.rate_windows[..j]
+                .iter()
+                .any(|w| w.period == window.period && w.per == window.per)
+            {
+                return Err(error(
+                    field,
+                    "another window counts the same subject over the same period; keep the one with the lower limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The plans of the configuration, validated: the set created in the store at start when
+/// absent, and the plan owners created without one are put on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plans {
+pub struct InitialPlans {
     plans: Vec<PlanConfig>,
     default_plan: String,
 }
 
-impl Plans {
-    /// Validates `plans` (unique non-empty names, positive limits, periods from a second to
-    /// 31 days) and that `default_plan` is among them.
+impl InitialPlans {
+    /// Validates each of `plans` ([`PlanConfig::validate`], fields named `plans[i]`), that
+    /// their names are unique, and that `default_plan` is among them.
     pub fn new(plans: Vec<PlanConfig>, default_plan: &str) -> Result<Self, PlanError> {
-        let error = |field: String, message: String| PlanError { field, message };
         let mut names = BTreeSet::new();
         for (i, plan) in plans.iter().enumerate() {
-            if plan.name.trim().is_empty() {
-                return Err(error(
-                    format!("plans[{i}].name"),
-                    "must not be empty".into(),
-                ));
-            }
+            plan.validate(&format!("plans[{i}]"))?;
             if !names.insert(plan.name.as_str()) {
-                return Err(error(
-                    format!("plans[{i}].name"),
-                    format!("plan {:?} is defined twice", plan.name),
-                ));
-            }
-            for (j, window) in plan.rate_windows.iter().enumerate() {
-                let field = format!("plans[{i}].rate_windows[{j}]");
-                if window.limit == 0 {
-                    return Err(error(format!("{field}.limit"), "must be at least 1".into()));
-                }
-                if window.period < Duration::from_secs(1) {
-                    return Err(error(
-                        format!("{field}.period"),
-                        "must be at least 1s".into(),
-                    ));
-                }
-                if window.period > MAX_PERIOD {
-                    return Err(error(
-                        format!("{field}.period"),
-                        "must be at most 31 days".into(),
-                    ));
-                }
+                return Err(PlanError {
+                    field: format!("plans[{i}].name"),
+                    message: format!("plan {:?} is defined twice", plan.name),
+                });
             }
         }
         if !names.contains(default_plan) {
-            return Err(error(
-                "default_plan".into(),
-                format!("plan {default_plan:?} is not among the configured plans"),
-            ));
+            return Err(PlanError {
+                field: "default_plan".into(),
+                message: format!("plan {default_plan:?} is not among the configured plans"),
+            });
         }
-        Ok(Plans {
+        Ok(InitialPlans {
             plans,
             default_plan: default_plan.to_owned(),
         })
     }
 
-    /// The plan named `name`.
-    pub fn get(&self, name: &str) -> Option<&PlanConfig> {
-        self.plans.iter().find(|p| p.name == name)
-    }
-
-    /// Every plan, in configuration order.
+    /// Every configured plan, in configuration order.
     pub fn all(&self) -> &[PlanConfig] {
         &self.plans
     }
@@ -156,31 +213,6 @@ impl Plans {
     /// The plan owners created without one are on.
     pub fn default_name(&self) -> &str {
         &self.default_plan
-    }
-
-    /// The names of every plan, for error messages.
-    pub fn names(&self) -> Vec<&str> {
-        self.plans.iter().map(|p| p.name.as_str()).collect()
-    }
-
-    /// The longest period of any rate window.
-    pub fn longest_period(&self) -> Duration {
-        self.plans
-            .iter()
-            .flat_map(|p| &p.rate_windows)
-            .map(|w| w.period)
-            .max()
-            .unwrap_or_default()
-    }
-}
-
-impl Default for Plans {
-    /// One plan, `default`, with API access and no limits.
-    fn default() -> Self {
-        Plans {
-            plans: vec![PlanConfig::unlimited("default")],
-            default_plan: "default".into(),
-        }
     }
 }
 
@@ -197,21 +229,21 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_set_answers_lookups() {
+    fn a_valid_set_keeps_its_order_and_default() {
         let mut pro = PlanConfig::unlimited("pro");
         pro.rate_windows = vec![window(10, 1), window(2000, 3600)];
-        let plans = Plans::new(vec![PlanConfig::unlimited("free"), pro], "pro").unwrap();
+        let plans = InitialPlans::new(vec![PlanConfig::unlimited("free"), pro], "pro").unwrap();
         assert_eq!(plans.default_name(), "pro");
-        assert_eq!(plans.get("pro").unwrap().rate_windows.len(), 2);
-        assert!(plans.get("gold").is_none());
-        assert_eq!(plans.names(), ["free", "pro"]);
-        assert_eq!(plans.longest_period(), Duration::from_secs(3600));
+        let names: Vec<&str> = plans.all().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["free", "pro"]);
+        assert_eq!(plans.all()[1].rate_windows.len(), 2);
     }
 
     #[test]
-    fn each_mistake_names_its_field() {
-        let field =
-            |plans: Vec<PlanConfig>, default: &str| Plans::new(plans, default).unwrap_err().field;
+    fn each_mistake_in_the_configuration_names_its_field() {
+        let field = |plans: Vec<PlanConfig>, default: &str| {
+            InitialPlans::new(plans, default).unwrap_err().field
+        };
         let free = || PlanConfig::unlimited("free");
         assert_eq!(field(vec![free()], "gold"), "default_plan");
         assert_eq!(field(vec![free(), free()], "free"), "plans[1].name");
@@ -222,20 +254,69 @@ mod tests {
         let mut zero = free();
         zero.rate_windows = vec![window(1, 1), window(0, 1)];
         assert_eq!(field(vec![zero], "free"), "plans[0].rate_windows[1].limit");
-        let mut short = free();
-        short.rate_windows = vec![RateWindow {
-            period: Duration::from_millis(500),
-            ..window(1, 1)
-        }];
-        assert_eq!(
-            field(vec![short], "free"),
-            "plans[0].rate_windows[0].period"
-        );
-        let mut long = free();
-        long.rate_windows = vec![window(1, 1), window(1, 32 * 86_400)];
-        assert_eq!(field(vec![long], "free"), "plans[0].rate_windows[1].period");
         let mut month = free();
         month.rate_windows = vec![window(1, 31 * 86_400)];
-        assert!(Plans::new(vec![month], "free").is_ok());
+        assert!(InitialPlans::new(vec![month], "free").is_ok());
+    }
+
+    /// The rules a plan follows wherever it comes from, each refusal naming its field.
+    #[test]
+    fn each_rule_names_its_field() {
+        type Spoil = fn(&mut PlanConfig);
+        let cases: [(Spoil, &str, &str); 10] = [
+            (|p| p.name = String::new(), "plan.name", "empty"),
+            (|p| p.name = " pro".into(), "plan.name", "blanks"),
+            (|p| p.name = "a\nb".into(), "plan.name", "control"),
+            (|p| p.name = "a\u{202e}b".into(), "plan.name", "invisible"),
+            (|p| p.name = "p".repeat(201), "plan.name", "200"),
+            (
+                |p| p.rate_windows[1].limit = 0,
+                "plan.rate_windows[1].limit",
+                "at least 1",
+            ),
+            (
+                |p| p.rate_windows[0].period = Duration::from_millis(500),
+                "plan.rate_windows[0].period",
+                "at least 1s",
+            ),
+            (
+                |p| p.rate_windows[1].period = Duration::from_secs(32 * 86_400),
+                "plan.rate_windows[1].period",
+                "31 days",
+            ),
+            (
+                |p| p.rate_windows.push(window(5, 1)),
+                "plan.rate_windows[2]",
+                "same period",
+            ),
+            (
+                |p| p.rate_windows = (1..=17).map(|s| window(1, s)).collect(),
+                "plan.rate_windows",
+                "at most 16",
+            ),
+        ];
+        for (spoil, field, words) in cases {
+            let mut plan = PlanConfig::unlimited("pro");
+            plan.rate_windows = vec![window(10, 1), window(2000, 3600)];
+            plan.validate("plan").unwrap();
+            spoil(&mut plan);
+            let error = plan.validate("plan").unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.message.contains(words), "{error}");
+        }
+        let mut owner_wide = PlanConfig::unlimited("pro");
+        owner_wide.rate_windows = vec![
+            window(10, 1),
+            RateWindow {
+                per: RateScope::Owner,
+                ..window(50, 1)
+            },
+        ];
+        owner_wide.validate("").unwrap();
+        owner_wide.rate_windows[1].limit = 0;
+        assert_eq!(
+            owner_wide.validate("").unwrap_err().field,
+            "rate_windows[1].limit"
+        );
     }
 }

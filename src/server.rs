@@ -170,6 +170,11 @@ pub async fn start(
         );
     }
     let app = Arc::new(App::new(config, secrets, backends, clock)?);
+    app.management
+        .plans
+        .create_initial(config.initial_plans()?.all())
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot store the configured plans: {e}")))?;
     app.authorizer
         .keys()
         .load_imported()

@@ -16,7 +16,7 @@ use super::usage::UsageRecorder;
 use crate::clock::Clock;
 use crate::error::Result;
 use crate::model::Owner;
-use crate::plan::Plans;
+use crate::plan::PlanConfig;
 use crate::ratelimit::{RateLimiter, Subject};
 use crate::tls::PeerIdentity;
 
@@ -92,14 +92,13 @@ pub struct KeyCheck {
     pub key: Option<Arc<CachedKey>>,
 }
 
-/// The data plane's decision maker: owns the verified-key cache, the rate limiter, the
-/// usage recorder, the route rules, the plans and the clock.
+/// The data plane's decision maker: owns the verified-key cache (keys, owners and plans as
+/// stored), the rate limiter, the usage recorder, the route rules and the clock.
 pub struct Authorizer {
     keys: KeyCache,
     limiter: RateLimiter,
     usage: UsageRecorder,
     routes: Vec<RouteRule>,
-    plans: Arc<Plans>,
     clock: Arc<dyn Clock>,
     observer: Arc<dyn DecisionObserver>,
 }
@@ -108,18 +107,20 @@ pub struct Authorizer {
 struct Identified {
     key: Arc<CachedKey>,
     owner: Option<Arc<Owner>>,
+    /// The name of the plan in force.
     plan: String,
+    /// That plan as stored now; `None` if there is no such plan.
+    plan_config: Option<Arc<PlanConfig>>,
 }
 
 impl Authorizer {
-    /// An authorizer deciding with `keys` and `limiter` under `routes` and `plans`, noting
-    /// uses in `usage`, reporting every decision to `observer`.
+    /// An authorizer deciding with `keys` and `limiter` under `routes`, noting uses in
+    /// `usage`, reporting every decision to `observer`.
     pub fn new(
         keys: KeyCache,
         limiter: RateLimiter,
         usage: UsageRecorder,
         routes: Vec<RouteRule>,
-        plans: Arc<Plans>,
         clock: Arc<dyn Clock>,
         observer: Arc<dyn DecisionObserver>,
     ) -> Self {
@@ -128,7 +129,6 @@ impl Authorizer {
             limiter,
             usage,
             routes,
-            plans,
             clock,
             observer,
         }
@@ -170,7 +170,12 @@ impl Authorizer {
                 ..Decision::anonymous(DecisionCode::InvalidApiKey)
             });
         };
-        let Identified { key, owner, plan } = self.identify(found).await?;
+        let Identified {
+            key,
+            owner,
+            plan,
+            plan_config,
+        } = self.identify(found).await?;
         let route = route_needs(
             &self.routes,
             &request.method,
@@ -180,7 +185,6 @@ impl Authorizer {
         let mut scopes = route.scopes;
         scopes.extend(request.extra_scopes.iter().cloned());
         let now = self.clock.now();
-        let plan_config = self.plans.get(&plan);
         let facts = RequestFacts {
             client_ip: request.client_ip,
             required_scopes: &scopes,
@@ -190,12 +194,13 @@ impl Authorizer {
             record,
             key.matched,
             owner.as_deref(),
-            plan_config,
+            plan_config.as_deref(),
             &facts,
             now,
         );
         let mut rate = None;
         if let Some(windows) = plan_config
+            .as_ref()
             .map(|p| &p.rate_windows)
             .filter(|w| !w.is_empty())
             && code == DecisionCode::Ok
@@ -247,7 +252,12 @@ impl Authorizer {
                 key: None,
             });
         };
-        let Identified { key, owner, plan } = self.identify(found).await?;
+        let Identified {
+            key,
+            owner,
+            plan_config,
+            ..
+        } = self.identify(found).await?;
         let facts = RequestFacts {
             client_ip,
             required_scopes,
@@ -256,7 +266,7 @@ impl Authorizer {
             &key.key,
             key.matched,
             owner.as_deref(),
-            self.plans.get(&plan),
+            plan_config.as_deref(),
             &facts,
             self.clock.now(),
         );
@@ -266,12 +276,22 @@ impl Authorizer {
         })
     }
 
-    /// The owner and plan in force for a verified key.
+    /// The owner and plan in force for a verified key, each as stored now (from the
+    /// cache, which drops what changes).
     async fn identify(&self, key: Arc<CachedKey>) -> Result<Identified> {
         let owner = self.keys.owner(key.key.owner_id()).await?;
         let plan = effective_plan(&key.key, owner.as_deref())
             .unwrap_or_default()
             .to_owned();
-        Ok(Identified { key, owner, plan })
+        let plan_config = match plan.as_str() {
+            "" => None,
+            name => self.keys.plan(name).await?,
+        };
+        Ok(Identified {
+            key,
+            owner,
+            plan,
+            plan_config,
+        })
     }
 }

@@ -17,7 +17,8 @@
 //!   re-hashed on a short timer.
 //! * **Rejections**, keyed the same way, for credentials that proved no key (unknown id,
 //!   wrong secret): a flood of the same bad key costs one store read per rejection TTL.
-//! * **Owners**, keyed by owner id.
+//! * **Owners**, keyed by owner id, and **plans**, keyed by name: read by every decision,
+//!   dropped when they change like keys.
 //!
 //! * **Imported digests**: the digests of every imported key, held in memory. A string that
 //!   is not in a configured profile's format is looked up only if it is one of them, so
@@ -49,7 +50,7 @@
 //! their turn until their deadline, so a flood against such a key occupies at most one
 //! worker and cannot starve other keys.
 //!
-//! Invalidation is by key or owner id, from the management path. Each entry remembers the
+//! Invalidation is by key id, owner id or plan name, from the management path. Each entry remembers the
 //! invalidation epoch at which its load started; an entry loaded before its id's last
 //! invalidation is stale and reloaded, so a load racing a revocation can never bring the
 //! revoked record back. Invalidation markers are kept for `ttl` and bounded by `capacity`:
@@ -71,6 +72,7 @@ use crate::error::{Error, Result};
 use crate::key::format::Profiles;
 use crate::key::hash::{CheckOutcome, Digest, HashError, Pepper, SecretHasher};
 use crate::model::{KeyRecord, KeyState, Owner};
+use crate::plan::PlanConfig;
 use crate::store::Store;
 
 /// Which of a key's secrets a credential matched.
@@ -87,7 +89,7 @@ pub enum MatchedSecret {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Most verified credentials kept (also rejections, owners and invalidation markers).
+    /// Most verified credentials kept (also rejections, owners, plans and invalidation markers).
     pub capacity: u64,
     /// The longest a verified credential is trusted without looking at the store again.
     /// Changes drop entries at once; this only bounds staleness should an invalidation be
@@ -314,11 +316,15 @@ enum LoadFailure {
     Stale,
 }
 
+/// Records cached by id (owners, plans), each with the epoch at which its load started.
+type Records<T> = Cache<String, Arc<(Arc<T>, u64)>>;
+
 /// The cache in front of the store and argon2.
 pub struct KeyCache {
     verified: Cache<Digest, Arc<CachedKey>>,
     rejected: Cache<Digest, ()>,
-    owners: Cache<String, Arc<(Arc<Owner>, u64)>>,
+    owners: Records<Owner>,
+    plans: Records<PlanConfig>,
     invalidated: moka::sync::Cache<String, u64>,
     epoch: AtomicU64,
     /// Entries loaded before this epoch are stale: raised by [`KeyCache::clear`] and when an
@@ -450,6 +456,10 @@ impl KeyCache {
                 .time_to_live(config.rejection_ttl)
                 .build(),
             owners: Cache::builder()
+                .max_capacity(config.capacity)
+                .time_to_live(config.ttl)
+                .build(),
+            plans: Cache::builder()
                 .max_capacity(config.capacity)
                 .time_to_live(config.ttl)
                 .build(),
@@ -695,16 +705,39 @@ impl KeyCache {
 
     /// The owner `id`, or `None` if there is none.
     pub async fn owner(&self, id: &str) -> Result<Option<Arc<Owner>>> {
+        self.record(&self.owners, "owner", id, || self.store.get_owner(id))
+            .await
+    }
+
+    /// The plan named `name`, or `None` if there is none.
+    pub async fn plan(&self, name: &str) -> Result<Option<Arc<PlanConfig>>> {
+        self.record(&self.plans, "plan", name, || self.store.get_plan(name))
+            .await
+    }
+
+    /// The record of `kind` named `id` from `cache`, loaded with `load` when it is missing
+    /// or was invalidated after its load started; `None` if the store has none.
+    async fn record<T, F>(
+        &self,
+        cache: &Records<T>,
+        kind: &str,
+        id: &str,
+        load: impl Fn() -> F,
+    ) -> Result<Option<Arc<T>>>
+    where
+        T: Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>>>,
+    {
         for _ in 0..LOAD_ROUNDS {
             let epoch = self.epoch.load(Ordering::SeqCst);
-            // A cached owner answers without building the load (or its key's String).
-            let loaded = match self.owners.get(id).await {
+            // A cached record answers without building the load (or its key's String).
+            let loaded = match cache.get(id).await {
                 Some(entry) => Ok(entry),
                 None => {
-                    self.owners
+                    cache
                         .try_get_with(id.to_owned(), async {
-                            match self.store.get_owner(id).await {
-                                Ok(Some(owner)) => Ok(Arc::new((Arc::new(owner), epoch))),
+                            match load().await {
+                                Ok(Some(record)) => Ok(Arc::new((Arc::new(record), epoch))),
                                 Ok(None) => Err(None),
                                 Err(e) => Err(Some(e)),
                             }
@@ -715,9 +748,9 @@ impl KeyCache {
             match loaded {
                 Ok(entry)
                     if self.invalidated_since(entry.1)
-                        && self.is_stale(&owner_marker(id), entry.1) =>
+                        && self.is_stale(&marker(kind, id), entry.1) =>
                 {
-                    self.owners.invalidate(id).await;
+                    cache.invalidate(id).await;
                 }
                 Ok(entry) => return Ok(Some(entry.0.clone())),
                 Err(failure) => {
@@ -728,9 +761,9 @@ impl KeyCache {
                 }
             }
         }
-        Err(Error::Unavailable(
-            "the owner changed while it was being read; retry".into(),
-        ))
+        Err(Error::Unavailable(format!(
+            "the {kind} changed while it was being read; retry"
+        )))
     }
 
     /// Forgets everything cached about key `id`: the next request loads it from the store.
@@ -740,7 +773,12 @@ impl KeyCache {
 
     /// Forgets everything cached about owner `id`.
     pub fn invalidate_owner(&self, id: &str) {
-        self.mark(owner_marker(id));
+        self.mark(marker("owner", id));
+    }
+
+    /// Forgets the cached plan `name`: the next request that needs it loads it.
+    pub fn invalidate_plan(&self, name: &str) {
+        self.mark(marker("plan", name));
     }
 
     /// Loads the digests of all imported keys from the store; called once at start.
@@ -780,12 +818,14 @@ impl KeyCache {
             .contains(digest)
     }
 
-    /// Forgets every verified entry and owner, e.g. after losing invalidation messages.
+    /// Forgets every verified entry, owner and plan, e.g. after losing invalidation
+    /// messages.
     pub fn clear(&self) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.floor.fetch_max(epoch, Ordering::SeqCst);
         self.verified.invalidate_all();
         self.owners.invalidate_all();
+        self.plans.invalidate_all();
     }
 
     fn mark(&self, id: String) {
@@ -846,8 +886,9 @@ fn hash_failed(key_id: &str, error: HashError) -> Error {
     Error::Unavailable(error.to_string())
 }
 
-fn owner_marker(id: &str) -> String {
-    format!("owner/{id}")
+/// The invalidation marker of the record of `kind` named `id`; key ids have no `/`.
+fn marker(kind: &str, id: &str) -> String {
+    format!("{kind}/{id}")
 }
 
 #[cfg(test)]

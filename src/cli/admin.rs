@@ -26,13 +26,14 @@ pub struct AdminCli {
 /// The admin commands.
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
-    /// Writes every owner and key record (hashes only, never a secret) as JSON lines.
+    /// Writes every plan, owner and key record (hashes only, never a secret) as JSON lines.
     Export {
         /// File to write; standard output when absent.
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Loads an export into the store.
+    /// Loads an export into the store; plans it holds already, exactly as exported, are
+    /// kept.
     Import {
         /// File to read; standard input when absent.
         #[arg(long)]
@@ -73,8 +74,8 @@ async fn run_inner(cli: AdminCli) -> Result<String, StartError> {
             }
             .map_err(failed)?;
             Ok(format!(
-                "exported {} owners and {} keys",
-                counts.owners, counts.keys
+                "exported {} plans, {} owners and {} keys",
+                counts.plans, counts.owners, counts.keys
             ))
         }
         AdminCommand::Import { input } => {
@@ -87,8 +88,8 @@ async fn run_inner(cli: AdminCli) -> Result<String, StartError> {
             }
             .map_err(failed)?;
             Ok(format!(
-                "imported {} owners and {} keys",
-                counts.owners, counts.keys
+                "imported {} plans, {} owners and {} keys",
+                counts.plans, counts.owners, counts.keys
             ))
         }
     }

@@ -21,11 +21,13 @@ use super::output;
 use super::{
     ClientOpts, IdArg, KeysActivateArgs, KeysCli, KeysCommand, KeysCreateArgs, KeysImportArgs,
     KeysListArgs, KeysRotateArgs, KeysUpdateArgs, KeysUsageArgs, NewKeyArgs, OwnersCli,
-    OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlansCli, PlansCommand, Token,
+    OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlanNameArg, PlansCli,
+    PlansCommand, PlansCreateArgs, PlansUpdateArgs, Token,
 };
 use crate::calendar::Day;
 use crate::error::quote;
 use crate::model::{Cidrs, Metadata, Name, Scopes};
+use crate::plan::{PlanConfig, RateScope, RateWindow};
 use crate::proto;
 use crate::proto::key_manager_client::KeyManagerClient;
 
@@ -229,8 +231,13 @@ pub async fn owners(cli: OwnersCli) -> Result<(), CliError> {
 
 /// Runs `keygate plans ...`.
 pub async fn plans(cli: PlansCli) -> Result<(), CliError> {
+    let opts = &cli.client;
     match cli.command {
-        PlansCommand::List => plans_list(&cli.client).await,
+        PlansCommand::Create(args) => plans_create(opts, args).await,
+        PlansCommand::Get(args) => plans_get(opts, args).await,
+        PlansCommand::List => plans_list(opts).await,
+        PlansCommand::Update(args) => plans_update(opts, args).await,
+        PlansCommand::Delete(args) => plans_delete(opts, args).await,
     }
 }
 
@@ -456,6 +463,138 @@ fn print_next_page(token: &str) -> Result<(), CliError> {
 }
 
 // ---- plans -----------------------------------------------------------------------------
+
+/// Parses one `--window`: `LIMIT/PERIOD` (counted per key), or `LIMIT/PERIOD per key` or
+/// `LIMIT/PERIOD per owner`, as `plans list` prints windows.
+pub fn parse_window(text: &str) -> Result<RateWindow, CliError> {
+    let bad = |why: String| {
+        usage(format!(
+            "invalid --window {}: {why}; expected LIMIT/PERIOD, e.g. 10/1s or '2000/1h per owner'",
+            quote(text)
+        ))
+    };
+    let (window, per) = match text.rsplit_once(" per ") {
+        Some((window, "key")) => (window, RateScope::Key),
+        Some((window, "owner")) => (window, RateScope::Owner),
+        Some((_, other)) => return Err(bad(format!("{} is not key or owner", quote(other)))),
+        None => (text, RateScope::Key),
+    };
+    let (limit, period) = window.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
+    Ok(RateWindow {
+        limit: limit
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{} is not a whole number", quote(limit.trim()))))?,
+        period: humantime::parse_duration(period.trim()).map_err(|e| bad(e.to_string()))?,
+        per,
+    })
+}
+
+/// `plan` as the server would take it, or why it would refuse it: the CLI refuses exactly
+/// what the server refuses, before connecting.
+fn checked_plan(plan: PlanConfig) -> Result<proto::Plan, CliError> {
+    plan.validate("").map_err(|e| usage(e.to_string()))?;
+    Ok((&plan).into())
+}
+
+/// The CreatePlan request for `plans create`.
+pub fn plan_create_request(args: PlansCreateArgs) -> Result<proto::CreatePlanRequest, CliError> {
+    let plan = checked_plan(PlanConfig {
+        name: args.name,
+        api_access: args.api_access,
+        max_active_keys: args.max_active_keys,
+        rate_windows: args
+            .windows
+            .iter()
+            .map(|w| parse_window(w))
+            .collect::<Result<_, _>>()?,
+    })?;
+    Ok(proto::CreatePlanRequest {
+        name: plan.name,
+        api_access: Some(plan.api_access),
+        max_active_keys: plan.max_active_keys,
+        rate_windows: plan.rate_windows,
+    })
+}
+
+/// The UpdatePlan request for `plans update`: the mask names exactly the fields given.
+pub fn plan_update_request(args: PlansUpdateArgs) -> Result<proto::UpdatePlanRequest, CliError> {
+    let mut plan = PlanConfig::unlimited(&required("the plan name", args.name)?);
+    let mut paths = Vec::new();
+    if let Some(api_access) = args.api_access {
+        plan.api_access = api_access;
+        paths.push("api_access");
+    }
+    if let Some(max) = args.max_active_keys {
+        plan.max_active_keys = max;
+        paths.push("max_active_keys");
+    }
+    if args.clear_windows || !args.windows.is_empty() {
+        plan.rate_windows = (args.windows.iter())
+            .map(|w| parse_window(w))
+            .collect::<Result<_, _>>()?;
+        paths.push("rate_windows");
+    }
+    if paths.is_empty() {
+        return Err(usage(
+            "nothing to update: give --api-access, --max-active-keys, --window or --clear-windows",
+        ));
+    }
+    Ok(proto::UpdatePlanRequest {
+        plan: Some(checked_plan(plan)?),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.into_iter().map(String::from).collect(),
+        }),
+    })
+}
+
+async fn plans_create(opts: &ClientOpts, args: PlansCreateArgs) -> Result<(), CliError> {
+    let request = plan_create_request(args)?;
+    let plan = connect(opts)
+        .await?
+        .create_plan(request)
+        .await?
+        .into_inner();
+    print_plan(opts, &plan)
+}
+
+async fn plans_get(opts: &ClientOpts, args: PlanNameArg) -> Result<(), CliError> {
+    let request = proto::GetPlanRequest {
+        name: required("the plan name", args.name)?,
+    };
+    let plan = connect(opts).await?.get_plan(request).await?.into_inner();
+    print_plan(opts, &plan)
+}
+
+async fn plans_update(opts: &ClientOpts, args: PlansUpdateArgs) -> Result<(), CliError> {
+    let request = plan_update_request(args)?;
+    let plan = connect(opts)
+        .await?
+        .update_plan(request)
+        .await?
+        .into_inner();
+    print_plan(opts, &plan)
+}
+
+async fn plans_delete(opts: &ClientOpts, args: PlanNameArg) -> Result<(), CliError> {
+    let name = required("the plan name", args.name)?;
+    let request = proto::DeletePlanRequest { name: name.clone() };
+    connect(opts).await?.delete_plan(request).await?;
+    if opts.json {
+        print_json(&serde_json::json!({ "name": name, "deleted": true }))
+    } else {
+        print_out(&format!("deleted plan {name}"))
+    }
+}
+
+/// Prints one plan, as a JSON object or a one-row table.
+fn print_plan(opts: &ClientOpts, plan: &proto::Plan) -> Result<(), CliError> {
+    if opts.json {
+        print_json(&output::plan_json(plan))
+    } else {
+        print_out(&output::plans_table(std::slice::from_ref(plan), ""))
+    }
+}
 
 async fn plans_list(opts: &ClientOpts) -> Result<(), CliError> {
     let answer = connect(opts)
@@ -983,6 +1122,68 @@ mod tests {
             (key.name.as_str(), key.scopes.as_slice()),
             ("ci", &["a".to_owned()][..])
         );
+    }
+
+    fn plans_update(args: &[&str]) -> Result<proto::UpdatePlanRequest, CliError> {
+        let argv = ["keygate", "plans", "update"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let Command::Plans(PlansCli {
+            command: PlansCommand::Update(args),
+            ..
+        }) = Cli::try_parse_from(argv).expect("parses").command
+        else {
+            panic!("wrong command");
+        };
+        plan_update_request(args)
+    }
+
+    #[test]
+    fn windows_read_as_plans_list_prints_them() {
+        let window = parse_window("2000/1h per owner").unwrap();
+        assert_eq!(
+            (window.limit, window.period, window.per),
+            (2000, Duration::from_secs(3600), RateScope::Owner)
+        );
+        let window = parse_window("10/1s").unwrap();
+        assert_eq!((window.limit, window.per), (10, RateScope::Key));
+        assert_eq!(
+            parse_window("5/1h 30m per key").unwrap().period,
+            Duration::from_secs(5400)
+        );
+        for bad in ["10", "ten/1s", "10/soon", "10/1s per team"] {
+            let refused = parse_window(bad).unwrap_err();
+            assert!(
+                matches!(&refused, CliError::Usage(m) if m.contains(&format!("{bad:?}"))),
+                "{bad}: {refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn plan_mask_names_the_flags_given() {
+        let request = plans_update(&["team", "--max-active-keys", "3"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["max_active_keys"]);
+        let plan = request.plan.unwrap();
+        assert_eq!((plan.name.as_str(), plan.max_active_keys), ("team", 3));
+        let request = plans_update(&["team", "--api-access", "false", "--window", "7/1m"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["api_access", "rate_windows"]);
+        let plan = request.plan.unwrap();
+        assert!(!plan.api_access);
+        assert_eq!(plan.rate_windows[0].limit, 7);
+        let request = plans_update(&["team", "--clear-windows"]).unwrap();
+        assert_eq!(paths(request.update_mask), ["rate_windows"]);
+        assert!(request.plan.unwrap().rate_windows.is_empty());
+        assert!(
+            matches!(plans_update(&["team"]), Err(CliError::Usage(m)) if m.starts_with("nothing to update"))
+        );
+        // The server's plan rules, before connecting.
+        let refused = plans_update(&["team", "--window", "0/1s"]).unwrap_err();
+        assert!(
+            matches!(&refused, CliError::Usage(m) if m.starts_with("rate_windows[0].limit")),
+            "{refused}"
+        );
+        assert_eq!(refused.exit_code(), ExitCode::from(2));
     }
 
     #[test]

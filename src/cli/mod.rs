@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! keygate owners create|get|list|update
-//! keygate plans list
+//! keygate plans create|get|list|update|delete
 //! keygate keys create|get|list|update|activate|revoke|rotate|delete|import
 //! ```
 //!
@@ -47,7 +47,7 @@ pub enum Command {
     Serve(crate::config::ServeArgs),
     /// Manages owners: the accounts API keys belong to.
     Owners(OwnersCli),
-    /// Shows the plans from the server's configuration.
+    /// Manages plans: what owners' keys may do.
     Plans(PlansCli),
     /// Manages API keys.
     Keys(KeysCli),
@@ -185,8 +185,61 @@ pub struct PlansCli {
 /// The plans commands.
 #[derive(Subcommand, Debug)]
 pub enum PlansCommand {
-    /// Lists the configured plans.
+    /// Creates a plan.
+    Create(PlansCreateArgs),
+    /// Shows one plan.
+    Get(PlanNameArg),
+    /// Lists every plan and the default one.
     List,
+    /// Changes a plan's API access, key cap or rate windows; every replica's next request
+    /// decides by the new plan.
+    Update(PlansUpdateArgs),
+    /// Deletes a plan that no owner and no live key is on.
+    Delete(PlanNameArg),
+}
+
+/// A command that names one plan.
+#[derive(Args, Debug)]
+pub struct PlanNameArg {
+    /// The plan's name.
+    pub name: String,
+}
+
+/// `keygate plans create`.
+#[derive(Args, Debug)]
+pub struct PlansCreateArgs {
+    /// The plan's name; owners and keys name it, and it cannot be changed.
+    pub name: String,
+    /// Whether keys on the plan may call the API at all.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api_access: bool,
+    /// Most keys an owner may hold that are not revoked or expired; 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_active_keys: u32,
+    /// A rate window, `LIMIT/PERIOD` counted per key, or `LIMIT/PERIOD per owner` shared by
+    /// all of an owner's keys (as `plans list` prints them), e.g. `10/1s` or
+    /// `'2000/1h per owner'`; repeat for more.
+    #[arg(long = "window", value_name = "WINDOW")]
+    pub windows: Vec<String>,
+}
+
+/// `keygate plans update`: only the fields given are changed.
+#[derive(Args, Debug)]
+pub struct PlansUpdateArgs {
+    /// The plan's name.
+    pub name: String,
+    /// Whether keys on the plan may call the API at all.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub api_access: Option<bool>,
+    /// Most keys an owner may hold that are not revoked or expired; 0 for no limit.
+    #[arg(long, value_name = "N")]
+    pub max_active_keys: Option<u32>,
+    /// A rate window, as for `plans create`; the windows given replace all existing ones.
+    #[arg(long = "window", value_name = "WINDOW")]
+    pub windows: Vec<String>,
+    /// Remove all rate windows.
+    #[arg(long, conflicts_with = "windows")]
+    pub clear_windows: bool,
 }
 
 /// `keygate keys ...`.
@@ -779,6 +832,57 @@ mod tests {
             ]
         );
         assert!(import.get_positionals().next().is_none());
+    }
+
+    #[test]
+    fn plan_options_parse() {
+        let cli = parse(&[
+            "plans",
+            "create",
+            "team",
+            "--api-access",
+            "false",
+            "--max-active-keys",
+            "5",
+            "--window",
+            "10/1s",
+            "--window",
+            "2000/1h per owner",
+        ])
+        .unwrap();
+        let Command::Plans(PlansCli {
+            command: PlansCommand::Create(args),
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.name, "team");
+        assert!(!args.api_access);
+        assert_eq!(args.max_active_keys, 5);
+        assert_eq!(args.windows, ["10/1s", "2000/1h per owner"]);
+        let defaults = parse(&["plans", "create", "basic"]).unwrap();
+        let Command::Plans(PlansCli {
+            command: PlansCommand::Create(args),
+            ..
+        }) = defaults.command
+        else {
+            panic!("wrong command");
+        };
+        assert!(args.api_access && args.max_active_keys == 0 && args.windows.is_empty());
+        assert!(
+            parse(&[
+                "plans",
+                "update",
+                "t",
+                "--window",
+                "1/1s",
+                "--clear-windows"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["plans", "update", "t", "--api-access", "maybe"]).is_err());
+        assert!(parse(&["plans", "delete"]).is_err());
     }
 
     #[test]

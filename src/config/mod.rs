@@ -33,7 +33,7 @@ use crate::invalidation::InvalidationConfig;
 use crate::key::format::{KeyProfile, Profiles};
 use crate::key::hash::Argon2Config;
 use crate::manage::caller::ManagementConfig;
-use crate::plan::{PlanConfig, Plans};
+use crate::plan::{InitialPlans, PlanConfig};
 use crate::ratelimit::RateLimitConfig;
 use crate::redis::RedisConfig;
 use crate::shutdown::ShutdownConfig;
@@ -69,9 +69,10 @@ pub struct Config {
     pub profiles: Vec<KeyProfile>,
     /// Profile used when CreateKey names none.
     pub default_profile: String,
-    /// Plans owners can be on.
+    /// The plans a store starts with: each is created at start when the store has no plan
+    /// of its name, and never overwrites one it has.
     pub plans: Vec<PlanConfig>,
-    /// Plan given to owners created without one.
+    /// Plan given to owners created without one; one of `plans`.
     pub default_plan: String,
     /// Cost of argon2id hashing.
     pub argon2: Argon2Config,
@@ -253,7 +254,7 @@ impl Config {
     /// strong enough.
     fn validate(&self) -> Result<(), ConfigError> {
         self.profiles()?;
-        self.plans()?;
+        self.initial_plans()?;
         self.argon2
             .params()
             .map_err(|e| field_error("argon2", e.to_string()))?;
@@ -381,9 +382,9 @@ impl Config {
         serde_yaml_ng::to_string(&shown).map_err(|e| field_error("", e.to_string()))
     }
 
-    /// The configured plans, validated.
-    pub fn plans(&self) -> Result<Plans, ConfigError> {
-        Plans::new(self.plans.clone(), &self.default_plan)
+    /// The configured plans, validated: the set a store starts with, and the default.
+    pub fn initial_plans(&self) -> Result<InitialPlans, ConfigError> {
+        InitialPlans::new(self.plans.clone(), &self.default_plan)
             .map_err(|e| field_error(e.field, e.message))
     }
 }
@@ -457,12 +458,14 @@ api_access = false
         .unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(config.listen.management.port(), 7001);
-        let plans = config.plans().unwrap();
-        let pro = plans.get("pro").unwrap();
+        let plans = config.initial_plans().unwrap();
+        let [pro, basic] = plans.all() else {
+            panic!("two plans: {plans:?}");
+        };
         assert_eq!(pro.max_active_keys, 10);
         assert_eq!(pro.rate_windows[1].period, Duration::from_secs(3600));
         assert_eq!(pro.rate_windows[1].per, RateScope::Owner);
-        assert!(!plans.get("basic").unwrap().api_access);
+        assert!(!basic.api_access);
     }
 
     #[test]

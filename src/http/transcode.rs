@@ -114,12 +114,44 @@ pub fn management_routes() -> Vec<Route> {
             "Update an owner's fields named in updateMask",
         ),
         Route::new(
+            M::POST,
+            "/v1/plans",
+            rpc("CreatePlan"),
+            true,
+            "",
+            "Create a plan",
+        ),
+        Route::new(
             M::GET,
             "/v1/plans",
             rpc("ListPlans"),
             false,
             "",
-            "List plans",
+            "List plans and the default one",
+        ),
+        Route::new(
+            M::GET,
+            "/v1/plans/{id}",
+            rpc("GetPlan"),
+            false,
+            "name",
+            "Get a plan",
+        ),
+        Route::new(
+            M::PATCH,
+            "/v1/plans/{id}",
+            rpc("UpdatePlan"),
+            true,
+            "plan.name",
+            "Update a plan's fields named in updateMask; in force on every replica's next request",
+        ),
+        Route::new(
+            M::DELETE,
+            "/v1/plans/{id}",
+            rpc("DeletePlan"),
+            false,
+            "name",
+            "Delete a plan no owner or live key is on",
         ),
         Route::new(
             M::POST,
@@ -712,6 +744,20 @@ mod tests {
             found(Method::POST, "/v1/keys:import"),
             Some(("ImportKey", None))
         );
+        let plan = Some("team".to_owned());
+        assert_eq!(found(Method::POST, "/v1/plans"), Some(("CreatePlan", None)));
+        assert_eq!(
+            found(Method::GET, "/v1/plans/team"),
+            Some(("GetPlan", plan.clone()))
+        );
+        assert_eq!(
+            found(Method::PATCH, "/v1/plans/team"),
+            Some(("UpdatePlan", plan.clone()))
+        );
+        assert_eq!(
+            found(Method::DELETE, "/v1/plans/team"),
+            Some(("DeletePlan", plan))
+        );
         assert_eq!(found(Method::GET, "/v1/keys/a/b"), None);
         assert_eq!(found(Method::GET, "/v1/keys/"), None);
         match transcoder.find(&Method::PUT, "/v1/keys/key_1") {
@@ -754,6 +800,10 @@ mod tests {
             ),
             serde_json::json!({"key": {"id": "key_1"}, "updateMask": "name"})
         );
+        assert_eq!(
+            object(&transcoder, index("DeletePlan"), "", Some("Team Pro")),
+            serde_json::json!({"name": "Team Pro"})
+        );
         let input = transcoder.method(index("ListKeys")).input();
         for (query, error) in [
             ("page_size=ten", "page_size must be a non-negative integer"),
@@ -769,11 +819,16 @@ mod tests {
         }
     }
 
+    /// The input message of the route calling `rpc`.
+    fn input_of(transcoder: &Transcoder, rpc: &str) -> MessageDescriptor {
+        let index = transcoder.routes().iter().position(|r| r.rpc == rpc);
+        transcoder.method(index.unwrap()).input()
+    }
+
     #[test]
     fn the_path_id_must_agree_with_the_body() {
         let transcoder = Transcoder::new(management_routes()).unwrap();
-        let input = transcoder.method(8).input();
-        assert_eq!(transcoder.routes()[8].rpc, "UpdateKey");
+        let input = input_of(&transcoder, "UpdateKey");
         let mut fields =
             serde_json::from_str::<Map<String, Value>>(r#"{"key": {"id": "key_2"}}"#).unwrap();
         let error = set_from_text(&mut fields, &input, "key.id", "key_1", false).unwrap_err();
@@ -786,7 +841,7 @@ mod tests {
     #[test]
     fn field_masks_take_either_spelling() {
         let transcoder = Transcoder::new(management_routes()).unwrap();
-        let input = transcoder.method(8).input();
+        let input = input_of(&transcoder, "UpdateKey");
         let mut fields: Map<String, Value> =
             serde_json::from_str(r#"{"update_mask": "expire_time, allowedCidrs,name"}"#).unwrap();
         camel_case_masks(&mut fields, &input);

@@ -158,7 +158,7 @@ impl Keys {
         caller.require_plan_choice(new.plan.as_deref())?;
         let now = self.deps.clock.now();
         let expires_at = new.expiry.map(|e| e.at(now)).transpose()?;
-        let plan = self.deps.plan_name("plan", new.plan.as_deref())?;
+        let plan = self.deps.plan_name("plan", new.plan.as_deref()).await?;
         let profile = self.profile(new.profile.as_deref())?.clone();
         let owner = self
             .owner_for_new_key(caller, caller.owner_for_new_key(new.owner_id.as_deref()))
@@ -201,7 +201,7 @@ impl Keys {
             usage_count: 0,
         };
         caller.require_may_make(&draft)?;
-        let quota = self.quota(&owner, draft.plan.as_deref(), now);
+        let quota = self.quota(&owner, draft.plan.as_deref(), now).await?;
         for _ in 0..ID_ATTEMPTS {
             let id = profile.new_key_id();
             let secret = profile.issue(&id);
@@ -407,7 +407,7 @@ impl Keys {
         }
         caller.require_plan_choice(import.plan.as_deref())?;
         let now = self.deps.clock.now();
-        let plan = self.deps.plan_name("plan", import.plan.as_deref())?;
+        let plan = self.deps.plan_name("plan", import.plan.as_deref()).await?;
         let owner = self
             .owner_for_new_key(caller, Some(&import.owner_id))
             .await?;
@@ -446,7 +446,7 @@ impl Keys {
         };
         caller.require_may_make(&record)?;
         record.secret_hash = self.hash(secret).await?;
-        let quota = self.quota(&owner, plan.as_deref(), now);
+        let quota = self.quota(&owner, plan.as_deref(), now).await?;
         self.deps
             .store
             .insert_key(&record, quota)
@@ -478,13 +478,25 @@ impl Keys {
         Ok(owner)
     }
 
-    /// The quota for a new key of `owner` (or of the key's own plan), if its plan caps keys.
-    fn quota(&self, owner: &Owner, key_plan: Option<&str>, now: UnixTime) -> Option<Quota> {
-        let plan = self.deps.plans.get(key_plan.unwrap_or(&owner.plan))?;
-        (plan.max_active_keys > 0).then_some(Quota {
-            max_active_keys: plan.max_active_keys,
-            now,
-        })
+    /// The quota for a new key of `owner` (or of the key's own plan), if its plan, as
+    /// stored now, caps keys.
+    async fn quota(
+        &self,
+        owner: &Owner,
+        key_plan: Option<&str>,
+        now: UnixTime,
+    ) -> Result<Option<Quota>> {
+        let plan = self
+            .deps
+            .store
+            .get_plan(key_plan.unwrap_or(&owner.plan))
+            .await?;
+        Ok(plan
+            .filter(|plan| plan.max_active_keys > 0)
+            .map(|plan| Quota {
+                max_active_keys: plan.max_active_keys,
+                now,
+            }))
     }
 
     /// The profile named `name`, or the default one when none is named.
@@ -527,24 +539,9 @@ mod tests {
     use super::*;
     use crate::invalidation::Invalidation;
     use crate::manage::OwnerUpdate;
-    use crate::manage::testing::{Fixture, T0, key_caller};
+    use crate::manage::testing::{Fixture, T0, key_caller, new_key};
 
     const MANAGER: &[&str] = &["keygate:keys", "read"];
-
-    fn new_key(owner_id: &str) -> NewKey {
-        NewKey {
-            owner_id: Some(owner_id.into()),
-            name: Name::parse("name", "ci").unwrap(),
-            scopes: Scopes::parse("scopes", &["read".into()]).unwrap(),
-            allowed_cidrs: Cidrs::default(),
-            metadata: Metadata::default(),
-            expiry: None,
-            plan: None,
-            profile: None,
-            pair: false,
-            require_activation: false,
-        }
-    }
 
     fn import(owner_id: &str, secret: &str) -> Import {
         Import {

@@ -1,6 +1,6 @@
-//! The management plane: the lifecycle rules of owners and keys, with no transport.
+//! The management plane: the lifecycle rules of owners, plans and keys, with no transport.
 //!
-//! [`Owners`] and [`Keys`] take typed, already validated inputs (see [`crate::model`]'s
+//! [`Owners`], [`Plans`] and [`Keys`] take typed, already validated inputs (see [`crate::model`]'s
 //! values) and a [`Caller`], apply the rules and return records. The gRPC service and the
 //! CLI are adapters around them: authenticate, convert, call, convert back.
 //!
@@ -12,28 +12,38 @@
 //!   records are reported as not found, so ids cannot be probed; creating or importing for
 //!   another owner is refused; it may grant only scopes it holds itself; owner-wide calls
 //!   (create, list, update owners) are refused.
-//! - Any authenticated caller may list the plans.
+//! - Plans are created, changed and deleted by the admin only; any authenticated caller may
+//!   read them (a key's owner is on one).
 //! - Whoever may see a key or an owner may read its usage history.
 //!
 //! # Rules every write follows
 //!
-//! - A disabled owner gets no new keys; the plan's `max_active_keys` is checked in the same
-//!   store transaction as the insert.
+//! - An owner or key is put only on a plan that is stored; a disabled owner gets no new keys;
+//!   the plan's `max_active_keys`, as stored at that moment, is checked in the same store
+//!   transaction as the insert.
+//! - A plan is deleted only while no owner and no key that is not revoked names it, and
+//!   never the default plan. The check reads every owner and key first, so an owner put on
+//!   the plan by another call while it is being deleted is left on a plan that no longer
+//!   exists: its keys are refused with `PLAN_FORBIDDEN` until it is moved to another plan
+//!   (or the plan is created again). Nothing is granted that was not.
 //! - A revoked key can no longer be changed or rotated; revoking again changes nothing.
 //! - A new secret (create, rotate) appears once, in the answer; the store keeps its argon2id
 //!   hash only.
 //! - After each stored write, what replicas cached about it is dropped through the
 //!   [`Invalidator`], in one place per record kind (see `Deps::after_key_write`). A write
-//!   that changes or deletes a record (revoke, disable, rotate, delete, an owner change)
-//!   returns only when every live replica confirmed it dropped what it cached, or the
-//!   invalidator's bounded wait ended; the answer ([`Written`]) says which replicas did not
-//!   confirm, and the write is stored either way. A new record (create, import, a new
-//!   owner) is only announced: nothing cached about it can grant access it should not.
+//!   that changes or deletes a record (revoke, disable, rotate, delete, an owner or plan
+//!   change, a plan's deletion) returns only when every live replica confirmed it dropped
+//!   what it cached, or the invalidator's bounded wait ended; the answer ([`Written`]) says
+//!   which replicas did not confirm, and the write is stored either way. So a plan change
+//!   is in force on every replica's next request once its write returned. A new record
+//!   (create, import, a new owner or plan) is only announced: nothing cached about it can
+//!   grant access it should not.
 
 pub mod caller;
 pub mod edit;
 pub mod keys;
 pub mod owners;
+pub mod plans;
 pub mod usage;
 
 use std::sync::{Arc, Mutex};
@@ -46,13 +56,13 @@ use crate::key::format::Profiles;
 use crate::key::hash::{Pepper, SecretHasher};
 use crate::model::values::required;
 use crate::model::{KeyRecord, Owner};
-use crate::plan::Plans;
 use crate::store::{KeyChange, Store};
 
 pub use caller::{Caller, CallingKey, MANAGE_SCOPE};
 pub use edit::KeyEdit;
 pub use keys::{Expiry, Import, Issued, Keys, NewKey, Rotation};
 pub use owners::{NewOwner, OwnerUpdate, Owners};
+pub use plans::{PlanList, PlanUpdate, Plans};
 pub use usage::{Usage, UsageOf, UsageReport};
 
 /// Drops what every replica cached about a change; called after each stored write.
@@ -79,7 +89,7 @@ pub struct Written<T> {
 /// What the management services work with; cheap to clone.
 #[derive(Clone)]
 pub struct Deps {
-    /// Owners and keys.
+    /// Owners, plans and keys.
     pub store: Arc<dyn Store>,
     /// argon2id hashing of new secrets.
     pub hasher: SecretHasher,
@@ -87,8 +97,8 @@ pub struct Deps {
     pub pepper: Pepper,
     /// Key shapes new secrets are issued in.
     pub profiles: Arc<Profiles>,
-    /// The plans owners and keys may be on.
-    pub plans: Arc<Plans>,
+    /// The plan owners created without one are put on (`default_plan`).
+    pub default_plan: String,
     /// Current time.
     pub clock: Arc<dyn Clock>,
     /// The time zone usage is counted in.
@@ -125,20 +135,38 @@ impl Deps {
         }
     }
 
-    /// `plan` if it names a configured plan; `None` when blank.
-    fn plan_name(&self, field: &str, plan: Option<&str>) -> Result<Option<String>> {
+    /// `plan` if it names a stored plan; `None` when blank.
+    async fn plan_name(&self, field: &str, plan: Option<&str>) -> Result<Option<String>> {
         let plan = plan.map(str::trim).unwrap_or_default();
         if plan.is_empty() {
             return Ok(None);
         }
-        if self.plans.get(plan).is_none() {
-            let known = self.plans.names();
+        if self.store.get_plan(plan).await?.is_none() {
+            let known: Vec<String> = self
+                .store
+                .list_plans()
+                .await?
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
             return Err(Error::InvalidArgument(format!(
-                "{field}: unknown plan {}; configured plans are {known:?}",
+                "{field}: unknown plan {}; the plans are {known:?}",
                 quote(plan)
             )));
         }
         Ok(Some(plan.to_owned()))
+    }
+
+    /// The default plan's name, checked to be stored: another replica, configured with
+    /// another default, may have deleted it.
+    async fn default_plan(&self) -> Result<String> {
+        match self.store.get_plan(&self.default_plan).await? {
+            Some(plan) => Ok(plan.name),
+            None => Err(Error::FailedPrecondition(format!(
+                "the default plan {} (default_plan) does not exist; create it, or name a plan",
+                quote(&self.default_plan)
+            ))),
+        }
     }
 
     /// Applies `change` to a key the caller may see and touch, stamping `updated_at`, then
@@ -211,10 +239,9 @@ impl Deps {
         propagation
     }
 
-    /// The invalidation that follows a stored owner write: confirmed for a change,
-    /// announced for a new owner.
-    async fn after_owner_write(&self, owner: &Owner, created: bool) -> Propagation {
-        let change = Invalidation::Owner(owner.id.clone());
+    /// The invalidation that follows a stored owner or plan write, `change`: confirmed for
+    /// a change or a deletion, announced for a new record.
+    async fn after_write(&self, change: Invalidation, created: bool) -> Propagation {
         if created {
             self.invalidator.announce(change).await;
             Propagation::default()

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use super::{Caller, Deps, Page, Written};
 use crate::error::{Error, Result};
+use crate::invalidation::Invalidation;
 use crate::key::format::Alphabet;
 use crate::model::{Metadata, Name, Owner, OwnerState};
-use crate::plan::Plans;
 
 /// A new owner's attributes.
 #[derive(Debug, Clone)]
@@ -15,7 +15,7 @@ pub struct NewOwner {
     pub external_id: Name,
     /// Human-readable name.
     pub display_name: Name,
-    /// A configured plan; `None` for the default plan.
+    /// A stored plan; `None` for the default plan.
     pub plan: Option<String>,
     /// Free-form attributes.
     pub metadata: Metadata,
@@ -26,7 +26,7 @@ pub struct NewOwner {
 pub struct OwnerUpdate {
     /// New display name.
     pub display_name: Option<Name>,
-    /// New plan; must name a configured plan.
+    /// New plan; must name a stored plan.
     pub plan: Option<String>,
     /// New state.
     pub state: Option<OwnerState>,
@@ -49,22 +49,24 @@ impl Owners {
     /// Creates an owner on the given or the default plan. Admin only.
     pub async fn create(&self, caller: &Caller, new: NewOwner) -> Result<Owner> {
         caller.require_admin()?;
+        let plan = match self.deps.plan_name("plan", new.plan.as_deref()).await? {
+            Some(plan) => plan,
+            None => self.deps.default_plan().await?,
+        };
         let now = self.deps.clock.now();
         let owner = Owner {
             id: format!("own_{}", &*Alphabet::Base62.random(16)),
             external_id: new.external_id.into_string(),
             display_name: new.display_name.into_string(),
             state: OwnerState::Active,
-            plan: self
-                .deps
-                .plan_name("plan", new.plan.as_deref())?
-                .unwrap_or_else(|| self.deps.plans.default_name().to_owned()),
+            plan,
             metadata: new.metadata.into_map(),
             created_at: now,
             updated_at: now,
         };
         self.deps.store.create_owner(&owner).await?;
-        self.deps.after_owner_write(&owner, true).await;
+        let change = Invalidation::Owner(owner.id.clone());
+        self.deps.after_write(change, true).await;
         Ok(owner)
     }
 
@@ -93,9 +95,12 @@ impl Owners {
         caller.require_admin()?;
         let id = crate::model::values::required("owner.id", id)?;
         let plan = match update.plan.as_deref() {
-            Some(plan) => Some(self.deps.plan_name("plan", Some(plan))?.ok_or_else(|| {
-                Error::InvalidArgument("plan must name a configured plan".into())
-            })?),
+            Some(plan) => Some(
+                self.deps
+                    .plan_name("plan", Some(plan))
+                    .await?
+                    .ok_or_else(|| Error::InvalidArgument("plan must name a plan".into()))?,
+            ),
             None => None,
         };
         let now = self.deps.clock.now();
@@ -122,23 +127,18 @@ impl Owners {
                 }),
             )
             .await?;
-        let propagation = self.deps.after_owner_write(&owner, false).await;
+        let change = Invalidation::Owner(owner.id.clone());
+        let propagation = self.deps.after_write(change, false).await;
         Ok(Written {
             record: owner,
             propagation,
         })
-    }
-
-    /// The configured plans; any authenticated caller may read them.
-    pub fn plans(&self, _caller: &Caller) -> &Plans {
-        &self.deps.plans
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::invalidation::Invalidation;
     use crate::manage::testing::{Fixture, key_caller};
 
     fn new_owner(external_id: &str, plan: Option<&str>) -> NewOwner {
@@ -266,13 +266,5 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(missing, Error::NotFound(_)), "{missing}");
-    }
-
-    #[tokio::test]
-    async fn every_caller_may_list_plans() {
-        let f = Fixture::new().await;
-        let plans = f.owners.plans(&key_caller("own_x", &[]));
-        assert_eq!(plans.default_name(), "default");
-        assert_eq!(plans.names(), ["default", "free"]);
     }
 }

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Caller, CallingKey, Deps, Invalidator, Keys, Owners};
+use super::{Caller, CallingKey, Deps, Invalidator, Keys, NewKey, Owners, Plans};
 use crate::clock::{Clock, ManualClock, UnixTime};
 use crate::invalidation::{Invalidation, Propagation};
 use crate::key::format::{Alphabet, KeyProfile, Profiles, default_profile};
 use crate::key::hash::{Argon2Config, Pepper, SecretHasher};
 use crate::model::testing::key_record;
-use crate::model::{KeyRecord, Metadata, Name, Owner};
-use crate::plan::{PlanConfig, Plans};
+use crate::model::{Cidrs, KeyRecord, Metadata, Name, Owner, Scopes};
+use crate::plan::PlanConfig;
 use crate::store::embedded::EmbeddedStore;
 
 /// The time the fixture's clock starts at.
@@ -60,11 +60,13 @@ pub struct Fixture {
     pub clock: ManualClock,
     pub recorder: Arc<Recorder>,
     pub owners: Owners,
+    pub plans: Plans,
     pub keys: Keys,
 }
 
 impl Fixture {
-    /// Plans `default` (no cap) and `free` (2 keys); profiles `kg_live` and the hex `ctw`.
+    /// Plans `default` (no cap, the default) and `free` (2 keys), stored as at a start;
+    /// profiles `kg_live` and the hex `ctw`.
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap();
@@ -92,16 +94,20 @@ impl Fixture {
             .unwrap(),
             pepper: Pepper::new(vec![7; 32]).unwrap(),
             profiles: Arc::new(Profiles::new(vec![default_profile(), ctw], "kg_live").unwrap()),
-            plans: Arc::new(
-                Plans::new(vec![PlanConfig::unlimited("default"), free], "default").unwrap(),
-            ),
+            default_plan: "default".into(),
             clock: Arc::new(clock.clone()),
             calendar: crate::calendar::Calendar::default(),
             invalidator: recorder.clone(),
         };
+        let plans = Plans::new(deps.clone());
+        plans
+            .create_initial(&[PlanConfig::unlimited("default"), free])
+            .await
+            .unwrap();
         Fixture {
             _dir: dir,
             owners: Owners::new(deps.clone()),
+            plans,
             keys: Keys::new(deps.clone()),
             deps,
             clock,
@@ -151,6 +157,23 @@ impl Fixture {
     /// Whether `secret` verifies against `phc`.
     pub async fn verifies(&self, phc: &str, secret: &str) -> bool {
         self.deps.hasher.verify(phc, secret).await.unwrap()
+    }
+}
+
+/// A key named `ci` holding `read` for `owner_id`, on its owner's plan, as the admin would
+/// ask for it.
+pub fn new_key(owner_id: &str) -> NewKey {
+    NewKey {
+        owner_id: Some(owner_id.into()),
+        name: Name::parse("name", "ci").unwrap(),
+        scopes: Scopes::parse("scopes", &["read".into()]).unwrap(),
+        allowed_cidrs: Cidrs::default(),
+        metadata: Metadata::default(),
+        expiry: None,
+        plan: None,
+        profile: None,
+        pair: false,
+        require_activation: false,
     }
 }
 

@@ -16,12 +16,10 @@ pub mod window;
 
 use local::LocalLimiter;
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
-use crate::plan::{RateScope, RateWindow};
+use crate::plan::{MAX_PERIOD, RateScope, RateWindow};
 use crate::redis::keyspace;
 use window::{WindowLog, WindowState};
 
@@ -253,10 +251,9 @@ pub enum RateLimiter {
 }
 
 impl RateLimiter {
-    /// Window logs in this process. Each is dropped after the longest configured period
-    /// unused, when it is empty anyway.
-    pub fn local(config: &RateLimitConfig, longest_period: Duration) -> Self {
-        RateLimiter::Local(local_logs(config, longest_period))
+    /// Window logs in this process (see [`local_logs`] for how long each is kept).
+    pub fn local(config: &RateLimitConfig) -> Self {
+        RateLimiter::Local(local_logs(config))
     }
 
     /// Window logs in Redis over `client`, with local ones standing in while Redis does not
@@ -265,9 +262,8 @@ impl RateLimiter {
         config: &RateLimitConfig,
         client: crate::redis::RedisClient,
         redis: &crate::redis::RedisConfig,
-        longest_period: Duration,
     ) -> Self {
-        let fallback = local_logs(config, longest_period);
+        let fallback = local_logs(config);
         RateLimiter::Redis(redis::RedisLimiter::new(
             client,
             redis,
@@ -300,10 +296,10 @@ impl RateLimiter {
     }
 }
 
-/// Local window logs for `config`'s plans, each kept the longest period unused.
-fn local_logs(config: &RateLimitConfig, longest_period: Duration) -> LocalLimiter {
-    LocalLimiter::new(
-        config.local_capacity,
-        longest_period.max(Duration::from_secs(1)),
-    )
+/// Local window logs, at most `local_capacity` of them (the least used go first when there
+/// is no room), each dropped once unused for [`MAX_PERIOD`]. Plans change while keygate
+/// runs, so the longest period any of them has is not known at start; no window is longer
+/// than [`MAX_PERIOD`], so a log unused that long is empty whatever plan it was for.
+fn local_logs(config: &RateLimitConfig) -> LocalLimiter {
+    LocalLimiter::new(config.local_capacity, MAX_PERIOD)
 }

@@ -13,6 +13,7 @@
 //! | --- | --- | --- |
 //! | `{o:OWNER}` | an owner's record, its key records and their order | a key's insert checks its owner and quota; a key's record and its place in the order change together |
 //! | `{owners}` | the owner listing and the external-id index | an owner's external id is claimed and its id listed in one step |
+//! | `{plans}` | every plan | a plan's read-modify-write is one compare-and-set, and a listing one read |
 //! | `{keys}` | the key-id and digest indexes | a key's id and its lookup digest are claimed together |
 //! | `{OWNER}` (after `kg:rw:`) | an owner's rate-limit window logs | one decision checks and charges all of its windows in one step |
 //! | `{DIGEST}` (after `kg:l2:`) | one shared verification | nothing: the tag only spreads these over the cluster |
@@ -32,6 +33,10 @@ pub const OWNER_IDS: &str = "kg:{owners}:ids";
 /// External id → owner id, a hash. Only keeps external ids unique; owners are never looked
 /// up by it. Shares the `{owners}` slot with [`OWNER_IDS`], as both change in one step.
 pub const OWNERS_BY_EXTERNAL_ID: &str = "kg:{owners}:by_external";
+
+/// Plan name → the plan, JSON, a hash: every plan in one key, as plans are few and are
+/// listed whole.
+pub const PLANS: &str = "kg:{plans}:records";
 
 /// Key id → owner id, a hash: which owner's slot holds a key's record. An entry is the
 /// claim on a key id, taken before the record is written.
@@ -119,6 +124,7 @@ mod tests {
         assert_eq!(owner_record("o1"), "kg:{o:o1}:owner");
         assert_eq!(owner_keys("o1"), "kg:{o:o1}:keys");
         assert_eq!(owner_key_ids("o1"), "kg:{o:o1}:key_ids");
+        assert_eq!(PLANS, "kg:{plans}:records");
         assert_eq!(key_rate_window("o1", "k1", 60_000), "kg:rw:{o1}:k:k1:60000");
         assert_eq!(owner_rate_window("o1", 1_000), "kg:rw:{o1}:o:1000");
         assert_eq!(shared_verification("ab12"), "kg:l2:{ab12}");

@@ -10,12 +10,13 @@ use crate::calendar::Day;
 use crate::clock::{MAX_UNIX_TIME, MIN_UNIX_TIME, UnixTime};
 use crate::error::{Error, Result, quote};
 use crate::manage::{
-    Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, Rotation, UsageReport,
+    Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, PlanUpdate, Rotation,
+    UsageReport,
 };
 use crate::model::{
     Cidrs, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, Scopes,
 };
-use crate::plan::{PlanConfig, RateScope};
+use crate::plan::{PlanConfig, RateScope, RateWindow};
 use crate::proto;
 
 /// A protobuf timestamp for `t`.
@@ -197,6 +198,67 @@ pub fn owner_update(req: proto::UpdateOwnerRequest) -> Result<(String, OwnerUpda
         }
     }
     Ok((patch.id, update))
+}
+
+/// A CreatePlan request as a plan; the plan rules are the management plane's to apply.
+pub fn new_plan(req: proto::CreatePlanRequest) -> Result<PlanConfig> {
+    Ok(PlanConfig {
+        rate_windows: rate_windows("rate_windows", &req.rate_windows)?,
+        name: req.name,
+        api_access: req.api_access.unwrap_or(true),
+        max_active_keys: req.max_active_keys,
+    })
+}
+
+/// An UpdatePlan request as the plan's name and the fields its mask names.
+pub fn plan_update(req: proto::UpdatePlanRequest) -> Result<(String, PlanUpdate)> {
+    let patch = req
+        .plan
+        .ok_or_else(|| Error::InvalidArgument("plan is required".into()))?;
+    let paths = mask_paths(
+        req.update_mask,
+        &["api_access", "max_active_keys", "rate_windows"],
+    )?;
+    let mut update = PlanUpdate::default();
+    for path in &paths {
+        match path.as_str() {
+            "api_access" => update.api_access = Some(patch.api_access),
+            "max_active_keys" => update.max_active_keys = Some(patch.max_active_keys),
+            _ => {
+                update.rate_windows = Some(rate_windows("plan.rate_windows", &patch.rate_windows)?)
+            }
+        }
+    }
+    Ok((patch.name, update))
+}
+
+/// The rate windows of a request, at `field`: each needs a period, and a scope this server
+/// knows (unspecified counts per key).
+fn rate_windows(field: &str, windows: &[proto::RateWindow]) -> Result<Vec<RateWindow>> {
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, window)| {
+            let at = format!("{field}[{i}]");
+            let period = window.period.as_ref().ok_or_else(|| {
+                Error::InvalidArgument(format!("{at}.period is required, e.g. \"3600s\""))
+            })?;
+            Ok(RateWindow {
+                limit: window.limit,
+                period: from_duration(&format!("{at}.period"), period)?,
+                per: match proto::RateScope::try_from(window.scope) {
+                    Ok(proto::RateScope::Unspecified | proto::RateScope::Key) => RateScope::Key,
+                    Ok(proto::RateScope::Owner) => RateScope::Owner,
+                    Err(_) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "{at}.scope {} is not a known rate scope",
+                            window.scope
+                        )));
+                    }
+                },
+            })
+        })
+        .collect()
 }
 
 /// A CreateKey request as a new key.

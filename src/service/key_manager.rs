@@ -3,8 +3,9 @@
 //! ([`crate::manage`]), which owns every rule, and converts the record back. Errors become
 //! statuses through the one `From<Error> for Status`.
 //!
-//! A call that changes or deletes a record (UpdateOwner, ActivateKey, UpdateKey, RevokeKey,
-//! RotateKey, DeleteKey) answers once every live replica dropped what it cached about it,
+//! A call that changes or deletes a record (UpdateOwner, UpdatePlan, DeletePlan, ActivateKey,
+//! UpdateKey, RevokeKey, RotateKey, DeleteKey) answers once every live replica dropped what
+//! it cached about it,
 //! or the bounded wait ended (see [`crate::invalidation`]); its response metadata
 //! [`UNACKNOWLEDGED_REPLICAS`] says how many live replicas did not confirm in time (0 when
 //! all did). The change is stored either way.
@@ -93,16 +94,53 @@ impl KeyManager for KeyManagerService {
         Ok(written(&owner, (&owner.record).into()))
     }
 
+    async fn create_plan(&self, request: Request<proto::CreatePlanRequest>) -> Answer<proto::Plan> {
+        let caller = authenticate(&self.plane.auth, &request).await?;
+        let plan = convert::new_plan(request.into_inner())?;
+        let plan = self.plane.plans.create(&caller, plan).await?;
+        Ok(Response::new((&plan).into()))
+    }
+
+    async fn get_plan(&self, request: Request<proto::GetPlanRequest>) -> Answer<proto::Plan> {
+        let caller = authenticate(&self.plane.auth, &request).await?;
+        let plan = self
+            .plane
+            .plans
+            .get(&caller, &request.get_ref().name)
+            .await?;
+        Ok(Response::new((&plan).into()))
+    }
+
     async fn list_plans(
         &self,
         request: Request<proto::ListPlansRequest>,
     ) -> Answer<proto::ListPlansResponse> {
         let caller = authenticate(&self.plane.auth, &request).await?;
-        let plans = self.plane.owners.plans(&caller);
+        let listed = self.plane.plans.list(&caller).await?;
         Ok(Response::new(proto::ListPlansResponse {
-            plans: plans.all().iter().map(Into::into).collect(),
-            default_plan: plans.default_name().to_owned(),
+            plans: listed.plans.iter().map(Into::into).collect(),
+            default_plan: listed.default_plan,
         }))
+    }
+
+    async fn update_plan(&self, request: Request<proto::UpdatePlanRequest>) -> Answer<proto::Plan> {
+        let caller = authenticate(&self.plane.auth, &request).await?;
+        let (name, update) = convert::plan_update(request.into_inner())?;
+        let plan = self.plane.plans.update(&caller, &name, update).await?;
+        Ok(written(&plan, (&plan.record).into()))
+    }
+
+    async fn delete_plan(
+        &self,
+        request: Request<proto::DeletePlanRequest>,
+    ) -> Answer<proto::DeletePlanResponse> {
+        let caller = authenticate(&self.plane.auth, &request).await?;
+        let deleted = self
+            .plane
+            .plans
+            .delete(&caller, &request.get_ref().name)
+            .await?;
+        Ok(written(&deleted, proto::DeletePlanResponse {}))
     }
 
     async fn create_key(

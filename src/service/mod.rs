@@ -14,7 +14,7 @@ use crate::authz::engine::Authorizer;
 use crate::authz::extract::{CredentialSource, comma_list};
 use crate::authz::response::Responder;
 use crate::authz::trust::{ForwardAuthConfig, TrustedCallers};
-use crate::manage::{Keys, Owners, Usage};
+use crate::manage::{Keys, Owners, Plans, Usage};
 use crate::tls::PeerIdentity;
 use caller::ManagementAuth;
 
@@ -36,13 +36,15 @@ pub struct DataPlane {
     pub listed_identities: Vec<String>,
 }
 
-/// What the management adapter uses: how callers are authenticated, and the owner and key
-/// services that decide what they may do.
+/// What the management adapter uses: how callers are authenticated, and the owner, plan and
+/// key services that decide what they may do.
 pub struct ManagementPlane {
     /// Recognises callers.
     pub auth: ManagementAuth,
-    /// Owners and plans.
+    /// Owners.
     pub owners: Owners,
+    /// Plans.
+    pub plans: Plans,
     /// Keys.
     pub keys: Keys,
     /// Usage history.

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{KeyChange, KeyDayUsage, KeyUse, OwnerChange, Quota, Retention, Store};
+use super::{KeyChange, KeyDayUsage, KeyUse, OwnerChange, PlanChange, Quota, Retention, Store};
 use crate::calendar::Day;
 use crate::error::Result;
 use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::plan::PlanConfig;
 
 /// One store call in flight, as a hook receives and returns it.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
@@ -73,6 +74,31 @@ impl<H: CallHook> Store for Decorated<H> {
     async fn update_owner(&self, id: &str, change: OwnerChange) -> Result<Owner> {
         let call = self.inner.update_owner(id, change);
         self.hook.around("update_owner", call).await
+    }
+
+    async fn create_plan(&self, plan: &PlanConfig) -> Result<()> {
+        let call = self.inner.create_plan(plan);
+        self.hook.around("create_plan", call).await
+    }
+
+    async fn get_plan(&self, name: &str) -> Result<Option<PlanConfig>> {
+        let call = self.inner.get_plan(name);
+        self.hook.around("get_plan", call).await
+    }
+
+    async fn list_plans(&self) -> Result<Vec<PlanConfig>> {
+        let call = self.inner.list_plans();
+        self.hook.around("list_plans", call).await
+    }
+
+    async fn update_plan(&self, name: &str, change: PlanChange) -> Result<PlanConfig> {
+        let call = self.inner.update_plan(name, change);
+        self.hook.around("update_plan", call).await
+    }
+
+    async fn delete_plan(&self, name: &str) -> Result<PlanConfig> {
+        let call = self.inner.delete_plan(name);
+        self.hook.around("delete_plan", call).await
     }
 
     async fn insert_key(&self, key: &KeyRecord, quota: Option<Quota>) -> Result<()> {

@@ -11,18 +11,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    KeyChange, KeyDayUsage, KeyUse, OwnerChange, Quota, Retention, Store, changed_key,
-    changed_owner, external_id_taken, key_not_found, owner_not_found,
+    KeyChange, KeyDayUsage, KeyUse, OwnerChange, PlanChange, Quota, Retention, Store, changed_key,
+    changed_owner, changed_plan, external_id_taken, key_not_found, owner_not_found, plan_exists,
+    plan_not_found,
 };
 use crate::calendar::Day;
 use crate::error::{Error, Result};
 use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::plan::PlanConfig;
 
 /// Owner id → JSON owner.
 const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
 /// External id → owner id.
 const OWNERS_BY_EXTERNAL_ID: TableDefinition<&str, &str> =
     TableDefinition::new("owners_by_external_id");
+/// Plan name → JSON plan.
+const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
 /// Key id → JSON key record.
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// (owner id, key id) → nothing: the owner's keys in id order.
@@ -65,6 +69,7 @@ impl EmbeddedStore {
         store.write_now(|txn| {
             txn.open_table(OWNERS).map_err(fault)?;
             txn.open_table(OWNERS_BY_EXTERNAL_ID).map_err(fault)?;
+            txn.open_table(PLANS).map_err(fault)?;
             txn.open_table(KEYS).map_err(fault)?;
             txn.open_table(KEYS_BY_OWNER).map_err(fault)?;
             txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
@@ -310,6 +315,66 @@ impl Store for EmbeddedStore {
                 .insert(id.as_str(), encode(&owner)?.as_slice())
                 .map_err(fault)?;
             Ok(owner)
+        })
+        .await
+    }
+
+    async fn create_plan(&self, plan: &PlanConfig) -> Result<()> {
+        let plan = plan.clone();
+        self.write(move |txn| {
+            let mut plans = txn.open_table(PLANS).map_err(fault)?;
+            if plans.get(plan.name.as_str()).map_err(fault)?.is_some() {
+                return Err(plan_exists(&plan.name));
+            }
+            plans
+                .insert(plan.name.as_str(), encode(&plan)?.as_slice())
+                .map_err(fault)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_plan(&self, name: &str) -> Result<Option<PlanConfig>> {
+        let name = name.to_owned();
+        self.read(move |txn| get_json(&txn.open_table(PLANS).map_err(fault)?, &name))
+            .await
+    }
+
+    async fn list_plans(&self) -> Result<Vec<PlanConfig>> {
+        self.read(|txn| {
+            let plans = txn.open_table(PLANS).map_err(fault)?;
+            plans
+                .iter()
+                .map_err(fault)?
+                .map(|entry| decode(entry.map_err(fault)?.1.value()))
+                .collect()
+        })
+        .await
+    }
+
+    async fn update_plan(&self, name: &str, change: PlanChange) -> Result<PlanConfig> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            let mut plans = txn.open_table(PLANS).map_err(fault)?;
+            let before = get_json(&plans, &name)?.ok_or_else(|| plan_not_found(&name))?;
+            let plan = changed_plan(&before, &change)?;
+            plans
+                .insert(name.as_str(), encode(&plan)?.as_slice())
+                .map_err(fault)?;
+            Ok(plan)
+        })
+        .await
+    }
+
+    async fn delete_plan(&self, name: &str) -> Result<PlanConfig> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            let mut plans = txn.open_table(PLANS).map_err(fault)?;
+            let removed = plans
+                .remove(name.as_str())
+                .map_err(fault)?
+                .ok_or_else(|| plan_not_found(&name))?;
+            decode(removed.value())
         })
         .await
     }

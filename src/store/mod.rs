@@ -1,4 +1,4 @@
-//! Where owners and key records live. [`Store`] is small and async; every backend passes the
+//! Where owners, plans and key records live. [`Store`] is small and async; every backend passes the
 //! same conformance suite (`tests/store_conformance.rs`).
 //!
 //! - [`embedded`] — one redb file in the data directory; the default, for one replica.
@@ -29,10 +29,14 @@ use crate::calendar::Day;
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
 use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::plan::PlanConfig;
 
 /// A change to an owner, applied atomically to the stored record. Returning an error leaves
 /// the record as it was and is passed to the caller.
 pub type OwnerChange = Arc<dyn Fn(&mut Owner) -> Result<()> + Send + Sync>;
+
+/// A change to a plan, applied atomically like [`OwnerChange`].
+pub type PlanChange = Arc<dyn Fn(&mut PlanConfig) -> Result<()> + Send + Sync>;
 
 /// A change to a key record, applied atomically like [`OwnerChange`].
 pub type KeyChange = Arc<dyn Fn(&mut KeyRecord) -> Result<()> + Send + Sync>;
@@ -47,7 +51,7 @@ pub struct Quota {
     pub now: UnixTime,
 }
 
-/// Persistent storage of owners and keys.
+/// Persistent storage of owners, plans and keys.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Whether the store answers: `Unavailable` when it does not. Drives readiness.
@@ -64,6 +68,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies `change` to the owner and stores the result. `NotFound` if there is none.
     async fn update_owner(&self, id: &str, change: OwnerChange) -> Result<Owner>;
+
+    // Plans: a few small records, named by owners and keys. Whether a plan is still named
+    // is the management plane's rule, not the store's.
+
+    /// Adds a plan. `AlreadyExists` if a plan has its name.
+    async fn create_plan(&self, plan: &PlanConfig) -> Result<()>;
+
+    /// The plan named `name`.
+    async fn get_plan(&self, name: &str) -> Result<Option<PlanConfig>>;
+
+    /// Every plan, in name order.
+    async fn list_plans(&self) -> Result<Vec<PlanConfig>>;
+
+    /// Applies `change` to the plan and stores the result. `NotFound` if there is none.
+    async fn update_plan(&self, name: &str, change: PlanChange) -> Result<PlanConfig>;
+
+    /// Removes a plan, returning what was removed. `NotFound` if there is none.
+    async fn delete_plan(&self, name: &str) -> Result<PlanConfig>;
 
     /// Adds a key and its indexes. `AlreadyExists` if its id or lookup digest is taken;
     /// `FailedPrecondition` if `quota` is given and the owner already holds that many
@@ -165,6 +187,51 @@ pub struct KeyDayUsage {
     pub usage: DailyUsage,
 }
 
+/// Records read per store call by [`walk`].
+const WALK_PAGE: usize = 500;
+
+/// One record met by [`walk`].
+#[derive(Debug, Clone, Copy)]
+pub enum Walked<'a> {
+    /// An owner; its keys follow it.
+    Owner(&'a Owner),
+    /// A key of the owner met last.
+    Key(&'a KeyRecord),
+}
+
+/// Hands `visit` every owner in id order, each followed by its keys in id order, reading
+/// a page at a time: what reads the whole store (an export, looking for a plan's users).
+/// Stops at the first error, the store's or `visit`'s.
+pub async fn walk(
+    store: &dyn Store,
+    mut visit: impl FnMut(Walked<'_>) -> Result<()>,
+) -> Result<()> {
+    let mut after_owner: Option<String> = None;
+    loop {
+        let owners = store.list_owners(after_owner.as_deref(), WALK_PAGE).await?;
+        for owner in &owners {
+            visit(Walked::Owner(owner))?;
+            let mut after_key: Option<String> = None;
+            loop {
+                let keys = store
+                    .list_keys(&owner.id, None, after_key.as_deref(), WALK_PAGE)
+                    .await?;
+                for key in &keys {
+                    visit(Walked::Key(key))?;
+                }
+                match keys.last() {
+                    Some(last) if keys.len() == WALK_PAGE => after_key = Some(last.id.clone()),
+                    _ => break,
+                }
+            }
+        }
+        match owners.last() {
+            Some(last) if owners.len() == WALK_PAGE => after_owner = Some(last.id.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Uses of one key noted since they were last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyUse {
@@ -228,6 +295,29 @@ pub(crate) fn changed_owner(before: &Owner, change: &OwnerChange) -> Result<Owne
         ));
     }
     Ok(owner)
+}
+
+/// `NotFound` for plan `name`.
+pub(crate) fn plan_not_found(name: &str) -> Error {
+    Error::NotFound(format!("plan {} not found", quote(name)))
+}
+
+/// `AlreadyExists` for a new plan whose name is taken.
+pub(crate) fn plan_exists(name: &str) -> Error {
+    Error::AlreadyExists(format!("plan {} already exists", quote(name)))
+}
+
+/// The plan `change` makes of `before`: `InvalidArgument` when the change renames it (owners
+/// and keys name it), the change's own error when it refuses.
+pub(crate) fn changed_plan(before: &PlanConfig, change: &PlanChange) -> Result<PlanConfig> {
+    let mut plan = before.clone();
+    change(&mut plan)?;
+    if plan.name != before.name {
+        return Err(Error::InvalidArgument(
+            "a plan's name cannot be changed".into(),
+        ));
+    }
+    Ok(plan)
 }
 
 /// The key record `change` makes of `before`: `InvalidArgument` when the change touches the

@@ -13,6 +13,7 @@
 //! | `kg:{o:ID}:key_ids` | sorted set, scores 0 | the owner's key ids, paged by `ZRANGEBYLEX` |
 //! | `kg:{owners}:ids` | sorted set, scores 0 | every owner id, for [`Store::list_owners`] |
 //! | `kg:{owners}:by_external` | hash | external id → owner id (uniqueness only) |
+//! | `kg:{plans}:records` | hash | plan name → the plan, JSON |
 //! | `kg:{keys}:owner_of` | hash | key id → owner id: where a key's record lives |
 //! | `kg:{keys}:by_digest` | hash | lookup digest (hex) → key id |
 //!
@@ -34,6 +35,8 @@
 //! - Readers validate every index entry against the record it names: a key id whose record
 //!   is missing, or a digest whose key's record no longer carries it, is absent. So a claim
 //!   left dangling by an interrupted write is invisible.
+//! - Plans live in one hash: a plan's create is `HSETNX`, its update a compare-and-set of its
+//!   field, its delete a compare-and-delete, each one step.
 //! - An owner's record is written first (`SET NX`: the id is unique) and its external id
 //!   and listing entry claimed second; if the external id is taken, the record is removed
 //!   again. An interrupted create leaves at most an unlisted record under an id nobody
@@ -70,15 +73,17 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::{
-    KeyChange, KeyDayUsage, OwnerChange, Quota, Retention, Store, changed_key, changed_owner,
-    external_id_taken, key_not_found, owner_not_found,
+    KeyChange, KeyDayUsage, OwnerChange, PlanChange, Quota, Retention, Store, changed_key,
+    changed_owner, changed_plan, external_id_taken, key_not_found, owner_not_found, plan_exists,
+    plan_not_found,
 };
 use crate::calendar::Day;
 use crate::error::{Error, Result};
 use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::plan::PlanConfig;
 use crate::redis::keyspace::{
-    KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, key_daily_usage, owner_key_ids,
-    owner_keys, owner_record,
+    KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, PLANS, key_daily_usage,
+    owner_key_ids, owner_keys, owner_record,
 };
 use crate::redis::{RedisClient, RedisConfig, RedisConnection, scripts};
 
@@ -239,6 +244,13 @@ impl RedisStore {
             )));
         }
         Ok(Some((key, json)))
+    }
+
+    /// Plan `name` and the JSON it was read from.
+    async fn read_plan(&self, name: &str) -> Result<Option<(PlanConfig, String)>> {
+        let json: Option<String> = self.query(redis::cmd("HGET").arg(PLANS).arg(name)).await?;
+        json.map(|json| Ok((plan_named(name, &json)?, json)))
+            .transpose()
     }
 
     /// Releases key `id`'s claims; a failure is only logged, because readers ignore claims
@@ -412,6 +424,76 @@ impl Store for RedisStore {
         }
         Err(unavailable(format!(
             "owner {id:?} kept changing while it was being updated; try again"
+        )))
+    }
+
+    async fn create_plan(&self, plan: &PlanConfig) -> Result<()> {
+        let created: bool = self
+            .query(
+                redis::cmd("HSETNX")
+                    .arg(PLANS)
+                    .arg(&plan.name)
+                    .arg(encode(plan)?),
+            )
+            .await?;
+        if created {
+            Ok(())
+        } else {
+            Err(plan_exists(&plan.name))
+        }
+    }
+
+    async fn get_plan(&self, name: &str) -> Result<Option<PlanConfig>> {
+        Ok(self.read_plan(name).await?.map(|(plan, _)| plan))
+    }
+
+    async fn list_plans(&self) -> Result<Vec<PlanConfig>> {
+        let all: std::collections::BTreeMap<String, String> =
+            self.query(redis::cmd("HGETALL").arg(PLANS)).await?;
+        all.iter()
+            .map(|(name, json)| plan_named(name, json))
+            .collect()
+    }
+
+    async fn update_plan(&self, name: &str, change: PlanChange) -> Result<PlanConfig> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let (before, json) = self
+                .read_plan(name)
+                .await?
+                .ok_or_else(|| plan_not_found(name))?;
+            let plan = changed_plan(&before, &change)?;
+            if plan == before {
+                return Ok(plan);
+            }
+            let mut swap = HSET_IF_UNCHANGED_SCRIPT.key(PLANS);
+            swap.arg(name).arg(&json).arg(encode(&plan)?);
+            match self.invoke::<i64>(&swap).await? {
+                1 => return Ok(plan),
+                0 => backoff(attempt).await,
+                other => return Err(unexpected("HSET_IF_UNCHANGED", other)),
+            }
+        }
+        Err(unavailable(format!(
+            "plan {name:?} kept changing while it was being updated; try again"
+        )))
+    }
+
+    async fn delete_plan(&self, name: &str) -> Result<PlanConfig> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let (plan, json) = self
+                .read_plan(name)
+                .await?
+                .ok_or_else(|| plan_not_found(name))?;
+            let mut delete = HDEL_IF_EQUAL_SCRIPT.key(PLANS);
+            delete.arg(name).arg(&json);
+            match self.invoke::<i64>(&delete).await? {
+                1 => return Ok(plan),
+                0 => backoff(attempt).await,
+                other => return Err(unexpected("HDEL_IF_EQUAL", other)),
+            }
+        }
+        Err(unavailable(format!(
+            "plan {name:?} kept changing while it was being deleted; try again"
         )))
     }
 
@@ -746,6 +828,17 @@ impl Store for RedisStore {
             })
             .collect())
     }
+}
+
+/// The plan stored as `name`, checked to carry that name.
+fn plan_named(name: &str, json: &str) -> Result<PlanConfig> {
+    let plan: PlanConfig = decode("plan", json)?;
+    if plan.name != name {
+        return Err(unavailable(format!(
+            "the record stored as plan {name:?} names another plan"
+        )));
+    }
+    Ok(plan)
 }
 
 /// A short pause before retrying a read-modify-write that lost a race, longer each time.
