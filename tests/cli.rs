@@ -257,6 +257,134 @@ fn every_key_command_round_trips() {
 }
 
 #[test]
+fn plans_are_created_changed_and_deleted_and_the_configuration_never_overwrites_them() {
+    let dir = common::data_dir();
+    let mut server = server(dir.path());
+    let team = json(&cli(
+        &server,
+        &[
+            "plans",
+            "create",
+            "team",
+            "--max-active-keys",
+            "3",
+            "--window",
+            "10/1s",
+            "--window",
+            "2000/1h per owner",
+            "--json",
+        ],
+        "",
+    ));
+    assert_eq!(team["api_access"], true);
+    assert_eq!(team["rate_windows"][1]["period"], "1h");
+    assert_eq!(team["rate_windows"][1]["scope"], "owner");
+    let shown = cli(&server, &["plans", "get", "team"], "");
+    assert!(
+        stdout(&shown).contains("team  yes         3         10/1s per key, 2000/1h per owner"),
+        "{}",
+        stdout(&shown)
+    );
+    let closed = json(&cli(
+        &server,
+        &["plans", "update", "team", "--api-access", "false", "--json"],
+        "",
+    ));
+    assert_eq!(closed["api_access"], false);
+    assert_eq!(
+        closed["rate_windows"], team["rate_windows"],
+        "left as they were"
+    );
+
+    // Mistakes on the command line are refused before connecting, by the server's rules.
+    for (args, mentions) in [
+        (&["plans", "update", "team"][..], "nothing to update"),
+        (
+            &["plans", "create", "x", "--window", "0/1s"][..],
+            "rate_windows[0].limit",
+        ),
+        (
+            &["plans", "create", "x", "--window", "10/1fortnight"][..],
+            "--window",
+        ),
+    ] {
+        let refused = cli(&server, args, "");
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&refused)
+        );
+        assert!(stderr(&refused).contains(mentions), "{}", stderr(&refused));
+    }
+
+    let owner = json(&cli(
+        &server,
+        &[
+            "owners",
+            "create",
+            "--external-id",
+            "acme",
+            "--name",
+            "Acme",
+            "--plan",
+            "team",
+            "--json",
+        ],
+        "",
+    ));
+    let owner_id = owner["id"].as_str().unwrap();
+    let in_use = cli(&server, &["plans", "delete", "team"], "");
+    assert_eq!(in_use.status.code(), Some(1));
+    assert!(
+        stderr(&in_use).contains("FailedPrecondition")
+            && stderr(&in_use).contains("used by 1 owner and 0 keys"),
+        "{}",
+        stderr(&in_use)
+    );
+    let moved = cli(
+        &server,
+        &["owners", "update", owner_id, "--plan", "pro"],
+        "",
+    );
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    let deleted = json(&cli(&server, &["plans", "delete", "team", "--json"], ""));
+    assert_eq!(
+        deleted,
+        serde_json::json!({"name": "team", "deleted": true})
+    );
+    let listed = json(&cli(&server, &["plans", "list", "--json"], ""));
+    let names: Vec<&str> = listed["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["free", "pro"]);
+
+    // A configured plan changed through the API stays as changed across a restart with the
+    // same configuration, and the server says so.
+    let raised = cli(
+        &server,
+        &["plans", "update", "free", "--max-active-keys", "9"],
+        "",
+    );
+    assert!(raised.status.success(), "{}", stderr(&raised));
+    server.terminate();
+    server.wait_exit(std::time::Duration::from_secs(10));
+    let restarted = self::server(dir.path());
+    let free = json(&cli(&restarted, &["plans", "get", "free", "--json"], ""));
+    assert_eq!(free["max_active_keys"], 9);
+    assert!(
+        restarted
+            .log()
+            .contains("the configured plan differs from the stored one; keeping the stored plan"),
+        "{}",
+        restarted.log()
+    );
+}
+
+#[test]
 fn errors_exit_non_zero_with_the_servers_message() {
     let dir = common::data_dir();
     let server = server(dir.path());
@@ -477,17 +605,18 @@ async fn admin_export_and_import_move_an_embedded_store_to_redis() {
     );
     assert!(exported.status.success(), "{}", stderr(&exported));
     assert!(
-        stderr(&exported).contains("exported 1 owners and 3 keys"),
+        stderr(&exported).contains("exported 2 plans, 1 owners and 3 keys"),
         "{}",
         stderr(&exported)
     );
     let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(text.lines().count(), 4);
+    assert_eq!(text.lines().count(), 6);
     assert!(
         !text.contains(&issued.secret[20..]) && !text.contains(legacy),
         "no secret in an export"
     );
-    assert!(text.lines().next().unwrap().contains("\"kind\":\"owner\""));
+    assert!(text.lines().next().unwrap().contains("\"kind\":\"plan\""));
+    assert!(text.lines().nth(2).unwrap().contains("\"kind\":\"owner\""));
 
     let imported = admin(
         &["import", "--input", file.to_str().unwrap()],
@@ -495,7 +624,8 @@ async fn admin_export_and_import_move_an_embedded_store_to_redis() {
         &redis_env,
     );
     assert!(imported.status.success(), "{}", stderr(&imported));
-    assert!(stderr(&imported).contains("imported 1 owners and 3 keys"));
+    assert!(stderr(&imported).contains("imported 2 plans, 1 owners and 3 keys"));
+    // The plans are there as exported; the owner is refused as already there.
     let again = admin(
         &["import", "--input", file.to_str().unwrap()],
         &new_dir,
@@ -503,7 +633,7 @@ async fn admin_export_and_import_move_an_embedded_store_to_redis() {
     );
     assert_eq!(again.status.code(), Some(1));
     assert!(
-        stderr(&again).contains("line 1") && stderr(&again).contains("already exists"),
+        stderr(&again).contains("line 3") && stderr(&again).contains("already exists"),
         "{}",
         stderr(&again)
     );

@@ -136,6 +136,21 @@ fn every_route_answers_the_admin() {
     );
     assert_eq!(updated["displayName"], "Carol B.");
     assert_eq!(ok("ListPlans", json!({}))["defaultPlan"], "pro");
+    let team = ok(
+        "CreatePlan",
+        json!({"name": "team", "maxActiveKeys": 5, "rateWindows": [{"limit": "100", "period": "60s", "scope": "RATE_SCOPE_OWNER"}]}),
+    );
+    assert_eq!(team["apiAccess"], true, "API access unless refused: {team}");
+    assert_eq!(team["rateWindows"][0]["period"], "60s");
+    assert_eq!(ok("GetPlan", json!({"name": "team"}))["maxActiveKeys"], 5);
+    let raised = ok(
+        "UpdatePlan",
+        json!({"plan": {"name": "team", "rateWindows": [{"limit": "200", "period": "60s"}]}, "updateMask": "rate_windows"}),
+    );
+    assert_eq!(raised["rateWindows"][0]["limit"], "200");
+    assert_eq!(raised["rateWindows"][0]["scope"], "RATE_SCOPE_KEY");
+    assert_eq!(raised["maxActiveKeys"], 5, "only the masked field changed");
+    ok("DeletePlan", json!({"name": "team"}));
 
     let created = ok(
         "CreateKey",
@@ -207,6 +222,8 @@ fn every_route_answers_the_admin() {
     }
     let (status, deleted) = send(addr, ADMIN_TOKEN, "GET", &format!("/v1/keys/{id}"), None);
     assert_eq!(status, 404, "{deleted}");
+    let (status, gone) = send(addr, ADMIN_TOKEN, "GET", "/v1/plans/team", None);
+    assert_eq!(status, 404, "{gone}");
 }
 
 #[test]
@@ -249,6 +266,17 @@ fn a_managing_key_reaches_only_its_own_owner() {
         ("ListOwners", json!({}), "PermissionDenied"),
         ("GetOwner", json!({"id": f.bob}), "NotFound"),
         (
+            "CreatePlan",
+            json!({"name": "unlimited"}),
+            "PermissionDenied",
+        ),
+        (
+            "UpdatePlan",
+            json!({"plan": {"name": "pro", "maxActiveKeys": 0}, "updateMask": "maxActiveKeys"}),
+            "PermissionDenied",
+        ),
+        ("DeletePlan", json!({"name": "free"}), "PermissionDenied"),
+        (
             "UpdateOwner",
             json!({"owner": {"id": f.alice, "displayName": "x"}, "updateMask": "displayName"}),
             "PermissionDenied",
@@ -284,7 +312,7 @@ fn a_managing_key_reaches_only_its_own_owner() {
     let covered: Vec<&str> = rows.iter().map(|(rpc, _, _)| *rpc).collect();
     for route in management_routes() {
         assert!(
-            covered.contains(&route.rpc) || route.rpc == "ListPlans",
+            covered.contains(&route.rpc) || ["ListPlans", "GetPlan"].contains(&route.rpc),
             "{} has no row",
             route.rpc
         );
@@ -298,6 +326,10 @@ fn a_managing_key_reaches_only_its_own_owner() {
     }
     f.call(m, "ListPlans", json!({}))
         .expect("any managing key lists plans");
+    let pro = f
+        .call(m, "GetPlan", json!({"name": "pro"}))
+        .expect("and reads them");
+    assert_eq!(pro["maxActiveKeys"], 10, "unchanged: {pro}");
     let own = f
         .call(m, "CreateKey", json!({"name": "mine", "scopes": ["read"]}))
         .unwrap();
@@ -355,6 +387,35 @@ fn bad_input_and_unknown_records_are_refused_with_the_right_status() {
             status_404,
         ),
         ("ListPlans", json!({"colour": "red"}), status_400),
+        (
+            "CreatePlan",
+            json!({"name": "x", "rateWindows": [{"limit": "0", "period": "1s"}]}),
+            status_400,
+        ),
+        (
+            "CreatePlan",
+            json!({"name": "x", "rateWindows": [{"limit": "5"}]}),
+            status_400,
+        ),
+        ("CreatePlan", json!({"name": "pro"}), "AlreadyExists"),
+        ("GetPlan", json!({"name": "gold"}), status_404),
+        (
+            "UpdatePlan",
+            json!({"plan": {"name": "pro", "rateWindows": [{"limit": "5", "period": "3000000s"}]}, "updateMask": "rateWindows"}),
+            status_400,
+        ),
+        (
+            "UpdatePlan",
+            json!({"plan": {"name": "pro"}, "updateMask": "name"}),
+            status_400,
+        ),
+        (
+            "UpdatePlan",
+            json!({"plan": {"name": "gold", "apiAccess": false}, "updateMask": "apiAccess"}),
+            status_404,
+        ),
+        ("DeletePlan", json!({"name": "pro"}), "FailedPrecondition"),
+        ("DeletePlan", json!({"name": "gold"}), status_404),
         ("CreateKey", json!({"ownerId": 5}), status_400),
         (
             "CreateKey",

@@ -199,7 +199,7 @@ async fn owner_rpcs_refuse_bad_input() {
 }
 
 #[tokio::test]
-async fn plans_are_listed_from_the_configuration() {
+async fn the_configured_plans_are_stored_at_start_and_listed() {
     let server = start(Some(ADMIN_TOKEN)).await;
     let plans = server
         .client()
@@ -227,6 +227,259 @@ async fn plans_are_listed_from_the_configuration() {
             (2000, 3600, proto::RateScope::Owner as i32)
         ]
     );
+}
+
+fn window(limit: u64, seconds: i64, scope: proto::RateScope) -> proto::RateWindow {
+    proto::RateWindow {
+        limit,
+        period: Some(Duration { seconds, nanos: 0 }),
+        scope: scope as i32,
+    }
+}
+
+fn plan_request(name: &str, windows: Vec<proto::RateWindow>) -> proto::CreatePlanRequest {
+    proto::CreatePlanRequest {
+        name: name.into(),
+        api_access: None,
+        max_active_keys: 1,
+        rate_windows: windows,
+    }
+}
+
+#[tokio::test]
+async fn the_admin_creates_changes_and_deletes_plans_and_keys_read_them() {
+    let server = start(Some(ADMIN_TOKEN)).await;
+    let mut client = server.client().await;
+    let team = client
+        .create_plan(admin(plan_request(
+            "team",
+            vec![window(100, 60, proto::RateScope::Unspecified)],
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(team.api_access, "API access unless refused");
+    assert_eq!(
+        team.rate_windows,
+        [window(100, 60, proto::RateScope::Key)],
+        "an unspecified scope counts per key"
+    );
+    let owner = create_owner(&mut client, "alice", "team").await;
+    let manager = create_key(
+        &mut client,
+        proto::CreateKeyRequest {
+            scopes: vec!["keygate:keys".into()],
+            ..key_request(&owner.id, "manager")
+        },
+    )
+    .await
+    .secret;
+    // A managing key reads plans, and changes none.
+    let read = client
+        .get_plan(bearer(
+            &manager,
+            proto::GetPlanRequest {
+                name: "team".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, team);
+    let unlimited = proto::UpdatePlanRequest {
+        plan: Some(proto::Plan {
+            name: "team".into(),
+            max_active_keys: 0,
+            ..Default::default()
+        }),
+        update_mask: mask(&["max_active_keys"]),
+    };
+    for refused in [
+        client
+            .create_plan(bearer(&manager, plan_request("mine", vec![])))
+            .await
+            .err(),
+        client
+            .update_plan(bearer(&manager, unlimited.clone()))
+            .await
+            .err(),
+        client
+            .delete_plan(bearer(
+                &manager,
+                proto::DeletePlanRequest {
+                    name: "free".into(),
+                },
+            ))
+            .await
+            .err(),
+    ] {
+        assert_eq!(refused.map(|s| s.code()), Some(Code::PermissionDenied));
+    }
+    // The cap as the plan says now: one key, the manager; then none once lifted.
+    let capped = client
+        .create_key(admin(key_request(&owner.id, "second")))
+        .await;
+    assert!(expect_code(capped, Code::FailedPrecondition).contains("1 active keys"));
+    let lifted = client.update_plan(admin(unlimited)).await.unwrap();
+    assert_eq!(
+        lifted
+            .metadata()
+            .get("x-keygate-unacknowledged-replicas")
+            .unwrap(),
+        "0"
+    );
+    let lifted = lifted.into_inner();
+    assert_eq!(
+        (lifted.max_active_keys, lifted.rate_windows.len()),
+        (0, 1),
+        "only the masked field changed"
+    );
+    create_key(&mut client, key_request(&owner.id, "second")).await;
+
+    // In use by the owner: refused, naming how many; free once the owner moved and its
+    // keys are revoked or gone.
+    let delete = |name: &str| proto::DeletePlanRequest { name: name.into() };
+    let in_use = client.delete_plan(admin(delete("team"))).await;
+    assert!(expect_code(in_use, Code::FailedPrecondition).contains("used by 1 owner and 0 keys"),);
+    client
+        .update_owner(admin(proto::UpdateOwnerRequest {
+            owner: Some(proto::Owner {
+                id: owner.id.clone(),
+                plan: "pro".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["plan"]),
+        }))
+        .await
+        .unwrap();
+    let default = client.delete_plan(admin(delete("pro"))).await;
+    assert!(expect_code(default, Code::FailedPrecondition).contains("default plan"));
+    client.delete_plan(admin(delete("team"))).await.unwrap();
+    expect_code(
+        client
+            .get_plan(admin(proto::GetPlanRequest {
+                name: "team".into(),
+            }))
+            .await,
+        Code::NotFound,
+    );
+    expect_code(
+        client.delete_plan(admin(delete("team"))).await,
+        Code::NotFound,
+    );
+    let gone = client
+        .create_owner(admin(proto::CreateOwnerRequest {
+            external_id: "bob".into(),
+            display_name: "Bob".into(),
+            plan: "team".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(expect_code(gone, Code::InvalidArgument).contains("unknown plan \"team\""));
+}
+
+#[tokio::test]
+async fn a_plan_breaking_a_rule_is_refused_naming_the_field() {
+    let server = start(Some(ADMIN_TOKEN)).await;
+    let mut client = server.client().await;
+    let key = |limit, seconds| window(limit, seconds, proto::RateScope::Key);
+    let created: Vec<(proto::CreatePlanRequest, &str)> = vec![
+        (plan_request("", vec![]), "name: must not be empty"),
+        (plan_request(" team", vec![]), "name: must not begin or end"),
+        (
+            plan_request("te\u{202e}am", vec![]),
+            "name: must not contain",
+        ),
+        (
+            plan_request(&"t".repeat(201), vec![]),
+            "name: must be at most 200",
+        ),
+        (
+            plan_request("team", vec![key(10, 1), key(0, 60)]),
+            "rate_windows[1].limit: must be at least 1",
+        ),
+        (
+            plan_request("team", vec![key(10, 0)]),
+            "rate_windows[0].period: must be at least 1s",
+        ),
+        (
+            plan_request("team", vec![key(10, 32 * 86_400)]),
+            "rate_windows[0].period: must be at most 31 days",
+        ),
+        (
+            plan_request("team", vec![key(10, 60), key(20, 60)]),
+            "rate_windows[1]: another window counts the same subject",
+        ),
+        (
+            plan_request("team", (1..=17).map(|s| key(10, s)).collect()),
+            "rate_windows: at most 16",
+        ),
+        (
+            plan_request(
+                "team",
+                vec![proto::RateWindow {
+                    limit: 5,
+                    period: None,
+                    scope: 0,
+                }],
+            ),
+            "rate_windows[0].period is required",
+        ),
+        (
+            plan_request(
+                "team",
+                vec![proto::RateWindow {
+                    scope: 7,
+                    ..key(5, 60)
+                }],
+            ),
+            "rate_windows[0].scope 7",
+        ),
+        (plan_request("pro", vec![]), "already exists"),
+    ];
+    for (request, expected) in created {
+        let code = if expected == "already exists" {
+            Code::AlreadyExists
+        } else {
+            Code::InvalidArgument
+        };
+        let message = expect_code(client.create_plan(admin(request)).await, code);
+        assert!(
+            message.starts_with(expected) || message.contains(expected),
+            "{message}"
+        );
+    }
+    let update = |windows: Vec<proto::RateWindow>, paths: &[&str]| proto::UpdatePlanRequest {
+        plan: Some(proto::Plan {
+            name: "pro".into(),
+            rate_windows: windows,
+            ..Default::default()
+        }),
+        update_mask: mask(paths),
+    };
+    for (request, expected) in [
+        (
+            update(vec![key(0, 1)], &["rate_windows"]),
+            "plan.rate_windows[0].limit: must be at least 1",
+        ),
+        (
+            update(vec![], &["name"]),
+            "update_mask: \"name\" cannot be updated",
+        ),
+        (update(vec![], &[]), "update_mask must name at least one of"),
+    ] {
+        let message = expect_code(
+            client.update_plan(admin(request)).await,
+            Code::InvalidArgument,
+        );
+        assert!(message.starts_with(expected), "{message}");
+    }
+    let pro = client
+        .get_plan(admin(proto::GetPlanRequest { name: "pro".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pro.rate_windows.len(), 2, "the refusals changed nothing");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use common::redis::{RedisCluster, RedisServer};
 use keygate::calendar::Day;
 use keygate::error::Error;
 use keygate::model::{DailyUsage, KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
+use keygate::plan::{PlanConfig, RateScope, RateWindow};
 use keygate::redis::RedisConfig;
 use keygate::redis::keyspace;
 use keygate::store::redis::RedisStore;
@@ -55,6 +56,19 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
         revoked_at: None,
         last_used_at: None,
         usage_count: 0,
+    }
+}
+
+fn plan(name: &str, limit: u64) -> PlanConfig {
+    PlanConfig {
+        name: name.into(),
+        api_access: true,
+        max_active_keys: 3,
+        rate_windows: vec![RateWindow {
+            limit,
+            period: Duration::from_secs(3600),
+            per: RateScope::Owner,
+        }],
     }
 }
 
@@ -248,6 +262,113 @@ pub async fn concurrent_inserts_never_exceed_the_quota(store: Arc<dyn Store>) {
         store.list_keys("o1", None, None, 100).await.unwrap().len(),
         3
     );
+}
+
+pub async fn plans_round_trip_in_name_order(store: &dyn Store) {
+    assert!(store.list_plans().await.unwrap().is_empty());
+    for name in ["pro", "free", "Team Pro: annual"] {
+        store.create_plan(&plan(name, 10)).await.unwrap();
+    }
+    let names: Vec<String> = store
+        .list_plans()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["Team Pro: annual", "free", "pro"]);
+    assert_eq!(store.get_plan("pro").await.unwrap(), Some(plan("pro", 10)));
+    assert_eq!(store.get_plan("gold").await.unwrap(), None);
+    let taken = store.create_plan(&plan("pro", 99)).await.unwrap_err();
+    assert!(matches!(taken, Error::AlreadyExists(_)), "{taken:?}");
+    assert_eq!(store.get_plan("pro").await.unwrap(), Some(plan("pro", 10)));
+}
+
+pub async fn plan_updates_apply_atomically(store: &dyn Store) {
+    store.create_plan(&plan("pro", 10)).await.unwrap();
+    let updated = store
+        .update_plan(
+            "pro",
+            Arc::new(|p| {
+                p.rate_windows[0].limit = 20;
+                p.api_access = false;
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.rate_windows[0].limit, updated.api_access),
+        (20, false)
+    );
+    assert_eq!(store.get_plan("pro").await.unwrap(), Some(updated.clone()));
+    let refused = store
+        .update_plan(
+            "pro",
+            Arc::new(|p| {
+                p.max_active_keys = 0;
+                Err(Error::InvalidArgument("no".into()))
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused, Error::InvalidArgument("no".into()));
+    let renamed = store
+        .update_plan(
+            "pro",
+            Arc::new(|p| {
+                p.name = "gold".into();
+                Ok(())
+            }),
+        )
+        .await;
+    assert!(
+        matches!(renamed, Err(Error::InvalidArgument(_))),
+        "{renamed:?}"
+    );
+    assert_eq!(store.get_plan("pro").await.unwrap(), Some(updated));
+    assert_eq!(store.get_plan("gold").await.unwrap(), None);
+    let missing = store.update_plan("gold", Arc::new(|_| Ok(()))).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+}
+
+pub async fn concurrent_plan_updates_lose_nothing(store: Arc<dyn Store>) {
+    store.create_plan(&plan("pro", 1)).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let raise = Arc::new(|p: &mut PlanConfig| {
+                    p.rate_windows[0].limit += 1;
+                    Ok(())
+                });
+                store.update_plan("pro", raise).await
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => applied += 1,
+            // A store may give up on a record that keeps changing; it must say so.
+            Err(e) => assert!(matches!(e, Error::Unavailable(_)), "{e:?}"),
+        }
+    }
+    assert!(applied > 0);
+    let limit = store.get_plan("pro").await.unwrap().unwrap().rate_windows[0].limit;
+    assert_eq!(limit, 1 + applied, "every applied change is kept");
+}
+
+pub async fn deleting_a_plan_returns_it_and_frees_its_name(store: &dyn Store) {
+    store.create_plan(&plan("pro", 10)).await.unwrap();
+    store.create_plan(&plan("free", 1)).await.unwrap();
+    assert_eq!(store.delete_plan("pro").await.unwrap(), plan("pro", 10));
+    assert_eq!(store.get_plan("pro").await.unwrap(), None);
+    assert_eq!(store.list_plans().await.unwrap(), [plan("free", 1)]);
+    let again = store.delete_plan("pro").await.unwrap_err();
+    assert!(matches!(again, Error::NotFound(_)), "{again:?}");
+    store.create_plan(&plan("pro", 5)).await.unwrap();
+    assert_eq!(store.get_plan("pro").await.unwrap(), Some(plan("pro", 5)));
 }
 
 pub async fn keys_list_by_owner_state_and_page(store: &dyn Store) {
@@ -524,11 +645,20 @@ macro_rules! conformance_suite {
             check!(deleting_a_key_removes_it_everywhere);
             check!(key_uses_add_up_and_skip_keys_that_are_gone);
             check!(daily_usage_adds_up_by_day_from_the_first_kept_day);
+            check!(plans_round_trip_in_name_order);
+            check!(plan_updates_apply_atomically);
+            check!(deleting_a_plan_returns_it_and_frees_its_name);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_inserts_never_exceed_the_quota() {
                 let (store, _guard) = $make.await;
                 super::concurrent_inserts_never_exceed_the_quota(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_plan_updates_lose_nothing() {
+                let (store, _guard) = $make.await;
+                super::concurrent_plan_updates_lose_nothing(store).await;
             }
         }
     };
@@ -638,9 +768,14 @@ async fn embedded_records_survive_reopening() {
         let store = keygate::store::embedded::EmbeddedStore::open(&path).unwrap();
         store.create_owner(&owner("o1", "e1")).await.unwrap();
         store.insert_key(&key("k1", "o1"), None).await.unwrap();
+        store.create_plan(&plan("pro", 10)).await.unwrap();
     }
     let reopened = keygate::store::embedded::EmbeddedStore::open(&path).unwrap();
     assert_eq!(reopened.get_key("k1").await.unwrap(), Some(key("k1", "o1")));
+    assert_eq!(
+        reopened.get_plan("pro").await.unwrap(),
+        Some(plan("pro", 10))
+    );
 }
 
 #[tokio::test]
