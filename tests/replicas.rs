@@ -1,6 +1,7 @@
 //! Several keygate replicas on one Redis: a key created on one works on all, and a change
-//! made on one is refused by the others on their very next request: the write returns only
-//! once every live replica confirmed, or reports the ones that did not.
+//! made on one (a key, an owner, a plan) is in force on the others from their very next
+//! request: the write returns only once every live replica confirmed, or reports the ones
+//! that did not.
 
 mod common;
 
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::check::{check, check_request, decision_code};
+use common::envoy::EnvoyProcess;
 use common::http::http_request;
 use common::redis::RedisServer;
+use common::upstream::{GrpcUpstream, HttpUpstream};
 use common::{ADMIN_TOKEN, Options, TestServer, admin, create_owner, issue_key, start_with};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -233,6 +236,161 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
         decide(&b, &other).await,
         "OWNER_DISABLED",
         "the very next request on B after UpdateOwner returned"
+    );
+    drop(redis);
+}
+
+/// A plan change made through one replica: the status and `x-ratelimit-limit` of a request
+/// through each replica's Envoy.
+struct ThroughEnvoy {
+    envoys: [EnvoyProcess; 2],
+    key: String,
+}
+
+impl ThroughEnvoy {
+    /// Sends `GET /v1/items` with the key through replica `replica`'s Envoy.
+    async fn ask(&self, replica: usize) -> (u16, Option<String>) {
+        let envoy = &self.envoys[replica];
+        let answer = http_request(
+            envoy.listen_addr,
+            "GET",
+            "/v1/items",
+            &[("x-api-key", &self.key)],
+        )
+        .await;
+        let limit = answer.header("x-ratelimit-limit").map(str::to_owned);
+        (answer.status, limit)
+    }
+
+    /// The statuses of requests sent through the replicas in `order`, one at a time.
+    async fn statuses(&self, order: &[usize]) -> Vec<u16> {
+        let mut statuses = Vec::new();
+        for &replica in order {
+            statuses.push(self.ask(replica).await.0);
+        }
+        statuses
+    }
+}
+
+/// UpdatePlan's request for plan `name` with one window of `limit` an hour per key.
+fn hourly(name: &str, limit: u64) -> proto::UpdatePlanRequest {
+    proto::UpdatePlanRequest {
+        plan: Some(proto::Plan {
+            name: name.into(),
+            rate_windows: vec![proto::RateWindow {
+                limit,
+                period: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                scope: proto::RateScope::Key as i32,
+            }],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["rate_windows".into()],
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_made_and_changed_on_one_replica_limits_the_next_request_through_envoy_on_the_other()
+{
+    let redis = started_redis().await;
+    let store = redis_store(&redis, Duration::from_secs(2)).await;
+    let tables = format!(
+        "[redis]\nurl = \"{}\"\n[ratelimit]\nbackend = \"redis\"\n[[plans]]\nname = \"unmetered\"\n",
+        redis.url()
+    );
+    let a = replica_with(&tables, store.clone()).await;
+    let b = replica_with(&tables, store).await;
+    let redis = wait_for_replicas(redis, 2).await;
+    let (http, grpc) = (HttpUpstream::start().await, GrpcUpstream::start().await);
+    let upstreams = (http.addr, grpc.addr);
+    let planes = [a.server.data_plane_addr(), b.server.data_plane_addr()];
+    let envoys = tokio::task::spawn_blocking(move || {
+        planes.map(|plane| EnvoyProcess::start(plane, upstreams.0, upstreams.1))
+    })
+    .await
+    .unwrap();
+
+    // Create and assign on A, without a restart: both replicas enforce the plan, and the
+    // Redis limiter counts for both (a key's third request an hour is its last).
+    let mut manage = a.client().await;
+    let team = manage
+        .create_plan(admin(proto::CreatePlanRequest {
+            name: "team".into(),
+            rate_windows: hourly("team", 3).plan.unwrap().rate_windows,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(team.api_access);
+    let owner = create_owner(&mut manage, "acme", "team").await;
+    let stack = ThroughEnvoy {
+        envoys,
+        key: issue_key(&mut manage, &owner.id, "k").await.secret,
+    };
+    assert_eq!(stack.ask(0).await, (200, Some("3".into())));
+    assert_eq!(stack.statuses(&[1, 0, 1, 0]).await, [200, 200, 429, 429]);
+
+    // Raised on A: B's very next request is decided by the new limit, though B was just
+    // refused under the old one.
+    let raised = manage.update_plan(admin(hourly("team", 5))).await.unwrap();
+    assert_eq!(unacknowledged(&raised), "0");
+    assert_eq!(stack.ask(1).await, (200, Some("5".into())));
+    assert_eq!(stack.statuses(&[0, 1, 0]).await, [200, 429, 429]);
+
+    // Closed on A: the next request on B is refused by the plan itself.
+    manage
+        .update_plan(admin(proto::UpdatePlanRequest {
+            plan: Some(proto::Plan {
+                name: "team".into(),
+                api_access: false,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["api_access".into()],
+            }),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(stack.ask(1).await.0, 403);
+
+    // Deleting it is refused while the owner is on it, on either replica; once the owner
+    // moved, it is deleted, and B's next request follows the owner's new plan.
+    let delete = || proto::DeletePlanRequest {
+        name: "team".into(),
+    };
+    let in_use = b.client().await.delete_plan(admin(delete())).await;
+    let in_use = in_use.expect_err("the plan is used");
+    assert_eq!(in_use.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        in_use.message().contains("used by 1 owner and 0 keys"),
+        "{}",
+        in_use.message()
+    );
+    manage
+        .update_owner(admin(proto::UpdateOwnerRequest {
+            owner: Some(proto::Owner {
+                id: owner.id.clone(),
+                plan: "unmetered".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["plan".into()],
+            }),
+        }))
+        .await
+        .unwrap();
+    let deleted = manage.delete_plan(admin(delete())).await.unwrap();
+    assert_eq!(unacknowledged(&deleted), "0");
+    assert_eq!(stack.ask(1).await, (200, None), "unmetered");
+    assert_eq!(
+        http.requests().len(),
+        6,
+        "only the admitted requests reached the upstream"
     );
     drop(redis);
 }
