@@ -19,14 +19,15 @@
 //!      ([`key::hash`]).
 //!    - [`model`] — the stored records, owners and keys, and the validated values they are
 //!      built from (names, scopes, networks, metadata), shared by the server and the CLI.
-//!    - [`plan`] — plans: API access, key caps, rate windows.
+//!    - [`plan`] — plans: API access, key caps, rate windows; the rules every plan follows.
 //!    - [`secrets`] — the pepper and admin token, from env or files only.
 //!    - [`shutdown`] — signals, the stop watch, the drain grace.
 //! 2. Infrastructure
 //!    - [`redis`](crate::redis) — Redis settings, connections to Redis or Redis Cluster
 //!      behind one type, every key name ([`redis::keyspace`]) and Lua script
 //!      ([`redis::scripts`]).
-//!    - [`store`] — the [`store::Store`] trait, the embedded redb backend and the Redis one.
+//!    - [`store`] — the [`store::Store`] trait (owners, plans, keys), the embedded redb backend
+//!      and the Redis one.
 //!    - [`ratelimit`] — sliding-window rate limits, local and in Redis.
 //!    - [`connection`] — accepted connections prepared for small answers: no Nagle delay,
 //!      HTTP/2 frames coalesced into one write.
@@ -39,8 +40,8 @@
 //!      [`authz::trust`] says whose word about a client's address is taken.
 //!    - [`invalidation`] — applying a change to this replica's cache and every other's.
 //! 4. Management plane
-//!    - [`manage`] — owner and key lifecycle rules, the authority rule, invalidation after
-//!      every write; no transport.
+//!    - [`manage`] — owner, plan and key lifecycle rules, the authority rule, invalidation
+//!      after every write; no transport.
 //!    - [`admin`] — export and import of every record, for backup and migration.
 //! 5. Observability and admission
 //!    - [`metrics`] — Prometheus metrics and their HTTP listener.
