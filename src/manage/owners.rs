@@ -95,12 +95,9 @@ impl Owners {
         caller.require_admin()?;
         let id = crate::model::values::required("owner.id", id)?;
         let plan = match update.plan.as_deref() {
-            Some(plan) => Some(
-                self.deps
-                    .plan_name("plan", Some(plan))
-                    .await?
-                    .ok_or_else(|| Error::InvalidArgument("plan must name a plan".into()))?,
-            ),
+            Some(plan) => Some(self.deps.plan_name("plan", Some(plan)).await?.ok_or_else(
+                || Error::InvalidArgument("plan must name a plan (see ListPlans)".into()),
+            )?),
             None => None,
         };
         let now = self.deps.clock.now();
