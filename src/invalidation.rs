@@ -28,12 +28,12 @@
 //!   change alone and returns. Otherwise it publishes an ack request and waits.
 //! - Messages on [`INVALIDATIONS`] are text: `KIND:VALUE` (kind `k` key id, `o` owner id,
 //!   `i` imported digest, `u` released digest, `p` plan name), the format earlier versions
-//!   publish and read (versions before plans were stored ignore `p`, as they keep plans in
-//!   their configuration); or `ack:WRITER:NONCE;KIND:VALUE`, an ack request. A replica applies the change
-//!   to its cache first, then publishes `NONCE:REPLICA` on the writer's ack channel
-//!   ([`invalidation_acks`]`(WRITER)`), to which the writer is subscribed on the same
-//!   connection as the invalidation channel. An earlier version reads the kind `ack` as
-//!   unknown and ignores the message, so a writer publishes the plain change just before
+//!   publish and read (versions before plans were stored ignore `p`, and never confirm it:
+//!   they decide by the plans of their configuration); or `ack:WRITER:NONCE;KIND:VALUE`, an ack request. A replica
+//!   applies the change to its cache first, then publishes `NONCE:REPLICA` on the writer's
+//!   ack channel ([`invalidation_acks`]`(WRITER)`), to which the writer is subscribed on the
+//!   same connection as the invalidation channel. An earlier version reads the kind `ack`
+//!   as unknown and ignores the message, so a writer publishes the plain change just before
 //!   the ack request, in the same round trip: during a rolling upgrade, earlier replicas
 //!   still drop the key at once. They do not register a heartbeat, so writers do not wait
 //!   for their confirmation.

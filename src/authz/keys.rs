@@ -50,12 +50,12 @@
 //! their turn until their deadline, so a flood against such a key occupies at most one
 //! worker and cannot starve other keys.
 //!
-//! Invalidation is by key id, owner id or plan name, from the management path. Each entry remembers the
-//! invalidation epoch at which its load started; an entry loaded before its id's last
-//! invalidation is stale and reloaded, so a load racing a revocation can never bring the
-//! revoked record back. Invalidation markers are kept for `ttl` and bounded by `capacity`:
-//! should a marker be pushed out early, every entry loaded before it counts as stale, which
-//! costs re-verification, never a stale answer.
+//! Invalidation is by key id, owner id or plan name, from the management path. Each entry
+//! remembers the invalidation epoch at which its load started; an entry loaded before its
+//! id's last invalidation is stale and reloaded, so a load racing a revocation can never
+//! bring the revoked record back. Invalidation markers are kept for `ttl` and bounded by
+//! `capacity`: should a marker be pushed out early, every entry loaded before it counts as
+//! stale, which costs re-verification, never a stale answer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,7 +89,8 @@ pub enum MatchedSecret {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Most verified credentials kept (also rejections, owners, plans and invalidation markers).
+    /// Most verified credentials kept (also rejections, owners, plans and invalidation
+    /// markers).
     pub capacity: u64,
     /// The longest a verified credential is trusted without looking at the store again.
     /// Changes drop entries at once; this only bounds staleness should an invalidation be
@@ -1062,6 +1063,35 @@ mod tests {
             f.hasher.verifications(),
             before + 2,
             "cleared: verified again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cached_plan_stays_until_it_changes_and_then_is_read_again() {
+        let f = fixture().await;
+        assert_eq!(f.cache.plan("team").await.unwrap(), None, "no such plan");
+        let team = PlanConfig {
+            max_active_keys: 3,
+            ..PlanConfig::unlimited("team")
+        };
+        f.store.create_plan(&team).await.unwrap();
+        assert_eq!(f.cache.plan("team").await.unwrap().as_deref(), Some(&team));
+        let closed = Arc::new(|plan: &mut PlanConfig| {
+            plan.api_access = false;
+            Ok(())
+        });
+        f.store.update_plan("team", closed).await.unwrap();
+        let cached = f.cache.plan("team").await.unwrap().unwrap();
+        assert!(cached.api_access, "cached until told");
+        f.cache.invalidate_plan("team");
+        let read = f.cache.plan("team").await.unwrap().unwrap();
+        assert!(!read.api_access, "read again once invalidated");
+        f.store.delete_plan("team").await.unwrap();
+        f.cache.clear();
+        assert_eq!(
+            f.cache.plan("team").await.unwrap(),
+            None,
+            "and after a clear"
         );
     }
 

@@ -1,8 +1,8 @@
 //! The management plane: the lifecycle rules of owners, plans and keys, with no transport.
 //!
-//! [`Owners`], [`Plans`] and [`Keys`] take typed, already validated inputs (see [`crate::model`]'s
-//! values) and a [`Caller`], apply the rules and return records. The gRPC service and the
-//! CLI are adapters around them: authenticate, convert, call, convert back.
+//! [`Owners`], [`Plans`] and [`Keys`] take typed, already validated inputs (see
+//! [`crate::model`]'s values) and a [`Caller`], apply the rules and return records. The gRPC
+//! service and the CLI are adapters around them: authenticate, convert, call, convert back.
 //!
 //! # Who may do what
 //!
