@@ -22,12 +22,23 @@ pub fn example(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A loopback address nothing listens on right now: bound to port 0, read, and released.
+/// A loopback address nothing listens on right now: bound to port 0, read, and released;
+/// never one this process handed out before. Tests run in parallel, and the kernel may give
+/// a released port again at once; Envoy binds its listeners with `SO_REUSEPORT`, so two
+/// Envoys on one port would both start and share each other's connections.
 pub fn free_loopback_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// `config` with its one occurrence of `from` replaced by `to`; panics unless there is
