@@ -192,3 +192,77 @@ impl UsageRecorder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::error::Error;
+    use crate::model::{Owner, OwnerState, testing::key_record};
+    use crate::store::decorated::{CallHook, Decorated, StoreFuture};
+    use crate::store::embedded::EmbeddedStore;
+
+    /// Fails every call while `down`.
+    #[derive(Default)]
+    struct Outage {
+        down: AtomicBool,
+    }
+
+    impl CallHook for Outage {
+        fn around<'a, T: Send + 'a>(
+            &'a self,
+            _operation: &'static str,
+            call: StoreFuture<'a, T>,
+        ) -> StoreFuture<'a, T> {
+            if self.down.load(Ordering::SeqCst) {
+                return Box::pin(std::future::ready(Err(Error::Unavailable("down".into()))));
+            }
+            call
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_flush_could_not_write_is_written_once_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let owner = Owner {
+            id: "o".into(),
+            external_id: "o".into(),
+            display_name: "O".into(),
+            state: OwnerState::Active,
+            plan: String::new(),
+            metadata: Default::default(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        inner
+            .insert_all(vec![owner], vec![key_record("k", "o")])
+            .await
+            .unwrap();
+        let store = Decorated::with_hook(Arc::new(inner), Outage::default());
+        let recorder = UsageRecorder::new(Calendar::default(), 90);
+        let noon = 20_000 * 86_400 + 43_200;
+        recorder.record("k", noon, DecisionCode::Ok);
+        recorder.record("k", noon + 1, DecisionCode::RateLimited);
+        store.hook().down.store(true, Ordering::SeqCst);
+        recorder.flush(&store, noon + 2).await;
+        store.hook().down.store(false, Ordering::SeqCst);
+        recorder.record("k", noon + 3, DecisionCode::Ok);
+        recorder.flush(&store, noon + 4).await;
+        recorder.flush(&store, noon + 5).await;
+
+        let key = store.get_key("k").await.unwrap().unwrap();
+        assert_eq!((key.usage_count, key.last_used_at), (2, Some(noon + 3)));
+        let days = store
+            .daily_usage("k", Day(20_000), Day(20_000))
+            .await
+            .unwrap();
+        let expected = DailyUsage {
+            allowed: 2,
+            denied: [("RATE_LIMITED".to_owned(), 1)].into_iter().collect(),
+        };
+        assert_eq!(days, vec![(Day(20_000), expected)]);
+    }
+}
