@@ -6,6 +6,7 @@ use super::{Caller, Deps};
 use crate::calendar::Day;
 use crate::error::{Error, Result};
 use crate::model::DailyUsage;
+use crate::store::walk_keys;
 
 /// The longest range of days one query may span.
 pub const MAX_DAYS: i32 = 366;
@@ -35,9 +36,6 @@ pub struct UsageReport {
 pub struct Usage {
     deps: Deps,
 }
-
-/// How many keys are read at a time when an owner's usage is summed.
-const KEYS_PER_PAGE: usize = 500;
 
 impl Usage {
     /// The usage service over `deps`.
@@ -83,18 +81,14 @@ impl Usage {
             }
             UsageOf::Owner(id) => {
                 let owner = self.deps.visible_owner(caller, id).await?;
-                let mut after: Option<String> = None;
-                loop {
-                    let page = store
-                        .list_keys(&owner.id, None, after.as_deref(), KEYS_PER_PAGE)
-                        .await?;
-                    for key in &page {
-                        add(store.daily_usage(&key.id, first, last).await?);
-                    }
-                    if page.len() < KEYS_PER_PAGE {
-                        break;
-                    }
-                    after = page.last().map(|k| k.id.clone());
+                let mut key_ids = Vec::new();
+                walk_keys(store.as_ref(), &owner.id, |key| {
+                    key_ids.push(key.id.clone());
+                    Ok(())
+                })
+                .await?;
+                for key_id in key_ids {
+                    add(store.daily_usage(&key_id, first, last).await?);
                 }
             }
         }

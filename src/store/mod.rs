@@ -211,22 +211,32 @@ pub async fn walk(
         let owners = store.list_owners(after_owner.as_deref(), WALK_PAGE).await?;
         for owner in &owners {
             visit(Walked::Owner(owner))?;
-            let mut after_key: Option<String> = None;
-            loop {
-                let keys = store
-                    .list_keys(&owner.id, None, after_key.as_deref(), WALK_PAGE)
-                    .await?;
-                for key in &keys {
-                    visit(Walked::Key(key))?;
-                }
-                match keys.last() {
-                    Some(last) if keys.len() == WALK_PAGE => after_key = Some(last.id.clone()),
-                    _ => break,
-                }
-            }
+            walk_keys(store, &owner.id, |key| visit(Walked::Key(key))).await?;
         }
         match owners.last() {
             Some(last) if owners.len() == WALK_PAGE => after_owner = Some(last.id.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Hands `visit` every key of owner `owner_id` in id order, reading a page at a time.
+/// Stops at the first error, the store's or `visit`'s.
+pub async fn walk_keys(
+    store: &dyn Store,
+    owner_id: &str,
+    mut visit: impl FnMut(&KeyRecord) -> Result<()>,
+) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let keys = store
+            .list_keys(owner_id, None, after.as_deref(), WALK_PAGE)
+            .await?;
+        for key in &keys {
+            visit(key)?;
+        }
+        match keys.last() {
+            Some(last) if keys.len() == WALK_PAGE => after = Some(last.id.clone()),
             _ => return Ok(()),
         }
     }
