@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer};
-use keygate::calendar::Day;
+use keygate::authz::decision::DecisionCode;
+use keygate::authz::usage::UsageRecorder;
+use keygate::calendar::{Calendar, Day};
 use keygate::error::Error;
 use keygate::model::{DailyUsage, KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
 use keygate::plan::{PlanConfig, RateScope, RateWindow};
@@ -736,6 +738,36 @@ async fn embedded_usage_history_forgets_days_before_the_first_kept_day() {
         .map(|(d, _)| d.0)
         .collect();
     assert_eq!(kept, [12, 13]);
+}
+
+#[tokio::test]
+async fn what_a_usage_flush_could_not_write_is_written_once_by_the_next() {
+    let (inner, _dir) = embedded_store().await;
+    inner.create_owner(&owner("o1", "e1")).await.unwrap();
+    inner.insert_key(&key("k1", "o1"), None).await.unwrap();
+    let store = common::faulty::faulty(inner);
+    let recorder = UsageRecorder::new(Calendar::default(), 90);
+    let noon = 20_000 * 86_400 + 43_200;
+    recorder.record("k1", noon, DecisionCode::Ok);
+    recorder.record("k1", noon + 1, DecisionCode::RateLimited);
+    store.hook().fail(true);
+    recorder.flush(&store, noon + 2).await;
+    store.hook().fail(false);
+    recorder.record("k1", noon + 3, DecisionCode::Ok);
+    recorder.flush(&store, noon + 4).await;
+    recorder.flush(&store, noon + 5).await;
+
+    let key = store.get_key("k1").await.unwrap().unwrap();
+    assert_eq!((key.usage_count, key.last_used_at), (2, Some(noon + 3)));
+    let days = store
+        .daily_usage("k1", Day(20_000), Day(20_000))
+        .await
+        .unwrap();
+    let expected = DailyUsage {
+        allowed: 2,
+        denied: BTreeMap::from([("RATE_LIMITED".to_owned(), 1)]),
+    };
+    assert_eq!(days, vec![(Day(20_000), expected)]);
 }
 
 #[tokio::test]
