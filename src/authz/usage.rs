@@ -121,8 +121,11 @@ impl UsageRecorder {
             counts.allowed += 1;
             noted.uses += 1;
             noted.used_at = noted.used_at.max(now);
+        } else if let Some(count) = counts.denied.get_mut(code.as_str()) {
+            // A flood of denials (a key over its limit) allocates nothing per request.
+            *count += 1;
         } else {
-            *counts.denied.entry(code.as_str().to_owned()).or_default() += 1;
+            counts.denied.insert(code.as_str().to_owned(), 1);
         }
     }
 
