@@ -603,11 +603,12 @@ fn grpc_request(
     parts: http::request::Parts,
     message: DynamicMessage,
 ) -> Request<Body> {
-    let encoded = message.encode_to_vec();
-    let mut frame = Vec::with_capacity(5 + encoded.len());
+    // The gRPC frame: uncompressed, the length, the message encoded in place.
+    let length = message.encoded_len();
+    let mut frame = Vec::with_capacity(5 + length);
     frame.push(0);
-    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&encoded);
+    frame.extend_from_slice(&(length as u32).to_be_bytes());
+    message.encode_raw(&mut frame);
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
     for (name, value) in &parts.headers {
         if !NOT_METADATA.contains(&name.as_str()) {
