@@ -329,6 +329,7 @@ async fn operations(files: &Files, seed: u64) -> Round {
             profile: None,
             pair: false,
             require_activation: false,
+            credits: None,
         };
         let started = Instant::now();
         real.management

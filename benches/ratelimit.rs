@@ -15,7 +15,7 @@ use keygate::clock::SystemClock;
 use keygate::plan::{RateScope, RateWindow};
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::RedisLimiter;
-use keygate::ratelimit::{DecidedBy, Subject};
+use keygate::ratelimit::{Checks, DecidedBy, Subject};
 use keygate::redis::RedisConfig;
 
 #[path = "../tests/common/redis.rs"]
@@ -51,7 +51,14 @@ fn local(windows: &[RateWindow]) {
             key_id: &keys[i % keys.len()],
         };
         let now = started.elapsed().as_millis() as i64;
-        std::hint::black_box(limiter.check(subject, windows, 1, now, 1, DecidedBy::Local));
+        std::hint::black_box(limiter.check(
+            subject,
+            &Checks::windows(windows),
+            1,
+            now,
+            1,
+            DecidedBy::Local,
+        ));
     }
     let one_thread = DECISIONS as f64 / started.elapsed().as_secs_f64();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -68,7 +75,7 @@ fn local(windows: &[RateWindow]) {
                     let now = started.elapsed().as_millis() as i64;
                     std::hint::black_box(limiter.check(
                         subject,
-                        windows,
+                        &Checks::windows(windows),
                         1,
                         now,
                         1,
@@ -101,7 +108,7 @@ fn local(windows: &[RateWindow]) {
                         owner_id: "own_0123456789abcdef",
                         key_id: id,
                     },
-                    &full_log_window(),
+                    &Checks::windows(&full_log_window()),
                     FULL_LOG_COST,
                     1_000,
                     1,
@@ -150,11 +157,15 @@ async fn redis(windows: &[RateWindow], url: String) {
         owner_id: "own_bench",
         key_id: "key",
     };
-    limiter.check(subject, windows, 1, &SystemClock).await;
+    limiter
+        .check(subject, &Checks::windows(windows), 1, &SystemClock)
+        .await;
     let sequential = 5_000;
     let started = Instant::now();
     for _ in 0..sequential {
-        limiter.check(subject, windows, 1, &SystemClock).await;
+        limiter
+            .check(subject, &Checks::windows(windows), 1, &SystemClock)
+            .await;
     }
     let one = sequential as f64 / started.elapsed().as_secs_f64();
     let concurrency = 32;
@@ -171,7 +182,7 @@ async fn redis(windows: &[RateWindow], url: String) {
                                 owner_id: "own_bench",
                                 key_id: &key,
                             },
-                            &windows,
+                            &Checks::windows(&windows),
                             1,
                             &SystemClock,
                         )
@@ -202,7 +213,7 @@ async fn redis(windows: &[RateWindow], url: String) {
     };
     for _ in 0..FULL_LOG_GROUPS {
         limiter
-            .check(full, &window, FULL_LOG_COST, &SystemClock)
+            .check(full, &Checks::windows(&window), FULL_LOG_COST, &SystemClock)
             .await;
     }
     let mut connection = config.client().unwrap().get().await.unwrap();

@@ -204,16 +204,16 @@ impl App {
                 .clone()
                 .map(|client| SharedVerifications::new(client, config.cache.shared_ttl)),
         );
-        let limiter = match (&config.ratelimit.backend, redis) {
+        let limiter = Arc::new(match (&config.ratelimit.backend, redis) {
             (Backend::Redis, Some(client)) => {
                 RateLimiter::redis(&config.ratelimit, client, &config.redis)
             }
-            _ => RateLimiter::local(&config.ratelimit),
-        };
+            _ => RateLimiter::local(&config.ratelimit, store.clone()),
+        });
         let observer = Arc::new(DecisionRecorder::new(metrics.clone(), config.decision_log));
         let authorizer = Arc::new(Authorizer::new(
             keys,
-            limiter,
+            limiter.clone(),
             UsageRecorder::new(config.time_zone.clone(), config.usage.history_days),
             config.routes.clone(),
             clock.clone(),
@@ -250,6 +250,7 @@ impl App {
             clock,
             calendar: config.time_zone.clone(),
             invalidator: invalidations.clone(),
+            limiter,
         };
         let management = Arc::new(ManagementPlane {
             auth: ManagementAuth {

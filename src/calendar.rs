@@ -1,5 +1,7 @@
-//! Calendar days in the configured time zone: the day a moment falls on, and dates written
-//! `YYYY-MM-DD`. Usage history is counted per such day.
+//! Calendar days in the configured time zone: the day a moment falls on, dates written
+//! `YYYY-MM-DD`, and cycles (a day, a week from an anchor weekday, a month from an anchor
+//! day) that start at local midnight. Usage history is counted per day; calendar quotas and
+//! credit refills per cycle.
 //!
 //! ```toml
 //! time_zone = "Europe/Paris"   # an IANA name; UTC by default
@@ -10,7 +12,7 @@ use std::fmt;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::clock::UnixTime;
+use crate::clock::{UnixMillis, UnixTime};
 
 /// A calendar day: the number of days since 1970-01-01 (day 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,6 +75,218 @@ impl fmt::Display for Day {
     }
 }
 
+impl Day {
+    /// The day after `days` more days.
+    pub fn plus(self, days: i32) -> Day {
+        Day(self.0 + days)
+    }
+
+    /// The weekday of this day.
+    pub fn weekday(self) -> Weekday {
+        // 1970-01-01 was a Thursday, index 3 counting from Monday.
+        Weekday::ALL[(self.0 + 3).rem_euclid(7) as usize]
+    }
+}
+
+/// Days in `month` of `year`.
+fn days_in_month(year: i32, month: u32) -> u32 {
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    (Day::from_date(next_year, next_month, 1).0 - Day::from_date(year, month, 1).0) as u32
+}
+
+/// A day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    /// Monday.
+    Monday,
+    /// Tuesday.
+    Tuesday,
+    /// Wednesday.
+    Wednesday,
+    /// Thursday.
+    Thursday,
+    /// Friday.
+    Friday,
+    /// Saturday.
+    Saturday,
+    /// Sunday.
+    Sunday,
+}
+
+impl Weekday {
+    /// Every weekday, from Monday.
+    pub const ALL: [Weekday; 7] = [
+        Weekday::Monday,
+        Weekday::Tuesday,
+        Weekday::Wednesday,
+        Weekday::Thursday,
+        Weekday::Friday,
+        Weekday::Saturday,
+        Weekday::Sunday,
+    ];
+
+    /// Its lower-case English name, as configurations write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Weekday::Monday => "monday",
+            Weekday::Tuesday => "tuesday",
+            Weekday::Wednesday => "wednesday",
+            Weekday::Thursday => "thursday",
+            Weekday::Friday => "friday",
+            Weekday::Saturday => "saturday",
+            Weekday::Sunday => "sunday",
+        }
+    }
+
+    /// The weekday named `name` (any case).
+    pub fn parse(name: &str) -> Option<Weekday> {
+        Self::ALL
+            .into_iter()
+            .find(|w| w.as_str().eq_ignore_ascii_case(name))
+    }
+
+    fn index(self) -> i32 {
+        Self::ALL.iter().position(|&w| w == self).unwrap_or(0) as i32
+    }
+}
+
+/// How long a cycle lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// From one local midnight to the next.
+    Day,
+    /// Seven days from the anchor weekday (Monday by default).
+    Week,
+    /// From the anchor day of one month (the 1st by default) to that of the next; an anchor
+    /// past a month's last day falls on its last day.
+    Month,
+}
+
+impl Period {
+    /// Its name, as configurations write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// Where a cycle starts: a weekday for weekly cycles, a day of the month (1 to 31) for
+/// monthly ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Anchor {
+    /// A day of the month, 1 to 31.
+    MonthDay(u8),
+    /// A weekday.
+    Weekday(Weekday),
+}
+
+/// A calendar cycle: quota periods and credit refills renew at its starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cycle {
+    /// How long it lasts.
+    pub period: Period,
+    /// Where it starts; the period's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Anchor>,
+}
+
+impl Cycle {
+    /// Whether the anchor fits the period: none for days, a weekday for weeks, a day of the
+    /// month from 1 to 31 for months. The error says what is expected.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.period, self.anchor) {
+            (_, None) | (Period::Week, Some(Anchor::Weekday(_))) => Ok(()),
+            (Period::Month, Some(Anchor::MonthDay(day))) if (1..=31).contains(&day) => Ok(()),
+            (Period::Day, Some(_)) => {
+                Err("a daily cycle starts at midnight and takes no anchor".into())
+            }
+            (Period::Week, Some(_)) => {
+                Err("a weekly cycle's anchor is a weekday, e.g. \"monday\"".into())
+            }
+            (Period::Month, Some(_)) => {
+                Err("a monthly cycle's anchor is a day of the month from 1 to 31".into())
+            }
+        }
+    }
+
+    /// The first day of the cycle that `today` falls in.
+    fn first_day(&self, today: Day) -> Day {
+        match self.period {
+            Period::Day => today,
+            Period::Week => {
+                let anchor = match self.anchor {
+                    Some(Anchor::Weekday(w)) => w,
+                    _ => Weekday::Monday,
+                };
+                today.plus(-(today.weekday().index() - anchor.index()).rem_euclid(7))
+            }
+            Period::Month => {
+                let (year, month, day) = today.date();
+                let (before_year, before_month) = if month == 1 {
+                    (year - 1, 12)
+                } else {
+                    (year, month - 1)
+                };
+                let this = self.month_start(year, month);
+                if day >= this {
+                    Day::from_date(year, month, this)
+                } else {
+                    Day::from_date(
+                        before_year,
+                        before_month,
+                        self.month_start(before_year, before_month),
+                    )
+                }
+            }
+        }
+    }
+
+    /// The first day of the cycle after the one starting on `first`.
+    fn next_first_day(&self, first: Day) -> Day {
+        match self.period {
+            Period::Day => first.plus(1),
+            Period::Week => first.plus(7),
+            Period::Month => {
+                let (year, month, _) = first.date();
+                let (year, month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
+                Day::from_date(year, month, self.month_start(year, month))
+            }
+        }
+    }
+
+    /// The day of `month` a monthly cycle starts on: the anchor, or the month's last day.
+    fn month_start(&self, year: i32, month: u32) -> u32 {
+        let anchor = match self.anchor {
+            Some(Anchor::MonthDay(day)) => u32::from(day),
+            _ => 1,
+        };
+        anchor.min(days_in_month(year, month))
+    }
+}
+
+/// The bounds of one cycle, in milliseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CycleBounds {
+    /// Its first instant: local midnight of its first day.
+    pub start: UnixMillis,
+    /// The first instant of the next cycle.
+    pub end: UnixMillis,
+}
+
 /// The time zone days are counted in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calendar {
@@ -103,6 +317,25 @@ impl Calendar {
             .map(|t| self.zone.to_offset(t).seconds())
             .unwrap_or(0);
         Day((time + i64::from(offset)).div_euclid(86_400) as i32)
+    }
+
+    /// The first instant of `day` in this zone: its local midnight, or the end of the gap
+    /// when the clocks skip midnight.
+    pub fn midnight(&self, day: Day) -> UnixMillis {
+        let (year, month, date) = day.date();
+        let civil = jiff::civil::date(year as i16, month as i8, date as i8).at(0, 0, 0, 0);
+        self.zone
+            .to_timestamp(civil)
+            .map_or(i64::from(day.0) * 86_400_000, |t| t.as_millisecond())
+    }
+
+    /// The cycle `now` falls in.
+    pub fn cycle(&self, now: UnixMillis, cycle: &Cycle) -> CycleBounds {
+        let first = cycle.first_day(self.day(now.div_euclid(1000)));
+        CycleBounds {
+            start: self.midnight(first),
+            end: self.midnight(cycle.next_first_day(first)),
+        }
     }
 }
 
@@ -174,5 +407,141 @@ mod tests {
         assert_eq!(utc.day(midnight_utc(march_30, 0)), march_30);
         assert_eq!(utc.day(-1), Day(-1));
         assert!(Calendar::new("Mars/Olympus").unwrap_err().contains("IANA"));
+    }
+
+    fn utc_millis(text: &str) -> UnixMillis {
+        text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn a_monthly_cycle_anchored_on_the_15th_turns_at_local_midnight_across_dst() {
+        let paris = Calendar::new("Europe/Paris").unwrap();
+        let cycle = Cycle {
+            period: Period::Month,
+            anchor: Some(Anchor::MonthDay(15)),
+        };
+        // Begins in winter time (UTC+1), ends in summer time (UTC+2): 2026-03-29 is between.
+        let march = paris.cycle(utc_millis("2026-03-20T12:00:00Z"), &cycle);
+        assert_eq!(march.start, utc_millis("2026-03-14T23:00:00Z"));
+        assert_eq!(march.end, utc_millis("2026-04-14T22:00:00Z"));
+        assert_eq!(paris.cycle(march.end - 1, &cycle), march);
+        let april = paris.cycle(march.end, &cycle);
+        assert_eq!(april.start, march.end);
+        assert_eq!(april.end, utc_millis("2026-05-14T22:00:00Z"));
+        // Before the 15th of a month, the cycle is the previous month's.
+        let early = paris.cycle(utc_millis("2026-03-14T22:59:59.999Z"), &cycle);
+        assert_eq!(early.end, march.start);
+        assert_eq!(early.start, utc_millis("2026-02-14T23:00:00Z"));
+    }
+
+    #[test]
+    fn each_period_and_anchor_starts_where_it_says() {
+        let utc = Calendar::default();
+        let at = |text: &str, period: Period, anchor: Option<Anchor>| {
+            let bounds = utc.cycle(utc_millis(text), &Cycle { period, anchor });
+            (
+                jiff::Timestamp::from_millisecond(bounds.start)
+                    .unwrap()
+                    .to_string(),
+                jiff::Timestamp::from_millisecond(bounds.end)
+                    .unwrap()
+                    .to_string(),
+            )
+        };
+        let cases = [
+            // 2026-12-01 is a Tuesday.
+            (
+                "2026-12-01T10:00:00Z",
+                Period::Day,
+                None,
+                "2026-12-01T00:00:00Z",
+                "2026-12-02T00:00:00Z",
+            ),
+            (
+                "2026-12-01T10:00:00Z",
+                Period::Week,
+                None,
+                "2026-11-30T00:00:00Z",
+                "2026-12-07T00:00:00Z",
+            ),
+            (
+                "2026-12-01T10:00:00Z",
+                Period::Week,
+                Some(Anchor::Weekday(Weekday::Tuesday)),
+                "2026-12-01T00:00:00Z",
+                "2026-12-08T00:00:00Z",
+            ),
+            (
+                "2026-12-01T10:00:00Z",
+                Period::Week,
+                Some(Anchor::Weekday(Weekday::Wednesday)),
+                "2026-11-25T00:00:00Z",
+                "2026-12-02T00:00:00Z",
+            ),
+            (
+                "2026-12-01T10:00:00Z",
+                Period::Month,
+                None,
+                "2026-12-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            // An anchor past a month's end falls on its last day.
+            (
+                "2027-02-28T10:00:00Z",
+                Period::Month,
+                Some(Anchor::MonthDay(31)),
+                "2027-02-28T00:00:00Z",
+                "2027-03-31T00:00:00Z",
+            ),
+            (
+                "2027-03-30T10:00:00Z",
+                Period::Month,
+                Some(Anchor::MonthDay(31)),
+                "2027-02-28T00:00:00Z",
+                "2027-03-31T00:00:00Z",
+            ),
+            (
+                "2027-01-05T10:00:00Z",
+                Period::Month,
+                Some(Anchor::MonthDay(15)),
+                "2026-12-15T00:00:00Z",
+                "2027-01-15T00:00:00Z",
+            ),
+        ];
+        for (now, period, anchor, start, end) in cases {
+            assert_eq!(
+                at(now, period, anchor),
+                (start.to_owned(), end.to_owned()),
+                "{now} {period:?} {anchor:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_anchor_must_fit_its_period() {
+        let check = |period, anchor| Cycle { period, anchor }.validate();
+        assert!(check(Period::Month, Some(Anchor::MonthDay(31))).is_ok());
+        assert!(check(Period::Week, Some(Anchor::Weekday(Weekday::Friday))).is_ok());
+        assert!(check(Period::Day, None).is_ok());
+        assert!(
+            check(Period::Month, Some(Anchor::MonthDay(0)))
+                .unwrap_err()
+                .contains("1 to 31")
+        );
+        assert!(check(Period::Month, Some(Anchor::MonthDay(32))).is_err());
+        assert!(
+            check(Period::Week, Some(Anchor::MonthDay(3)))
+                .unwrap_err()
+                .contains("weekday")
+        );
+        assert!(
+            check(Period::Day, Some(Anchor::MonthDay(3)))
+                .unwrap_err()
+                .contains("midnight")
+        );
+        let parsed: Cycle = serde_json::from_str(r#"{"period":"week","anchor":"friday"}"#).unwrap();
+        assert_eq!(parsed.anchor, Some(Anchor::Weekday(Weekday::Friday)));
+        let parsed: Cycle = serde_json::from_str(r#"{"period":"month","anchor":15}"#).unwrap();
+        assert_eq!(parsed.anchor, Some(Anchor::MonthDay(15)));
     }
 }

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::UnixTime;
+use crate::calendar::{Anchor, Period};
+use crate::clock::{UnixMillis, UnixTime};
 
 /// Whether an owner's keys may be used at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,96 @@ pub struct PreviousSecret {
     pub expires_at: UnixTime,
 }
 
+/// Uses a key may still make: each allowed request spends its cost, and a request costing
+/// more than is left is refused (`CREDITS_EXHAUSTED`). The live balance is the limiter's;
+/// the record holds what was granted, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credits {
+    /// The balance granted at `granted_at`.
+    pub remaining: u64,
+    /// How the balance grows back, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
+    /// When the balance was granted, in milliseconds: a new grant replaces whatever balance
+    /// the limiter holds.
+    pub granted_at: UnixMillis,
+}
+
+impl Credits {
+    /// Checks a grant: a refill adds or resets to at least 1 credit, every interval of at
+    /// least a second, or on a cycle whose anchor fits its period. The error names the field
+    /// under `at`.
+    pub fn validate(&self, at: &str) -> Result<(), String> {
+        match &self.refill {
+            None => Ok(()),
+            Some(Refill::Every { amount, interval }) => {
+                if *amount == 0 {
+                    Err(format!("{at}.refill.amount: must be at least 1"))
+                } else if *interval < std::time::Duration::from_secs(1) {
+                    Err(format!("{at}.refill.interval: must be at least 1s"))
+                } else {
+                    Ok(())
+                }
+            }
+            Some(Refill::Reset {
+                amount,
+                period,
+                anchor,
+            }) => {
+                if *amount == 0 {
+                    return Err(format!("{at}.refill.amount: must be at least 1"));
+                }
+                let cycle = crate::calendar::Cycle {
+                    period: *period,
+                    anchor: *anchor,
+                };
+                cycle
+                    .validate()
+                    .map_err(|message| format!("{at}.refill.anchor: {message}"))
+            }
+        }
+    }
+}
+
+/// How credits grow back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Refill {
+    /// `amount` more credits after each whole `interval` since the grant.
+    Every {
+        /// Credits added each interval.
+        amount: u64,
+        /// How often, e.g. `1h`, `1day`.
+        #[serde(with = "crate::clock::duration_text")]
+        interval: std::time::Duration,
+    },
+    /// Back to `amount` at the start of each calendar cycle (the month from its anchor day,
+    /// the week from its anchor weekday, or the day), in the configured time zone.
+    Reset {
+        /// The balance each cycle starts with.
+        amount: u64,
+        /// `day`, `week` or `month`.
+        period: Period,
+        /// Where a cycle starts (see [`Cycle::anchor`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anchor: Option<Anchor>,
+    },
+}
+
+/// A limiter's counter that must outlive the process: a calendar quota's count or a key's
+/// credit balance, kept in the store by the in-process limiter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meter {
+    /// When counting began: the quota cycle's start, or the credits' grant (milliseconds).
+    pub since: UnixMillis,
+    /// Units counted (a quota) or left (credits).
+    pub value: u64,
+    /// The last refill step applied (credits only).
+    #[serde(default)]
+    pub epoch: i64,
+}
+
 /// An API key's record. It never holds the key's plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -140,6 +231,9 @@ pub struct KeyRecord {
     /// How many requests it has authorized (as of the last usage flush).
     #[serde(default)]
     pub usage_count: u64,
+    /// Uses it may still make, when it is limited to a number of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<Credits>,
 }
 
 impl KeyRecord {
@@ -182,6 +276,7 @@ pub(crate) mod testing {
             revoked_at: None,
             last_used_at: None,
             usage_count: 0,
+            credits: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Plans: what an owner's keys may do (API access, how many live keys, rate windows), and
+//! Plans: what an owner's keys may do (API access, how many live keys, rate windows,
+//! calendar quotas), and
 //! the rules a plan must follow wherever it comes from (the configuration or the
 //! management API).
 //!
@@ -10,6 +11,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::calendar::{Anchor, Cycle, Period};
 
 /// What a rate window counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,35 @@ impl RateWindow {
     }
 }
 
+/// At most `limit` units (requests weighted by cost) per calendar cycle: a day, a week or a
+/// month in the configured time zone, starting at local midnight of the anchor day. Unlike a
+/// rate window it does not slide: the whole limit is available again when a cycle starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Units allowed per cycle; at least 1.
+    pub limit: u64,
+    /// `day`, `week` or `month`.
+    pub period: Period,
+    /// Where a cycle starts: a weekday (`"monday"`, the default) for weekly quotas, a day of
+    /// the month (1 to 31, default 1; past a month's end, its last day) for monthly ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Anchor>,
+    /// Counted per key (default) or per owner.
+    #[serde(default = "RateWindow::default_scope")]
+    pub per: RateScope,
+}
+
+impl Quota {
+    /// The calendar cycle the quota renews on.
+    pub fn cycle(&self) -> Cycle {
+        Cycle {
+            period: self.period,
+            anchor: self.anchor,
+        }
+    }
+}
+
 /// A plan: what an owner's keys may do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +92,9 @@ pub struct PlanConfig {
     /// Rate windows, all enforced together.
     #[serde(default)]
     pub rate_windows: Vec<RateWindow>,
+    /// Calendar quotas, enforced together with the rate windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<Quota>,
 }
 
 impl PlanConfig {
@@ -70,6 +105,7 @@ impl PlanConfig {
             api_access: true,
             max_active_keys: 0,
             rate_windows: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 }
@@ -102,12 +138,17 @@ pub const MAX_PLAN_NAME_LEN: usize = crate::model::values::MAX_NAME_LEN;
 /// Most rate windows a plan may have: each is a log checked on every request.
 pub const MAX_RATE_WINDOWS: usize = 16;
 
+/// Most calendar quotas a plan may have: each is a counter checked on every request.
+pub const MAX_QUOTAS: usize = 8;
+
 impl PlanConfig {
     /// Checks the plan on its own: a name that is not blank, has no surrounding blanks,
     /// control or invisible characters and is at most [`MAX_PLAN_NAME_LEN`] characters;
     /// at most [`MAX_RATE_WINDOWS`] windows, each with a positive limit and a period from a
-    /// second to 31 days, no two counting the same subject over the same period. Fields
-    /// are named under `at` (`plans[0]`, `plan`, or nothing for the plan's own fields).
+    /// second to 31 days, no two counting the same subject over the same period; at most
+    /// [`MAX_QUOTAS`] quotas, each with a positive limit and an anchor that fits its period,
+    /// no two counting the same subject per the same period. Fields are named under `at`
+    /// (`plans[0]`, `plan`, or nothing for the plan's own fields).
     pub fn validate(&self, at: &str) -> Result<(), PlanError> {
         let error = |field: String, message: &str| PlanError {
             field: if at.is_empty() {
@@ -164,6 +205,31 @@ impl PlanConfig {
                 return Err(error(
                     field,
                     "another window counts the same subject over the same period; keep the one with the lower limit",
+                ));
+            }
+        }
+        if self.quotas.len() > MAX_QUOTAS {
+            return Err(error(
+                "quotas".into(),
+                &format!("at most {MAX_QUOTAS} quotas"),
+            ));
+        }
+        for (j, quota) in self.quotas.iter().enumerate() {
+            let field = format!("quotas[{j}]");
+            if quota.limit == 0 {
+                return Err(error(format!("{field}.limit"), "must be at least 1"));
+            }
+            if let Err(message) = quota.cycle().validate() {
+                return Err(error(format!("{field}.anchor"), &message));
+            }
+            // Two such quotas would name one counter.
+            if self.quotas[..j]
+                .iter()
+                .any(|q| q.period == quota.period && q.per == quota.per)
+            {
+                return Err(error(
+                    field,
+                    "another quota counts the same subject per the same period; keep the one with the lower limit",
                 ));
             }
         }

@@ -243,6 +243,7 @@ fn plan_request(name: &str, windows: Vec<proto::RateWindow>) -> proto::CreatePla
         api_access: None,
         max_active_keys: 1,
         rate_windows: windows,
+        quotas: vec![],
     }
 }
 

@@ -15,11 +15,13 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use keygate::proto;
 use std::sync::Arc;
 
-use keygate::clock::SystemClock;
-use keygate::plan::{RateScope, RateWindow};
+use keygate::calendar::{Calendar, Period};
+use keygate::clock::{Clock, ManualClock, SystemClock};
+use keygate::model::{Credits, Refill};
+use keygate::plan::{Quota, RateScope, RateWindow};
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::{RedisLimiter, RedisLimiterStats};
-use keygate::ratelimit::{DecidedBy, RateLimiter, Subject};
+use keygate::ratelimit::{Checks, DecidedBy, Limits, RateLimiter, Subject};
 use keygate::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::embedded::EmbeddedStore;
@@ -445,6 +447,8 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
             for (limit, period) in &limits {
                 invocation.arg(limit).arg(period);
             }
+            // No quotas, no credits.
+            invocation.arg(0).arg(0);
             for cost in &costs {
                 invocation.arg(cost);
             }
@@ -453,7 +457,14 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
             let told = reply[1..].chunks(1 + 3 * windows.len());
             assert_eq!(told.len(), costs.len());
             for (&cost, told) in costs.iter().zip(told) {
-                let expected = local.check(subject, windows, cost, now, 1, DecidedBy::Local);
+                let expected = local.check(
+                    subject,
+                    &Checks::windows(windows),
+                    cost,
+                    now,
+                    1,
+                    DecidedBy::Local,
+                );
                 let at = format!("at {now} cost {cost} limits {limits:?}");
                 assert_eq!(told[0] == 1, expected.allowed, "{at}");
                 for (told, state) in told[1..].chunks(3).zip(&expected.windows) {
@@ -517,7 +528,9 @@ async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
                 owner_id: "o",
                 key_id: "hot",
             };
-            limiter.check(subject, &windows, 1, &SystemClock).await
+            limiter
+                .check(subject, &Checks::windows(&windows), 1, &SystemClock)
+                .await
         });
     }
     let mut admitted = 0;
@@ -552,13 +565,15 @@ async fn refusals_are_repeated_from_memory_until_their_wait_passes() {
     for _ in 0..5 {
         assert!(
             limiter
-                .check(subject, &windows, 1, &SystemClock)
+                .check(subject, &Checks::windows(&windows), 1, &SystemClock)
                 .await
                 .allowed
         );
     }
     for _ in 0..50 {
-        let refused = limiter.check(subject, &windows, 1, &SystemClock).await;
+        let refused = limiter
+            .check(subject, &Checks::windows(&windows), 1, &SystemClock)
+            .await;
         assert!(!refused.allowed);
         assert_eq!(refused.decided_by, DecidedBy::Redis);
         let retry = refused.retry_after_secs().unwrap();
@@ -574,8 +589,211 @@ async fn refusals_are_repeated_from_memory_until_their_wait_passes() {
     };
     assert!(
         limiter
-            .check(other, &windows, 1, &SystemClock)
+            .check(other, &Checks::windows(&windows), 1, &SystemClock)
             .await
             .allowed
     );
+}
+
+/// Two limiters on one redis-server, as two replicas: each with its own connection.
+async fn two_redis_replicas() -> (Arc<RedisLimiter>, Arc<RedisLimiter>, RedisServer) {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let config = RedisConfig {
+        url: redis.url(),
+        timeout: Duration::from_secs(5),
+        ..RedisConfig::default()
+    };
+    let replica = || {
+        let fallback = LocalLimiter::new(100, Duration::from_secs(3600));
+        Arc::new(RedisLimiter::new(
+            config.client().unwrap(),
+            &config,
+            2,
+            fallback,
+        ))
+    };
+    (replica(), replica(), redis)
+}
+
+/// `decisions` requests of cost 1 at once for `subjects` (in turn), half through each of
+/// `replicas`, each checked against `limits` as of `clock`; how many were admitted.
+async fn admitted_at_once(
+    replicas: [&Arc<RedisLimiter>; 2],
+    subjects: &[Subject<'static>],
+    limits: &Limits<'static>,
+    clock: &ManualClock,
+    decisions: usize,
+) -> usize {
+    let mut racing = tokio::task::JoinSet::new();
+    for i in 0..decisions {
+        let limiter = replicas[i % 2].clone();
+        let (subject, limits, clock) = (subjects[i % subjects.len()], *limits, clock.clone());
+        racing.spawn(async move {
+            let checks = Checks::new(subject, &limits, &Calendar::default(), clock.now_millis());
+            let outcome = limiter.check(subject, &checks, 1, &clock).await;
+            assert_eq!(outcome.decided_by, DecidedBy::Redis);
+            usize::from(outcome.allowed)
+        });
+    }
+    let mut admitted = 0;
+    while let Some(outcome) = racing.join_next().await {
+        admitted += outcome.unwrap();
+    }
+    admitted
+}
+
+/// A daily quota shared by an owner's keys, on two replicas under concurrent load: exactly
+/// the limit is admitted in each cycle, and the whole limit again once the next day begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_redis_admit_exactly_a_quota_per_cycle() {
+    let (first, second, _redis) = two_redis_replicas().await;
+    static QUOTAS: [Quota; 1] = [Quota {
+        limit: 50,
+        period: Period::Day,
+        anchor: None,
+        per: RateScope::Owner,
+    }];
+    let limits = Limits {
+        quotas: &QUOTAS,
+        ..Limits::default()
+    };
+    let subjects = ["k1", "k2", "k3"].map(|key_id| Subject {
+        owner_id: "o",
+        key_id,
+    });
+    // 2026-12-01T23:00:00Z.
+    let clock = ManualClock::new(1_796_166_000);
+    let admitted = admitted_at_once([&first, &second], &subjects, &limits, &clock, 300).await;
+    assert_eq!(admitted, 50);
+    clock.advance(3600);
+    let admitted = admitted_at_once([&first, &second], &subjects, &limits, &clock, 300).await;
+    assert_eq!(admitted, 50, "the next day's whole quota, and no more");
+}
+
+/// 100 requests at once against 10 credits admit exactly 10, in Redis (two replicas) and
+/// in process on the embedded store, where the balance outlives the process; a refill
+/// adds its amount when the (manual) clock reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_admit_exactly_what_is_left_on_redis_and_on_the_embedded_store() {
+    static CREDITS: Credits = Credits {
+        remaining: 10,
+        refill: Some(Refill::Every {
+            amount: 5,
+            interval: Duration::from_secs(3600),
+        }),
+        granted_at: 1_796_166_000_000,
+    };
+    let limits = Limits {
+        credits: Some(&CREDITS),
+        ..Limits::default()
+    };
+    let subject = [Subject {
+        owner_id: "o",
+        key_id: "trial",
+    }];
+
+    let clock = ManualClock::new(1_796_166_000);
+    let (first, second, _redis) = two_redis_replicas().await;
+    let admitted = admitted_at_once([&first, &second], &subject, &limits, &clock, 100).await;
+    assert_eq!(admitted, 10);
+    clock.advance(3599);
+    let admitted = admitted_at_once([&first, &second], &subject, &limits, &clock, 20).await;
+    assert_eq!(admitted, 0, "before the refill");
+    clock.advance(1);
+    let admitted = admitted_at_once([&first, &second], &subject, &limits, &clock, 20).await;
+    assert_eq!(admitted, 5, "one refill of 5");
+
+    let clock = ManualClock::new(1_796_166_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap());
+    let config = keygate::ratelimit::RateLimitConfig::default();
+    let local = Arc::new(RateLimiter::local(&config, store.clone()));
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (local, clock) = (local.clone(), clock.clone());
+        racing.spawn(async move {
+            let checks = Checks::new(
+                subject[0],
+                &limits,
+                &Calendar::default(),
+                clock.now_millis(),
+            );
+            let outcome = local.check(subject[0], &checks, 1, &clock).await.unwrap();
+            usize::from(outcome.allowed)
+        });
+    }
+    let mut admitted = 0;
+    while let Some(outcome) = racing.join_next().await {
+        admitted += outcome.unwrap();
+    }
+    assert_eq!(admitted, 10);
+    // Written at the flush (every usage flush, and at shutdown): a new process on the same
+    // store finds them spent.
+    local.flush_meters().await;
+    drop(local);
+    let restarted = RateLimiter::local(&config, store);
+    let left = restarted
+        .credits_left(subject[0], &CREDITS, &Calendar::default(), &clock)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    clock.advance(3600);
+    let left = restarted
+        .credits_left(subject[0], &CREDITS, &Calendar::default(), &clock)
+        .await
+        .unwrap();
+    assert_eq!(left, 5);
+}
+
+/// A monthly quota anchored on the 15th in Paris, decided in Redis with a manual clock:
+/// the cycle that began in winter time ends at local midnight in summer time (22:00 UTC),
+/// not an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_quota_in_paris_resets_at_local_midnight_across_dst_in_redis() {
+    let (first, second, _redis) = two_redis_replicas().await;
+    static QUOTAS: [Quota; 1] = [Quota {
+        limit: 3,
+        period: Period::Month,
+        anchor: Some(keygate::calendar::Anchor::MonthDay(15)),
+        per: RateScope::Key,
+    }];
+    let limits = Limits {
+        quotas: &QUOTAS,
+        ..Limits::default()
+    };
+    let paris = Calendar::new("Europe/Paris").unwrap();
+    let subject = Subject {
+        owner_id: "o",
+        key_id: "monthly",
+    };
+    // 2026-04-14T21:59:59Z: 23:59:59 in Paris, the last second of the cycle that began on
+    // 2026-03-15 at 00:00 CET.
+    let clock = ManualClock::new(1_776_203_999);
+    let decide = async |replica: &RedisLimiter| {
+        let checks = Checks::new(subject, &limits, &paris, clock.now_millis());
+        replica.check(subject, &checks, 1, &clock).await
+    };
+    for replica in [&first, &second, &first] {
+        assert!(decide(replica).await.allowed);
+    }
+    let refused = decide(&second).await;
+    assert!(!refused.allowed);
+    assert_eq!(refused.retry_after_secs(), Some(1));
+    let headers: HashMap<_, _> = refused
+        .headers(&keygate::ratelimit::RateLimitConfig::default())
+        .into_iter()
+        .collect();
+    assert_eq!(headers["x-quota-remaining"], "0");
+    assert_eq!(headers["x-quota-reset"], "1776204000");
+    clock.advance(1);
+    for replica in [&second, &first, &second] {
+        assert!(
+            decide(replica).await.allowed,
+            "a new cycle at local midnight"
+        );
+    }
+    assert!(!decide(&first).await.allowed);
 }

@@ -11,10 +11,13 @@ use std::time::Duration;
 use common::redis::{RedisCluster, RedisServer};
 use keygate::authz::decision::DecisionCode;
 use keygate::authz::usage::UsageRecorder;
+use keygate::calendar::{Anchor, Period};
 use keygate::calendar::{Calendar, Day};
 use keygate::error::Error;
-use keygate::model::{DailyUsage, KeyKind, KeyRecord, KeyState, Owner, OwnerState, PreviousSecret};
-use keygate::plan::{PlanConfig, RateScope, RateWindow};
+use keygate::model::{
+    DailyUsage, KeyKind, KeyRecord, KeyState, Meter, Owner, OwnerState, PreviousSecret,
+};
+use keygate::plan::{PlanConfig, Quota as CalendarQuota, RateScope, RateWindow};
 use keygate::redis::RedisConfig;
 use keygate::redis::keyspace;
 use keygate::store::redis::RedisStore;
@@ -58,6 +61,7 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
         revoked_at: None,
         last_used_at: None,
         usage_count: 0,
+        credits: None,
     }
 }
 
@@ -70,6 +74,12 @@ fn plan(name: &str, limit: u64) -> PlanConfig {
             limit,
             period: Duration::from_secs(3600),
             per: RateScope::Owner,
+        }],
+        quotas: vec![CalendarQuota {
+            limit: limit * 100,
+            period: Period::Month,
+            anchor: Some(Anchor::MonthDay(15)),
+            per: RateScope::Key,
         }],
     }
 }
@@ -609,6 +619,31 @@ pub async fn daily_usage_adds_up_by_day_from_the_first_kept_day(store: &dyn Stor
     );
 }
 
+/// The in-process limiter's meters come back as saved, under names of any owner (any
+/// cluster slot); a meter never saved is absent, and saving again replaces.
+pub async fn meters_round_trip(store: &dyn Store) {
+    let names: Vec<String> = ["o1", "o2", "o3"]
+        .iter()
+        .map(|owner| keyspace::key_credits(owner, "k"))
+        .collect();
+    assert!(store.load_meters(&names).await.unwrap().is_empty());
+    let meter = |value| Meter {
+        since: 1_700_000_000_000,
+        value,
+        epoch: 3,
+    };
+    let saved = vec![(names[0].clone(), meter(7)), (names[2].clone(), meter(9))];
+    store.save_meters(&saved).await.unwrap();
+    store
+        .save_meters(&[(names[2].clone(), meter(4))])
+        .await
+        .unwrap();
+    let loaded = store.load_meters(&names).await.unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded[&names[0]], meter(7));
+    assert_eq!(loaded[&names[2]], meter(4));
+}
+
 /// Today in UTC.
 fn today() -> Day {
     let now = std::time::SystemTime::now()
@@ -650,6 +685,7 @@ macro_rules! conformance_suite {
             check!(plans_round_trip_in_name_order);
             check!(plan_updates_apply_atomically);
             check!(deleting_a_plan_returns_it_and_frees_its_name);
+            check!(meters_round_trip);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_inserts_never_exceed_the_quota() {

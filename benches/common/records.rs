@@ -30,5 +30,6 @@ pub fn record(id: String, owner_id: &str, check: String, hash: String, now: i64)
         revoked_at: None,
         last_used_at: None,
         usage_count: 0,
+        credits: None,
     }
 }

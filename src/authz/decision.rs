@@ -31,11 +31,15 @@ pub enum DecisionCode {
     IpNotAllowed,
     /// A rate window is exhausted.
     RateLimited,
+    /// A calendar quota (per day, week or month) is used up until its cycle ends.
+    QuotaExceeded,
+    /// The key's credits are spent.
+    CreditsExhausted,
 }
 
 impl DecisionCode {
     /// Every code, in a stable order.
-    pub const ALL: [DecisionCode; 10] = [
+    pub const ALL: [DecisionCode; 12] = [
         DecisionCode::Ok,
         DecisionCode::MissingCredentials,
         DecisionCode::InvalidApiKey,
@@ -46,6 +50,8 @@ impl DecisionCode {
         DecisionCode::InsufficientScope,
         DecisionCode::IpNotAllowed,
         DecisionCode::RateLimited,
+        DecisionCode::QuotaExceeded,
+        DecisionCode::CreditsExhausted,
     ];
 
     /// The code's name, as in error bodies, metrics and logs: `INVALID_API_KEY`.
@@ -61,6 +67,8 @@ impl DecisionCode {
             DecisionCode::InsufficientScope => "INSUFFICIENT_SCOPE",
             DecisionCode::IpNotAllowed => "IP_NOT_ALLOWED",
             DecisionCode::RateLimited => "RATE_LIMITED",
+            DecisionCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            DecisionCode::CreditsExhausted => "CREDITS_EXHAUSTED",
         }
     }
 
@@ -81,7 +89,9 @@ impl DecisionCode {
             DecisionCode::PlanForbidden
             | DecisionCode::InsufficientScope
             | DecisionCode::IpNotAllowed => 403,
-            DecisionCode::RateLimited => 429,
+            DecisionCode::RateLimited
+            | DecisionCode::QuotaExceeded
+            | DecisionCode::CreditsExhausted => 429,
         }
     }
 
@@ -100,6 +110,8 @@ impl DecisionCode {
             }
             DecisionCode::IpNotAllowed => "The API key may not be used from this network address.",
             DecisionCode::RateLimited => "Rate limit exceeded.",
+            DecisionCode::QuotaExceeded => "Usage quota exceeded for the current period.",
+            DecisionCode::CreditsExhausted => "The API key has no usage credits left.",
         }
     }
 }
@@ -128,7 +140,8 @@ pub struct Decision {
     pub code: DecisionCode,
     /// The identified key, even on some denials (expired, scope, network).
     pub identity: Option<Identity>,
-    /// The rate-limit state, when the key's plan has windows and the policy passed.
+    /// The rate-limit state, when the key's plan has windows or quotas, or the key has
+    /// credits, and the policy passed.
     pub rate: Option<RateOutcome>,
     /// How the verified-key cache answered, when a credential was looked up.
     pub cache: Option<CacheOutcome>,

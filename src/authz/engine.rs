@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::error::Result;
 use crate::model::Owner;
 use crate::plan::PlanConfig;
-use crate::ratelimit::{RateLimiter, Subject};
+use crate::ratelimit::{Checks, Exhausted, Limits, RateLimiter, Subject};
 use crate::tls::PeerIdentity;
 
 /// Which API asked for a decision.
@@ -96,7 +96,7 @@ pub struct KeyCheck {
 /// stored), the rate limiter, the usage recorder, the route rules and the clock.
 pub struct Authorizer {
     keys: KeyCache,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
     usage: UsageRecorder,
     routes: Vec<RouteRule>,
     clock: Arc<dyn Clock>,
@@ -118,7 +118,7 @@ impl Authorizer {
     /// `usage`, reporting every decision to `observer`.
     pub fn new(
         keys: KeyCache,
-        limiter: RateLimiter,
+        limiter: Arc<RateLimiter>,
         usage: UsageRecorder,
         routes: Vec<RouteRule>,
         clock: Arc<dyn Clock>,
@@ -144,9 +144,11 @@ impl Authorizer {
         &self.limiter
     }
 
-    /// Writes the noted key uses and usage history to `store`.
+    /// Writes the noted key uses and usage history to `store`, and the in-process limiter's
+    /// changed quota and credit meters to the store it keeps them in.
     pub async fn flush_usage(&self, store: &dyn crate::store::Store) {
         self.usage.flush(store, self.clock.now()).await;
+        self.limiter.flush_meters().await;
     }
 
     /// Decides `request` and reports the decision to the observer. Errors are faults
@@ -184,7 +186,8 @@ impl Authorizer {
         );
         let mut scopes = route.scopes;
         scopes.extend(request.extra_scopes.iter().cloned());
-        let now = self.clock.now();
+        let now_millis = self.clock.now_millis();
+        let now = now_millis.div_euclid(1000);
         let facts = RequestFacts {
             client_ip: request.client_ip,
             required_scopes: &scopes,
@@ -199,24 +202,28 @@ impl Authorizer {
             now,
         );
         let mut rate = None;
-        if let Some(windows) = plan_config
-            .as_ref()
-            .map(|p| &p.rate_windows)
-            .filter(|w| !w.is_empty())
-            && code == DecisionCode::Ok
-        {
+        let limits = Limits {
+            windows: plan_config.as_ref().map_or(&[], |p| &p.rate_windows),
+            quotas: plan_config.as_ref().map_or(&[], |p| &p.quotas),
+            credits: record.credits.as_deref(),
+        };
+        if !limits.is_empty() && code == DecisionCode::Ok {
             let cost = request.cost.or(route.cost).unwrap_or(1).max(1);
             let subject = Subject {
                 owner_id: record.owner_id(),
                 key_id: record.id(),
             };
+            let checks = Checks::new(subject, &limits, self.usage.calendar(), now_millis);
             let outcome = self
                 .limiter
-                .check(subject, windows, cost, self.clock.as_ref())
-                .await;
-            if !outcome.allowed {
-                code = DecisionCode::RateLimited;
-            }
+                .check(subject, &checks, cost, self.clock.as_ref())
+                .await?;
+            code = match outcome.exhausted() {
+                None => DecisionCode::Ok,
+                Some(Exhausted::Window) => DecisionCode::RateLimited,
+                Some(Exhausted::Quota) => DecisionCode::QuotaExceeded,
+                Some(Exhausted::Credits) => DecisionCode::CreditsExhausted,
+            };
             rate = Some(outcome);
         }
         self.usage.record(record.id(), now, code);

@@ -149,6 +149,8 @@ pub struct VerifiedKey {
     /// When the secret its last rotation replaced stops working, while the record keeps
     /// that secret.
     pub previous_expires_at: Option<UnixTime>,
+    /// Its credits, when it is limited to a number of uses.
+    pub credits: Option<Box<crate::model::Credits>>,
 }
 
 impl VerifiedKey {
@@ -180,6 +182,7 @@ impl VerifiedKey {
             state: record.state,
             expires_at: record.expires_at,
             previous_expires_at: record.previous_secret.as_ref().map(|p| p.expires_at),
+            credits: record.credits.clone().map(Box::new),
         }
     }
 

@@ -107,6 +107,7 @@ mod tests {
             api_access,
             max_active_keys: 0,
             rate_windows: vec![],
+            quotas: vec![],
         }
     }
 

@@ -19,15 +19,15 @@ use zeroize::Zeroizing;
 
 use super::output;
 use super::{
-    ClientOpts, IdArg, KeysActivateArgs, KeysCli, KeysCommand, KeysCreateArgs, KeysImportArgs,
-    KeysListArgs, KeysRotateArgs, KeysUpdateArgs, KeysUsageArgs, NewKeyArgs, OwnersCli,
-    OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlanNameArg, PlansCli,
+    ClientOpts, CreditArgs, IdArg, KeysActivateArgs, KeysCli, KeysCommand, KeysCreateArgs,
+    KeysImportArgs, KeysListArgs, KeysRotateArgs, KeysUpdateArgs, KeysUsageArgs, NewKeyArgs,
+    OwnersCli, OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlanNameArg, PlansCli,
     PlansCommand, PlansCreateArgs, PlansUpdateArgs, Token,
 };
-use crate::calendar::Day;
+use crate::calendar::{Anchor, Cycle, Day, Period, Weekday};
 use crate::error::quote;
-use crate::model::{Cidrs, Metadata, Name, Scopes};
-use crate::plan::{PlanConfig, RateScope, RateWindow};
+use crate::model::{Cidrs, Credits, Metadata, Name, Refill, Scopes};
+use crate::plan::{PlanConfig, Quota, RateScope, RateWindow};
 use crate::proto;
 use crate::proto::key_manager_client::KeyManagerClient;
 
@@ -490,6 +490,107 @@ pub fn parse_window(text: &str) -> Result<RateWindow, CliError> {
     })
 }
 
+/// Parses one `--quota`: `LIMIT/PERIOD[@ANCHOR]`, counted per key, or with ` per key` or
+/// ` per owner`.
+pub fn parse_quota(text: &str) -> Result<Quota, CliError> {
+    let bad = |why: String| {
+        usage(format!(
+            "invalid --quota {}: {why}; expected LIMIT/PERIOD[@ANCHOR], e.g. 10000/month@15 or '500/week@friday per owner'",
+            quote(text)
+        ))
+    };
+    let (quota, per) = match text.rsplit_once(" per ") {
+        Some((quota, "key")) => (quota, RateScope::Key),
+        Some((quota, "owner")) => (quota, RateScope::Owner),
+        Some((_, other)) => return Err(bad(format!("{} is not key or owner", quote(other)))),
+        None => (text, RateScope::Key),
+    };
+    let (limit, cycle) = quota.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
+    let cycle = parse_cycle(cycle).map_err(bad)?;
+    Ok(Quota {
+        limit: limit
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{} is not a whole number", quote(limit.trim()))))?,
+        period: cycle.period,
+        anchor: cycle.anchor,
+        per,
+    })
+}
+
+/// Parses `PERIOD[@ANCHOR]`: `day`, `week[@WEEKDAY]` or `month[@DAY]`.
+fn parse_cycle(text: &str) -> Result<Cycle, String> {
+    let (period, anchor) = match text.trim().split_once('@') {
+        Some((period, anchor)) => (period, Some(anchor)),
+        None => (text.trim(), None),
+    };
+    let period = match period {
+        "day" => Period::Day,
+        "week" => Period::Week,
+        "month" => Period::Month,
+        other => return Err(format!("{} is not day, week or month", quote(other))),
+    };
+    let anchor = match anchor {
+        None => None,
+        Some(anchor) => Some(match (anchor.parse::<u8>(), Weekday::parse(anchor)) {
+            (Ok(day), _) => Anchor::MonthDay(day),
+            (_, Some(weekday)) => Anchor::Weekday(weekday),
+            _ => {
+                return Err(format!(
+                    "{} is not a day of the month or a weekday",
+                    quote(anchor)
+                ));
+            }
+        }),
+    };
+    let cycle = Cycle { period, anchor };
+    cycle.validate()?;
+    Ok(cycle)
+}
+
+/// The credits `--credits` and `--refill` grant, as a request carries them.
+pub fn credit_grant(args: &CreditArgs) -> Result<Option<proto::Credits>, CliError> {
+    let Some(remaining) = args.credits else {
+        return Ok(None);
+    };
+    let refill = match args.refill.as_deref() {
+        None => None,
+        Some(text) => {
+            let bad = |why: String| {
+                usage(format!(
+                    "invalid --refill {}: {why}; expected AMOUNT/INTERVAL (e.g. 100/1h) or AMOUNT/PERIOD[@ANCHOR] (e.g. 1000/month@1)",
+                    quote(text)
+                ))
+            };
+            let (amount, every) = text.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
+            let amount: u64 = amount
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{} is not a whole number", quote(amount.trim()))))?;
+            Some(match humantime::parse_duration(every.trim()) {
+                Ok(interval) => Refill::Every { amount, interval },
+                Err(_) => {
+                    let cycle = parse_cycle(every).map_err(bad)?;
+                    Refill::Reset {
+                        amount,
+                        period: cycle.period,
+                        anchor: cycle.anchor,
+                    }
+                }
+            })
+        }
+    };
+    let credits = Credits {
+        remaining,
+        refill,
+        granted_at: 0,
+    };
+    credits.validate("credits").map_err(usage)?;
+    let mut granted = proto::Credits::from(&credits);
+    granted.grant_time = None;
+    Ok(Some(granted))
+}
+
 /// `plan` as the server would take it, or why it would refuse it: the CLI refuses exactly
 /// what the server refuses, before connecting.
 fn checked_plan(plan: PlanConfig) -> Result<proto::Plan, CliError> {
@@ -508,12 +609,16 @@ pub fn plan_create_request(args: PlansCreateArgs) -> Result<proto::CreatePlanReq
             .iter()
             .map(|w| parse_window(w))
             .collect::<Result<_, _>>()?,
+        quotas: (args.quotas.iter())
+            .map(|q| parse_quota(q))
+            .collect::<Result<_, _>>()?,
     })?;
     Ok(proto::CreatePlanRequest {
         name: plan.name,
         api_access: Some(plan.api_access),
         max_active_keys: plan.max_active_keys,
         rate_windows: plan.rate_windows,
+        quotas: plan.quotas,
     })
 }
 
@@ -535,9 +640,15 @@ pub fn plan_update_request(args: PlansUpdateArgs) -> Result<proto::UpdatePlanReq
             .collect::<Result<_, _>>()?;
         paths.push("rate_windows");
     }
+    if args.clear_quotas || !args.quotas.is_empty() {
+        plan.quotas = (args.quotas.iter())
+            .map(|q| parse_quota(q))
+            .collect::<Result<_, _>>()?;
+        paths.push("quotas");
+    }
     if paths.is_empty() {
         return Err(usage(
-            "nothing to update: give --api-access, --max-active-keys, --window or --clear-windows",
+            "nothing to update: give --api-access, --max-active-keys, --window, --quota, --clear-windows or --clear-quotas",
         ));
     }
     Ok(proto::UpdatePlanRequest {
@@ -661,6 +772,7 @@ pub fn key_create_request(args: KeysCreateArgs) -> Result<proto::CreateKeyReques
         pair: args.pair,
         require_activation: args.require_activation,
         plan: key.plan,
+        credits: credit_grant(&args.credits)?,
     })
 }
 
@@ -707,9 +819,13 @@ pub fn key_update_request(
     } else {
         false
     };
+    if args.unlimited || args.credits.credits.is_some() {
+        key.credits = credit_grant(&args.credits)?;
+        paths.push("credits");
+    }
     if paths.is_empty() {
         return Err(usage(
-            "nothing to update: give --name, --scope, --cidr, --meta, an expiry, --disable or --enable (or a --clear-* flag)",
+            "nothing to update: give --name, --scope, --cidr, --meta, an expiry, --disable, --enable, --credits or --unlimited (or a --clear-* flag)",
         ));
     }
     Ok(proto::UpdateKeyRequest {

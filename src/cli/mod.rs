@@ -221,6 +221,24 @@ pub struct PlansCreateArgs {
     /// `'2000/1h per owner'`; repeat for more.
     #[arg(long = "window", value_name = "WINDOW")]
     pub windows: Vec<String>,
+    /// A calendar quota, `LIMIT/PERIOD[@ANCHOR]` with PERIOD `day`, `week` or `month` and
+    /// ANCHOR a day of the month or a weekday, counted per key, or with ` per owner`, e.g.
+    /// `10000/month@15` or `'500/week@friday per owner'`; repeat for more.
+    #[arg(long = "quota", value_name = "QUOTA")]
+    pub quotas: Vec<String>,
+}
+
+/// `--credits` and `--refill`: a number of uses a key is limited to.
+#[derive(Args, Debug, Default)]
+pub struct CreditArgs {
+    /// Limit the key to this many uses (admin only); each allowed request spends its cost.
+    #[arg(long, value_name = "N")]
+    pub credits: Option<u64>,
+    /// How the credits grow back: `AMOUNT/INTERVAL` adds AMOUNT after each interval (e.g.
+    /// `100/1h`), `AMOUNT/PERIOD[@ANCHOR]` resets to AMOUNT each calendar cycle (e.g.
+    /// `1000/month@1`).
+    #[arg(long, value_name = "REFILL", requires = "credits")]
+    pub refill: Option<String>,
 }
 
 /// `keygate plans update`: only the fields given are changed.
@@ -240,6 +258,12 @@ pub struct PlansUpdateArgs {
     /// Remove all rate windows.
     #[arg(long, conflicts_with = "windows")]
     pub clear_windows: bool,
+    /// A calendar quota, as for `plans create`; the quotas given replace all existing ones.
+    #[arg(long = "quota", value_name = "QUOTA")]
+    pub quotas: Vec<String>,
+    /// Remove all calendar quotas.
+    #[arg(long, conflicts_with = "quotas")]
+    pub clear_quotas: bool,
 }
 
 /// `keygate keys ...`.
@@ -417,6 +441,9 @@ pub struct KeysCreateArgs {
     /// Leave the key pending until `keys activate` is called with the printed code.
     #[arg(long)]
     pub require_activation: bool,
+    /// Credits the key starts with.
+    #[command(flatten)]
+    pub credits: CreditArgs,
 }
 
 /// The states keys can be listed by.
@@ -500,6 +527,12 @@ pub struct KeysUpdateArgs {
     /// Enable a disabled key again.
     #[arg(long)]
     pub enable: bool,
+    /// Grant new credits, replacing what is left.
+    #[command(flatten)]
+    pub credits: CreditArgs,
+    /// Lift the key's credit limit.
+    #[arg(long, conflicts_with = "credits")]
+    pub unlimited: bool,
 }
 
 /// `keygate keys activate`.

@@ -599,6 +599,7 @@ mod tests {
                     scope: proto::RateScope::Owner as i32,
                 },
             ],
+            quotas: vec![],
         };
         assert_eq!(
             windows_text(&plan.rate_windows),

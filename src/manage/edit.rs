@@ -3,7 +3,7 @@
 use super::Caller;
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
-use crate::model::{Cidrs, KeyRecord, KeyState, Metadata, Name, Scopes};
+use crate::model::{Cidrs, Credits, KeyRecord, KeyState, Metadata, Name, Scopes};
 
 /// The fields a key update changes; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -20,15 +20,22 @@ pub struct KeyEdit {
     pub expires_at: Option<Option<UnixTime>>,
     /// `true` disables an active key, `false` enables a disabled one.
     pub disabled: Option<bool>,
+    /// New credits, granted when the edit is applied: `Some(None)` lifts the limit. Only the
+    /// admin may set them.
+    pub credits: Option<Option<Credits>>,
 }
 
 impl KeyEdit {
-    /// Refuses an expiry that is not after `now`.
-    pub fn check(&self, now: UnixTime) -> Result<()> {
-        match self.expires_at {
-            Some(Some(t)) => future("expire_time", t, now).map(drop),
-            _ => Ok(()),
+    /// Refuses an expiry that is not after `now`, credits that break their rules, and
+    /// credits set by anyone but the admin.
+    pub fn check(&self, now: UnixTime, caller: &Caller) -> Result<()> {
+        if let Some(Some(t)) = self.expires_at {
+            future("expire_time", t, now)?;
         }
+        if let Some(credits) = &self.credits {
+            require_credit_grant(caller, credits.as_ref())?;
+        }
+        Ok(())
     }
 
     /// Applies the edit to `k` for `caller`. A revoked key cannot change; a pending key is
@@ -76,6 +83,9 @@ impl KeyEdit {
         if let Some(v) = self.expires_at {
             k.expires_at = v;
         }
+        if let Some(v) = &self.credits {
+            k.credits = v.clone();
+        }
         Ok(())
     }
 }
@@ -88,6 +98,20 @@ pub(super) fn future(field: &str, t: UnixTime, now: UnixTime) -> Result<UnixTime
         )));
     }
     Ok(t)
+}
+
+/// Refuses credits that break their rules, and credits granted by anyone but the admin: they
+/// are what a customer paid for, so a customer's own key cannot grant them.
+pub fn require_credit_grant(caller: &Caller, credits: Option<&Credits>) -> Result<()> {
+    if !caller.is_admin() {
+        return Err(Error::PermissionDenied(
+            "credits: only the admin may set a key's credits".into(),
+        ));
+    }
+    match credits {
+        Some(credits) => credits.validate("credits").map_err(Error::InvalidArgument),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -164,15 +188,15 @@ mod tests {
             expires_at: Some(Some(t)),
             ..Default::default()
         };
-        assert!(at(101).check(100).is_ok());
+        assert!(at(101).check(100, &Caller::Admin).is_ok());
         for t in [100, 99] {
-            let error = at(t).check(100).unwrap_err();
+            let error = at(t).check(100, &Caller::Admin).unwrap_err();
             assert!(matches!(&error, Error::InvalidArgument(m) if m.contains("future")));
         }
         let clear = KeyEdit {
             expires_at: Some(None),
             ..Default::default()
         };
-        assert!(clear.check(100).is_ok());
+        assert!(clear.check(100, &Caller::Admin).is_ok());
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use super::edit::{KeyEdit, future};
+use super::edit::{KeyEdit, future, require_credit_grant};
 use super::{Caller, Deps, Page, Written};
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
@@ -13,8 +13,10 @@ use crate::key::format::{Alphabet, IssuedKey, KeyProfile};
 use crate::key::hash::secrets_equal;
 use crate::model::values::required;
 use crate::model::{
-    Cidrs, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, PreviousSecret, Scopes,
+    Cidrs, Credits, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState,
+    PreviousSecret, Scopes,
 };
+use crate::ratelimit::Subject;
 use crate::store::Quota;
 
 /// Longest grace period a rotation may give the old secret.
@@ -75,6 +77,8 @@ pub struct NewKey {
     pub pair: bool,
     /// Whether it waits for [`Keys::activate`] before it works.
     pub require_activation: bool,
+    /// Uses it may make, granted at creation; only the admin may grant them.
+    pub credits: Option<Credits>,
 }
 
 /// How a rotation treats the secret it replaces.
@@ -156,6 +160,9 @@ impl Keys {
     /// the caller's authority.
     pub async fn create(&self, caller: &Caller, new: NewKey) -> Result<Issued> {
         caller.require_plan_choice(new.plan.as_deref())?;
+        if new.credits.is_some() {
+            require_credit_grant(caller, new.credits.as_ref())?;
+        }
         let now = self.deps.clock.now();
         let expires_at = new.expiry.map(|e| e.at(now)).transpose()?;
         let plan = self.deps.plan_name("plan", new.plan.as_deref()).await?;
@@ -199,6 +206,10 @@ impl Keys {
             revoked_at: None,
             last_used_at: None,
             usage_count: 0,
+            credits: new.credits.map(|credits| Credits {
+                granted_at: self.deps.clock.now_millis(),
+                ..credits
+            }),
         };
         caller.require_may_make(&draft)?;
         let quota = self.quota(&owner, draft.plan.as_deref(), now).await?;
@@ -265,6 +276,24 @@ impl Keys {
         self.deps.visible_key(caller, id).await
     }
 
+    /// The credits `key` has left now, refills applied, as the rate limiter holds them;
+    /// `None` for a key without credits.
+    pub async fn credits_left(&self, key: &KeyRecord) -> Result<Option<u64>> {
+        let Some(credits) = &key.credits else {
+            return Ok(None);
+        };
+        let subject = Subject {
+            owner_id: &key.owner_id,
+            key_id: &key.id,
+        };
+        let deps = &self.deps;
+        let left = deps
+            .limiter
+            .credits_left(subject, credits, &deps.calendar, deps.clock.as_ref())
+            .await?;
+        Ok(Some(left))
+    }
+
     /// A page of an owner's keys in id order, only those in `state` when given.
     pub async fn list(
         &self,
@@ -286,9 +315,13 @@ impl Keys {
         &self,
         caller: &Caller,
         id: &str,
-        edit: KeyEdit,
+        mut edit: KeyEdit,
     ) -> Result<Written<KeyRecord>> {
-        edit.check(self.deps.clock.now())?;
+        edit.check(self.deps.clock.now(), caller)?;
+        // New credits are granted now: the limiter replaces whatever balance it holds.
+        if let Some(Some(credits)) = &mut edit.credits {
+            credits.granted_at = self.deps.clock.now_millis();
+        }
         let by = caller.clone();
         self.deps
             .change_key(caller, id, move |k, _| {
@@ -443,6 +476,7 @@ impl Keys {
             revoked_at: None,
             last_used_at: None,
             usage_count: 0,
+            credits: None,
         };
         caller.require_may_make(&record)?;
         record.secret_hash = self.hash(secret).await?;

@@ -105,6 +105,8 @@ pub struct Deps {
     pub calendar: Calendar,
     /// Told about every stored write.
     pub invalidator: Arc<dyn Invalidator>,
+    /// The data plane's rate limiter, which holds keys' live credit balances.
+    pub limiter: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// Which page of a listing: up to `size` records in id order after `after`.

@@ -12,7 +12,7 @@ use crate::error::{Error, Result, quote};
 use crate::invalidation::Invalidation;
 use crate::model::KeyState;
 use crate::model::values::required;
-use crate::plan::{PlanConfig, RateWindow};
+use crate::plan::{PlanConfig, Quota, RateWindow};
 use crate::store::{Walked, plan_not_found, walk};
 
 /// The fields a plan update changes; `None` leaves a field as it is. A plan's name never
@@ -25,6 +25,8 @@ pub struct PlanUpdate {
     pub max_active_keys: Option<u32>,
     /// The rate windows, replacing all of them.
     pub rate_windows: Option<Vec<RateWindow>>,
+    /// The calendar quotas, replacing all of them.
+    pub quotas: Option<Vec<Quota>>,
 }
 
 /// Every plan, and the one owners created without one are put on.
@@ -122,6 +124,9 @@ impl Plans {
                     }
                     if let Some(v) = update.max_active_keys {
                         plan.max_active_keys = v;
+                    }
+                    if let Some(v) = &update.quotas {
+                        plan.quotas = v.clone();
                     }
                     if let Some(v) = &update.rate_windows {
                         plan.rate_windows = v.clone();

@@ -82,8 +82,9 @@ impl Fixture {
             max_active_keys: 2,
             ..PlanConfig::unlimited("free")
         };
+        let deps_store: Arc<dyn crate::store::Store> = Arc::new(store);
         let deps = Deps {
-            store: Arc::new(store),
+            store: deps_store.clone(),
             hasher: SecretHasher::new(&Argon2Config {
                 memory_kib: 64,
                 iterations: 1,
@@ -98,6 +99,10 @@ impl Fixture {
             clock: Arc::new(clock.clone()),
             calendar: crate::calendar::Calendar::default(),
             invalidator: recorder.clone(),
+            limiter: Arc::new(crate::ratelimit::RateLimiter::local(
+                &crate::ratelimit::RateLimitConfig::default(),
+                deps_store.clone(),
+            )),
         };
         let plans = Plans::new(deps.clone());
         plans
@@ -174,6 +179,7 @@ pub fn new_key(owner_id: &str) -> NewKey {
         profile: None,
         pair: false,
         require_activation: false,
+        credits: None,
     }
 }
 

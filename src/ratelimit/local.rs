@@ -1,18 +1,38 @@
-//! The in-process limiter: one [`WindowLog`] per (subject, window), each behind its own
-//! lock, so decisions for different keys never contend. Idle logs expire and the number kept
-//! is bounded.
+//! The in-process limiter: one [`WindowLog`] per (subject, window) and one [`Meter`] per
+//! quota and credits, each behind its own lock, so decisions for different keys never
+//! contend. Idle logs expire and the number kept is bounded.
+//!
+//! Meters must outlive the process (a month's quota, a key's credits): when the limiter
+//! keeps them in a store, a meter is read from it the first time a decision needs it, and
+//! the meters that changed are written back in batches ([`LocalLimiter::flush_meters`], at
+//! every usage flush and at shutdown). A crash loses at most the changes of one flush
+//! interval.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::window::WindowLog;
-use super::{DecidedBy, RateOutcome, Subject, limits, window_key};
-use crate::clock::UnixMillis;
-use crate::plan::RateWindow;
+use tracing::warn;
 
-/// Window logs in this process.
+use super::meters::{advance_credits, advance_quota};
+use super::window::WindowLog;
+use super::{Checks, DecidedBy, MeterSet, RateOutcome, Subject, limits, window_key};
+use crate::clock::UnixMillis;
+use crate::model::Meter;
+use crate::store::Store;
+
+/// A meter's cell, shared by the cache and the set of meters to write.
+type MeterCell = Arc<Mutex<Meter>>;
+
+/// Window logs and meters in this process.
 pub struct LocalLimiter {
     logs: moka::sync::Cache<String, Arc<Mutex<Entry>>>,
+    meters: moka::sync::Cache<String, MeterCell>,
+    /// Where meters are kept across restarts, if anywhere.
+    store: Option<Arc<dyn Store>>,
+    /// Meters changed since the last flush. Held here too, so a meter the cache dropped is
+    /// still written, and read back from here rather than from the store.
+    changed: Mutex<HashMap<String, MeterCell>>,
 }
 
 /// One window's log, with the limit and period it was last checked against.
@@ -46,20 +66,118 @@ impl LocalLimiter {
                 .max_capacity(capacity)
                 .time_to_idle(idle)
                 .build(),
+            meters: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(idle)
+                .build(),
+            store: None,
+            changed: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Checks and, if every window has room, charges a request of `cost` at `now`. Limits are
-    /// divided by `share` (1 normally; the replica count when standing in for Redis).
+    /// The limiter, keeping its meters in `store`.
+    pub fn keeping_meters_in(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Makes sure every meter `checks` names is in memory, reading from the store those
+    /// that are not.
+    pub async fn load_meters(&self, checks: &Checks<'_>) -> crate::error::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let missing: Vec<String> = checks
+            .meter_names()
+            .filter(|name| !self.meters.contains_key(*name))
+            .map(str::to_owned)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let unwritten: Vec<(String, Option<MeterCell>)> = {
+            let changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+            missing
+                .into_iter()
+                .map(|name| {
+                    let cell = changed.get(&name).cloned();
+                    (name, cell)
+                })
+                .collect()
+        };
+        let to_read: Vec<String> = unwritten
+            .iter()
+            .filter(|(_, cell)| cell.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut read = if to_read.is_empty() {
+            HashMap::new()
+        } else {
+            store.load_meters(&to_read).await?
+        };
+        for (name, cell) in unwritten {
+            let cell = cell.unwrap_or_else(|| {
+                let meter = read.remove(&name).unwrap_or_default();
+                Arc::new(Mutex::new(meter))
+            });
+            // A decision that loaded it meanwhile wins: it may have charged it already.
+            self.meters.get_with(name, || cell);
+        }
+        Ok(())
+    }
+
+    /// Writes the meters changed since the last flush to the store; those it refuses are
+    /// written at the next flush.
+    pub async fn flush_meters(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()));
+        if changed.is_empty() {
+            return;
+        }
+        let meters: Vec<(String, Meter)> = changed
+            .iter()
+            .map(|(name, cell)| {
+                (
+                    name.clone(),
+                    *cell.lock().unwrap_or_else(|e| e.into_inner()),
+                )
+            })
+            .collect();
+        if let Err(error) = store.save_meters(&meters).await {
+            warn!(
+                meters = meters.len(),
+                "quota and credit meters not written yet: {error}"
+            );
+            let mut pending = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, cell) in changed {
+                pending.entry(name).or_insert(cell);
+            }
+        }
+    }
+
+    /// Sets the meter `name` to `meter`: what Redis last said of it, for the stand-in to
+    /// start from should Redis stop answering.
+    pub fn seed(&self, name: &str, meter: Meter) {
+        let cell = self.meters.get_with_by_ref(name, Default::default);
+        let mut held = cell.lock().unwrap_or_else(|e| e.into_inner());
+        *held = meter;
+    }
+
+    /// Checks and, if every window, quota and the credits have room, charges a request of
+    /// `cost` at `now`. Window limits are divided by `share` (1 normally; the replica count
+    /// when standing in for Redis).
     pub fn check(
         &self,
         subject: Subject<'_>,
-        windows: &[RateWindow],
+        checks: &Checks<'_>,
         cost: u64,
         now: UnixMillis,
         share: u64,
         decided_by: DecidedBy,
     ) -> RateOutcome {
+        let windows = checks.windows;
         let keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
         let cells: Vec<Arc<Mutex<Entry>>> = keys
             .iter()
@@ -84,7 +202,49 @@ impl LocalLimiter {
                 &mut entry.log
             })
             .collect();
-        RateOutcome::decide(&limits, &mut logs, cost, now, decided_by)
+        // Meters are locked in name order too, after the windows: every decision takes
+        // its locks in one order.
+        let names: Vec<&str> = checks.meter_names().collect();
+        let cells: Vec<MeterCell> = names
+            .iter()
+            .map(|name| self.meters.get_with_by_ref(*name, Default::default))
+            .collect();
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        order.sort_by(|&a, &b| names[a].cmp(names[b]));
+        let mut meter_guards: Vec<Option<MutexGuard<'_, Meter>>> =
+            (0..names.len()).map(|_| None).collect();
+        for i in order {
+            meter_guards[i] = Some(cells[i].lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        let mut held = meter_guards.iter_mut().flatten().map(|guard| &mut **guard);
+        let quotas = checks
+            .quotas
+            .iter()
+            .zip(held.by_ref())
+            .map(|(check, meter)| {
+                advance_quota(meter, check);
+                (check, meter)
+            })
+            .collect();
+        let credits = checks
+            .credits
+            .as_ref()
+            .zip(held.next())
+            .map(|(check, meter)| {
+                advance_credits(meter, check);
+                (check, meter)
+            });
+        let meters = MeterSet { quotas, credits };
+        let outcome = RateOutcome::decide(&limits, &mut logs, meters, cost, now, decided_by);
+        if self.store.is_some() && !names.is_empty() {
+            let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, cell) in names.iter().zip(&cells) {
+                if !changed.contains_key(*name) {
+                    changed.insert((*name).to_owned(), cell.clone());
+                }
+            }
+        }
+        outcome
     }
 
     /// Every window log that counts units.
@@ -129,7 +289,7 @@ impl LocalLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::RateScope;
+    use crate::plan::{RateScope, RateWindow};
 
     fn window(limit: u64, secs: u64, per: RateScope) -> RateWindow {
         RateWindow {
@@ -162,8 +322,15 @@ mod tests {
         let mut now = 1_000_000;
         let mut admitted = 0;
         for _ in 0..40 {
-            if l.check(KEY_A, &windows, 1, now, 1, DecidedBy::Local)
-                .allowed
+            if l.check(
+                KEY_A,
+                &Checks::windows(&windows),
+                1,
+                now,
+                1,
+                DecidedBy::Local,
+            )
+            .allowed
             {
                 admitted += 1;
             }
@@ -171,7 +338,14 @@ mod tests {
         }
         // The per-second window admits ~10 a second; the hourly one stops at 15.
         assert_eq!(admitted, 15);
-        let denied = l.check(KEY_A, &windows, 1, now, 1, DecidedBy::Local);
+        let denied = l.check(
+            KEY_A,
+            &Checks::windows(&windows),
+            1,
+            now,
+            1,
+            DecidedBy::Local,
+        );
         assert!(!denied.allowed);
         assert_eq!(denied.tightest().unwrap().limit, 15);
     }
@@ -182,10 +356,24 @@ mod tests {
         let windows = [window(10, 1, RateScope::Key), window(3, 60, RateScope::Key)];
         let now = 2_000_000;
         // Cost 4 fits the per-second window but not the per-minute one: neither is charged.
-        let denied = l.check(KEY_A, &windows, 4, now, 1, DecidedBy::Local);
+        let denied = l.check(
+            KEY_A,
+            &Checks::windows(&windows),
+            4,
+            now,
+            1,
+            DecidedBy::Local,
+        );
         assert!(!denied.allowed);
         assert_eq!(denied.windows[0].remaining, 10);
-        let ok = l.check(KEY_A, &windows, 3, now, 1, DecidedBy::Local);
+        let ok = l.check(
+            KEY_A,
+            &Checks::windows(&windows),
+            3,
+            now,
+            1,
+            DecidedBy::Local,
+        );
         assert!(ok.allowed);
         assert_eq!(ok.windows[0].remaining, 7);
         assert_eq!(ok.windows[1].remaining, 0);
@@ -198,37 +386,79 @@ mod tests {
         let now = 3_000_000;
         for _ in 0..3 {
             assert!(
-                l.check(KEY_A, &windows, 1, now, 1, DecidedBy::Local)
-                    .allowed
+                l.check(
+                    KEY_A,
+                    &Checks::windows(&windows),
+                    1,
+                    now,
+                    1,
+                    DecidedBy::Local
+                )
+                .allowed
             );
         }
         for _ in 0..2 {
             assert!(
-                l.check(KEY_B, &windows, 1, now, 1, DecidedBy::Local)
-                    .allowed
+                l.check(
+                    KEY_B,
+                    &Checks::windows(&windows),
+                    1,
+                    now,
+                    1,
+                    DecidedBy::Local
+                )
+                .allowed
             );
         }
         assert!(
-            !l.check(KEY_B, &windows, 1, now, 1, DecidedBy::Local)
-                .allowed
+            !l.check(
+                KEY_B,
+                &Checks::windows(&windows),
+                1,
+                now,
+                1,
+                DecidedBy::Local
+            )
+            .allowed
         );
         let other_owner = Subject {
             owner_id: "o2",
             key_id: "c",
         };
         assert!(
-            l.check(other_owner, &windows, 1, now, 1, DecidedBy::Local)
-                .allowed
+            l.check(
+                other_owner,
+                &Checks::windows(&windows),
+                1,
+                now,
+                1,
+                DecidedBy::Local
+            )
+            .allowed
         );
         // Per-key windows are not shared.
         let per_key = [window(1, 60, RateScope::Key)];
         assert!(
-            l.check(KEY_A, &per_key, 1, now, 1, DecidedBy::Local)
-                .allowed
+            l.check(
+                KEY_A,
+                &Checks::windows(&per_key),
+                1,
+                now,
+                1,
+                DecidedBy::Local
+            )
+            .allowed
         );
         assert!(
-            l.check(KEY_B, &per_key, 1, now, 1, DecidedBy::Local)
-                .allowed
+            l.check(
+                KEY_B,
+                &Checks::windows(&per_key),
+                1,
+                now,
+                1,
+                DecidedBy::Local
+            )
+            .allowed
         );
     }
 
@@ -237,8 +467,22 @@ mod tests {
         let l = limiter();
         let windows = [window(2, 10, RateScope::Key)];
         let now = 4_000_000; // a bucket boundary
-        l.check(KEY_A, &windows, 2, now, 1, DecidedBy::Local);
-        let denied = l.check(KEY_A, &windows, 1, now + 1000, 1, DecidedBy::Local);
+        l.check(
+            KEY_A,
+            &Checks::windows(&windows),
+            2,
+            now,
+            1,
+            DecidedBy::Local,
+        );
+        let denied = l.check(
+            KEY_A,
+            &Checks::windows(&windows),
+            1,
+            now + 1000,
+            1,
+            DecidedBy::Local,
+        );
         assert!(!denied.allowed);
         // The next one fits when the first two leave the window, a period after them.
         let retry = denied.retry_after_secs().unwrap();
@@ -252,12 +496,26 @@ mod tests {
         assert_eq!(headers["retry-after"], "9");
         let later = now + 1000 + retry as i64 * 1000;
         assert!(
-            !l.check(KEY_A, &windows, 1, later - 1, 1, DecidedBy::Local)
-                .allowed
+            !l.check(
+                KEY_A,
+                &Checks::windows(&windows),
+                1,
+                later - 1,
+                1,
+                DecidedBy::Local
+            )
+            .allowed
         );
         assert!(
-            l.check(KEY_A, &windows, 1, later, 1, DecidedBy::Local)
-                .allowed
+            l.check(
+                KEY_A,
+                &Checks::windows(&windows),
+                1,
+                later,
+                1,
+                DecidedBy::Local
+            )
+            .allowed
         );
     }
 
@@ -268,8 +526,15 @@ mod tests {
         let now = 5_000_000;
         let admitted = (0..10)
             .filter(|_| {
-                l.check(KEY_A, &windows, 1, now, 3, DecidedBy::Fallback)
-                    .allowed
+                l.check(
+                    KEY_A,
+                    &Checks::windows(&windows),
+                    1,
+                    now,
+                    3,
+                    DecidedBy::Fallback,
+                )
+                .allowed
             })
             .count();
         assert_eq!(admitted, 3, "10 / 3 replicas");
@@ -286,7 +551,7 @@ mod tests {
                     owner_id: "o",
                     key_id: &id,
                 },
-                &windows,
+                &Checks::windows(&windows),
                 1,
                 6_000_000,
                 1,
@@ -294,5 +559,116 @@ mod tests {
             );
         }
         assert!(l.len() <= 100, "{}", l.len());
+    }
+
+    fn utc_millis(text: &str) -> UnixMillis {
+        text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    /// A monthly quota anchored on the 15th in Paris: its cycle turns at local midnight,
+    /// which after the change to summer time is 22:00 UTC, not 23:00.
+    #[test]
+    fn a_monthly_quota_in_paris_resets_exactly_at_local_midnight_across_dst() {
+        use crate::calendar::{Anchor, Calendar, Period};
+        use crate::plan::Quota;
+        use crate::ratelimit::{Exhausted, Limits, RateLimitConfig};
+
+        let l = limiter();
+        let paris = Calendar::new("Europe/Paris").unwrap();
+        let quotas = [Quota {
+            limit: 3,
+            period: Period::Month,
+            anchor: Some(Anchor::MonthDay(15)),
+            per: RateScope::Key,
+        }];
+        let limits = Limits {
+            quotas: &quotas,
+            ..Limits::default()
+        };
+        let decide = |now: UnixMillis, cost: u64| {
+            let checks = Checks::new(KEY_A, &limits, &paris, now);
+            l.check(KEY_A, &checks, cost, now, 1, DecidedBy::Local)
+        };
+        // The cycle began on 2026-03-15 at 00:00 CET; the clocks changed on 2026-03-29.
+        assert!(decide(utc_millis("2026-03-20T10:00:00Z"), 2).allowed);
+        let last = utc_millis("2026-04-14T21:59:59.999Z");
+        assert!(decide(last, 1).allowed);
+        let refused = decide(last, 1);
+        assert_eq!(refused.exhausted(), Some(Exhausted::Quota));
+        let midnight = utc_millis("2026-04-14T22:00:00Z");
+        assert_eq!(refused.retry_after_ms(), Some(1));
+        let headers: std::collections::HashMap<_, _> = refused
+            .headers(&RateLimitConfig::default())
+            .into_iter()
+            .collect();
+        assert_eq!(headers["x-quota-limit"], "3");
+        assert_eq!(headers["x-quota-remaining"], "0");
+        assert_eq!(headers["x-quota-reset"], (midnight / 1000).to_string());
+        assert_eq!(headers["retry-after"], "1");
+        // Local midnight: the whole quota again.
+        let renewed = decide(midnight, 3);
+        assert!(renewed.allowed);
+        assert_eq!(renewed.quotas[0].remaining(), 0);
+        assert_eq!(
+            renewed.quotas[0].reset_at,
+            utc_millis("2026-05-14T22:00:00Z")
+        );
+    }
+
+    /// Credits are spent by cost and never below zero: of 100 requests racing on 10
+    /// credits, exactly 10 pass; a refill every hour adds its amount, and a new grant
+    /// replaces the balance.
+    #[test]
+    fn credits_admit_exactly_what_is_left_and_refill_by_the_clock() {
+        use crate::calendar::Calendar;
+        use crate::model::{Credits, Refill};
+        use crate::ratelimit::{Exhausted, Limits};
+
+        let l = Arc::new(limiter());
+        let credits = Credits {
+            remaining: 10,
+            refill: Some(Refill::Every {
+                amount: 4,
+                interval: Duration::from_secs(3600),
+            }),
+            granted_at: 7_000_000,
+        };
+        let decide = move |l: &LocalLimiter, now: UnixMillis, credits: &Credits| {
+            let limits = Limits {
+                credits: Some(credits),
+                ..Limits::default()
+            };
+            let checks = Checks::new(KEY_A, &limits, &Calendar::default(), now);
+            l.check(KEY_A, &checks, 1, now, 1, DecidedBy::Local)
+        };
+        let admitted: usize = std::thread::scope(|scope| {
+            (0..100)
+                .map(|_| scope.spawn(|| decide(&l, 7_000_000, &credits).allowed))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|racer| usize::from(racer.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(admitted, 10);
+        let spent = decide(&l, 7_000_000, &credits);
+        assert_eq!(spent.exhausted(), Some(Exhausted::Credits));
+        assert_eq!(spent.credits.unwrap().remaining, 0);
+        assert_eq!(spent.retry_after_secs(), Some(3600));
+        // An hour after the grant: 4 more.
+        let hour = 7_000_000 + 3_600_000;
+        assert!(!decide(&l, hour - 1, &credits).allowed);
+        let refilled = decide(&l, hour, &credits);
+        assert!(refilled.allowed);
+        assert_eq!(refilled.credits.unwrap().remaining, 3);
+        // A new grant replaces what is left, refills and all.
+        let regranted = Credits {
+            remaining: 1,
+            refill: None,
+            granted_at: hour + 5,
+        };
+        assert!(decide(&l, hour + 10, &regranted).allowed);
+        let never = decide(&l, hour + 10, &regranted);
+        assert_eq!(never.exhausted(), Some(Exhausted::Credits));
+        assert_eq!(never.retry_after_secs(), None, "credits that never refill");
     }
 }

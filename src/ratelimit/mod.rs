@@ -7,20 +7,28 @@
 //! most 1 % of the limit early (never, for limits below 100). A window's state is at most
 //! about 0.4 KiB in process and 1 KiB in Redis, whatever its limit.
 //!
-//! A request passes only if every window has room; only then are all windows charged, so a
-//! denial costs nothing. Windows count per key or per owner (all the owner's keys share it).
+//! Beside the windows, a plan's calendar quotas and a key's credits ([`meters`]) are checked
+//! in the same step. A request passes only if every window, quota and the credits have room;
+//! only then are all charged, so a denial costs nothing. Windows and quotas count per key or
+//! per owner (all the owner's keys share it).
 
 pub mod local;
+pub mod meters;
 pub mod redis;
 pub mod window;
+
+use std::sync::Arc;
 
 use local::LocalLimiter;
 
 use serde::{Deserialize, Serialize};
 
+use crate::calendar::{Anchor, Calendar};
 use crate::clock::UnixMillis;
-use crate::plan::{MAX_PERIOD, RateScope, RateWindow};
+use crate::model::{Credits, Meter};
+use crate::plan::{MAX_PERIOD, Quota, RateScope, RateWindow};
 use crate::redis::keyspace;
+use meters::{CreditCheck, CreditState, QuotaCheck, QuotaState};
 use window::{WindowLog, WindowState};
 
 /// Where window logs live.
@@ -58,6 +66,35 @@ pub struct RateLimitConfig {
     pub ietf_headers: bool,
     /// Most window logs (a key's or an owner's, per window) kept locally at once.
     pub local_capacity: u64,
+    /// Names of the headers telling clients about their calendar quota and credits.
+    pub quota_headers: QuotaHeaderNames,
+}
+
+/// Names of the headers that tell clients about the quota with the fewest units left (its
+/// limit, what is left, and the Unix time in seconds at which it resets), and about a key's
+/// credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaHeaderNames {
+    /// The quota's limit per cycle.
+    pub limit: String,
+    /// Units left in the cycle.
+    pub remaining: String,
+    /// When the cycle ends, Unix seconds (or seconds from now, as `reset` says).
+    pub reset: String,
+    /// Credits the key has left.
+    pub credits: String,
+}
+
+impl Default for QuotaHeaderNames {
+    fn default() -> Self {
+        QuotaHeaderNames {
+            limit: "x-quota-limit".into(),
+            remaining: "x-quota-remaining".into(),
+            reset: "x-quota-reset".into(),
+            credits: "x-credits-remaining".into(),
+        }
+    }
 }
 
 impl Default for RateLimitConfig {
@@ -68,6 +105,7 @@ impl Default for RateLimitConfig {
             reset: ResetFormat::Epoch,
             ietf_headers: false,
             local_capacity: 1_000_000,
+            quota_headers: QuotaHeaderNames::default(),
         }
     }
 }
@@ -88,6 +126,100 @@ pub fn window_key(subject: Subject<'_>, window: &RateWindow) -> String {
     match window.per {
         RateScope::Key => keyspace::key_rate_window(subject.owner_id, subject.key_id, period),
         RateScope::Owner => keyspace::owner_rate_window(subject.owner_id, period),
+    }
+}
+
+/// The name of one quota's meter for `subject`, under the owner's tag like the windows.
+pub fn quota_key(subject: Subject<'_>, quota: &Quota) -> String {
+    let period = quota.period.as_str();
+    let anchor = match quota.anchor {
+        None => String::new(),
+        Some(Anchor::MonthDay(day)) => format!("@{day}"),
+        Some(Anchor::Weekday(weekday)) => format!("@{}", weekday.as_str()),
+    };
+    let cycle = format!("{period}{anchor}");
+    match quota.per {
+        RateScope::Key => keyspace::key_quota(subject.owner_id, subject.key_id, &cycle),
+        RateScope::Owner => keyspace::owner_quota(subject.owner_id, &cycle),
+    }
+}
+
+/// Everything one request is checked against: its plan's windows and quotas, its key's
+/// credits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits<'a> {
+    /// Rate windows.
+    pub windows: &'a [RateWindow],
+    /// Calendar quotas.
+    pub quotas: &'a [Quota],
+    /// The key's credits, when it has some.
+    pub credits: Option<&'a Credits>,
+}
+
+impl Limits<'_> {
+    /// Whether nothing limits the request.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.quotas.is_empty() && self.credits.is_none()
+    }
+}
+
+/// What one decision is checked against, resolved for its subject and moment: the windows,
+/// and each quota's and the credits' meter with the cycle or refill step it falls in.
+#[derive(Debug, Clone, Default)]
+pub struct Checks<'a> {
+    /// Rate windows.
+    pub windows: &'a [RateWindow],
+    /// Calendar quotas.
+    pub quotas: Vec<QuotaCheck>,
+    /// The key's credits.
+    pub credits: Option<CreditCheck>,
+}
+
+impl<'a> Checks<'a> {
+    /// The checks of `limits` for `subject` at `now`, cycles judged in `calendar`.
+    pub fn new(
+        subject: Subject<'_>,
+        limits: &Limits<'a>,
+        calendar: &Calendar,
+        now: UnixMillis,
+    ) -> Self {
+        let quotas = limits
+            .quotas
+            .iter()
+            .map(|quota| {
+                let cycle = calendar.cycle(now, &quota.cycle());
+                QuotaCheck {
+                    name: quota_key(subject, quota),
+                    limit: quota.limit,
+                    period: quota.period,
+                    cycle,
+                    keep_ms: u64::try_from(cycle.end - now + 86_400_000).unwrap_or(0),
+                }
+            })
+            .collect();
+        let credits = limits.credits.map(|credits| {
+            let name = keyspace::key_credits(subject.owner_id, subject.key_id);
+            CreditCheck::new(name, credits, calendar, now)
+        });
+        Checks {
+            windows: limits.windows,
+            quotas,
+            credits,
+        }
+    }
+
+    /// Rate windows alone.
+    pub fn windows(windows: &'a [RateWindow]) -> Self {
+        Checks {
+            windows,
+            ..Checks::default()
+        }
+    }
+
+    /// The names of the meters checked: the quotas', then the credits'.
+    pub fn meter_names(&self) -> impl Iterator<Item = &str> {
+        let quotas = self.quotas.iter().map(|q| q.name.as_str());
+        quotas.chain(self.credits.iter().map(|c| c.name.as_str()))
     }
 }
 
@@ -114,31 +246,74 @@ pub struct RateOutcome {
     pub allowed: bool,
     /// Each window's state, in plan order.
     pub windows: Vec<WindowState>,
+    /// Each calendar quota's state, in plan order.
+    pub quotas: Vec<QuotaState>,
+    /// The key's credits, when it has some.
+    pub credits: Option<CreditState>,
     /// The time the decision was made at (Redis's clock for Redis).
     pub now: UnixMillis,
     /// Which limiter decided.
     pub decided_by: DecidedBy,
 }
 
+/// What refused a request, from the longest wait to the shortest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// The key's credits are spent.
+    Credits,
+    /// A calendar quota is used up for the cycle.
+    Quota,
+    /// A rate window is full.
+    Window,
+}
+
+/// The meters of one decision, already brought to it ([`meters::advance_quota`],
+/// [`meters::advance_credits`]).
+pub struct MeterSet<'a> {
+    /// The quotas' checks and meters, in plan order.
+    pub quotas: Vec<(&'a QuotaCheck, &'a mut Meter)>,
+    /// The credits' check and meter.
+    pub credits: Option<(&'a CreditCheck, &'a mut Meter)>,
+}
+
 impl RateOutcome {
     /// Decides a request of `cost` on the logs of `windows` (limit, period in ms), already
-    /// advanced to `now`: admitted when every window has room, and then charged to each.
+    /// advanced to `now`, and on `meters`: admitted when every window, quota and the credits
+    /// have room, and then charged to each.
     pub fn decide(
         windows: &[(u64, u64)],
         logs: &mut [&mut WindowLog],
+        meters: MeterSet<'_>,
         cost: u64,
         now: UnixMillis,
         decided_by: DecidedBy,
     ) -> RateOutcome {
+        let MeterSet {
+            mut quotas,
+            mut credits,
+        } = meters;
         let fits: Vec<bool> = logs
             .iter()
             .zip(windows)
             .map(|(log, &(limit, _))| log.fits(cost, limit))
             .collect();
-        let allowed = fits.iter().all(|&f| f);
+        let quota_fits: Vec<bool> = quotas
+            .iter()
+            .map(|(check, meter)| meter.value.saturating_add(cost) <= check.limit)
+            .collect();
+        let credits_fit = credits
+            .as_ref()
+            .is_none_or(|(_, meter)| meter.value >= cost);
+        let allowed = fits.iter().chain(&quota_fits).all(|&f| f) && credits_fit;
         if allowed {
             for log in logs.iter_mut() {
                 log.charge(cost, now);
+            }
+            for (_, meter) in quotas.iter_mut() {
+                meter.value = meter.value.saturating_add(cost);
+            }
+            if let Some((_, meter)) = credits.as_mut() {
+                meter.value -= cost;
             }
         }
         let windows = logs
@@ -150,9 +325,46 @@ impl RateOutcome {
         RateOutcome {
             allowed,
             windows,
+            quotas: quotas
+                .iter()
+                .zip(quota_fits)
+                .map(|((check, meter), has_room)| QuotaState {
+                    limit: check.limit,
+                    period: check.period,
+                    used: meter.value,
+                    reset_at: check.cycle.end,
+                    has_room,
+                })
+                .collect(),
+            credits: credits.map(|(check, meter)| CreditState {
+                remaining: meter.value,
+                refill_at: check.next_refill,
+                has_room: credits_fit,
+            }),
             now,
             decided_by,
         }
+    }
+
+    /// What refused the request: the credits before a quota before a window, as each waits
+    /// longer than the next. `None` when it was admitted.
+    pub fn exhausted(&self) -> Option<Exhausted> {
+        if self.allowed {
+            None
+        } else if self.credits.is_some_and(|c| !c.has_room) {
+            Some(Exhausted::Credits)
+        } else if self.quotas.iter().any(|q| !q.has_room) {
+            Some(Exhausted::Quota)
+        } else {
+            Some(Exhausted::Window)
+        }
+    }
+
+    /// The quota clients are told about: the one with the fewest units left.
+    pub fn tightest_quota(&self) -> Option<&QuotaState> {
+        self.quotas
+            .iter()
+            .min_by_key(|q| (q.has_room, q.remaining(), q.limit))
     }
 
     /// The window clients are told about: when denied, the one that makes them wait longest;
@@ -168,47 +380,68 @@ impl RateOutcome {
         }
     }
 
-    /// Milliseconds until a refused request would fit: the longest wait among the windows
-    /// without room. `None` when it was admitted, or when it never can fit.
+    /// Milliseconds until a refused request would fit: the longest wait among the windows,
+    /// quotas and credits without room. `None` when it was admitted, or when it never can
+    /// fit.
     pub fn retry_after_ms(&self) -> Option<u64> {
         if self.allowed {
             return None;
         }
-        let mut waits = self.windows.iter().filter(|w| !w.has_room);
-        waits.try_fold(0, |longest, w| {
-            w.retry_after_ms.map(|wait| longest.max(wait))
-        })
+        let until = |at: UnixMillis| u64::try_from(at - self.now).unwrap_or(0).max(1);
+        let windows = self.windows.iter().filter(|w| !w.has_room);
+        let quotas = self.quotas.iter().filter(|q| !q.has_room);
+        let credits = self.credits.iter().filter(|c| !c.has_room);
+        windows
+            .map(|w| w.retry_after_ms)
+            .chain(quotas.map(|q| Some(until(q.reset_at))))
+            .chain(credits.map(|c| c.refill_at.map(until)))
+            .try_fold(0, |longest, wait| wait.map(|wait| longest.max(wait)))
     }
 
     /// Whole seconds until the request would fit (at least 1), for `retry-after`. A request
-    /// that can never fit is told to come back after the longest window's period.
+    /// refused by a window alone that can never fit is told to come back after the longest
+    /// window's period; one refused by credits that never refill is told nothing.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        if self.allowed {
-            return None;
-        }
-        let window = self.tightest()?;
-        let wait = window.retry_after_ms.unwrap_or(window.period_ms);
+        let wait = match self.exhausted()? {
+            Exhausted::Window => {
+                let window = self.tightest()?;
+                window.retry_after_ms.unwrap_or(window.period_ms)
+            }
+            Exhausted::Quota | Exhausted::Credits => self.retry_after_ms()?,
+        };
         Some(wait.div_ceil(1000).max(1))
     }
 
     /// The response headers that tell clients about their limits.
-    pub fn headers(&self, config: &RateLimitConfig) -> Vec<(&'static str, String)> {
+    pub fn headers(&self, config: &RateLimitConfig) -> Vec<(String, String)> {
+        let reset_of = |at: UnixMillis| match config.reset {
+            ResetFormat::Epoch => ceil_secs(at),
+            ResetFormat::Delta => ceil_secs((at - self.now).max(0)),
+        };
+        let mut headers = Vec::new();
+        if let Some(quota) = self.tightest_quota() {
+            let names = &config.quota_headers;
+            headers.push((names.limit.clone(), quota.limit.to_string()));
+            headers.push((names.remaining.clone(), quota.remaining().to_string()));
+            headers.push((names.reset.clone(), reset_of(quota.reset_at).to_string()));
+        }
+        if let Some(credits) = &self.credits {
+            let name = config.quota_headers.credits.clone();
+            headers.push((name, credits.remaining.to_string()));
+        }
+        if let Some(retry) = self.retry_after_secs() {
+            headers.push(("retry-after".into(), retry.to_string()));
+        }
         let Some(window) = self.tightest() else {
-            return Vec::new();
+            return headers;
         };
         let reset_secs = ceil_secs((window.reset_at - self.now).max(0));
-        let reset = match config.reset {
-            ResetFormat::Epoch => ceil_secs(window.reset_at),
-            ResetFormat::Delta => reset_secs,
-        };
-        let mut headers = vec![
-            ("x-ratelimit-limit", window.limit.to_string()),
-            ("x-ratelimit-remaining", window.remaining.to_string()),
-            ("x-ratelimit-reset", reset.to_string()),
-        ];
-        if let Some(retry) = self.retry_after_secs() {
-            headers.push(("retry-after", retry.to_string()));
-        }
+        let reset = reset_of(window.reset_at);
+        headers.extend([
+            ("x-ratelimit-limit".into(), window.limit.to_string()),
+            ("x-ratelimit-remaining".into(), window.remaining.to_string()),
+            ("x-ratelimit-reset".into(), reset.to_string()),
+        ]);
         if config.ietf_headers {
             let name =
                 |w: &WindowState| format!("\"{}-per-{}s\"", w.limit, w.period_ms.div_ceil(1000));
@@ -218,9 +451,9 @@ impl RateOutcome {
                 .map(|w| format!("{};q={};w={}", name(w), w.limit, w.period_ms.div_ceil(1000)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            headers.push(("ratelimit-policy", policy));
+            headers.push(("ratelimit-policy".into(), policy));
             headers.push((
-                "ratelimit",
+                "ratelimit".into(),
                 format!("{};r={};t={}", name(window), window.remaining, reset_secs),
             ));
         }
@@ -251,13 +484,14 @@ pub enum RateLimiter {
 }
 
 impl RateLimiter {
-    /// Window logs in this process (see [`local_logs`] for how long each is kept).
-    pub fn local(config: &RateLimitConfig) -> Self {
-        RateLimiter::Local(local_logs(config))
+    /// Window logs and meters in this process (see [`local_logs`] for how long each is
+    /// kept), meters kept in `store` across restarts.
+    pub fn local(config: &RateLimitConfig, store: Arc<dyn crate::store::Store>) -> Self {
+        RateLimiter::Local(local_logs(config).keeping_meters_in(store))
     }
 
-    /// Window logs in Redis over `client`, with local ones standing in while Redis does not
-    /// answer.
+    /// Window logs and meters in Redis over `client`, with local ones standing in while
+    /// Redis does not answer.
     pub fn redis(
         config: &RateLimitConfig,
         client: crate::redis::RedisClient,
@@ -272,26 +506,52 @@ impl RateLimiter {
         ))
     }
 
-    /// Checks and, if every window has room, charges a request of `cost`.
+    /// Checks and, if every window, quota and the credits have room, charges a request of
+    /// `cost`. Fails only when a meter this process has not seen yet cannot be read from
+    /// the store.
     pub async fn check(
         &self,
         subject: Subject<'_>,
-        windows: &[RateWindow],
+        checks: &Checks<'_>,
         cost: u64,
         clock: &dyn crate::clock::Clock,
-    ) -> RateOutcome {
+    ) -> crate::error::Result<RateOutcome> {
         match self {
-            RateLimiter::Local(local) => local.check(
-                subject,
-                windows,
-                cost,
-                clock.now_millis(),
-                1,
-                DecidedBy::Local,
-            ),
+            RateLimiter::Local(local) => {
+                local.load_meters(checks).await?;
+                let now = clock.now_millis();
+                Ok(local.check(subject, checks, cost, now, 1, DecidedBy::Local))
+            }
             // Boxed: the Redis round trip's state would otherwise make every caller's
             // future larger, local limiter or not.
-            RateLimiter::Redis(redis) => Box::pin(redis.check(subject, windows, cost, clock)).await,
+            RateLimiter::Redis(redis) => {
+                Ok(Box::pin(redis.check(subject, checks, cost, clock)).await)
+            }
+        }
+    }
+
+    /// A key's credits left now, refills applied, without spending any.
+    pub async fn credits_left(
+        &self,
+        subject: Subject<'_>,
+        credits: &Credits,
+        calendar: &Calendar,
+        clock: &dyn crate::clock::Clock,
+    ) -> crate::error::Result<u64> {
+        let limits = Limits {
+            credits: Some(credits),
+            ..Limits::default()
+        };
+        let checks = Checks::new(subject, &limits, calendar, clock.now_millis());
+        let outcome = self.check(subject, &checks, 0, clock).await?;
+        Ok(outcome.credits.map_or(0, |c| c.remaining))
+    }
+
+    /// Writes the meters changed since the last flush to the store, for a limiter that
+    /// keeps them there.
+    pub async fn flush_meters(&self) {
+        if let RateLimiter::Local(local) = self {
+            local.flush_meters().await;
         }
     }
 }

@@ -44,10 +44,11 @@ use tracing::Instrument;
 use tracing::{info, warn};
 
 use super::local::LocalLimiter;
+use super::meters::{CreditCheck, CreditState, QuotaCheck, QuotaState, RefillStep};
 use super::window::WindowState;
-use super::{DecidedBy, RateOutcome, Subject, limits, window_key};
+use super::{Checks, DecidedBy, RateOutcome, Subject, limits, window_key};
 use crate::clock::{Clock, UnixMillis};
-use crate::plan::RateWindow;
+use crate::model::Meter;
 
 /// Counts that show the Redis limiter at work.
 #[derive(Debug, Default)]
@@ -126,6 +127,51 @@ impl Refusal {
     }
 }
 
+/// What every call for one subject sends besides the costs: the windows' names and limits,
+/// and the meters' checks.
+struct Subjects {
+    /// Every key the script touches: the windows', then the quotas', then the credits'.
+    keys: Vec<String>,
+    /// Each window's (limit, period in ms).
+    limits: Vec<(u64, u64)>,
+    /// The quotas.
+    quotas: Vec<QuotaCheck>,
+    /// The credits.
+    credits: Option<CreditCheck>,
+}
+
+impl Subjects {
+    /// One window log alone (the stand-in's admissions, told to Redis).
+    fn window(key: String, limit: u64, period: u64) -> Self {
+        Subjects {
+            keys: vec![key],
+            limits: vec![(limit, period)],
+            quotas: Vec::new(),
+            credits: None,
+        }
+    }
+
+    /// The name of the subject's batch: the windows' names and limits, the quotas' names,
+    /// limits and cycles, the credits' grant and refill step. Decisions under other limits,
+    /// another cycle or another grant share no call and no remembered refusal with these.
+    fn batch_name(&self) -> String {
+        let windows = self.keys.iter().zip(&self.limits);
+        let mut name = windows
+            .map(|(key, (limit, _))| format!("{key}={limit}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        for quota in &self.quotas {
+            let (limit, start) = (quota.limit, quota.cycle.start);
+            name.push_str(&format!(" {}={limit}@{start}", quota.name));
+        }
+        if let Some(credits) = &self.credits {
+            let (granted_at, epoch) = (credits.granted_at, credits.epoch);
+            name.push_str(&format!(" {}={granted_at}/{epoch}", credits.name));
+        }
+        name
+    }
+}
+
 /// How the script treats the decisions it is given.
 #[derive(Clone, Copy)]
 enum Mode {
@@ -185,7 +231,7 @@ impl RedisLimiter {
     pub async fn check(
         &self,
         subject: Subject<'_>,
-        windows: &[RateWindow],
+        checks: &Checks<'_>,
         cost: u64,
         clock: &dyn Clock,
     ) -> RateOutcome {
@@ -194,7 +240,7 @@ impl RedisLimiter {
         if now >= shared.down_until.load(Ordering::Relaxed) {
             shared.replay_if_pending();
             let call = shared
-                .decide(subject, windows, cost)
+                .decide(subject, checks, cost)
                 .instrument(tracing::debug_span!("redis rate limit"));
             match tokio::time::timeout(shared.timeout, call).await {
                 Ok(Ok(outcome)) => {
@@ -212,7 +258,7 @@ impl RedisLimiter {
         shared.replay_pending.store(true, Ordering::Relaxed);
         shared.fallback.check(
             subject,
-            windows,
+            checks,
             cost,
             now,
             shared.replicas,
@@ -248,9 +294,10 @@ impl Shared {
             for window in batch {
                 let (shared, window) = (self.clone(), window.clone());
                 calls.spawn(async move {
-                    let keys = [window.key.clone()];
-                    let (limits, units) = ([(window.limit, window.period)], [window.units]);
-                    let call = shared.call(Mode::Charge, &keys, &limits, &units);
+                    let subjects =
+                        Subjects::window(window.key.clone(), window.limit, window.period);
+                    let units = [window.units];
+                    let call = shared.call(Mode::Charge, &subjects, &units);
                     match tokio::time::timeout(shared.timeout, call).await {
                         Ok(Ok(_)) => Ok(window),
                         Ok(Err(e)) => Err(e.to_string()),
@@ -299,19 +346,19 @@ impl Shared {
     async fn decide(
         self: &Arc<Self>,
         subject: Subject<'_>,
-        windows: &[RateWindow],
+        checks: &Checks<'_>,
         cost: u64,
     ) -> Result<RateOutcome, String> {
-        let keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
-        let limits = limits(windows, 1);
-        // Named by the limits too: when a plan changes, decisions under its new limits
-        // share no call and no remembered refusal with those under the old.
-        let batch = keys
-            .iter()
-            .zip(&limits)
-            .map(|(key, (limit, _))| format!("{key}={limit}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let windows = checks.windows;
+        let mut keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
+        keys.extend(checks.meter_names().map(str::to_owned));
+        let subjects = Subjects {
+            keys,
+            limits: limits(windows, 1),
+            quotas: checks.quotas.clone(),
+            credits: checks.credits.clone(),
+        };
+        let batch = subjects.batch_name();
         if let Some(refusal) = self.refusals.get(&batch) {
             let now = tokio::time::Instant::now();
             if cost >= refusal.cost && now < refusal.until {
@@ -337,7 +384,7 @@ impl Shared {
             }
         };
         if first {
-            tokio::spawn(self.clone().call_while_waiting(batch, keys, limits));
+            tokio::spawn(self.clone().call_while_waiting(batch, subjects));
         }
         outcome
             .await
@@ -345,12 +392,7 @@ impl Shared {
     }
 
     /// Sends the decisions waiting in `batch` in calls, one at a time, until none waits.
-    async fn call_while_waiting(
-        self: Arc<Self>,
-        batch: String,
-        keys: Vec<String>,
-        limits: Vec<(u64, u64)>,
-    ) {
+    async fn call_while_waiting(self: Arc<Self>, batch: String, subjects: Subjects) {
         loop {
             let waiting: Vec<Waiting> = {
                 let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,10 +410,11 @@ impl Shared {
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             let asked = tokio::time::Instant::now();
             let call =
-                tokio::time::timeout(self.timeout, self.call(Mode::Check, &keys, &limits, &costs));
+                tokio::time::timeout(self.timeout, self.call(Mode::Check, &subjects, &costs));
             let outcomes = match call.await {
                 Ok(Ok(outcomes)) => {
                     self.remember_refusal(&batch, &costs, &outcomes, asked);
+                    self.seed_fallback(&subjects, outcomes.last());
                     outcomes.into_iter().map(Ok).collect()
                 }
                 Ok(Err(e)) => vec![Err(e.to_string()); waiting.len()],
@@ -411,13 +454,35 @@ impl Shared {
         );
     }
 
-    /// One script call deciding a request of each of `costs`, in order, on the windows named
-    /// `keys` with `limits`.
+    /// Tells the stand-in what Redis said of the subject's meters, for it to start from
+    /// should Redis stop answering.
+    fn seed_fallback(&self, subjects: &Subjects, last: Option<&RateOutcome>) {
+        let Some(outcome) = last else {
+            return;
+        };
+        for (check, state) in subjects.quotas.iter().zip(&outcome.quotas) {
+            let meter = Meter {
+                since: check.cycle.start,
+                value: state.used,
+                epoch: 0,
+            };
+            self.fallback.seed(&check.name, meter);
+        }
+        if let (Some(check), Some(state)) = (&subjects.credits, &outcome.credits) {
+            let meter = Meter {
+                since: check.granted_at,
+                value: state.remaining,
+                epoch: check.epoch,
+            };
+            self.fallback.seed(&check.name, meter);
+        }
+    }
+
+    /// One script call deciding a request of each of `costs`, in order, for `subjects`.
     async fn call(
         &self,
         mode: Mode,
-        keys: &[String],
-        limits: &[(u64, u64)],
+        subjects: &Subjects,
         costs: &[u64],
     ) -> Result<Vec<RateOutcome>, redis::RedisError> {
         let mut connection = self.client.get().await.map_err(|e| {
@@ -428,45 +493,102 @@ impl Shared {
             ))
         })?;
         let mut invocation = self.script.prepare_invoke();
-        for key in keys {
+        for key in &subjects.keys {
             invocation.key(key);
         }
-        invocation.arg(mode.name()).arg("").arg(limits.len());
-        for (limit, period) in limits {
-            invocation.arg(limit).arg(period);
-        }
+        invocation.arg(mode.name()).arg("");
+        push_checks(&mut invocation, subjects);
         for cost in costs {
             invocation.arg(cost);
         }
         // EVALSHA; on NOSCRIPT (after SCRIPT FLUSH or a restart) the script is loaded again.
         let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
-        outcomes_of(&reply, limits, costs.len()).ok_or_else(|| {
+        outcomes_of(&reply, subjects, costs.len()).ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "unexpected script reply"))
         })
     }
 }
 
-/// The outcomes the script's `reply` tells for `decisions` decisions on windows of
-/// `limits`.
-fn outcomes_of(reply: &[i64], limits: &[(u64, u64)], decisions: usize) -> Option<Vec<RateOutcome>> {
+/// Adds the script's arguments after the time: the windows' limits, the quotas' and the
+/// credits' (see `CHECK_AND_CHARGE`).
+fn push_checks(invocation: &mut redis::ScriptInvocation<'_>, subjects: &Subjects) {
+    invocation.arg(subjects.limits.len());
+    for (limit, period) in &subjects.limits {
+        invocation.arg(limit).arg(period);
+    }
+    invocation.arg(subjects.quotas.len());
+    for quota in &subjects.quotas {
+        let start = quota.cycle.start;
+        invocation.arg(quota.limit).arg(start).arg(quota.keep_ms);
+    }
+    match &subjects.credits {
+        None => {
+            invocation.arg(0);
+        }
+        Some(credits) => {
+            let (kind, amount) = match credits.refill {
+                RefillStep::None => (0, 0),
+                RefillStep::Add(amount) => (1, amount),
+                RefillStep::Reset(amount) => (2, amount),
+            };
+            invocation
+                .arg(1)
+                .arg(credits.granted)
+                .arg(credits.granted_at)
+                .arg(credits.epoch)
+                .arg(kind)
+                .arg(amount);
+        }
+    }
+}
+
+/// What the script says about one meter: units counted or left, and whether it fitted.
+const METER_FIELDS: usize = 2;
+
+/// The outcomes the script's `reply` tells for `decisions` decisions on `subjects`.
+fn outcomes_of(reply: &[i64], subjects: &Subjects, decisions: usize) -> Option<Vec<RateOutcome>> {
     let (&now, told) = reply.split_first()?;
-    let per_decision = 1 + limits.len() * WINDOW_FIELDS;
+    let (limits, quotas) = (&subjects.limits, &subjects.quotas);
+    let window_fields = limits.len() * WINDOW_FIELDS;
+    let quota_fields = quotas.len() * METER_FIELDS;
+    let credit_fields = usize::from(subjects.credits.is_some()) * METER_FIELDS;
+    let per_decision = 1 + window_fields + quota_fields + credit_fields;
     if told.len() != decisions * per_decision {
         return None;
     }
-    let outcome = |told: &[i64]| RateOutcome {
-        allowed: told[0] == 1,
-        windows: told[1..]
-            .chunks_exact(WINDOW_FIELDS)
-            .zip(limits)
-            .map(|(w, &(limit, period))| {
-                let (count, newest, wait) = (w[0].max(0) as u64, w[1], w[2]);
-                let retry_after_ms = u64::try_from(wait).ok();
-                WindowState::new(limit, period, count, newest, now, retry_after_ms, wait == 0)
-            })
-            .collect(),
-        now,
-        decided_by: DecidedBy::Redis,
+    let outcome = |told: &[i64]| {
+        let (windows, rest) = told[1..].split_at(window_fields);
+        let (quota_told, credit_told) = rest.split_at(quota_fields);
+        RateOutcome {
+            allowed: told[0] == 1,
+            windows: windows
+                .chunks_exact(WINDOW_FIELDS)
+                .zip(limits)
+                .map(|(w, &(limit, period))| {
+                    let (count, newest, wait) = (w[0].max(0) as u64, w[1], w[2]);
+                    let retry_after_ms = u64::try_from(wait).ok();
+                    WindowState::new(limit, period, count, newest, now, retry_after_ms, wait == 0)
+                })
+                .collect(),
+            quotas: quota_told
+                .chunks_exact(METER_FIELDS)
+                .zip(quotas)
+                .map(|(q, check)| QuotaState {
+                    limit: check.limit,
+                    period: check.period,
+                    used: q[0].max(0) as u64,
+                    reset_at: check.cycle.end,
+                    has_room: q[1] == 1,
+                })
+                .collect(),
+            credits: subjects.credits.as_ref().map(|check| CreditState {
+                remaining: credit_told[0].max(0) as u64,
+                refill_at: check.next_refill,
+                has_room: credit_told[1] == 1,
+            }),
+            now,
+            decided_by: DecidedBy::Redis,
+        }
     };
     Some(told.chunks_exact(per_decision).map(outcome).collect())
 }

@@ -15,7 +15,7 @@
 //! | `{owners}` | the owner listing and the external-id index | an owner's external id is claimed and its id listed in one step |
 //! | `{plans}` | every plan | a plan's read-modify-write is one compare-and-set, and a listing one read |
 //! | `{keys}` | the key-id and digest indexes | a key's id and its lookup digest are claimed together |
-//! | `{OWNER}` (after `kg:rw:`) | an owner's rate-limit window logs | one decision checks and charges all of its windows in one step |
+//! | `{OWNER}` (after `kg:rw:`) | an owner's rate-limit window logs, quota meters and its keys' credits | one decision checks and charges all of its windows, quotas and credits in one step |
 //! | `{DIGEST}` (after `kg:l2:`) | one shared verification | nothing: the tag only spreads these over the cluster |
 //! | `{u:KEY}` | one key's daily usage counts | a flush writes, and a query reads, one key's days in one pipeline |
 //! | `{replicas}` | the live replica set | nothing: it is touched alone |
@@ -75,6 +75,33 @@ pub fn key_rate_window(owner_id: &str, key_id: &str, period_ms: u64) -> String {
     format!("kg:rw:{{{owner_id}}}:k:{key_id}:{period_ms}")
 }
 
+/// One calendar quota's meter for one key, a hash (`since`: the cycle's start in ms, `value`:
+/// units counted) that expires a day after its cycle ends. `cycle` names the period and
+/// anchor (`month@15`). Tagged with the key's owner like the windows, so a decision checks
+/// its windows and quotas in one step.
+pub fn key_quota(owner_id: &str, key_id: &str, cycle: &str) -> String {
+    format!("kg:rw:{{{owner_id}}}:k:{key_id}:q:{cycle}")
+}
+
+/// One calendar quota's meter shared by all of an owner's keys, a hash like
+/// [`key_quota`]'s.
+pub fn owner_quota(owner_id: &str, cycle: &str) -> String {
+    format!("kg:rw:{{{owner_id}}}:o:q:{cycle}")
+}
+
+/// One key's credits, a hash (`since`: the grant in ms, `value`: credits left, `epoch`: the
+/// last refill step applied). Tagged with the key's owner like the windows.
+pub fn key_credits(owner_id: &str, key_id: &str) -> String {
+    format!("kg:rw:{{{owner_id}}}:k:{key_id}:credits")
+}
+
+/// A meter of the in-process limiter, saved by a Redis store: the meter's own name
+/// ([`key_quota`], [`key_credits`]...) behind a prefix of its own, JSON. Its hash tag is the
+/// meter's.
+pub fn stored_meter(name: &str) -> String {
+    format!("kg:m:{name}")
+}
+
 /// One key's requests on one day (days since 1970-01-01 in the configured time zone), a
 /// hash: `allowed` and `denied:CODE` → count. Expires once the day leaves the kept history.
 /// Tagged with the key, so a key's days are written and read in one pipeline.
@@ -127,6 +154,16 @@ mod tests {
         assert_eq!(PLANS, "kg:{plans}:records");
         assert_eq!(key_rate_window("o1", "k1", 60_000), "kg:rw:{o1}:k:k1:60000");
         assert_eq!(owner_rate_window("o1", 1_000), "kg:rw:{o1}:o:1000");
+        assert_eq!(
+            key_quota("o1", "k1", "month@15"),
+            "kg:rw:{o1}:k:k1:q:month@15"
+        );
+        assert_eq!(owner_quota("o1", "week"), "kg:rw:{o1}:o:q:week");
+        assert_eq!(key_credits("o1", "k1"), "kg:rw:{o1}:k:k1:credits");
+        assert_eq!(
+            stored_meter("kg:rw:{o1}:o:q:day"),
+            "kg:m:kg:rw:{o1}:o:q:day"
+        );
         assert_eq!(shared_verification("ab12"), "kg:l2:{ab12}");
         assert_eq!(INVALIDATIONS, "kg:invalidations");
         assert_eq!(LIVE_REPLICAS, "kg:{replicas}:live");

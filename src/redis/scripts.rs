@@ -204,24 +204,34 @@ return 0
 
 // The rate limiter (`ratelimit/redis.rs`).
 
-/// Checks and charges every window of a batch of decisions for one subject, in order, with
-/// the window logs of `ratelimit/window.rs`: the same steps, on the same structure kept in a
-/// string.
+/// Checks and charges every window, calendar quota and the credits of a batch of decisions
+/// for one subject, in order, with the window logs of `ratelimit/window.rs` and the meters of
+/// `ratelimit/meters.rs`: the same steps, on the same structures kept in a string per window
+/// and a hash per meter.
 ///
 /// `KEYS`: one string per window, named by
 /// [`keyspace::key_rate_window`](super::keyspace::key_rate_window) or
-/// [`keyspace::owner_rate_window`](super::keyspace::owner_rate_window): all under the owner's
-/// hash tag, so they share a cluster slot. Each holds three little-endian doubles (units per
-/// group, units in the open group, newest time in ms) and then the time of each closed group,
-/// oldest first; it expires when its newest unit leaves the window.
-/// `ARGV[1]`: `check` (a decision is charged only if every window has room for it) or
-/// `charge` (charged regardless: admissions made while Redis was away); `ARGV[2]`: the time
-/// in ms to decide at, or empty for Redis's clock; `ARGV[3]`: the number of windows n; then,
-/// for window i, `ARGV[2i+2]` its limit and `ARGV[2i+3]` its period in ms; then the cost of
-/// each decision.
-/// Returns `{now_ms, then per decision: allowed, then per window: count, newest, wait}`: the
-/// units counted (after the decision, if admitted), the newest time logged and how long until
-/// the decision would fit (0 when it fits, -1 when it never can).
+/// [`keyspace::owner_rate_window`](super::keyspace::owner_rate_window), then one hash per
+/// quota ([`keyspace::key_quota`](super::keyspace::key_quota) or
+/// [`keyspace::owner_quota`](super::keyspace::owner_quota)), then the credits' hash
+/// ([`keyspace::key_credits`](super::keyspace::key_credits)) if the key has credits: all under
+/// the owner's hash tag, so they share a cluster slot. A window's string holds three
+/// little-endian doubles (units per group, units in the open group, newest time in ms) and
+/// then the time of each closed group, oldest first; it expires when its newest unit leaves
+/// the window. A meter's hash holds `since`, `value` and, for credits, `epoch`.
+/// `ARGV[1]`: `check` (a decision is charged only if everything has room for it) or `charge`
+/// (charged regardless: admissions made while Redis was away); `ARGV[2]`: the time in ms to
+/// decide at, or empty for Redis's clock; `ARGV[3]`: the number of windows n; then, for each
+/// window, its limit and its period in ms; then the number of quotas m and, for each, its
+/// limit, its cycle's start (ms, by the deciding replica's clock) and how long to keep its
+/// count (ms from now: until a day after the cycle ends); then
+/// 1 and the credits' grant, grant time, refill step, refill kind (0 none, 1 add, 2 reset)
+/// and refill amount, or 0 for no credits; then the cost of each decision.
+/// Returns `{now_ms, then per decision: allowed, then per window: count, newest, wait, then
+/// per quota: used, fits, then for credits: left, fits}`: the units counted (after the
+/// decision, if admitted), the newest time logged and how long until the decision would fit
+/// (0 when it fits, -1 when it never can); a quota's units counted in its cycle; the credits
+/// left.
 ///
 /// Times and counts are whole numbers far below 2^53, exact in Lua's doubles.
 pub const CHECK_AND_CHARGE: &str = r#"
@@ -313,9 +323,51 @@ local logs = {}
 for i = 1, n do
   logs[i] = load(KEYS[i], tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3]))
 end
+
+-- A meter's since, value and epoch, 0 when it has none.
+local function meter(key)
+  local m = redis.call('HMGET', key, 'since', 'value', 'epoch')
+  return {since = tonumber(m[1]) or 0, value = tonumber(m[2]) or 0, epoch = tonumber(m[3]) or 0}
+end
+
+local at = 2 * n + 4
+local quotas = {}
+for q = 1, tonumber(ARGV[at]) do
+  local key = KEYS[n + q]
+  local limit, start, keep = tonumber(ARGV[at + 3 * q - 2]), tonumber(ARGV[at + 3 * q - 1]), tonumber(ARGV[at + 3 * q])
+  local m = meter(key)
+  -- A meter of an earlier cycle counts again from zero; one of a later cycle is kept.
+  if start > m.since then
+    m.since, m.value = start, 0
+  end
+  m.key, m.limit, m.keep = key, limit, keep
+  quotas[q] = m
+end
+at = at + 3 * #quotas + 1
+local credits = nil
+if tonumber(ARGV[at]) == 1 then
+  local granted, granted_at, epoch = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local kind, amount = tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5])
+  credits = meter(KEYS[n + #quotas + 1])
+  credits.key = KEYS[n + #quotas + 1]
+  if credits.since ~= granted_at then
+    credits.since, credits.value, credits.epoch, credits.changed = granted_at, granted, epoch, true
+  elseif epoch > credits.epoch then
+    if kind == 1 then
+      credits.value = credits.value + (epoch - credits.epoch) * amount
+    elseif kind == 2 then
+      credits.value = amount
+    end
+    credits.epoch, credits.changed = epoch, true
+  end
+  at = at + 6
+else
+  at = at + 1
+end
+
 local out = {now}
 local charged = false
-for d = 2 * n + 4, #ARGV do
+for d = at, #ARGV do
   local cost = tonumber(ARGV[d])
   local fits = {}
   local allowed = true
@@ -323,9 +375,23 @@ for d = 2 * n + 4, #ARGV do
     fits[i] = w.group * w.n + w.open + cost <= w.limit
     allowed = allowed and fits[i]
   end
+  local quota_fits = {}
+  for q, m in ipairs(quotas) do
+    quota_fits[q] = m.value + cost <= m.limit
+    allowed = allowed and quota_fits[q]
+  end
+  local credits_fit = credits == nil or credits.value >= cost
+  allowed = allowed and credits_fit
   if allowed or ARGV[1] == 'charge' then
     for _, w in ipairs(logs) do
       charge(w, cost)
+    end
+    for _, m in ipairs(quotas) do
+      m.value = m.value + cost
+    end
+    if credits then
+      credits.value = math.max(credits.value - cost, 0)
+      credits.changed = true
     end
     charged = true
   end
@@ -335,12 +401,27 @@ for d = 2 * n + 4, #ARGV do
     table.insert(out, w.newest)
     table.insert(out, fits[i] and 0 or wait(w, cost))
   end
+  for q, m in ipairs(quotas) do
+    table.insert(out, m.value)
+    table.insert(out, quota_fits[q] and 1 or 0)
+  end
+  if credits then
+    table.insert(out, credits.value)
+    table.insert(out, credits_fit and 1 or 0)
+  end
 end
 if charged then
   for i, w in ipairs(logs) do
     local header = struct.pack('<ddd', w.group, w.open, w.newest)
     redis.call('SET', KEYS[i], header .. w.body, 'PX', w.newest + w.period - now)
   end
+  for _, m in ipairs(quotas) do
+    redis.call('HSET', m.key, 'since', m.since, 'value', m.value)
+    redis.call('PEXPIRE', m.key, m.keep)
+  end
+end
+if credits and credits.changed then
+  redis.call('HSET', credits.key, 'since', credits.since, 'value', credits.value, 'epoch', credits.epoch)
 end
 return out
 "#;

@@ -19,6 +19,7 @@ use crate::authz::trust::Peer;
 use crate::error::{Error, Result, quote};
 use crate::proto::{self, authorizer_server::Authorizer};
 use crate::ratelimit::RateOutcome;
+use crate::ratelimit::meters::QuotaState;
 use crate::ratelimit::window::WindowState;
 
 /// The Authorizer gRPC service.
@@ -149,6 +150,8 @@ impl From<DecisionCode> for proto::DecisionCode {
             DecisionCode::InsufficientScope => proto::DecisionCode::InsufficientScope,
             DecisionCode::IpNotAllowed => proto::DecisionCode::IpNotAllowed,
             DecisionCode::RateLimited => proto::DecisionCode::RateLimited,
+            DecisionCode::QuotaExceeded => proto::DecisionCode::QuotaExceeded,
+            DecisionCode::CreditsExhausted => proto::DecisionCode::CreditsExhausted,
         }
     }
 }
@@ -159,10 +162,13 @@ fn rate_limit_state(outcome: &RateOutcome) -> proto::RateLimitState {
         limit: w.limit,
         period: Some(millis_duration(w.period_ms)),
         remaining: w.remaining,
-        reset_time: Some(prost_types::Timestamp {
-            seconds: w.reset_at.div_euclid(1000),
-            nanos: (w.reset_at.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        reset_time: Some(millis_timestamp(w.reset_at)),
+    };
+    let quota = |q: &QuotaState| proto::QuotaState {
+        limit: q.limit,
+        period: q.period.as_str().to_owned(),
+        remaining: q.remaining(),
+        reset_time: Some(millis_timestamp(q.reset_at)),
     };
     proto::RateLimitState {
         tightest: outcome.tightest().map(window),
@@ -170,6 +176,15 @@ fn rate_limit_state(outcome: &RateOutcome) -> proto::RateLimitState {
         retry_after: outcome
             .retry_after_secs()
             .map(|s| millis_duration(s.saturating_mul(1000))),
+        quotas: outcome.quotas.iter().map(quota).collect(),
+        credits_remaining: outcome.credits.map(|c| c.remaining),
+    }
+}
+
+fn millis_timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::calendar::Day;
+use crate::calendar::{Anchor, Cycle, Day, Period, Weekday};
 use crate::clock::{MAX_UNIX_TIME, MIN_UNIX_TIME, UnixTime};
 use crate::error::{Error, Result, quote};
 use crate::manage::{
@@ -14,9 +14,9 @@ use crate::manage::{
     UsageReport,
 };
 use crate::model::{
-    Cidrs, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, Scopes,
+    Cidrs, Credits, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, Refill, Scopes,
 };
-use crate::plan::{PlanConfig, RateScope, RateWindow};
+use crate::plan::{PlanConfig, Quota, RateScope, RateWindow};
 use crate::proto;
 
 /// A protobuf timestamp for `t`.
@@ -204,6 +204,7 @@ pub fn owner_update(req: proto::UpdateOwnerRequest) -> Result<(String, OwnerUpda
 pub fn new_plan(req: proto::CreatePlanRequest) -> Result<PlanConfig> {
     Ok(PlanConfig {
         rate_windows: rate_windows("rate_windows", &req.rate_windows)?,
+        quotas: quotas("quotas", &req.quotas)?,
         name: req.name,
         api_access: req.api_access.unwrap_or(true),
         max_active_keys: req.max_active_keys,
@@ -217,13 +218,14 @@ pub fn plan_update(req: proto::UpdatePlanRequest) -> Result<(String, PlanUpdate)
         .ok_or_else(|| Error::InvalidArgument("plan is required".into()))?;
     let paths = mask_paths(
         req.update_mask,
-        &["api_access", "max_active_keys", "rate_windows"],
+        &["api_access", "max_active_keys", "rate_windows", "quotas"],
     )?;
     let mut update = PlanUpdate::default();
     for path in &paths {
         match path.as_str() {
             "api_access" => update.api_access = Some(patch.api_access),
             "max_active_keys" => update.max_active_keys = Some(patch.max_active_keys),
+            "quotas" => update.quotas = Some(quotas("plan.quotas", &patch.quotas)?),
             _ => {
                 update.rate_windows = Some(rate_windows("plan.rate_windows", &patch.rate_windows)?)
             }
@@ -246,19 +248,109 @@ fn rate_windows(field: &str, windows: &[proto::RateWindow]) -> Result<Vec<RateWi
             Ok(RateWindow {
                 limit: window.limit,
                 period: from_duration(&format!("{at}.period"), period)?,
-                per: match proto::RateScope::try_from(window.scope) {
-                    Ok(proto::RateScope::Unspecified | proto::RateScope::Key) => RateScope::Key,
-                    Ok(proto::RateScope::Owner) => RateScope::Owner,
-                    Err(_) => {
-                        return Err(Error::InvalidArgument(format!(
-                            "{at}.scope {} is not a known rate scope",
-                            window.scope
-                        )));
-                    }
-                },
+                per: rate_scope(&at, window.scope)?,
             })
         })
         .collect()
+}
+
+/// The calendar quotas of a request, at `field`.
+fn quotas(field: &str, quotas: &[proto::CalendarQuota]) -> Result<Vec<Quota>> {
+    quotas
+        .iter()
+        .enumerate()
+        .map(|(i, quota)| {
+            let at = format!("{field}[{i}]");
+            let cycle = cycle(&at, quota.period, quota.anchor_day, &quota.anchor_weekday)?;
+            Ok(Quota {
+                limit: quota.limit,
+                period: cycle.period,
+                anchor: cycle.anchor,
+                per: rate_scope(&at, quota.scope)?,
+            })
+        })
+        .collect()
+}
+
+/// The calendar cycle a request names at `at`: its period, and the anchor day or weekday.
+fn cycle(at: &str, period: i32, anchor_day: u32, anchor_weekday: &str) -> Result<Cycle> {
+    let period = match proto::CyclePeriod::try_from(period) {
+        Ok(proto::CyclePeriod::Day) => Period::Day,
+        Ok(proto::CyclePeriod::Week) => Period::Week,
+        Ok(proto::CyclePeriod::Month) => Period::Month,
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "{at}.period must be CYCLE_PERIOD_DAY, CYCLE_PERIOD_WEEK or CYCLE_PERIOD_MONTH"
+            )));
+        }
+    };
+    let anchor = match (anchor_day, anchor_weekday.trim()) {
+        (0, "") => None,
+        (day, "") => Some(Anchor::MonthDay(u8::try_from(day).unwrap_or(u8::MAX))),
+        (0, name) => Some(Anchor::Weekday(Weekday::parse(name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{at}.anchor_weekday {} is not a weekday; use monday ... sunday",
+                quote(name)
+            ))
+        })?)),
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "{at}: give anchor_day (monthly) or anchor_weekday (weekly), not both"
+            )));
+        }
+    };
+    let cycle = Cycle { period, anchor };
+    cycle
+        .validate()
+        .map_err(|message| Error::InvalidArgument(format!("{at}.anchor: {message}")))?;
+    Ok(cycle)
+}
+
+/// A rate scope of a request, at `at`: unspecified counts per key.
+fn rate_scope(at: &str, scope: i32) -> Result<RateScope> {
+    match proto::RateScope::try_from(scope) {
+        Ok(proto::RateScope::Unspecified | proto::RateScope::Key) => Ok(RateScope::Key),
+        Ok(proto::RateScope::Owner) => Ok(RateScope::Owner),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "{at}.scope {scope} is not a known rate scope"
+        ))),
+    }
+}
+
+/// The credits a request grants, at `field`; the management plane stamps the grant time.
+fn credits(field: &str, credits: &proto::Credits) -> Result<Credits> {
+    let refill = match &credits.refill {
+        None => None,
+        Some(refill) => {
+            let at = format!("{field}.refill");
+            match (&refill.interval, refill.period) {
+                (Some(interval), 0) => Some(Refill::Every {
+                    amount: refill.amount,
+                    interval: from_duration(&format!("{at}.interval"), interval)?,
+                }),
+                (None, period) if period != 0 => {
+                    let cycle = cycle(&at, period, refill.anchor_day, &refill.anchor_weekday)?;
+                    Some(Refill::Reset {
+                        amount: refill.amount,
+                        period: cycle.period,
+                        anchor: cycle.anchor,
+                    })
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{at}: give exactly one of interval (add amount each interval) and period (reset to amount each cycle)"
+                    )));
+                }
+            }
+        }
+    };
+    let credits = Credits {
+        remaining: credits.remaining,
+        refill,
+        granted_at: 0,
+    };
+    credits.validate(field).map_err(Error::InvalidArgument)?;
+    Ok(credits)
 }
 
 /// A CreateKey request as a new key.
@@ -279,6 +371,11 @@ pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
         profile: non_blank(req.profile),
         pair: req.pair,
         require_activation: req.require_activation,
+        credits: req
+            .credits
+            .as_ref()
+            .map(|c| credits("credits", c))
+            .transpose()?,
     })
 }
 
@@ -296,6 +393,7 @@ pub fn key_edit(req: proto::UpdateKeyRequest) -> Result<(String, KeyEdit)> {
             "metadata",
             "expire_time",
             "disabled",
+            "credits",
         ],
     )?;
     let mut edit = KeyEdit::default();
@@ -315,6 +413,10 @@ pub fn key_edit(req: proto::UpdateKeyRequest) -> Result<(String, KeyEdit)> {
                         .map(|t| from_timestamp("key.expire_time", t))
                         .transpose()?,
                 )
+            }
+            "credits" => {
+                let granted = patch.credits.as_ref();
+                edit.credits = Some(granted.map(|c| credits("key.credits", c)).transpose()?);
             }
             _ => edit.disabled = Some(req.disabled),
         }
@@ -459,12 +561,74 @@ impl From<&KeyRecord> for proto::Key {
                 k.previous_secret.as_ref().map(|p| p.expires_at),
             ),
             usage_count: k.usage_count,
+            credits: k.credits.as_ref().map(proto::Credits::from),
             public_key: match (&k.kind, &k.prefix) {
                 (KeyKind::Pair, Some(prefix)) => format!("{prefix}_{}", k.id),
                 _ => String::new(),
             },
         }
     }
+}
+
+impl From<&Credits> for proto::Credits {
+    /// The grant; answers replace `remaining` with the live balance.
+    fn from(c: &Credits) -> Self {
+        let refill = c.refill.as_ref().map(|refill| match refill {
+            Refill::Every { amount, interval } => proto::CreditRefill {
+                amount: *amount,
+                interval: Some(proto_duration(*interval)),
+                ..Default::default()
+            },
+            Refill::Reset {
+                amount,
+                period,
+                anchor,
+            } => {
+                let (period, anchor_day, anchor_weekday) = proto_cycle(*period, *anchor);
+                proto::CreditRefill {
+                    amount: *amount,
+                    interval: None,
+                    period,
+                    anchor_day,
+                    anchor_weekday,
+                }
+            }
+        });
+        proto::Credits {
+            remaining: c.remaining,
+            refill,
+            grant_time: Some(timestamp(c.granted_at.div_euclid(1000))),
+        }
+    }
+}
+
+/// A cycle's period and anchor as a request writes them.
+fn proto_cycle(period: Period, anchor: Option<Anchor>) -> (i32, u32, String) {
+    let period = match period {
+        Period::Day => proto::CyclePeriod::Day,
+        Period::Week => proto::CyclePeriod::Week,
+        Period::Month => proto::CyclePeriod::Month,
+    } as i32;
+    match anchor {
+        None => (period, 0, String::new()),
+        Some(Anchor::MonthDay(day)) => (period, u32::from(day), String::new()),
+        Some(Anchor::Weekday(weekday)) => (period, 0, weekday.as_str().to_owned()),
+    }
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn proto_scope(scope: RateScope) -> i32 {
+    let scope = match scope {
+        RateScope::Key => proto::RateScope::Key,
+        RateScope::Owner => proto::RateScope::Owner,
+    };
+    scope as i32
 }
 
 impl From<&PlanConfig> for proto::Plan {
@@ -478,14 +642,22 @@ impl From<&PlanConfig> for proto::Plan {
                 .iter()
                 .map(|w| proto::RateWindow {
                     limit: w.limit,
-                    period: Some(prost_types::Duration {
-                        seconds: w.period.as_secs() as i64,
-                        nanos: w.period.subsec_nanos() as i32,
-                    }),
-                    scope: match w.per {
-                        RateScope::Key => proto::RateScope::Key,
-                        RateScope::Owner => proto::RateScope::Owner,
-                    } as i32,
+                    period: Some(proto_duration(w.period)),
+                    scope: proto_scope(w.per),
+                })
+                .collect(),
+            quotas: p
+                .quotas
+                .iter()
+                .map(|q| {
+                    let (period, anchor_day, anchor_weekday) = proto_cycle(q.period, q.anchor);
+                    proto::CalendarQuota {
+                        limit: q.limit,
+                        period,
+                        anchor_day,
+                        anchor_weekday,
+                        scope: proto_scope(q.per),
+                    }
                 })
                 .collect(),
         }

@@ -5,6 +5,7 @@
 //! written once, here, so a new store method needs one new line here and nothing in the
 //! decorators.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use super::{KeyChange, KeyDayUsage, KeyUse, OwnerChange, PlanChange, Quota, Retention, Store};
 use crate::calendar::Day;
 use crate::error::Result;
-use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Meter, Owner};
 use crate::plan::PlanConfig;
 
 /// One store call in flight, as a hook receives and returns it.
@@ -164,5 +165,15 @@ impl<H: CallHook> Store for Decorated<H> {
     ) -> Result<Vec<(Day, DailyUsage)>> {
         let call = self.inner.daily_usage(key_id, first, last);
         self.hook.around("daily_usage", call).await
+    }
+
+    async fn load_meters(&self, names: &[String]) -> Result<HashMap<String, Meter>> {
+        let call = self.inner.load_meters(names);
+        self.hook.around("load_meters", call).await
+    }
+
+    async fn save_meters(&self, meters: &[(String, Meter)]) -> Result<()> {
+        let call = self.inner.save_meters(meters);
+        self.hook.around("save_meters", call).await
     }
 }

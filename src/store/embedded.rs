@@ -2,6 +2,7 @@
 //! transaction that is durable (fsynced) when it commits, so an acknowledged write survives
 //! a crash. redb is synchronous, so each operation runs on the blocking thread pool.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::calendar::Day;
 use crate::error::{Error, Result};
-use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Meter, Owner};
 use crate::plan::PlanConfig;
 
 /// Owner id → JSON owner.
@@ -39,6 +40,9 @@ const USAGE: TableDefinition<(&str, i32), &[u8]> = TableDefinition::new("usage")
 
 /// (day, key id): the usage entries of each day, so that old days are forgotten in order.
 const USAGE_BY_DAY: TableDefinition<(i32, &str), ()> = TableDefinition::new("usage_by_day");
+
+/// Meter name → the in-process limiter's meter, JSON.
+const METERS: TableDefinition<&str, &[u8]> = TableDefinition::new("meters");
 
 /// The embedded store. Cheap to clone; clones share one database.
 #[derive(Clone)]
@@ -75,6 +79,7 @@ impl EmbeddedStore {
             txn.open_table(KEYS_BY_DIGEST).map_err(fault)?;
             txn.open_table(USAGE).map_err(fault)?;
             txn.open_table(USAGE_BY_DAY).map_err(fault)?;
+            txn.open_table(METERS).map_err(fault)?;
             Ok(())
         })?;
         Ok(store)
@@ -574,6 +579,36 @@ impl Store for EmbeddedStore {
                     Ok((Day(at.value().1), decode(counts.value())?))
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn load_meters(&self, names: &[String]) -> Result<HashMap<String, Meter>> {
+        let names = names.to_vec();
+        self.read(move |txn| {
+            let meters = txn.open_table(METERS).map_err(fault)?;
+            let mut found = HashMap::new();
+            for name in names {
+                if let Some(bytes) = meters.get(name.as_str()).map_err(fault)? {
+                    let meter = decode(bytes.value())?;
+                    found.insert(name, meter);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn save_meters(&self, meters: &[(String, Meter)]) -> Result<()> {
+        let meters = meters.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(METERS).map_err(fault)?;
+            for (name, meter) in &meters {
+                table
+                    .insert(name.as_str(), encode(meter)?.as_slice())
+                    .map_err(fault)?;
+            }
+            Ok(())
         })
         .await
     }

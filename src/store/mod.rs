@@ -19,6 +19,7 @@ pub mod decorated;
 pub mod embedded;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use crate::calendar::Day;
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
-use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Meter, Owner};
 use crate::plan::PlanConfig;
 
 /// A change to an owner, applied atomically to the stored record. Returning an error leaves
@@ -158,6 +159,13 @@ pub trait Store: Send + Sync + 'static {
         first: Day,
         last: Day,
     ) -> Result<Vec<(Day, DailyUsage)>>;
+
+    /// The in-process limiter's meters (quota counts, credit balances) named `names`; those
+    /// never saved are absent.
+    async fn load_meters(&self, names: &[String]) -> Result<HashMap<String, Meter>>;
+
+    /// Saves each of `meters` under its name, all or none.
+    async fn save_meters(&self, meters: &[(String, Meter)]) -> Result<()>;
 }
 
 /// The days a usage history keeps: the last `days` days, up to and including `today`.

@@ -62,7 +62,7 @@
 //! a timeout, is [`Error::Unavailable`]. A write acknowledged by this store is as durable as
 //! Redis is configured to make it: run Redis with AOF (`appendfsync everysec` or `always`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -79,11 +79,11 @@ use super::{
 };
 use crate::calendar::Day;
 use crate::error::{Error, Result};
-use crate::model::{DailyUsage, KeyRecord, KeyState, Owner};
+use crate::model::{DailyUsage, KeyRecord, KeyState, Meter, Owner};
 use crate::plan::PlanConfig;
 use crate::redis::keyspace::{
     KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, PLANS, key_daily_usage,
-    owner_key_ids, owner_keys, owner_record,
+    owner_key_ids, owner_keys, owner_record, stored_meter,
 };
 use crate::redis::{RedisClient, RedisConfig, RedisConnection, scripts};
 
@@ -827,6 +827,35 @@ impl Store for RedisStore {
                 (Day(day), usage)
             })
             .collect())
+    }
+
+    async fn load_meters(&self, names: &[String]) -> Result<HashMap<String, Meter>> {
+        // One read per meter: their names may lie in different cluster slots.
+        let mut pipeline = redis::pipe();
+        for name in names {
+            pipeline.cmd("GET").arg(stored_meter(name));
+        }
+        let values: Vec<Option<String>> = self.query_pipeline(&pipeline).await?;
+        let mut found = HashMap::new();
+        for (name, json) in names.iter().zip(values) {
+            if let Some(json) = json {
+                found.insert(name.clone(), decode("meter", &json)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn save_meters(&self, meters: &[(String, Meter)]) -> Result<()> {
+        let mut pipeline = redis::pipe();
+        for (name, meter) in meters {
+            let json = serde_json::to_string(meter).map_err(|e| unavailable(e.to_string()))?;
+            pipeline
+                .cmd("SET")
+                .arg(stored_meter(name))
+                .arg(json)
+                .ignore();
+        }
+        self.query_pipeline::<()>(&pipeline).await
     }
 }
 
