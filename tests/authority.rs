@@ -245,6 +245,15 @@ fn a_self_service_key_creates_and_imports_only_keys_no_stronger_than_itself(tran
         "plan",
         "CreateKey naming the owner's own plan",
     );
+    let mut with_credits = f.within();
+    with_credits["credits"] = json!({"remaining": 10});
+    assert_refused(
+        f.call(&f.caller, "CreateKey", with_credits.clone()),
+        "credits",
+        "CreateKey granting credits",
+    );
+    f.call(ADMIN_TOKEN, "CreateKey", with_credits)
+        .expect("the admin grants credits");
     for (dimension, key) in f.stronger() {
         assert_refused(
             f.call(&f.caller, "CreateKey", key.clone()),
@@ -387,8 +396,15 @@ fn a_self_service_key_cannot_update_a_key_into_one_stronger_than_itself(transpor
         key["id"] = json!(id);
         json!({"key": key, "update_mask": {"paths": [mask]}})
     };
-    let rows: [(&str, Value, &str); 5] = [
+    let rows: [(&str, Value, &str); 7] = [
         ("scopes", json!({"scopes": ["read", "admin"]}), "scopes"),
+        // Credits are what a customer paid for: only the admin grants or lifts them.
+        (
+            "credits",
+            json!({"credits": {"remaining": 1_000_000}}),
+            "credits",
+        ),
+        ("credits", json!({}), "credits"),
         ("expiry", json!({}), "expire_time"),
         (
             "expiry",

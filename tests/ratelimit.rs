@@ -27,7 +27,8 @@ use keygate::store::Store;
 use keygate::store::embedded::EmbeddedStore;
 use std::time::Duration;
 
-/// Plans for these tests: 5 a second per key and 8 a minute per owner; 10 an hour per key.
+/// Plans for these tests: 5 a second per key and 8 a minute per owner; 10 an hour per key;
+/// 3 a calendar month per key.
 const PLANS: &str = r#"
 [[plans]]
 name = "metered"
@@ -36,6 +37,10 @@ rate_windows = [{ limit = 5, period = "1s" }, { limit = 8, period = "1m", per = 
 [[plans]]
 name = "hourly"
 rate_windows = [{ limit = 10, period = "1h" }]
+
+[[plans]]
+name = "monthly"
+quotas = [{ limit = 3, period = "month" }]
 
 [[routes]]
 path_prefix = "/export"
@@ -175,6 +180,106 @@ async fn rate_limited_requests_get_429_with_the_json_body() {
     let (_, headers) = outcome(&denied);
     // Ten admitted at this instant: the next fits when they leave the window, an hour on.
     assert_eq!(headers["retry-after"], "3600");
+}
+
+/// The code and JSON body of a denied Check answer.
+fn denial_code(response: &CheckResponse) -> (u32, String) {
+    let Some(HttpResponse::DeniedResponse(body)) = &response.http_response else {
+        panic!("not denied: {response:?}")
+    };
+    let json: serde_json::Value = serde_json::from_str(&body.body).unwrap();
+    let status = body.status.as_ref().unwrap().code as u32;
+    (status, json["error"]["code"].as_str().unwrap().to_owned())
+}
+
+/// Through Check: a plan's monthly quota admits its limit, then answers 429
+/// `QUOTA_EXCEEDED` with the quota headers; credits the admin grants through UpdateKey are
+/// spent by each request, read back live through GetKey, and refused with
+/// `CREDITS_EXHAUSTED` once spent, while a managing key cannot grant any.
+#[tokio::test]
+async fn quotas_and_credits_refuse_with_their_own_codes_through_check() {
+    let server = server(PLANS).await;
+    let key = &keys(&server, "monthly", 1).await[0];
+    let mut client = AuthorizationClient::new(server.data_plane().await);
+    for remaining in ["2", "1", "0"] {
+        let answer = client.check(check_request(key, "/v1", &[])).await.unwrap();
+        let (allowed, headers) = outcome(answer.get_ref());
+        assert!(allowed);
+        assert_eq!(headers["x-quota-limit"], "3");
+        assert_eq!(headers["x-quota-remaining"], remaining);
+    }
+    let refused = client
+        .check(check_request(key, "/v1", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denial_code(&refused), (429, "QUOTA_EXCEEDED".to_owned()));
+    let (_, headers) = outcome(&refused);
+    let reset: i64 = headers["x-quota-reset"].parse().unwrap();
+    let retry: i64 = headers["retry-after"].parse().unwrap();
+    // The reset is the next first of a month, at midnight UTC (by the server's clock), and
+    // retry-after points at it.
+    let (year, month, day) = keygate::calendar::Day(reset.div_euclid(86_400) as i32).date();
+    assert_eq!(
+        (reset.rem_euclid(86_400), day),
+        (0, 1),
+        "{year}-{month} {headers:?}"
+    );
+    assert!((1..=31 * 86_400).contains(&retry), "{headers:?}");
+
+    let mut manage = server.client().await;
+    let owner = common::create_owner(&mut manage, "credited", "hourly")
+        .await
+        .id;
+    let issued = common::issue_key_with_scopes(&mut manage, &owner, "k", &["keygate:keys"]).await;
+    let id = issued.key.as_ref().unwrap().id.clone();
+    let grant = |remaining| proto::UpdateKeyRequest {
+        key: Some(proto::Key {
+            id: id.clone(),
+            credits: Some(proto::Credits {
+                remaining,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["credits".into()],
+        }),
+        disabled: false,
+    };
+    let refused = manage
+        .update_key(common::bearer(&issued.secret, grant(1_000)))
+        .await;
+    let message = common::expect_code(refused, tonic::Code::PermissionDenied);
+    assert!(message.contains("only the admin"), "{message}");
+    let granted = manage
+        .update_key(common::admin(grant(2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(granted.credits.unwrap().remaining, 2);
+    for left in ["1", "0"] {
+        let answer = client
+            .check(check_request(&issued.secret, "/v1", &[]))
+            .await
+            .unwrap();
+        let (allowed, headers) = outcome(answer.get_ref());
+        assert!(allowed);
+        assert_eq!(headers["x-credits-remaining"], left);
+    }
+    let spent = client
+        .check(check_request(&issued.secret, "/v1", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denial_code(&spent), (429, "CREDITS_EXHAUSTED".to_owned()));
+    assert!(!outcome(&spent).1.contains_key("retry-after"), "no refill");
+    let read = manage
+        .get_key(common::admin(proto::GetKeyRequest { id: id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.credits.unwrap().remaining, 0, "the live balance");
 }
 
 #[tokio::test]

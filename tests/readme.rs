@@ -311,3 +311,61 @@ fn the_readme_json_api_examples_work_as_written() {
         "{owners}"
     );
 }
+
+/// The quota and credit examples: the configuration loads with its quotas, and the shell
+/// example runs as written against a running keygate (the CLI on `PATH`), granting and
+/// replacing credits.
+#[test]
+fn the_readme_quota_and_credit_examples_work_as_written() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let heading = "### Calendar quotas and credits";
+
+    let dir = common::data_dir();
+    let file = dir.path().join("quotas.toml");
+    std::fs::write(&file, section_block(&readme, heading, "toml")).unwrap();
+    let config = keygate::config::Config::load(Some(&file), [], &[]).unwrap();
+    let plan = config.plans.iter().find(|p| p.name == "metered").unwrap();
+    assert_eq!(plan.quotas.len(), 2);
+    assert_eq!(config.time_zone.name(), "Europe/Paris");
+
+    let server = common::process::KeygateProcess::start(
+        dir.path(),
+        &[
+            ("KEYGATE_PEPPER", "readme quota pepper 0123456"),
+            ("KEYGATE_ADMIN_TOKEN", common::ADMIN_TOKEN),
+        ],
+    );
+    let bin_dir = keygate_bin().parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    common::tools::system_tool("jq");
+    let output = Command::new(common::tools::system_tool("bash"))
+        .args(["-ec", &section_block(&readme, heading, "sh")])
+        .env_clear()
+        .env("PATH", path)
+        .env("KEYGATE_ADDR", server.url())
+        .env("KEYGATE_TOKEN", common::ADMIN_TOKEN)
+        .output()
+        .expect("cannot run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The plan's table, the credits `jq` printed, then the key's table.
+    let printed = &stdout[stdout.find("\n{").unwrap_or_else(|| panic!("{stdout}"))..];
+    let granted: Json = serde_json::Deserializer::from_str(printed)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(stdout.contains("10000/month@15 per key"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with("unlimited"), "{stdout}");
+    assert_eq!(granted["remaining"], 1000, "{stdout}");
+    assert_eq!(granted["refill"], "1000/month@1", "{stdout}");
+}

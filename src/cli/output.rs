@@ -117,7 +117,62 @@ pub fn key_json(key: &proto::Key) -> Value {
         "usage_count": key.usage_count,
         "previous_secret_expire_time": timestamp_json(key.previous_secret_expire_time.as_ref()),
         "public_key": key.public_key,
+        "credits": key.credits.as_ref().map(|c| json!({
+            "remaining": c.remaining,
+            "refill": c.refill.as_ref().map(refill_text),
+            "grant_time": timestamp_json(c.grant_time.as_ref()),
+        })),
     })
+}
+
+/// A cycle as `PERIOD[@ANCHOR]`, as `--quota` and `--refill` take it: `month@15`.
+fn cycle_text(period: i32, anchor_day: u32, anchor_weekday: &str) -> String {
+    let period = match proto::CyclePeriod::try_from(period) {
+        Ok(proto::CyclePeriod::Day) => "day",
+        Ok(proto::CyclePeriod::Week) => "week",
+        Ok(proto::CyclePeriod::Month) => "month",
+        _ => "?",
+    };
+    match (anchor_day, anchor_weekday) {
+        (0, "") => period.to_owned(),
+        (0, weekday) => format!("{period}@{weekday}"),
+        (day, _) => format!("{period}@{day}"),
+    }
+}
+
+/// A refill as `--refill` takes it: `100/1h` or `1000/month@1`.
+fn refill_text(refill: &proto::CreditRefill) -> String {
+    let every = match &refill.interval {
+        Some(interval) => duration(Some(interval)).unwrap_or_else(|| "?".to_owned()),
+        None => cycle_text(refill.period, refill.anchor_day, &refill.anchor_weekday),
+    };
+    format!("{}/{every}", refill.amount)
+}
+
+/// A key's credits for a table: what is left, and the refill.
+fn credits_text(credits: Option<&proto::Credits>) -> String {
+    match credits {
+        None => "unlimited".to_owned(),
+        Some(c) => match &c.refill {
+            None => c.remaining.to_string(),
+            Some(refill) => format!("{} (+{})", c.remaining, refill_text(refill)),
+        },
+    }
+}
+
+/// A plan's calendar quotas, e.g. `10000/month@15 per key`; `-` when none.
+pub fn quotas_text(quotas: &[proto::CalendarQuota]) -> String {
+    if quotas.is_empty() {
+        return "-".to_owned();
+    }
+    quotas
+        .iter()
+        .map(|q| {
+            let cycle = cycle_text(q.period, q.anchor_day, &q.anchor_weekday);
+            format!("{}/{cycle} per {}", q.limit, rate_scope_name(q.scope))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A rate window as JSON: `{"limit": 10, "period": "1s", "scope": "key"}`.
@@ -136,6 +191,11 @@ pub fn plan_json(plan: &proto::Plan) -> Value {
         "api_access": plan.api_access,
         "max_active_keys": plan.max_active_keys,
         "rate_windows": plan.rate_windows.iter().map(rate_window_json).collect::<Vec<_>>(),
+        "quotas": plan.quotas.iter().map(|q| json!({
+            "limit": q.limit,
+            "cycle": cycle_text(q.period, q.anchor_day, &q.anchor_weekday),
+            "scope": rate_scope_name(q.scope),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -262,7 +322,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     lines.join("\n")
 }
 
-/// Keys as a table: id, name, owner, state, scopes, expires, last used.
+/// Keys as a table: id, name, owner, state, scopes, expires, last used, credits.
 pub fn keys_table(keys: &[proto::Key]) -> String {
     if keys.is_empty() {
         return "no keys".to_owned();
@@ -278,6 +338,7 @@ pub fn keys_table(keys: &[proto::Key]) -> String {
                 or_dash(&key.scopes.join(",")),
                 timestamp(key.expire_time.as_ref()).unwrap_or_else(|| "never".to_owned()),
                 timestamp(key.last_used_time.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                credits_text(key.credits.as_ref()),
             ]
         })
         .collect();
@@ -290,6 +351,7 @@ pub fn keys_table(keys: &[proto::Key]) -> String {
             "SCOPES",
             "EXPIRES",
             "LAST USED",
+            "CREDITS",
         ],
         &rows,
     )
@@ -334,7 +396,7 @@ pub fn windows_text(windows: &[proto::RateWindow]) -> String {
         .join(", ")
 }
 
-/// Plans as a table: name (the default marked), api access, max keys, windows.
+/// Plans as a table: name (the default marked), api access, max keys, windows, quotas.
 pub fn plans_table(plans: &[proto::Plan], default_plan: &str) -> String {
     if plans.is_empty() {
         return "no plans".to_owned();
@@ -354,10 +416,14 @@ pub fn plans_table(plans: &[proto::Plan], default_plan: &str) -> String {
                     n => n.to_string(),
                 },
                 windows_text(&plan.rate_windows),
+                quotas_text(&plan.quotas),
             ]
         })
         .collect();
-    table(&["NAME", "API ACCESS", "MAX KEYS", "WINDOWS"], &rows)
+    table(
+        &["NAME", "API ACCESS", "MAX KEYS", "WINDOWS", "QUOTAS"],
+        &rows,
+    )
 }
 
 /// A usage report as JSON: the zone and each day's counts.

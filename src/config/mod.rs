@@ -247,6 +247,7 @@ impl Config {
                 .map_err(|e| field_error(format!("routes[{i}]"), e.to_string()))?;
         }
         self.headers.normalize();
+        self.ratelimit.quota_headers.normalize();
         Ok(())
     }
 

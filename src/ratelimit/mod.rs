@@ -86,6 +86,20 @@ pub struct QuotaHeaderNames {
     pub credits: String,
 }
 
+impl QuotaHeaderNames {
+    /// Lower-cases every name, as Envoy sends and matches them.
+    pub fn normalize(&mut self) {
+        for name in [
+            &mut self.limit,
+            &mut self.remaining,
+            &mut self.reset,
+            &mut self.credits,
+        ] {
+            *name = name.trim().to_ascii_lowercase();
+        }
+    }
+}
+
 impl Default for QuotaHeaderNames {
     fn default() -> Self {
         QuotaHeaderNames {

@@ -18,6 +18,7 @@ use super::ManagementPlane;
 use super::caller::authenticate;
 use super::convert::{self, next_page_token};
 use crate::manage::{UsageOf, Written};
+use crate::model::KeyRecord;
 use crate::proto::{self, key_manager_server::KeyManager};
 
 /// The KeyManager gRPC service.
@@ -33,6 +34,29 @@ impl KeyManagerService {
 }
 
 type Answer<T> = Result<Response<T>, Status>;
+
+impl KeyManagerService {
+    /// `record` as answered: its credits show the live balance, not the grant.
+    async fn key(&self, record: &KeyRecord) -> Result<proto::Key, Status> {
+        let mut key = proto::Key::from(record);
+        if let (Some(credits), Some(left)) = (
+            key.credits.as_mut(),
+            self.plane.keys.credits_left(record).await?,
+        ) {
+            credits.remaining = left;
+        }
+        Ok(key)
+    }
+
+    /// Each of `records` as answered (see [`KeyManagerService::key`]).
+    async fn keys(&self, records: &[KeyRecord]) -> Result<Vec<proto::Key>, Status> {
+        let mut keys = Vec::with_capacity(records.len());
+        for record in records {
+            keys.push(self.key(record).await?);
+        }
+        Ok(keys)
+    }
+}
 
 /// Response metadata: how many live replicas did not confirm dropping the changed record
 /// within `invalidation.ack_timeout`.
@@ -164,13 +188,13 @@ impl KeyManager for KeyManagerService {
             .keys
             .activate(&caller, &req.id, &req.activation_code)
             .await?;
-        Ok(written(&key, (&key.record).into()))
+        Ok(written(&key, self.key(&key.record).await?))
     }
 
     async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Answer<proto::Key> {
         let caller = authenticate(&self.plane.auth, &request).await?;
         let key = self.plane.keys.get(&caller, &request.get_ref().id).await?;
-        Ok(Response::new((&key).into()))
+        Ok(Response::new(self.key(&key).await?))
     }
 
     async fn list_keys(
@@ -188,7 +212,7 @@ impl KeyManager for KeyManagerService {
             .await?;
         Ok(Response::new(proto::ListKeysResponse {
             next_page_token: next_page_token(&keys, page.size),
-            keys: keys.iter().map(Into::into).collect(),
+            keys: self.keys(&keys).await?,
         }))
     }
 
@@ -196,7 +220,7 @@ impl KeyManager for KeyManagerService {
         let caller = authenticate(&self.plane.auth, &request).await?;
         let (id, edit) = convert::key_edit(request.into_inner())?;
         let key = self.plane.keys.update(&caller, &id, edit).await?;
-        Ok(written(&key, (&key.record).into()))
+        Ok(written(&key, self.key(&key.record).await?))
     }
 
     async fn revoke_key(&self, request: Request<proto::RevokeKeyRequest>) -> Answer<proto::Key> {
@@ -206,7 +230,7 @@ impl KeyManager for KeyManagerService {
             .keys
             .revoke(&caller, &request.get_ref().id)
             .await?;
-        Ok(written(&key, (&key.record).into()))
+        Ok(written(&key, self.key(&key.record).await?))
     }
 
     async fn rotate_key(
@@ -237,7 +261,7 @@ impl KeyManager for KeyManagerService {
         let caller = authenticate(&self.plane.auth, &request).await?;
         let import = convert::import(request.into_inner())?;
         let key = self.plane.keys.import(&caller, import).await?;
-        Ok(Response::new((&key).into()))
+        Ok(Response::new(self.key(&key).await?))
     }
 
     async fn get_key_usage(

@@ -164,7 +164,8 @@ pub trait Store: Send + Sync + 'static {
     /// never saved are absent.
     async fn load_meters(&self, names: &[String]) -> Result<HashMap<String, Meter>>;
 
-    /// Saves each of `meters` under its name, all or none.
+    /// Saves each of `meters` under its name, replacing what was saved. On an error some may
+    /// be saved and others not; saving them all again is harmless.
     async fn save_meters(&self, meters: &[(String, Meter)]) -> Result<()>;
 }
 

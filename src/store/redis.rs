@@ -830,33 +830,54 @@ impl Store for RedisStore {
     }
 
     async fn load_meters(&self, names: &[String]) -> Result<HashMap<String, Meter>> {
-        // One read per meter: their names may lie in different cluster slots.
-        let mut pipeline = redis::pipe();
-        for name in names {
-            pipeline.cmd("GET").arg(stored_meter(name));
-        }
-        let values: Vec<Option<String>> = self.query_pipeline(&pipeline).await?;
         let mut found = HashMap::new();
-        for (name, json) in names.iter().zip(values) {
-            if let Some(json) = json {
-                found.insert(name.clone(), decode("meter", &json)?);
+        // One pipeline per hash tag: a cluster refuses a pipeline that crosses slots.
+        for group in by_hash_tag(names.iter().map(String::as_str)) {
+            let mut pipeline = redis::pipe();
+            for name in &group {
+                pipeline.cmd("GET").arg(stored_meter(name));
+            }
+            let values: Vec<Option<String>> = self.query_pipeline(&pipeline).await?;
+            for (name, json) in group.into_iter().zip(values) {
+                if let Some(json) = json {
+                    found.insert(name.to_owned(), decode("meter", &json)?);
+                }
             }
         }
         Ok(found)
     }
 
     async fn save_meters(&self, meters: &[(String, Meter)]) -> Result<()> {
-        let mut pipeline = redis::pipe();
-        for (name, meter) in meters {
-            let json = serde_json::to_string(meter).map_err(|e| unavailable(e.to_string()))?;
-            pipeline
-                .cmd("SET")
-                .arg(stored_meter(name))
-                .arg(json)
-                .ignore();
+        let values: HashMap<&str, &Meter> = meters.iter().map(|(n, m)| (n.as_str(), m)).collect();
+        for group in by_hash_tag(meters.iter().map(|(name, _)| name.as_str())) {
+            let mut pipeline = redis::pipe();
+            for name in group {
+                let json =
+                    serde_json::to_string(values[name]).map_err(|e| unavailable(e.to_string()))?;
+                pipeline
+                    .cmd("SET")
+                    .arg(stored_meter(name))
+                    .arg(json)
+                    .ignore();
+            }
+            self.query_pipeline::<()>(&pipeline).await?;
         }
-        self.query_pipeline::<()>(&pipeline).await
+        Ok(())
     }
+}
+
+/// `names` grouped by their hash tag (the part in the first `{…}`), so that each group lies
+/// in one cluster slot.
+fn by_hash_tag<'a>(names: impl Iterator<Item = &'a str>) -> Vec<Vec<&'a str>> {
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for name in names {
+        let tag = name
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map_or(name, |(tag, _)| tag);
+        groups.entry(tag).or_default().push(name);
+    }
+    groups.into_values().collect()
 }
 
 /// The plan stored as `name`, checked to carry that name.
