@@ -370,6 +370,45 @@ mod tests {
             assert_eq!(error.field, field, "{error}");
             assert!(error.message.contains(words), "{error}");
         }
+        // Quotas, on a plan with two of them.
+        let quota = |limit, period, anchor| Quota {
+            limit,
+            period,
+            anchor,
+            per: RateScope::Key,
+        };
+        type SpoilQuotas = fn(&mut Vec<Quota>);
+        let quota_cases: [(SpoilQuotas, &str, &str); 5] = [
+            (|q| q[1].limit = 0, "plan.quotas[1].limit", "at least 1"),
+            (
+                |q| q[0].anchor = Some(Anchor::MonthDay(0)),
+                "plan.quotas[0].anchor",
+                "1 to 31",
+            ),
+            (
+                |q| q[1].anchor = Some(Anchor::MonthDay(3)),
+                "plan.quotas[1].anchor",
+                "weekday",
+            ),
+            (|q| q.push(q[0].clone()), "plan.quotas[2]", "same period"),
+            (
+                |q| *q = (0..9).map(|_| q[0].clone()).collect(),
+                "plan.quotas",
+                "at most 8",
+            ),
+        ];
+        for (spoil, field, words) in quota_cases {
+            let mut plan = PlanConfig::unlimited("pro");
+            plan.quotas = vec![
+                quota(10_000, Period::Month, Some(Anchor::MonthDay(15))),
+                quota(500, Period::Week, None),
+            ];
+            plan.validate("plan").unwrap();
+            spoil(&mut plan.quotas);
+            let error = plan.validate("plan").unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.message.contains(words), "{error}");
+        }
         let mut owner_wide = PlanConfig::unlimited("pro");
         owner_wide.rate_windows = vec![
             window(10, 1),

@@ -1277,6 +1277,61 @@ mod tests {
     }
 
     #[test]
+    fn quotas_and_refills_read_as_listings_print_them() {
+        let quota = parse_quota("10000/month@15").unwrap();
+        assert_eq!(
+            (quota.limit, quota.period, quota.anchor, quota.per),
+            (
+                10_000,
+                Period::Month,
+                Some(Anchor::MonthDay(15)),
+                RateScope::Key
+            )
+        );
+        let quota = parse_quota("500/week@Friday per owner").unwrap();
+        assert_eq!(quota.anchor, Some(Anchor::Weekday(Weekday::Friday)));
+        assert_eq!(quota.per, RateScope::Owner);
+        assert_eq!(parse_quota("3/day").unwrap().anchor, None);
+        for bad in [
+            "10",
+            "x/day",
+            "10/fortnight",
+            "10/day@3",
+            "10/month@32",
+            "10/week@15",
+            "10/month per team",
+        ] {
+            let refused = parse_quota(bad).unwrap_err();
+            assert!(
+                matches!(&refused, CliError::Usage(m) if m.contains(&format!("{bad:?}"))),
+                "{bad}: {refused}"
+            );
+        }
+        let credits = |refill: Option<&str>| {
+            credit_grant(&CreditArgs {
+                credits: Some(10),
+                refill: refill.map(str::to_owned),
+            })
+        };
+        let every = credits(Some("100/1h")).unwrap().unwrap();
+        let refill = every.refill.unwrap();
+        assert_eq!((every.remaining, refill.amount), (10, 100));
+        assert_eq!(refill.interval.unwrap().seconds, 3600);
+        let monthly = credits(Some("1000/month@1"))
+            .unwrap()
+            .unwrap()
+            .refill
+            .unwrap();
+        assert_eq!(monthly.period, proto::CyclePeriod::Month as i32);
+        assert_eq!((monthly.interval, monthly.anchor_day), (None, 1));
+        assert!(credits(None).unwrap().unwrap().refill.is_none());
+        for bad in ["0/1h", "100/0s", "100", "100/sometimes"] {
+            assert!(credits(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(credit_grant(&CreditArgs::default()).unwrap(), None);
+    }
+
+    #[test]
     fn plan_mask_names_the_flags_given() {
         let request = plans_update(&["team", "--max-active-keys", "3"]).unwrap();
         assert_eq!(paths(request.update_mask), ["max_active_keys"]);

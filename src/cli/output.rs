@@ -532,7 +532,8 @@ mod tests {
             assert!(!object.contains_key(secret), "{secret} in a Key");
         }
         assert_eq!(value["usage_count"], 0);
-        assert_eq!(object.len(), 19);
+        assert_eq!(value["credits"], Value::Null, "no credits: unlimited");
+        assert_eq!(object.len(), 20);
     }
 
     #[test]
@@ -637,8 +638,22 @@ mod tests {
             &lines[1][col..col + "pending_activation".len()],
             "pending_activation"
         );
-        assert!(lines[1].ends_with("never"), "{text}");
+        assert!(lines[1].ends_with("never      unlimited"), "{text}");
         assert!(text.contains("read,write"));
+        let mut limited = sample_key();
+        limited.credits = Some(proto::Credits {
+            remaining: 7,
+            refill: Some(proto::CreditRefill {
+                amount: 100,
+                period: proto::CyclePeriod::Month as i32,
+                anchor_day: 15,
+                ..Default::default()
+            }),
+            grant_time: None,
+        });
+        let text = keys_table(&[limited.clone()]);
+        assert!(text.ends_with("7 (+100/month@15)"), "{text}");
+        assert_eq!(key_json(&limited)["credits"]["refill"], "100/month@15");
     }
 
     #[test]

@@ -722,4 +722,75 @@ mod tests {
             );
         }
     }
+
+    /// Every malformed quota or credit grant is INVALID_ARGUMENT naming its field.
+    #[test]
+    fn quotas_and_credits_name_the_field_at_fault() {
+        let quota = |period: proto::CyclePeriod, day: u32, weekday: &str| proto::CalendarQuota {
+            limit: 5,
+            period: period as i32,
+            anchor_day: day,
+            anchor_weekday: weekday.into(),
+            scope: 0,
+        };
+        let refused = |quotas: Vec<proto::CalendarQuota>| match super::quotas("quotas", &quotas) {
+            Err(Error::InvalidArgument(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        use proto::CyclePeriod::*;
+        for (bad, words) in [
+            (quota(Unspecified, 0, ""), "quotas[0].period"),
+            (quota(Month, 3, "monday"), "not both"),
+            (quota(Week, 0, "someday"), "not a weekday"),
+            (quota(Month, 40, ""), "quotas[0].anchor"),
+            (quota(Day, 1, ""), "quotas[0].anchor"),
+        ] {
+            let message = refused(vec![bad]);
+            assert!(message.contains(words), "{message}");
+        }
+        let ok = super::quotas("quotas", &[quota(Week, 0, "Friday")]).unwrap();
+        assert_eq!(ok[0].anchor, Some(Anchor::Weekday(Weekday::Friday)));
+
+        let grant = |refill: Option<proto::CreditRefill>| proto::Credits {
+            remaining: 3,
+            refill,
+            grant_time: None,
+        };
+        let every = |seconds| proto::CreditRefill {
+            amount: 2,
+            interval: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            super::credits("credits", &grant(Some(every(60))))
+                .unwrap()
+                .refill,
+            Some(Refill::Every { amount: 2, .. })
+        ));
+        let both = proto::CreditRefill {
+            period: Month as i32,
+            ..every(60)
+        };
+        let neither = proto::CreditRefill {
+            amount: 2,
+            ..Default::default()
+        };
+        let no_amount = proto::CreditRefill {
+            amount: 0,
+            ..every(60)
+        };
+        for (bad, words) in [
+            (both, "exactly one of interval"),
+            (neither, "exactly one of interval"),
+            (no_amount, "credits.refill.amount"),
+            (every(0), "credits.refill.interval"),
+        ] {
+            match super::credits("credits", &grant(Some(bad))) {
+                Err(Error::InvalidArgument(message)) => {
+                    assert!(message.contains(words), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
