@@ -395,6 +395,121 @@ async fn a_plan_made_and_changed_on_one_replica_limits_the_next_request_through_
     drop(redis);
 }
 
+/// Sends `count` requests with `key` at once, alternately through the two Envoys; the
+/// statuses, and the quota headers of one refusal.
+async fn at_once(
+    envoys: [std::net::SocketAddr; 2],
+    key: &str,
+    count: usize,
+) -> (usize, usize, Vec<(String, String)>) {
+    let mut racing = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (envoy, key) = (envoys[i % 2], key.to_owned());
+        racing.spawn(async move {
+            let answer = http_request(envoy, "GET", "/v1/items", &[("x-api-key", &key)]).await;
+            let told = ["x-quota-remaining", "x-credits-remaining", "x-error"]
+                .iter()
+                .filter_map(|name| Some((name.to_string(), answer.header(name)?.to_owned())))
+                .collect::<Vec<_>>();
+            (answer.status, told)
+        });
+    }
+    let (mut admitted, mut refused, mut told) = (0, 0, Vec::new());
+    while let Some(answer) = racing.join_next().await {
+        match answer.unwrap() {
+            (200, _) => admitted += 1,
+            (429, headers) => {
+                refused += 1;
+                told = headers;
+            }
+            (status, headers) => panic!("unexpected {status} {headers:?}"),
+        }
+    }
+    (admitted, refused, told)
+}
+
+/// A plan with a monthly quota, made on one replica, and credits granted on the other: under
+/// concurrent requests through both replicas' Envoys, exactly the quota and exactly the
+/// credits are admitted, and the rest are refused with 429 and their own codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_credits_admit_exactly_their_limit_through_envoy_on_two_replicas() {
+    let redis = started_redis().await;
+    let store = redis_store(&redis, Duration::from_secs(2)).await;
+    let tables = format!(
+        "[redis]\nurl = \"{}\"\n[ratelimit]\nbackend = \"redis\"\n",
+        redis.url()
+    );
+    let a = replica_with(&tables, store.clone()).await;
+    let b = replica_with(&tables, store).await;
+    let redis = wait_for_replicas(redis, 2).await;
+    let (http, grpc) = (HttpUpstream::start().await, GrpcUpstream::start().await);
+    let upstreams = (http.addr, grpc.addr);
+    let planes = [a.server.data_plane_addr(), b.server.data_plane_addr()];
+    let envoys = tokio::task::spawn_blocking(move || {
+        planes.map(|plane| EnvoyProcess::start(plane, upstreams.0, upstreams.1))
+    })
+    .await
+    .unwrap();
+    let through = [envoys[0].listen_addr, envoys[1].listen_addr];
+
+    let mut on_a = a.client().await;
+    on_a.create_plan(admin(proto::CreatePlanRequest {
+        name: "metered".into(),
+        quotas: vec![proto::CalendarQuota {
+            limit: 20,
+            period: proto::CyclePeriod::Month as i32,
+            anchor_day: 15,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let owner = create_owner(&mut on_a, "metered-co", "metered").await;
+    let metered = issue_key(&mut on_a, &owner.id, "m").await.secret;
+    let (admitted, refused, told) = at_once(through, &metered, 60).await;
+    assert_eq!((admitted, refused), (20, 40), "{told:?}");
+    assert!(
+        told.contains(&("x-quota-remaining".into(), "0".into())),
+        "{told:?}"
+    );
+
+    // Credits granted on B, for a key on a plan without quotas.
+    let other = create_owner(&mut on_a, "trial-co", "pro").await;
+    let trial = issue_key(&mut on_a, &other.id, "t").await;
+    let id = trial.key.unwrap().id;
+    b.client()
+        .await
+        .update_key(admin(proto::UpdateKeyRequest {
+            key: Some(proto::Key {
+                id,
+                credits: Some(proto::Credits {
+                    remaining: 5,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["credits".into()],
+            }),
+            disabled: false,
+        }))
+        .await
+        .unwrap();
+    let (admitted, refused, told) = at_once(through, &trial.secret, 30).await;
+    assert_eq!((admitted, refused), (5, 25), "{told:?}");
+    assert!(
+        told.contains(&("x-credits-remaining".into(), "0".into())),
+        "{told:?}"
+    );
+    assert_eq!(
+        http.requests().len(),
+        25,
+        "only the admitted requests reached the upstream"
+    );
+    drop(redis);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_on_one_replica_is_refused_by_the_other_on_the_very_next_request() {
     let redis = started_redis().await;
