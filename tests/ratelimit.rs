@@ -594,8 +594,9 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
     );
 }
 
-/// A Redis limiter (one replica) on its own fresh redis-server, which is the guard.
-async fn redis_limiter() -> (RedisLimiter, RedisServer) {
+/// A fresh redis-server, which is the guard, and a maker of Redis limiters on it: each is a
+/// replica of `replicas`, with its own connection.
+async fn redis_limiters(replicas: u64) -> (impl Fn() -> RedisLimiter, RedisServer) {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
@@ -604,9 +605,17 @@ async fn redis_limiter() -> (RedisLimiter, RedisServer) {
         timeout: Duration::from_secs(5),
         ..RedisConfig::default()
     };
-    let fallback = LocalLimiter::new(100, Duration::from_secs(3600));
-    let limiter = RedisLimiter::new(config.client().unwrap(), &config, 1, fallback);
-    (limiter, redis)
+    let replica = move || {
+        let fallback = LocalLimiter::new(100, Duration::from_secs(3600));
+        RedisLimiter::new(config.client().unwrap(), &config, replicas, fallback)
+    };
+    (replica, redis)
+}
+
+/// A Redis limiter (one replica) on its own fresh redis-server, which is the guard.
+async fn redis_limiter() -> (RedisLimiter, RedisServer) {
+    let (replica, redis) = redis_limiters(1).await;
+    (replica(), redis)
 }
 
 /// One per-key window of `limit` an hour.
@@ -702,24 +711,8 @@ async fn refusals_are_repeated_from_memory_until_their_wait_passes() {
 
 /// Two limiters on one redis-server, as two replicas: each with its own connection.
 async fn two_redis_replicas() -> (Arc<RedisLimiter>, Arc<RedisLimiter>, RedisServer) {
-    let redis = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let config = RedisConfig {
-        url: redis.url(),
-        timeout: Duration::from_secs(5),
-        ..RedisConfig::default()
-    };
-    let replica = || {
-        let fallback = LocalLimiter::new(100, Duration::from_secs(3600));
-        Arc::new(RedisLimiter::new(
-            config.client().unwrap(),
-            &config,
-            2,
-            fallback,
-        ))
-    };
-    (replica(), replica(), redis)
+    let (replica, redis) = redis_limiters(2).await;
+    (Arc::new(replica()), Arc::new(replica()), redis)
 }
 
 /// `decisions` requests of cost 1 at once for `subjects` (in turn), half through each of

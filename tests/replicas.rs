@@ -240,6 +240,49 @@ async fn changes_on_one_replica_take_effect_on_the_others() {
     drop(redis);
 }
 
+/// Two replicas sharing a Redis store and the Redis limiter, each behind its own Envoy in
+/// front of the same upstreams.
+struct LimitedPair {
+    redis: RedisServer,
+    a: TestServer,
+    b: TestServer,
+    http: HttpUpstream,
+    /// Kept running for the Envoys.
+    _grpc: GrpcUpstream,
+    envoys: [EnvoyProcess; 2],
+}
+
+impl LimitedPair {
+    /// Starts the pair with `more` appended to each replica's configuration.
+    async fn start(more: &str) -> LimitedPair {
+        let redis = started_redis().await;
+        let store = redis_store(&redis, Duration::from_secs(2)).await;
+        let tables = format!(
+            "[redis]\nurl = \"{}\"\n[ratelimit]\nbackend = \"redis\"\n{more}",
+            redis.url()
+        );
+        let a = replica_with(&tables, store.clone()).await;
+        let b = replica_with(&tables, store).await;
+        let redis = wait_for_replicas(redis, 2).await;
+        let (http, grpc) = (HttpUpstream::start().await, GrpcUpstream::start().await);
+        let upstreams = (http.addr, grpc.addr);
+        let planes = [a.server.data_plane_addr(), b.server.data_plane_addr()];
+        let envoys = tokio::task::spawn_blocking(move || {
+            planes.map(|plane| EnvoyProcess::start(plane, upstreams.0, upstreams.1))
+        })
+        .await
+        .unwrap();
+        LimitedPair {
+            redis,
+            a,
+            b,
+            http,
+            _grpc: grpc,
+            envoys,
+        }
+    }
+}
+
 /// A plan change made through one replica: the status and `x-ratelimit-limit` of a request
 /// through each replica's Envoy.
 struct ThroughEnvoy {
@@ -296,23 +339,14 @@ fn hourly(name: &str, limit: u64) -> proto::UpdatePlanRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_made_and_changed_on_one_replica_limits_the_next_request_through_envoy_on_the_other()
 {
-    let redis = started_redis().await;
-    let store = redis_store(&redis, Duration::from_secs(2)).await;
-    let tables = format!(
-        "[redis]\nurl = \"{}\"\n[ratelimit]\nbackend = \"redis\"\n[[plans]]\nname = \"unmetered\"\n",
-        redis.url()
-    );
-    let a = replica_with(&tables, store.clone()).await;
-    let b = replica_with(&tables, store).await;
-    let redis = wait_for_replicas(redis, 2).await;
-    let (http, grpc) = (HttpUpstream::start().await, GrpcUpstream::start().await);
-    let upstreams = (http.addr, grpc.addr);
-    let planes = [a.server.data_plane_addr(), b.server.data_plane_addr()];
-    let envoys = tokio::task::spawn_blocking(move || {
-        planes.map(|plane| EnvoyProcess::start(plane, upstreams.0, upstreams.1))
-    })
-    .await
-    .unwrap();
+    let LimitedPair {
+        redis,
+        a,
+        b,
+        http,
+        envoys,
+        _grpc,
+    } = LimitedPair::start("[[plans]]\nname = \"unmetered\"\n").await;
 
     // Create and assign on A, without a restart: both replicas enforce the plan, and the
     // Redis limiter counts for both (a key's third request an hour is its last).
@@ -433,23 +467,14 @@ async fn at_once(
 /// credits are admitted, and the rest are refused with 429 and their own codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_and_credits_admit_exactly_their_limit_through_envoy_on_two_replicas() {
-    let redis = started_redis().await;
-    let store = redis_store(&redis, Duration::from_secs(2)).await;
-    let tables = format!(
-        "[redis]\nurl = \"{}\"\n[ratelimit]\nbackend = \"redis\"\n",
-        redis.url()
-    );
-    let a = replica_with(&tables, store.clone()).await;
-    let b = replica_with(&tables, store).await;
-    let redis = wait_for_replicas(redis, 2).await;
-    let (http, grpc) = (HttpUpstream::start().await, GrpcUpstream::start().await);
-    let upstreams = (http.addr, grpc.addr);
-    let planes = [a.server.data_plane_addr(), b.server.data_plane_addr()];
-    let envoys = tokio::task::spawn_blocking(move || {
-        planes.map(|plane| EnvoyProcess::start(plane, upstreams.0, upstreams.1))
-    })
-    .await
-    .unwrap();
+    let LimitedPair {
+        redis,
+        a,
+        b,
+        http,
+        envoys,
+        _grpc,
+    } = LimitedPair::start("").await;
     let through = [envoys[0].listen_addr, envoys[1].listen_addr];
 
     let mut on_a = a.client().await;

@@ -473,12 +473,7 @@ pub fn parse_window(text: &str) -> Result<RateWindow, CliError> {
             quote(text)
         ))
     };
-    let (window, per) = match text.rsplit_once(" per ") {
-        Some((window, "key")) => (window, RateScope::Key),
-        Some((window, "owner")) => (window, RateScope::Owner),
-        Some((_, other)) => return Err(bad(format!("{} is not key or owner", quote(other)))),
-        None => (text, RateScope::Key),
-    };
+    let (window, per) = split_scope(text).map_err(bad)?;
     let (limit, period) = window.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
     Ok(RateWindow {
         limit: limit
@@ -490,6 +485,16 @@ pub fn parse_window(text: &str) -> Result<RateWindow, CliError> {
     })
 }
 
+/// Splits a trailing ` per key` or ` per owner` off a window or quota; per key without one.
+fn split_scope(text: &str) -> Result<(&str, RateScope), String> {
+    match text.rsplit_once(" per ") {
+        Some((limit, "key")) => Ok((limit, RateScope::Key)),
+        Some((limit, "owner")) => Ok((limit, RateScope::Owner)),
+        Some((_, other)) => Err(format!("{} is not key or owner", quote(other))),
+        None => Ok((text, RateScope::Key)),
+    }
+}
+
 /// Parses one `--quota`: `LIMIT/PERIOD[@ANCHOR]`, counted per key, or with ` per key` or
 /// ` per owner`.
 pub fn parse_quota(text: &str) -> Result<Quota, CliError> {
@@ -499,12 +504,7 @@ pub fn parse_quota(text: &str) -> Result<Quota, CliError> {
             quote(text)
         ))
     };
-    let (quota, per) = match text.rsplit_once(" per ") {
-        Some((quota, "key")) => (quota, RateScope::Key),
-        Some((quota, "owner")) => (quota, RateScope::Owner),
-        Some((_, other)) => return Err(bad(format!("{} is not key or owner", quote(other)))),
-        None => (text, RateScope::Key),
-    };
+    let (quota, per) = split_scope(text).map_err(bad)?;
     let (limit, cycle) = quota.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
     let cycle = parse_cycle(cycle).map_err(bad)?;
     Ok(Quota {

@@ -183,15 +183,7 @@ impl LocalLimiter {
             .iter()
             .map(|k| self.logs.get_with_by_ref(k, Default::default))
             .collect();
-        // Lock in key order, so two decisions sharing windows never wait on each other in
-        // a cycle.
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
-        let mut guards: Vec<Option<MutexGuard<'_, Entry>>> =
-            (0..keys.len()).map(|_| None).collect();
-        for i in order {
-            guards[i] = Some(cells[i].lock().unwrap_or_else(|e| e.into_inner()));
-        }
+        let mut guards = lock_in_name_order(&keys, &cells);
         let limits = limits(windows, share);
         let entries = guards.iter_mut().flatten().map(|guard| &mut **guard);
         let mut logs: Vec<&mut WindowLog> = entries
@@ -209,13 +201,7 @@ impl LocalLimiter {
             .iter()
             .map(|name| self.meters.get_with_by_ref(*name, Default::default))
             .collect();
-        let mut order: Vec<usize> = (0..names.len()).collect();
-        order.sort_by(|&a, &b| names[a].cmp(names[b]));
-        let mut meter_guards: Vec<Option<MutexGuard<'_, Meter>>> =
-            (0..names.len()).map(|_| None).collect();
-        for i in order {
-            meter_guards[i] = Some(cells[i].lock().unwrap_or_else(|e| e.into_inner()));
-        }
+        let mut meter_guards = lock_in_name_order(&names, &cells);
         let mut held = meter_guards.iter_mut().flatten().map(|guard| &mut **guard);
         let quotas = checks
             .quotas
@@ -284,6 +270,22 @@ impl LocalLimiter {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Locks each of `cells` (named by `names`, in the same order) in name order, so two
+/// decisions sharing windows or meters never wait on each other in a cycle; the guards come
+/// back in the cells' order (each `Some`).
+fn lock_in_name_order<'a, T, N: Ord>(
+    names: &[N],
+    cells: &'a [Arc<Mutex<T>>],
+) -> Vec<Option<MutexGuard<'a, T>>> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+    let mut guards: Vec<Option<MutexGuard<'a, T>>> = (0..names.len()).map(|_| None).collect();
+    for i in order {
+        guards[i] = Some(cells[i].lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    guards
 }
 
 #[cfg(test)]
