@@ -213,7 +213,14 @@ pub struct KeyRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_check: Option<String>,
     /// Lower-case hex HMAC digest of the key text, for keys found by digest (imported ones).
+    /// For a key imported by digest and not used since, the same value as `foreign_digest`.
     pub lookup_digest: Option<String>,
+    /// For a key imported by the SHA-256 digest another system kept, until its first use:
+    /// that digest in keyed form ([`crate::key::foreign::Sha256Digest::keyed`]), lower-case
+    /// hex, which verifies the key meanwhile. Such a record has no `secret_hash` or
+    /// `secret_check` yet; the first verification stores them and drops this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_digest: Option<String>,
     /// The secret replaced by the last rotation, while its grace period lasts.
     pub previous_secret: Option<PreviousSecret>,
     /// Hex HMAC digest of the one-time activation code, while activation is pending.
@@ -236,7 +243,23 @@ pub struct KeyRecord {
     pub credits: Option<Credits>,
 }
 
+/// [`KeyRecord::hash_name`] of a key verified by its argon2id hash.
+pub const HASH_ARGON2ID: &str = "argon2id";
+/// [`KeyRecord::hash_name`] of a key imported by digest and not used since.
+pub const HASH_SHA256_PENDING: &str = "sha256-pending";
+
 impl KeyRecord {
+    /// How keygate holds the key's secret, as listings show it: [`HASH_SHA256_PENDING`]
+    /// while the key still waits for its first use after an import by digest,
+    /// [`HASH_ARGON2ID`] otherwise.
+    pub fn hash_name(&self) -> &'static str {
+        if self.foreign_digest.is_some() {
+            HASH_SHA256_PENDING
+        } else {
+            HASH_ARGON2ID
+        }
+    }
+
     /// Whether the key counts against its owner's maximum of active keys at `now`: every key
     /// not revoked and not expired does, including disabled and pending ones.
     pub fn counts_against_quota(&self, now: UnixTime) -> bool {
@@ -268,6 +291,7 @@ pub(crate) mod testing {
             secret_hash: String::new(),
             secret_check: None,
             lookup_digest: None,
+            foreign_digest: None,
             previous_secret: None,
             activation_digest: None,
             created_at: 0,

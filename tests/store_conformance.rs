@@ -53,6 +53,7 @@ fn key(id: &str, owner_id: &str) -> KeyRecord {
         secret_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
         secret_check: None,
         lookup_digest: None,
+        foreign_digest: None,
         previous_secret: None,
         activation_digest: None,
         created_at: 1_000,

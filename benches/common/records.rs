@@ -22,6 +22,7 @@ pub fn record(id: String, owner_id: &str, check: String, hash: String, now: i64)
         secret_hash: hash,
         secret_check: Some(check),
         lookup_digest: None,
+        foreign_digest: None,
         previous_secret: None,
         activation_digest: None,
         created_at: now,

@@ -234,13 +234,29 @@ impl SecretHasher {
     /// The argon2id PHC string of `secret`, with a fresh random salt. Waits up to 10 s for a
     /// worker: management calls are rare and may be slower than requests.
     pub async fn hash(&self, secret: &str) -> Result<String, HashError> {
+        self.hash_with_deadline(secret, Instant::now() + MANAGEMENT_WAIT, true)
+            .await
+    }
+
+    /// [`SecretHasher::hash`] for the data plane, answered by `deadline` like
+    /// [`SecretHasher::verify_by`]: [`HashError::Busy`] at once when the job cannot finish
+    /// by then.
+    pub async fn hash_by(&self, secret: &str, deadline: Instant) -> Result<String, HashError> {
+        self.hash_with_deadline(secret, deadline, false)
+            .instrument(tracing::debug_span!("argon2 hash"))
+            .await
+    }
+
+    async fn hash_with_deadline(
+        &self,
+        secret: &str,
+        deadline: Instant,
+        wait_for_room: bool,
+    ) -> Result<String, HashError> {
         let work = Work::Hash {
             secret: Zeroizing::new(secret.as_bytes().to_vec()),
         };
-        match self
-            .submit(work, Instant::now() + MANAGEMENT_WAIT, true)
-            .await?
-        {
+        match self.submit(work, deadline, wait_for_room).await? {
             Done::Hashed(phc) => Ok(phc),
             Done::Verified(_) => Err(HashError::Failed("unexpected answer".into())),
         }

@@ -196,6 +196,7 @@ impl Keys {
             secret_hash: String::new(),
             secret_check: None,
             lookup_digest: None,
+            foreign_digest: None,
             previous_secret: None,
             activation_digest: activation_code
                 .as_ref()
@@ -468,6 +469,7 @@ impl Keys {
             secret_hash: String::new(),
             secret_check: Some(self.deps.pepper.secret_check(secret)),
             lookup_digest: Some(self.deps.pepper.digest(secret.as_bytes()).to_hex()),
+            foreign_digest: None,
             previous_secret: None,
             activation_digest: None,
             created_at: import.created_at.unwrap_or(now),
