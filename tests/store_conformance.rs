@@ -484,6 +484,159 @@ pub async fn key_updates_keep_indexes_in_step(store: &dyn Store) {
     assert!(matches!(missing, Err(Error::NotFound(_))));
 }
 
+/// A key imported by the digest another system kept: indexed by that digest's keyed form
+/// until its first use.
+fn pending_key(id: &str, owner_id: &str, foreign: &str) -> KeyRecord {
+    KeyRecord {
+        kind: KeyKind::Imported,
+        profile: None,
+        prefix: Some("sk_live_".into()),
+        secret_hash: String::new(),
+        lookup_digest: Some(foreign.into()),
+        foreign_digest: Some(foreign.into()),
+        ..key(id, owner_id)
+    }
+}
+
+/// The change the first use of a key imported by digest makes: keygate's own hash and
+/// lookup digest in place of the foreign digest, only while the record still holds it.
+fn upgrade(foreign: &str, lookup: &str) -> keygate::store::KeyChange {
+    let (foreign, lookup) = (foreign.to_owned(), lookup.to_owned());
+    Arc::new(move |k: &mut KeyRecord| {
+        if k.foreign_digest.as_deref() != Some(foreign.as_str()) {
+            return Err(Error::FailedPrecondition("changed".into()));
+        }
+        k.secret_hash = "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$dXBncmFkZWQ".into();
+        k.lookup_digest = Some(lookup.clone());
+        k.foreign_digest = None;
+        Ok(())
+    })
+}
+
+pub async fn keys_imported_by_digest_are_found_by_it_until_upgraded(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let (foreign, lookup) = ("f1".repeat(32), "d1".repeat(32));
+    let pending = pending_key("k1", "o1", &foreign);
+    store.insert_key(&pending, None).await.unwrap();
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(pending.clone()));
+    assert_eq!(
+        store.find_key_by_digest(&foreign).await.unwrap(),
+        Some(pending.clone())
+    );
+    assert_eq!(store.lookup_digests().await.unwrap(), [foreign.as_str()]);
+    let twin = store
+        .insert_key(&pending_key("k2", "o1", &foreign), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(twin, Error::AlreadyExists(_)), "{twin:?}");
+    assert_eq!(store.get_key("k2").await.unwrap(), None);
+
+    let upgraded = store
+        .update_key("k1", upgrade(&foreign, &lookup))
+        .await
+        .unwrap();
+    assert_eq!(upgraded.foreign_digest, None);
+    assert_eq!(upgraded.lookup_digest.as_deref(), Some(lookup.as_str()));
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(upgraded.clone()));
+    assert_eq!(store.find_key_by_digest(&foreign).await.unwrap(), None);
+    assert_eq!(
+        store.find_key_by_digest(&lookup).await.unwrap(),
+        Some(upgraded.clone())
+    );
+    assert_eq!(store.lookup_digests().await.unwrap(), [lookup.as_str()]);
+    // The upgrade applies once: the record no longer holds the foreign digest.
+    let again = store
+        .update_key("k1", upgrade(&foreign, &"d2".repeat(32)))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::FailedPrecondition(_)), "{again:?}");
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(upgraded));
+    // The foreign digest is free for another key once no record holds it.
+    store
+        .insert_key(&pending_key("k3", "o1", &foreign), None)
+        .await
+        .unwrap();
+}
+
+pub async fn an_update_cannot_take_a_digest_another_key_holds(store: &dyn Store) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    let mut holder = key("k1", "o1");
+    holder.lookup_digest = Some("aa".repeat(32));
+    store.insert_key(&holder, None).await.unwrap();
+    let pending = pending_key("k2", "o1", &"f2".repeat(32));
+    store.insert_key(&pending, None).await.unwrap();
+    let taken = store
+        .update_key("k2", upgrade(&"f2".repeat(32), &"aa".repeat(32)))
+        .await
+        .unwrap_err();
+    assert!(matches!(taken, Error::AlreadyExists(_)), "{taken:?}");
+    assert_eq!(
+        store.find_key_by_digest(&"aa".repeat(32)).await.unwrap(),
+        Some(holder)
+    );
+    assert_eq!(store.get_key("k2").await.unwrap(), Some(pending));
+}
+
+/// Replicas verifying one key imported by digest at once each try to upgrade it, while its
+/// uses are being written: one upgrade applies, and the key is found by its new digest.
+pub async fn concurrent_upgrades_of_one_key_leave_it_found(store: Arc<dyn Store>) {
+    store.create_owner(&owner("o1", "e1")).await.unwrap();
+    for round in 0..4 {
+        let id = format!("k{round}");
+        let (foreign, lookup) = (
+            format!("f{round}").repeat(32),
+            format!("d{round}").repeat(32),
+        );
+        store
+            .insert_key(&pending_key(&id, "o1", &foreign), None)
+            .await
+            .unwrap();
+        let (mut tasks, mut uses) = (Vec::new(), Vec::new());
+        for _ in 0..8 {
+            let (upgrader, key_id) = (store.clone(), id.clone());
+            let change = upgrade(&foreign, &lookup);
+            // A verification whose upgrade met too many concurrent writes tries again.
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match upgrader.update_key(&key_id, change.clone()).await {
+                        Err(Error::Unavailable(_)) => continue,
+                        other => return other.map(|_| ()),
+                    }
+                }
+            }));
+            let (store, id) = (store.clone(), id.clone());
+            uses.push(tokio::spawn(async move {
+                let used = KeyUse {
+                    key_id: id,
+                    used_at: 5_000,
+                    uses: 1,
+                };
+                store.record_uses(vec![used]).await.unwrap()
+            }));
+        }
+        // Uses that met too many concurrent writes come back to be tried again; no matter.
+        for used in uses {
+            used.await.unwrap();
+        }
+        let mut applied = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => applied += 1,
+                Err(Error::FailedPrecondition(_)) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(applied, 1, "round {round}");
+        let found = store.find_key_by_digest(&lookup).await.unwrap();
+        assert_eq!(
+            found.map(|k| k.id),
+            Some(id.clone()),
+            "round {round}: the upgraded key is found by its new digest"
+        );
+        assert_eq!(store.find_key_by_digest(&foreign).await.unwrap(), None);
+    }
+}
+
 pub async fn deleting_a_key_removes_it_everywhere(store: &dyn Store) {
     store.create_owner(&owner("o1", "e1")).await.unwrap();
     let mut k = key("k1", "o1");
@@ -681,6 +834,8 @@ macro_rules! conformance_suite {
             check!(keys_list_by_owner_state_and_page);
             check!(key_updates_keep_indexes_in_step);
             check!(deleting_a_key_removes_it_everywhere);
+            check!(keys_imported_by_digest_are_found_by_it_until_upgraded);
+            check!(an_update_cannot_take_a_digest_another_key_holds);
             check!(key_uses_add_up_and_skip_keys_that_are_gone);
             check!(daily_usage_adds_up_by_day_from_the_first_kept_day);
             check!(plans_round_trip_in_name_order);
@@ -692,6 +847,12 @@ macro_rules! conformance_suite {
             async fn concurrent_inserts_never_exceed_the_quota() {
                 let (store, _guard) = $make.await;
                 super::concurrent_inserts_never_exceed_the_quota(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_upgrades_of_one_key_leave_it_found() {
+                let (store, _guard) = $make.await;
+                super::concurrent_upgrades_of_one_key_leave_it_found(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -468,6 +468,15 @@ impl Store for EmbeddedStore {
                     by_digest.remove(old.as_str()).map_err(fault)?;
                 }
                 if let Some(new) = &key.lookup_digest {
+                    let taken = by_digest
+                        .get(new.as_str())
+                        .map_err(fault)?
+                        .is_some_and(|holder| holder.value() != key.id);
+                    if taken {
+                        return Err(Error::AlreadyExists(
+                            "another key has this lookup digest".into(),
+                        ));
+                    }
                     by_digest
                         .insert(new.as_str(), key.id.as_str())
                         .map_err(fault)?;

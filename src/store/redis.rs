@@ -52,9 +52,16 @@
 //! - A timed-out call is not cancelled in Redis. When the record write of an insert fails,
 //!   the store looks whether the record is there and releases the claims only if it is not;
 //!   a write still queued in Redis at that moment would land without its index entries.
+//! - A digest claimed by an update that did not apply (another write came first) stays
+//!   claimed: two replicas upgrading one key imported by digest claim the same new digest at
+//!   once, and the one whose write lost must not release it from under the record that
+//!   carries it. Such a claim names its key, so readers ignore it while the record does not
+//!   carry the digest; it only keeps that key text from being imported as another key
+//!   while this key exists.
 //! - Two concurrent updates of one key that change its digest and then change it back could
 //!   release the digest the record ends up with; keygate never does this (a digest is set
-//!   on import and only ever cleared).
+//!   on import, replaced once by the upgrade of a key imported by digest, and otherwise
+//!   only cleared).
 //! - An owner whose external id was refused is visible through [`Store::get_owner`] for the
 //!   moment between its record's write and its removal; its id was given to nobody yet.
 //!
@@ -679,13 +686,14 @@ impl Store for RedisStore {
             }
             let digest_changed = key.lookup_digest != before.lookup_digest;
             // A new digest is claimed before the record names it, the old one released after.
-            let mut claimed = None;
+            // A claim is kept when the write does not apply: another writer may be giving
+            // the record the same digest (two replicas upgrading one key imported by
+            // digest), and its claim is this one.
             if digest_changed && let Some(new) = key.lookup_digest.as_deref() {
                 let mut claim = CLAIM_DIGEST_SCRIPT.key(OWNER_OF);
                 claim.key(KEYS_BY_DIGEST).arg(new).arg(id);
                 match self.invoke::<i64>(&claim).await? {
-                    0 => claimed = Some(new),
-                    1 => {}
+                    0 | 1 => {}
                     2 => {
                         return Err(Error::AlreadyExists(
                             "another key has this lookup digest".into(),
@@ -704,12 +712,7 @@ impl Store for RedisStore {
                     }
                     return Ok(key);
                 }
-                0 => {
-                    if let Some(new) = claimed {
-                        self.release_digest(id, new).await;
-                    }
-                    backoff(attempt).await;
-                }
+                0 => backoff(attempt).await,
                 other => return Err(unexpected("HSET_IF_UNCHANGED", other)),
             }
         }
