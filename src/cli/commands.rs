@@ -19,10 +19,10 @@ use zeroize::Zeroizing;
 
 use super::output;
 use super::{
-    ClientOpts, CreditArgs, IdArg, KeysActivateArgs, KeysCli, KeysCommand, KeysCreateArgs,
-    KeysImportArgs, KeysListArgs, KeysRotateArgs, KeysUpdateArgs, KeysUsageArgs, NewKeyArgs,
-    OwnersCli, OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs, PlanNameArg, PlansCli,
-    PlansCommand, PlansCreateArgs, PlansUpdateArgs, Token,
+    ClientOpts, CreditArgs, DigestArgs, IdArg, KeysActivateArgs, KeysCli, KeysCommand,
+    KeysCreateArgs, KeysImportArgs, KeysListArgs, KeysRotateArgs, KeysUpdateArgs, KeysUsageArgs,
+    NewKeyArgs, OwnersCli, OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs,
+    PlanNameArg, PlansCli, PlansCommand, PlansCreateArgs, PlansUpdateArgs, Token,
 };
 use crate::calendar::{Anchor, Cycle, Day, Period, Weekday};
 use crate::error::quote;
@@ -975,15 +975,22 @@ async fn keys_delete(opts: &ClientOpts, args: IdArg) -> Result<(), CliError> {
 async fn keys_import(opts: &ClientOpts, args: KeysImportArgs) -> Result<(), CliError> {
     // Check the command line before waiting for standard input.
     let key = NewKey::check(args.key)?;
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("paste the key to import, then press Enter: ");
-    }
-    let secret = read_imported_key(stdin.lock())?;
+    let digest = imported_digest(args.digest);
+    let secret = match digest {
+        Some(_) => Zeroizing::new(String::new()),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprint!("paste the key to import, then press Enter: ");
+            }
+            read_imported_key(stdin.lock())?
+        }
+    };
     let request = proto::ImportKeyRequest {
         owner_id: key.owner_id,
         name: key.name,
         secret: secret.to_string(),
+        digest,
         scopes: key.scopes,
         expire_time: key.expire_time,
         allowed_cidrs: key.allowed_cidrs,
@@ -994,6 +1001,21 @@ async fn keys_import(opts: &ClientOpts, args: KeysImportArgs) -> Result<(), CliE
     drop(secret);
     let key = connect(opts).await?.import_key(request).await?.into_inner();
     print_key(opts, &key)
+}
+
+/// The digest `keys import --sha256` names, if it does; the server checks it.
+fn imported_digest(args: DigestArgs) -> Option<proto::ImportedDigest> {
+    let sha256 = args.sha256?;
+    Some(proto::ImportedDigest {
+        sha256,
+        encoding: args
+            .digest_encoding
+            .map_or(proto::DigestEncoding::Unspecified, Into::into) as i32,
+        prefix: args.prefix,
+        length: args.length.unwrap_or_default(),
+        alphabet_size: args.alphabet_size.unwrap_or_default(),
+        allow_low_entropy: args.allow_low_entropy,
+    })
 }
 
 /// Reads the key `keys import` adopts: the first line of `input`, without its line end.

@@ -556,12 +556,60 @@ pub struct KeysRotateArgs {
     pub grace: Option<String>,
 }
 
-/// `keygate keys import`. The key itself is read from the first line of standard input.
+/// `keygate keys import`. The key itself is read from the first line of standard input,
+/// unless `--sha256` gives the digest another system kept of it.
 #[derive(Args, Debug)]
 pub struct KeysImportArgs {
     /// Owner, name, scopes, networks, metadata, plan, expiry time.
     #[command(flatten)]
     pub key: NewKeyArgs,
+    /// Import from the digest another system kept instead of the key itself.
+    #[command(flatten)]
+    pub digest: DigestArgs,
+}
+
+/// How `keys import --sha256` describes a key known only by its SHA-256 digest.
+#[derive(Args, Debug)]
+pub struct DigestArgs {
+    /// SHA-256 of the whole key text, as the old system stored it; the key is then not read
+    /// from standard input.
+    #[arg(long, value_name = "DIGEST", requires_all = ["digest_encoding", "length"])]
+    pub sha256: Option<String>,
+    /// How the digest is written.
+    #[arg(long, value_enum, requires = "sha256")]
+    pub digest_encoding: Option<DigestEncodingArg>,
+    /// The key's leading fixed part (e.g. `sk_live_`), shown in listings.
+    #[arg(long, requires = "sha256", default_value = "")]
+    pub prefix: String,
+    /// The key's length in characters, prefix included.
+    #[arg(long, value_name = "CHARS", requires = "sha256")]
+    pub length: Option<u32>,
+    /// How many characters the key's random part is drawn from (16 hex, 62 letters and
+    /// digits, 64 base64); 62 when absent.
+    #[arg(long, value_name = "N", requires = "sha256")]
+    pub alphabet_size: Option<u32>,
+    /// Import a key with fewer than 128 random bits anyway (admin only): its digest can be
+    /// brute-forced offline.
+    #[arg(long, requires = "sha256")]
+    pub allow_low_entropy: bool,
+}
+
+/// How a digest's text is written.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestEncodingArg {
+    /// 64 hexadecimal digits, as `sha256sum` prints.
+    Hex,
+    /// Standard base64 of the 32 bytes, padded or not.
+    Base64,
+}
+
+impl From<DigestEncodingArg> for proto::DigestEncoding {
+    fn from(value: DigestEncodingArg) -> Self {
+        match value {
+            DigestEncodingArg::Hex => proto::DigestEncoding::Hex,
+            DigestEncodingArg::Base64 => proto::DigestEncoding::Base64,
+        }
+    }
 }
 
 /// Parses one `--meta KEY=VALUE` item. The value may be empty and may contain `=`; the
@@ -851,16 +899,21 @@ mod tests {
             ids,
             [
                 "addr",
+                "alphabet_size",
                 "ca_cert",
                 "cert",
                 "cidrs",
+                "digest_encoding",
                 "expires_at",
                 "key",
+                "length",
                 "meta",
                 "name",
                 "owner",
                 "plan",
+                "prefix",
                 "scopes",
+                "sha256",
                 "token"
             ]
         );

@@ -104,6 +104,7 @@ pub fn key_json(key: &proto::Key) -> Value {
         "profile": key.profile,
         "prefix": key.prefix,
         "kind": key_kind_name(key.kind),
+        "hash": key.hash,
         "scopes": key.scopes,
         "plan": key.plan,
         "allowed_cidrs": key.allowed_cidrs,
@@ -322,7 +323,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     lines.join("\n")
 }
 
-/// Keys as a table: id, name, owner, state, scopes, expires, last used, credits.
+/// Keys as a table: id, name, owner, state, scopes, expires, last used, how the secret is
+/// held, credits.
 pub fn keys_table(keys: &[proto::Key]) -> String {
     if keys.is_empty() {
         return "no keys".to_owned();
@@ -338,6 +340,7 @@ pub fn keys_table(keys: &[proto::Key]) -> String {
                 or_dash(&key.scopes.join(",")),
                 timestamp(key.expire_time.as_ref()).unwrap_or_else(|| "never".to_owned()),
                 timestamp(key.last_used_time.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                or_dash(&key.hash),
                 credits_text(key.credits.as_ref()),
             ]
         })
@@ -351,6 +354,7 @@ pub fn keys_table(keys: &[proto::Key]) -> String {
             "SCOPES",
             "EXPIRES",
             "LAST USED",
+            "HASH",
             "CREDITS",
         ],
         &rows,
@@ -509,6 +513,7 @@ mod tests {
             }),
             expire_time: ts(1_893_456_000),
             public_key: "kg_live_pub".into(),
+            hash: "argon2id".into(),
             ..Default::default()
         }
     }
@@ -527,13 +532,14 @@ mod tests {
         assert_eq!(value["last_used_time"], Value::Null);
         assert_eq!(value["revoke_time"], Value::Null);
         assert_eq!(value["public_key"], "kg_live_pub");
+        assert_eq!(value["hash"], "argon2id");
         let object = value.as_object().unwrap();
         for secret in ["secret", "api_secret", "activation_code", "api_key"] {
             assert!(!object.contains_key(secret), "{secret} in a Key");
         }
         assert_eq!(value["usage_count"], 0);
         assert_eq!(value["credits"], Value::Null, "no credits: unlimited");
-        assert_eq!(object.len(), 20);
+        assert_eq!(object.len(), 21);
     }
 
     #[test]
@@ -638,7 +644,10 @@ mod tests {
             &lines[1][col..col + "pending_activation".len()],
             "pending_activation"
         );
-        assert!(lines[1].ends_with("never      unlimited"), "{text}");
+        assert!(
+            lines[1].ends_with("never      argon2id  unlimited"),
+            "{text}"
+        );
         assert!(text.contains("read,write"));
         let mut limited = sample_key();
         limited.credits = Some(proto::Credits {

@@ -260,7 +260,12 @@ impl Caller {
     /// issued key ([`estimated_secret_bits`]), so that it cannot make a guessable key; the
     /// admin may import weaker legacy keys.
     pub fn require_strong_import(&self, text: &str) -> Result<()> {
-        let bits = estimated_secret_bits(text);
+        self.require_import_bits(estimated_secret_bits(text))
+    }
+
+    /// Refuses an API key importing a key that carries `bits` random bits, fewer than an
+    /// issued key; the admin may.
+    pub fn require_import_bits(&self, bits: f64) -> Result<()> {
         if self.is_admin() || bits >= f64::from(MIN_SECRET_BITS) {
             return Ok(());
         }

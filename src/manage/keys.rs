@@ -9,6 +9,10 @@ use super::edit::{KeyEdit, future, require_credit_grant};
 use super::{Caller, Deps, Page, Written};
 use crate::clock::UnixTime;
 use crate::error::{Error, Result, quote};
+use crate::key::foreign::{
+    DEFAULT_ALPHABET_SIZE, DigestEncoding, ENTROPY_FLOOR_BITS, MAX_ALPHABET_SIZE, Sha256Digest,
+    entropy_bits,
+};
 use crate::key::format::{Alphabet, IssuedKey, KeyProfile};
 use crate::key::hash::secrets_equal;
 use crate::model::values::required;
@@ -95,8 +99,10 @@ pub struct Import {
     pub owner_id: String,
     /// Human-readable name.
     pub name: Name,
-    /// The whole key exactly as clients send it.
+    /// The whole key exactly as clients send it; empty when `digest` stands for it.
     pub secret: Zeroizing<String>,
+    /// Instead of `secret`: the digest the other system kept of the key.
+    pub digest: Option<DigestImport>,
     /// Scopes granted; the caller must hold each.
     pub scopes: Scopes,
     /// Client networks allowed; empty allows any.
@@ -117,7 +123,147 @@ impl fmt::Debug for Import {
             .field("owner_id", &self.owner_id)
             .field("name", &self.name)
             .field("secret", &"<redacted>")
+            .field("digest", &self.digest)
             .finish_non_exhaustive()
+    }
+}
+
+/// The SHA-256 digest another system kept of a key, as an import states it; checked by
+/// [`Keys::import`] (see [`crate::key::foreign`] for what such a digest is worth).
+#[derive(Clone, Default)]
+pub struct DigestImport {
+    /// SHA-256 of the whole key text, written in `encoding`.
+    pub sha256: String,
+    /// How `sha256` is written; `None` when the request did not say.
+    pub encoding: Option<DigestEncoding>,
+    /// The key's leading fixed part (e.g. `sk_live_`), shown in listings; empty for none.
+    pub prefix: String,
+    /// The key's length in characters, prefix included.
+    pub length: u32,
+    /// How many characters the random part is drawn from; 0 for
+    /// [`DEFAULT_ALPHABET_SIZE`].
+    pub alphabet_size: u32,
+    /// Accept a key with fewer random bits than [`ENTROPY_FLOOR_BITS`]; only the admin may.
+    pub allow_low_entropy: bool,
+}
+
+impl fmt::Debug for DigestImport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestImport")
+            .field("sha256", &"<redacted>")
+            .field("encoding", &self.encoding)
+            .field("prefix", &self.prefix)
+            .field("length", &self.length)
+            .field("alphabet_size", &self.alphabet_size)
+            .field("allow_low_entropy", &self.allow_low_entropy)
+            .finish()
+    }
+}
+
+/// What an import adopts the key from, once checked.
+enum ImportedSecret<'a> {
+    /// The key itself.
+    Plain(&'a str),
+    /// The other system's digest of it.
+    Sha256 {
+        /// The digest.
+        digest: Sha256Digest,
+        /// The key's prefix, if it has one.
+        prefix: Option<String>,
+        /// The random bits the key carries, as its shape says.
+        bits: f64,
+    },
+}
+
+impl ImportedSecret<'_> {
+    /// Refuses an API key importing a key weaker than an issued one.
+    fn require_authority(&self, caller: &Caller) -> Result<()> {
+        match self {
+            ImportedSecret::Plain(secret) => caller.require_strong_import(secret),
+            ImportedSecret::Sha256 { bits, .. } => caller.require_import_bits(*bits),
+        }
+    }
+}
+
+impl DigestImport {
+    /// The digest, checked: its text, the key's shape, and that the key carries
+    /// [`ENTROPY_FLOOR_BITS`] random bits or the import accepts fewer (which only the admin
+    /// may: [`ImportedSecret::require_authority`]).
+    fn check(&self) -> Result<ImportedSecret<'static>> {
+        let invalid = |message: String| Err(Error::InvalidArgument(message));
+        let Some(encoding) = self.encoding else {
+            return invalid(
+                "digest.encoding: say how digest.sha256 is written, hex or base64".into(),
+            );
+        };
+        let digest = Sha256Digest::parse(&self.sha256, encoding).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "digest.sha256 (encoding {}): {e}",
+                encoding.as_str()
+            ))
+        })?;
+        let length = self.length as usize;
+        if length == 0 || length > MAX_IMPORTED_KEY_LEN {
+            return invalid(format!(
+                "digest.length must be the key's length in characters, prefix included: 1 to {MAX_IMPORTED_KEY_LEN}"
+            ));
+        }
+        let prefix = self.prefix.as_str();
+        if !prefix.bytes().all(|c| c.is_ascii_graphic()) || prefix.len() >= length {
+            return invalid(
+                "digest.prefix must be the key's leading fixed part in printable ASCII without spaces, shorter than digest.length, or empty"
+                    .into(),
+            );
+        }
+        let alphabet = match self.alphabet_size {
+            0 => DEFAULT_ALPHABET_SIZE,
+            n @ 2..=MAX_ALPHABET_SIZE => n,
+            _ => {
+                return invalid(format!(
+                    "digest.alphabet_size must be 2 to {MAX_ALPHABET_SIZE} (16 for hex keys, 62 for letters and digits, 64 for base64), or 0 for {DEFAULT_ALPHABET_SIZE}"
+                ));
+            }
+        };
+        let random = length - prefix.len();
+        let bits = entropy_bits(random, alphabet);
+        if bits < f64::from(ENTROPY_FLOOR_BITS) && !self.allow_low_entropy {
+            return invalid(format!(
+                "digest: a SHA-256 digest of a key with about {bits:.0} random bits ({random} characters after the prefix, from an alphabet of {alphabet}) can be brute-forced offline by anyone holding it; keygate requires {ENTROPY_FLOOR_BITS} bits. Import the key itself (secret) instead, or, as the admin, set digest.allow_low_entropy to accept the risk"
+            ));
+        }
+        Ok(ImportedSecret::Sha256 {
+            digest,
+            prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+            bits,
+        })
+    }
+}
+
+/// What `import` adopts the key from: exactly one of its plaintext and a digest of it, each
+/// checked (the caller's authority over it apart).
+fn imported_secret<'a>(
+    secret: &'a str,
+    digest: Option<&DigestImport>,
+) -> Result<ImportedSecret<'a>> {
+    match (secret.is_empty(), digest) {
+        (false, Some(_)) => Err(Error::InvalidArgument(
+            "give either secret (the key itself) or digest (the SHA-256 digest another system kept of it), not both"
+                .into(),
+        )),
+        (true, None) => Err(Error::InvalidArgument(
+            "secret or digest is required: the key itself, or the SHA-256 digest another system kept of it"
+                .into(),
+        )),
+        (true, Some(digest)) => digest.check(),
+        (false, None) => {
+            if secret.len() > MAX_IMPORTED_KEY_LEN || !secret.bytes().all(|c| c.is_ascii_graphic())
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "secret must be 1 to {MAX_IMPORTED_KEY_LEN} printable ASCII characters without spaces, exactly as clients send it"
+                )));
+            }
+            Ok(ImportedSecret::Plain(secret))
+        }
     }
 }
 
@@ -386,6 +532,13 @@ impl Keys {
             .deps
             .change_key(caller, &current.id, move |k, now| {
                 refuse_revoked(k)?;
+                if k.foreign_digest.is_some() && grace > 0 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "key {:?} still waits for its first use since it was imported by digest: keygate has no hash of its secret to keep working for a grace period; rotate it without grace, or after its first use",
+                        k.id
+                    )));
+                }
+                k.foreign_digest = None;
                 let old_hash = std::mem::replace(&mut k.secret_hash, new_hash.clone());
                 let old_check = k.secret_check.replace(new_check.clone());
                 k.previous_secret = (grace > 0).then(|| PreviousSecret {
@@ -426,39 +579,62 @@ impl Keys {
         })
     }
 
-    /// Adopts a key issued elsewhere. A key in a configured profile's format keeps its
-    /// embedded id and is found like any issued key; anything else gets a random id and is
-    /// found by its lookup digest.
+    /// Adopts a key issued elsewhere, from its text or from the SHA-256 digest the other
+    /// system kept. A key text in a configured profile's format keeps its embedded id and is
+    /// found like any issued key; anything else gets a random id and is found by its lookup
+    /// digest. A key imported by digest is found by the digest's keyed form until its first
+    /// use, which replaces that with an argon2id hash and a lookup digest
+    /// ([`crate::authz::keys`]).
     pub async fn import(&self, caller: &Caller, import: Import) -> Result<KeyRecord> {
-        let secret = import.secret.as_str();
-        if secret.is_empty()
-            || secret.len() > MAX_IMPORTED_KEY_LEN
-            || !secret.bytes().all(|c| c.is_ascii_graphic())
-        {
-            return Err(Error::InvalidArgument(format!(
-                "secret must be 1 to {MAX_IMPORTED_KEY_LEN} printable ASCII characters without spaces, exactly as clients send it"
-            )));
-        }
+        let source = imported_secret(&import.secret, import.digest.as_ref())?;
         caller.require_plan_choice(import.plan.as_deref())?;
         let now = self.deps.clock.now();
         let plan = self.deps.plan_name("plan", import.plan.as_deref()).await?;
         let owner = self
             .owner_for_new_key(caller, Some(&import.owner_id))
             .await?;
-        let (id, profile) = match self.deps.profiles.parse(secret) {
-            Ok(parsed) => (
-                parsed.id.to_owned(),
-                self.deps.profiles.get(parsed.profile).cloned(),
-            ),
-            Err(_) => (Alphabet::Base62.random(12).to_string(), None),
+        let random_id = || Alphabet::Base62.random(12).to_string();
+        let pepper = &self.deps.pepper;
+        let (id, profile, prefix, secret_check, lookup_digest, foreign_digest) = match &source {
+            ImportedSecret::Plain(secret) => {
+                let (id, profile) = match self.deps.profiles.parse(secret) {
+                    Ok(parsed) => (
+                        parsed.id.to_owned(),
+                        self.deps.profiles.get(parsed.profile).cloned(),
+                    ),
+                    Err(_) => (random_id(), None),
+                };
+                let prefix = profile.as_ref().map(|p| p.prefix.clone());
+                let digest = pepper.digest(secret.as_bytes()).to_hex();
+                let check = pepper.secret_check(secret);
+                (
+                    id,
+                    profile.map(|p| p.name),
+                    prefix,
+                    Some(check),
+                    digest,
+                    None,
+                )
+            }
+            ImportedSecret::Sha256 { digest, prefix, .. } => {
+                let keyed = digest.keyed(pepper).to_hex();
+                (
+                    random_id(),
+                    None,
+                    prefix.clone(),
+                    None,
+                    keyed.clone(),
+                    Some(keyed),
+                )
+            }
         };
-        caller.require_strong_import(secret)?;
+        source.require_authority(caller)?;
         let mut record = KeyRecord {
             id,
             owner_id: owner.id.clone(),
             name: import.name.into_string(),
-            prefix: profile.as_ref().map(|p| p.prefix.clone()),
-            profile: profile.map(|p| p.name),
+            prefix,
+            profile,
             kind: KeyKind::Imported,
             scopes: import.scopes.into_vec(),
             plan: plan.clone(),
@@ -467,9 +643,9 @@ impl Keys {
             state: KeyState::Active,
             disabled_by_admin: false,
             secret_hash: String::new(),
-            secret_check: Some(self.deps.pepper.secret_check(secret)),
-            lookup_digest: Some(self.deps.pepper.digest(secret.as_bytes()).to_hex()),
-            foreign_digest: None,
+            secret_check,
+            lookup_digest: Some(lookup_digest),
+            foreign_digest,
             previous_secret: None,
             activation_digest: None,
             created_at: import.created_at.unwrap_or(now),
@@ -481,7 +657,9 @@ impl Keys {
             credits: None,
         };
         caller.require_may_make(&record)?;
-        record.secret_hash = self.hash(secret).await?;
+        if let ImportedSecret::Plain(secret) = source {
+            record.secret_hash = self.hash(secret).await?;
+        }
         let quota = self.quota(&owner, plan.as_deref(), now).await?;
         self.deps
             .store
@@ -584,6 +762,7 @@ mod tests {
             owner_id: owner_id.into(),
             name: Name::parse("name", "legacy").unwrap(),
             secret: Zeroizing::new(secret.into()),
+            digest: None,
             scopes: Scopes::parse("scopes", &["read".into()]).unwrap(),
             allowed_cidrs: Cidrs::default(),
             metadata: Metadata::default(),
@@ -591,6 +770,37 @@ mod tests {
             expires_at: None,
             created_at: Some(T0 - 86_400),
         }
+    }
+
+    /// SHA-256 of the key `sk_live_4eC39HqLyjWDarjtT1zdp7dc`, as `sha256sum` writes it, and
+    /// as base64.
+    const SHA256_HEX: &str = "78a08441f4314f0a2833cfe58c62e555a162264206982cda39f6804f5048f570";
+    const SHA256_BASE64: &str = "eKCEQfQxTwooM8/ljGLlVaFiJkIGmCzaOfaAT1BI9XA=";
+
+    /// The digest import of a key `sk_live_` + 24 base62 characters (about 143 bits).
+    fn digest(sha256: &str, encoding: DigestEncoding) -> DigestImport {
+        DigestImport {
+            sha256: sha256.into(),
+            encoding: Some(encoding),
+            prefix: "sk_live_".into(),
+            length: 32,
+            alphabet_size: 0,
+            allow_low_entropy: false,
+        }
+    }
+
+    fn import_digest(owner_id: &str, digest: DigestImport) -> Import {
+        Import {
+            digest: Some(digest),
+            ..import(owner_id, "")
+        }
+    }
+
+    /// The key whose SHA-256 digest is [`SHA256_HEX`], imported by the admin.
+    async fn pending(f: &Fixture, owner_id: &str) -> KeyRecord {
+        let digest = digest(SHA256_HEX, DigestEncoding::Hex);
+        let import = import_digest(owner_id, digest);
+        f.keys.import(&Caller::Admin, import).await.unwrap()
     }
 
     fn grace(secs: u64) -> Rotation {
@@ -1210,6 +1420,255 @@ mod tests {
             f.invalidations().is_empty(),
             "refused imports write nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn import_by_digest_checks_its_arguments_and_writes_nothing_it_refuses() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let hex = || digest(SHA256_HEX, DigestEncoding::Hex);
+        let base64 = |text: &str| digest(text, DigestEncoding::Base64);
+        // Digests the admin imports: each refused with INVALID_ARGUMENT saying this.
+        let invalid = [
+            ("no encoding", DigestImport { encoding: None, ..hex() }, "digest.encoding"),
+            (
+                "bad hex",
+                digest(&SHA256_HEX.replace('a', "z"), DigestEncoding::Hex),
+                "digest.sha256 (encoding hex): a hex SHA-256 digest is 64",
+            ),
+            (
+                "short hex",
+                digest(&SHA256_HEX[..62], DigestEncoding::Hex),
+                "this one has 62 characters",
+            ),
+            (
+                "base64 given as hex",
+                digest(SHA256_BASE64, DigestEncoding::Hex),
+                "digest.sha256 (encoding hex)",
+            ),
+            ("bad base64", base64("eKCEQfQx*wooM8/ljGLl"), "not standard base64"),
+            ("hex given as base64", base64(SHA256_HEX), "32 bytes; this base64 holds 48"),
+            ("base64 of 30 bytes", base64(&SHA256_BASE64[..40]), "this base64 holds 30"),
+            ("no length", DigestImport { length: 0, ..hex() }, "digest.length"),
+            (
+                "too long",
+                DigestImport {
+                    length: MAX_IMPORTED_KEY_LEN as u32 + 1,
+                    ..hex()
+                },
+                "digest.length",
+            ),
+            ("prefix as long as the key", DigestImport { length: 8, ..hex() }, "digest.prefix"),
+            (
+                "prefix with a space",
+                DigestImport {
+                    prefix: "sk live".into(),
+                    ..hex()
+                },
+                "digest.prefix",
+            ),
+            (
+                "alphabet of one",
+                DigestImport {
+                    alphabet_size: 1,
+                    ..hex()
+                },
+                "digest.alphabet_size",
+            ),
+            (
+                // 21 base62 characters after the prefix.
+                "below the floor",
+                DigestImport { length: 29, ..hex() },
+                "about 125 random bits (21 characters after the prefix, from an alphabet of 62) can be brute-forced offline",
+            ),
+            (
+                "hex characters count four bits",
+                DigestImport {
+                    alphabet_size: 16,
+                    ..hex()
+                },
+                "set digest.allow_low_entropy",
+            ),
+        ]
+        .map(|(case, digest, says)| (case, import_digest(&owner.id, digest), says));
+        let both = Import {
+            digest: Some(hex()),
+            ..import(&owner.id, "legacy-secret")
+        };
+        let refusals = invalid.into_iter().chain([
+            ("both secret and digest", both, "either secret"),
+            (
+                "neither",
+                import(&owner.id, ""),
+                "secret or digest is required",
+            ),
+        ]);
+        for (case, import, says) in refusals {
+            let error = f.keys.import(&Caller::Admin, import).await.unwrap_err();
+            assert!(
+                matches!(&error, Error::InvalidArgument(m) if m.contains(says)),
+                "{case}: {error}"
+            );
+            for digest in [SHA256_HEX, SHA256_BASE64, &SHA256_HEX[..40]] {
+                assert!(!error.to_string().contains(digest), "{case}: {error}");
+            }
+        }
+        // Only the admin may accept a key below the floor.
+        let weak = import_digest(
+            &owner.id,
+            DigestImport {
+                length: 16,
+                allow_low_entropy: true,
+                ..hex()
+            },
+        );
+        let by_key = f
+            .keys
+            .import(&key_caller(&owner.id, MANAGER), weak)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&by_key, Error::PermissionDenied(m) if m.starts_with("secret: the imported key carries about 48 random bits")),
+            "{by_key}"
+        );
+        assert!(
+            f.invalidations().is_empty(),
+            "refused imports write nothing"
+        );
+        let page = Page {
+            after: None,
+            size: 10,
+        };
+        let keys = f.keys.list(&Caller::Admin, &owner.id, None, &page).await;
+        assert!(keys.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn import_by_digest_keeps_only_a_keyed_digest_until_first_use() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let key = pending(&f, &owner.id).await;
+        let sha256 = Sha256Digest::parse(SHA256_HEX, DigestEncoding::Hex).unwrap();
+        let keyed = sha256.keyed(&f.deps.pepper).to_hex();
+        assert_eq!(key.kind, KeyKind::Imported);
+        assert_eq!(key.hash_name(), "sha256-pending");
+        assert_eq!(key.prefix.as_deref(), Some("sk_live_"));
+        assert_eq!(key.profile, None);
+        assert_eq!(key.foreign_digest.as_deref(), Some(keyed.as_str()));
+        assert_eq!(key.lookup_digest.as_deref(), Some(keyed.as_str()));
+        assert_eq!((key.secret_hash.as_str(), &key.secret_check), ("", &None));
+        let stored = serde_json::to_string(&key).unwrap();
+        assert!(!stored.contains(SHA256_HEX), "the digest is stored keyed");
+        assert_eq!(
+            f.deps.store.find_key_by_digest(&keyed).await.unwrap(),
+            Some(key.clone())
+        );
+        assert_eq!(
+            f.take_invalidations(),
+            [
+                Invalidation::Key(key.id.clone()),
+                Invalidation::Imported(keyed.clone()),
+            ]
+        );
+
+        // The same digest in base64 names the same key.
+        let again = f
+            .keys
+            .import(
+                &Caller::Admin,
+                import_digest(&owner.id, digest(SHA256_BASE64, DigestEncoding::Base64)),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(again, Error::AlreadyExists(_)), "{again}");
+
+        // A key above the floor may be imported by an API key; one below only by the admin.
+        let manager = key_caller(&owner.id, MANAGER);
+        let other = Sha256Digest::of("sk_live_another_key_of_24ch");
+        let other_hex = crate::key::hash::hex(&other.keyed(&f.deps.pepper).0);
+        let by_key = f
+            .keys
+            .import(
+                &manager,
+                import_digest(
+                    &owner.id,
+                    digest(
+                        &crate::key::hash::hex(&sha_bytes("sk_live_another_key_of_24ch")),
+                        DigestEncoding::Hex,
+                    ),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(by_key.foreign_digest, Some(other_hex));
+        let pin = f
+            .keys
+            .import(
+                &Caller::Admin,
+                import_digest(
+                    &owner.id,
+                    DigestImport {
+                        prefix: String::new(),
+                        length: 8,
+                        alphabet_size: 10,
+                        allow_low_entropy: true,
+                        ..digest(
+                            &crate::key::hash::hex(&sha_bytes("12345678")),
+                            DigestEncoding::Hex,
+                        )
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(pin.prefix, None);
+        assert_eq!(pin.hash_name(), "sha256-pending");
+    }
+
+    /// SHA-256 of `text`, computed apart from the code under test.
+    fn sha_bytes(text: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(text.as_bytes()).into()
+    }
+
+    #[tokio::test]
+    async fn a_key_waiting_for_first_use_is_rotated_only_without_grace() {
+        let f = Fixture::new().await;
+        let owner = f.owner("alice").await;
+        let key = pending(&f, &owner.id).await;
+        let keyed = key.foreign_digest.clone().unwrap();
+        f.take_invalidations();
+        let graced = f
+            .keys
+            .rotate(&Caller::Admin, &key.id, grace(60))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&graced, Error::FailedPrecondition(m) if m.contains("without grace")),
+            "{graced}"
+        );
+        assert!(f.invalidations().is_empty());
+        let rotated = f
+            .keys
+            .rotate(&Caller::Admin, &key.id, grace(0))
+            .await
+            .unwrap()
+            .record;
+        assert_eq!(rotated.key.foreign_digest, None);
+        assert_eq!(rotated.key.lookup_digest, None);
+        assert_eq!(rotated.key.hash_name(), "argon2id");
+        assert!(
+            f.verifies(&rotated.key.secret_hash, rotated.secret.text())
+                .await
+        );
+        assert_eq!(
+            f.take_invalidations(),
+            [
+                Invalidation::Key(key.id.clone()),
+                Invalidation::Unimported(keyed.clone()),
+            ]
+        );
+        assert_eq!(f.deps.store.find_key_by_digest(&keyed).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -60,7 +60,7 @@ use crate::store::{KeyChange, Store};
 
 pub use caller::{Caller, CallingKey, MANAGE_SCOPE};
 pub use edit::KeyEdit;
-pub use keys::{Expiry, Import, Issued, Keys, NewKey, Rotation};
+pub use keys::{DigestImport, Expiry, Import, Issued, Keys, NewKey, Rotation};
 pub use owners::{NewOwner, OwnerUpdate, Owners};
 pub use plans::{PlanList, PlanUpdate, Plans};
 pub use usage::{Usage, UsageOf, UsageReport};

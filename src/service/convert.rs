@@ -9,9 +9,10 @@ use zeroize::Zeroizing;
 use crate::calendar::{Anchor, Cycle, Day, Period, Weekday};
 use crate::clock::{MAX_UNIX_TIME, MIN_UNIX_TIME, UnixTime};
 use crate::error::{Error, Result, quote};
+use crate::key::foreign::DigestEncoding;
 use crate::manage::{
-    Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, PlanUpdate, Rotation,
-    UsageReport,
+    DigestImport, Expiry, Import, Issued, KeyEdit, NewKey, NewOwner, OwnerUpdate, Page, PlanUpdate,
+    Rotation, UsageReport,
 };
 use crate::model::{
     Cidrs, Credits, KeyKind, KeyRecord, KeyState, Metadata, Name, Owner, OwnerState, Refill, Scopes,
@@ -450,7 +451,25 @@ pub fn import(mut req: proto::ImportKeyRequest) -> Result<Import> {
         owner_id: req.owner_id,
         plan: non_blank(req.plan),
         secret,
+        digest: req.digest.map(imported_digest),
     })
+}
+
+/// An ImportKey request's digest; [`crate::manage::Keys::import`] checks it.
+fn imported_digest(digest: proto::ImportedDigest) -> DigestImport {
+    let encoding = match digest.encoding() {
+        proto::DigestEncoding::Hex => Some(DigestEncoding::Hex),
+        proto::DigestEncoding::Base64 => Some(DigestEncoding::Base64),
+        proto::DigestEncoding::Unspecified => None,
+    };
+    DigestImport {
+        sha256: digest.sha256,
+        encoding,
+        prefix: digest.prefix,
+        length: digest.length,
+        alphabet_size: digest.alphabet_size,
+        allow_low_entropy: digest.allow_low_entropy,
+    }
 }
 
 /// The answer that carries a newly issued secret, the only place it ever appears.
@@ -542,6 +561,7 @@ impl From<&KeyRecord> for proto::Key {
                 KeyKind::Pair => proto::KeyKind::Pair,
                 KeyKind::Imported => proto::KeyKind::Imported,
             } as i32,
+            hash: k.hash_name().to_owned(),
             scopes: k.scopes.clone(),
             plan: k.plan.clone().unwrap_or_default(),
             allowed_cidrs: k.allowed_cidrs.iter().map(ToString::to_string).collect(),
