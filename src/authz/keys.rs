@@ -24,6 +24,26 @@
 //!   is not in a configured profile's format is looked up only if it is one of them, so
 //!   garbage is rejected with no store access while imported keys of any format work.
 //!
+//! # Keys imported by digest
+//!
+//! A key imported from the SHA-256 digest another system kept
+//! ([`crate::key::foreign`]) is indexed, until its first use, by that digest in keyed form
+//! (HMAC under the pepper), which is among the imported digests above. A credential found
+//! neither by an embedded id nor by its lookup digest costs one SHA-256 and one HMAC more,
+//! and is looked up in the store only if that keyed digest is one of them: garbage still
+//! costs no store access and no argon2. A match is compared in constant time with the
+//! record's foreign digest and proves the key; the policy then judges it as any other.
+//!
+//! That first verification then upgrades the record ([`KeyCache::upgrade`]): it hashes the
+//! credential with argon2id (on the bounded workers, by the request's deadline) and stores
+//! the hash, the secret check and the lookup digest in place of the foreign digest, in one
+//! store write that applies only while the record still holds that foreign digest. The
+//! verified entry is the same before and after, so the key goes on working from the cache;
+//! its next cold load finds it by its lookup digest. Another replica that still knows only
+//! the foreign digest finds no key under it, looks the credential's lookup digest up
+//! instead and learns it. When no argon2 worker is free in time, the key is verified all
+//! the same and the upgrade waits for a later cold verification.
+//!
 //! * **Shared entries** (with the Redis store): a digest verified by any replica is written
 //!   to Redis as `key id, which secret, fingerprint of that secret's hash`, so another
 //!   replica's miss reads the record from the store and skips argon2. The fingerprint ties
@@ -69,11 +89,12 @@ use tracing::Instrument;
 
 use crate::clock::UnixTime;
 use crate::error::{Error, Result};
+use crate::key::foreign::Sha256Digest;
 use crate::key::format::Profiles;
-use crate::key::hash::{CheckOutcome, Digest, HashError, Pepper, SecretHasher};
+use crate::key::hash::{CheckOutcome, Digest, HashError, Pepper, SecretHasher, secrets_equal};
 use crate::model::{KeyRecord, KeyState, Owner};
 use crate::plan::PlanConfig;
-use crate::store::Store;
+use crate::store::{KeyChange, Store};
 
 /// Which of a key's secrets a credential matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,6 +454,10 @@ fn hash_fingerprint(key: &KeyRecord, matched: MatchedSecret) -> Option<String> {
         MatchedSecret::Current => &key.secret_hash,
         MatchedSecret::Previous => &key.previous_secret.as_ref()?.hash,
     };
+    // A key still verified by a foreign digest has no hash to tie a shared entry to.
+    if phc.is_empty() {
+        return None;
+    }
     Some(crate::key::hash::hex(
         &sha2::Sha256::digest(phc.as_bytes())[..16],
     ))
@@ -517,15 +542,16 @@ impl KeyCache {
             return answer(Some(entry), CacheOutcome::L1Hit);
         }
         let deadline = self.hasher.deadline(deadline);
-        // The id a key in a configured profile's format embeds; `None` for imported keys,
-        // which are found by their digest.
-        let embedded_id = match self.profiles.parse(credential) {
-            Ok(parsed) => Some(parsed.id),
-            Err(_) if self.is_imported(&digest) => None,
-            Err(_) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                return answer(None, CacheOutcome::Malformed);
-            }
+        let locator = match self.profiles.parse(credential) {
+            Ok(parsed) => Locator::Id(parsed.id),
+            Err(_) if self.is_imported(&digest) => Locator::Digest,
+            Err(_) => match self.foreign(credential) {
+                Some(foreign) => Locator::Foreign(foreign),
+                None => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    return answer(None, CacheOutcome::Malformed);
+                }
+            },
         };
         if self.rejected.contains_key(&digest) {
             self.stats.rejection_hits.fetch_add(1, Ordering::Relaxed);
@@ -539,7 +565,7 @@ impl KeyCache {
             let loaded_by_us = std::sync::OnceLock::new();
             let load = self.load(
                 credential,
-                embedded_id,
+                locator,
                 &digest,
                 (epoch, deadline),
                 &loaded_by_us,
@@ -578,7 +604,7 @@ impl KeyCache {
     async fn load(
         &self,
         credential: &str,
-        embedded_id: Option<&str>,
+        locator: Locator<'_>,
         digest: &Digest,
         (epoch, deadline): (u64, Instant),
         outcome: &std::sync::OnceLock<CacheOutcome>,
@@ -602,7 +628,7 @@ impl KeyCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let _ = outcome.set(CacheOutcome::Miss);
         let verified = self
-            .verify_stored(credential, embedded_id, digest, deadline)
+            .verify_stored(credential, locator, digest, deadline)
             .instrument(tracing::debug_span!("key cache miss"))
             .await;
         match verified {
@@ -619,24 +645,50 @@ impl KeyCache {
         }
     }
 
-    /// Reads the key `credential` names (by its embedded id, else by its digest) and checks
-    /// the secret against the stored secret checks and hashes: the key and which secret
-    /// matched, or `None` when it proves no key. Store and hashing failures are errors, not
-    /// `None`.
+    /// Reads the key `credential` names (where `locator` says) and checks the secret: the
+    /// key and which secret matched, or `None` when it proves no key. Store and hashing
+    /// failures are errors, not `None`.
     async fn verify_stored(
         &self,
         credential: &str,
-        embedded_id: Option<&str>,
+        locator: Locator<'_>,
         digest: &Digest,
         deadline: Instant,
     ) -> Result<Option<(KeyRecord, MatchedSecret)>> {
-        let record = match embedded_id {
-            Some(id) => self.store.get_key(id).await?,
-            None => self.store.find_key_by_digest(&digest.to_hex()).await?,
+        let record = match locator {
+            Locator::Id(id) => match self.store.get_key(id).await? {
+                Some(key) => Some(key),
+                // A key imported by digest whose text happens to be in a profile's format.
+                None => match self.foreign(credential) {
+                    Some(foreign) => {
+                        return self
+                            .verify_foreign(credential, &foreign, digest, deadline)
+                            .await;
+                    }
+                    None => None,
+                },
+            },
+            Locator::Digest => self.store.find_key_by_digest(&digest.to_hex()).await?,
+            Locator::Foreign(foreign) => {
+                return self
+                    .verify_foreign(credential, &foreign, digest, deadline)
+                    .await;
+            }
         };
-        let Some(key) = record else {
-            return Ok(None);
-        };
+        match record {
+            Some(key) => self.check_secrets(key, credential, deadline).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Checks `credential` against the secret checks and argon2id hashes of `key`, current
+    /// then previous: the key and which secret matched, or `None`.
+    async fn check_secrets(
+        &self,
+        key: KeyRecord,
+        credential: &str,
+        deadline: Instant,
+    ) -> Result<Option<(KeyRecord, MatchedSecret)>> {
         let previous = key
             .previous_secret
             .as_ref()
@@ -649,7 +701,8 @@ impl KeyCache {
             ),
             (previous, MatchedSecret::Previous),
         ] {
-            let Some((hash, check)) = candidate else {
+            // A key waiting for its first use after an import by digest has no hash yet.
+            let Some((hash, check)) = candidate.filter(|(hash, _)| !hash.is_empty()) else {
                 continue;
             };
             let said = check.as_deref().map_or(CheckOutcome::Unknown, |check| {
@@ -676,6 +729,101 @@ impl KeyCache {
             self.stats.check_refusals.fetch_add(1, Ordering::Relaxed);
         }
         Ok(None)
+    }
+
+    /// The keyed SHA-256 digest of `credential`, when it names a key imported by digest:
+    /// one SHA-256, one HMAC and a look in memory, no store access.
+    fn foreign(&self, credential: &str) -> Option<Digest> {
+        let foreign = Sha256Digest::of(credential).keyed(&self.pepper);
+        self.is_imported(&foreign).then_some(foreign)
+    }
+
+    /// Verifies `credential` against the key imported with its SHA-256 digest, whose keyed
+    /// form is `foreign`, and on a match upgrades that key ([`KeyCache::upgrade`]). A key
+    /// no longer found by `foreign` was upgraded since (by another replica, or before a
+    /// restart of this one): it is found by the credential's lookup digest and verified like
+    /// any imported key.
+    async fn verify_foreign(
+        &self,
+        credential: &str,
+        foreign: &Digest,
+        digest: &Digest,
+        deadline: Instant,
+    ) -> Result<Option<(KeyRecord, MatchedSecret)>> {
+        let foreign_hex = foreign.to_hex();
+        if let Some(key) = self.store.find_key_by_digest(&foreign_hex).await? {
+            let proved = key
+                .foreign_digest
+                .as_deref()
+                .is_some_and(|stored| secrets_equal(stored.as_bytes(), foreign_hex.as_bytes()));
+            if !proved {
+                return Ok(None);
+            }
+            let key = self.upgrade(key, credential, digest, deadline).await;
+            return Ok(Some((key, MatchedSecret::Current)));
+        }
+        self.set_imported(foreign, false);
+        match self.store.find_key_by_digest(&digest.to_hex()).await? {
+            Some(key) => {
+                self.set_imported(digest, true);
+                self.check_secrets(key, credential, deadline).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the foreign digest of `key`, just verified with `credential`, with
+    /// keygate's own argon2id hash, secret check and lookup digest, in one store write that
+    /// applies only while the record still holds that foreign digest. Returns the record
+    /// as written, or `key` as it was when the upgrade cannot be made now (no argon2 worker
+    /// before `deadline`, the store refused, the key changed): the key is verified either
+    /// way, and a later verification tries again. A revoked key is not upgraded.
+    async fn upgrade(
+        &self,
+        key: KeyRecord,
+        credential: &str,
+        digest: &Digest,
+        deadline: Instant,
+    ) -> KeyRecord {
+        if key.state == KeyState::Revoked {
+            return key;
+        }
+        let hash = match self.hasher.hash_by(credential, deadline).await {
+            Ok(hash) => hash,
+            Err(error) => {
+                tracing::info!(key_id = %key.id, %error, "a key imported by digest stays on it for now");
+                return key;
+            }
+        };
+        let check = self.pepper.secret_check(credential);
+        let lookup = digest.to_hex();
+        let foreign = key.foreign_digest.clone();
+        let change: KeyChange = Arc::new(move |k: &mut KeyRecord| {
+            if k.foreign_digest.is_none() || k.foreign_digest != foreign {
+                return Err(Error::FailedPrecondition(
+                    "the key's secret changed while it was being upgraded".into(),
+                ));
+            }
+            k.secret_hash = hash.clone();
+            k.secret_check = Some(check.clone());
+            k.lookup_digest = Some(lookup.clone());
+            k.foreign_digest = None;
+            Ok(())
+        });
+        match self.store.update_key(&key.id, change).await {
+            Ok(upgraded) => {
+                if let Some(old) = key.lookup_digest.as_deref().and_then(Digest::from_hex) {
+                    self.set_imported(&old, false);
+                }
+                self.set_imported(digest, true);
+                tracing::info!(key_id = %key.id, "a key imported by digest now has an argon2id hash");
+                upgraded
+            }
+            Err(error) => {
+                tracing::info!(key_id = %key.id, %error, "a key imported by digest stays on it for now");
+                key
+            }
+        }
     }
 
     /// Waits (until `deadline`) for the turn to verify a secret of key `id` without a
@@ -797,10 +945,7 @@ impl KeyCache {
     /// rejection of it.
     pub async fn add_imported(&self, digest_hex: &str) {
         if let Some(digest) = Digest::from_hex(digest_hex) {
-            self.imported
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(digest);
+            self.set_imported(&digest, true);
             self.rejected.invalidate(&digest).await;
         }
     }
@@ -808,10 +953,17 @@ impl KeyCache {
     /// Notes that the lookup digest `digest` (hex) no longer names a key.
     pub fn remove_imported(&self, digest_hex: &str) {
         if let Some(digest) = Digest::from_hex(digest_hex) {
-            self.imported
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&digest);
+            self.set_imported(&digest, false);
+        }
+    }
+
+    /// Notes in memory that lookup digest `digest` names a key (`true`) or no longer does.
+    fn set_imported(&self, digest: &Digest, named: bool) {
+        let mut imported = self.imported.write().unwrap_or_else(|e| e.into_inner());
+        if named {
+            imported.insert(*digest);
+        } else {
+            imported.remove(digest);
         }
     }
 
@@ -852,6 +1004,18 @@ impl KeyCache {
         loaded_at < self.floor.load(Ordering::SeqCst)
             || self.epoch.load(Ordering::SeqCst) > loaded_at
     }
+}
+
+/// Where a credential's key record is looked for.
+#[derive(Debug, Clone, Copy)]
+enum Locator<'a> {
+    /// By the id a key in a configured profile's format embeds (or, when no key has it, as
+    /// [`Locator::Foreign`] if the text's keyed SHA-256 digest names one).
+    Id(&'a str),
+    /// By the credential's lookup digest: an imported key.
+    Digest,
+    /// By this keyed SHA-256 digest of the credential: a key imported by digest.
+    Foreign(Digest),
 }
 
 /// How many times a lookup drops a stale entry and loads again before it answers
@@ -989,6 +1153,151 @@ mod tests {
         async fn proves(&self, credential: &str) -> Result<bool> {
             Ok(self.cache.verify(credential, None).await?.key.is_some())
         }
+    }
+
+    impl Fixture {
+        /// Another cache over the same store, as another replica or a restart has, which
+        /// knows the imported digests stored now.
+        async fn replica(&self) -> KeyCache {
+            let profiles = Arc::new(Profiles::new(vec![default_profile()], "kg_live").unwrap());
+            let cache = KeyCache::new(
+                &CacheConfig::default(),
+                self.store.clone(),
+                self.hasher.clone(),
+                self.pepper.clone(),
+                profiles,
+                None,
+            );
+            cache.load_imported().await.unwrap();
+            cache
+        }
+
+        /// Stores key `id` as imported from the SHA-256 digest of `text`, as the management
+        /// plane does, and tells the cache.
+        async fn import_digest(&self, id: &str, text: &str) -> KeyRecord {
+            let foreign = Sha256Digest::of(text).keyed(&self.pepper).to_hex();
+            let record = KeyRecord {
+                owner_id: "o1".into(),
+                kind: crate::model::KeyKind::Imported,
+                profile: None,
+                prefix: Some("sk_live_".into()),
+                lookup_digest: Some(foreign.clone()),
+                foreign_digest: Some(foreign.clone()),
+                ..record(id)
+            };
+            self.store.insert_key(&record, None).await.unwrap();
+            self.cache.add_imported(&foreign).await;
+            record
+        }
+    }
+
+    fn legacy_key() -> String {
+        format!(
+            "sk_live_{}",
+            crate::key::format::Alphabet::Base62.random(24).as_str()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_key_imported_by_digest_is_proved_by_it_once_then_by_its_argon2id_hash() {
+        let f = fixture().await;
+        let text = legacy_key();
+        let pending = f.import_digest("dddddddddddd", &text).await;
+        let foreign = pending.foreign_digest.clone().unwrap();
+        let other_replica = f.replica().await;
+
+        // Garbage of the same shape is refused without a lookup.
+        let wrong = f.cache.verify(&legacy_key(), None).await.unwrap();
+        assert!(wrong.key.is_none());
+        assert_eq!(wrong.outcome, CacheOutcome::Malformed);
+
+        let before = f.hasher.verifications();
+        let first = f.cache.verify(&text, None).await.unwrap();
+        assert_eq!(first.outcome, CacheOutcome::Miss);
+        assert_eq!(first.key.unwrap().key.id(), "dddddddddddd");
+        assert_eq!(f.hasher.verifications(), before, "the digest proved it");
+
+        let upgraded = f.store.get_key("dddddddddddd").await.unwrap().unwrap();
+        assert_eq!(upgraded.foreign_digest, None);
+        assert_eq!(upgraded.hash_name(), "argon2id");
+        let lookup = f.pepper.digest(text.as_bytes()).to_hex();
+        assert_eq!(upgraded.lookup_digest.as_deref(), Some(lookup.as_str()));
+        assert_eq!(upgraded.secret_check, Some(f.pepper.secret_check(&text)));
+        assert!(f.hasher.verify(&upgraded.secret_hash, &text).await.unwrap());
+        assert_eq!(f.store.find_key_by_digest(&foreign).await.unwrap(), None);
+        assert_eq!(
+            (upgraded.scopes.clone(), upgraded.updated_at),
+            (pending.scopes.clone(), pending.updated_at),
+            "only the secret changed"
+        );
+
+        let warm = f.cache.verify(&text, None).await.unwrap();
+        assert_eq!(warm.outcome, CacheOutcome::L1Hit);
+        // A replica that knew only the foreign digest finds the key by its lookup digest.
+        let elsewhere = other_replica.verify(&text, None).await.unwrap();
+        assert_eq!(elsewhere.key.unwrap().key.id(), "dddddddddddd");
+        // After a restart the key is an ordinary imported one, and garbage is still refused
+        // without a lookup.
+        let restarted = f.replica().await;
+        let before = f.hasher.verifications();
+        assert!(restarted.verify(&text, None).await.unwrap().key.is_some());
+        assert_eq!(
+            f.hasher.verifications(),
+            before + 1,
+            "its argon2id hash decided"
+        );
+        let garbage = restarted.verify(&legacy_key(), None).await.unwrap();
+        assert_eq!(garbage.outcome, CacheOutcome::Malformed);
+        assert_eq!(
+            restarted
+                .verify(&format!("{text}x"), None)
+                .await
+                .unwrap()
+                .outcome,
+            CacheOutcome::Malformed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_imported_by_digest_is_found_for_the_policy_but_not_upgraded() {
+        let f = fixture().await;
+        let text = legacy_key();
+        let pending = f.import_digest("rrrrrrrrrrrr", &text).await;
+        let revoked = f
+            .store
+            .update_key(
+                "rrrrrrrrrrrr",
+                Arc::new(|k| {
+                    k.state = KeyState::Revoked;
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap();
+        f.cache.invalidate_key(&pending.id);
+        let found = f.cache.verify(&text, None).await.unwrap();
+        assert_eq!(found.key.unwrap().key.state, KeyState::Revoked);
+        assert_eq!(
+            f.store.get_key("rrrrrrrrrrrr").await.unwrap(),
+            Some(revoked)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_imported_by_digest_may_look_like_an_issued_one() {
+        let f = fixture().await;
+        // In the kg_live format, with an id no stored key has.
+        let text = default_profile().issue("eeeeeeeeeeee").text().to_owned();
+        f.import_digest("ffffffffffff", &text).await;
+        let found = f.cache.verify(&text, None).await.unwrap();
+        assert_eq!(found.key.unwrap().key.id(), "ffffffffffff");
+        let upgraded = f.store.get_key("ffffffffffff").await.unwrap().unwrap();
+        assert_eq!(upgraded.foreign_digest, None);
+        // A key id with a record but the wrong secret is not looked for elsewhere.
+        let issued = f.key("gggggggggggg", true).await;
+        assert!(f.proves(&issued).await.unwrap());
+        let wrong = default_profile().issue("gggggggggggg").text().to_owned();
+        assert!(!f.proves(&wrong).await.unwrap());
     }
 
     fn wrong_secrets(id: &str, n: usize) -> Vec<String> {
