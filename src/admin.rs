@@ -1,9 +1,10 @@
 //! Backup and migration: every record of a store as JSON lines, and back into any store.
 //!
 //! Records hold hashes and digests only, never a plaintext key, so an export is as
-//! sensitive as the store itself and no more. Keys imported from other systems and pending
-//! activation codes are found by digests made with the pepper: a store moved elsewhere needs
-//! the same pepper to keep them working.
+//! sensitive as the store itself and no more. Keys imported from other systems (by their
+//! text, or by a digest and not used since) and pending activation codes are found by
+//! digests made with the pepper: a store moved elsewhere needs the same pepper to keep them
+//! working.
 
 use std::io::{BufRead, Write};
 

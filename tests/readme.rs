@@ -335,27 +335,8 @@ fn the_readme_quota_and_credit_examples_work_as_written() {
             ("KEYGATE_ADMIN_TOKEN", common::ADMIN_TOKEN),
         ],
     );
-    let bin_dir = keygate_bin().parent().unwrap().to_owned();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    common::tools::system_tool("jq");
-    let output = Command::new(common::tools::system_tool("bash"))
-        .args(["-ec", &section_block(&readme, heading, "sh")])
-        .env_clear()
-        .env("PATH", path)
-        .env("KEYGATE_ADDR", server.url())
-        .env("KEYGATE_TOKEN", common::ADMIN_TOKEN)
-        .output()
-        .expect("cannot run the example");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let script = section_block(&readme, heading, "sh");
+    let stdout = run_cli_example(&script, &server, dir.path(), &[]);
     // The plan's table, the credits `jq` printed, then the key's table.
     let printed = &stdout[stdout.find("\n{").unwrap_or_else(|| panic!("{stdout}"))..];
     let granted: Json = serde_json::Deserializer::from_str(printed)
@@ -368,4 +349,90 @@ fn the_readme_quota_and_credit_examples_work_as_written() {
     assert!(last.ends_with("unlimited"), "{stdout}");
     assert_eq!(granted["remaining"], 1000, "{stdout}");
     assert_eq!(granted["refill"], "1000/month@1", "{stdout}");
+}
+
+#[test]
+fn the_readme_migration_by_hash_example_works_as_written() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let script = section_block(&readme, "### Migrating keys by hash", "sh");
+    let dir = common::data_dir();
+    let server = common::process::KeygateProcess::start(
+        dir.path(),
+        &[
+            ("KEYGATE_PEPPER", "readme migration pepper 0123"),
+            ("KEYGATE_ADMIN_TOKEN", common::ADMIN_TOKEN),
+        ],
+    );
+    let (status, owner) = common::json_api::send(
+        server.management_addr,
+        common::ADMIN_TOKEN,
+        "POST",
+        "/v1/owners",
+        Some(&serde_json::json!({"externalId": "migrated", "displayName": "Migrated"})),
+    );
+    assert_eq!(status, 200, "{owner}");
+    // The old system's export, made with sha256sum as that system would have.
+    let work = tempfile::tempdir().unwrap();
+    let mut export = String::new();
+    for _ in 0..3 {
+        let key = format!(
+            "sk_live_{}",
+            keygate::key::format::Alphabet::Base62.random(32).as_str()
+        );
+        let mut child = Command::new(common::tools::system_tool("sha256sum"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), key.as_bytes()).unwrap();
+        let printed = child.wait_with_output().unwrap().stdout;
+        let digest = String::from_utf8(printed).unwrap();
+        export.push_str(digest.split_whitespace().next().unwrap());
+        export.push('\n');
+    }
+    std::fs::write(work.path().join("digests.txt"), export).unwrap();
+
+    let owner_id = owner["id"].as_str().unwrap();
+    let printed = run_cli_example(&script, &server, work.path(), &[("OWNER", owner_id)]);
+    // Three keys imported, then the same three listed as waiting for their first use.
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 6, "{printed}");
+    let (imported, pending) = lines.split_at(3);
+    let mut imported = imported.to_vec();
+    imported.sort_unstable();
+    assert_eq!(imported, pending, "{printed}");
+}
+
+/// Runs a shell example of the README with `bash -e` in `dir`, as a user would after
+/// pointing the CLI (on `PATH`, with `jq`) at `server` with the admin token, and `env`
+/// set: what it printed. It must succeed.
+fn run_cli_example(
+    script: &str,
+    server: &common::process::KeygateProcess,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> String {
+    common::tools::system_tool("jq");
+    let binary_dir = keygate_bin().parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(std::iter::once(binary_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let output = Command::new(common::tools::system_tool("bash"))
+        .args(["-ec", script])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", path)
+        .env("KEYGATE_ADDR", server.url())
+        .env("KEYGATE_TOKEN", common::ADMIN_TOKEN)
+        .envs(env.iter().copied())
+        .output()
+        .expect("cannot run the example");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{script}\n{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    printed
 }
