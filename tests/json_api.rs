@@ -191,6 +191,20 @@ fn every_route_answers_the_admin() {
         json!({"ownerId": carol_id, "name": "legacy", "secret": "sk_legacy_7Hq2mX9pL4vN8rT3wZ6yB1cD5fG0jK"}),
     );
     assert_eq!(imported["kind"], "KEY_KIND_IMPORTED");
+    assert_eq!(imported["hash"], "argon2id");
+    // SHA-256 of "sk_live_4eC39HqLyjWDarjtT1zdp7dc", in base64 without its padding. (The
+    // route was counted above.)
+    let by_digest = f
+        .call(
+            ADMIN_TOKEN,
+            "ImportKey",
+            json!({"ownerId": carol_id, "name": "by digest", "digest": {
+            "sha256": "eKCEQfQxTwooM8/ljGLlVaFiJkIGmCzaOfaAT1BI9XA",
+            "encoding": "DIGEST_ENCODING_BASE64", "prefix": "sk_live_", "length": 32}}),
+        )
+        .unwrap();
+    assert_eq!(by_digest["hash"], "sha256-pending");
+    assert_eq!(by_digest["prefix"], "sk_live_");
     let usage = ok("GetKeyUsage", json!({"keyId": pending}));
     assert_eq!(
         usage["days"].as_array().unwrap().len(),
@@ -476,6 +490,16 @@ fn bad_input_and_unknown_records_are_refused_with_the_right_status() {
             "ImportKey",
             json!({"ownerId": "own_nobody", "name": "x", "secret": "sk_4f9Kq2Lm8Np3Rs7Tv1Wx5Yz0Ab6Cd"}),
             status_404,
+        ),
+        (
+            "ImportKey",
+            json!({"ownerId": f.alice, "name": "x", "digest": {"sha256": "ab", "encoding": "DIGEST_ENCODING_HEX", "length": 40}}),
+            status_400,
+        ),
+        (
+            "ImportKey",
+            json!({"ownerId": f.alice, "name": "x", "digest": {"sha256": "78a08441f4314f0a2833cfe58c62e555a162264206982cda39f6804f5048f570", "encoding": "DIGEST_ENCODING_HEX", "length": 12}}),
+            status_400,
         ),
         (
             "GetKeyUsage",
