@@ -13,13 +13,15 @@
 //!
 //! 1. Foundations
 //!    - [`clock`] — injected time; durations written as text.
-//!    - [`calendar`] — calendar days in the configured time zone.
+//!    - [`calendar`] — calendar days and cycles (day, week, month from an anchor) in the
+//!      configured time zone.
 //!    - [`error`] — the error shape callers can act on (invalid, not found, unavailable...).
 //!    - [`key`] — key text format ([`key::format`]), argon2id hashing and peppered digests
-//!      ([`key::hash`]).
+//!      ([`key::hash`]), digests of keys migrated from other systems ([`key::foreign`]).
 //!    - [`model`] — the stored records, owners and keys, and the validated values they are
 //!      built from (names, scopes, networks, metadata), shared by the server and the CLI.
-//!    - [`plan`] — plans: API access, key caps, rate windows; the rules every plan follows.
+//!    - [`plan`] — plans: API access, key caps, rate windows, calendar quotas; the rules every
+//!      plan follows.
 //!    - [`secrets`] — the pepper and admin token, from env or files only.
 //!    - [`shutdown`] — signals, the stop watch, the drain grace.
 //! 2. Infrastructure
@@ -28,7 +30,8 @@
 //!      ([`redis::scripts`]).
 //!    - [`store`] — the [`store::Store`] trait (owners, plans, keys), the embedded redb backend
 //!      and the Redis one.
-//!    - [`ratelimit`] — sliding-window rate limits, local and in Redis.
+//!    - [`ratelimit`] — sliding-window rate limits, calendar quotas and credits
+//!      ([`ratelimit::meters`]), checked together, local and in Redis.
 //!    - [`connection`] — accepted connections prepared for small answers: no Nagle delay,
 //!      HTTP/2 frames coalesced into one write.
 //!    - [`tls`] — TLS on the gRPC listeners: certificates reloaded when their files change,
