@@ -158,7 +158,7 @@ pub enum Refill {
         amount: u64,
         /// `day`, `week` or `month`.
         period: Period,
-        /// Where a cycle starts (see [`Cycle::anchor`]).
+        /// Where a cycle starts (see [`crate::calendar::Cycle::anchor`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         anchor: Option<Anchor>,
     },

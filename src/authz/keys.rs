@@ -34,7 +34,7 @@
 //! costs no store access and no argon2. A match is compared in constant time with the
 //! record's foreign digest and proves the key; the policy then judges it as any other.
 //!
-//! That first verification then upgrades the record ([`KeyCache::upgrade`]): it hashes the
+//! That first verification then upgrades the record: it hashes the
 //! credential with argon2id (on the bounded workers, by the request's deadline) and stores
 //! the hash, the secret check and the lookup digest in place of the foreign digest, in one
 //! store write that applies only while the record still holds that foreign digest. The
