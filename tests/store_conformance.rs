@@ -661,6 +661,24 @@ pub async fn deleting_a_key_removes_it_everywhere(store: &dyn Store) {
     ));
     // The id and digest are free again.
     store.insert_key(&k, None).await.unwrap();
+
+    // The key's credits go with it; another key's stay.
+    let credits = |key_id| keyspace::key_credits("o1", key_id);
+    let meter = Meter {
+        since: 1,
+        value: 2,
+        epoch: 0,
+    };
+    store
+        .save_meters(&[(credits("k1"), meter), (credits("k10"), meter)])
+        .await
+        .unwrap();
+    store.delete_key("k1").await.unwrap();
+    let left = store
+        .load_meters(&[credits("k1"), credits("k10")])
+        .await
+        .unwrap();
+    assert_eq!(left.keys().collect::<Vec<_>>(), [&credits("k10")]);
 }
 
 pub async fn key_uses_add_up_and_skip_keys_that_are_gone(store: &dyn Store) {

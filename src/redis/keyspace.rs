@@ -95,6 +95,12 @@ pub fn key_credits(owner_id: &str, key_id: &str) -> String {
     format!("kg:rw:{{{owner_id}}}:k:{key_id}:credits")
 }
 
+/// The start of the name of every meter and window log of one key ([`key_credits`],
+/// [`key_quota`], [`key_rate_window`]): what is forgotten with the key.
+pub fn key_limits_prefix(owner_id: &str, key_id: &str) -> String {
+    format!("kg:rw:{{{owner_id}}}:k:{key_id}:")
+}
+
 /// A meter of the in-process limiter, saved by a Redis store: the meter's own name
 /// ([`key_quota`], [`key_credits`]...) behind a prefix of its own, JSON. Its hash tag is the
 /// meter's.
@@ -160,6 +166,14 @@ mod tests {
         );
         assert_eq!(owner_quota("o1", "week"), "kg:rw:{o1}:o:q:week");
         assert_eq!(key_credits("o1", "k1"), "kg:rw:{o1}:k:k1:credits");
+        for name in [
+            key_credits("o1", "k1"),
+            key_quota("o1", "k1", "day"),
+            key_rate_window("o1", "k1", 1000),
+        ] {
+            assert!(name.starts_with(&key_limits_prefix("o1", "k1")), "{name}");
+        }
+        assert!(!key_credits("o1", "k10").starts_with(&key_limits_prefix("o1", "k1")));
         assert_eq!(
             stored_meter("kg:rw:{o1}:o:q:day"),
             "kg:m:kg:rw:{o1}:o:q:day"

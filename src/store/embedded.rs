@@ -20,6 +20,7 @@ use crate::calendar::Day;
 use crate::error::{Error, Result};
 use crate::model::{DailyUsage, KeyRecord, KeyState, Meter, Owner};
 use crate::plan::PlanConfig;
+use crate::redis::keyspace;
 
 /// Owner id → JSON owner.
 const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
@@ -523,6 +524,7 @@ impl Store for EmbeddedStore {
                     .map_err(fault)?;
             }
             forget_usage(txn, &id)?;
+            forget_meters(txn, &key)?;
             Ok(key)
         })
         .await
@@ -621,6 +623,22 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Removes the in-process limiter's meters of `key` (its quotas' counts, its credits).
+fn forget_meters(txn: &WriteTransaction, key: &KeyRecord) -> Result<()> {
+    let prefix = keyspace::key_limits_prefix(&key.owner_id, &key.id);
+    let mut meters = txn.open_table(METERS).map_err(fault)?;
+    let names: Vec<String> = meters
+        .range(prefix.as_str()..)
+        .map_err(fault)?
+        .map(|entry| Ok(entry.map_err(fault)?.0.value().to_owned()))
+        .take_while(|name: &Result<String>| name.as_ref().map_or(true, |n| n.starts_with(&prefix)))
+        .collect::<Result<_>>()?;
+    for name in names {
+        meters.remove(name.as_str()).map_err(fault)?;
+    }
+    Ok(())
 }
 
 /// Removes every day of key `key_id`'s usage history.

@@ -89,8 +89,8 @@ use crate::error::{Error, Result};
 use crate::model::{DailyUsage, KeyRecord, KeyState, Meter, Owner};
 use crate::plan::PlanConfig;
 use crate::redis::keyspace::{
-    KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, PLANS, key_daily_usage,
-    owner_key_ids, owner_keys, owner_record, stored_meter,
+    KEYS_BY_DIGEST, OWNER_IDS, OWNER_OF, OWNERS_BY_EXTERNAL_ID, PLANS, key_credits,
+    key_daily_usage, owner_key_ids, owner_keys, owner_record, stored_meter,
 };
 use crate::redis::{RedisClient, RedisConfig, RedisConnection, scripts};
 
@@ -738,6 +738,14 @@ impl Store for RedisStore {
         // releasing its index entries fails, and the caller must invalidate its caches.
         self.release_key(id, &owner_id, key.lookup_digest.as_deref())
             .await;
+        // Its credits, live and as saved by an in-process limiter (each in the limiter's
+        // slot, not the record's). Quota counts expire with their cycles.
+        let credits = key_credits(&owner_id, id);
+        for name in [stored_meter(&credits), credits] {
+            if let Err(error) = self.query::<()>(redis::cmd("DEL").arg(&name)).await {
+                warn!("the credits of deleted key {id} stay until deleted by hand: {error}");
+            }
+        }
         Ok(key)
     }
 
