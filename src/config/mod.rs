@@ -274,6 +274,20 @@ impl Config {
         if self.ratelimit.replicas == 0 {
             return Err(field_error("ratelimit.replicas", "must be at least 1"));
         }
+        let names = &self.ratelimit.quota_headers;
+        for (field, name) in [
+            ("limit", &names.limit),
+            ("remaining", &names.remaining),
+            ("reset", &names.reset),
+            ("credits", &names.credits),
+        ] {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(field_error(
+                    format!("ratelimit.quota_headers.{field}"),
+                    "must be an HTTP header name: letters, digits and -, e.g. \"x-quota-limit\"",
+                ));
+            }
+        }
         if self.redis.timeout.is_zero() {
             return Err(field_error("redis.timeout", "must be longer than zero"));
         }
@@ -412,6 +426,19 @@ mod tests {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn quota_header_names_are_lower_cased_and_must_be_header_names() {
+        let config = load(&[], &[("ratelimit.quota_headers.limit", "X-Plan-Limit")]).unwrap();
+        assert_eq!(config.ratelimit.quota_headers.limit, "x-plan-limit");
+        for bad in ["", "x quota", "x:quota"] {
+            let error = load(&[], &[("ratelimit.quota_headers.reset", bad)]).unwrap_err();
+            assert!(
+                error.to_string().contains("ratelimit.quota_headers.reset"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 
     #[test]
