@@ -81,45 +81,45 @@ impl LocalLimiter {
         self
     }
 
-    /// Makes sure every meter `checks` names is in memory, reading from the store those
-    /// that are not.
-    pub async fn load_meters(&self, checks: &Checks<'_>) -> crate::error::Result<()> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let missing: Vec<String> = checks
+    /// The meters `checks` names that are not in memory and must be read from the store
+    /// first ([`LocalLimiter::load_meters`]); none for a limiter without a store.
+    pub fn missing_meters(&self, checks: &Checks<'_>) -> Vec<String> {
+        if self.store.is_none() {
+            return Vec::new();
+        }
+        checks
             .meter_names()
             .filter(|name| !self.meters.contains_key(*name))
             .map(str::to_owned)
-            .collect();
-        if missing.is_empty() {
+            .collect()
+    }
+
+    /// Brings the meters named `missing` into memory: those changed since the last flush
+    /// from the set waiting to be written, the others from the store (a meter it never saved
+    /// starts empty).
+    pub async fn load_meters(&self, missing: Vec<String>) -> crate::error::Result<()> {
+        let Some(store) = &self.store else {
             return Ok(());
-        }
-        let unwritten: Vec<(String, Option<MeterCell>)> = {
+        };
+        let mut loaded: Vec<(String, MeterCell)> = Vec::new();
+        let mut to_read: Vec<String> = Vec::new();
+        {
             let changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
-            missing
-                .into_iter()
-                .map(|name| {
-                    let cell = changed.get(&name).cloned();
-                    (name, cell)
-                })
-                .collect()
-        };
-        let to_read: Vec<String> = unwritten
-            .iter()
-            .filter(|(_, cell)| cell.is_none())
-            .map(|(name, _)| name.clone())
-            .collect();
-        let mut read = if to_read.is_empty() {
-            HashMap::new()
-        } else {
-            store.load_meters(&to_read).await?
-        };
-        for (name, cell) in unwritten {
-            let cell = cell.unwrap_or_else(|| {
+            for name in missing {
+                match changed.get(&name) {
+                    Some(cell) => loaded.push((name, cell.clone())),
+                    None => to_read.push(name),
+                }
+            }
+        }
+        if !to_read.is_empty() {
+            let mut read = store.load_meters(&to_read).await?;
+            for name in to_read {
                 let meter = read.remove(&name).unwrap_or_default();
-                Arc::new(Mutex::new(meter))
-            });
+                loaded.push((name, Arc::new(Mutex::new(meter))));
+            }
+        }
+        for (name, cell) in loaded {
             // A decision that loaded it meanwhile wins: it may have charged it already.
             self.meters.get_with(name, || cell);
         }

@@ -532,7 +532,12 @@ impl RateLimiter {
     ) -> crate::error::Result<RateOutcome> {
         match self {
             RateLimiter::Local(local) => {
-                local.load_meters(checks).await?;
+                let missing = local.missing_meters(checks);
+                if !missing.is_empty() {
+                    // Boxed like the Redis call: reading meters from the store happens once
+                    // per meter, and its state need not enlarge every decision's future.
+                    Box::pin(local.load_meters(missing)).await?;
+                }
                 let now = clock.now_millis();
                 Ok(local.check(subject, checks, cost, now, 1, DecidedBy::Local))
             }
