@@ -201,6 +201,32 @@ pub struct Cycle {
 }
 
 impl Cycle {
+    /// Reads `PERIOD[@ANCHOR]` as [`Cycle`]'s `Display` writes it: `day`, `week`,
+    /// `week@friday`, `month@15`. The error says what is wrong.
+    pub fn parse(text: &str) -> Result<Cycle, String> {
+        let (period, anchor) = match text.trim().split_once('@') {
+            Some((period, anchor)) => (period, Some(anchor)),
+            None => (text.trim(), None),
+        };
+        let period = match period {
+            "day" => Period::Day,
+            "week" => Period::Week,
+            "month" => Period::Month,
+            other => return Err(format!("{other:?} is not day, week or month")),
+        };
+        let anchor = match anchor {
+            None => None,
+            Some(anchor) => Some(match (anchor.parse::<u8>(), Weekday::parse(anchor)) {
+                (Ok(day), _) => Anchor::MonthDay(day),
+                (_, Some(weekday)) => Anchor::Weekday(weekday),
+                _ => return Err(format!("{anchor:?} is not a day of the month or a weekday")),
+            }),
+        };
+        let cycle = Cycle { period, anchor };
+        cycle.validate()?;
+        Ok(cycle)
+    }
+
     /// Whether the anchor fits the period: none for days, a weekday for weeks, a day of the
     /// month from 1 to 31 for months. The error says what is expected.
     pub fn validate(&self) -> Result<(), String> {
@@ -275,6 +301,18 @@ impl Cycle {
             _ => 1,
         };
         anchor.min(days_in_month(year, month))
+    }
+}
+
+impl fmt::Display for Cycle {
+    /// `PERIOD[@ANCHOR]`: `day`, `week@friday`, `month@15`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.period.as_str())?;
+        match self.anchor {
+            None => Ok(()),
+            Some(Anchor::MonthDay(day)) => write!(f, "@{day}"),
+            Some(Anchor::Weekday(weekday)) => write!(f, "@{}", weekday.as_str()),
+        }
     }
 }
 
@@ -514,6 +552,33 @@ mod tests {
                 (start.to_owned(), end.to_owned()),
                 "{now} {period:?} {anchor:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_cycle_reads_as_it_is_written() {
+        for text in [
+            "day",
+            "week",
+            "week@friday",
+            "month",
+            "month@15",
+            "month@31",
+        ] {
+            assert_eq!(Cycle::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            Cycle::parse(" week@Friday ").unwrap().to_string(),
+            "week@friday"
+        );
+        for (bad, words) in [
+            ("fortnight", "not day, week or month"),
+            ("month@someday", "not a day of the month"),
+            ("month@32", "1 to 31"),
+            ("day@3", "midnight"),
+        ] {
+            let error = Cycle::parse(bad).unwrap_err();
+            assert!(error.contains(words), "{bad}: {error}");
         }
     }
 

@@ -24,7 +24,7 @@ use super::{
     NewKeyArgs, OwnersCli, OwnersCommand, OwnersCreateArgs, OwnersUpdateArgs, PageArgs,
     PlanNameArg, PlansCli, PlansCommand, PlansCreateArgs, PlansUpdateArgs, Token,
 };
-use crate::calendar::{Anchor, Cycle, Day, Period, Weekday};
+use crate::calendar::{Cycle, Day};
 use crate::error::quote;
 use crate::model::{Cidrs, Credits, Metadata, Name, Refill, Scopes};
 use crate::plan::{PlanConfig, Quota, RateScope, RateWindow};
@@ -506,7 +506,7 @@ pub fn parse_quota(text: &str) -> Result<Quota, CliError> {
     };
     let (quota, per) = split_scope(text).map_err(bad)?;
     let (limit, cycle) = quota.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
-    let cycle = parse_cycle(cycle).map_err(bad)?;
+    let cycle = Cycle::parse(cycle).map_err(bad)?;
     Ok(Quota {
         limit: limit
             .trim()
@@ -516,36 +516,6 @@ pub fn parse_quota(text: &str) -> Result<Quota, CliError> {
         anchor: cycle.anchor,
         per,
     })
-}
-
-/// Parses `PERIOD[@ANCHOR]`: `day`, `week[@WEEKDAY]` or `month[@DAY]`.
-fn parse_cycle(text: &str) -> Result<Cycle, String> {
-    let (period, anchor) = match text.trim().split_once('@') {
-        Some((period, anchor)) => (period, Some(anchor)),
-        None => (text.trim(), None),
-    };
-    let period = match period {
-        "day" => Period::Day,
-        "week" => Period::Week,
-        "month" => Period::Month,
-        other => return Err(format!("{} is not day, week or month", quote(other))),
-    };
-    let anchor = match anchor {
-        None => None,
-        Some(anchor) => Some(match (anchor.parse::<u8>(), Weekday::parse(anchor)) {
-            (Ok(day), _) => Anchor::MonthDay(day),
-            (_, Some(weekday)) => Anchor::Weekday(weekday),
-            _ => {
-                return Err(format!(
-                    "{} is not a day of the month or a weekday",
-                    quote(anchor)
-                ));
-            }
-        }),
-    };
-    let cycle = Cycle { period, anchor };
-    cycle.validate()?;
-    Ok(cycle)
 }
 
 /// The credits `--credits` and `--refill` grant, as a request carries them.
@@ -570,7 +540,7 @@ pub fn credit_grant(args: &CreditArgs) -> Result<Option<proto::Credits>, CliErro
             Some(match humantime::parse_duration(every.trim()) {
                 Ok(interval) => Refill::Every { amount, interval },
                 Err(_) => {
-                    let cycle = parse_cycle(every).map_err(bad)?;
+                    let cycle = Cycle::parse(every).map_err(bad)?;
                     Refill::Reset {
                         amount,
                         period: cycle.period,
@@ -1102,6 +1072,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::calendar::{Anchor, Period, Weekday};
     use crate::cli::{Cli, Command};
 
     fn owners_update(args: &[&str]) -> Result<proto::UpdateOwnerRequest, CliError> {

@@ -23,7 +23,7 @@ use local::LocalLimiter;
 
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::{Anchor, Calendar};
+use crate::calendar::Calendar;
 use crate::clock::UnixMillis;
 use crate::model::{Credits, Meter};
 use crate::plan::{MAX_PERIOD, Quota, RateScope, RateWindow};
@@ -145,13 +145,7 @@ pub fn window_key(subject: Subject<'_>, window: &RateWindow) -> String {
 
 /// The name of one quota's meter for `subject`, under the owner's tag like the windows.
 pub fn quota_key(subject: Subject<'_>, quota: &Quota) -> String {
-    let period = quota.period.as_str();
-    let anchor = match quota.anchor {
-        None => String::new(),
-        Some(Anchor::MonthDay(day)) => format!("@{day}"),
-        Some(Anchor::Weekday(weekday)) => format!("@{}", weekday.as_str()),
-    };
-    let cycle = format!("{period}{anchor}");
+    let cycle = quota.cycle().to_string();
     match quota.per {
         RateScope::Key => keyspace::key_quota(subject.owner_id, subject.key_id, &cycle),
         RateScope::Owner => keyspace::owner_quota(subject.owner_id, &cycle),
