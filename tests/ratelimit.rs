@@ -233,20 +233,7 @@ async fn quotas_and_credits_refuse_with_their_own_codes_through_check() {
         .id;
     let issued = common::issue_key_with_scopes(&mut manage, &owner, "k", &["keygate:keys"]).await;
     let id = issued.key.as_ref().unwrap().id.clone();
-    let grant = |remaining| proto::UpdateKeyRequest {
-        key: Some(proto::Key {
-            id: id.clone(),
-            credits: Some(proto::Credits {
-                remaining,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["credits".into()],
-        }),
-        disabled: false,
-    };
+    let grant = |remaining| common::grant_credits(&id, remaining);
     let refused = manage
         .update_key(common::bearer(&issued.secret, grant(1_000)))
         .await;

@@ -505,20 +505,7 @@ async fn quotas_and_credits_admit_exactly_their_limit_through_envoy_on_two_repli
     let id = trial.key.unwrap().id;
     b.client()
         .await
-        .update_key(admin(proto::UpdateKeyRequest {
-            key: Some(proto::Key {
-                id,
-                credits: Some(proto::Credits {
-                    remaining: 5,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["credits".into()],
-            }),
-            disabled: false,
-        }))
+        .update_key(admin(common::grant_credits(&id, 5)))
         .await
         .unwrap();
     let (admitted, refused, told) = at_once(through, &trial.secret, 30).await;

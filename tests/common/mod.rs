@@ -297,6 +297,24 @@ pub async fn get_owner_as(
         .map(tonic::Response::into_inner)
 }
 
+/// The UpdateKey request granting key `id` `remaining` credits, without refill.
+pub fn grant_credits(id: &str, remaining: u64) -> keygate::proto::UpdateKeyRequest {
+    keygate::proto::UpdateKeyRequest {
+        key: Some(keygate::proto::Key {
+            id: id.to_owned(),
+            credits: Some(keygate::proto::Credits {
+                remaining,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["credits".into()],
+        }),
+        disabled: false,
+    }
+}
+
 /// `message` as a request carrying the admin token.
 pub fn admin<T>(message: T) -> tonic::Request<T> {
     bearer(ADMIN_TOKEN, message)
