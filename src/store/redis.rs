@@ -738,13 +738,14 @@ impl Store for RedisStore {
         // releasing its index entries fails, and the caller must invalidate its caches.
         self.release_key(id, &owner_id, key.lookup_digest.as_deref())
             .await;
-        // Its credits, live and as saved by an in-process limiter (each in the limiter's
-        // slot, not the record's). Quota counts expire with their cycles.
+        // Its credits, live and as saved by an in-process limiter: one command, as both
+        // names carry the limiter's hash tag (not the record's). Quota counts expire with
+        // their cycles.
         let credits = key_credits(&owner_id, id);
-        for name in [stored_meter(&credits), credits] {
-            if let Err(error) = self.query::<()>(redis::cmd("DEL").arg(&name)).await {
-                warn!("the credits of deleted key {id} stay until deleted by hand: {error}");
-            }
+        let mut delete = redis::cmd("DEL");
+        delete.arg(stored_meter(&credits)).arg(&credits);
+        if let Err(error) = self.query::<()>(&delete).await {
+            warn!("the credits of deleted key {id} stay until deleted by hand: {error}");
         }
         Ok(key)
     }
