@@ -23,7 +23,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use sha2::{Digest as _, Sha256};
 
 use super::format::MIN_SECRET_BITS;
-use super::hash::{Digest, Pepper};
+use super::hash::{Digest, Pepper, unhex};
 
 /// The fewest random bits a key imported by digest must carry, unless the admin accepts
 /// less: the floor every issued key's secret keeps.
@@ -93,17 +93,10 @@ impl Sha256Digest {
     /// The digest `text` writes in `encoding`; blanks around it are ignored.
     pub fn parse(text: &str, encoding: DigestEncoding) -> Result<Self, BadDigest> {
         let text = text.trim();
-        let mut bytes = [0u8; 32];
-        match encoding {
-            DigestEncoding::Hex => {
-                if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(BadDigest::Hex(text.chars().count()));
-                }
-                for (i, byte) in bytes.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-                        .map_err(|_| BadDigest::Hex(text.len()))?;
-                }
-            }
+        let bytes: [u8; 32] = match encoding {
+            DigestEncoding::Hex => unhex(text)
+                .and_then(|decoded| decoded.try_into().ok())
+                .ok_or_else(|| BadDigest::Hex(text.chars().count()))?,
             DigestEncoding::Base64 => {
                 let engine = if text.ends_with('=') {
                     &STANDARD
@@ -111,12 +104,12 @@ impl Sha256Digest {
                     &STANDARD_NO_PAD
                 };
                 let decoded = engine.decode(text).map_err(|_| BadDigest::Base64)?;
-                bytes = decoded
+                decoded
                     .as_slice()
                     .try_into()
-                    .map_err(|_| BadDigest::Length(decoded.len()))?;
+                    .map_err(|_| BadDigest::Length(decoded.len()))?
             }
-        }
+        };
         Ok(Sha256Digest(bytes))
     }
 

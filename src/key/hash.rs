@@ -507,20 +507,24 @@ impl Digest {
 
     /// The digest whose [`Digest::to_hex`] is `text`.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 64 || !text.is_ascii() {
-            return None;
-        }
-        let mut bytes = [0u8; 32];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Digest(bytes))
+        unhex(text)?.try_into().ok().map(Digest)
     }
 }
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes hex `text` (either case, two digits a byte) writes; `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 impl Pepper {
@@ -667,6 +671,10 @@ mod tests {
         assert_eq!(Digest::from_hex(&digest.to_hex()), Some(digest));
         assert_eq!(Digest::from_hex("zz"), None);
         assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
+        assert_eq!(Digest::from_hex(&format!("+f{}", "0".repeat(62))), None);
+        assert_eq!(Digest::from_hex(&"ab".repeat(31)), None, "31 bytes");
+        assert_eq!(unhex("00fFa1"), Some(vec![0, 255, 161]));
+        assert_eq!(unhex("abc"), None);
         assert!(Pepper::new(vec![0; 8]).is_err());
         assert_eq!(format!("{a:?}"), "Pepper(<redacted>)");
     }

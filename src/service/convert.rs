@@ -86,13 +86,7 @@ pub fn parse_page_token(token: &str) -> Result<Option<String>> {
         )
     };
     let hex = token.strip_prefix("p1.").ok_or_else(bad)?;
-    if hex.len() % 2 != 0 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
-        .collect::<Result<Vec<u8>>>()?;
+    let bytes = crate::key::hash::unhex(hex).ok_or_else(bad)?;
     String::from_utf8(bytes).map(Some).map_err(|_| bad())
 }
 
