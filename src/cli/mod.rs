@@ -682,11 +682,15 @@ pub fn main() -> ExitCode {
     };
     // The blocking pool runs embedded-store transactions (argon2 has its own threads); a cap
     // keeps the thread count bounded under a flood, queueing the rest.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(32)
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().max_blocking_threads(32);
+    // With the LIFO slot, a finished call wakes its HTTP/2 connection task ahead of the
+    // other calls that arrived in the same read, so every answer is flushed in a write of
+    // its own. Without it the connection runs after them and sends their answers together:
+    // 0.2 instead of 1 `sendto` per Check under load, and 20 % less CPU per Check.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
