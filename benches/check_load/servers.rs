@@ -228,7 +228,12 @@ pub fn serve_noop() {
         }
     }
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // keygate's runtime settings (see `keygate::cli::main`).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = builder.build().unwrap();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         eprintln!(
