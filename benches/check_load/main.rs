@@ -388,7 +388,7 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
             servers::keygate(dir.path(), config, &env)
         }
     };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let runtime = servers::runtime();
     let key = runtime.block_on(async {
         match &server.management {
             Some(management) => servers::create_key(management).await,

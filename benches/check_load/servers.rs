@@ -228,13 +228,7 @@ pub fn serve_noop() {
         }
     }
 
-    // keygate's runtime settings (see `keygate::cli::main`).
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    let runtime = builder.build().unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         eprintln!(
             "no-op data plane listening addr={}",
@@ -249,6 +243,17 @@ pub fn serve_noop() {
             .await
             .unwrap();
     });
+}
+
+/// A runtime with keygate's settings (see `keygate::cli::main`), for the no-op server and
+/// the generator alike: without the LIFO slot, the calls (or answers) made ready together
+/// leave their connection in one write instead of one each.
+pub fn runtime() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build().unwrap()
 }
 
 /// Envoy (one worker) on a free loopback port, its ext_authz filter calling `authz` (the
