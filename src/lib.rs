@@ -67,7 +67,8 @@
 //! 9. Entry
 //!    - [`cli`] — the command line; `serve` and the management client commands.
 //!
-//! A Check goes socket → [`telemetry::rpc`] (span) → [`service::ext_authz`] (convert) →
+//! A Check goes socket → [`telemetry::rpc`] (span) → [`service::check_wire`] (decode only
+//! the fields keygate reads) → [`service::ext_authz`] (convert) →
 //! [`authz`] (engine, extract, keys, policy) → [`ratelimit`] → [`authz::response`]
 //! (answer) → [`service::ext_authz`], reporting to [`metrics`] through
 //! [`telemetry::decisions`]; a cold key also reads [`store`] and runs [`key::hash`].

@@ -33,6 +33,7 @@ use crate::proto::authorizer_server::AuthorizerServer;
 use crate::proto::key_manager_server::KeyManagerServer;
 use crate::secrets::{PepperSource, Secrets};
 use crate::service::authorizer::AuthorizerService;
+use crate::service::check_wire::AuthorizationServer;
 use crate::service::ext_authz::ExtAuthzService;
 use crate::service::key_manager::KeyManagerService;
 use crate::shutdown::until_stopped;
@@ -40,7 +41,6 @@ use crate::store::StoreBackend;
 use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::{CallCounter, RpcLayer};
 use crate::tls::{Listener, ServerTls};
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// The health service name whose status says whether keygate can decide for keys it has not
 /// cached: SERVING while the store answers. The data-plane services themselves stay SERVING

@@ -14,20 +14,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
-};
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::check_wire::{
+    AttributeContext, Check, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValueOption,
+    HttpRequest, HttpStatus, OkHttpResponse, Peer, RpcStatus, Struct,
+};
 use super::{DataPlane, RouteAsks};
 use crate::authz::decision::Decision;
 use crate::authz::engine::{Api, AuthzRequest};
@@ -54,8 +48,7 @@ impl ExtAuthzService {
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthzService {
+impl Check for ExtAuthzService {
     async fn check(
         &self,
         request: Request<CheckRequest>,
@@ -77,9 +70,13 @@ impl Authorization for ExtAuthzService {
 impl ExtAuthzService {
     /// What Check asks, in the data plane's terms. Without HTTP attributes or a peer
     /// address there is nothing to decide on: no credential is taken.
-    fn authz_request(&self, attributes: AttributeContext, traced_by_caller: bool) -> AuthzRequest {
-        let client_ip = peer_ip(attributes.source);
-        let Some(http) = attributes.request.and_then(|r| r.http) else {
+    fn authz_request(
+        &self,
+        mut attributes: AttributeContext,
+        traced_by_caller: bool,
+    ) -> AuthzRequest {
+        let client_ip = peer_ip(attributes.source.take());
+        let Some(mut http) = attributes.request.take().and_then(|r| r.http) else {
             return AuthzRequest {
                 request_id: super::request_id([]),
                 ..AuthzRequest::default()
@@ -90,28 +87,27 @@ impl ExtAuthzService {
         let span = Span::current();
         if !traced_by_caller
             && !span.is_disabled()
-            && let Some(parent) = remote_parent(|name| header(&http, name))
+            && let Some(parent) = remote_parent(|name| http.header(name))
         {
             let _ = span.set_parent(parent);
         }
-        let extensions = &attributes.context_extensions;
         let asks = RouteAsks::read(
-            extensions.get(SCOPES_EXTENSION).map(String::as_str),
-            extensions.get(CREDENTIALS_EXTENSION).map(String::as_str),
-            extensions.get(COST_EXTENSION).map(String::as_str),
+            attributes.extension(SCOPES_EXTENSION),
+            attributes.extension(CREDENTIALS_EXTENSION),
+            attributes.extension(COST_EXTENSION),
         );
         let credentials = &self.plane.credentials;
         let credential = client_ip.and_then(|_| {
             extract(credentials, asks.credentials.as_deref(), |name| {
-                header(&http, name)
+                http.header(name)
             })
         });
         AuthzRequest {
             api: Api::Check,
             request_id: self.request_id(&http),
             credential,
-            method: http.method.clone(),
-            path: http.path.clone(),
+            method: std::mem::take(&mut http.method),
+            path: std::mem::take(&mut http.path),
             client_ip,
             caller: None,
             extra_scopes: asks.scopes,
@@ -125,7 +121,7 @@ impl ExtAuthzService {
     /// Envoy's internal stream id (a decimal no one else sees), else a new one.
     fn request_id(&self, http: &HttpRequest) -> String {
         super::request_id([
-            header(http, &self.plane.responder.headers.request_id),
+            http.header(&self.plane.responder.headers.request_id),
             Some(http.id.as_str()),
         ])
     }
@@ -140,49 +136,45 @@ impl ExtAuthzService {
                 metadata.push(("plan", identity.plan.as_str()));
             }
         }
-        let (status, http_response) = match self.plane.responder.answer(decision, request_id) {
+        let response = match self.plane.responder.answer(decision, request_id) {
             Answer::Allow {
                 upstream,
                 removed,
                 client,
-            } => (
-                rpc::Status::default(),
-                HttpResponse::OkResponse(OkHttpResponse {
+            } => CheckResponse {
+                status: Some(RpcStatus::default()),
+                ok_response: Some(OkHttpResponse {
                     headers: header_options(upstream),
                     response_headers_to_add: header_options(client),
                     headers_to_remove: removed,
-                    ..Default::default()
                 }),
-            ),
-            Answer::Deny { denial, client } => (
-                rpc::Status {
+                ..CheckResponse::default()
+            },
+            Answer::Deny { denial, client } => CheckResponse {
+                status: Some(RpcStatus {
                     code: grpc_code_for_status(denial.status) as i32,
                     message: denial.code,
-                    ..Default::default()
-                },
-                HttpResponse::DeniedResponse(DeniedHttpResponse {
+                }),
+                denied_response: Some(DeniedHttpResponse {
                     status: Some(HttpStatus {
                         code: i32::from(denial.status),
                     }),
                     headers: header_options(client),
                     body: denial.body,
                 }),
-            ),
+                ..CheckResponse::default()
+            },
         };
         CheckResponse {
-            status: Some(status),
-            http_response: Some(http_response),
-            dynamic_metadata: Some(string_struct(&metadata)),
+            dynamic_metadata: Some(Struct::of_strings(&metadata)),
+            ..response
         }
     }
 }
 
 /// The client's address, as Envoy reports the downstream peer.
 fn peer_ip(source: Option<Peer>) -> Option<IpAddr> {
-    match source?.address?.address? {
-        Address::SocketAddress(socket) => socket.address.parse().ok(),
-        _ => None,
-    }
+    source?.address?.socket_address?.address.parse().ok()
 }
 
 /// The gRPC status code of a denial with HTTP status `http_status`, as ext_authz's
@@ -196,53 +188,12 @@ fn grpc_code_for_status(http_status: u16) -> tonic::Code {
     }
 }
 
-/// The value of request header `name` (lower-case), from the header map Envoy sends in
-/// either of its encodings.
-fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    if let Some(value) = http.headers.get(name) {
-        return Some(value);
-    }
-    http.header_map.as_ref().and_then(|map| {
-        map.headers.iter().find(|h| h.key == name).and_then(|h| {
-            if h.value.is_empty() {
-                std::str::from_utf8(&h.raw_value).ok()
-            } else {
-                Some(h.value.as_str())
-            }
-        })
-    })
-}
-
 /// Headers that replace whatever is there under the same name.
 fn header_options(headers: Vec<(String, String)>) -> Vec<HeaderValueOption> {
     headers
         .into_iter()
-        .map(|(key, value)| HeaderValueOption {
-            header: Some(HeaderValue {
-                key,
-                value,
-                raw_value: Vec::new(),
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..Default::default()
-        })
+        .map(|(key, value)| HeaderValueOption::overwrite(key, value))
         .collect()
-}
-
-fn string_struct(fields: &[(&str, &str)]) -> Struct {
-    Struct {
-        fields: fields
-            .iter()
-            .map(|(k, v)| {
-                (
-                    (*k).to_owned(),
-                    Value {
-                        kind: Some(Kind::StringValue((*v).to_owned())),
-                    },
-                )
-            })
-            .collect(),
-    }
 }
 
 #[cfg(test)]
