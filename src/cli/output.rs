@@ -126,19 +126,11 @@ pub fn key_json(key: &proto::Key) -> Value {
     })
 }
 
-/// A cycle as `PERIOD[@ANCHOR]`, as `--quota` and `--refill` take it: `month@15`.
+/// A cycle as `PERIOD[@ANCHOR]`, as `--quota` and `--refill` take it: `month@15`
+/// ([`crate::calendar::Cycle`] writes it); `?` for one the server could not have sent.
 fn cycle_text(period: i32, anchor_day: u32, anchor_weekday: &str) -> String {
-    let period = match proto::CyclePeriod::try_from(period) {
-        Ok(proto::CyclePeriod::Day) => "day",
-        Ok(proto::CyclePeriod::Week) => "week",
-        Ok(proto::CyclePeriod::Month) => "month",
-        _ => "?",
-    };
-    match (anchor_day, anchor_weekday) {
-        (0, "") => period.to_owned(),
-        (0, weekday) => format!("{period}@{weekday}"),
-        (day, _) => format!("{period}@{day}"),
-    }
+    crate::service::convert::cycle("cycle", period, anchor_day, anchor_weekday)
+        .map_or_else(|_| "?".to_owned(), |cycle| cycle.to_string())
 }
 
 /// A refill as `--refill` takes it: `100/1h` or `1000/month@1`.

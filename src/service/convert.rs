@@ -267,8 +267,9 @@ fn quotas(field: &str, quotas: &[proto::CalendarQuota]) -> Result<Vec<Quota>> {
         .collect()
 }
 
-/// The calendar cycle a request names at `at`: its period, and the anchor day or weekday.
-fn cycle(at: &str, period: i32, anchor_day: u32, anchor_weekday: &str) -> Result<Cycle> {
+/// The calendar cycle a request or an answer names at `at`: its period, and the anchor day
+/// or weekday.
+pub fn cycle(at: &str, period: i32, anchor_day: u32, anchor_weekday: &str) -> Result<Cycle> {
     let period = match proto::CyclePeriod::try_from(period) {
         Ok(proto::CyclePeriod::Day) => Period::Day,
         Ok(proto::CyclePeriod::Week) => Period::Week,
