@@ -844,7 +844,7 @@ impl Store for RedisStore {
     async fn load_meters(&self, names: &[String]) -> Result<HashMap<String, Meter>> {
         let mut found = HashMap::new();
         // One pipeline per hash tag: a cluster refuses a pipeline that crosses slots.
-        for group in by_hash_tag(names.iter().map(String::as_str)) {
+        for group in by_hash_tag(names, String::as_str) {
             let mut pipeline = redis::pipe();
             for name in &group {
                 pipeline.cmd("GET").arg(stored_meter(name));
@@ -852,7 +852,7 @@ impl Store for RedisStore {
             let values: Vec<Option<String>> = self.query_pipeline(&pipeline).await?;
             for (name, json) in group.into_iter().zip(values) {
                 if let Some(json) = json {
-                    found.insert(name.to_owned(), decode("meter", &json)?);
+                    found.insert(name.clone(), decode("meter", &json)?);
                 }
             }
         }
@@ -860,12 +860,10 @@ impl Store for RedisStore {
     }
 
     async fn save_meters(&self, meters: &[(String, Meter)]) -> Result<()> {
-        let values: HashMap<&str, &Meter> = meters.iter().map(|(n, m)| (n.as_str(), m)).collect();
-        for group in by_hash_tag(meters.iter().map(|(name, _)| name.as_str())) {
+        for group in by_hash_tag(meters, |(name, _)| name.as_str()) {
             let mut pipeline = redis::pipe();
-            for name in group {
-                let json =
-                    serde_json::to_string(values[name]).map_err(|e| unavailable(e.to_string()))?;
+            for (name, meter) in group {
+                let json = serde_json::to_string(meter).map_err(|e| unavailable(e.to_string()))?;
                 pipeline
                     .cmd("SET")
                     .arg(stored_meter(name))
@@ -878,16 +876,17 @@ impl Store for RedisStore {
     }
 }
 
-/// `names` grouped by their hash tag (the part in the first `{…}`), so that each group lies
-/// in one cluster slot.
-fn by_hash_tag<'a>(names: impl Iterator<Item = &'a str>) -> Vec<Vec<&'a str>> {
-    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for name in names {
+/// `items` grouped by the hash tag of their Redis name (`name` of each; the tag is the part
+/// in the first `{…}`), so that each group lies in one cluster slot.
+fn by_hash_tag<'a, T>(items: &'a [T], name: impl Fn(&'a T) -> &'a str) -> Vec<Vec<&'a T>> {
+    let mut groups: BTreeMap<&str, Vec<&T>> = BTreeMap::new();
+    for item in items {
+        let name = name(item);
         let tag = name
             .split_once('{')
             .and_then(|(_, rest)| rest.split_once('}'))
             .map_or(name, |(tag, _)| tag);
-        groups.entry(tag).or_default().push(name);
+        groups.entry(tag).or_default().push(item);
     }
     groups.into_values().collect()
 }
