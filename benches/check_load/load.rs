@@ -22,6 +22,10 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 const OPEN_LOOP_TIME: Duration = Duration::from_secs(5);
 /// The deadline of each open-loop call: Envoy's ext_authz timeout.
 pub const CALL_DEADLINE: Duration = Duration::from_millis(200);
+/// The most open-loop calls outstanding at once, as Envoy's default circuit breaker
+/// (`max_requests`) allows toward one cluster; a call due beyond it is shed by the
+/// generator, as Envoy would fail it, and never reaches the server.
+pub const MAX_OUTSTANDING: usize = 1024;
 
 /// How a scenario offers its calls.
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +119,8 @@ pub struct Outcome {
     pub late: usize,
     /// Calls lost with their connection.
     pub dropped: usize,
+    /// Open-loop calls not sent because `MAX_OUTSTANDING` were outstanding.
+    pub shed: usize,
     /// Calls sent.
     pub sent: usize,
 }
@@ -157,6 +163,7 @@ impl Outcome {
         self.refused += other.refused;
         self.late += other.late;
         self.dropped += other.dropped;
+        self.shed += other.shed;
         self.sent += other.sent;
     }
 }
@@ -211,8 +218,9 @@ async fn closed_loop(clients: &[Checker], request: Encoded) -> Outcome {
     outcome
 }
 
-/// Calls sent at `rate` per second for `OPEN_LOOP_TIME`, whatever the answers; the ones not
-/// answered within `CALL_DEADLINE` are given up, as Envoy would.
+/// Calls due at `rate` per second for `OPEN_LOOP_TIME`, whatever the answers, as Envoy
+/// forwards them: at most `MAX_OUTSTANDING` at once (the rest shed), each given up when not
+/// answered within `CALL_DEADLINE`.
 async fn open_loop(clients: &[Checker], request: Encoded, rate: f64) -> Outcome {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -221,7 +229,11 @@ async fn open_loop(clients: &[Checker], request: Encoded, rate: f64) -> Outcome 
     while started.elapsed() < OPEN_LOOP_TIME {
         tick.tick().await;
         let due = (started.elapsed().as_secs_f64() * rate) as usize;
-        while outcome.sent < due {
+        while outcome.sent + outcome.shed < due {
+            if calls.len() >= MAX_OUTSTANDING {
+                outcome.shed += 1;
+                continue;
+            }
             let client = clients[outcome.sent % clients.len()].clone();
             calls.spawn(timed_check(client, request.clone(), Some(CALL_DEADLINE)));
             outcome.sent += 1;

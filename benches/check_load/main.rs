@@ -5,10 +5,12 @@
 //! * `no-op ext_authz`: the baseline, the cost of the gRPC hop alone;
 //! * `no rate limit`: keygate, one warm key, no rate windows;
 //! * `overload, no rate limit`: an open loop offering twice the throughput the previous
-//!   scenario reached in this round, each call with Envoy's 200 ms deadline: the calls past
-//!   the server's limits are refused at once, and the p99 of the allowed ones shows what
-//!   overload costs them. It runs only when named or with `KEYGATE_BENCH_SERVER_CPU_SHARE`
-//!   (one generator core cannot overload a server on a core of its own);
+//!   scenario reached in this round, as Envoy forwards it: each call with Envoy's 200 ms
+//!   deadline, at most 1,024 outstanding (Envoy's default breaker; calls due past it are
+//!   shed by the generator), over 16 connections. The calls past the server's limits are
+//!   refused at once, and the p99 of the allowed ones shows what overload costs them. It
+//!   runs only when named or with `KEYGATE_BENCH_SERVER_CPU_SHARE` (one generator core
+//!   cannot overload a server on a core of its own);
 //! * `local limiter` / `Redis limiter`: two rate windows too wide to deny anything, counted
 //!   in process / in a redis-server on loopback;
 //! * `no rate limit, every request traced`: spans made and batched for an OTLP endpoint
@@ -54,7 +56,7 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
-use load::{CALL_DEADLINE, IN_FLIGHT_PER_CONNECTION, Load, Outcome, percentile};
+use load::{CALL_DEADLINE, IN_FLIGHT_PER_CONNECTION, Load, MAX_OUTSTANDING, Outcome, percentile};
 use servers::{Envoy, Running, cpu_time};
 
 #[path = "../../tests/common/check.rs"]
@@ -69,8 +71,12 @@ mod redis_server;
 mod tools;
 use redis_server::RedisServer;
 
-/// HTTP/2 connections of the direct scenarios.
+/// HTTP/2 connections of the direct closed-loop scenarios.
 const CONNECTIONS: usize = 4;
+/// HTTP/2 connections of the open loop: enough that `MAX_OUTSTANDING` calls fit within
+/// keygate's default of 100 streams per connection, as Envoy opens connections until they
+/// do.
+const OPEN_LOOP_CONNECTIONS: usize = 16;
 /// The offered load in the overload scenario, as a multiple of the throughput measured
 /// without it.
 const OVERLOAD_FACTOR: f64 = 2.0;
@@ -429,8 +435,12 @@ async fn direct(
     key: &str,
     load: Load,
 ) -> Measured {
+    let connections = match load {
+        Load::Closed => CONNECTIONS,
+        Load::Open { .. } => OPEN_LOOP_CONNECTIONS,
+    };
     let mut channels = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for _ in 0..connections {
         let channel = match tls_ca {
             Some(ca) => {
                 let addr = server
@@ -469,12 +479,13 @@ async fn direct(
         late,
         dropped,
         sent,
+        shed,
     } = outcome;
     latencies.sort();
     let in_flight = match load {
         Load::Closed => format!("{CONNECTIONS} x {IN_FLIGHT_PER_CONNECTION} in flight"),
         Load::Open { rate } => format!(
-            "an open loop of {:.0} calls/s (asked for {rate:.0})",
+            "an open loop of {:.0} calls/s (asked for {rate:.0}; {shed} shed at {MAX_OUTSTANDING} outstanding)",
             sent as f64 / elapsed.as_secs_f64()
         ),
     };
