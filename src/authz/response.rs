@@ -116,17 +116,15 @@ impl Default for HeaderNames {
 }
 
 impl HeaderNames {
-    /// Lower-cases every name, as Envoy sends and matches them.
-    pub fn normalize(&mut self) {
-        for name in [
-            &mut self.key_id,
-            &mut self.owner_id,
-            &mut self.plan,
-            &mut self.scopes,
-            &mut self.request_id,
-        ] {
-            *name = name.trim().to_ascii_lowercase();
-        }
+    /// Every name, under its field's name, for the configuration to check and lower-case.
+    pub fn named_mut(&mut self) -> [(&'static str, &mut String); 5] {
+        [
+            ("key_id", &mut self.key_id),
+            ("owner_id", &mut self.owner_id),
+            ("plan", &mut self.plan),
+            ("scopes", &mut self.scopes),
+            ("request_id", &mut self.request_id),
+        ]
     }
 }
 

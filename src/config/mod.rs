@@ -224,8 +224,27 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigEr
     }
 }
 
+/// Trims and lower-cases the header names configured under `section`, as Envoy sends and
+/// matches them; refuses one that is not an HTTP header name.
+fn header_names<const N: usize>(
+    section: &str,
+    names: [(&'static str, &mut String); N],
+) -> Result<(), ConfigError> {
+    for (field, name) in names {
+        *name = name.trim().to_ascii_lowercase();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(field_error(
+                format!("{section}.{field}"),
+                "must be an HTTP header name: letters, digits and -, e.g. \"x-keygate-plan\"",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
-    /// Lower-cases header names and methods, so requests are matched as Envoy sends them.
+    /// Lower-cases header names and methods, so requests are matched as Envoy sends them;
+    /// refuses header names that are not HTTP header names.
     fn normalize(&mut self) -> Result<(), ConfigError> {
         let mut names = BTreeSet::new();
         for (i, source) in self.credentials.iter_mut().enumerate() {
@@ -246,8 +265,11 @@ impl Config {
             rule.normalize()
                 .map_err(|e| field_error(format!("routes[{i}]"), e.to_string()))?;
         }
-        self.headers.normalize();
-        self.ratelimit.quota_headers.normalize();
+        header_names("headers", self.headers.named_mut())?;
+        header_names(
+            "ratelimit.quota_headers",
+            self.ratelimit.quota_headers.named_mut(),
+        )?;
         Ok(())
     }
 
@@ -273,20 +295,6 @@ impl Config {
             .map_err(|(field, message)| field_error(field, message))?;
         if self.ratelimit.replicas == 0 {
             return Err(field_error("ratelimit.replicas", "must be at least 1"));
-        }
-        let names = &self.ratelimit.quota_headers;
-        for (field, name) in [
-            ("limit", &names.limit),
-            ("remaining", &names.remaining),
-            ("reset", &names.reset),
-            ("credits", &names.credits),
-        ] {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(field_error(
-                    format!("ratelimit.quota_headers.{field}"),
-                    "must be an HTTP header name: letters, digits and -, e.g. \"x-quota-limit\"",
-                ));
-            }
         }
         if self.redis.timeout.is_zero() {
             return Err(field_error("redis.timeout", "must be longer than zero"));
@@ -429,15 +437,33 @@ mod tests {
     }
 
     #[test]
-    fn quota_header_names_are_lower_cased_and_must_be_header_names() {
-        let config = load(&[], &[("ratelimit.quota_headers.limit", "X-Plan-Limit")]).unwrap();
+    fn header_names_are_lower_cased_and_must_be_header_names() {
+        let config = load(
+            &[],
+            &[
+                ("ratelimit.quota_headers.limit", "X-Plan-Limit"),
+                ("headers.plan", " X-Tier "),
+            ],
+        )
+        .unwrap();
         assert_eq!(config.ratelimit.quota_headers.limit, "x-plan-limit");
-        for bad in ["", "x quota", "x:quota"] {
-            let error = load(&[], &[("ratelimit.quota_headers.reset", bad)]).unwrap_err();
-            assert!(
-                error.to_string().contains("ratelimit.quota_headers.reset"),
-                "{bad:?}: {error}"
-            );
+        assert_eq!(config.headers.plan, "x-tier");
+        for field in [
+            "ratelimit.quota_headers.reset",
+            "headers.key_id",
+            "headers.request_id",
+        ] {
+            for bad in ["", "x quota", "x:quota", "x-é"] {
+                let error = load(&[], &[(field, bad)]).unwrap_err();
+                assert!(
+                    error.to_string().contains(field),
+                    "{field} {bad:?}: {error}"
+                );
+                assert!(
+                    error.to_string().contains("must be an HTTP header name"),
+                    "{field} {bad:?}: {error}"
+                );
+            }
         }
     }
 

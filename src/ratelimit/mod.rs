@@ -87,16 +87,14 @@ pub struct QuotaHeaderNames {
 }
 
 impl QuotaHeaderNames {
-    /// Lower-cases every name, as Envoy sends and matches them.
-    pub fn normalize(&mut self) {
-        for name in [
-            &mut self.limit,
-            &mut self.remaining,
-            &mut self.reset,
-            &mut self.credits,
-        ] {
-            *name = name.trim().to_ascii_lowercase();
-        }
+    /// Every name, under its field's name, for the configuration to check and lower-case.
+    pub fn named_mut(&mut self) -> [(&'static str, &mut String); 4] {
+        [
+            ("limit", &mut self.limit),
+            ("remaining", &mut self.remaining),
+            ("reset", &mut self.reset),
+            ("credits", &mut self.credits),
+        ]
     }
 }
 
