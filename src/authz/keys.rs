@@ -788,13 +788,31 @@ impl KeyCache {
         if key.state == KeyState::Revoked {
             return key;
         }
-        let hash = match self.hasher.hash_by(credential, deadline).await {
-            Ok(hash) => hash,
+        match self.rehash(&key, credential, digest, deadline).await {
+            Ok(upgraded) => {
+                tracing::info!(key_id = %key.id, "a key imported by digest now has an argon2id hash");
+                upgraded
+            }
             Err(error) => {
                 tracing::info!(key_id = %key.id, %error, "a key imported by digest stays on it for now");
-                return key;
+                key
             }
-        };
+        }
+    }
+
+    /// The store write of [`KeyCache::upgrade`], and the imported-digest marks it moves.
+    async fn rehash(
+        &self,
+        key: &KeyRecord,
+        credential: &str,
+        digest: &Digest,
+        deadline: Instant,
+    ) -> Result<KeyRecord> {
+        let hash = self
+            .hasher
+            .hash_by(credential, deadline)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
         let check = self.pepper.secret_check(credential);
         let lookup = digest.to_hex();
         let foreign = key.foreign_digest.clone();
@@ -810,20 +828,12 @@ impl KeyCache {
             k.foreign_digest = None;
             Ok(())
         });
-        match self.store.update_key(&key.id, change).await {
-            Ok(upgraded) => {
-                if let Some(old) = key.lookup_digest.as_deref().and_then(Digest::from_hex) {
-                    self.set_imported(&old, false);
-                }
-                self.set_imported(digest, true);
-                tracing::info!(key_id = %key.id, "a key imported by digest now has an argon2id hash");
-                upgraded
-            }
-            Err(error) => {
-                tracing::info!(key_id = %key.id, %error, "a key imported by digest stays on it for now");
-                key
-            }
+        let upgraded = self.store.update_key(&key.id, change).await?;
+        if let Some(old) = key.lookup_digest.as_deref().and_then(Digest::from_hex) {
+            self.set_imported(&old, false);
         }
+        self.set_imported(digest, true);
+        Ok(upgraded)
     }
 
     /// Waits (until `deadline`) for the turn to verify a secret of key `id` without a
