@@ -6,7 +6,9 @@
 //! time, host, scheme, protocol and more that keygate never reads; they are skipped without
 //! being copied. Protobuf maps (`headers`, `context_extensions`, the metadata `Struct`) are
 //! read as the repeated key/value entries they are on the wire, so a Check builds no hash
-//! map; a key sent twice means its last value, as for a map.
+//! map; a key sent twice means its last value, as for a map. The request's header and
+//! extension entries stay slices of the received message, read as text only when asked
+//! for, so a Check copies none of the headers keygate does not read.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use prost::bytes::Bytes;
 use tonic::codegen::{Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
@@ -107,12 +110,13 @@ impl HttpRequest {
             return Some(value);
         }
         let map = self.header_map.as_ref()?;
-        let header = map.headers.iter().find(|h| h.key == name)?;
-        if header.value.is_empty() {
-            std::str::from_utf8(&header.raw_value).ok()
+        let header = map.headers.iter().find(|h| h.key == name.as_bytes())?;
+        let value = if header.value.is_empty() {
+            &header.raw_value
         } else {
-            Some(header.value.as_str())
-        }
+            &header.value
+        };
+        std::str::from_utf8(value).ok()
     }
 }
 
@@ -121,7 +125,22 @@ impl HttpRequest {
 pub struct HeaderMap {
     /// The headers.
     #[prost(message, repeated, tag = "1")]
-    pub headers: Vec<HeaderValue>,
+    pub headers: Vec<RequestHeader>,
+}
+
+/// `config.core.v3.HeaderValue` as a request carries it: `key` (1), `value` (2),
+/// `raw_value` (3), each a slice of the message (the two text fields unchecked until read).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestHeader {
+    /// The header's name.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: Bytes,
+    /// Its value, as text.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+    /// Its value, as bytes (set instead of `value` by some Envoy settings).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub raw_value: Bytes,
 }
 
 /// `config.core.v3.HeaderValue`: `key` (1), `value` (2), `raw_value` (3).
@@ -138,24 +157,23 @@ pub struct HeaderValue {
     pub raw_value: Vec<u8>,
 }
 
-/// An entry of a `map<string, string>`: `key` (1), `value` (2).
+/// An entry of a `map<string, string>`: `key` (1), `value` (2), each a slice of the
+/// message, its text unchecked until read.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StringEntry {
     /// The entry's key.
-    #[prost(string, tag = "1")]
-    pub key: String,
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: Bytes,
     /// Its value.
-    #[prost(string, tag = "2")]
-    pub value: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
 }
 
-/// The value of the last entry named `key`, as a map decoding them would keep.
+/// The value of the last entry named `key`, as a map decoding them would keep; `None` when
+/// it is not text.
 fn last_value<'a>(entries: &'a [StringEntry], key: &str) -> Option<&'a str> {
-    entries
-        .iter()
-        .rev()
-        .find(|e| e.key == key)
-        .map(|e| e.value.as_str())
+    let entry = entries.iter().rev().find(|e| e.key == key.as_bytes())?;
+    std::str::from_utf8(&entry.value).ok()
 }
 
 /// `CheckResponse`: `status` (1), `denied_response` (2) or `ok_response` (3),
@@ -493,9 +511,9 @@ mod tests {
 
     #[test]
     fn a_key_sent_twice_in_a_map_means_its_last_value() {
-        let entry = |key: &str, value: &str| StringEntry {
-            key: key.into(),
-            value: value.into(),
+        let entry = |key: &'static str, value: &'static str| StringEntry {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from_static(value.as_bytes()),
         };
         let http = HttpRequest {
             headers: vec![
@@ -509,6 +527,26 @@ mod tests {
         let envoy = attribute_context::HttpRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(envoy.headers["authorization"], "last");
         assert_eq!(http.header("authorization"), Some("last"));
+    }
+
+    #[test]
+    fn a_header_that_is_not_text_stands_in_the_way_of_no_other() {
+        let http = HttpRequest {
+            headers: vec![
+                StringEntry {
+                    key: Bytes::from_static(b"x-binary"),
+                    value: Bytes::from_static(&[0xff, 0xfe]),
+                },
+                StringEntry {
+                    key: Bytes::from_static(b"authorization"),
+                    value: Bytes::from_static(b"Bearer kg_x"),
+                },
+            ],
+            ..Default::default()
+        };
+        let read = HttpRequest::decode(http.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(read.header("authorization"), Some("Bearer kg_x"));
+        assert_eq!(read.header("x-binary"), None);
     }
 
     #[test]
