@@ -35,6 +35,17 @@ pub struct LocalLimiter {
     changed: Mutex<HashMap<String, MeterCell>>,
 }
 
+/// The meters of one decision, in the order [`Checks::meter_names`] gives, from the moment
+/// they are looked up until the decision charges them; `None` for one still to be read.
+pub struct HeldMeters(Vec<Option<MeterCell>>);
+
+impl HeldMeters {
+    /// Whether every meter is in hand, none still to be read from the store.
+    pub fn complete(&self) -> bool {
+        self.0.iter().all(Option::is_some)
+    }
+}
+
 /// One window's log, with the limit and period it was last checked against.
 #[derive(Default)]
 struct Entry {
@@ -81,47 +92,51 @@ impl LocalLimiter {
         self
     }
 
-    /// The meters `checks` names that are not in memory and must be read from the store
-    /// first ([`LocalLimiter::load_meters`]); none for a limiter without a store.
-    pub fn missing_meters(&self, checks: &Checks<'_>) -> Vec<String> {
-        if self.store.is_none() {
-            return Vec::new();
-        }
-        checks
-            .meter_names()
-            .filter(|name| !self.meters.contains_key(*name))
-            .map(str::to_owned)
-            .collect()
+    /// The meters `checks` names, held for one decision: those in memory, and for a limiter
+    /// without a store a new empty one for each that is not. With a store, the others must
+    /// be read first ([`LocalLimiter::load_meters`]).
+    pub fn held_meters(&self, checks: &Checks<'_>) -> HeldMeters {
+        let held = checks.meter_names().map(|name| match self.store {
+            None => Some(self.meters.get_with_by_ref(name, Default::default)),
+            Some(_) => self.meters.get(name),
+        });
+        HeldMeters(held.collect())
     }
 
-    /// Brings the meters named `missing` into memory: those changed since the last flush
-    /// from the set waiting to be written, the others from the store (a meter it never saved
-    /// starts empty).
-    pub async fn load_meters(&self, missing: Vec<String>) -> crate::error::Result<()> {
+    /// Brings the meters `held` lacks into memory and into `held`: those changed since the
+    /// last flush from the set waiting to be written, the others from the store (a meter it
+    /// never saved starts empty).
+    pub async fn load_meters(
+        &self,
+        checks: &Checks<'_>,
+        held: &mut HeldMeters,
+    ) -> crate::error::Result<()> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let mut loaded: Vec<(String, MeterCell)> = Vec::new();
-        let mut to_read: Vec<String> = Vec::new();
+        let names: Vec<&str> = checks.meter_names().collect();
+        let mut loaded: Vec<(usize, MeterCell)> = Vec::new();
+        let mut to_read: Vec<usize> = Vec::new();
         {
             let changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
-            for name in missing {
-                match changed.get(&name) {
-                    Some(cell) => loaded.push((name, cell.clone())),
-                    None => to_read.push(name),
+            for (i, _) in held.0.iter().enumerate().filter(|(_, cell)| cell.is_none()) {
+                match changed.get(names[i]) {
+                    Some(cell) => loaded.push((i, cell.clone())),
+                    None => to_read.push(i),
                 }
             }
         }
         if !to_read.is_empty() {
-            let mut read = store.load_meters(&to_read).await?;
-            for name in to_read {
-                let meter = read.remove(&name).unwrap_or_default();
-                loaded.push((name, Arc::new(Mutex::new(meter))));
+            let read_names: Vec<String> = to_read.iter().map(|&i| names[i].to_owned()).collect();
+            let mut read = store.load_meters(&read_names).await?;
+            for (i, name) in to_read.into_iter().zip(&read_names) {
+                let meter = read.remove(name).unwrap_or_default();
+                loaded.push((i, Arc::new(Mutex::new(meter))));
             }
         }
-        for (name, cell) in loaded {
+        for (i, cell) in loaded {
             // A decision that loaded it meanwhile wins: it may have charged it already.
-            self.meters.get_with(name, || cell);
+            held.0[i] = Some(self.meters.get_with_by_ref(names[i], || cell));
         }
         Ok(())
     }
@@ -166,12 +181,31 @@ impl LocalLimiter {
     }
 
     /// Checks and, if every window, quota and the credits have room, charges a request of
-    /// `cost` at `now`. Window limits are divided by `share` (1 normally; the replica count
+    /// `cost` at `now`, with the meters [`LocalLimiter::held_meters`] gives (for a limiter
+    /// without a store). Window limits are divided by `share` (1 normally; the replica count
     /// when standing in for Redis).
     pub fn check(
         &self,
         subject: Subject<'_>,
         checks: &Checks<'_>,
+        cost: u64,
+        now: UnixMillis,
+        share: u64,
+        decided_by: DecidedBy,
+    ) -> RateOutcome {
+        let held = self.held_meters(checks);
+        self.check_holding(subject, checks, held, cost, now, share, decided_by)
+    }
+
+    /// [`LocalLimiter::check`], charging the meters `held` (a meter it lacks starts empty):
+    /// a meter the cache dropped after it was held is still the one charged, never a new
+    /// empty one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_holding(
+        &self,
+        subject: Subject<'_>,
+        checks: &Checks<'_>,
+        held: HeldMeters,
         cost: u64,
         now: UnixMillis,
         share: u64,
@@ -197,9 +231,13 @@ impl LocalLimiter {
         // Meters are locked in name order too, after the windows: every decision takes
         // its locks in one order.
         let names: Vec<&str> = checks.meter_names().collect();
-        let cells: Vec<MeterCell> = names
-            .iter()
-            .map(|name| self.meters.get_with_by_ref(*name, Default::default))
+        let cells: Vec<MeterCell> = held
+            .0
+            .into_iter()
+            .zip(&names)
+            .map(|(cell, name)| {
+                cell.unwrap_or_else(|| self.meters.get_with_by_ref(*name, Default::default))
+            })
             .collect();
         let mut meter_guards = lock_in_name_order(&names, &cells);
         let mut held = meter_guards.iter_mut().flatten().map(|guard| &mut **guard);
@@ -672,5 +710,53 @@ mod tests {
         let never = decide(&l, hour + 10, &regranted);
         assert_eq!(never.exhausted(), Some(Exhausted::Credits));
         assert_eq!(never.retry_after_secs(), None, "credits that never refill");
+    }
+
+    /// A meter read from the store for a decision and dropped from memory before the
+    /// decision charges it is still the meter charged: the quota it holds stays spent,
+    /// never restarting from zero.
+    #[tokio::test]
+    async fn a_meter_dropped_from_memory_while_held_is_still_the_one_charged() {
+        use crate::calendar::{Calendar, Period};
+        use crate::plan::Quota;
+        use crate::ratelimit::{Exhausted, Limits};
+        use crate::store::embedded::EmbeddedStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("keygate.redb")).unwrap());
+        let quotas = [Quota {
+            limit: 2,
+            period: Period::Day,
+            anchor: None,
+            per: RateScope::Key,
+        }];
+        let limits = Limits {
+            quotas: &quotas,
+            ..Limits::default()
+        };
+        let now = 1_800_000_000_000;
+        let checks = Checks::new(KEY_A, &limits, &Calendar::default(), now);
+
+        // One replica spends the quota and writes its meter.
+        let spender = limiter().keeping_meters_in(store.clone());
+        for _ in 0..2 {
+            let mut held = spender.held_meters(&checks);
+            spender.load_meters(&checks, &mut held).await.unwrap();
+            let outcome = spender.check_holding(KEY_A, &checks, held, 1, now, 1, DecidedBy::Local);
+            assert!(outcome.allowed);
+        }
+        spender.flush_meters().await;
+
+        // Another reads it, and loses it from memory before charging it.
+        let reader = limiter().keeping_meters_in(store);
+        let mut held = reader.held_meters(&checks);
+        assert!(!held.complete(), "the meter is not in memory yet");
+        reader.load_meters(&checks, &mut held).await.unwrap();
+        assert!(held.complete());
+        reader.meters.invalidate_all();
+        reader.meters.run_pending_tasks();
+        let outcome = reader.check_holding(KEY_A, &checks, held, 1, now, 1, DecidedBy::Local);
+        assert_eq!(outcome.exhausted(), Some(Exhausted::Quota));
     }
 }

@@ -524,14 +524,14 @@ impl RateLimiter {
     ) -> crate::error::Result<RateOutcome> {
         match self {
             RateLimiter::Local(local) => {
-                let missing = local.missing_meters(checks);
-                if !missing.is_empty() {
+                let mut held = local.held_meters(checks);
+                if !held.complete() {
                     // Boxed like the Redis call: reading meters from the store happens once
                     // per meter, and its state need not enlarge every decision's future.
-                    Box::pin(local.load_meters(missing)).await?;
+                    Box::pin(local.load_meters(checks, &mut held)).await?;
                 }
                 let now = clock.now_millis();
-                Ok(local.check(subject, checks, cost, now, 1, DecidedBy::Local))
+                Ok(local.check_holding(subject, checks, held, cost, now, 1, DecidedBy::Local))
             }
             // Boxed: the Redis round trip's state would otherwise make every caller's
             // future larger, local limiter or not.
