@@ -269,6 +269,49 @@ async fn quotas_and_credits_refuse_with_their_own_codes_through_check() {
     assert_eq!(read.credits.unwrap().remaining, 0, "the live balance");
 }
 
+/// ListKeys answers each key's live credit balance, in id order, for a page of more keys
+/// than it reads balances for at once.
+#[tokio::test]
+async fn list_keys_answers_each_key_s_live_credit_balance_in_order() {
+    let server = server(PLANS).await;
+    let mut manage = server.client().await;
+    let owner = common::create_owner(&mut manage, "many", "hourly").await.id;
+    let mut client = AuthorizationClient::new(server.data_plane().await);
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..35u64 {
+        let issued = common::issue_key(&mut manage, &owner, &format!("k{i}")).await;
+        let id = issued.key.as_ref().unwrap().id.clone();
+        manage
+            .update_key(common::admin(common::grant_credits(&id, 10 + i)))
+            .await
+            .unwrap();
+        let spent = i % 7;
+        for _ in 0..spent {
+            let answer = client
+                .check(check_request(&issued.secret, "/v1", &[]))
+                .await
+                .unwrap();
+            assert!(outcome(answer.get_ref()).0);
+        }
+        expected.insert(id, 10 + i - spent);
+    }
+    let listed = manage
+        .list_keys(common::admin(proto::ListKeysRequest {
+            owner_id: owner,
+            page_size: 100,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let balances: Vec<(String, u64)> = listed
+        .keys
+        .iter()
+        .map(|k| (k.id.clone(), k.credits.as_ref().unwrap().remaining))
+        .collect();
+    assert_eq!(balances, expected.into_iter().collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn cost_comes_from_routes_extensions_and_authorize() {
     let server = server(PLANS).await;
