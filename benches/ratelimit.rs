@@ -13,7 +13,7 @@ mod memory;
 
 use keygate::clock::SystemClock;
 use keygate::plan::{RateScope, RateWindow};
-use keygate::ratelimit::local::LocalLimiter;
+use keygate::ratelimit::local::{HeldMeters, LocalLimiter};
 use keygate::ratelimit::redis::RedisLimiter;
 use keygate::ratelimit::{Checks, DecidedBy, Subject};
 use keygate::redis::RedisConfig;
@@ -54,6 +54,7 @@ fn local(windows: &[RateWindow]) {
         std::hint::black_box(limiter.check(
             subject,
             &Checks::windows(windows),
+            HeldMeters::default(),
             1,
             now,
             1,
@@ -76,6 +77,7 @@ fn local(windows: &[RateWindow]) {
                     std::hint::black_box(limiter.check(
                         subject,
                         &Checks::windows(windows),
+                        HeldMeters::default(),
                         1,
                         now,
                         1,
@@ -109,6 +111,7 @@ fn local(windows: &[RateWindow]) {
                         key_id: id,
                     },
                     &Checks::windows(&full_log_window()),
+                    HeldMeters::default(),
                     FULL_LOG_COST,
                     1_000,
                     1,

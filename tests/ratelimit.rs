@@ -19,7 +19,7 @@ use keygate::calendar::{Calendar, Period};
 use keygate::clock::{Clock, ManualClock, SystemClock};
 use keygate::model::{Credits, Refill};
 use keygate::plan::{Quota, RateScope, RateWindow};
-use keygate::ratelimit::local::LocalLimiter;
+use keygate::ratelimit::local::{HeldMeters, LocalLimiter};
 use keygate::ratelimit::redis::{RedisLimiter, RedisLimiterStats};
 use keygate::ratelimit::{Checks, DecidedBy, Limits, RateLimiter, Subject};
 use keygate::redis::RedisConfig;
@@ -595,6 +595,7 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
                 let expected = local.check(
                     subject,
                     &Checks::windows(windows),
+                    HeldMeters::default(),
                     cost,
                     now,
                     1,

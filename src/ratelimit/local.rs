@@ -37,6 +37,8 @@ pub struct LocalLimiter {
 
 /// The meters of one decision, in the order [`Checks::meter_names`] gives, from the moment
 /// they are looked up until the decision charges them; `None` for one still to be read.
+/// The default holds none, for checks of rate windows alone.
+#[derive(Default)]
 pub struct HeldMeters(Vec<Option<MeterCell>>);
 
 impl HeldMeters {
@@ -181,27 +183,12 @@ impl LocalLimiter {
     }
 
     /// Checks and, if every window, quota and the credits have room, charges a request of
-    /// `cost` at `now`, with the meters [`LocalLimiter::held_meters`] gives (for a limiter
-    /// without a store). Window limits are divided by `share` (1 normally; the replica count
-    /// when standing in for Redis).
-    pub fn check(
-        &self,
-        subject: Subject<'_>,
-        checks: &Checks<'_>,
-        cost: u64,
-        now: UnixMillis,
-        share: u64,
-        decided_by: DecidedBy,
-    ) -> RateOutcome {
-        let held = self.held_meters(checks);
-        self.check_holding(subject, checks, held, cost, now, share, decided_by)
-    }
-
-    /// [`LocalLimiter::check`], charging the meters `held` (a meter it lacks starts empty):
-    /// a meter the cache dropped after it was held is still the one charged, never a new
-    /// empty one.
+    /// `cost` at `now`. The meters charged are those `held` (from
+    /// [`LocalLimiter::held_meters`]; one it lacks starts empty): a meter the cache dropped
+    /// after it was held is still the one charged, never a new empty one. Window limits are
+    /// divided by `share` (1 normally; the replica count when standing in for Redis).
     #[allow(clippy::too_many_arguments)]
-    pub fn check_holding(
+    pub fn check(
         &self,
         subject: Subject<'_>,
         checks: &Checks<'_>,
@@ -231,12 +218,13 @@ impl LocalLimiter {
         // Meters are locked in name order too, after the windows: every decision takes
         // its locks in one order.
         let names: Vec<&str> = checks.meter_names().collect();
-        let cells: Vec<MeterCell> = held
-            .0
-            .into_iter()
-            .zip(&names)
-            .map(|(cell, name)| {
-                cell.unwrap_or_else(|| self.meters.get_with_by_ref(*name, Default::default))
+        let mut held = held.0.into_iter();
+        let cells: Vec<MeterCell> = names
+            .iter()
+            .map(|name| {
+                held.next()
+                    .flatten()
+                    .unwrap_or_else(|| self.meters.get_with_by_ref(*name, Default::default))
             })
             .collect();
         let mut meter_guards = lock_in_name_order(&names, &cells);
@@ -365,6 +353,7 @@ mod tests {
             if l.check(
                 KEY_A,
                 &Checks::windows(&windows),
+                HeldMeters::default(),
                 1,
                 now,
                 1,
@@ -381,6 +370,7 @@ mod tests {
         let denied = l.check(
             KEY_A,
             &Checks::windows(&windows),
+            HeldMeters::default(),
             1,
             now,
             1,
@@ -399,6 +389,7 @@ mod tests {
         let denied = l.check(
             KEY_A,
             &Checks::windows(&windows),
+            HeldMeters::default(),
             4,
             now,
             1,
@@ -409,6 +400,7 @@ mod tests {
         let ok = l.check(
             KEY_A,
             &Checks::windows(&windows),
+            HeldMeters::default(),
             3,
             now,
             1,
@@ -429,6 +421,7 @@ mod tests {
                 l.check(
                     KEY_A,
                     &Checks::windows(&windows),
+                    HeldMeters::default(),
                     1,
                     now,
                     1,
@@ -442,6 +435,7 @@ mod tests {
                 l.check(
                     KEY_B,
                     &Checks::windows(&windows),
+                    HeldMeters::default(),
                     1,
                     now,
                     1,
@@ -454,6 +448,7 @@ mod tests {
             !l.check(
                 KEY_B,
                 &Checks::windows(&windows),
+                HeldMeters::default(),
                 1,
                 now,
                 1,
@@ -469,6 +464,7 @@ mod tests {
             l.check(
                 other_owner,
                 &Checks::windows(&windows),
+                HeldMeters::default(),
                 1,
                 now,
                 1,
@@ -482,6 +478,7 @@ mod tests {
             l.check(
                 KEY_A,
                 &Checks::windows(&per_key),
+                HeldMeters::default(),
                 1,
                 now,
                 1,
@@ -493,6 +490,7 @@ mod tests {
             l.check(
                 KEY_B,
                 &Checks::windows(&per_key),
+                HeldMeters::default(),
                 1,
                 now,
                 1,
@@ -510,6 +508,7 @@ mod tests {
         l.check(
             KEY_A,
             &Checks::windows(&windows),
+            HeldMeters::default(),
             2,
             now,
             1,
@@ -518,6 +517,7 @@ mod tests {
         let denied = l.check(
             KEY_A,
             &Checks::windows(&windows),
+            HeldMeters::default(),
             1,
             now + 1000,
             1,
@@ -539,6 +539,7 @@ mod tests {
             !l.check(
                 KEY_A,
                 &Checks::windows(&windows),
+                HeldMeters::default(),
                 1,
                 later - 1,
                 1,
@@ -550,6 +551,7 @@ mod tests {
             l.check(
                 KEY_A,
                 &Checks::windows(&windows),
+                HeldMeters::default(),
                 1,
                 later,
                 1,
@@ -569,6 +571,7 @@ mod tests {
                 l.check(
                     KEY_A,
                     &Checks::windows(&windows),
+                    HeldMeters::default(),
                     1,
                     now,
                     3,
@@ -592,6 +595,7 @@ mod tests {
                     key_id: &id,
                 },
                 &Checks::windows(&windows),
+                HeldMeters::default(),
                 1,
                 6_000_000,
                 1,
@@ -627,7 +631,15 @@ mod tests {
         };
         let decide = |now: UnixMillis, cost: u64| {
             let checks = Checks::new(KEY_A, &limits, &paris, now);
-            l.check(KEY_A, &checks, cost, now, 1, DecidedBy::Local)
+            l.check(
+                KEY_A,
+                &checks,
+                l.held_meters(&checks),
+                cost,
+                now,
+                1,
+                DecidedBy::Local,
+            )
         };
         // The cycle began on 2026-03-15 at 00:00 CET; the clocks changed on 2026-03-29.
         assert!(decide(utc_millis("2026-03-20T10:00:00Z"), 2).allowed);
@@ -679,7 +691,15 @@ mod tests {
                 ..Limits::default()
             };
             let checks = Checks::new(KEY_A, &limits, &Calendar::default(), now);
-            l.check(KEY_A, &checks, 1, now, 1, DecidedBy::Local)
+            l.check(
+                KEY_A,
+                &checks,
+                l.held_meters(&checks),
+                1,
+                now,
+                1,
+                DecidedBy::Local,
+            )
         };
         let admitted: usize = std::thread::scope(|scope| {
             (0..100)
@@ -743,7 +763,7 @@ mod tests {
         for _ in 0..2 {
             let mut held = spender.held_meters(&checks);
             spender.load_meters(&checks, &mut held).await.unwrap();
-            let outcome = spender.check_holding(KEY_A, &checks, held, 1, now, 1, DecidedBy::Local);
+            let outcome = spender.check(KEY_A, &checks, held, 1, now, 1, DecidedBy::Local);
             assert!(outcome.allowed);
         }
         spender.flush_meters().await;
@@ -756,7 +776,7 @@ mod tests {
         assert!(held.complete());
         reader.meters.invalidate_all();
         reader.meters.run_pending_tasks();
-        let outcome = reader.check_holding(KEY_A, &checks, held, 1, now, 1, DecidedBy::Local);
+        let outcome = reader.check(KEY_A, &checks, held, 1, now, 1, DecidedBy::Local);
         assert_eq!(outcome.exhausted(), Some(Exhausted::Quota));
     }
 }

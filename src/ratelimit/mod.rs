@@ -531,7 +531,7 @@ impl RateLimiter {
                     Box::pin(local.load_meters(checks, &mut held)).await?;
                 }
                 let now = clock.now_millis();
-                Ok(local.check_holding(subject, checks, held, cost, now, 1, DecidedBy::Local))
+                Ok(local.check(subject, checks, held, cost, now, 1, DecidedBy::Local))
             }
             // Boxed: the Redis round trip's state would otherwise make every caller's
             // future larger, local limiter or not.

@@ -259,6 +259,7 @@ impl RedisLimiter {
         shared.fallback.check(
             subject,
             checks,
+            shared.fallback.held_meters(checks),
             cost,
             now,
             shared.replicas,
