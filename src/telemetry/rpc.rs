@@ -99,12 +99,10 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let span = server_span(path.trim_start_matches('/'), request.headers());
+        let name = path.trim_start_matches('/');
+        let span = server_span(name, request.headers());
         if !span.is_disabled() {
-            let (service, method) = path
-                .trim_start_matches('/')
-                .split_once('/')
-                .unwrap_or(("", ""));
+            let (service, method) = name.split_once('/').unwrap_or(("", ""));
             span.record("rpc.system", "grpc");
             span.record("rpc.service", service);
             span.record("rpc.method", method);
