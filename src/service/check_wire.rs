@@ -143,18 +143,16 @@ pub struct RequestHeader {
     pub raw_value: Bytes,
 }
 
-/// `config.core.v3.HeaderValue`: `key` (1), `value` (2), `raw_value` (3).
+/// `config.core.v3.HeaderValue` as an answer carries it: `key` (1), `value` (2); keygate's
+/// header values are text, so it never writes `raw_value` (3).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HeaderValue {
     /// The header's name.
     #[prost(string, tag = "1")]
     pub key: String,
-    /// Its value, as text.
+    /// Its value.
     #[prost(string, tag = "2")]
     pub value: String,
-    /// Its value, as bytes (set instead of `value` by some Envoy settings).
-    #[prost(bytes = "vec", tag = "3")]
-    pub raw_value: Vec<u8>,
 }
 
 /// An entry of a `map<string, string>`: `key` (1), `value` (2), each a slice of the
@@ -259,11 +257,7 @@ impl HeaderValueOption {
     /// A header that replaces whatever is there under the same name.
     pub fn overwrite(key: String, value: String) -> Self {
         HeaderValueOption {
-            header: Some(HeaderValue {
-                key,
-                value,
-                raw_value: Vec::new(),
-            }),
+            header: Some(HeaderValue { key, value }),
             append_action: Self::OVERWRITE_IF_EXISTS_OR_ADD,
         }
     }
