@@ -56,6 +56,8 @@ impl KeyManagerService {
     /// balances are asked for `CONCURRENT_BALANCES` keys at a time, so a page of keys with
     /// credits costs the Redis limiter a few round trips, not one per key.
     async fn keys(&self, records: &[KeyRecord]) -> Result<Vec<proto::Key>, Status> {
+        // The futures are made first: a stream mapping each record to its future makes the
+        // closure's lifetime too narrow for the `Send` bound tonic puts on the handler.
         let answers: Vec<_> = records.iter().map(|record| self.key(record)).collect();
         futures_util::stream::iter(answers)
             .buffered(CONCURRENT_BALANCES)
