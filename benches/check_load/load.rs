@@ -2,6 +2,8 @@
 //! rate whatever the answers), and what they saw.
 
 use std::error::Error as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::google::rpc;
@@ -10,7 +12,7 @@ use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 use tonic::transport::Channel;
 
-use crate::check_request;
+use crate::{check_request, pki};
 
 /// Calls per closed-loop run.
 const REQUESTS: usize = 60_000;
@@ -37,18 +39,48 @@ pub enum Load {
     Open { rate: f64 },
 }
 
-/// Runs `load` over `channels` with `key`.
-pub async fn offer(load: Load, channels: &[Channel], key: &str) -> Outcome {
-    let request = Encoded(check_request(key).encode_to_vec().into());
-    let clients: Vec<Checker> = channels.iter().cloned().map(Checker::new).collect();
-    match load {
-        Load::Closed => closed_loop(&clients, request).await,
-        Load::Open { rate } => open_loop(&clients, request, rate).await,
+/// Where the generator connects: the server's data plane, over TLS trusting `tls_ca` when
+/// set.
+pub struct Dial {
+    /// The data plane's address.
+    pub addr: SocketAddr,
+    /// The CA the server's certificate is issued by, when it serves TLS.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Dial {
+    /// A tonic channel to the server.
+    pub async fn channel(&self) -> Channel {
+        match &self.tls_ca {
+            Some(ca) => pki::tls_channel(self.addr, ca, None).await.unwrap(),
+            None => tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        }
     }
 }
 
-/// A Check client that costs the generator as little as possible, so that the server, not
-/// the generator, is what a run measures: the request is encoded once, and of each answer
+/// Runs `load` over `connections` connections to `dial` with `key`.
+pub async fn offer(load: Load, dial: &Dial, connections: usize, key: &str) -> Outcome {
+    let request = check_request(key).encode_to_vec();
+    match load {
+        Load::Closed => closed_loop(dial, connections, &request),
+        Load::Open { rate } => {
+            let mut clients = Vec::new();
+            for _ in 0..connections {
+                clients.push(Checker::new(dial.channel().await));
+            }
+            open_loop(&clients, Encoded(request.into()), rate).await
+        }
+    }
+}
+
+/// The path of ext_authz's Check.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The open loop's Check client, costing the generator as little as tonic allows: the request is encoded once, and of each answer
 /// only the status is decoded (Envoy reads the whole answer; keygate's is larger than the
 /// no-op server's one header, and decoding it in full made the generator's core the limit).
 #[derive(Clone)]
@@ -65,8 +97,7 @@ impl Checker {
             .ready()
             .await
             .map_err(|e| tonic::Status::unknown(format!("not ready: {e}")))?;
-        let path =
-            http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
+        let path = http::uri::PathAndQuery::from_static(CHECK_PATH);
         let codec = tonic_prost::ProstCodec::<Encoded, CheckStatus>::default();
         let answer = self.0.unary(request, path, codec).await?;
         Ok(answer.into_inner().status.map_or(-1, |s| s.code))
@@ -157,63 +188,76 @@ impl Outcome {
             Err(()) => self.late += 1,
         }
     }
-
-    fn merge(&mut self, other: Outcome) {
-        self.latencies.extend(other.latencies);
-        self.refused += other.refused;
-        self.late += other.late;
-        self.dropped += other.dropped;
-        self.shed += other.shed;
-        self.sent += other.sent;
-    }
 }
 
-/// One Check with `deadline` sent as `grpc-timeout` and kept by the caller too.
+/// One Check with `CALL_DEADLINE` sent as `grpc-timeout` and kept by the caller too.
 async fn timed_check(
     mut client: Checker,
     request: Encoded,
-    deadline: Option<Duration>,
 ) -> (Duration, Result<Result<i32, tonic::Status>, ()>) {
     let sent = Instant::now();
     let mut request = tonic::Request::new(request);
-    let call = async {
-        match deadline {
-            Some(deadline) => {
-                request.set_timeout(deadline);
-                tokio::time::timeout(deadline, client.check(request))
-                    .await
-                    .map_err(drop)
-            }
-            None => Ok(client.check(request).await),
-        }
-    };
-    let answer = call.await;
+    request.set_timeout(CALL_DEADLINE);
+    let answer = tokio::time::timeout(CALL_DEADLINE, client.check(request))
+        .await
+        .map_err(drop);
     (sent.elapsed(), answer)
 }
 
-/// `REQUESTS` calls (or `TIME_LIMIT`) from closed-loop callers.
-async fn closed_loop(clients: &[Checker], request: Encoded) -> Outcome {
-    let per_task = REQUESTS / (clients.len() * IN_FLIGHT_PER_CONNECTION);
+/// `REQUESTS` calls (or `TIME_LIMIT`) from `h2load`, `IN_FLIGHT_PER_CONNECTION` in flight
+/// on each of `connections` connections. h2load writes what one pass of its event loop
+/// produced at once, as Envoy does, and costs less per call than a server answering it, so
+/// the server is what a run measures (a tonic client on the generator's one core spent more
+/// per call than the no-op server). It checks the HTTP status alone: the caller makes sure
+/// the key was allowed before and after.
+fn closed_loop(dial: &Dial, connections: usize, request: &[u8]) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let (body, log) = (dir.path().join("check.grpc"), dir.path().join("calls.tsv"));
+    let mut message = Vec::with_capacity(5 + request.len());
+    message.push(0);
+    message.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    message.extend_from_slice(request);
+    std::fs::write(&body, message).unwrap();
+    let scheme = if dial.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut h2load = std::process::Command::new(crate::tools::system_tool("h2load"))
+        .args([
+            &format!("-n{REQUESTS}"),
+            &format!("-c{connections}"),
+            &format!("-m{IN_FLIGHT_PER_CONNECTION}"),
+            "-t1",
+            "-Hcontent-type: application/grpc",
+            "-Hte: trailers",
+        ])
+        .arg("-d")
+        .arg(&body)
+        .arg("--log-file")
+        .arg(&log)
+        .arg(format!("{scheme}://{}{CHECK_PATH}", dial.addr))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + TIME_LIMIT;
-    let mut tasks = Vec::new();
-    for client in clients {
-        for _ in 0..IN_FLIGHT_PER_CONNECTION {
-            let (client, request) = (client.clone(), request.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut outcome = Outcome::default();
-                while outcome.sent < per_task && Instant::now() < deadline {
-                    let (latency, answer) =
-                        timed_check(client.clone(), request.clone(), None).await;
-                    outcome.sent += 1;
-                    outcome.record(latency, answer);
-                }
-                outcome
-            }));
+    while h2load.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            h2load.kill().unwrap();
+            panic!("h2load did not finish within {TIME_LIMIT:?}");
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let mut outcome = Outcome::default();
-    for task in tasks {
-        outcome.merge(task.await.unwrap());
+    for row in std::fs::read_to_string(&log).unwrap().lines() {
+        let columns: Vec<&str> = row.split('\t').collect();
+        let latency = Duration::from_micros(columns[2].parse().unwrap());
+        outcome.sent += 1;
+        match columns[1] {
+            "200" => outcome.latencies.push(latency),
+            "-1" => outcome.dropped += 1,
+            status => panic!("Check answered HTTP {status}"),
+        }
     }
     outcome
 }
@@ -235,7 +279,7 @@ async fn open_loop(clients: &[Checker], request: Encoded, rate: f64) -> Outcome 
                 continue;
             }
             let client = clients[outcome.sent % clients.len()].clone();
-            calls.spawn(timed_check(client, request.clone(), Some(CALL_DEADLINE)));
+            calls.spawn(timed_check(client, request.clone()));
             outcome.sent += 1;
         }
         while let Some(done) = calls.try_join_next() {

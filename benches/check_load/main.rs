@@ -25,7 +25,8 @@
 //!   forward-auth, and a `return 200` of its own as the API, loaded by `wrk` over HTTP/1.1
 //!   (latencies from `wrk`, CPU per request of keygate and of nginx).
 //!
-//! The direct scenarios use a closed loop of 4 HTTP/2 connections x 16 calls in flight.
+//! The direct scenarios use a closed loop of 4 HTTP/2 connections x 16 calls in flight,
+//! from `h2load`, the same Check (with a key of the same length) to every server.
 //! Each run prints throughput, p50/p99 and the server's CPU time per call (user + system,
 //! from `/proc/<pid>/stat`); at the end a table gives the median of each over the rounds
 //! and the ratio to the no-op baseline measured in the same round. On a shared machine
@@ -57,7 +58,7 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
 use load::{CALL_DEADLINE, IN_FLIGHT_PER_CONNECTION, Load, MAX_OUTSTANDING, Outcome, percentile};
-use servers::{Envoy, Running, cpu_time};
+use servers::{Envoy, Running, children_cpu_time, cpu_time};
 
 #[path = "../../tests/common/check.rs"]
 mod check;
@@ -398,7 +399,11 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
     let key = runtime.block_on(async {
         match &server.management {
             Some(management) => servers::create_key(management).await,
-            None => "noop".to_owned(),
+            // A key of the shape keygate issues, so both servers read the same requests.
+            None => {
+                let profile = keygate::key::format::default_profile();
+                profile.issue(&profile.new_key_id()).text().to_owned()
+            }
         }
     });
     match scenario.front {
@@ -439,40 +444,37 @@ async fn direct(
         Load::Closed => CONNECTIONS,
         Load::Open { .. } => OPEN_LOOP_CONNECTIONS,
     };
-    let mut channels = Vec::new();
-    for _ in 0..connections {
-        let channel = match tls_ca {
-            Some(ca) => {
-                let addr = server
-                    .data_plane
-                    .trim_start_matches("http://")
-                    .parse()
-                    .unwrap();
-                pki::tls_channel(addr, ca, None).await.unwrap()
-            }
-            None => tonic::transport::Endpoint::from_shared(server.data_plane.clone())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        };
-        channels.push(channel);
-    }
+    let dial = load::Dial {
+        addr: server
+            .data_plane
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap(),
+        tls_ca: tls_ca.map(std::path::Path::to_path_buf),
+    };
     // Warm the key (the one argon2 verification) before measuring.
-    let warm = AuthorizationClient::new(channels[0].clone())
-        .check(check_request(key))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(warm.status.unwrap().code, 0, "the key must be allowed");
+    let mut checker = AuthorizationClient::new(dial.channel().await);
+    assert_allowed(&mut checker, key).await;
 
+    let allowed_before = server.allowed_checks();
     let cpu_before = cpu_time(server.pid());
-    let generator_before = cpu_time(std::process::id());
+    let generator_before = cpu_time(std::process::id()) + children_cpu_time();
     let started = Instant::now();
-    let outcome = load::offer(load, &channels, key).await;
+    let outcome = load::offer(load, &dial, connections, key).await;
     let elapsed = started.elapsed();
     let cpu = cpu_time(server.pid()) - cpu_before;
-    let generator = cpu_time(std::process::id()) - generator_before;
+    let generator = cpu_time(std::process::id()) + children_cpu_time() - generator_before;
+    if let (Load::Closed, Some(before), Some(after)) =
+        (load, allowed_before, server.allowed_checks())
+    {
+        // h2load reads no answer; keygate's own count says every answered call was allowed.
+        assert_eq!(
+            after - before,
+            outcome.latencies.len() as u64,
+            "every Check answered must have been allowed"
+        );
+    }
+    assert_allowed(&mut checker, key).await;
     let Outcome {
         mut latencies,
         refused,
@@ -503,6 +505,12 @@ async fn direct(
         100.0 * generator.as_secs_f64() / elapsed.as_secs_f64()
     );
     measured
+}
+
+/// Asserts that `server` allows `key`.
+async fn assert_allowed(server: &mut AuthorizationClient<tonic::transport::Channel>, key: &str) {
+    let answer = server.check(check_request(key)).await.unwrap().into_inner();
+    assert_eq!(answer.status.unwrap().code, 0, "the key must be allowed");
 }
 
 /// HTTP requests through Envoy to `server`, from `wrk`. Latencies are Envoy's (its access

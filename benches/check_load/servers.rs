@@ -3,7 +3,7 @@
 //! binary run again in its no-op mode), Envoy in front of either, and nginx in front of
 //! keygate's forward-auth or of nothing.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +34,8 @@ pub struct Running {
     pub data_plane: String,
     /// The management API's URL; `None` for the no-op server.
     pub management: Option<String>,
+    /// Where keygate serves its metrics; `None` for the no-op server.
+    metrics: Option<String>,
     /// The cgroup limiting its CPU, removed after it.
     cgroup: Option<PathBuf>,
 }
@@ -42,6 +44,27 @@ impl Running {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The Check calls keygate has allowed so far, from its metrics; `None` for the no-op
+    /// server, which allows every call.
+    pub fn allowed_checks(&self) -> Option<u64> {
+        let addr = self.metrics.as_deref()?.trim_start_matches("http://");
+        let mut page = String::new();
+        let mut metrics = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            metrics,
+            "GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        metrics.read_to_string(&mut page).unwrap();
+        let allowed = page
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(r#"keygate_decisions_total{api="check",code="OK"} "#)
+            })
+            .map_or(0, |count| count.trim().parse().unwrap());
+        Some(allowed)
     }
 }
 
@@ -115,11 +138,13 @@ fn spawn(mut command: Command, management: bool) -> Running {
     };
     let management = management.then(|| address("management API listening"));
     let data_plane = address("data plane listening");
+    let metrics = management.is_some().then(|| address("metrics listening"));
     std::thread::spawn(move || lines.for_each(drop));
     Running {
         child,
         data_plane,
         management,
+        metrics,
         cgroup,
     }
 }
@@ -406,14 +431,28 @@ fn limit_cpu(pid: u32, share: f64) -> PathBuf {
 /// CPU time (user + system) process `pid` has used so far. `/proc/<pid>/stat` counts it
 /// in clock ticks, which Linux exposes to user space at 100 per second.
 pub fn cpu_time(pid: u32) -> Duration {
+    stat_ticks(pid, 11..13)
+}
+
+/// The CPU time (user + system) of the children this process has waited for.
+pub fn children_cpu_time() -> Duration {
+    stat_ticks(std::process::id(), 13..15)
+}
+
+/// The sum of the `/proc/<pid>/stat` clock-tick fields at `fields`, counted after the
+/// parenthesised command name (utime and stime are the file's 14th and 15th fields, cutime
+/// and cstime its 16th and 17th).
+fn stat_ticks(pid: u32, fields: std::ops::Range<usize>) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat
+    let values: Vec<&str> = stat
         .rsplit_once(')')
         .unwrap()
         .1
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let ticks: u64 = values[fields]
+        .iter()
+        .map(|v| v.parse::<u64>().unwrap())
+        .sum();
     Duration::from_millis(ticks * 10)
 }
