@@ -237,14 +237,7 @@ pub struct Responder {
 impl Responder {
     /// How to carry out `decision` for the request `request_id`.
     pub fn answer(&self, decision: &Decision, request_id: &str) -> Answer {
-        let rate: Vec<(String, String)> = decision
-            .rate
-            .as_ref()
-            .map(|rate| rate.headers(&self.ratelimit))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect();
+        let rate = self.rate_headers(decision);
         match (&decision.identity, decision.allowed()) {
             (Some(identity), true) => {
                 let names = &self.headers;
@@ -273,6 +266,18 @@ impl Responder {
                 Answer::Deny { denial, client }
             }
         }
+    }
+
+    /// The rate-limit headers of `decision` for the client, in whichever answer.
+    pub fn rate_headers(&self, decision: &Decision) -> Vec<(String, String)> {
+        decision
+            .rate
+            .as_ref()
+            .map(|rate| rate.headers(&self.ratelimit))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect()
     }
 }
 

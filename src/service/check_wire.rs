@@ -21,6 +21,8 @@ use tonic::codegen::{Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::check_answer::CheckAnswer;
+
 /// A Check: `CheckRequest`, keeping `attributes` (1).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CheckRequest {
@@ -314,7 +316,7 @@ pub trait Check: Send + Sync + 'static {
     fn check(
         &self,
         request: Request<CheckRequest>,
-    ) -> impl Future<Output = Result<Response<CheckResponse>, Status>> + Send;
+    ) -> impl Future<Output = Result<Response<CheckAnswer>, Status>> + Send;
 }
 
 /// The gRPC service `envoy.service.auth.v3.Authorization` over these messages; its one
@@ -351,8 +353,8 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 struct CheckCall<T>(Arc<T>);
 
 impl<T: Check> UnaryService<CheckRequest> for CheckCall<T> {
-    type Response = CheckResponse;
-    type Future = BoxFuture<Response<CheckResponse>, Status>;
+    type Response = CheckAnswer;
+    type Future = BoxFuture<Response<CheckAnswer>, Status>;
 
     fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
         let inner = self.0.clone();

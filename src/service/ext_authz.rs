@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::check_answer::{AllowAnswers, CheckAnswer};
 use super::check_wire::{
     AttributeContext, Check, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValueOption,
     HttpRequest, HttpStatus, OkHttpResponse, Peer, RpcStatus, Struct,
@@ -39,20 +40,22 @@ pub const COST_EXTENSION: &str = "keygate.cost";
 /// The ext_authz gRPC service.
 pub struct ExtAuthzService {
     plane: Arc<DataPlane>,
+    /// The encoded allow answers of keys answered lately.
+    answers: AllowAnswers,
 }
 
 impl ExtAuthzService {
     /// A service deciding with `plane`.
     pub fn new(plane: Arc<DataPlane>) -> Self {
-        ExtAuthzService { plane }
+        ExtAuthzService {
+            plane,
+            answers: AllowAnswers::default(),
+        }
     }
 }
 
 impl Check for ExtAuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckAnswer>, Status> {
         let traced_by_caller = request.metadata().contains_key("traceparent");
         let deadline = super::deadline(request.metadata());
         let caller = super::peer_identity(&request, &self.plane.listed_identities);
@@ -62,7 +65,7 @@ impl Check for ExtAuthzService {
         request.caller = caller;
         let decision = self.plane.authorizer.decide(&request).await?;
         Ok(Response::new(
-            self.check_response(&decision, &request.request_id),
+            self.check_answer(&decision, &request.request_id),
         ))
     }
 }
@@ -126,7 +129,25 @@ impl ExtAuthzService {
         ])
     }
 
-    /// The CheckResponse for `decision`.
+    /// The answer to `decision`: an allow from its key's encoded parts, anything else built
+    /// in full.
+    fn check_answer(&self, decision: &Decision, request_id: &str) -> CheckAnswer {
+        match &decision.identity {
+            Some(identity) if decision.allowed() => CheckAnswer::Allow {
+                parts: self.answers.parts(identity, || {
+                    let without_rate = Decision {
+                        rate: None,
+                        ..decision.clone()
+                    };
+                    self.check_response(&without_rate, request_id)
+                }),
+                client: header_options(self.plane.responder.rate_headers(decision)),
+            },
+            _ => CheckAnswer::Built(self.check_response(decision, request_id)),
+        }
+    }
+
+    /// The CheckResponse for `decision`, built in full.
     fn check_response(&self, decision: &Decision, request_id: &str) -> CheckResponse {
         let mut metadata = vec![("code", decision.code.as_str())];
         if let Some(identity) = &decision.identity {

@@ -3,6 +3,7 @@
 
 pub mod authorizer;
 pub mod caller;
+pub mod check_answer;
 pub mod check_wire;
 pub mod convert;
 pub mod ext_authz;

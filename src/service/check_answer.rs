@@ -1,0 +1,243 @@
+//! Check's answer on the wire. An allow for a warm key repeats the same bytes every time:
+//! the key's identity headers, the credential headers to remove and its dynamic metadata
+//! depend only on the key's identity and the configuration. Those parts are encoded once per
+//! key and identity and shared by reference; only the rate-limit headers, which change from
+//! one request to the next, are encoded per answer.
+
+use std::sync::Arc;
+
+use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{self, DecodeContext, WireType};
+
+use super::check_wire::{CheckResponse, HeaderValueOption, RpcStatus};
+use crate::authz::decision::Identity;
+
+/// The most keys whose allow answers are kept, the hottest as the cache admits them: a
+/// bound on the memory they take (about half a kilobyte each).
+const KEPT_ANSWERS: u64 = 10_000;
+
+/// What Check answers: a message built for this request, or an allow made of a key's
+/// encoded parts and this request's rate-limit headers. Both encode to the same bytes as
+/// the same answer built in full.
+#[derive(Debug)]
+pub enum CheckAnswer {
+    /// An answer built in full.
+    Built(CheckResponse),
+    /// An allow.
+    Allow {
+        /// The parts that depend on the key's identity alone.
+        parts: Arc<AllowParts>,
+        /// Headers for the client's response (rate-limit state).
+        client: Vec<HeaderValueOption>,
+    },
+}
+
+/// The encoded parts of a key's allow answer, and the identity they were made for.
+#[derive(Debug)]
+pub struct AllowParts {
+    owner_id: String,
+    plan: String,
+    scopes: Vec<String>,
+    /// `OkHttpResponse` fields 2 (identity headers) and 5 (headers to remove), encoded.
+    upstream: Bytes,
+    /// The `dynamic_metadata` Struct, encoded.
+    metadata: Bytes,
+}
+
+impl AllowParts {
+    /// The parts of `allow`, an allow answer built in full without client headers, made for
+    /// `identity`.
+    pub fn of(identity: &Identity, allow: &CheckResponse) -> Self {
+        let encoded = |message: Option<Vec<u8>>| Bytes::from(message.unwrap_or_default());
+        AllowParts {
+            owner_id: identity.owner_id.clone(),
+            plan: identity.plan.clone(),
+            scopes: identity.scopes.clone(),
+            upstream: encoded(allow.ok_response.as_ref().map(Message::encode_to_vec)),
+            metadata: encoded(allow.dynamic_metadata.as_ref().map(Message::encode_to_vec)),
+        }
+    }
+
+    /// Whether these parts were made for `identity` (the key's id is where they are kept).
+    fn made_for(&self, identity: &Identity) -> bool {
+        self.owner_id == identity.owner_id
+            && self.plan == identity.plan
+            && self.scopes == identity.scopes
+    }
+
+    /// The length of `ok_response` with `client` headers.
+    fn ok_len(&self, client: &[HeaderValueOption]) -> usize {
+        self.upstream.len() + encoding::message::encoded_len_repeated(6, client)
+    }
+}
+
+/// The allow parts of the keys Check answered lately, by key id.
+pub struct AllowAnswers {
+    kept: moka::sync::Cache<String, Arc<AllowParts>>,
+}
+
+impl Default for AllowAnswers {
+    fn default() -> Self {
+        AllowAnswers {
+            kept: moka::sync::Cache::new(KEPT_ANSWERS),
+        }
+    }
+}
+
+impl AllowAnswers {
+    /// The parts for `identity`, kept or made with `build` (an allow answer built in full
+    /// without client headers) and kept.
+    pub fn parts(
+        &self,
+        identity: &Identity,
+        build: impl FnOnce() -> CheckResponse,
+    ) -> Arc<AllowParts> {
+        if let Some(parts) = self.kept.get(identity.key_id.as_str())
+            && parts.made_for(identity)
+        {
+            return parts;
+        }
+        let parts = Arc::new(AllowParts::of(identity, &build()));
+        self.kept.insert(identity.key_id.clone(), parts.clone());
+        parts
+    }
+}
+
+/// `CheckResponse.status` (1), `ok_response` (3), `dynamic_metadata` (4), as prost writes
+/// them: in field order.
+impl Message for CheckAnswer {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            CheckAnswer::Built(response) => response.encode_raw(buf),
+            CheckAnswer::Allow { parts, client } => {
+                encoding::message::encode(1, &RpcStatus::default(), buf);
+                encoding::encode_key(3, WireType::LengthDelimited, buf);
+                encoding::encode_varint(parts.ok_len(client) as u64, buf);
+                buf.put_slice(&parts.upstream);
+                for header in client {
+                    encoding::message::encode(6, header, buf);
+                }
+                encoding::encode_key(4, WireType::LengthDelimited, buf);
+                encoding::encode_varint(parts.metadata.len() as u64, buf);
+                buf.put_slice(&parts.metadata);
+            }
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // An answer is only ever written; reading one back skips what it holds.
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            CheckAnswer::Built(response) => response.encoded_len(),
+            CheckAnswer::Allow { parts, client } => {
+                let delimited = |len: usize| 1 + encoding::encoded_len_varint(len as u64) + len;
+                encoding::message::encoded_len(1, &RpcStatus::default())
+                    + delimited(parts.ok_len(client))
+                    + delimited(parts.metadata.len())
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = CheckAnswer::Built(CheckResponse::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::service::check_wire::{OkHttpResponse, Struct};
+
+    fn identity(plan: &str) -> Identity {
+        Identity {
+            key_id: "AAAAAAAAAAAA".into(),
+            owner_id: "own_1".into(),
+            plan: plan.into(),
+            scopes: vec!["read".into(), "write".into()],
+            metadata: BTreeMap::new(),
+            expires_at: None,
+        }
+    }
+
+    /// An allow for `identity` built in full, with `client` headers.
+    fn built(identity: &Identity, client: Vec<HeaderValueOption>) -> CheckResponse {
+        let header =
+            |name: &str, value: &str| HeaderValueOption::overwrite(name.into(), value.into());
+        CheckResponse {
+            status: Some(RpcStatus::default()),
+            ok_response: Some(OkHttpResponse {
+                headers: vec![
+                    header("x-keygate-key-id", &identity.key_id),
+                    header("x-keygate-plan", &identity.plan),
+                ],
+                headers_to_remove: vec!["authorization".into(), "x-api-key".into()],
+                response_headers_to_add: client,
+            }),
+            dynamic_metadata: Some(Struct::of_strings(&[
+                ("code", "OK"),
+                ("plan", identity.plan.as_str()),
+            ])),
+            ..CheckResponse::default()
+        }
+    }
+
+    #[test]
+    fn an_allow_from_kept_parts_is_the_allow_built_in_full() {
+        let identity = identity("pro");
+        let parts = Arc::new(AllowParts::of(&identity, &built(&identity, vec![])));
+        for client in [
+            vec![],
+            vec![
+                HeaderValueOption::overwrite("ratelimit-limit".into(), "100".into()),
+                HeaderValueOption::overwrite("ratelimit-remaining".into(), "99".into()),
+            ],
+        ] {
+            let full = built(&identity, client.clone()).encode_to_vec();
+            let answer = CheckAnswer::Allow {
+                parts: parts.clone(),
+                client,
+            };
+            assert_eq!(answer.encode_to_vec(), full);
+            assert_eq!(answer.encoded_len(), full.len());
+        }
+    }
+
+    #[test]
+    fn kept_parts_serve_only_the_identity_they_were_made_for() {
+        let answers = AllowAnswers::default();
+        let pro = identity("pro");
+        let first = answers.parts(&pro, || built(&pro, vec![]));
+        let again = answers.parts(&pro, || panic!("the kept parts answer"));
+        assert!(Arc::ptr_eq(&first, &again));
+
+        let free = identity("free");
+        let changed = answers.parts(&free, || built(&free, vec![]));
+        let answer = CheckAnswer::Allow {
+            parts: changed,
+            client: vec![],
+        };
+        assert_eq!(answer.encode_to_vec(), built(&free, vec![]).encode_to_vec());
+        let rescoped = Identity {
+            scopes: vec!["read".into()],
+            ..identity("free")
+        };
+        let mut rebuilt = false;
+        answers.parts(&rescoped, || {
+            rebuilt = true;
+            built(&rescoped, vec![])
+        });
+        assert!(rebuilt, "other scopes are another identity");
+    }
+}
