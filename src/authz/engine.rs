@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use super::decision::{Decision, DecisionCode, Identity};
 use super::extract::Credential;
-use super::keys::{CachedKey, KeyCache};
+use super::keys::{CachedKey, KeyCache, Standing};
 use super::policy::{RequestFacts, effective_plan, evaluate};
 use super::routes::{RouteRule, route_needs};
 use super::usage::UsageRecorder;
 use crate::clock::Clock;
 use crate::error::Result;
-use crate::model::Owner;
-use crate::plan::PlanConfig;
 use crate::ratelimit::{Checks, Exhausted, Limits, RateLimiter, Subject};
 use crate::tls::PeerIdentity;
 
@@ -106,11 +104,7 @@ pub struct Authorizer {
 /// What the key a credential proves and its owner say, before the policy.
 struct Identified {
     key: Arc<CachedKey>,
-    owner: Option<Arc<Owner>>,
-    /// The name of the plan in force.
-    plan: String,
-    /// That plan as stored now; `None` if there is no such plan.
-    plan_config: Option<Arc<PlanConfig>>,
+    standing: Arc<Standing>,
 }
 
 impl Authorizer {
@@ -172,12 +166,12 @@ impl Authorizer {
                 ..Decision::anonymous(DecisionCode::InvalidApiKey)
             });
         };
-        let Identified {
-            key,
+        let Identified { key, standing } = self.identify(found).await?;
+        let Standing {
             owner,
             plan,
             plan_config,
-        } = self.identify(found).await?;
+        } = &*standing;
         let route = route_needs(
             &self.routes,
             &request.method,
@@ -231,7 +225,7 @@ impl Authorizer {
         let identity = (code != DecisionCode::InvalidApiKey).then(|| Identity {
             key_id: record.id().to_owned(),
             owner_id: record.owner_id().to_owned(),
-            plan,
+            plan: plan.clone(),
             scopes: record.scope_list(),
             metadata: record.metadata_map(),
             expires_at: record.expires_at,
@@ -259,12 +253,10 @@ impl Authorizer {
                 key: None,
             });
         };
-        let Identified {
-            key,
-            owner,
-            plan_config,
-            ..
-        } = self.identify(found).await?;
+        let Identified { key, standing } = self.identify(found).await?;
+        let Standing {
+            owner, plan_config, ..
+        } = &*standing;
         let facts = RequestFacts {
             client_ip,
             required_scopes,
@@ -284,21 +276,27 @@ impl Authorizer {
     }
 
     /// The owner and plan in force for a verified key, each as stored now (from the
-    /// cache, which drops what changes).
+    /// caches, which drop what changes), or as the key's last decision found them when
+    /// nothing changed since.
     async fn identify(&self, key: Arc<CachedKey>) -> Result<Identified> {
-        let owner = self.keys.owner(key.key.owner_id()).await?;
-        let plan = effective_plan(&key.key, owner.as_deref())
-            .unwrap_or_default()
-            .to_owned();
-        let plan_config = match plan.as_str() {
-            "" => None,
-            name => self.keys.plan(name).await?,
-        };
-        Ok(Identified {
-            key,
-            owner,
-            plan,
-            plan_config,
-        })
+        let standing = self
+            .keys
+            .standing(&key, || async {
+                let owner = self.keys.owner(key.key.owner_id()).await?;
+                let plan = effective_plan(&key.key, owner.as_deref())
+                    .unwrap_or_default()
+                    .to_owned();
+                let plan_config = match plan.as_str() {
+                    "" => None,
+                    name => self.keys.plan(name).await?,
+                };
+                Ok(Standing {
+                    owner,
+                    plan,
+                    plan_config,
+                })
+            })
+            .await?;
+        Ok(Identified { key, standing })
     }
 }

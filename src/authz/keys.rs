@@ -79,7 +79,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -138,13 +138,51 @@ impl Default for CacheConfig {
 }
 
 /// A credential that proved a key.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CachedKey {
     /// What decisions read of the key's record, as loaded.
     pub key: VerifiedKey,
     /// Which secret matched.
     pub matched: MatchedSecret,
     epoch: u64,
+    /// The key's standing as last found, reused while it holds ([`KeyCache::standing`]).
+    standing: RwLock<Option<KeptStanding>>,
+}
+
+impl CachedKey {
+    /// The standing kept with this key, if it was found at invalidation epoch `epoch` and
+    /// is still to be reused at `now`.
+    fn kept_standing(&self, epoch: u64, now: Instant) -> Option<Arc<Standing>> {
+        let kept = self.standing.read().unwrap_or_else(PoisonError::into_inner);
+        kept.as_ref()
+            .filter(|kept| kept.epoch == epoch && now < kept.until)
+            .map(|kept| kept.standing.clone())
+    }
+}
+
+/// A key's owner and the plan in force, as the owner and plan caches gave them.
+#[derive(Debug)]
+pub struct Standing {
+    /// The owner; `None` if the store has none.
+    pub owner: Option<Arc<Owner>>,
+    /// The name of the plan in force.
+    pub plan: String,
+    /// That plan as stored; `None` if there is no such plan.
+    pub plan_config: Option<Arc<PlanConfig>>,
+}
+
+/// How long a key's standing is reused while nothing is invalidated. Past it the owner and
+/// plan are looked up again, so that their caches' lifetimes bound what a missed
+/// invalidation leaves, as they do without reuse.
+const STANDING_REUSE: Duration = Duration::from_secs(1);
+
+/// A standing kept with its key: found when the invalidation epoch was `epoch`, reused
+/// until `until`.
+#[derive(Debug)]
+struct KeptStanding {
+    epoch: u64,
+    until: Instant,
+    standing: Arc<Standing>,
 }
 
 /// What a decision reads of a verified key's record, and nothing else. The cache holds one
@@ -614,6 +652,7 @@ impl KeyCache {
                 key: VerifiedKey::of(&key),
                 matched,
                 epoch,
+                standing: RwLock::new(None),
             })
         };
         if let Some(shared) = &self.shared
@@ -875,6 +914,32 @@ impl KeyCache {
     pub async fn plan(&self, name: &str) -> Result<Option<Arc<PlanConfig>>> {
         self.record(&self.plans, "plan", name, || self.store.get_plan(name))
             .await
+    }
+
+    /// The owner and plan in force for `key`, found with `look_up`; or as last found for
+    /// `key` when nothing at all was invalidated since that lookup started and it is less
+    /// than [`STANDING_REUSE`] old. Every invalidation advances the epoch, so a reused
+    /// standing is the one the lookups would find again: warm decisions skip them.
+    pub async fn standing<F>(
+        &self,
+        key: &CachedKey,
+        look_up: impl FnOnce() -> F,
+    ) -> Result<Arc<Standing>>
+    where
+        F: Future<Output = Result<Standing>>,
+    {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let now = Instant::now();
+        if let Some(standing) = key.kept_standing(epoch, now) {
+            return Ok(standing);
+        }
+        let standing = Arc::new(look_up().await?);
+        *key.standing.write().unwrap_or_else(PoisonError::into_inner) = Some(KeptStanding {
+            epoch,
+            until: now + STANDING_REUSE,
+            standing: standing.clone(),
+        });
+        Ok(standing)
     }
 
     /// The record of `kind` named `id` from `cache`, loaded with `load` when it is missing
@@ -1328,6 +1393,44 @@ mod tests {
         assert_eq!(f.cache.stats().check_refusals.load(Ordering::Relaxed), 200);
         assert!(f.proves(&secret).await.unwrap());
         assert_eq!(f.hasher.verifications(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_s_standing_is_reused_until_anything_is_invalidated() {
+        let f = fixture().await;
+        let secret = f.key("aaaaaaaaaaaa", true).await;
+        let key = f.cache.verify(&secret, None).await.unwrap().key.unwrap();
+        let lookups = AtomicU64::new(0);
+        let standing = || async {
+            lookups.fetch_add(1, Ordering::SeqCst);
+            Ok(Standing {
+                owner: None,
+                plan: format!("plan-{}", lookups.load(Ordering::SeqCst)),
+                plan_config: None,
+            })
+        };
+        let first = f.cache.standing(&key, standing).await.unwrap();
+        let again = f.cache.standing(&key, standing).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "nothing changed: reused");
+        assert_eq!(lookups.load(Ordering::SeqCst), 1);
+
+        // Any invalidation, of this key's owner or of anything else, ends the reuse.
+        for invalidate in [
+            |c: &KeyCache| c.invalidate_owner("o1"),
+            |c: &KeyCache| c.invalidate_plan("other"),
+            |c: &KeyCache| c.invalidate_key("bbbbbbbbbbbb"),
+            |c: &KeyCache| c.clear(),
+        ] {
+            let before = lookups.load(Ordering::SeqCst);
+            invalidate(&f.cache);
+            let found = f.cache.standing(&key, standing).await.unwrap();
+            assert_eq!(
+                lookups.load(Ordering::SeqCst),
+                before + 1,
+                "looked up again"
+            );
+            assert_eq!(found.plan, format!("plan-{}", before + 1));
+        }
     }
 
     #[tokio::test]
