@@ -245,8 +245,9 @@ async fn fill(files: &Files, keys: usize) {
     append(&files.costly(), secrets);
 }
 
-/// keygate over `store` as `serve` builds it, with `argon2` and `capacity`.
-fn app(files: &Files, store: &EmbeddedStore, argon2: Argon2Config, capacity: u64) -> App {
+/// keygate over `store` as `serve` builds it, with `argon2` and `capacity`, and, as `serve`
+/// does at start, its configured plans in the store.
+async fn app(files: &Files, store: &EmbeddedStore, argon2: Argon2Config, capacity: u64) -> App {
     let mut config = Config {
         data_dir: files.dir.clone(),
         argon2,
@@ -263,7 +264,14 @@ fn app(files: &Files, store: &EmbeddedStore, argon2: Argon2Config, capacity: u64
         admin_token: None,
     };
     let backends = Backends::with_store(&config, Arc::new(store.clone())).unwrap();
-    App::new(&config, secrets, backends, Arc::new(SystemClock)).unwrap()
+    let app = App::new(&config, secrets, backends, Arc::new(SystemClock)).unwrap();
+    let plans = config.initial_plans().unwrap();
+    app.management
+        .plans
+        .create_initial(plans.all())
+        .await
+        .unwrap();
+    app
 }
 
 /// A Check of `secret` as Envoy would send it, with Envoy's deadline.
@@ -307,8 +315,8 @@ fn micros(since: Instant) -> f64 {
 /// One round of operations on the store in `files`, opened afresh; `seed` picks samples.
 async fn operations(files: &Files, seed: u64) -> Round {
     let store = EmbeddedStore::open(&files.db()).unwrap();
-    let real = app(files, &store, Argon2Config::default(), 100_000);
-    let cheap = app(files, &store, cheap(), 100_000);
+    let real = app(files, &store, Argon2Config::default(), 100_000).await;
+    let cheap = app(files, &store, cheap(), 100_000).await;
     let owners = lines(&files.owners());
     let keys = lines(&files.cheap());
     let ids = key_ids(&keys);
@@ -428,7 +436,7 @@ async fn memory(files: &Files) -> Memory {
     let file = std::fs::metadata(files.db()).unwrap().len();
     let before_store = resident();
     let store = EmbeddedStore::open(&files.db()).unwrap();
-    let app = Arc::new(app(files, &store, cheap(), CAPACITY));
+    let app = Arc::new(app(files, &store, cheap(), CAPACITY).await);
     // Every record read once: redb's cache is as full as it gets before any key is warm.
     let reader: Arc<dyn Store> = Arc::new(store.clone());
     for_each(&ids, move |id| {
