@@ -275,9 +275,6 @@ impl Responder {
             .as_ref()
             .map(|rate| rate.headers(&self.ratelimit))
             .unwrap_or_default()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect()
     }
 }
 
