@@ -101,12 +101,6 @@ pub struct Authorizer {
     observer: Arc<dyn DecisionObserver>,
 }
 
-/// What the key a credential proves and its owner say, before the policy.
-struct Identified {
-    key: Arc<CachedKey>,
-    standing: Arc<Standing>,
-}
-
 impl Authorizer {
     /// An authorizer deciding with `keys` and `limiter` under `routes`, noting uses in
     /// `usage`, reporting every decision to `observer`.
@@ -160,13 +154,13 @@ impl Authorizer {
             return Ok(Decision::anonymous(DecisionCode::MissingCredentials));
         };
         let lookup = self.keys.verify(&credential.text, request.deadline).await?;
-        let Some(found) = lookup.key else {
+        let Some(key) = lookup.key else {
             return Ok(Decision {
                 cache: Some(lookup.outcome),
                 ..Decision::anonymous(DecisionCode::InvalidApiKey)
             });
         };
-        let Identified { key, standing } = self.identify(found).await?;
+        let standing = self.identify(&key).await?;
         let Standing {
             owner,
             plan,
@@ -247,13 +241,13 @@ impl Authorizer {
         client_ip: Option<IpAddr>,
         required_scopes: &[String],
     ) -> Result<KeyCheck> {
-        let Some(found) = self.keys.verify(token, None).await?.key else {
+        let Some(key) = self.keys.verify(token, None).await?.key else {
             return Ok(KeyCheck {
                 code: DecisionCode::InvalidApiKey,
                 key: None,
             });
         };
-        let Identified { key, standing } = self.identify(found).await?;
+        let standing = self.identify(&key).await?;
         let Standing {
             owner, plan_config, ..
         } = &*standing;
@@ -278,10 +272,9 @@ impl Authorizer {
     /// The owner and plan in force for a verified key, each as stored now (from the
     /// caches, which drop what changes), or as the key's last decision found them when
     /// nothing changed since.
-    async fn identify(&self, key: Arc<CachedKey>) -> Result<Identified> {
-        let standing = self
-            .keys
-            .standing(&key, || async {
+    async fn identify(&self, key: &CachedKey) -> Result<Arc<Standing>> {
+        self.keys
+            .standing(key, || async {
                 let owner = self.keys.owner(key.key.owner_id()).await?;
                 let plan = effective_plan(&key.key, owner.as_deref())
                     .unwrap_or_default()
@@ -296,7 +289,6 @@ impl Authorizer {
                     plan_config,
                 })
             })
-            .await?;
-        Ok(Identified { key, standing })
+            .await
     }
 }
