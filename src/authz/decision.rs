@@ -2,9 +2,9 @@
 //! statuses and default messages live here and nowhere else (the gRPC adapters map it to
 //! their protocols once each).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use super::keys::CacheOutcome;
+use super::keys::{CacheOutcome, CachedKey, Standing};
 use crate::clock::UnixTime;
 use crate::ratelimit::RateOutcome;
 
@@ -116,22 +116,64 @@ impl DecisionCode {
     }
 }
 
-/// Who a credential belongs to, once the key was identified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a credential belongs to, once the key was identified: the verified key and the
+/// standing its decision found, shared with the cache rather than copied, so identifying a
+/// warm key allocates nothing.
+#[derive(Debug, Clone)]
 pub struct Identity {
-    /// The key's id.
-    pub key_id: String,
-    /// Its owner's id.
-    pub owner_id: String,
-    /// The plan in force: the key's own, else the owner's.
-    pub plan: String,
-    /// Scopes the key holds.
-    pub scopes: Vec<String>,
-    /// The key's metadata.
-    pub metadata: BTreeMap<String, String>,
-    /// When the key expires, if ever.
-    pub expires_at: Option<UnixTime>,
+    key: Arc<CachedKey>,
+    standing: Arc<Standing>,
 }
+
+impl Identity {
+    /// The identity of `key` under `standing`.
+    pub fn new(key: Arc<CachedKey>, standing: Arc<Standing>) -> Self {
+        Identity { key, standing }
+    }
+
+    /// The key's id.
+    pub fn key_id(&self) -> &str {
+        self.key.key.id()
+    }
+
+    /// Its owner's id.
+    pub fn owner_id(&self) -> &str {
+        self.key.key.owner_id()
+    }
+
+    /// The plan in force: the key's own, else the owner's.
+    pub fn plan(&self) -> &str {
+        &self.standing.plan
+    }
+
+    /// Scopes the key holds, in the record's order.
+    pub fn scopes(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.key.key.scopes()
+    }
+
+    /// The key's metadata, in key order.
+    pub fn metadata(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.key.key.metadata()
+    }
+
+    /// When the key expires, if ever.
+    pub fn expires_at(&self) -> Option<UnixTime> {
+        self.key.key.expires_at
+    }
+}
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_id() == other.key_id()
+            && self.owner_id() == other.owner_id()
+            && self.plan() == other.plan()
+            && self.scopes().eq(other.scopes())
+            && self.metadata().eq(other.metadata())
+            && self.expires_at() == other.expires_at()
+    }
+}
+
+impl Eq for Identity {}
 
 /// A decision and, when the key was identified, whose it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -162,9 +162,7 @@ impl Authorizer {
         };
         let standing = self.identify(&key).await?;
         let Standing {
-            owner,
-            plan,
-            plan_config,
+            owner, plan_config, ..
         } = &*standing;
         let route = route_needs(
             &self.routes,
@@ -216,14 +214,8 @@ impl Authorizer {
         }
         self.usage.record(record.id(), now, code);
         // A revoked key is "invalid" to the client; it is not identified to anyone downstream.
-        let identity = (code != DecisionCode::InvalidApiKey).then(|| Identity {
-            key_id: record.id().to_owned(),
-            owner_id: record.owner_id().to_owned(),
-            plan: plan.clone(),
-            scopes: record.scope_list(),
-            metadata: record.metadata_map(),
-            expires_at: record.expires_at,
-        });
+        let identity = (code != DecisionCode::InvalidApiKey)
+            .then(|| Identity::new(key.clone(), standing.clone()));
         Ok(Decision {
             code,
             identity,

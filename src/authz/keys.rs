@@ -77,7 +77,7 @@
 //! `capacity`: should a marker be pushed out early, every entry loaded before it counts as
 //! stale, which costs re-verification, never a stale answer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -157,6 +157,19 @@ impl CachedKey {
         kept.as_ref()
             .filter(|kept| kept.epoch == epoch && now < kept.until)
             .map(|kept| kept.standing.clone())
+    }
+}
+
+#[cfg(test)]
+impl CachedKey {
+    /// `record` as the cache holds it once its current secret is verified.
+    pub fn verified(record: &KeyRecord) -> Self {
+        CachedKey {
+            key: VerifiedKey::of(record),
+            matched: MatchedSecret::Current,
+            epoch: 0,
+            standing: RwLock::new(None),
+        }
     }
 }
 
@@ -294,20 +307,9 @@ impl VerifiedKey {
         (0..entries).map(move |e| (self.string(first + 2 * e), self.string(first + 2 * e + 1)))
     }
 
-    /// Its scopes, as an identity or a caller carries them.
+    /// Its scopes, as a management caller carries them.
     pub fn scope_list(&self) -> Vec<String> {
         self.scopes().map(str::to_owned).collect()
-    }
-
-    /// Its metadata, as an identity carries it.
-    pub fn metadata_map(&self) -> BTreeMap<String, String> {
-        // Inserted one by one: collecting would first gather the pairs in a vector to sort
-        // them, and they are sorted already.
-        let mut map = BTreeMap::new();
-        for (k, v) in self.metadata() {
-            map.insert(k.to_owned(), v.to_owned());
-        }
-        map
     }
 }
 
@@ -1555,7 +1557,8 @@ mod tests {
         assert_eq!(key.scope_list(), full.scopes);
         assert!(key.has_scope("write") && key.has_scope("") && !key.has_scope("wri"));
         assert_eq!(key.allowed_cidrs(), full.allowed_cidrs.as_slice());
-        assert_eq!(key.metadata_map(), full.metadata);
+        let metadata = full.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        assert!(key.metadata().eq(metadata));
         assert_eq!(key.state, KeyState::Disabled);
         assert_eq!(key.expires_at, Some(50));
         assert_eq!(key.previous_expires_at, Some(40));

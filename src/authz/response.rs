@@ -243,10 +243,13 @@ impl Responder {
                 let names = &self.headers;
                 Answer::Allow {
                     upstream: vec![
-                        (names.key_id.clone(), identity.key_id.clone()),
-                        (names.owner_id.clone(), identity.owner_id.clone()),
-                        (names.plan.clone(), identity.plan.clone()),
-                        (names.scopes.clone(), identity.scopes.join(",")),
+                        (names.key_id.clone(), identity.key_id().to_owned()),
+                        (names.owner_id.clone(), identity.owner_id().to_owned()),
+                        (names.plan.clone(), identity.plan().to_owned()),
+                        (
+                            names.scopes.clone(),
+                            identity.scopes().collect::<Vec<_>>().join(","),
+                        ),
                     ],
                     removed: self.credential_headers.clone(),
                     client: rate,

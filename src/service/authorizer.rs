@@ -81,12 +81,15 @@ impl AuthorizerService {
             ..Default::default()
         };
         if let Some(identity) = decision.identity {
-            answer.key_id = identity.key_id;
-            answer.owner_id = identity.owner_id;
-            answer.plan = identity.plan;
-            answer.scopes = identity.scopes;
-            answer.metadata = identity.metadata.into_iter().collect();
-            answer.expire_time = identity.expires_at.map(timestamp);
+            answer.key_id = identity.key_id().to_owned();
+            answer.owner_id = identity.owner_id().to_owned();
+            answer.plan = identity.plan().to_owned();
+            answer.scopes = identity.scopes().map(str::to_owned).collect();
+            answer.metadata = identity
+                .metadata()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            answer.expire_time = identity.expires_at().map(timestamp);
         }
         answer
     }

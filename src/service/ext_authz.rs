@@ -151,10 +151,10 @@ impl ExtAuthzService {
     fn check_response(&self, decision: &Decision, request_id: &str) -> CheckResponse {
         let mut metadata = vec![("code", decision.code.as_str())];
         if let Some(identity) = &decision.identity {
-            metadata.push(("key_id", identity.key_id.as_str()));
-            metadata.push(("owner_id", identity.owner_id.as_str()));
+            metadata.push(("key_id", identity.key_id()));
+            metadata.push(("owner_id", identity.owner_id()));
             if decision.allowed() {
-                metadata.push(("plan", identity.plan.as_str()));
+                metadata.push(("plan", identity.plan()));
             }
         }
         let response = match self.plane.responder.answer(decision, request_id) {

@@ -44,7 +44,7 @@ impl DecisionObserver for DecisionRecorder {
         let (key_id, owner_id) = decision
             .identity
             .as_ref()
-            .map_or(("", ""), |i| (i.key_id.as_str(), i.owner_id.as_str()));
+            .map_or(("", ""), |i| (i.key_id(), i.owner_id()));
         let rate_limit = decision
             .rate
             .as_ref()
