@@ -12,21 +12,28 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use moka::Equivalent;
+use smallvec::SmallVec;
 use tracing::warn;
 
 use super::meters::{advance_credits, advance_quota};
 use super::window::WindowLog;
-use super::{Checks, DecidedBy, MeterSet, RateOutcome, Subject, limits, window_key};
+use super::{Checks, DecidedBy, MeterSet, RateOutcome, Subject, limits, period_ms};
 use crate::clock::UnixMillis;
 use crate::model::Meter;
+use crate::plan::{RateScope, RateWindow};
+use crate::redis::keyspace;
 use crate::store::Store;
 
 /// A meter's cell, shared by the cache and the set of meters to write.
 type MeterCell = Arc<Mutex<Meter>>;
 
+/// A few of a decision's windows or meters, kept inline: a plan rarely has more than four.
+type Few<T> = SmallVec<[T; 4]>;
+
 /// Window logs and meters in this process.
 pub struct LocalLimiter {
-    logs: moka::sync::Cache<String, Arc<Mutex<Entry>>>,
+    logs: moka::sync::Cache<WindowId, Arc<Mutex<Entry>>>,
     meters: moka::sync::Cache<String, MeterCell>,
     /// Where meters are kept across restarts, if anywhere.
     store: Option<Arc<dyn Store>>,
@@ -48,6 +55,62 @@ impl HeldMeters {
     }
 }
 
+/// Whose log a window is: its owner's, or one key's, for one period. The owner comes first
+/// so that every decision locks its windows in one order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct WindowId {
+    owner_id: Box<str>,
+    /// The key, for a window counted per key.
+    key_id: Option<Box<str>>,
+    period: u64,
+}
+
+/// A [`WindowId`] borrowed from a decision's subject, to look a log up without building
+/// its id. Hashes and orders as the id it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct WindowRef<'a> {
+    owner_id: &'a str,
+    key_id: Option<&'a str>,
+    period: u64,
+}
+
+impl<'a> WindowRef<'a> {
+    /// The log `window` is counted in for `subject`.
+    fn of(subject: Subject<'a>, window: &RateWindow) -> Self {
+        WindowRef {
+            owner_id: subject.owner_id,
+            key_id: (window.per == RateScope::Key).then_some(subject.key_id),
+            period: period_ms(window),
+        }
+    }
+
+    fn to_id(self) -> WindowId {
+        WindowId {
+            owner_id: self.owner_id.into(),
+            key_id: self.key_id.map(Into::into),
+            period: self.period,
+        }
+    }
+}
+
+impl Equivalent<WindowId> for WindowRef<'_> {
+    fn equivalent(&self, id: &WindowId) -> bool {
+        self.owner_id == &*id.owner_id
+            && self.key_id == id.key_id.as_deref()
+            && self.period == id.period
+    }
+}
+
+impl WindowId {
+    /// The window's name, as Redis knows it ([`super::window_key`]).
+    fn name(&self) -> String {
+        match &self.key_id {
+            Some(key_id) => keyspace::key_rate_window(&self.owner_id, key_id, self.period),
+            None => keyspace::owner_rate_window(&self.owner_id, self.period),
+        }
+    }
+}
+
 /// One window's log, with the limit and period it was last checked against.
 #[derive(Default)]
 struct Entry {
@@ -59,7 +122,8 @@ struct Entry {
 /// A window log's totals, to be charged elsewhere (Redis, after an outage).
 #[derive(Debug, Clone)]
 pub struct LoggedWindow {
-    /// The window's name ([`window_key`]).
+    id: WindowId,
+    /// The window's name ([`super::window_key`]).
     pub key: String,
     /// Units counted.
     pub units: u64,
@@ -199,15 +263,12 @@ impl LocalLimiter {
         decided_by: DecidedBy,
     ) -> RateOutcome {
         let windows = checks.windows;
-        let keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
-        let cells: Vec<Arc<Mutex<Entry>>> = keys
-            .iter()
-            .map(|k| self.logs.get_with_by_ref(k, Default::default))
-            .collect();
-        let mut guards = lock_in_name_order(&keys, &cells);
+        let ids: Few<WindowRef<'_>> = windows.iter().map(|w| WindowRef::of(subject, w)).collect();
+        let cells: Few<Arc<Mutex<Entry>>> = ids.iter().map(|id| self.log(id)).collect();
+        let mut guards = lock_in_name_order(&ids, &cells);
         let limits = limits(windows, share);
         let entries = guards.iter_mut().flatten().map(|guard| &mut **guard);
-        let mut logs: Vec<&mut WindowLog> = entries
+        let mut logs: Few<&mut WindowLog> = entries
             .zip(&limits)
             .map(|(entry, &(limit, period))| {
                 entry.log.advance(now, limit, period);
@@ -217,9 +278,9 @@ impl LocalLimiter {
             .collect();
         // Meters are locked in name order too, after the windows: every decision takes
         // its locks in one order.
-        let names: Vec<&str> = checks.meter_names().collect();
+        let names: Few<&str> = checks.meter_names().collect();
         let mut held = held.0.into_iter();
-        let cells: Vec<MeterCell> = names
+        let cells: Few<MeterCell> = names
             .iter()
             .map(|name| {
                 held.next()
@@ -259,14 +320,23 @@ impl LocalLimiter {
         outcome
     }
 
+    /// The log of the window `id`, a new empty one if none is kept.
+    fn log(&self, id: &WindowRef<'_>) -> Arc<Mutex<Entry>> {
+        match self.logs.get(id) {
+            Some(cell) => cell,
+            None => self.logs.get_with(id.to_id(), Default::default),
+        }
+    }
+
     /// Every window log that counts units.
     pub fn logged(&self) -> Vec<LoggedWindow> {
         self.logs
             .iter()
-            .filter_map(|(key, cell)| {
+            .filter_map(|(id, cell)| {
                 let entry = cell.lock().unwrap_or_else(|e| e.into_inner());
                 (!entry.log.is_empty()).then(|| LoggedWindow {
-                    key: key.as_ref().clone(),
+                    key: id.name(),
+                    id: id.as_ref().clone(),
                     units: entry.log.count(),
                     newest: entry.log.newest(),
                     limit: entry.limit,
@@ -278,7 +348,7 @@ impl LocalLimiter {
 
     /// Empties `window`'s log, unless it changed since it was read.
     pub fn forget(&self, window: &LoggedWindow) {
-        if let Some(cell) = self.logs.get(&window.key) {
+        if let Some(cell) = self.logs.get(&window.id) {
             let mut entry = cell.lock().unwrap_or_else(|e| e.into_inner());
             if entry.log.count() == window.units && entry.log.newest() == window.newest {
                 *entry = Entry::default();
@@ -304,10 +374,10 @@ impl LocalLimiter {
 fn lock_in_name_order<'a, T, N: Ord>(
     names: &[N],
     cells: &'a [Arc<Mutex<T>>],
-) -> Vec<Option<MutexGuard<'a, T>>> {
-    let mut order: Vec<usize> = (0..names.len()).collect();
-    order.sort_by(|&a, &b| names[a].cmp(&names[b]));
-    let mut guards: Vec<Option<MutexGuard<'a, T>>> = (0..names.len()).map(|_| None).collect();
+) -> Few<Option<MutexGuard<'a, T>>> {
+    let mut order: Few<usize> = (0..names.len()).collect();
+    order.sort_unstable_by(|&a, &b| names[a].cmp(&names[b]));
+    let mut guards: Few<Option<MutexGuard<'a, T>>> = (0..names.len()).map(|_| None).collect();
     for i in order {
         guards[i] = Some(cells[i].lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -316,8 +386,9 @@ fn lock_in_name_order<'a, T, N: Ord>(
 
 #[cfg(test)]
 mod tests {
+    use std::hash::BuildHasher;
+
     use super::*;
-    use crate::plan::{RateScope, RateWindow};
 
     fn window(limit: u64, secs: u64, per: RateScope) -> RateWindow {
         RateWindow {
@@ -339,6 +410,49 @@ mod tests {
         owner_id: "o1",
         key_id: "b",
     };
+
+    #[test]
+    fn a_window_is_found_by_its_borrowed_id_and_named_as_redis_names_it() {
+        let hasher = std::hash::RandomState::new();
+        for window in [
+            window(5, 60, RateScope::Key),
+            window(5, 60, RateScope::Owner),
+        ] {
+            let borrowed = WindowRef::of(KEY_A, &window);
+            let id = borrowed.to_id();
+            assert!(borrowed.equivalent(&id));
+            assert_eq!(hasher.hash_one(borrowed), hasher.hash_one(&id));
+            assert_eq!(id.name(), super::super::window_key(KEY_A, &window));
+        }
+        let l = limiter();
+        let windows = [window(5, 60, RateScope::Key)];
+        let checks = Checks::windows(&windows);
+        l.check(
+            KEY_A,
+            &checks,
+            HeldMeters::default(),
+            2,
+            1_000,
+            1,
+            DecidedBy::Local,
+        );
+        l.check(
+            KEY_A,
+            &checks,
+            HeldMeters::default(),
+            1,
+            2_000,
+            1,
+            DecidedBy::Local,
+        );
+        assert_eq!(l.len(), 1, "one log for the window");
+        let logged = l.logged();
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].units, 3);
+        assert_eq!(logged[0].key, super::super::window_key(KEY_A, &windows[0]));
+        l.forget(&logged[0]);
+        assert!(l.logged().is_empty(), "a log told is forgotten");
+    }
 
     #[test]
     fn several_windows_all_must_have_room() {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use local::LocalLimiter;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::calendar::Calendar;
 use crate::clock::UnixMillis;
@@ -298,12 +299,12 @@ impl RateOutcome {
             mut quotas,
             mut credits,
         } = meters;
-        let fits: Vec<bool> = logs
+        let fits: SmallVec<[bool; 4]> = logs
             .iter()
             .zip(windows)
             .map(|(log, &(limit, _))| log.fits(cost, limit))
             .collect();
-        let quota_fits: Vec<bool> = quotas
+        let quota_fits: SmallVec<[bool; 4]> = quotas
             .iter()
             .map(|(check, meter)| meter.value.saturating_add(cost) <= check.limit)
             .collect();
@@ -474,7 +475,7 @@ fn ceil_secs(ms: i64) -> i64 {
 
 /// The (limit, period in ms) of each window, with `limit` divided by `share` (at least 1
 /// left) for a replica enforcing its share of a limit alone.
-pub fn limits(windows: &[RateWindow], share: u64) -> Vec<(u64, u64)> {
+pub fn limits(windows: &[RateWindow], share: u64) -> SmallVec<[(u64, u64); 4]> {
     windows
         .iter()
         .map(|w| ((w.limit / share.max(1)).max(1), period_ms(w)))

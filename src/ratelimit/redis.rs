@@ -355,7 +355,7 @@ impl Shared {
         keys.extend(checks.meter_names().map(str::to_owned));
         let subjects = Subjects {
             keys,
-            limits: limits(windows, 1),
+            limits: limits(windows, 1).into_vec(),
             quotas: checks.quotas.clone(),
             credits: checks.credits.clone(),
         };
