@@ -111,12 +111,11 @@ impl WindowId {
     }
 }
 
-/// One window's log, with the limit and period it was last checked against.
+/// One window's log, with the limit it was last checked against (its period is its id's).
 #[derive(Default)]
 struct Entry {
     log: WindowLog,
     limit: u64,
-    period: u64,
 }
 
 /// A window log's totals, to be charged elsewhere (Redis, after an outage).
@@ -272,7 +271,7 @@ impl LocalLimiter {
             .zip(&limits)
             .map(|(entry, &(limit, period))| {
                 entry.log.advance(now, limit, period);
-                (entry.limit, entry.period) = (limit, period);
+                entry.limit = limit;
                 &mut entry.log
             })
             .collect();
@@ -340,7 +339,7 @@ impl LocalLimiter {
                     units: entry.log.count(),
                     newest: entry.log.newest(),
                     limit: entry.limit,
-                    period: entry.period,
+                    period: id.period,
                 })
             })
             .collect()

@@ -157,11 +157,23 @@ impl WindowLog {
         let total = self.open + units;
         let filled = total / self.group;
         if filled > 0 {
+            self.make_room(filled as usize);
             let offset = self.offset_of_newest();
             self.closed
                 .extend(std::iter::repeat_n(offset, filled as usize));
         }
         self.open = total % self.group;
+    }
+
+    /// Room for `more` closed groups, growing the log as a vector would but never past the
+    /// most groups a window keeps, so a full log holds no unused room.
+    fn make_room(&mut self, more: usize) {
+        let needed = self.closed.len() + more;
+        if needed > self.closed.capacity() {
+            let most = MOST_GROUPS as usize + 1;
+            let grown = (2 * self.closed.capacity()).max(4).min(most).max(needed);
+            self.closed.reserve_exact(grown - self.closed.len());
+        }
     }
 
     /// When the `i`-th closed group (oldest first) was logged.
