@@ -1,6 +1,7 @@
 //! The in-process limiter: one [`WindowLog`] per (subject, window) and one [`Meter`] per
 //! quota and credits, each behind its own lock, so decisions for different keys never
-//! contend. Idle logs expire and the number kept is bounded.
+//! contend. The number of logs ([`super::logs`]) and meters kept is bounded, and idle
+//! meters expire.
 //!
 //! Meters must outlive the process (a month's quota, a key's credits): when the limiter
 //! keeps them in a store, a meter is read from it the first time a decision needs it, and
@@ -12,17 +13,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use moka::Equivalent;
 use smallvec::SmallVec;
 use tracing::warn;
 
+use super::logs::{Cell, Entry, WindowId, WindowLogs, WindowRef};
 use super::meters::{advance_credits, advance_quota};
 use super::window::WindowLog;
-use super::{Checks, DecidedBy, MeterSet, RateOutcome, Subject, limits, period_ms};
+use super::{Checks, DecidedBy, MeterSet, RateOutcome, Subject, limits};
 use crate::clock::UnixMillis;
 use crate::model::Meter;
-use crate::plan::{RateScope, RateWindow};
-use crate::redis::keyspace;
 use crate::store::Store;
 
 /// A meter's cell, shared by the cache and the set of meters to write.
@@ -33,7 +32,7 @@ type Few<T> = SmallVec<[T; 4]>;
 
 /// Window logs and meters in this process.
 pub struct LocalLimiter {
-    logs: moka::sync::Cache<WindowId, Arc<Mutex<Entry>>>,
+    logs: WindowLogs,
     meters: moka::sync::Cache<String, MeterCell>,
     /// Where meters are kept across restarts, if anywhere.
     store: Option<Arc<dyn Store>>,
@@ -55,69 +54,6 @@ impl HeldMeters {
     }
 }
 
-/// Whose log a window is: its owner's, or one key's, for one period. The owner comes first
-/// so that every decision locks its windows in one order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct WindowId {
-    owner_id: Box<str>,
-    /// The key, for a window counted per key.
-    key_id: Option<Box<str>>,
-    period: u64,
-}
-
-/// A [`WindowId`] borrowed from a decision's subject, to look a log up without building
-/// its id. Hashes and orders as the id it stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct WindowRef<'a> {
-    owner_id: &'a str,
-    key_id: Option<&'a str>,
-    period: u64,
-}
-
-impl<'a> WindowRef<'a> {
-    /// The log `window` is counted in for `subject`.
-    fn of(subject: Subject<'a>, window: &RateWindow) -> Self {
-        WindowRef {
-            owner_id: subject.owner_id,
-            key_id: (window.per == RateScope::Key).then_some(subject.key_id),
-            period: period_ms(window),
-        }
-    }
-
-    fn to_id(self) -> WindowId {
-        WindowId {
-            owner_id: self.owner_id.into(),
-            key_id: self.key_id.map(Into::into),
-            period: self.period,
-        }
-    }
-}
-
-impl Equivalent<WindowId> for WindowRef<'_> {
-    fn equivalent(&self, id: &WindowId) -> bool {
-        self.owner_id == &*id.owner_id
-            && self.key_id == id.key_id.as_deref()
-            && self.period == id.period
-    }
-}
-
-impl WindowId {
-    /// The window's name, as Redis knows it ([`super::window_key`]).
-    fn name(&self) -> String {
-        match &self.key_id {
-            Some(key_id) => keyspace::key_rate_window(&self.owner_id, key_id, self.period),
-            None => keyspace::owner_rate_window(&self.owner_id, self.period),
-        }
-    }
-}
-
-/// One window's log, with the limit it was last checked against (its period is its id's).
-#[derive(Default)]
-struct Entry {
-    log: WindowLog,
-    limit: u64,
-}
-
 /// A window log's totals, to be charged elsewhere (Redis, after an outage).
 #[derive(Debug, Clone)]
 pub struct LoggedWindow {
@@ -135,13 +71,11 @@ pub struct LoggedWindow {
 }
 
 impl LocalLimiter {
-    /// A limiter keeping at most `capacity` window logs, each dropped after `idle` unused.
+    /// A limiter keeping at most about `capacity` window logs ([`WindowLogs`]) and
+    /// `capacity` meters, each meter dropped after `idle` unused.
     pub fn new(capacity: u64, idle: Duration) -> Self {
         LocalLimiter {
-            logs: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(idle)
-                .build(),
+            logs: WindowLogs::new(capacity),
             meters: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(idle)
@@ -263,7 +197,7 @@ impl LocalLimiter {
     ) -> RateOutcome {
         let windows = checks.windows;
         let ids: Few<WindowRef<'_>> = windows.iter().map(|w| WindowRef::of(subject, w)).collect();
-        let cells: Few<Arc<Mutex<Entry>>> = ids.iter().map(|id| self.log(id)).collect();
+        let cells: Few<Cell> = ids.iter().map(|&id| self.logs.log(id, now)).collect();
         let mut guards = lock_in_name_order(&ids, &cells);
         let limits = limits(windows, share);
         let entries = guards.iter_mut().flatten().map(|guard| &mut **guard);
@@ -319,23 +253,16 @@ impl LocalLimiter {
         outcome
     }
 
-    /// The log of the window `id`, a new empty one if none is kept.
-    fn log(&self, id: &WindowRef<'_>) -> Arc<Mutex<Entry>> {
-        match self.logs.get(id) {
-            Some(cell) => cell,
-            None => self.logs.get_with(id.to_id(), Default::default),
-        }
-    }
-
     /// Every window log that counts units.
     pub fn logged(&self) -> Vec<LoggedWindow> {
         self.logs
-            .iter()
+            .all()
+            .into_iter()
             .filter_map(|(id, cell)| {
                 let entry = cell.lock().unwrap_or_else(|e| e.into_inner());
                 (!entry.log.is_empty()).then(|| LoggedWindow {
                     key: id.name(),
-                    id: id.as_ref().clone(),
+                    id: id.clone(),
                     units: entry.log.count(),
                     newest: entry.log.newest(),
                     limit: entry.limit,
@@ -357,8 +284,7 @@ impl LocalLimiter {
 
     /// Window logs currently kept.
     pub fn len(&self) -> u64 {
-        self.logs.run_pending_tasks();
-        self.logs.entry_count()
+        self.logs.count() as u64
     }
 
     /// Whether no window log is kept.
@@ -385,9 +311,8 @@ fn lock_in_name_order<'a, T, N: Ord>(
 
 #[cfg(test)]
 mod tests {
-    use std::hash::BuildHasher;
-
     use super::*;
+    use crate::plan::{RateScope, RateWindow};
 
     fn window(limit: u64, secs: u64, per: RateScope) -> RateWindow {
         RateWindow {
@@ -411,18 +336,7 @@ mod tests {
     };
 
     #[test]
-    fn a_window_is_found_by_its_borrowed_id_and_named_as_redis_names_it() {
-        let hasher = std::hash::RandomState::new();
-        for window in [
-            window(5, 60, RateScope::Key),
-            window(5, 60, RateScope::Owner),
-        ] {
-            let borrowed = WindowRef::of(KEY_A, &window);
-            let id = borrowed.to_id();
-            assert!(borrowed.equivalent(&id));
-            assert_eq!(hasher.hash_one(borrowed), hasher.hash_one(&id));
-            assert_eq!(id.name(), super::super::window_key(KEY_A, &window));
-        }
+    fn a_window_has_one_log_named_as_redis_names_it() {
         let l = limiter();
         let windows = [window(5, 60, RateScope::Key)];
         let checks = Checks::windows(&windows);

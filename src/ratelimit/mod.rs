@@ -13,6 +13,7 @@
 //! per owner (all the owner's keys share it).
 
 pub mod local;
+pub mod logs;
 pub mod meters;
 pub mod redis;
 pub mod window;
@@ -65,7 +66,8 @@ pub struct RateLimitConfig {
     pub reset: ResetFormat,
     /// Also send the IETF `RateLimit-Policy` and `RateLimit` headers.
     pub ietf_headers: bool,
-    /// Most window logs (a key's or an owner's, per window) kept locally at once.
+    /// About the most window logs (a key's or an owner's, per window) kept locally at once;
+    /// those decisions are using are kept whatever the count.
     pub local_capacity: u64,
     /// Names of the headers telling clients about their calendar quota and credits.
     pub quota_headers: QuotaHeaderNames,
@@ -568,10 +570,10 @@ impl RateLimiter {
     }
 }
 
-/// Local window logs, at most `local_capacity` of them (the least used go first when there
-/// is no room), each dropped once unused for [`MAX_PERIOD`]. Plans change while keygate
-/// runs, so the longest period any of them has is not known at start; no window is longer
-/// than [`MAX_PERIOD`], so a log unused that long is empty whatever plan it was for.
+/// Local window logs and meters, about `local_capacity` of each. Logs make room as
+/// [`logs`] says; a meter goes when there is no room, or once unused for [`MAX_PERIOD`].
+/// Plans change while keygate runs, so the longest period any of them has is not known at
+/// start; no period is longer than [`MAX_PERIOD`].
 fn local_logs(config: &RateLimitConfig) -> LocalLimiter {
     LocalLimiter::new(config.local_capacity, MAX_PERIOD)
 }
