@@ -262,11 +262,11 @@ impl LocalLimiter {
                 let entry = cell.lock().unwrap_or_else(|e| e.into_inner());
                 (!entry.log.is_empty()).then(|| LoggedWindow {
                     key: id.name(),
-                    id: id.clone(),
                     units: entry.log.count(),
                     newest: entry.log.newest(),
                     limit: entry.limit,
                     period: id.period,
+                    id,
                 })
             })
             .collect()
