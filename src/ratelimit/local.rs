@@ -58,16 +58,24 @@ impl HeldMeters {
 #[derive(Debug, Clone)]
 pub struct LoggedWindow {
     id: WindowId,
-    /// The window's name ([`super::window_key`]).
-    pub key: String,
     /// Units counted.
     pub units: u64,
     /// The newest time logged.
     pub newest: UnixMillis,
     /// The window's limit when last checked.
     pub limit: u64,
+}
+
+impl LoggedWindow {
+    /// The window's name ([`super::window_key`]).
+    pub fn name(&self) -> String {
+        self.id.name()
+    }
+
     /// The window's period in milliseconds.
-    pub period: u64,
+    pub fn period(&self) -> u64 {
+        self.id.period
+    }
 }
 
 impl LocalLimiter {
@@ -261,11 +269,9 @@ impl LocalLimiter {
             .filter_map(|(id, cell)| {
                 let entry = cell.lock().unwrap_or_else(|e| e.into_inner());
                 (!entry.log.is_empty()).then(|| LoggedWindow {
-                    key: id.name(),
                     units: entry.log.count(),
                     newest: entry.log.newest(),
                     limit: entry.limit,
-                    period: id.period,
                     id,
                 })
             })
@@ -362,7 +368,11 @@ mod tests {
         let logged = l.logged();
         assert_eq!(logged.len(), 1);
         assert_eq!(logged[0].units, 3);
-        assert_eq!(logged[0].key, super::super::window_key(KEY_A, &windows[0]));
+        assert_eq!(
+            logged[0].name(),
+            super::super::window_key(KEY_A, &windows[0])
+        );
+        assert_eq!(logged[0].period(), 60_000);
         l.forget(&logged[0]);
         assert!(l.logged().is_empty(), "a log told is forgotten");
     }

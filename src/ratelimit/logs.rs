@@ -48,12 +48,9 @@ pub struct WindowId {
 }
 
 impl WindowId {
-    /// The window's name, as Redis knows it ([`super::window_key`]).
+    /// The window's name, as Redis knows it.
     pub fn name(&self) -> String {
-        match &self.key_id {
-            Some(key_id) => keyspace::key_rate_window(&self.owner_id, key_id, self.period),
-            None => keyspace::owner_rate_window(&self.owner_id, self.period),
-        }
+        self.as_ref().name()
     }
 
     fn as_ref(&self) -> WindowRef<'_> {
@@ -81,6 +78,14 @@ impl<'a> WindowRef<'a> {
             owner_id: subject.owner_id,
             key_id: (window.per == RateScope::Key).then_some(subject.key_id),
             period: period_ms(window),
+        }
+    }
+
+    /// The window's name, as Redis knows it ([`super::window_key`]).
+    pub fn name(self) -> String {
+        match self.key_id {
+            Some(key_id) => keyspace::key_rate_window(self.owner_id, key_id, self.period),
+            None => keyspace::owner_rate_window(self.owner_id, self.period),
         }
     }
 

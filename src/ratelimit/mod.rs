@@ -137,11 +137,7 @@ pub struct Subject<'a> {
 /// The name of one window's log for `subject`. Every log of an owner carries the same
 /// hash tag, so all windows of a decision live in one Redis Cluster slot.
 pub fn window_key(subject: Subject<'_>, window: &RateWindow) -> String {
-    let period = period_ms(window);
-    match window.per {
-        RateScope::Key => keyspace::key_rate_window(subject.owner_id, subject.key_id, period),
-        RateScope::Owner => keyspace::owner_rate_window(subject.owner_id, period),
-    }
+    logs::WindowRef::of(subject, window).name()
 }
 
 /// The name of one quota's meter for `subject`, under the owner's tag like the windows.

@@ -295,8 +295,7 @@ impl Shared {
             for window in batch {
                 let (shared, window) = (self.clone(), window.clone());
                 calls.spawn(async move {
-                    let subjects =
-                        Subjects::window(window.key.clone(), window.limit, window.period);
+                    let subjects = Subjects::window(window.name(), window.limit, window.period());
                     let units = [window.units];
                     let call = shared.call(Mode::Charge, &subjects, &units);
                     match tokio::time::timeout(shared.timeout, call).await {
