@@ -185,7 +185,7 @@ fn make_room(shard: &mut Shard, most: usize, now: UnixMillis) {
     };
     let emptied = |id: &WindowId, cell: &Cell| {
         let entry = cell.lock().unwrap_or_else(PoisonError::into_inner);
-        entry.log.is_empty() || entry.log.newest() <= now.saturating_sub(id.period as i64)
+        entry.log.is_empty_at(now, id.period)
     };
     shard.retain(|(id, cell)| !(unused(cell) && emptied(id, cell)));
     let keep = most - most / 8;

@@ -120,6 +120,13 @@ impl WindowLog {
         self.count() == 0
     }
 
+    /// Whether nothing would be counted at `now` in a window of `period` ms: every group is
+    /// timed no later than the newest time logged, so once that has left the window, all
+    /// have.
+    pub fn is_empty_at(&self, now: UnixMillis, period: u64) -> bool {
+        self.is_empty() || self.newest <= now.saturating_sub(period as i64)
+    }
+
     /// Brings the log to `now` for a window of `limit` per `period` ms: forgets the groups
     /// whose newest unit has left the window and fits the group size to the limit.
     pub fn advance(&mut self, now: UnixMillis, limit: u64, period: u64) {
@@ -295,6 +302,22 @@ mod tests {
             log.charge(cost, now);
         }
         fits
+    }
+
+    #[test]
+    fn a_log_is_empty_once_its_newest_unit_has_left_the_window() {
+        let mut log = WindowLog::default();
+        assert!(log.is_empty_at(0, SECOND));
+        for at in [10_000, 10_400] {
+            assert!(decide(&mut log, 50, SECOND, 1, at));
+        }
+        assert!(!log.is_empty_at(11_399, SECOND));
+        assert!(log.is_empty_at(11_400, SECOND));
+        // As advancing the log to that moment finds it.
+        log.advance(11_399, 50, SECOND);
+        assert_eq!(log.count(), 1);
+        log.advance(11_400, 50, SECOND);
+        assert_eq!(log.count(), 0);
     }
 
     #[test]
