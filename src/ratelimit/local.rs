@@ -13,22 +13,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use smallvec::SmallVec;
 use tracing::warn;
 
 use super::logs::{Cell, Entry, WindowId, WindowLogs, WindowRef};
 use super::meters::{advance_credits, advance_quota};
 use super::window::WindowLog;
-use super::{Checks, DecidedBy, MeterSet, RateOutcome, Subject, limits};
+use super::{Checks, DecidedBy, Few, MeterSet, RateOutcome, Subject, limits};
 use crate::clock::UnixMillis;
 use crate::model::Meter;
 use crate::store::Store;
 
 /// A meter's cell, shared by the cache and the set of meters to write.
 type MeterCell = Arc<Mutex<Meter>>;
-
-/// A few of a decision's windows or meters, kept inline: a plan rarely has more than four.
-type Few<T> = SmallVec<[T; 4]>;
 
 /// Window logs and meters in this process.
 pub struct LocalLimiter {

@@ -33,6 +33,10 @@ use crate::redis::keyspace;
 use meters::{CreditCheck, CreditState, QuotaCheck, QuotaState};
 use window::{WindowLog, WindowState};
 
+/// A few of a decision's windows, quotas or meters, kept inline: a plan rarely has more
+/// than four of each.
+pub type Few<T> = SmallVec<[T; 4]>;
+
 /// Where window logs live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -297,12 +301,12 @@ impl RateOutcome {
             mut quotas,
             mut credits,
         } = meters;
-        let fits: SmallVec<[bool; 4]> = logs
+        let fits: Few<bool> = logs
             .iter()
             .zip(windows)
             .map(|(log, &(limit, _))| log.fits(cost, limit))
             .collect();
-        let quota_fits: SmallVec<[bool; 4]> = quotas
+        let quota_fits: Few<bool> = quotas
             .iter()
             .map(|(check, meter)| meter.value.saturating_add(cost) <= check.limit)
             .collect();
@@ -473,7 +477,7 @@ fn ceil_secs(ms: i64) -> i64 {
 
 /// The (limit, period in ms) of each window, with `limit` divided by `share` (at least 1
 /// left) for a replica enforcing its share of a limit alone.
-pub fn limits(windows: &[RateWindow], share: u64) -> SmallVec<[(u64, u64); 4]> {
+pub fn limits(windows: &[RateWindow], share: u64) -> Few<(u64, u64)> {
     windows
         .iter()
         .map(|w| ((w.limit / share.max(1)).max(1), period_ms(w)))
