@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/memory.rs"]
 mod memory;
+#[path = "common/windows.rs"]
+mod windows;
 
 use keygate::clock::SystemClock;
 use keygate::plan::{RateScope, RateWindow};
@@ -21,25 +23,11 @@ use keygate::redis::RedisConfig;
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 use redis_server::RedisServer;
+use windows::wide_windows;
 
 const DECISIONS: usize = 200_000;
 const REDIS_DECISIONS: usize = 50_000;
 const SUBJECTS: usize = 200_000;
-
-fn windows() -> Vec<RateWindow> {
-    vec![
-        RateWindow {
-            limit: 1_000_000,
-            period: Duration::from_secs(1),
-            per: RateScope::Key,
-        },
-        RateWindow {
-            limit: 1_000_000_000,
-            period: Duration::from_secs(3600),
-            per: RateScope::Owner,
-        },
-    ]
-}
 
 fn local(windows: &[RateWindow]) {
     let limiter = Arc::new(LocalLimiter::new(10_000_000, Duration::from_secs(7200)));
@@ -230,7 +218,7 @@ async fn redis(windows: &[RateWindow], url: String) {
 }
 
 fn main() {
-    let windows = windows();
+    let windows = wide_windows();
     local(&windows);
     let server = RedisServer::start();
     tokio::runtime::Runtime::new()

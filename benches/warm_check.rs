@@ -14,7 +14,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prost::Message;
 use prost::bytes::{Bytes, BytesMut};
@@ -27,7 +27,7 @@ use keygate::key::hash::{Argon2Config, Pepper};
 use keygate::manage::owners::NewOwner;
 use keygate::manage::{Caller, NewKey};
 use keygate::model::values::{Metadata, Name, Scopes};
-use keygate::plan::{PlanConfig, RateScope, RateWindow};
+use keygate::plan::{PlanConfig, RateWindow};
 use keygate::secrets::Secrets;
 use keygate::service::check_wire::{
     Check, CheckRequest, CheckResponse, HeaderValue, HeaderValueOption, OkHttpResponse, RpcStatus,
@@ -40,6 +40,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../tests/common/check.rs"]
 mod check;
+#[path = "common/windows.rs"]
+mod windows;
+use windows::wide_windows;
 
 /// Checks per scenario and round.
 const CHECKS: u32 = 200_000;
@@ -194,20 +197,8 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let windows = vec![
-            RateWindow {
-                limit: 1_000_000,
-                period: Duration::from_secs(1),
-                per: RateScope::Key,
-            },
-            RateWindow {
-                limit: 1_000_000_000,
-                period: Duration::from_secs(3600),
-                per: RateScope::Owner,
-            },
-        ];
         let plain = Keygate::start(vec![]).await;
-        let limited = Keygate::start(windows).await;
+        let limited = Keygate::start(wide_windows()).await;
         let names = ["floor", "no rate limit", "local limiter"];
         let mut samples = vec![Vec::new(); names.len()];
         for round in 1..=rounds {
