@@ -265,12 +265,7 @@ async fn app(files: &Files, store: &EmbeddedStore, argon2: Argon2Config, capacit
     };
     let backends = Backends::with_store(&config, Arc::new(store.clone())).unwrap();
     let app = App::new(&config, secrets, backends, Arc::new(SystemClock)).unwrap();
-    let plans = config.initial_plans().unwrap();
-    app.management
-        .plans
-        .create_initial(plans.all())
-        .await
-        .unwrap();
+    app.store_configured_plans().await.unwrap();
     app
 }
 

@@ -81,9 +81,8 @@ impl Keygate {
         };
         let backends = Backends::open(&config).await.unwrap();
         let app = App::new(&config, secrets, backends, Arc::new(SystemClock)).unwrap();
-        let plans = config.initial_plans().unwrap();
+        app.store_configured_plans().await.unwrap();
         let management = &app.management;
-        management.plans.create_initial(plans.all()).await.unwrap();
         let owner = management
             .owners
             .create(

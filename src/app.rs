@@ -276,6 +276,14 @@ impl App {
             config: config.clone(),
         })
     }
+
+    /// Stores the configured plans the store does not have yet, as every start of `serve`
+    /// does ([`crate::manage::Plans::create_initial`]).
+    pub async fn store_configured_plans(&self) -> Result<(), StartError> {
+        let plans = self.config.initial_plans()?;
+        let stored = self.management.plans.create_initial(plans.all()).await;
+        stored.map_err(|e| StartError::Runtime(format!("cannot store the configured plans: {e}")))
+    }
 }
 
 #[async_trait::async_trait]

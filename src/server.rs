@@ -170,11 +170,7 @@ pub async fn start(
         );
     }
     let app = Arc::new(App::new(config, secrets, backends, clock)?);
-    app.management
-        .plans
-        .create_initial(config.initial_plans()?.all())
-        .await
-        .map_err(|e| StartError::Runtime(format!("cannot store the configured plans: {e}")))?;
+    app.store_configured_plans().await?;
     app.authorizer
         .keys()
         .load_imported()
