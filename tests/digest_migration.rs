@@ -324,8 +324,13 @@ async fn keys_imported_by_sha256_digest_work_through_envoy_and_are_upgraded_on_f
         // Envoy's log says how a refusal came about (its access log has the duration and
         // the response flags), keygate's what it did.
         let status = edge.status(&legacy.key).await;
-        let (keygate_log, envoy_log) = (keygate.log(), edge.envoy.log());
-        assert_eq!(status, 200, "keygate:\n{keygate_log}\nEnvoy:\n{envoy_log}");
+        assert_eq!(
+            status,
+            200,
+            "keygate:\n{}\nEnvoy:\n{}",
+            keygate.log(),
+            edge.envoy.log()
+        );
     }
     assert_eq!(edge.status(&stranger).await, 401);
     assert_eq!(hash_of(&keygate, &ids[3]), "argon2id");
