@@ -113,6 +113,15 @@ fn replace_port(config: &str, from: u16, to: u16) -> String {
         .into_owned()
 }
 
+/// `config` with the example's 250 ms for a Check call and for connecting to keygate
+/// raised to 5 s. These tests judge decisions, not latency: on a CI machine busy starting
+/// other Envoys and keygates, a first connection (a TLS handshake included) can take longer
+/// than 250 ms, and the timeout would pass for a refusal (`UAEX`).
+fn with_test_timeouts(config: &str) -> String {
+    let config = replace_once(config, " timeout: 0.25s\n", " timeout: 5s\n");
+    replace_once(&config, "connect_timeout: 0.25s\n", "connect_timeout: 5s\n")
+}
+
 /// The example configuration at `path` with its ports replaced by `targets` (listener,
 /// keygate, HTTP upstream and, for `envoy.yaml`, gRPC upstream), all on 127.0.0.1.
 fn example_with_ports(path: &Path, targets: &[SocketAddr]) -> String {
@@ -232,6 +241,7 @@ impl EnvoyProcess {
     }
 
     fn start_with_config(listen_addr: SocketAddr, config: String) -> EnvoyProcess {
+        let config = with_test_timeouts(&config);
         // Envoy reads YAML only from a file named *.yaml.
         let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
         std::fs::write(file.path(), config).unwrap();
