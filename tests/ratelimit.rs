@@ -688,8 +688,8 @@ async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
     let stats = limiter.stats();
     assert_eq!(stats.decisions.load(Ordering::Relaxed), 300);
     let calls = stats.calls.load(Ordering::Relaxed);
-    // While one call is in flight, every decision arriving waits for the next: ten or more
-    // share a call on average, however the 300 arrive.
+    // While two calls are in flight, every decision arriving waits for the next: ten or
+    // more share a call on average, however the 300 arrive.
     assert!(
         calls <= 30,
         "{calls} calls for 300 decisions in flight together"

@@ -4,11 +4,14 @@
 //!
 //! # Batches
 //!
-//! At most one call per subject (the same windows and limits) is in flight from a replica.
-//! Decisions for that subject arriving meanwhile wait for it to return and then go together
-//! in the next call, which decides them one after another exactly as separate calls would: a
-//! hot key costs Redis one call per round trip, not one per request, and each decision still
-//! waits for at most one round trip after the one in flight.
+//! At most two calls per subject (the same windows and limits) are in flight from a replica,
+//! pipelined on the connection. A decision arriving while fewer are in flight starts a call at
+//! once; one arriving while both are waits for one of them to return and then goes with every
+//! other decision waiting in the next call, which decides them one after another exactly as
+//! separate calls would. A hot key costs Redis about two calls per round trip, not one per
+//! request, and each decision waits for at most one round trip after those in flight. With a
+//! single call in flight, the replica sat idle while it was away and Redis while the replica
+//! answered; the second call overlaps the two.
 //!
 //! # Refusals without a call
 //!
@@ -85,9 +88,9 @@ struct Shared {
     replay_pending: AtomicBool,
     /// Held by the one task telling Redis about them.
     replaying: AtomicBool,
-    /// Decisions waiting for their subject's call in flight, by the subject's window names
-    /// and limits.
-    batches: Mutex<HashMap<String, Vec<Waiting>>>,
+    /// Each subject's calls in flight and the decisions waiting for the next, by the
+    /// subject's window names and limits.
+    batches: Mutex<HashMap<String, Batch>>,
     /// The latest refusal for each subject, by the subject's window names and limits.
     refusals: moka::sync::Cache<String, Arc<Refusal>>,
     stats: RedisLimiterStats,
@@ -98,6 +101,16 @@ type Waiting = (u64, oneshot::Sender<Result<RateOutcome, String>>);
 
 /// Most decisions sent in one call.
 const MOST_PER_CALL: usize = 256;
+
+/// Most calls in flight for one subject.
+const CALLS_PER_SUBJECT: usize = 2;
+
+/// A subject's calls in flight (each by a task that goes on calling while decisions wait)
+/// and the decisions waiting for the next call.
+struct Batch {
+    callers: usize,
+    waiting: Vec<Waiting>,
+}
 
 /// Most subjects whose latest refusal is remembered; the least used are forgotten first.
 const REMEMBERED_REFUSALS: u64 = 100_000;
@@ -369,21 +382,31 @@ impl Shared {
             }
         }
         let (sender, outcome) = oneshot::channel();
-        // A subject with an entry has a task calling for it, which will take this decision.
-        let first = {
+        // A subject with an entry has tasks calling for it, which will take this decision;
+        // while it has fewer than `CALLS_PER_SUBJECT`, one more starts.
+        let start_caller = {
             let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
             match batches.get_mut(&batch) {
-                Some(waiting) => {
-                    waiting.push((cost, sender));
-                    false
+                Some(calling) => {
+                    calling.waiting.push((cost, sender));
+                    let more = calling.callers < CALLS_PER_SUBJECT;
+                    calling.callers += usize::from(more);
+                    more
                 }
                 None => {
-                    batches.insert(batch.clone(), vec![(cost, sender)]);
+                    let waiting = vec![(cost, sender)];
+                    batches.insert(
+                        batch.clone(),
+                        Batch {
+                            callers: 1,
+                            waiting,
+                        },
+                    );
                     true
                 }
             }
         };
-        if first {
+        if start_caller {
             tokio::spawn(self.clone().call_while_waiting(batch, subjects));
         }
         outcome
@@ -391,20 +414,24 @@ impl Shared {
             .unwrap_or_else(|_| Err("the call was abandoned".into()))
     }
 
-    /// Sends the decisions waiting in `batch` in calls, one at a time, until none waits.
+    /// Sends the decisions waiting in `batch` in calls, one at a time, until none waits; the
+    /// last caller to find none removes the batch.
     async fn call_while_waiting(self: Arc<Self>, batch: String, subjects: Subjects) {
         loop {
             let waiting: Vec<Waiting> = {
                 let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(waiting) = batches.get_mut(&batch) else {
+                let Some(calling) = batches.get_mut(&batch) else {
                     return;
                 };
-                if waiting.is_empty() {
-                    batches.remove(&batch);
+                if calling.waiting.is_empty() {
+                    calling.callers -= 1;
+                    if calling.callers == 0 {
+                        batches.remove(&batch);
+                    }
                     return;
                 }
-                let taken = waiting.len().min(MOST_PER_CALL);
-                waiting.drain(..taken).collect()
+                let taken = calling.waiting.len().min(MOST_PER_CALL);
+                calling.waiting.drain(..taken).collect()
             };
             let costs: Vec<u64> = waiting.iter().map(|(cost, _)| *cost).collect();
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
