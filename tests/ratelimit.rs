@@ -587,7 +587,8 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
             for cost in &costs {
                 invocation.arg(cost);
             }
-            let reply: Vec<i64> = invocation.invoke(&mut connection).unwrap();
+            let reply: Vec<u8> = invocation.invoke(&mut connection).unwrap();
+            let reply = keygate::redis::scripts::unpack_numbers(&reply).unwrap();
             assert_eq!(reply[0], now);
             let told = reply[1..].chunks(1 + 3 * windows.len());
             assert_eq!(told.len(), costs.len());

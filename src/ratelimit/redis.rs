@@ -49,7 +49,7 @@ use tracing::{info, warn};
 use super::local::LocalLimiter;
 use super::meters::{CreditCheck, CreditState, QuotaCheck, QuotaState, RefillStep};
 use super::window::WindowState;
-use super::{Checks, DecidedBy, RateOutcome, Subject, limits, window_key};
+use super::{Checks, DecidedBy, RateOutcome, RateScope, Subject, limits, window_key};
 use crate::clock::{Clock, UnixMillis};
 use crate::model::Meter;
 
@@ -164,25 +164,42 @@ impl Subjects {
         }
     }
 
-    /// The name of the subject's batch: the windows' names and limits, the quotas' names,
-    /// limits and cycles, the credits' grant and refill step. Decisions under other limits,
-    /// another cycle or another grant share no call and no remembered refusal with these.
-    fn batch_name(&self) -> String {
-        let windows = self.keys.iter().zip(&self.limits);
-        let mut name = windows
-            .map(|(key, (limit, _))| format!("{key}={limit}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        for quota in &self.quotas {
-            let (limit, start) = (quota.limit, quota.cycle.start);
-            name.push_str(&format!(" {}={limit}@{start}", quota.name));
+    /// What every call for `subject` under `checks` sends, the windows' `limits` given.
+    fn of(subject: Subject<'_>, checks: &Checks<'_>, limits: Vec<(u64, u64)>) -> Self {
+        let windows = checks.windows.iter().map(|w| window_key(subject, w));
+        let meters = checks.meter_names().map(str::to_owned);
+        Subjects {
+            keys: windows.chain(meters).collect(),
+            limits,
+            quotas: checks.quotas.clone(),
+            credits: checks.credits.clone(),
         }
-        if let Some(credits) = &self.credits {
-            let (granted_at, epoch) = (credits.granted_at, credits.epoch);
-            name.push_str(&format!(" {}={granted_at}/{epoch}", credits.name));
-        }
-        name
     }
+}
+
+/// The name of a subject's batch: the owner, each window's scope (with the key for a key's
+/// window), period and limit, the quotas' names, limits and cycles, the credits' grant and
+/// refill step. Decisions under other limits, another cycle or another grant share no call
+/// and no remembered refusal with these. Written in one string, as every decision needs it.
+fn batch_name(subject: Subject<'_>, checks: &Checks<'_>, limits: &[(u64, u64)]) -> String {
+    use std::fmt::Write as _;
+    let mut name = String::with_capacity(128);
+    name.push_str(subject.owner_id);
+    for (window, (limit, period)) in checks.windows.iter().zip(limits) {
+        let _ = match window.per {
+            RateScope::Key => write!(name, " k:{}:{period}={limit}", subject.key_id),
+            RateScope::Owner => write!(name, " o:{period}={limit}"),
+        };
+    }
+    for quota in &checks.quotas {
+        let (limit, start) = (quota.limit, quota.cycle.start);
+        let _ = write!(name, " {}={limit}@{start}", quota.name);
+    }
+    if let Some(credits) = &checks.credits {
+        let (granted_at, epoch) = (credits.granted_at, credits.epoch);
+        let _ = write!(name, " {}={granted_at}/{epoch}", credits.name);
+    }
+    name
 }
 
 /// How the script treats the decisions it is given.
@@ -362,16 +379,8 @@ impl Shared {
         checks: &Checks<'_>,
         cost: u64,
     ) -> Result<RateOutcome, String> {
-        let windows = checks.windows;
-        let mut keys: Vec<String> = windows.iter().map(|w| window_key(subject, w)).collect();
-        keys.extend(checks.meter_names().map(str::to_owned));
-        let subjects = Subjects {
-            keys,
-            limits: limits(windows, 1).into_vec(),
-            quotas: checks.quotas.clone(),
-            credits: checks.credits.clone(),
-        };
-        let batch = subjects.batch_name();
+        let limits = limits(checks.windows, 1);
+        let batch = batch_name(subject, checks, &limits);
         if let Some(refusal) = self.refusals.get(&batch) {
             let now = tokio::time::Instant::now();
             if cost >= refusal.cost && now < refusal.until {
@@ -407,6 +416,7 @@ impl Shared {
             }
         };
         if start_caller {
+            let subjects = Subjects::of(subject, checks, limits.into_vec());
             tokio::spawn(self.clone().call_while_waiting(batch, subjects));
         }
         outcome
@@ -529,10 +539,13 @@ impl Shared {
             invocation.arg(cost);
         }
         // EVALSHA; on NOSCRIPT (after SCRIPT FLUSH or a restart) the script is loaded again.
-        let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
-        outcomes_of(&reply, subjects, costs.len()).ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "unexpected script reply"))
-        })
+        let reply: Vec<u8> = invocation.invoke_async(&mut connection).await?;
+        let numbers = scripts::unpack_numbers(&reply);
+        numbers
+            .and_then(|numbers| outcomes_of(&numbers, subjects, costs.len()))
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Parse, "unexpected script reply"))
+            })
     }
 }
 

@@ -227,11 +227,13 @@ return 0
 /// count (ms from now: until a day after the cycle ends); then
 /// 1 and the credits' grant, grant time, refill step, refill kind (0 none, 1 add, 2 reset)
 /// and refill amount, or 0 for no credits; then the cost of each decision.
-/// Returns `{now_ms, then per decision: allowed, then per window: count, newest, wait, then
-/// per quota: used, fits, then for credits: left, fits}`: the units counted (after the
-/// decision, if admitted), the newest time logged and how long until the decision would fit
-/// (0 when it fits, -1 when it never can); a quota's units counted in its cycle; the credits
-/// left.
+/// Returns the numbers `now_ms, then per decision: allowed, then per window: count, newest,
+/// wait, then per quota: used, fits, then for credits: left, fits`: the units counted (after
+/// the decision, if admitted), the newest time logged and how long until the decision would
+/// fit (0 when it fits, -1 when it never can); a quota's units counted in its cycle; the
+/// credits left. They come packed in one string, each a little-endian double (read them with
+/// [`unpack_numbers`]): a batch's hundreds of numbers then cost Redis and the client one bulk
+/// string instead of an array of integers, each encoded and parsed on its own.
 ///
 /// Times and counts are whole numbers far below 2^53, exact in Lua's doubles.
 pub const CHECK_AND_CHARGE: &str = r#"
@@ -365,7 +367,11 @@ else
   at = at + 1
 end
 
-local out = {now}
+local out = {}
+local function put(v)
+  out[#out + 1] = struct.pack('<d', v)
+end
+put(now)
 local charged = false
 for d = at, #ARGV do
   local cost = tonumber(ARGV[d])
@@ -395,19 +401,19 @@ for d = at, #ARGV do
     end
     charged = true
   end
-  table.insert(out, allowed and 1 or 0)
+  put(allowed and 1 or 0)
   for i, w in ipairs(logs) do
-    table.insert(out, w.group * w.n + w.open)
-    table.insert(out, w.newest)
-    table.insert(out, fits[i] and 0 or wait(w, cost))
+    put(w.group * w.n + w.open)
+    put(w.newest)
+    put(fits[i] and 0 or wait(w, cost))
   end
   for q, m in ipairs(quotas) do
-    table.insert(out, m.value)
-    table.insert(out, quota_fits[q] and 1 or 0)
+    put(m.value)
+    put(quota_fits[q] and 1 or 0)
   end
   if credits then
-    table.insert(out, credits.value)
-    table.insert(out, credits_fit and 1 or 0)
+    put(credits.value)
+    put(credits_fit and 1 or 0)
   end
 end
 if charged then
@@ -423,8 +429,24 @@ end
 if credits and credits.changed then
   redis.call('HSET', credits.key, 'since', credits.since, 'value', credits.value, 'epoch', credits.epoch)
 end
-return out
+return table.concat(out)
 "#;
+
+/// The whole numbers a script packed as little-endian doubles (see [`CHECK_AND_CHARGE`]), or
+/// `None` when `packed` is not such a list.
+pub fn unpack_numbers(packed: &[u8]) -> Option<Vec<i64>> {
+    let numbers = packed.chunks_exact(8);
+    if !numbers.remainder().is_empty() {
+        return None;
+    }
+    numbers
+        .map(|bytes| {
+            let number = f64::from_le_bytes(bytes.try_into().ok()?);
+            let whole = number.is_finite() && number.fract() == 0.0 && number.abs() < 2f64.powi(53);
+            whole.then_some(number as i64)
+        })
+        .collect()
+}
 
 // The live replica set (`invalidation.rs`). Both read Redis' clock (`TIME`), so that the
 // replicas' own clocks do not matter.
@@ -453,3 +475,35 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::unpack_numbers;
+
+    fn packed(numbers: &[f64]) -> Vec<u8> {
+        numbers.iter().flat_map(|n| n.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn packed_whole_numbers_read_back_exactly() {
+        let numbers = [1_764_600_000_123.0, 0.0, -1.0, 9_007_199_254_740_991.0];
+        assert_eq!(
+            unpack_numbers(&packed(&numbers)),
+            Some(vec![1_764_600_000_123, 0, -1, 9_007_199_254_740_991])
+        );
+        assert_eq!(unpack_numbers(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn anything_but_packed_whole_numbers_is_refused() {
+        assert_eq!(unpack_numbers(&packed(&[1.0])[..7]), None, "a cut number");
+        assert_eq!(unpack_numbers(&packed(&[1.5])), None, "a fraction");
+        assert_eq!(unpack_numbers(&packed(&[f64::NAN])), None);
+        assert_eq!(unpack_numbers(&packed(&[f64::INFINITY])), None);
+        assert_eq!(
+            unpack_numbers(&packed(&[2f64.powi(53)])),
+            None,
+            "past exact"
+        );
+    }
+}
