@@ -456,7 +456,7 @@ async fn direct(
     let mut checker = AuthorizationClient::new(dial.channel().await);
     assert_allowed(&mut checker, key).await;
 
-    let allowed_before = server.allowed_checks();
+    let counted_before = server.counters();
     let cpu_before = cpu_time(server.pid());
     let generator_before = cpu_time(std::process::id()) + children_cpu_time();
     let started = Instant::now();
@@ -464,15 +464,27 @@ async fn direct(
     let elapsed = started.elapsed();
     let cpu = cpu_time(server.pid()) - cpu_before;
     let generator = cpu_time(std::process::id()) + children_cpu_time() - generator_before;
-    if let (Load::Closed, Some(before), Some(after)) =
-        (load, allowed_before, server.allowed_checks())
-    {
+    if let (Load::Closed, Some(before), Some(after)) = (load, counted_before, server.counters()) {
         // h2load reads no answer; keygate's own count says every answered call was allowed.
+        let allowed = after.allowed - before.allowed;
         assert_eq!(
-            after - before,
+            allowed,
             outcome.latencies.len() as u64,
             "every Check answered must have been allowed"
         );
+        // Redis, not its local stand-in, must have decided them.
+        let fallbacks = after.redis_fallbacks - before.redis_fallbacks;
+        assert_eq!(
+            fallbacks, 0,
+            "Redis did not answer {fallbacks} rate-limit checks"
+        );
+        let calls = after.redis_calls - before.redis_calls;
+        if calls > 0 {
+            println!(
+                "check_load: {calls} Redis limiter calls, {:.1} Checks per call",
+                allowed as f64 / calls as f64
+            );
+        }
     }
     assert_allowed(&mut checker, key).await;
     let Outcome {

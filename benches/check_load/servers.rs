@@ -46,9 +46,9 @@ impl Running {
         self.child.id()
     }
 
-    /// The Check calls keygate has allowed so far, from its metrics; `None` for the no-op
-    /// server, which allows every call.
-    pub fn allowed_checks(&self) -> Option<u64> {
+    /// keygate's counters so far, from its metrics; `None` for the no-op server, which
+    /// allows every call.
+    pub fn counters(&self) -> Option<Counters> {
         let addr = self.metrics.as_deref()?.trim_start_matches("http://");
         let mut page = String::new();
         let mut metrics = std::net::TcpStream::connect(addr).unwrap();
@@ -58,14 +58,28 @@ impl Running {
         )
         .unwrap();
         metrics.read_to_string(&mut page).unwrap();
-        let allowed = page
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(r#"keygate_decisions_total{api="check",code="OK"} "#)
-            })
-            .map_or(0, |count| count.trim().parse().unwrap());
-        Some(allowed)
+        let counter = |name: &str| {
+            page.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .map_or(0, |count| count.trim().parse().unwrap())
+        };
+        Some(Counters {
+            allowed: counter(r#"keygate_decisions_total{api="check",code="OK"}"#),
+            redis_calls: counter("keygate_rate_limit_redis_calls_total"),
+            redis_fallbacks: counter("keygate_rate_limit_fallbacks_total"),
+        })
     }
+}
+
+/// What keygate's metrics count.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters {
+    /// Check calls allowed.
+    pub allowed: u64,
+    /// Script calls of the Redis rate limiter.
+    pub redis_calls: u64,
+    /// Rate-limit checks its local stand-in decided, Redis not answering.
+    pub redis_fallbacks: u64,
 }
 
 impl Drop for Running {
