@@ -25,7 +25,7 @@ use keygate::ratelimit::{Checks, DecidedBy, Limits, RateLimiter, Subject};
 use keygate::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::embedded::EmbeddedStore;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Plans for these tests: 5 a second per key and 8 a minute per owner; 10 an hour per key;
 /// 3 a calendar month per key.
@@ -694,6 +694,75 @@ async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
     assert!(
         calls <= 30,
         "{calls} calls for 300 decisions in flight together"
+    );
+}
+
+/// When Redis stops answering, no decision waits past the limiter's timeout, counted from
+/// when it was asked: the two calls in flight give up at their decisions' deadline, and the
+/// decisions queued behind them, whose deadline has passed too, fall back to the local share
+/// without a call of their own (and without a timeout each after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_queued_behind_unanswered_calls_fall_back_by_their_own_deadline() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let timeout = Duration::from_millis(300);
+    let config = RedisConfig {
+        url: redis.url(),
+        timeout,
+        ..RedisConfig::default()
+    };
+    let fallback = LocalLimiter::new(100, Duration::from_secs(3600));
+    let limiter = Arc::new(RedisLimiter::new(
+        config.client().unwrap(),
+        &config,
+        1,
+        fallback,
+    ));
+    let windows = hourly(1_000);
+    let subject = Subject {
+        owner_id: "o",
+        key_id: "hung",
+    };
+    let first = limiter
+        .check(subject, &Checks::windows(&windows), 1, &SystemClock)
+        .await;
+    assert_eq!(first.decided_by, DecidedBy::Redis, "Redis answers at first");
+    let calls_before = limiter.stats().calls.load(Ordering::Relaxed);
+
+    redis.freeze();
+    let asked = Instant::now();
+    let mut decisions = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (limiter, windows) = (limiter.clone(), windows.clone());
+        decisions.spawn(async move {
+            let subject = Subject {
+                owner_id: "o",
+                key_id: "hung",
+            };
+            let outcome = limiter
+                .check(subject, &Checks::windows(&windows), 1, &SystemClock)
+                .await;
+            (outcome, asked.elapsed())
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(decided) = decisions.join_next().await {
+        let (outcome, waited) = decided.unwrap();
+        assert_eq!(outcome.decided_by, DecidedBy::Fallback);
+        assert!(outcome.allowed, "the local share of 1,000 an hour has room");
+        slowest = slowest.max(waited);
+    }
+    let calls = limiter.stats().calls.load(Ordering::Relaxed) - calls_before;
+    assert!(
+        calls <= 2,
+        "{calls} calls to a hung Redis: queued decisions called again after their deadline"
+    );
+    // A generous ceiling: a decision queued behind the hung calls that waited a timeout of
+    // its own after them would take about twice the timeout.
+    assert!(
+        slowest < timeout * 3 / 2 + Duration::from_millis(200),
+        "a decision waited {slowest:?} with a timeout of {timeout:?}"
     );
 }
 

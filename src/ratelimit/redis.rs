@@ -96,8 +96,14 @@ struct Shared {
     stats: RedisLimiterStats,
 }
 
-/// A decision waiting for a call: its cost, and where its outcome goes.
-type Waiting = (u64, oneshot::Sender<Result<RateOutcome, String>>);
+/// A decision waiting for a call.
+struct Waiting {
+    cost: u64,
+    /// When it stops waiting: the limiter's timeout after it was asked.
+    deadline: tokio::time::Instant,
+    /// Where its outcome goes.
+    outcome: oneshot::Sender<Result<RateOutcome, String>>,
+}
 
 /// Most decisions sent in one call.
 const MOST_PER_CALL: usize = 256;
@@ -269,19 +275,20 @@ impl RedisLimiter {
         let now = clock.now_millis();
         if now >= shared.down_until.load(Ordering::Relaxed) {
             shared.replay_if_pending();
-            let call = shared
-                .decide(subject, checks, cost)
-                .instrument(tracing::debug_span!("redis rate limit"));
-            match tokio::time::timeout(shared.timeout, call).await {
-                Ok(Ok(outcome)) => {
+            let deadline = tokio::time::Instant::now() + shared.timeout;
+            let decided = shared
+                .decide(subject, checks, cost, deadline)
+                .instrument(tracing::debug_span!("redis rate limit"))
+                .await;
+            match decided {
+                Ok(outcome) => {
                     if shared.down_until.load(Ordering::Relaxed) != 0 {
                         shared.down_until.store(0, Ordering::Relaxed);
                     }
                     shared.stats.decisions.fetch_add(1, Ordering::Relaxed);
                     return outcome;
                 }
-                Ok(Err(e)) => shared.went_down(now, &e.to_string()),
-                Err(_) => shared.went_down(now, &format!("no answer within {:?}", shared.timeout)),
+                Err(e) => shared.went_down(now, &e),
             }
         }
         shared.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -372,12 +379,14 @@ impl Shared {
         }
     }
 
-    /// Decides a request through Redis: in the next call for its subject.
+    /// Decides a request through Redis: in the next call for its subject, which answers it
+    /// by `deadline` (it carries no timer of its own).
     async fn decide(
         self: &Arc<Self>,
         subject: Subject<'_>,
         checks: &Checks<'_>,
         cost: u64,
+        deadline: tokio::time::Instant,
     ) -> Result<RateOutcome, String> {
         let limits = limits(checks.windows, 1);
         let batch = batch_name(subject, checks, &limits);
@@ -391,19 +400,24 @@ impl Shared {
             }
         }
         let (sender, outcome) = oneshot::channel();
+        let waiting = Waiting {
+            cost,
+            deadline,
+            outcome: sender,
+        };
         // A subject with an entry has tasks calling for it, which will take this decision;
         // while it has fewer than `CALLS_PER_SUBJECT`, one more starts.
         let start_caller = {
             let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
             match batches.get_mut(&batch) {
                 Some(calling) => {
-                    calling.waiting.push((cost, sender));
+                    calling.waiting.push(waiting);
                     let more = calling.callers < CALLS_PER_SUBJECT;
                     calling.callers += usize::from(more);
                     more
                 }
                 None => {
-                    let waiting = vec![(cost, sender)];
+                    let waiting = vec![waiting];
                     batches.insert(
                         batch.clone(),
                         Batch {
@@ -443,23 +457,31 @@ impl Shared {
                 let taken = calling.waiting.len().min(MOST_PER_CALL);
                 calling.waiting.drain(..taken).collect()
             };
-            let costs: Vec<u64> = waiting.iter().map(|(cost, _)| *cost).collect();
-            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let costs: Vec<u64> = waiting.iter().map(|w| w.cost).collect();
+            // The call has until the earliest of its decisions' deadlines, so that none waits
+            // longer than the timeout in all, its wait for the calls before included.
+            let deadline = waiting.iter().map(|w| w.deadline).min();
             let asked = tokio::time::Instant::now();
-            let call =
-                tokio::time::timeout(self.timeout, self.call(Mode::Check, &subjects, &costs));
-            let outcomes = match call.await {
-                Ok(Ok(outcomes)) => {
-                    self.remember_refusal(&batch, &costs, &outcomes, asked);
-                    self.seed_fallback(&subjects, outcomes.last());
-                    outcomes.into_iter().map(Ok).collect()
+            let late = Err(format!("no answer within {:?}", self.timeout));
+            let outcomes = match deadline.filter(|&deadline| deadline > asked) {
+                None => vec![late; waiting.len()],
+                Some(deadline) => {
+                    self.stats.calls.fetch_add(1, Ordering::Relaxed);
+                    let call = self.call(Mode::Check, &subjects, &costs);
+                    match tokio::time::timeout_at(deadline, call).await {
+                        Ok(Ok(outcomes)) => {
+                            self.remember_refusal(&batch, &costs, &outcomes, asked);
+                            self.seed_fallback(&subjects, outcomes.last());
+                            outcomes.into_iter().map(Ok).collect()
+                        }
+                        Ok(Err(e)) => vec![Err(e.to_string()); waiting.len()],
+                        Err(_) => vec![late; waiting.len()],
+                    }
                 }
-                Ok(Err(e)) => vec![Err(e.to_string()); waiting.len()],
-                Err(_) => vec![Err(format!("no answer within {:?}", self.timeout)); waiting.len()],
             };
-            for ((_, sender), outcome) in waiting.into_iter().zip(outcomes) {
-                // A decision that stopped waiting fell back locally; Redis counts it too.
-                let _ = sender.send(outcome);
+            for (waiting, outcome) in waiting.into_iter().zip(outcomes) {
+                // A decision whose Check was given up on is not told; Redis counts it anyway.
+                let _ = waiting.outcome.send(outcome);
             }
         }
     }

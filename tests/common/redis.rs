@@ -81,6 +81,18 @@ impl RedisServer {
         self.wait_until_ready();
     }
 
+    /// Stops the server (SIGSTOP) with its connections open: it answers nothing from then on,
+    /// as a hung Redis would, until it is killed.
+    #[allow(dead_code)] // not every includer hangs Redis
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -STOP {pid}: {status}");
+    }
+
     fn wait_until_ready(&self) {
         wait_for_ping(&self.url());
     }
