@@ -5,8 +5,8 @@
 //! At most `capacity` logs are kept (at least one per shard), besides those in use. When a
 //! shard has no room for a new log, the logs it holds that have emptied (every unit left
 //! their window) go first, which loses nothing; if that is not enough, the least recently
-//! charged go next. A log a decision is using is
-//! never dropped: two logs for one window at once would each count only part of it.
+//! charged go next. A log a decision is using is never dropped: two logs for one window at
+//! once would each count only part of it.
 
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

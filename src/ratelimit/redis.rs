@@ -89,9 +89,9 @@ struct Shared {
     /// Held by the one task telling Redis about them.
     replaying: AtomicBool,
     /// Each subject's calls in flight and the decisions waiting for the next, by the
-    /// subject's window names and limits.
+    /// subject's [`batch_name`].
     batches: Mutex<HashMap<String, Batch>>,
-    /// The latest refusal for each subject, by the subject's window names and limits.
+    /// The latest refusal for each subject, by the subject's [`batch_name`].
     refusals: moka::sync::Cache<String, Arc<Refusal>>,
     stats: RedisLimiterStats,
 }
@@ -338,7 +338,7 @@ impl Shared {
                     match tokio::time::timeout(shared.timeout, call).await {
                         Ok(Ok(_)) => Ok(window),
                         Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err(format!("no answer within {:?}", shared.timeout)),
+                        Err(_) => Err(shared.no_answer()),
                     }
                 });
             }
@@ -366,6 +366,11 @@ impl Shared {
             windows = told,
             "Redis answers again; the local share's admissions are charged to it and rate limits are shared again"
         );
+    }
+
+    /// Why a call that Redis did not answer in time failed.
+    fn no_answer(&self) -> String {
+        format!("no answer within {:?}", self.timeout)
     }
 
     fn went_down(&self, now: UnixMillis, reason: &str) {
@@ -462,7 +467,7 @@ impl Shared {
             // longer than the timeout in all, its wait for the calls before included.
             let deadline = waiting.iter().map(|w| w.deadline).min();
             let asked = tokio::time::Instant::now();
-            let late = Err(format!("no answer within {:?}", self.timeout));
+            let late = Err(self.no_answer());
             let outcomes = match deadline.filter(|&deadline| deadline > asked) {
                 None => vec![late; waiting.len()],
                 Some(deadline) => {
