@@ -21,7 +21,7 @@ use keygate::model::{Credits, Refill};
 use keygate::plan::{Quota, RateScope, RateWindow};
 use keygate::ratelimit::local::{HeldMeters, LocalLimiter};
 use keygate::ratelimit::redis::{RedisLimiter, RedisLimiterStats};
-use keygate::ratelimit::{Checks, DecidedBy, Limits, RateLimiter, Subject};
+use keygate::ratelimit::{Checks, DecidedBy, Limits, RateLimiter, RateOutcome, Subject};
 use keygate::redis::RedisConfig;
 use keygate::store::Store;
 use keygate::store::embedded::EmbeddedStore;
@@ -626,15 +626,22 @@ async fn the_redis_script_decides_exactly_as_the_local_limiter() {
     );
 }
 
+/// How long the Redis limiters of these tests wait for Redis: long enough that a busy
+/// machine never makes them fall back.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A fresh redis-server, which is the guard, and a maker of Redis limiters on it: each is a
-/// replica of `replicas`, with its own connection.
-async fn redis_limiters(replicas: u64) -> (impl Fn() -> RedisLimiter, RedisServer) {
+/// replica of `replicas`, with its own connection, waiting `timeout` for Redis.
+async fn redis_limiters(
+    replicas: u64,
+    timeout: Duration,
+) -> (impl Fn() -> RedisLimiter, RedisServer) {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
     let config = RedisConfig {
         url: redis.url(),
-        timeout: Duration::from_secs(5),
+        timeout,
         ..RedisConfig::default()
     };
     let replica = move || {
@@ -644,10 +651,33 @@ async fn redis_limiters(replicas: u64) -> (impl Fn() -> RedisLimiter, RedisServe
     (replica, redis)
 }
 
-/// A Redis limiter (one replica) on its own fresh redis-server, which is the guard.
-async fn redis_limiter() -> (RedisLimiter, RedisServer) {
-    let (replica, redis) = redis_limiters(1).await;
-    (replica(), redis)
+/// A Redis limiter (one replica, waiting `timeout` for Redis) on its own fresh
+/// redis-server, which is the guard.
+async fn redis_limiter(timeout: Duration) -> (Arc<RedisLimiter>, RedisServer) {
+    let (replica, redis) = redis_limiters(1, timeout).await;
+    (Arc::new(replica()), redis)
+}
+
+/// `decisions` checks of one unit each for `subject` against `windows`, all in flight on
+/// `limiter` at once: each outcome, with how long after the first was asked it came.
+async fn all_at_once(
+    limiter: &Arc<RedisLimiter>,
+    subject: Subject<'static>,
+    windows: &[RateWindow],
+    decisions: usize,
+) -> Vec<(RateOutcome, Duration)> {
+    let asked = Instant::now();
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..decisions {
+        let (limiter, windows) = (limiter.clone(), windows.to_vec());
+        racing.spawn(async move {
+            let outcome = limiter
+                .check(subject, &Checks::windows(&windows), 1, &SystemClock)
+                .await;
+            (outcome, asked.elapsed())
+        });
+    }
+    racing.join_all().await
 }
 
 /// One per-key window of `limit` an hour.
@@ -663,25 +693,13 @@ fn hourly(limit: u64) -> [RateWindow; 1] {
 /// exactly as one by one: of 300 at once against 120 an hour, exactly 120 pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
-    let (limiter, _redis) = redis_limiter().await;
-    let limiter = Arc::new(limiter);
-    let windows = hourly(120);
-    let mut decisions = tokio::task::JoinSet::new();
-    for _ in 0..300 {
-        let (limiter, windows) = (limiter.clone(), windows.clone());
-        decisions.spawn(async move {
-            let subject = Subject {
-                owner_id: "o",
-                key_id: "hot",
-            };
-            limiter
-                .check(subject, &Checks::windows(&windows), 1, &SystemClock)
-                .await
-        });
-    }
+    let (limiter, _redis) = redis_limiter(REDIS_TIMEOUT).await;
+    let subject = Subject {
+        owner_id: "o",
+        key_id: "hot",
+    };
     let mut admitted = 0;
-    while let Some(outcome) = decisions.join_next().await {
-        let outcome = outcome.unwrap();
+    for (outcome, _) in all_at_once(&limiter, subject, &hourly(120), 300).await {
         assert_eq!(outcome.decided_by, DecidedBy::Redis);
         admitted += usize::from(outcome.allowed);
     }
@@ -703,22 +721,8 @@ async fn decisions_in_flight_together_share_calls_and_keep_the_limit() {
 /// without a call of their own (and without a timeout each after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_queued_behind_unanswered_calls_fall_back_by_their_own_deadline() {
-    let redis = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
     let timeout = Duration::from_millis(300);
-    let config = RedisConfig {
-        url: redis.url(),
-        timeout,
-        ..RedisConfig::default()
-    };
-    let fallback = LocalLimiter::new(100, Duration::from_secs(3600));
-    let limiter = Arc::new(RedisLimiter::new(
-        config.client().unwrap(),
-        &config,
-        1,
-        fallback,
-    ));
+    let (limiter, redis) = redis_limiter(timeout).await;
     let windows = hourly(1_000);
     let subject = Subject {
         owner_id: "o",
@@ -731,24 +735,8 @@ async fn decisions_queued_behind_unanswered_calls_fall_back_by_their_own_deadlin
     let calls_before = limiter.stats().calls.load(Ordering::Relaxed);
 
     redis.freeze();
-    let asked = Instant::now();
-    let mut decisions = tokio::task::JoinSet::new();
-    for _ in 0..100 {
-        let (limiter, windows) = (limiter.clone(), windows.clone());
-        decisions.spawn(async move {
-            let subject = Subject {
-                owner_id: "o",
-                key_id: "hung",
-            };
-            let outcome = limiter
-                .check(subject, &Checks::windows(&windows), 1, &SystemClock)
-                .await;
-            (outcome, asked.elapsed())
-        });
-    }
     let mut slowest = Duration::ZERO;
-    while let Some(decided) = decisions.join_next().await {
-        let (outcome, waited) = decided.unwrap();
+    for (outcome, waited) in all_at_once(&limiter, subject, &windows, 100).await {
         assert_eq!(outcome.decided_by, DecidedBy::Fallback);
         assert!(outcome.allowed, "the local share of 1,000 an hour has room");
         slowest = slowest.max(waited);
@@ -771,7 +759,7 @@ async fn decisions_queued_behind_unanswered_calls_fall_back_by_their_own_deadlin
 /// is told to come back when the first five leave the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_repeated_from_memory_until_their_wait_passes() {
-    let (limiter, _redis) = redis_limiter().await;
+    let (limiter, _redis) = redis_limiter(REDIS_TIMEOUT).await;
     let windows = hourly(5);
     let subject = Subject {
         owner_id: "o",
@@ -812,7 +800,7 @@ async fn refusals_are_repeated_from_memory_until_their_wait_passes() {
 
 /// Two limiters on one redis-server, as two replicas: each with its own connection.
 async fn two_redis_replicas() -> (Arc<RedisLimiter>, Arc<RedisLimiter>, RedisServer) {
-    let (replica, redis) = redis_limiters(2).await;
+    let (replica, redis) = redis_limiters(2, REDIS_TIMEOUT).await;
     (Arc::new(replica()), Arc::new(replica()), redis)
 }
 
