@@ -22,10 +22,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -180,7 +181,9 @@ impl Admitted {
             received,
             layer,
         } = self;
-        let waited = received.elapsed();
+        // One clock reading serves the wait and the deadline.
+        let started = Instant::now();
+        let waited = started.saturating_duration_since(received);
         if waited > layer.max_wait {
             return Err(layer.refuse(
                 "wait",
@@ -190,7 +193,7 @@ impl Admitted {
                 ),
             ));
         }
-        tokio::time::timeout(layer.timeout, call)
+        tokio::time::timeout_at(started + layer.timeout, call)
             .await
             .map_err(|_| {
                 layer.refuse(

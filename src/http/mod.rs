@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::header::{ALLOW, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -107,7 +108,9 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    /// A gRPC call's own future, passed on as it is (no allocation on the data plane's
+    /// path), or the HTTP answer.
+    type Future = Either<S::Future, HttpAnswer<S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -115,21 +118,26 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         if is_grpc(&request) {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         }
         if let Some(forward_auth) = &self.api.forward_auth
             && ForwardAuth::serves(request.uri().path())
         {
             let answer = forward_auth.answer(request);
-            return Box::pin(async move { Ok(answer.await) });
+            return Either::Right(Box::pin(async move { Ok(answer.await) }));
         }
         let api = self.api.clone();
         // The ready clone answers this call; the original stays for the next poll_ready.
         let inner = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, inner);
-        Box::pin(async move { Ok(answer(&api, inner, request).await) })
+        Either::Right(Box::pin(
+            async move { Ok(answer(&api, inner, request).await) },
+        ))
     }
 }
+
+/// The answer to a request that is not gRPC.
+pub type HttpAnswer<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
 
 /// Whether `request` is a gRPC call (`application/grpc`, `application/grpc+proto`...).
 fn is_grpc<B>(request: &Request<B>) -> bool {
