@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::google::rpc;
+use keygate::service::check_wire::CHECK_PATH;
 use prost::Message as _;
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
@@ -76,9 +77,6 @@ pub async fn offer(load: Load, dial: &Dial, connections: usize, key: &str) -> Ou
         }
     }
 }
-
-/// The path of ext_authz's Check.
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// The open loop's Check client, costing the generator as little as tonic allows: the request is encoded once, and of each answer
 /// only the status is decoded (Envoy reads the whole answer; keygate's is larger than the

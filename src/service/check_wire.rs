@@ -346,8 +346,8 @@ impl<T> NamedService for AuthorizationServer<T> {
     const NAME: &'static str = "envoy.service.auth.v3.Authorization";
 }
 
-/// The full path of Check.
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+/// The full path of Check, as a client calls it.
+pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// One Check call, for tonic's unary handling.
 struct CheckCall<T>(Arc<T>);
