@@ -8,10 +8,10 @@
 //! charged go next. A log a decision is using is never dropped: two logs for one window at
 //! once would each count only part of it.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::{Subject, period_ms};
 use crate::clock::UnixMillis;
@@ -103,7 +103,9 @@ impl<'a> WindowRef<'a> {
 pub struct WindowLogs {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
-    hasher: RandomState,
+    /// Seeded at random per table: window ids are keygate's own, not a client's, and a
+    /// fast hash of them is a few tens of nanoseconds less per window than SipHash.
+    hasher: DefaultHashBuilder,
 }
 
 impl WindowLogs {
@@ -113,7 +115,7 @@ impl WindowLogs {
         WindowLogs {
             shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             per_shard: (capacity / SHARDS).max(1),
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
         }
     }
 
@@ -258,7 +260,7 @@ mod tests {
 
     #[test]
     fn making_room_drops_emptied_logs_first_then_the_oldest_but_never_one_in_use() {
-        let hasher = RandomState::new();
+        let hasher = DefaultHashBuilder::default();
         let mut shard = HashTable::new();
         let mut add = |key_id: &str, window: &RateWindow, newest: UnixMillis| {
             let subject = Subject {

@@ -18,6 +18,7 @@ pub mod meters;
 pub mod redis;
 pub mod window;
 
+use std::fmt;
 use std::sync::Arc;
 
 use local::LocalLimiter;
@@ -421,36 +422,52 @@ impl RateOutcome {
         Some(wait.div_ceil(1000).max(1))
     }
 
-    /// The response headers that tell clients about their limits.
+    /// The response headers that tell clients about their limits, by name and value.
     pub fn headers(&self, config: &RateLimitConfig) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        self.each_header(config, |name, value| {
+            headers.push((name.to_owned(), value.to_string()));
+        });
+        headers
+    }
+
+    /// Calls `header` with the name and value of each header [`RateOutcome::headers`] gives,
+    /// in its order, building no string for a name or a number.
+    pub fn each_header(
+        &self,
+        config: &RateLimitConfig,
+        mut header: impl FnMut(&str, fmt::Arguments<'_>),
+    ) {
         let reset_of = |at: UnixMillis| match config.reset {
             ResetFormat::Epoch => ceil_secs(at),
             ResetFormat::Delta => ceil_secs((at - self.now).max(0)),
         };
-        let mut headers = Vec::new();
         if let Some(quota) = self.tightest_quota() {
             let names = &config.quota_headers;
-            headers.push((names.limit.clone(), quota.limit.to_string()));
-            headers.push((names.remaining.clone(), quota.remaining().to_string()));
-            headers.push((names.reset.clone(), reset_of(quota.reset_at).to_string()));
+            header(&names.limit, format_args!("{}", quota.limit));
+            header(&names.remaining, format_args!("{}", quota.remaining()));
+            header(&names.reset, format_args!("{}", reset_of(quota.reset_at)));
         }
         if let Some(credits) = &self.credits {
-            let name = config.quota_headers.credits.clone();
-            headers.push((name, credits.remaining.to_string()));
+            let name = &config.quota_headers.credits;
+            header(name, format_args!("{}", credits.remaining));
         }
         if let Some(retry) = self.retry_after_secs() {
-            headers.push(("retry-after".into(), retry.to_string()));
+            header("retry-after", format_args!("{retry}"));
         }
         let Some(window) = self.tightest() else {
-            return headers;
+            return;
         };
         let reset_secs = ceil_secs((window.reset_at - self.now).max(0));
-        let reset = reset_of(window.reset_at);
-        headers.extend([
-            ("x-ratelimit-limit".into(), window.limit.to_string()),
-            ("x-ratelimit-remaining".into(), window.remaining.to_string()),
-            ("x-ratelimit-reset".into(), reset.to_string()),
-        ]);
+        header("x-ratelimit-limit", format_args!("{}", window.limit));
+        header(
+            "x-ratelimit-remaining",
+            format_args!("{}", window.remaining),
+        );
+        header(
+            "x-ratelimit-reset",
+            format_args!("{}", reset_of(window.reset_at)),
+        );
         if config.ietf_headers {
             let name =
                 |w: &WindowState| format!("\"{}-per-{}s\"", w.limit, w.period_ms.div_ceil(1000));
@@ -460,13 +477,13 @@ impl RateOutcome {
                 .map(|w| format!("{};q={};w={}", name(w), w.limit, w.period_ms.div_ceil(1000)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            headers.push(("ratelimit-policy".into(), policy));
-            headers.push((
-                "ratelimit".into(),
-                format!("{};r={};t={}", name(window), window.remaining, reset_secs),
-            ));
+            header("ratelimit-policy", format_args!("{policy}"));
+            let tightest = name(window);
+            header(
+                "ratelimit",
+                format_args!("{tightest};r={};t={reset_secs}", window.remaining),
+            );
         }
-        headers
     }
 }
 
@@ -576,4 +593,58 @@ impl RateLimiter {
 /// start; no period is longer than [`MAX_PERIOD`].
 fn local_logs(config: &RateLimitConfig) -> LocalLimiter {
     LocalLimiter::new(config.local_capacity, MAX_PERIOD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An admitted outcome at `NOW` with 60 of 100 per minute and 3 of 10 per second left.
+    fn admitted() -> RateOutcome {
+        let window = |limit, period, count| {
+            WindowState::new(limit, period, count, NOW - 500, NOW, None, true)
+        };
+        RateOutcome {
+            allowed: true,
+            windows: vec![window(100, 60_000, 40), window(10, 1_000, 7)],
+            quotas: Vec::new(),
+            credits: None,
+            now: NOW,
+            decided_by: DecidedBy::Local,
+        }
+    }
+
+    const NOW: UnixMillis = 1_700_000_000_250;
+
+    #[test]
+    fn headers_tell_the_tightest_window_and_with_ietf_headers_every_policy() {
+        let config = RateLimitConfig {
+            reset: ResetFormat::Delta,
+            ietf_headers: true,
+            ..RateLimitConfig::default()
+        };
+        let expected = [
+            ("x-ratelimit-limit", "10"),
+            ("x-ratelimit-remaining", "3"),
+            ("x-ratelimit-reset", "1"),
+            (
+                "ratelimit-policy",
+                "\"100-per-60s\";q=100;w=60, \"10-per-1s\";q=10;w=1",
+            ),
+            ("ratelimit", "\"10-per-1s\";r=3;t=1"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        assert_eq!(admitted().headers(&config), expected);
+
+        let epoch = RateLimitConfig::default();
+        let reset = ((NOW + 500) / 1000 + 1).to_string();
+        assert_eq!(
+            admitted().headers(&epoch),
+            [
+                ("x-ratelimit-limit".to_owned(), "10".to_owned()),
+                ("x-ratelimit-remaining".to_owned(), "3".to_owned()),
+                ("x-ratelimit-reset".to_owned(), reset),
+            ]
+        );
+    }
 }

@@ -4,8 +4,11 @@
 //! key and identity and shared by reference; only the rate-limit headers, which change from
 //! one request to the next, are encoded per answer.
 
-use std::hash::{BuildHasher, RandomState};
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use hashbrown::DefaultHashBuilder;
 
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes};
@@ -13,6 +16,7 @@ use prost::encoding::{self, DecodeContext, WireType};
 
 use super::check_wire::{CheckResponse, HeaderValueOption, RpcStatus};
 use crate::authz::decision::Identity;
+use crate::ratelimit::{RateLimitConfig, RateOutcome};
 
 /// Slots for kept allow answers. A key's answer is kept in the slot its id hashes to, the
 /// latest key to need that slot replacing the one before: a bound on the memory they take
@@ -33,8 +37,63 @@ pub enum CheckAnswer {
         /// The parts that depend on the key's identity alone.
         parts: Arc<AllowParts>,
         /// Headers for the client's response (rate-limit state).
-        client: Vec<HeaderValueOption>,
+        client: ClientHeaders,
     },
+}
+
+/// Headers for the client's response (`OkHttpResponse.response_headers_to_add`), each
+/// replacing any of its name, encoded as they are added: the same bytes as
+/// [`HeaderValueOption::overwrite`] of each, without a string or message built for one.
+#[derive(Debug, Default)]
+pub struct ClientHeaders(Vec<u8>);
+
+/// `OkHttpResponse.response_headers_to_add`.
+const CLIENT_HEADERS_FIELD: u32 = 6;
+
+impl ClientHeaders {
+    /// The rate-limit headers of `rate` (none without one), as `config` writes them.
+    pub fn of_rate(rate: Option<&RateOutcome>, config: &RateLimitConfig) -> Self {
+        let mut headers = ClientHeaders::default();
+        if let Some(rate) = rate {
+            // Room for the usual three headers, and for a value, at once.
+            headers.0.reserve(192);
+            let mut value = String::with_capacity(32);
+            rate.each_header(config, |name, text| {
+                value.clear();
+                let _ = value.write_fmt(text);
+                headers.overwrite(name, &value);
+            });
+        }
+        headers
+    }
+
+    /// Adds `name: value`, replacing any header of that name.
+    pub fn overwrite(&mut self, name: &str, value: &str) {
+        let text_len = |text: &str| {
+            if text.is_empty() {
+                0
+            } else {
+                1 + encoding::encoded_len_varint(text.len() as u64) + text.len()
+            }
+        };
+        let header_len = text_len(name) + text_len(value);
+        // The header (1), then `append_action` (3), OVERWRITE_IF_EXISTS_OR_ADD: two bytes.
+        let option_len = 1 + encoding::encoded_len_varint(header_len as u64) + header_len + 2;
+        let buf = &mut self.0;
+        encoding::encode_key(CLIENT_HEADERS_FIELD, WireType::LengthDelimited, buf);
+        encoding::encode_varint(option_len as u64, buf);
+        encoding::encode_key(1, WireType::LengthDelimited, buf);
+        encoding::encode_varint(header_len as u64, buf);
+        for (tag, text) in [(1, name), (2, value)] {
+            if !text.is_empty() {
+                encoding::encode_key(tag, WireType::LengthDelimited, buf);
+                encoding::encode_varint(text.len() as u64, buf);
+                buf.put_slice(text.as_bytes());
+            }
+        }
+        encoding::encode_key(3, WireType::Varint, buf);
+        encoding::encode_varint(HeaderValueOption::OVERWRITE_IF_EXISTS_OR_ADD as u64, buf);
+    }
 }
 
 /// The encoded parts of a key's allow answer, and the identity they were made for.
@@ -74,22 +133,23 @@ impl AllowParts {
     }
 
     /// The length of `ok_response` with `client` headers.
-    fn ok_len(&self, client: &[HeaderValueOption]) -> usize {
-        self.upstream.len() + encoding::message::encoded_len_repeated(6, client)
+    fn ok_len(&self, client: &ClientHeaders) -> usize {
+        self.upstream.len() + client.0.len()
     }
 }
 
 /// The allow parts of the keys Check answered lately, each in its key id's slot.
 pub struct AllowAnswers {
     slots: Box<[Mutex<Option<Arc<AllowParts>>>]>,
-    hasher: RandomState,
+    /// Key ids are keygate's own, not a client's: a fast hash, seeded at random.
+    hasher: DefaultHashBuilder,
 }
 
 impl Default for AllowAnswers {
     fn default() -> Self {
         AllowAnswers {
             slots: (0..ANSWER_SLOTS).map(|_| Mutex::new(None)).collect(),
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
         }
     }
 }
@@ -126,9 +186,7 @@ impl Message for CheckAnswer {
                 encoding::encode_key(3, WireType::LengthDelimited, buf);
                 encoding::encode_varint(parts.ok_len(client) as u64, buf);
                 buf.put_slice(&parts.upstream);
-                for header in client {
-                    encoding::message::encode(6, header, buf);
-                }
+                buf.put_slice(&client.0);
                 encoding::encode_key(4, WireType::LengthDelimited, buf);
                 encoding::encode_varint(parts.metadata.len() as u64, buf);
                 buf.put_slice(&parts.metadata);
@@ -213,21 +271,70 @@ mod tests {
     fn an_allow_from_kept_parts_is_the_allow_built_in_full() {
         let identity = identity("pro");
         let parts = Arc::new(AllowParts::of(&identity, &built(&identity, vec![])));
+        let long = "7".repeat(200);
         for client in [
             vec![],
+            vec![("ratelimit-limit", "100"), ("ratelimit-remaining", "99")],
+            // Empty texts are left out, as protobuf leaves them; a long one takes a
+            // two-byte length.
             vec![
-                HeaderValueOption::overwrite("ratelimit-limit".into(), "100".into()),
-                HeaderValueOption::overwrite("ratelimit-remaining".into(), "99".into()),
+                ("x-empty", ""),
+                ("", "no name"),
+                ("ratelimit-policy", &long),
             ],
         ] {
-            let full = built(&identity, client.clone()).encode_to_vec();
+            let options = client
+                .iter()
+                .map(|(name, value)| {
+                    HeaderValueOption::overwrite(name.to_string(), value.to_string())
+                })
+                .collect();
+            let full = built(&identity, options).encode_to_vec();
+            let mut headers = ClientHeaders::default();
+            for (name, value) in &client {
+                headers.overwrite(name, value);
+            }
             let answer = CheckAnswer::Allow {
                 parts: parts.clone(),
-                client,
+                client: headers,
             };
             assert_eq!(answer.encode_to_vec(), full);
             assert_eq!(answer.encoded_len(), full.len());
         }
+    }
+
+    #[test]
+    fn an_allow_carries_the_rate_headers_every_other_answer_carries() {
+        use crate::ratelimit::window::WindowState;
+        use crate::ratelimit::{DecidedBy, RateOutcome};
+        let now = 1_700_000_000_250;
+        let rate = RateOutcome {
+            allowed: true,
+            windows: vec![WindowState::new(10, 1_000, 7, now - 500, now, None, true)],
+            quotas: Vec::new(),
+            credits: None,
+            now,
+            decided_by: DecidedBy::Local,
+        };
+        let config = RateLimitConfig {
+            ietf_headers: true,
+            ..RateLimitConfig::default()
+        };
+        let identity = identity("pro");
+        let parts = Arc::new(AllowParts::of(&identity, &built(&identity, vec![])));
+        let answer = CheckAnswer::Allow {
+            parts,
+            client: ClientHeaders::of_rate(Some(&rate), &config),
+        };
+        let options = rate
+            .headers(&config)
+            .into_iter()
+            .map(|(name, value)| HeaderValueOption::overwrite(name, value))
+            .collect();
+        assert_eq!(
+            answer.encode_to_vec(),
+            built(&identity, options).encode_to_vec()
+        );
     }
 
     #[test]
@@ -242,7 +349,7 @@ mod tests {
         let changed = answers.parts(&free, || built(&free, vec![]));
         let answer = CheckAnswer::Allow {
             parts: changed,
-            client: vec![],
+            client: ClientHeaders::default(),
         };
         assert_eq!(answer.encode_to_vec(), built(&free, vec![]).encode_to_vec());
         let rescoped = identity_of("AAAAAAAAAAAA", "free", &["read"]);
@@ -259,7 +366,7 @@ mod tests {
             let parts = answers.parts(&other, || built(&other, vec![]));
             let answer = CheckAnswer::Allow {
                 parts,
-                client: vec![],
+                client: ClientHeaders::default(),
             };
             assert_eq!(
                 answer.encode_to_vec(),

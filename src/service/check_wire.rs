@@ -254,7 +254,7 @@ pub struct HeaderValueOption {
 
 impl HeaderValueOption {
     /// `HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD`.
-    const OVERWRITE_IF_EXISTS_OR_ADD: i32 = 2;
+    pub const OVERWRITE_IF_EXISTS_OR_ADD: i32 = 2;
 
     /// A header that replaces whatever is there under the same name.
     pub fn overwrite(key: String, value: String) -> Self {

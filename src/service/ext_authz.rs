@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::check_answer::{AllowAnswers, CheckAnswer};
+use super::check_answer::{AllowAnswers, CheckAnswer, ClientHeaders};
 use super::check_wire::{
     AttributeContext, Check, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValueOption,
     HttpRequest, HttpStatus, OkHttpResponse, Peer, RpcStatus, Struct,
@@ -141,7 +141,10 @@ impl ExtAuthzService {
                     };
                     self.check_response(&without_rate, request_id)
                 }),
-                client: header_options(self.plane.responder.rate_headers(decision)),
+                client: ClientHeaders::of_rate(
+                    decision.rate.as_ref(),
+                    &self.plane.responder.ratelimit,
+                ),
             },
             _ => CheckAnswer::Built(self.check_response(decision, request_id)),
         }
