@@ -13,8 +13,6 @@ pub mod forward_auth;
 pub mod openapi;
 pub mod transcode;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -23,6 +21,7 @@ use http::header::{ALLOW, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tonic::body::Body;
+use tonic::codegen::BoxFuture;
 use tonic::codegen::Bytes;
 
 use crate::metrics::grpc_code_name;
@@ -110,7 +109,7 @@ where
     type Error = S::Error;
     /// A gRPC call's own future, passed on as it is (no allocation on the data plane's
     /// path), or the HTTP answer.
-    type Future = Either<S::Future, HttpAnswer<S::Error>>;
+    type Future = Either<S::Future, BoxFuture<Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -135,9 +134,6 @@ where
         ))
     }
 }
-
-/// The answer to a request that is not gRPC.
-pub type HttpAnswer<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
 
 /// Whether `request` is a gRPC call (`application/grpc`, `application/grpc+proto`...).
 fn is_grpc<B>(request: &Request<B>) -> bool {

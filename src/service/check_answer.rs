@@ -68,17 +68,15 @@ impl ClientHeaders {
     }
 
     /// Adds `name: value`, replacing any header of that name.
-    pub fn overwrite(&mut self, name: &str, value: &str) {
-        let text_len = |text: &str| {
-            if text.is_empty() {
-                0
-            } else {
-                1 + encoding::encoded_len_varint(text.len() as u64) + text.len()
-            }
+    fn overwrite(&mut self, name: &str, value: &str) {
+        // Protobuf leaves an empty text out.
+        let text_len = |text: &str| match text.len() {
+            0 => 0,
+            len => delimited_len(len),
         };
         let header_len = text_len(name) + text_len(value);
         // The header (1), then `append_action` (3), OVERWRITE_IF_EXISTS_OR_ADD: two bytes.
-        let option_len = 1 + encoding::encoded_len_varint(header_len as u64) + header_len + 2;
+        let option_len = delimited_len(header_len) + 2;
         let buf = &mut self.0;
         encoding::encode_key(CLIENT_HEADERS_FIELD, WireType::LengthDelimited, buf);
         encoding::encode_varint(option_len as u64, buf);
@@ -94,6 +92,11 @@ impl ClientHeaders {
         encoding::encode_key(3, WireType::Varint, buf);
         encoding::encode_varint(HeaderValueOption::OVERWRITE_IF_EXISTS_OR_ADD as u64, buf);
     }
+}
+
+/// The encoded length of a length-delimited field of `len` bytes under a one-byte key.
+fn delimited_len(len: usize) -> usize {
+    1 + encoding::encoded_len_varint(len as u64) + len
 }
 
 /// The encoded parts of a key's allow answer, and the identity they were made for.
@@ -209,10 +212,9 @@ impl Message for CheckAnswer {
         match self {
             CheckAnswer::Built(response) => response.encoded_len(),
             CheckAnswer::Allow { parts, client } => {
-                let delimited = |len: usize| 1 + encoding::encoded_len_varint(len as u64) + len;
                 encoding::message::encoded_len(1, &RpcStatus::default())
-                    + delimited(parts.ok_len(client))
-                    + delimited(parts.metadata.len())
+                    + delimited_len(parts.ok_len(client))
+                    + delimited_len(parts.metadata.len())
             }
         }
     }

@@ -7,12 +7,11 @@
 //! the data-plane handlers fill them in through [`tracing::Span::current`].
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
+use tonic::codegen::BoxFuture;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -95,7 +94,7 @@ where
     /// The call's own future, when its span records nothing and nothing counts it (the
     /// data plane without a trace exporter: no allocation on its path); otherwise the call
     /// in its span, its status recorded.
-    type Future = Either<S::Future, RecordedCall<Self::Response, Self::Error>>;
+    type Future = Either<S::Future, BoxFuture<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -140,9 +139,6 @@ where
         }))
     }
 }
-
-/// A call run in its span, whose status is recorded when it ends.
-pub type RecordedCall<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
 /// A server span named `name` (OpenTelemetry's name; the span's own is `rpc`), joined to
 /// the caller's trace through the `traceparent` / `tracestate` in `headers`. Its gRPC or
