@@ -122,7 +122,7 @@ async fn cold_latencies(cache: &KeyCache, keys: &[(String, String)]) -> (Duratio
     let mut times = Vec::with_capacity(keys.len());
     for (secret, _) in keys {
         let started = Instant::now();
-        let lookup = cache.verify(secret, None).await.unwrap();
+        let lookup = cache.verify(secret, Instant::now(), None).await.unwrap();
         times.push(started.elapsed());
         assert!(lookup.key.is_some());
     }
@@ -147,7 +147,7 @@ async fn warm_latencies(
                 while times.len() < WARM_TICKS && !done.load(Ordering::Relaxed) {
                     ticks.tick().await;
                     let started = Instant::now();
-                    let lookup = cache.verify(&secret, None).await.unwrap();
+                    let lookup = cache.verify(&secret, Instant::now(), None).await.unwrap();
                     times.push(started.elapsed());
                     assert!(lookup.key.is_some());
                 }
@@ -187,7 +187,7 @@ fn main() {
         let before = argon2();
         for _ in 0..1000 {
             let wrong = default_profile().issue(&known.1);
-            assert!(bench.cache.verify(wrong.text(), None).await.unwrap().key.is_none());
+            assert!(bench.cache.verify(wrong.text(), Instant::now(), None).await.unwrap().key.is_none());
         }
         println!(
             "argon2 jobs per 1,000 distinct wrong secrets for a known id: {}",
@@ -207,7 +207,7 @@ fn main() {
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let wrong = default_profile().issue(&id);
-                        let _ = cache.verify(wrong.text(), None).await;
+                        let _ = cache.verify(wrong.text(), Instant::now(), None).await;
                         flooded.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -248,7 +248,7 @@ fn main() {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let Some((secret, _)) = keys.get(i) else { break };
-                        let _ = cache.verify(secret, None).await;
+                        let _ = cache.verify(secret, Instant::now(), None).await;
                     }
                 })
             })
@@ -282,7 +282,7 @@ fn main() {
         }
         let before = resident();
         for (secret, _) in &keys {
-            assert!(bench.cache.verify(secret, None).await.unwrap().key.is_some());
+            assert!(bench.cache.verify(secret, Instant::now(), None).await.unwrap().key.is_some());
         }
         let per_key = (resident() - before) / WARM_KEYS as u64;
         println!(

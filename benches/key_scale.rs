@@ -447,7 +447,12 @@ async fn memory(files: &Files) -> Memory {
         move |secret: String| {
             let app = app.clone();
             async move {
-                let lookup = app.authorizer.keys().verify(&secret, None).await.unwrap();
+                let lookup = app
+                    .authorizer
+                    .keys()
+                    .verify(&secret, Instant::now(), None)
+                    .await
+                    .unwrap();
                 assert!(lookup.key.is_some());
             }
         }

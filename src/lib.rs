@@ -24,6 +24,7 @@
 //!      plan follows.
 //!    - [`secrets`] — the pepper and admin token, from env or files only.
 //!    - [`shutdown`] — signals, the stop watch, the drain grace.
+//!    - [`slots`] — a fixed table of recent values, for what every request reads.
 //! 2. Infrastructure
 //!    - [`redis`](crate::redis) — Redis settings, connections to Redis or Redis Cluster
 //!      behind one type, every key name ([`redis::keyspace`]) and Lua script
@@ -99,6 +100,7 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod slots;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

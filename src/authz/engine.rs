@@ -144,23 +144,26 @@ impl Authorizer {
     /// answer UNAVAILABLE, never a denial.
     pub async fn decide(&self, request: &AuthzRequest) -> Result<Decision> {
         let started = Instant::now();
-        let decision = self.decide_unobserved(request).await?;
+        let decision = self.decide_unobserved(request, started).await?;
         self.observer.decided(request, &decision, started.elapsed());
         Ok(decision)
     }
 
-    async fn decide_unobserved(&self, request: &AuthzRequest) -> Result<Decision> {
+    async fn decide_unobserved(&self, request: &AuthzRequest, now: Instant) -> Result<Decision> {
         let Some(credential) = &request.credential else {
             return Ok(Decision::anonymous(DecisionCode::MissingCredentials));
         };
-        let lookup = self.keys.verify(&credential.text, request.deadline).await?;
+        let lookup = self
+            .keys
+            .verify(&credential.text, now, request.deadline)
+            .await?;
         let Some(key) = lookup.key else {
             return Ok(Decision {
                 cache: Some(lookup.outcome),
                 ..Decision::anonymous(DecisionCode::InvalidApiKey)
             });
         };
-        let standing = self.identify(&key).await?;
+        let standing = self.identify(&key, now).await?;
         let Standing {
             owner, plan_config, ..
         } = &*standing;
@@ -233,13 +236,14 @@ impl Authorizer {
         client_ip: Option<IpAddr>,
         required_scopes: &[String],
     ) -> Result<KeyCheck> {
-        let Some(key) = self.keys.verify(token, None).await?.key else {
+        let now = Instant::now();
+        let Some(key) = self.keys.verify(token, now, None).await?.key else {
             return Ok(KeyCheck {
                 code: DecisionCode::InvalidApiKey,
                 key: None,
             });
         };
-        let standing = self.identify(&key).await?;
+        let standing = self.identify(&key, now).await?;
         let Standing {
             owner, plan_config, ..
         } = &*standing;
@@ -263,10 +267,10 @@ impl Authorizer {
 
     /// The owner and plan in force for a verified key, each as stored now (from the
     /// caches, which drop what changes), or as the key's last decision found them when
-    /// nothing changed since.
-    async fn identify(&self, key: &CachedKey) -> Result<Arc<Standing>> {
+    /// nothing changed since; `now` is the decision's time.
+    async fn identify(&self, key: &CachedKey, now: Instant) -> Result<Arc<Standing>> {
         self.keys
-            .standing(key, || async {
+            .standing(key, now, || async {
                 let owner = self.keys.owner(key.key.owner_id()).await?;
                 let plan = effective_plan(&key.key, owner.as_deref())
                     .unwrap_or_default()

@@ -94,6 +94,7 @@ use crate::key::format::Profiles;
 use crate::key::hash::{CheckOutcome, Digest, HashError, Pepper, SecretHasher, secrets_equal};
 use crate::model::{KeyRecord, KeyState, Owner};
 use crate::plan::PlanConfig;
+use crate::slots::Slots;
 use crate::store::{KeyChange, Store};
 
 /// Which of a key's secrets a credential matched.
@@ -144,7 +145,11 @@ pub struct CachedKey {
     pub key: VerifiedKey,
     /// Which secret matched.
     pub matched: MatchedSecret,
+    /// The credential's digest, which the entry is found by.
+    digest: Digest,
     epoch: u64,
+    /// When the entry stops being trusted without looking at the store again (`ttl`).
+    expires: Instant,
     /// The key's standing as last found, reused while it holds ([`KeyCache::standing`]).
     standing: RwLock<Option<KeptStanding>>,
 }
@@ -167,7 +172,9 @@ impl CachedKey {
         CachedKey {
             key: VerifiedKey::of(record),
             matched: MatchedSecret::Current,
+            digest: Digest([0; 32]),
             epoch: 0,
+            expires: Instant::now() + Duration::from_secs(3600),
             standing: RwLock::new(None),
         }
     }
@@ -384,9 +391,19 @@ enum LoadFailure {
 /// Records cached by id (owners, plans), each with the epoch at which its load started.
 type Records<T> = Cache<String, Arc<(Arc<T>, u64)>>;
 
+/// Slots for the verified entries decisions found last ([`Slots`]), in front of the cache.
+const RECENT_SLOTS: usize = 16_384;
+
+/// One hit in this many of the recent slots also reads the cache, as a use of the key.
+const TOUCH_EVERY: u32 = 32;
+
 /// The cache in front of the store and argon2.
 pub struct KeyCache {
     verified: Cache<Digest, Arc<CachedKey>>,
+    /// The entries found last, each in the slot its digest falls in: a warm key is found
+    /// here without the cache's clock read and bookkeeping.
+    recent: Slots<CachedKey>,
+    ttl: Duration,
     rejected: Cache<Digest, ()>,
     owners: Records<Owner>,
     plans: Records<PlanConfig>,
@@ -520,6 +537,8 @@ impl KeyCache {
                 .max_capacity(config.capacity)
                 .time_to_live(config.ttl)
                 .build(),
+            recent: Slots::new(RECENT_SLOTS),
+            ttl: config.ttl,
             rejected: Cache::builder()
                 .max_capacity(config.capacity)
                 .time_to_live(config.rejection_ttl)
@@ -566,18 +585,32 @@ impl KeyCache {
         &self.hasher
     }
 
-    /// The key `credential` proves, if any, and which level answered. Store failures for
-    /// credentials not in the cache are errors: the caller cannot decide without the store.
-    /// A cold credential is answered by `deadline` (the configured wait when `None`), as
-    /// UNAVAILABLE if argon2 cannot run by then.
-    pub async fn verify(&self, credential: &str, deadline: Option<Instant>) -> Result<Lookup> {
+    /// The key `credential` proves, if any, and which level answered, as of `now`. Store
+    /// failures for credentials not in the cache are errors: the caller cannot decide
+    /// without the store. A cold credential is answered by `deadline` (the configured wait
+    /// when `None`), as UNAVAILABLE if argon2 cannot run by then.
+    pub async fn verify(
+        &self,
+        credential: &str,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Lookup> {
         let answer = |key, outcome| Ok(Lookup { key, outcome });
         let digest = self.pepper.digest(credential.as_bytes());
         // A verified credential answers before anything else is worked out: the digest
         // names exactly this text, and an entry exists only for a text that verified.
-        if let Some(entry) = self.verified.get(&digest).await
-            && !self.is_stale(entry.key.id(), entry.epoch)
+        let slot = digest.spread();
+        if let Some(entry) = self.recent.get(slot, |entry| entry.digest == digest)
+            && self.is_current(&entry, now)
         {
+            self.touch_now_and_then(&digest).await;
+            self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+            return answer(Some(entry), CacheOutcome::L1Hit);
+        }
+        if let Some(entry) = self.verified.get(&digest).await
+            && self.is_current(&entry, now)
+        {
+            self.recent.put(slot, entry.clone());
             self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
             return answer(Some(entry), CacheOutcome::L1Hit);
         }
@@ -632,6 +665,7 @@ impl KeyCache {
             if outcome == CacheOutcome::L1Hit {
                 self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
             }
+            self.recent.put(slot, entry.clone());
             return answer(Some(entry), outcome);
         }
         Err(Error::Unavailable(
@@ -653,7 +687,9 @@ impl KeyCache {
             Arc::new(CachedKey {
                 key: VerifiedKey::of(&key),
                 matched,
+                digest: *digest,
                 epoch,
+                expires: Instant::now() + self.ttl,
                 standing: RwLock::new(None),
             })
         };
@@ -925,13 +961,13 @@ impl KeyCache {
     pub async fn standing<F>(
         &self,
         key: &CachedKey,
+        now: Instant,
         look_up: impl FnOnce() -> F,
     ) -> Result<Arc<Standing>>
     where
         F: Future<Output = Result<Standing>>,
     {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let now = Instant::now();
         if let Some(standing) = key.kept_standing(epoch, now) {
             return Ok(standing);
         }
@@ -1057,6 +1093,7 @@ impl KeyCache {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.floor.fetch_max(epoch, Ordering::SeqCst);
         self.verified.invalidate_all();
+        self.recent.clear();
         self.owners.invalidate_all();
         self.plans.invalidate_all();
     }
@@ -1064,6 +1101,25 @@ impl KeyCache {
     fn mark(&self, id: String) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.invalidated.insert(id, epoch);
+    }
+
+    /// Whether `entry` may answer at `now`: not past its `ttl`, nor loaded before an
+    /// invalidation of its key.
+    fn is_current(&self, entry: &CachedKey, now: Instant) -> bool {
+        now < entry.expires && !self.is_stale(entry.key.id(), entry.epoch)
+    }
+
+    /// Reads `digest`'s entry in the cache once in [`TOUCH_EVERY`] hits of the recent
+    /// slots, so that the cache's eviction policy still sees the keys in use.
+    async fn touch_now_and_then(&self, digest: &Digest) {
+        thread_local!(static HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+        let hits = HITS.with(|hits| {
+            hits.set(hits.get().wrapping_add(1));
+            hits.get()
+        });
+        if hits.is_multiple_of(TOUCH_EVERY) {
+            self.verified.get(digest).await;
+        }
     }
 
     /// Whether an entry for `id` whose load started at `loaded_at` predates an
@@ -1204,7 +1260,7 @@ mod tests {
         // Every Check allocates and moves its whole future; the cold path (store, argon2)
         // is boxed only when a key misses, so a warm lookup stays small.
         let f = fixture().await;
-        let lookup = f.cache.verify("kg_live_x", None);
+        let lookup = f.cache.verify("kg_live_x", Instant::now(), None);
         assert!(
             std::mem::size_of_val(&lookup) < 4096,
             "the verify future takes {} bytes",
@@ -1228,7 +1284,12 @@ mod tests {
         }
 
         async fn proves(&self, credential: &str) -> Result<bool> {
-            Ok(self.cache.verify(credential, None).await?.key.is_some())
+            Ok(self
+                .cache
+                .verify(credential, Instant::now(), None)
+                .await?
+                .key
+                .is_some())
         }
     }
 
@@ -1284,12 +1345,16 @@ mod tests {
         let other_replica = f.replica().await;
 
         // Garbage of the same shape is refused without a lookup.
-        let wrong = f.cache.verify(&legacy_key(), None).await.unwrap();
+        let wrong = f
+            .cache
+            .verify(&legacy_key(), Instant::now(), None)
+            .await
+            .unwrap();
         assert!(wrong.key.is_none());
         assert_eq!(wrong.outcome, CacheOutcome::Malformed);
 
         let before = f.hasher.verifications();
-        let first = f.cache.verify(&text, None).await.unwrap();
+        let first = f.cache.verify(&text, Instant::now(), None).await.unwrap();
         assert_eq!(first.outcome, CacheOutcome::Miss);
         assert_eq!(first.key.unwrap().key.id(), "dddddddddddd");
         assert_eq!(f.hasher.verifications(), before, "the digest proved it");
@@ -1308,26 +1373,39 @@ mod tests {
             "only the secret changed"
         );
 
-        let warm = f.cache.verify(&text, None).await.unwrap();
+        let warm = f.cache.verify(&text, Instant::now(), None).await.unwrap();
         assert_eq!(warm.outcome, CacheOutcome::L1Hit);
         // A replica that knew only the foreign digest finds the key by its lookup digest.
-        let elsewhere = other_replica.verify(&text, None).await.unwrap();
+        let elsewhere = other_replica
+            .verify(&text, Instant::now(), None)
+            .await
+            .unwrap();
         assert_eq!(elsewhere.key.unwrap().key.id(), "dddddddddddd");
         // After a restart the key is an ordinary imported one, and garbage is still refused
         // without a lookup.
         let restarted = f.replica().await;
         let before = f.hasher.verifications();
-        assert!(restarted.verify(&text, None).await.unwrap().key.is_some());
+        assert!(
+            restarted
+                .verify(&text, Instant::now(), None)
+                .await
+                .unwrap()
+                .key
+                .is_some()
+        );
         assert_eq!(
             f.hasher.verifications(),
             before + 1,
             "its argon2id hash decided"
         );
-        let garbage = restarted.verify(&legacy_key(), None).await.unwrap();
+        let garbage = restarted
+            .verify(&legacy_key(), Instant::now(), None)
+            .await
+            .unwrap();
         assert_eq!(garbage.outcome, CacheOutcome::Malformed);
         assert_eq!(
             restarted
-                .verify(&format!("{text}x"), None)
+                .verify(&format!("{text}x"), Instant::now(), None)
                 .await
                 .unwrap()
                 .outcome,
@@ -1352,7 +1430,7 @@ mod tests {
             .await
             .unwrap();
         f.cache.invalidate_key(&pending.id);
-        let found = f.cache.verify(&text, None).await.unwrap();
+        let found = f.cache.verify(&text, Instant::now(), None).await.unwrap();
         assert_eq!(found.key.unwrap().key.state, KeyState::Revoked);
         assert_eq!(
             f.store.get_key("rrrrrrrrrrrr").await.unwrap(),
@@ -1366,7 +1444,7 @@ mod tests {
         // In the kg_live format, with an id no stored key has.
         let text = default_profile().issue("eeeeeeeeeeee").text().to_owned();
         f.import_digest("ffffffffffff", &text).await;
-        let found = f.cache.verify(&text, None).await.unwrap();
+        let found = f.cache.verify(&text, Instant::now(), None).await.unwrap();
         assert_eq!(found.key.unwrap().key.id(), "ffffffffffff");
         let upgraded = f.store.get_key("ffffffffffff").await.unwrap().unwrap();
         assert_eq!(upgraded.foreign_digest, None);
@@ -1401,7 +1479,13 @@ mod tests {
     async fn a_key_s_standing_is_reused_until_anything_is_invalidated() {
         let f = fixture().await;
         let secret = f.key("aaaaaaaaaaaa", true).await;
-        let key = f.cache.verify(&secret, None).await.unwrap().key.unwrap();
+        let key = f
+            .cache
+            .verify(&secret, Instant::now(), None)
+            .await
+            .unwrap()
+            .key
+            .unwrap();
         let lookups = AtomicU64::new(0);
         let standing = || async {
             lookups.fetch_add(1, Ordering::SeqCst);
@@ -1411,8 +1495,16 @@ mod tests {
                 plan_config: None,
             })
         };
-        let first = f.cache.standing(&key, standing).await.unwrap();
-        let again = f.cache.standing(&key, standing).await.unwrap();
+        let first = f
+            .cache
+            .standing(&key, Instant::now(), standing)
+            .await
+            .unwrap();
+        let again = f
+            .cache
+            .standing(&key, Instant::now(), standing)
+            .await
+            .unwrap();
         assert!(Arc::ptr_eq(&first, &again), "nothing changed: reused");
         assert_eq!(lookups.load(Ordering::SeqCst), 1);
 
@@ -1425,7 +1517,11 @@ mod tests {
         ] {
             let before = lookups.load(Ordering::SeqCst);
             invalidate(&f.cache);
-            let found = f.cache.standing(&key, standing).await.unwrap();
+            let found = f
+                .cache
+                .standing(&key, Instant::now(), standing)
+                .await
+                .unwrap();
             assert_eq!(
                 lookups.load(Ordering::SeqCst),
                 before + 1,
@@ -1490,6 +1586,32 @@ mod tests {
             f.hasher.verifications(),
             before + 2,
             "cleared: verified again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recent_entry_answers_for_its_own_credential_within_the_ttl_only() {
+        let f = fixture().await;
+        let secret = f.key("eeeeeeeeeeee", true).await;
+        let other = f.key("ffffffffffff", true).await;
+        let now = Instant::now();
+        let entry = f.cache.verify(&secret, now, None).await.unwrap();
+        let entry = entry.key.unwrap();
+        let digest = f.pepper.digest(secret.as_bytes());
+        let kept = f.cache.recent.get(digest.spread(), |_| true).unwrap();
+        assert!(Arc::ptr_eq(&kept, &entry), "kept in its digest's slot");
+
+        // Another credential falling in the same slot is not answered by it.
+        f.cache
+            .recent
+            .put(f.pepper.digest(other.as_bytes()).spread(), entry.clone());
+        let found = f.cache.verify(&other, now, None).await.unwrap();
+        assert_eq!(found.key.unwrap().key.id(), "ffffffffffff");
+
+        assert!(f.cache.is_current(&entry, now));
+        assert!(
+            !f.cache.is_current(&entry, entry.expires),
+            "past the ttl the entry no longer answers"
         );
     }
 

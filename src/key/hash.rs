@@ -500,6 +500,12 @@ impl fmt::Debug for Digest {
 }
 
 impl Digest {
+    /// Eight of the digest's bytes as a number, uniform as the digest is: where it falls
+    /// among slots.
+    pub fn spread(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().expect("eight bytes"))
+    }
+
     /// Lower-case hex, for storage keys.
     pub fn to_hex(&self) -> String {
         hex(&self.0)

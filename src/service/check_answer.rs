@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use hashbrown::DefaultHashBuilder;
 
@@ -17,12 +17,9 @@ use prost::encoding::{self, DecodeContext, WireType};
 use super::check_wire::{CheckResponse, HeaderValueOption, RpcStatus};
 use crate::authz::decision::Identity;
 use crate::ratelimit::{RateLimitConfig, RateOutcome};
+use crate::slots::Slots;
 
-/// Slots for kept allow answers. A key's answer is kept in the slot its id hashes to, the
-/// latest key to need that slot replacing the one before: a bound on the memory they take
-/// (about half a kilobyte each, 8 MiB at most) and a lookup of one hash and one
-/// uncontended lock, where a cache with an eviction policy costs a clock read and a
-/// bookkeeping message per lookup.
+/// Slots for kept allow answers ([`Slots`]): about half a kilobyte each, 8 MiB at most.
 const ANSWER_SLOTS: usize = 16_384;
 
 /// What Check answers: a message built for this request, or an allow made of a key's
@@ -143,7 +140,7 @@ impl AllowParts {
 
 /// The allow parts of the keys Check answered lately, each in its key id's slot.
 pub struct AllowAnswers {
-    slots: Box<[Mutex<Option<Arc<AllowParts>>>]>,
+    slots: Slots<AllowParts>,
     /// Key ids are keygate's own, not a client's: a fast hash, seeded at random.
     hasher: DefaultHashBuilder,
 }
@@ -151,7 +148,7 @@ pub struct AllowAnswers {
 impl Default for AllowAnswers {
     fn default() -> Self {
         AllowAnswers {
-            slots: (0..ANSWER_SLOTS).map(|_| Mutex::new(None)).collect(),
+            slots: Slots::new(ANSWER_SLOTS),
             hasher: DefaultHashBuilder::default(),
         }
     }
@@ -165,15 +162,12 @@ impl AllowAnswers {
         identity: &Identity,
         build: impl FnOnce() -> CheckResponse,
     ) -> Arc<AllowParts> {
-        let slot = &self.slots[self.hasher.hash_one(identity.key_id()) as usize % ANSWER_SLOTS];
-        let kept = slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(parts) = kept
-            && parts.made_for(identity)
-        {
+        let hash = self.hasher.hash_one(identity.key_id());
+        if let Some(parts) = self.slots.get(hash, |parts| parts.made_for(identity)) {
             return parts;
         }
         let parts = Arc::new(AllowParts::of(identity, &build()));
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(parts.clone());
+        self.slots.put(hash, parts.clone());
         parts
     }
 }
