@@ -20,11 +20,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::codegen::BoxFuture;
 
@@ -61,8 +61,13 @@ impl Default for AdmissionConfig {
 
 /// The tower layer applying [`AdmissionConfig`]; shared by every connection of a listener.
 #[derive(Clone)]
-pub struct AdmissionLayer {
-    permits: Arc<Semaphore>,
+pub struct AdmissionLayer(Arc<Limits>);
+
+/// The limits, and the calls in flight they bound.
+struct Limits {
+    /// Calls admitted and not yet answered. A call over the limit is refused, never made
+    /// to wait for a place, so a count serves where a semaphore would queue.
+    in_flight: AtomicUsize,
     limit: usize,
     timeout: Duration,
     max_wait: Duration,
@@ -72,13 +77,13 @@ pub struct AdmissionLayer {
 impl AdmissionLayer {
     /// Admits calls as `config` says, counting refusals in `metrics`.
     pub fn new(config: &AdmissionConfig, metrics: Arc<Metrics>) -> Self {
-        AdmissionLayer {
-            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+        AdmissionLayer(Arc::new(Limits {
+            in_flight: AtomicUsize::new(0),
             limit: config.max_in_flight,
             timeout: config.timeout,
             max_wait: config.max_wait,
             metrics,
-        }
+        }))
     }
 }
 
@@ -142,22 +147,25 @@ impl AdmissionLayer {
     /// call is handed over, not when its future first runs: the time in between is the
     /// wait `max_wait` bounds.
     pub fn enter(&self) -> Result<Admitted, Refused> {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Admitted {
-                permit,
-                received: Instant::now(),
-                layer: self.clone(),
-            }),
-            Err(_) => Err(self.refuse(
+        let limits = &self.0;
+        if limits.in_flight.fetch_add(1, Ordering::Relaxed) >= limits.limit {
+            limits.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err(limits.refuse(
                 "in_flight",
                 format!(
                     "keygate is deciding its limit of {} calls already; retry",
-                    self.limit
+                    limits.limit
                 ),
-            )),
+            ));
         }
+        Ok(Admitted {
+            received: Instant::now(),
+            limits: limits.clone(),
+        })
     }
+}
 
+impl Limits {
     /// A refusal for `reason`, counted.
     fn refuse(&self, reason: &'static str, message: String) -> Refused {
         self.metrics.overloaded(reason);
@@ -165,25 +173,26 @@ impl AdmissionLayer {
     }
 }
 
-/// A call holding a place among the calls in flight until it is answered.
+/// A call holding a place among the calls in flight until it is answered (dropped).
 pub struct Admitted {
-    permit: OwnedSemaphorePermit,
     received: Instant,
-    layer: AdmissionLayer,
+    limits: Arc<Limits>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.limits.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Admitted {
     /// Runs `call`, unless it waited longer than `max_wait` to start, for at most `timeout`;
     /// otherwise the refusal, counted.
     pub async fn run<T>(self, call: impl Future<Output = T>) -> Result<T, Refused> {
-        let Admitted {
-            permit: _permit,
-            received,
-            layer,
-        } = self;
+        let layer = &self.limits;
         // One clock reading serves the wait and the deadline.
         let started = Instant::now();
-        let waited = started.saturating_duration_since(received);
+        let waited = started.saturating_duration_since(self.received);
         if waited > layer.max_wait {
             return Err(layer.refuse(
                 "wait",
