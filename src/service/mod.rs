@@ -131,7 +131,10 @@ fn new_request_id() -> String {
 /// When the caller stops waiting, from the `grpc-timeout` it sent (gRPC over HTTP/2: up to
 /// 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`); `None` without a valid one.
 pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    // A name made once, not parsed from text at every call.
+    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    let headers: &http::HeaderMap = metadata.as_ref();
+    let text = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     Some(Instant::now() + grpc_timeout(text)?)
 }
 
