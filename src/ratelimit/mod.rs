@@ -436,38 +436,33 @@ impl RateOutcome {
     pub fn each_header(
         &self,
         config: &RateLimitConfig,
-        mut header: impl FnMut(&str, fmt::Arguments<'_>),
+        mut header: impl FnMut(&str, HeaderValue<'_>),
     ) {
+        use HeaderValue::{Count, Seconds};
         let reset_of = |at: UnixMillis| match config.reset {
             ResetFormat::Epoch => ceil_secs(at),
             ResetFormat::Delta => ceil_secs((at - self.now).max(0)),
         };
         if let Some(quota) = self.tightest_quota() {
             let names = &config.quota_headers;
-            header(&names.limit, format_args!("{}", quota.limit));
-            header(&names.remaining, format_args!("{}", quota.remaining()));
-            header(&names.reset, format_args!("{}", reset_of(quota.reset_at)));
+            header(&names.limit, Count(quota.limit));
+            header(&names.remaining, Count(quota.remaining()));
+            header(&names.reset, Seconds(reset_of(quota.reset_at)));
         }
         if let Some(credits) = &self.credits {
             let name = &config.quota_headers.credits;
-            header(name, format_args!("{}", credits.remaining));
+            header(name, Count(credits.remaining));
         }
         if let Some(retry) = self.retry_after_secs() {
-            header("retry-after", format_args!("{retry}"));
+            header("retry-after", Count(retry));
         }
         let Some(window) = self.tightest() else {
             return;
         };
         let reset_secs = ceil_secs((window.reset_at - self.now).max(0));
-        header("x-ratelimit-limit", format_args!("{}", window.limit));
-        header(
-            "x-ratelimit-remaining",
-            format_args!("{}", window.remaining),
-        );
-        header(
-            "x-ratelimit-reset",
-            format_args!("{}", reset_of(window.reset_at)),
-        );
+        header("x-ratelimit-limit", Count(window.limit));
+        header("x-ratelimit-remaining", Count(window.remaining));
+        header("x-ratelimit-reset", Seconds(reset_of(window.reset_at)));
         if config.ietf_headers {
             let name =
                 |w: &WindowState| format!("\"{}-per-{}s\"", w.limit, w.period_ms.div_ceil(1000));
@@ -477,12 +472,39 @@ impl RateOutcome {
                 .map(|w| format!("{};q={};w={}", name(w), w.limit, w.period_ms.div_ceil(1000)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            header("ratelimit-policy", format_args!("{policy}"));
+            header(
+                "ratelimit-policy",
+                HeaderValue::Text(format_args!("{policy}")),
+            );
             let tightest = name(window);
             header(
                 "ratelimit",
-                format_args!("{tightest};r={};t={reset_secs}", window.remaining),
+                HeaderValue::Text(format_args!(
+                    "{tightest};r={};t={reset_secs}",
+                    window.remaining
+                )),
             );
+        }
+    }
+}
+
+/// A rate-limit header's value: a number, or text put together from parts.
+#[derive(Debug, Clone, Copy)]
+pub enum HeaderValue<'a> {
+    /// A count: a limit, what remains of it, seconds to wait.
+    Count(u64),
+    /// A time in seconds: until a reset, or since the epoch.
+    Seconds(i64),
+    /// Text.
+    Text(fmt::Arguments<'a>),
+}
+
+impl fmt::Display for HeaderValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderValue::Count(n) => write!(f, "{n}"),
+            HeaderValue::Seconds(n) => write!(f, "{n}"),
+            HeaderValue::Text(text) => f.write_fmt(*text),
         }
     }
 }

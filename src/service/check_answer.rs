@@ -16,7 +16,7 @@ use prost::encoding::{self, DecodeContext, WireType};
 
 use super::check_wire::{CheckResponse, HeaderValueOption, RpcStatus};
 use crate::authz::decision::Identity;
-use crate::ratelimit::{RateLimitConfig, RateOutcome};
+use crate::ratelimit::{HeaderValue, RateLimitConfig, RateOutcome};
 use crate::slots::Slots;
 
 /// Slots for kept allow answers ([`Slots`]): about half a kilobyte each, 8 MiB at most.
@@ -54,11 +54,16 @@ impl ClientHeaders {
         if let Some(rate) = rate {
             // Room for the usual three headers, and for a value, at once.
             headers.0.reserve(192);
-            let mut value = String::with_capacity(32);
-            rate.each_header(config, |name, text| {
-                value.clear();
-                let _ = value.write_fmt(text);
-                headers.overwrite(name, &value);
+            let mut number = itoa::Buffer::new();
+            let mut text = String::new();
+            rate.each_header(config, |name, value| match value {
+                HeaderValue::Count(n) => headers.overwrite(name, number.format(n)),
+                HeaderValue::Seconds(n) => headers.overwrite(name, number.format(n)),
+                HeaderValue::Text(parts) => {
+                    text.clear();
+                    let _ = text.write_fmt(parts);
+                    headers.overwrite(name, &text);
+                }
             });
         }
         headers
