@@ -15,6 +15,10 @@
 //!   moka's TinyLFU keeps the keys in use), or after `ttl`, a long maximum (24 h by
 //!   default) that only bounds staleness should an invalidation be missed. No key is
 //!   re-hashed on a short timer.
+//! * **Recent slots** ([`Slots`]): the verified entries decisions found last, one per slot
+//!   chosen by the digest, checked for it, for `ttl` and for staleness like a cached entry.
+//!   A warm key is found there first, without the cache's clock read and bookkeeping; one
+//!   hit in 32 still reads the cache, so that its eviction policy sees the keys in use.
 //! * **Rejections**, keyed the same way, for credentials that proved no key (unknown id,
 //!   wrong secret): a flood of the same bad key costs one store read per rejection TTL.
 //! * **Owners**, keyed by owner id, and **plans**, keyed by name: read by every decision,
