@@ -33,16 +33,18 @@
 //! Windows that end after that are exact again; a window that overlaps the outage may hold,
 //! on top of what Redis admitted, each replica's share.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hashbrown::{DefaultHashBuilder, HashMap};
 use tokio::sync::oneshot;
 
 use redis::Script;
 
 use crate::redis::{RedisClient, RedisConfig, scripts};
+use crate::slots::Slots;
 use tracing::Instrument;
 use tracing::{info, warn};
 
@@ -90,9 +92,12 @@ struct Shared {
     replaying: AtomicBool,
     /// Each subject's calls in flight and the decisions waiting for the next, by the
     /// subject's [`batch_name`].
-    batches: Mutex<HashMap<String, Batch>>,
-    /// The latest refusal for each subject, by the subject's [`batch_name`].
-    refusals: moka::sync::Cache<String, Arc<Refusal>>,
+    batches: Mutex<HashMap<String, Batch, DefaultHashBuilder>>,
+    /// The latest refusal of the subjects refused lately, in the slot of the subject's
+    /// [`batch_name`].
+    refusals: Slots<Refusal>,
+    /// Hashes batch names, which are keygate's ids and limits, never a client's text.
+    hasher: DefaultHashBuilder,
     stats: RedisLimiterStats,
 }
 
@@ -118,11 +123,14 @@ struct Batch {
     waiting: Vec<Waiting>,
 }
 
-/// Most subjects whose latest refusal is remembered; the least used are forgotten first.
-const REMEMBERED_REFUSALS: u64 = 100_000;
+/// Slots for remembered refusals ([`Slots`]): a subject's is kept until it expires or
+/// another subject's needs its slot.
+const REFUSAL_SLOTS: usize = 16_384;
 
 /// A refusal Redis gave: requests of `cost` or more cannot fit before `until`.
 struct Refusal {
+    /// The refused subject's [`batch_name`].
+    batch: String,
     cost: u64,
     until: tokio::time::Instant,
     asked: tokio::time::Instant,
@@ -248,10 +256,9 @@ impl RedisLimiter {
                 down_until: AtomicI64::new(0),
                 replay_pending: AtomicBool::new(false),
                 replaying: AtomicBool::new(false),
-                batches: Mutex::new(HashMap::new()),
-                refusals: moka::sync::Cache::builder()
-                    .max_capacity(REMEMBERED_REFUSALS)
-                    .build(),
+                batches: Mutex::new(HashMap::default()),
+                refusals: Slots::new(REFUSAL_SLOTS),
+                hasher: DefaultHashBuilder::default(),
                 stats: RedisLimiterStats::default(),
             }),
         }
@@ -395,7 +402,8 @@ impl Shared {
     ) -> Result<RateOutcome, String> {
         let limits = limits(checks.windows, 1);
         let batch = batch_name(subject, checks, &limits);
-        if let Some(refusal) = self.refusals.get(&batch) {
+        let slot = self.hasher.hash_one(&batch);
+        if let Some(refusal) = self.refusals.get(slot, |refusal| refusal.batch == batch) {
             let now = tokio::time::Instant::now();
             if cost >= refusal.cost && now < refusal.until {
                 self.stats
@@ -507,9 +515,10 @@ impl Shared {
         let Some(wait) = outcome.retry_after_ms() else {
             return;
         };
-        self.refusals.insert(
-            batch.to_owned(),
+        self.refusals.put(
+            self.hasher.hash_one(batch),
             Arc::new(Refusal {
+                batch: batch.to_owned(),
                 cost,
                 until: asked + Duration::from_millis(wait),
                 asked,
