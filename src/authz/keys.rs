@@ -152,6 +152,9 @@ pub struct CachedKey {
     /// The credential's digest, which the entry is found by.
     digest: Digest,
     epoch: u64,
+    /// The latest epoch at which no invalidation of the key since `epoch` was found: until
+    /// the epoch moves past it, the entry is current without a look at the markers.
+    current_at: AtomicU64,
     /// When the entry stops being trusted without looking at the store again (`ttl`).
     expires: Instant,
     /// The key's standing as last found, reused while it holds ([`KeyCache::standing`]).
@@ -178,6 +181,7 @@ impl CachedKey {
             matched: MatchedSecret::Current,
             digest: Digest([0; 32]),
             epoch: 0,
+            current_at: AtomicU64::new(0),
             expires: Instant::now() + Duration::from_secs(3600),
             standing: RwLock::new(None),
         }
@@ -413,6 +417,9 @@ pub struct KeyCache {
     plans: Records<PlanConfig>,
     invalidated: moka::sync::Cache<String, u64>,
     epoch: AtomicU64,
+    /// Held while the epoch moves ([`KeyCache::mark`], [`KeyCache::clear`]): one change at a
+    /// time, each marker in place before the epoch says it may exist.
+    marking: Mutex<()>,
     /// Entries loaded before this epoch are stale: raised by [`KeyCache::clear`] and when an
     /// invalidation marker is pushed out for room.
     floor: Arc<AtomicU64>,
@@ -567,6 +574,7 @@ impl KeyCache {
                 })
                 .build(),
             epoch: AtomicU64::new(0),
+            marking: Mutex::new(()),
             floor,
             unchecked_turns: Mutex::new(HashMap::new()),
             imported: RwLock::new(HashSet::new()),
@@ -693,6 +701,7 @@ impl KeyCache {
                 matched,
                 digest: *digest,
                 epoch,
+                current_at: AtomicU64::new(epoch),
                 expires: Instant::now() + self.ttl,
                 standing: RwLock::new(None),
             })
@@ -1094,23 +1103,49 @@ impl KeyCache {
     /// Forgets every verified entry, owner and plan, e.g. after losing invalidation
     /// messages.
     pub fn clear(&self) {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.floor.fetch_max(epoch, Ordering::SeqCst);
+        {
+            let _one_at_a_time = self.marking.lock().unwrap_or_else(PoisonError::into_inner);
+            let epoch = self.epoch.load(Ordering::SeqCst) + 1;
+            self.floor.fetch_max(epoch, Ordering::SeqCst);
+            self.epoch.store(epoch, Ordering::SeqCst);
+        }
         self.verified.invalidate_all();
         self.recent.clear();
         self.owners.invalidate_all();
         self.plans.invalidate_all();
     }
 
+    /// Notes an invalidation of `id` at the next epoch. The marker is in place before the
+    /// epoch moves, so whoever reads the new epoch finds it ([`KeyCache::is_current`]
+    /// relies on that).
     fn mark(&self, id: String) {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let _one_at_a_time = self.marking.lock().unwrap_or_else(PoisonError::into_inner);
+        let epoch = self.epoch.load(Ordering::SeqCst) + 1;
         self.invalidated.insert(id, epoch);
+        self.epoch.store(epoch, Ordering::SeqCst);
     }
 
     /// Whether `entry` may answer at `now`: not past its `ttl`, nor loaded before an
-    /// invalidation of its key.
+    /// invalidation of its key. Once found current at an epoch, it is not looked up among
+    /// the markers again until the epoch moves: after a change to anything else, a warm
+    /// key pays one marker lookup, not one per Check.
     fn is_current(&self, entry: &CachedKey, now: Instant) -> bool {
-        now < entry.expires && !self.is_stale(entry.key.id(), entry.epoch)
+        if now >= entry.expires {
+            return false;
+        }
+        // Read before the markers: every marker of an epoch up to this one is in place.
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if entry.epoch < self.floor.load(Ordering::SeqCst) {
+            return false;
+        }
+        if entry.current_at.load(Ordering::SeqCst) >= epoch {
+            return true;
+        }
+        if self.is_stale(entry.key.id(), entry.epoch) {
+            return false;
+        }
+        entry.current_at.fetch_max(epoch, Ordering::SeqCst);
+        true
     }
 
     /// Reads `digest`'s entry in the cache once in [`TOUCH_EVERY`] hits of the recent
@@ -1577,7 +1612,24 @@ mod tests {
             assert!(f.proves(&secret).await.unwrap());
         }
         assert_eq!(f.hasher.verifications(), before, "warm: no argon2");
+
+        // A change to another key leaves it warm, found current at the new epoch once and
+        // not looked up among the markers again until the epoch moves.
+        f.cache.invalidate_key("hhhhhhhhhhhh");
+        assert!(f.proves(&secret).await.unwrap());
+        assert_eq!(f.hasher.verifications(), before, "another key's change");
+        let slot = f.pepper.digest(secret.as_bytes()).spread();
+        let entry = f.cache.recent.get(slot, |_| true).unwrap();
+        assert_eq!(
+            entry.current_at.load(Ordering::SeqCst),
+            f.cache.epoch.load(Ordering::SeqCst)
+        );
+
         f.cache.invalidate_key("dddddddddddd");
+        assert!(
+            !f.cache.is_current(&entry, Instant::now()),
+            "its own change"
+        );
         assert!(f.proves(&secret).await.unwrap());
         assert_eq!(
             f.hasher.verifications(),
@@ -1585,6 +1637,10 @@ mod tests {
             "changed: verified again"
         );
         f.cache.clear();
+        assert!(
+            f.cache.recent.get(slot, |_| true).is_none(),
+            "cleared slots"
+        );
         assert!(f.proves(&secret).await.unwrap());
         assert_eq!(
             f.hasher.verifications(),
