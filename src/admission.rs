@@ -189,12 +189,12 @@ impl Admitted {
     /// Runs `call`, unless it waited longer than `max_wait` to start, for at most `timeout`;
     /// otherwise the refusal, counted.
     pub async fn run<T>(self, call: impl Future<Output = T>) -> Result<T, Refused> {
-        let layer = &self.limits;
+        let limits = &self.limits;
         // One clock reading serves the wait and the deadline.
         let started = Instant::now();
         let waited = started.saturating_duration_since(self.received);
-        if waited > layer.max_wait {
-            return Err(layer.refuse(
+        if waited > limits.max_wait {
+            return Err(limits.refuse(
                 "wait",
                 format!(
                     "keygate is overloaded: the call waited {} for a CPU; retry",
@@ -202,14 +202,14 @@ impl Admitted {
                 ),
             ));
         }
-        tokio::time::timeout_at(started + layer.timeout, call)
+        tokio::time::timeout_at(started + limits.timeout, call)
             .await
             .map_err(|_| {
-                layer.refuse(
+                limits.refuse(
                     "timeout",
                     format!(
                         "keygate could not decide within {}",
-                        humantime::format_duration(layer.timeout)
+                        humantime::format_duration(limits.timeout)
                     ),
                 )
             })
