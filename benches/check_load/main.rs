@@ -28,8 +28,9 @@
 //! The direct scenarios use a closed loop of 4 HTTP/2 connections x 16 calls in flight,
 //! from `h2load`, the same Check (with a key of the same length) to every server.
 //! Each run prints throughput, p50/p99 and the server's CPU time per call (user + system,
-//! from `/proc/<pid>/stat`); at the end a table gives the median of each over the rounds
-//! and the ratio to the no-op baseline measured in the same round. On a shared machine
+//! from `/proc/<pid>/stat`), and the proxy's when one is in front; at the end a table gives
+//! the median of each over the rounds and the ratio to the no-op baseline measured in the
+//! same round. On a shared machine
 //! absolute figures move by a quarter between runs: the ratios are the result.
 //!
 //! `scripts/bench` runs it as intended (release build, server and Envoy pinned to CPU 0,
@@ -195,6 +196,9 @@ struct Measured {
     /// Server CPU per request, in microseconds (keygate or the no-op server; Envoy's is
     /// not counted).
     cpu_us: f64,
+    /// The proxy's (Envoy's or nginx's) CPU per request, in microseconds, when one is in
+    /// front.
+    proxy_cpu_us: Option<f64>,
 }
 
 impl Measured {
@@ -206,6 +210,7 @@ impl Measured {
             p50: percentile(allowed, 0.50),
             p99: percentile(allowed, 0.99),
             cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
+            proxy_cpu_us: None,
         }
         .printed()
     }
@@ -581,12 +586,12 @@ fn through_envoy(server: &Running, key: &str, load: EnvoyLoad, dir: &std::path::
         load.connections,
         load.max_requests
     );
-    let measured = Measured::of(&allowed, elapsed, cpu, total);
-    println!(
-        "check_load: Envoy CPU per request {:.1} µs",
-        envoy_cpu.as_secs_f64() * 1e6 / total as f64
-    );
-    measured
+    let envoy_cpu_us = envoy_cpu.as_secs_f64() * 1e6 / total as f64;
+    println!("check_load: Envoy CPU per request {envoy_cpu_us:.1} µs");
+    Measured {
+        proxy_cpu_us: Some(envoy_cpu_us),
+        ..Measured::of(&allowed, elapsed, cpu, total)
+    }
 }
 
 /// Runs `wrk` (one thread, `connections` connections) against `url` for `duration`, each
@@ -635,16 +640,17 @@ fn through_nginx(server: &Running, key: &str, auth: bool) -> Measured {
         .and_then(|line| line.split_whitespace().next())
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    let nginx_cpu_us = nginx_cpu.as_secs_f64() * 1e6 / requests;
     let measured = Measured {
         throughput: field("Requests/sec:").parse().unwrap(),
         p50: wrk_duration(&field("50%")),
         p99: wrk_duration(&field("99%")),
         cpu_us: cpu.as_secs_f64() * 1e6 / requests,
+        proxy_cpu_us: Some(nginx_cpu_us),
     }
     .printed();
     println!(
-        "check_load: nginx CPU per request {:.1} µs ({WRK_CONNECTIONS} connections, auth_request {})",
-        nginx_cpu.as_secs_f64() * 1e6 / requests,
+        "check_load: nginx CPU per request {nginx_cpu_us:.1} µs ({WRK_CONNECTIONS} connections, auth_request {})",
         if auth { "on" } else { "off" }
     );
     measured
@@ -678,9 +684,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// ratios to each scenario's baseline.
 fn summarize(chosen: &[&Scenario], results: &[Vec<Option<Measured>>]) {
     println!(
-        "check_load: | scenario | requests/s | vs baseline | p50 | p99 | p99 vs baseline | server CPU/request |"
+        "check_load: | scenario | requests/s | vs baseline | p50 | p99 | p99 vs baseline | server CPU/request | proxy CPU/request |"
     );
-    println!("check_load: | --- | --- | --- | --- | --- | --- | --- |");
+    println!("check_load: | --- | --- | --- | --- | --- | --- | --- | --- |");
     let column = |i: usize, f: &dyn Fn(&Measured) -> f64| {
         median(
             results
@@ -703,8 +709,17 @@ fn summarize(chosen: &[&Scenario], results: &[Vec<Option<Measured>>]) {
             ),
             None => "-".to_owned(),
         };
+        let proxy = results
+            .iter()
+            .filter_map(|r| r[i].as_ref()?.proxy_cpu_us)
+            .collect::<Vec<_>>();
+        let proxy = if proxy.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.1} µs", median(proxy))
+        };
         println!(
-            "check_load: | {} | {:.0} | {} | {:.2} ms | {:.2} ms | {} | {:.1} µs |",
+            "check_load: | {} | {:.0} | {} | {:.2} ms | {:.2} ms | {} | {:.1} µs | {proxy} |",
             scenario.name,
             column(i, &|m| m.throughput),
             ratio(&|m| m.throughput),
