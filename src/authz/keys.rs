@@ -902,7 +902,7 @@ impl KeyCache {
             .hasher
             .hash_by(credential, deadline)
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .map_err(|e| hash_failed(&key.id, e))?;
         let check = self.pepper.secret_check(credential);
         let lookup = digest.to_hex();
         let foreign = key.foreign_digest.clone();
