@@ -41,7 +41,11 @@
 //! `KEYGATE_BENCH_SERVER_CPU_SHARE` (e.g. `0.25`: that share of one CPU, through a cgroup,
 //! so that the generator can overload the server); `KEYGATE_BENCH_OVERLOAD_RATE` (calls per
 //! second when the overload scenario runs without the one before it, 40,000 unless set);
-//! and the bench's own `KEYGATE_ADMISSION__*` variables are passed to keygate. Bounded:
+//! `KEYGATE_BENCH_PAIRED` (Envoy scenarios only: each round runs them all at the same time,
+//! each server behind its own Envoy and `wrk`, all on the same CPUs, so that the machine's
+//! other work in those seconds slows each alike; steadier ratios than alternating rounds,
+//! from a busier core); and the bench's own `KEYGATE_ADMISSION__*` variables are passed to
+//! keygate. Bounded:
 //! 60,000 calls or a minute per closed-loop run, 5 s per open-loop or `wrk` run.
 
 mod load;
@@ -203,7 +207,7 @@ struct Measured {
 
 impl Measured {
     /// The figures of a run that took `elapsed` and `cpu` of the server's time for
-    /// `requests` requests, of which those allowed took `allowed` (sorted); printed.
+    /// `requests` requests, of which those allowed took `allowed` (sorted).
     fn of(allowed: &[Duration], elapsed: Duration, cpu: Duration, requests: usize) -> Measured {
         Measured {
             throughput: allowed.len() as f64 / elapsed.as_secs_f64(),
@@ -212,7 +216,6 @@ impl Measured {
             cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
             proxy_cpu_us: None,
         }
-        .printed()
     }
 
     /// These figures, after printing them.
@@ -222,6 +225,9 @@ impl Measured {
             "check_load: throughput {:.0} requests/s  p50 {:?}  p99 {:?}  server CPU per request {:.1} µs",
             m.throughput, m.p50, m.p99, m.cpu_us
         );
+        if let Some(proxy) = m.proxy_cpu_us {
+            println!("check_load: proxy CPU per request {proxy:.1} µs");
+        }
         m
     }
 }
@@ -369,9 +375,19 @@ fn main() {
     let rounds: usize = std::env::var("KEYGATE_BENCH_ROUNDS")
         .map_or(1, |n| n.parse().expect("KEYGATE_BENCH_ROUNDS: a number"));
 
+    let paired = std::env::var_os("KEYGATE_BENCH_PAIRED").is_some();
+    assert!(
+        !paired || chosen.iter().all(|s| matches!(s.front, Front::Envoy(_))),
+        "KEYGATE_BENCH_PAIRED runs Envoy scenarios only"
+    );
+
     // results[round][scenario index]
     let mut results: Vec<Vec<Option<Measured>>> = Vec::new();
     for round in 1..=rounds {
+        if paired {
+            results.push(run_paired(round, &chosen));
+            continue;
+        }
         let mut measured = vec![None; chosen.len()];
         let mut capacity = None;
         for (i, scenario) in chosen.iter().enumerate() {
@@ -390,8 +406,15 @@ fn main() {
     drop(redis);
 }
 
-/// Runs one scenario once.
-fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
+/// A scenario's server, a key it allows, and a directory for the run's files.
+struct Started {
+    server: Running,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+/// Starts the server of `scenario` and makes a key it allows.
+fn start(scenario: &Scenario, runtime: &tokio::runtime::Runtime) -> Started {
     let dir = tempfile::tempdir().unwrap();
     let server = match &scenario.target {
         Target::Noop => servers::noop(),
@@ -400,7 +423,6 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
             servers::keygate(dir.path(), config, &env)
         }
     };
-    let runtime = servers::runtime();
     let key = runtime.block_on(async {
         match &server.management {
             Some(management) => servers::create_key(management).await,
@@ -411,6 +433,47 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
             }
         }
     });
+    Started { server, key, dir }
+}
+
+/// Runs the Envoy scenarios `chosen` once, all at the same time: each server behind an
+/// Envoy of its own, loaded by a `wrk` of its own, so that whatever else the machine does
+/// in those seconds slows every set-up alike.
+fn run_paired(round: usize, chosen: &[&Scenario]) -> Vec<Option<Measured>> {
+    let runtime = servers::runtime();
+    let started: Vec<Started> = chosen.iter().map(|s| start(s, &runtime)).collect();
+    let fronts: Vec<EnvoyFront> = chosen
+        .iter()
+        .zip(&started)
+        .map(|(scenario, started)| {
+            let Front::Envoy(load) = scenario.front else {
+                unreachable!("paired scenarios are Envoy scenarios")
+            };
+            EnvoyFront::start(&started.server, &started.key, load, started.dir.path())
+        })
+        .collect();
+    let measured: Vec<(Measured, String)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (fronts.iter())
+            .map(|front| scope.spawn(|| front.measure()))
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    (chosen.iter().zip(measured))
+        .map(|(scenario, (measured, report))| {
+            println!(
+                "check_load: --- round {round}: {} (paired) ---",
+                scenario.name
+            );
+            print!("{report}");
+            Some(measured.printed())
+        })
+        .collect()
+}
+
+/// Runs one scenario once.
+fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
+    let runtime = servers::runtime();
+    let Started { server, key, dir } = start(scenario, &runtime);
     match scenario.front {
         Front::Direct(kind) => {
             let load = match kind {
@@ -433,7 +496,12 @@ fn run(scenario: &Scenario, capacity: Option<f64>) -> Measured {
             };
             runtime.block_on(direct(&server, tls_ca, &key, load))
         }
-        Front::Envoy(load) => through_envoy(&server, &key, load, dir.path()),
+        Front::Envoy(load) => {
+            let front = EnvoyFront::start(&server, &key, load, dir.path());
+            let (measured, report) = front.measure();
+            print!("{report}");
+            measured.printed()
+        }
         Front::Nginx { auth } => through_nginx(&server, &key, auth),
     }
 }
@@ -512,7 +580,7 @@ async fn direct(
         "check_load: {} Checks allowed over {in_flight} in {elapsed:.2?}; {refused} refused UNAVAILABLE, {late} past the {CALL_DEADLINE:?} deadline, {dropped} lost with their connection",
         latencies.len(),
     );
-    let measured = Measured::of(&latencies, elapsed, cpu, sent);
+    let measured = Measured::of(&latencies, elapsed, cpu, sent).printed();
     // A generator near 100 % of its core limits the throughput as much as the server does.
     println!(
         "check_load: p99.9 {:?}  max {:?}  generator CPU per request {:.1} µs ({:.0} % of its time)",
@@ -530,67 +598,90 @@ async fn assert_allowed(server: &mut AuthorizationClient<tonic::transport::Chann
     assert_eq!(answer.status.unwrap().code, 0, "the key must be allowed");
 }
 
-/// HTTP requests through Envoy to `server`, from `wrk`. Latencies are Envoy's (its access
-/// log, millisecond resolution) for the allowed requests; under overload the requests
-/// Envoy refused (its circuit breaker or a failed Check: 403) are counted apart.
-fn through_envoy(server: &Running, key: &str, load: EnvoyLoad, dir: &std::path::Path) -> Measured {
-    let envoy = Envoy::start(
-        &tools::venv_tool("envoy"),
-        &server.data_plane,
-        load.max_requests,
-        dir,
-    );
-    let url = format!("http://{}/v1/sites?page=2", envoy.listen);
-    let wrk = |duration: &str| wrk(load.connections, duration, key, &url);
-    wrk("1s");
-    let logged = || std::fs::read_to_string(&envoy.access_log).unwrap_or_default();
-    let skip = logged().lines().count();
-    let cpu_before = cpu_time(server.pid());
-    let envoy_before = cpu_time(envoy.pid());
-    let started = Instant::now();
-    wrk(WRK_TIME);
-    let elapsed = started.elapsed();
-    let cpu = cpu_time(server.pid()) - cpu_before;
-    let envoy_cpu = cpu_time(envoy.pid()) - envoy_before;
-    // Envoy writes its access log in the background: wait until every request is in it.
-    let mut log = logged();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = logged();
-        if now.len() == log.len() {
-            break;
-        }
-        log = now;
-    }
-    let (mut allowed, mut refused, mut other) = (Vec::new(), 0usize, 0usize);
-    for line in log.lines().skip(skip) {
-        let (status, millis) = line.split_once(' ').expect("status and duration");
-        match status {
-            "200" => allowed.push(Duration::from_millis(millis.trim().parse().unwrap())),
-            "403" => refused += 1,
-            // Requests in flight when wrk stopped: the client went away.
-            "0" => {}
-            _ => other += 1,
+/// Envoy in front of a server, loaded by `wrk`: started and warmed up, ready to measure.
+struct EnvoyFront<'a> {
+    server: &'a Running,
+    key: &'a str,
+    load: EnvoyLoad,
+    envoy: Envoy,
+    url: String,
+}
+
+impl<'a> EnvoyFront<'a> {
+    /// Starts Envoy in front of `server` (its files in `dir`) and sends it a second of
+    /// `load` with `key`.
+    fn start(server: &'a Running, key: &'a str, load: EnvoyLoad, dir: &std::path::Path) -> Self {
+        let envoy = Envoy::start(
+            &tools::venv_tool("envoy"),
+            &server.data_plane,
+            load.max_requests,
+            dir,
+        );
+        let url = format!("http://{}/v1/sites?page=2", envoy.listen);
+        wrk(load.connections, "1s", key, &url);
+        EnvoyFront {
+            server,
+            key,
+            load,
+            envoy,
+            url,
         }
     }
-    let total = allowed.len() + refused + other;
-    assert!(
-        load.overload || (refused == 0 && other == 0),
-        "Envoy answered {refused} requests 403 and {other} otherwise, not 200"
-    );
-    allowed.sort();
-    println!(
-        "check_load: {} requests allowed, {refused} refused 403 by Envoy, {other} other, in {elapsed:.2?} ({} connections, breaker at {})",
-        allowed.len(),
-        load.connections,
-        load.max_requests
-    );
-    let envoy_cpu_us = envoy_cpu.as_secs_f64() * 1e6 / total as f64;
-    println!("check_load: Envoy CPU per request {envoy_cpu_us:.1} µs");
-    Measured {
-        proxy_cpu_us: Some(envoy_cpu_us),
-        ..Measured::of(&allowed, elapsed, cpu, total)
+
+    /// HTTP requests through Envoy to the server, from `wrk`, and what to print of them.
+    /// Latencies are Envoy's (its access log, millisecond resolution) for the allowed
+    /// requests; under overload the requests Envoy refused (its circuit breaker or a failed
+    /// Check: 403) are counted apart.
+    fn measure(&self) -> (Measured, String) {
+        let (envoy, load) = (&self.envoy, self.load);
+        let logged = || std::fs::read_to_string(&envoy.access_log).unwrap_or_default();
+        let skip = logged().lines().count();
+        let cpu_before = cpu_time(self.server.pid());
+        let envoy_before = cpu_time(envoy.pid());
+        let started = Instant::now();
+        wrk(load.connections, WRK_TIME, self.key, &self.url);
+        let elapsed = started.elapsed();
+        let cpu = cpu_time(self.server.pid()) - cpu_before;
+        let envoy_cpu = cpu_time(envoy.pid()) - envoy_before;
+        // Envoy writes its access log in the background: wait until every request is in it.
+        let mut log = logged();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = logged();
+            if now.len() == log.len() {
+                break;
+            }
+            log = now;
+        }
+        let (mut allowed, mut refused, mut other) = (Vec::new(), 0usize, 0usize);
+        for line in log.lines().skip(skip) {
+            let (status, millis) = line.split_once(' ').expect("status and duration");
+            match status {
+                "200" => allowed.push(Duration::from_millis(millis.trim().parse().unwrap())),
+                "403" => refused += 1,
+                // Requests in flight when wrk stopped: the client went away.
+                "0" => {}
+                _ => other += 1,
+            }
+        }
+        let total = allowed.len() + refused + other;
+        assert!(
+            load.overload || (refused == 0 && other == 0),
+            "Envoy answered {refused} requests 403 and {other} otherwise, not 200"
+        );
+        allowed.sort();
+        let report = format!(
+            "check_load: {} requests allowed, {refused} refused 403 by Envoy, {other} other, in {elapsed:.2?} ({} connections, breaker at {})\n",
+            allowed.len(),
+            load.connections,
+            load.max_requests
+        );
+        let measured = Measured {
+            proxy_cpu_us: Some(envoy_cpu.as_secs_f64() * 1e6 / total as f64),
+            ..Measured::of(&allowed, elapsed, cpu, total)
+        };
+        (measured, report)
     }
 }
 
@@ -650,7 +741,7 @@ fn through_nginx(server: &Running, key: &str, auth: bool) -> Measured {
     }
     .printed();
     println!(
-        "check_load: nginx CPU per request {nginx_cpu_us:.1} µs ({WRK_CONNECTIONS} connections, auth_request {})",
+        "check_load: nginx with {WRK_CONNECTIONS} connections, auth_request {}",
         if auth { "on" } else { "off" }
     );
     measured
