@@ -417,8 +417,8 @@ pub struct KeyCache {
     plans: Records<PlanConfig>,
     invalidated: moka::sync::Cache<String, u64>,
     epoch: AtomicU64,
-    /// Held while the epoch moves ([`KeyCache::mark`], [`KeyCache::clear`]): one change at a
-    /// time, each marker in place before the epoch says it may exist.
+    /// Held while the epoch moves ([`KeyCache::advance_epoch`]): one change at a time, each
+    /// marker in place before the epoch says it may exist.
     marking: Mutex<()>,
     /// Entries loaded before this epoch are stale: raised by [`KeyCache::clear`] and when an
     /// invalidation marker is pushed out for room.
@@ -1103,25 +1103,27 @@ impl KeyCache {
     /// Forgets every verified entry, owner and plan, e.g. after losing invalidation
     /// messages.
     pub fn clear(&self) {
-        {
-            let _one_at_a_time = self.marking.lock().unwrap_or_else(PoisonError::into_inner);
-            let epoch = self.epoch.load(Ordering::SeqCst) + 1;
+        self.advance_epoch(|epoch| {
             self.floor.fetch_max(epoch, Ordering::SeqCst);
-            self.epoch.store(epoch, Ordering::SeqCst);
-        }
+        });
         self.verified.invalidate_all();
         self.recent.clear();
         self.owners.invalidate_all();
         self.plans.invalidate_all();
     }
 
-    /// Notes an invalidation of `id` at the next epoch. The marker is in place before the
-    /// epoch moves, so whoever reads the new epoch finds it ([`KeyCache::is_current`]
-    /// relies on that).
+    /// Notes an invalidation of `id` at the next epoch.
     fn mark(&self, id: String) {
+        self.advance_epoch(|epoch| self.invalidated.insert(id, epoch));
+    }
+
+    /// Moves the epoch on by one, one change at a time, once `record` has put in place
+    /// what the new epoch stands for (a marker, a raised floor): whoever reads the new
+    /// epoch finds it ([`KeyCache::is_current`] relies on that).
+    fn advance_epoch(&self, record: impl FnOnce(u64)) {
         let _one_at_a_time = self.marking.lock().unwrap_or_else(PoisonError::into_inner);
         let epoch = self.epoch.load(Ordering::SeqCst) + 1;
-        self.invalidated.insert(id, epoch);
+        record(epoch);
         self.epoch.store(epoch, Ordering::SeqCst);
     }
 
