@@ -30,8 +30,8 @@
 //! Each run prints throughput, p50/p99 and the server's CPU time per call (user + system,
 //! from `/proc/<pid>/stat`), and the proxy's when one is in front; at the end a table gives
 //! the median of each over the rounds and the ratio to the no-op baseline measured in the
-//! same round. On a shared machine
-//! absolute figures move by a quarter between runs: the ratios are the result.
+//! same round. On a shared machine absolute figures move by a quarter between runs: the
+//! ratios are the result.
 //!
 //! `scripts/bench` runs it as intended (release build, server and Envoy pinned to CPU 0,
 //! the load generator to CPU 1, three rounds). Environment:
@@ -45,8 +45,8 @@
 //! each server behind its own Envoy and `wrk`, all on the same CPUs, so that the machine's
 //! other work in those seconds slows each alike; steadier ratios than alternating rounds,
 //! from a busier core); and the bench's own `KEYGATE_ADMISSION__*` variables are passed to
-//! keygate. Bounded:
-//! 60,000 calls or a minute per closed-loop run, 5 s per open-loop or `wrk` run.
+//! keygate. Bounded: 60,000 calls or a minute per closed-loop run, 5 s per open-loop or
+//! `wrk` run.
 
 mod load;
 mod servers;
@@ -213,7 +213,7 @@ impl Measured {
             throughput: allowed.len() as f64 / elapsed.as_secs_f64(),
             p50: percentile(allowed, 0.50),
             p99: percentile(allowed, 0.99),
-            cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
+            cpu_us: micros_each(cpu, requests as f64),
             proxy_cpu_us: None,
         }
     }
@@ -586,7 +586,7 @@ async fn direct(
         "check_load: p99.9 {:?}  max {:?}  generator CPU per request {:.1} µs ({:.0} % of its time)",
         percentile(&latencies, 0.999),
         latencies[latencies.len() - 1],
-        generator.as_secs_f64() * 1e6 / sent as f64,
+        micros_each(generator, sent as f64),
         100.0 * generator.as_secs_f64() / elapsed.as_secs_f64()
     );
     measured
@@ -678,7 +678,7 @@ impl<'a> EnvoyFront<'a> {
             load.max_requests
         );
         let measured = Measured {
-            proxy_cpu_us: Some(envoy_cpu.as_secs_f64() * 1e6 / total as f64),
+            proxy_cpu_us: Some(micros_each(envoy_cpu, total as f64)),
             ..Measured::of(&allowed, elapsed, cpu, total)
         };
         (measured, report)
@@ -731,13 +731,12 @@ fn through_nginx(server: &Running, key: &str, auth: bool) -> Measured {
         .and_then(|line| line.split_whitespace().next())
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
-    let nginx_cpu_us = nginx_cpu.as_secs_f64() * 1e6 / requests;
     let measured = Measured {
         throughput: field("Requests/sec:").parse().unwrap(),
         p50: wrk_duration(&field("50%")),
         p99: wrk_duration(&field("99%")),
-        cpu_us: cpu.as_secs_f64() * 1e6 / requests,
-        proxy_cpu_us: Some(nginx_cpu_us),
+        cpu_us: micros_each(cpu, requests),
+        proxy_cpu_us: Some(micros_each(nginx_cpu, requests)),
     }
     .printed();
     println!(
@@ -764,6 +763,11 @@ fn wrk_duration(text: &str) -> Duration {
         _ => panic!("not a wrk duration: {text}"),
     };
     Duration::from_secs_f64(seconds)
+}
+
+/// `cpu` shared out over `requests`, in microseconds each.
+fn micros_each(cpu: Duration, requests: f64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / requests
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
