@@ -629,7 +629,7 @@ impl<'a> EnvoyFront<'a> {
     }
 
     /// HTTP requests through Envoy to the server, from `wrk`, and what to print of them.
-    /// Latencies are Envoy's (its access log, millisecond resolution) for the allowed
+    /// Latencies are Envoy's (its access log, in microseconds) for the allowed
     /// requests; under overload the requests Envoy refused (its circuit breaker or a failed
     /// Check: 403) are counted apart.
     fn measure(&self) -> (Measured, String) {
@@ -656,9 +656,9 @@ impl<'a> EnvoyFront<'a> {
         }
         let (mut allowed, mut refused, mut other) = (Vec::new(), 0usize, 0usize);
         for line in log.lines().skip(skip) {
-            let (status, millis) = line.split_once(' ').expect("status and duration");
+            let (status, micros) = line.split_once(' ').expect("status and duration");
             match status {
-                "200" => allowed.push(Duration::from_millis(millis.trim().parse().unwrap())),
+                "200" => allowed.push(Duration::from_micros(micros.trim().parse().unwrap())),
                 "403" => refused += 1,
                 // Requests in flight when wrk stopped: the client went away.
                 "0" => {}

@@ -384,7 +384,7 @@ static_resources:
                       path: ACCESS_LOG
                       log_format:
                         text_format_source:
-                          inline_string: "%RESPONSE_CODE% %DURATION%\n"
+                          inline_string: "%RESPONSE_CODE% %COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%\n"
                 route_config:
                   virtual_hosts:
                     - name: api
