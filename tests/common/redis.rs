@@ -3,6 +3,7 @@
 //! benches include it too.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,10 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Its address.
     pub addr: SocketAddr,
+    /// Its files and log, removed when dropped.
+    #[allow(dead_code)] // read by `restart`, which not every includer calls
     dir: tempfile::TempDir,
+    #[allow(dead_code)] // read by `restart`, which not every includer calls
     durable: bool,
 }
 
@@ -32,18 +36,15 @@ impl RedisServer {
     }
 
     fn start_with(durable: bool) -> RedisServer {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("no free loopback port");
         let dir = tempfile::tempdir().unwrap();
-        let mut server = RedisServer {
-            child: None,
-            addr,
+        let log = dir.path().join("redis.log");
+        let (child, port) = start_on_free_port(&log, |port| server_args(port, durable, dir.path()));
+        RedisServer {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
             durable,
-        };
-        server.restart();
-        server
+        }
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -60,25 +61,15 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port (after [`RedisServer::kill`]).
+    #[allow(dead_code)] // not every includer restarts Redis
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.addr.port().to_string()])
-            .args(["--save", "", "--protected-mode", "no"])
-            .args(if self.durable {
-                ["--appendonly", "yes", "--appendfsync", "no"]
-            } else {
-                ["--appendonly", "no", "--appendfsync", "everysec"]
-            })
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}): run scripts/install-test-tools (it installs Debian's redis-server)")
-            });
+        let port = self.addr.port();
+        let log = self.dir.path().join("redis.log");
+        let mut child = spawn(&server_args(port, self.durable, self.dir.path()), &log);
+        if let Err(why) = wait_until_serving(&mut child, port, &log) {
+            panic!("{why}");
+        }
         self.child = Some(child);
-        self.wait_until_ready();
     }
 
     /// Stops the server (SIGSTOP) with its connections open: it answers nothing from then on,
@@ -91,10 +82,6 @@ impl RedisServer {
             .status()
             .unwrap();
         assert!(status.success(), "kill -STOP {pid}: {status}");
-    }
-
-    fn wait_until_ready(&self) {
-        wait_for_ping(&self.url());
     }
 
     /// Runs one command and returns its reply.
@@ -132,39 +119,31 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..3 {
-            let addr = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("no free loopback port");
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(["--protected-mode", "no"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("cannot run redis-server: run scripts/install-test-tools");
+            let (child, port) = start_on_free_port(&node_dir.join("redis.log"), |port| {
+                let mut args = server_args(port, false, &node_dir);
+                // The cluster bus has a port of its own, port + 10,000 unless set, which may
+                // be taken or past 65,535: a free one too. A failed attempt may leave its
+                // node file behind: each port has its own.
+                let bus = free_port().to_string();
+                let nodes_file = format!("nodes-{port}.conf");
+                args.extend(
+                    ["--cluster-enabled", "yes", "--cluster-port", &bus]
+                        .into_iter()
+                        .chain(["--cluster-config-file", &nodes_file])
+                        .map(String::from),
+                );
+                args
+            });
             nodes.push(child);
-            addrs.push(addr);
+            addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
         }
         let cluster = RedisCluster {
             nodes,
             addrs,
             _dir: dir,
         };
-        for addr in &cluster.addrs {
-            wait_for_ping(&format!("redis://{addr}"));
-        }
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(cluster.addrs.iter().map(ToString::to_string))
@@ -209,20 +188,111 @@ impl Drop for RedisCluster {
     }
 }
 
-/// Polls PING on `url` until it answers, for at most ten seconds.
-fn wait_for_ping(url: &str) {
+/// The arguments of a standalone redis-server on `port`, keeping its files in `dir`,
+/// without persistence unless `durable`.
+fn server_args(port: u16, durable: bool, dir: &Path) -> Vec<String> {
+    let (append_only, fsync) = if durable {
+        ("yes", "no")
+    } else {
+        ("no", "everysec")
+    };
+    let (port, dir) = (port.to_string(), dir.display().to_string());
+    [
+        "--port",
+        &port,
+        "--dir",
+        &dir,
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]
+    .into_iter()
+    .chain(["--appendonly", append_only, "--appendfsync", fsync])
+    .map(String::from)
+    .collect()
+}
+
+/// A loopback port free when asked. Another process may take it before redis-server
+/// binds it; [`start_on_free_port`] then tries another.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free loopback port")
+        .port()
+}
+
+/// How many ports [`start_on_free_port`] tries.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Runs redis-server with the arguments `args` gives for a port, on a free port, logging to
+/// `log`; when it cannot listen there, on another, up to [`PORT_ATTEMPTS`] times. Returns it
+/// serving, with its port.
+fn start_on_free_port(log: &Path, args: impl Fn(u16) -> Vec<String>) -> (Child, u16) {
+    let mut failures = Vec::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port();
+        let mut child = spawn(&args(port), log);
+        match wait_until_serving(&mut child, port, log) {
+            Ok(()) => return (child, port),
+            Err(why) => failures.push(why),
+        }
+    }
+    panic!(
+        "redis-server could not listen on a free port: {}",
+        failures.join("; ")
+    )
+}
+
+/// Spawns redis-server on loopback with `args`, logging to `log`.
+fn spawn(args: &[String], log: &Path) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1"])
+        .args(args)
+        .arg("--logfile")
+        .arg(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run redis-server ({e}): run scripts/install-test-tools (it installs Debian's redis-server)")
+        })
+}
+
+/// Waits until `child` serves on `port`: the server answering there is this process (not
+/// another test's that took the port). `Err` with the end of its log if it exits first;
+/// panics if it does neither within ten seconds.
+fn wait_until_serving(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let client = redis::Client::open(url).unwrap();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let this_process = format!("process_id:{}", child.id());
     loop {
         if let Ok(mut connection) = client.get_connection()
-            && redis::cmd("PING").query::<String>(&mut connection).is_ok()
+            && let Ok(info) = redis::cmd("INFO")
+                .arg("server")
+                .query::<String>(&mut connection)
+            && info.lines().any(|line| line.trim_end() == this_process)
         {
-            return;
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server on port {port} exited ({status}): {}",
+                log_end(log)
+            ));
         }
         assert!(
             Instant::now() < deadline,
-            "redis-server at {url} did not start"
+            "redis-server on port {port} did not answer within ten seconds: {}",
+            log_end(log)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The last lines of redis-server's log at `log`.
+fn log_end(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
 }
