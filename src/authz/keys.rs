@@ -77,9 +77,12 @@
 //! Invalidation is by key id, owner id or plan name, from the management path. Each entry
 //! remembers the invalidation epoch at which its load started; an entry loaded before its
 //! id's last invalidation is stale and reloaded, so a load racing a revocation can never
-//! bring the revoked record back. Invalidation markers are kept for `ttl` and bounded by
-//! `capacity`: should a marker be pushed out early, every entry loaded before it counts as
-//! stale, which costs re-verification, never a stale answer.
+//! bring the revoked record back. Reloading reads the record again but runs no second
+//! argon2 while the key still has the hash the stale load verified (its `Proof`, as with a
+//! shared entry): a change is often heard more than once, and each copy arriving during a
+//! verification would otherwise cost one. Invalidation markers are kept for `ttl` and
+//! bounded by `capacity`: should a marker be pushed out early, every entry loaded before it
+//! counts as stale, which costs re-verification, never a stale answer.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -392,8 +395,35 @@ enum LoadFailure {
     Rejected,
     /// The store could not answer.
     Store(Error),
-    /// The key changed while it was being loaded.
-    Stale,
+    /// The key changed while it was being loaded; what its verification proved, if anything.
+    Stale(Option<Proof>),
+}
+
+/// What a verification proves: the credential matches the hash `matched` names in key `id`,
+/// which had `fingerprint`. While the key still has that hash, the credential needs no
+/// second argon2 (the record read then is used for the rest): after a change heard while
+/// it was verified, or on another replica (shared through Redis).
+#[derive(Debug, Clone)]
+struct Proof {
+    id: String,
+    matched: MatchedSecret,
+    fingerprint: String,
+}
+
+impl Proof {
+    /// What verifying `key`'s `matched` secret proves; nothing for a key with no hash yet.
+    fn of(key: &KeyRecord, matched: MatchedSecret) -> Option<Proof> {
+        Some(Proof {
+            id: key.id.clone(),
+            matched,
+            fingerprint: hash_fingerprint(key, matched)?,
+        })
+    }
+
+    /// Whether `key` still has the hash this proof was made against.
+    fn holds_for(&self, key: &KeyRecord) -> bool {
+        hash_fingerprint(key, self.matched).is_some_and(|f| f == self.fingerprint)
+    }
 }
 
 /// Records cached by id (owners, plans), each with the epoch at which its load started.
@@ -450,13 +480,9 @@ impl SharedVerifications {
         crate::redis::keyspace::shared_verification(&digest.to_hex())
     }
 
-    /// The key id, secret and fingerprint another replica verified `digest` as, if any.
-    /// Failures count as absent (and in `stats`): this is only a shortcut.
-    async fn get(
-        &self,
-        digest: &Digest,
-        stats: &CacheStats,
-    ) -> Option<(String, MatchedSecret, String)> {
+    /// What another replica's verification of `digest` proved, if any. Failures count as
+    /// absent (and in `stats`): this is only a shortcut.
+    async fn get(&self, digest: &Digest, stats: &CacheStats) -> Option<Proof> {
         let read = async {
             let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
             redis::cmd("GET")
@@ -478,21 +504,21 @@ impl SharedVerifications {
             "p" => MatchedSecret::Previous,
             _ => return None,
         };
-        Some((id.to_owned(), matched, fingerprint.to_owned()))
+        Some(Proof {
+            id: id.to_owned(),
+            matched,
+            fingerprint: fingerprint.to_owned(),
+        })
     }
 
-    /// Shares a verification; failures are only counted in `stats`.
-    async fn put(
-        &self,
-        digest: &Digest,
-        key: &KeyRecord,
-        matched: MatchedSecret,
-        stats: &CacheStats,
-    ) {
-        let Some(fingerprint) = hash_fingerprint(key, matched) else {
-            return;
-        };
-        let which = if matched == MatchedSecret::Current {
+    /// Shares what a verification of `digest` proved; failures are only counted in `stats`.
+    async fn put(&self, digest: &Digest, proof: &Proof, stats: &CacheStats) {
+        let Proof {
+            id,
+            matched,
+            fingerprint,
+        } = proof;
+        let which = if *matched == MatchedSecret::Current {
             "c"
         } else {
             "p"
@@ -501,7 +527,7 @@ impl SharedVerifications {
             let mut connection = self.client.get().await.map_err(|e| e.to_string())?;
             redis::cmd("SET")
                 .arg(Self::name(digest))
-                .arg(format!("{} {which} {fingerprint}", key.id))
+                .arg(format!("{id} {which} {fingerprint}"))
                 .arg("PX")
                 .arg(self.ttl.as_millis() as u64)
                 .query_async::<()>(&mut connection)
@@ -642,6 +668,7 @@ impl KeyCache {
             self.stats.rejection_hits.fetch_add(1, Ordering::Relaxed);
             return answer(None, CacheOutcome::RejectionHit);
         }
+        let mut proof = None;
         for _ in 0..LOAD_ROUNDS {
             let epoch = self.epoch.load(Ordering::SeqCst);
             // Set by the load when this call ran it; otherwise an entry answered. The load
@@ -653,6 +680,7 @@ impl KeyCache {
                 locator,
                 &digest,
                 (epoch, deadline),
+                proof.take(),
                 &loaded_by_us,
             );
             let loaded = self.verified.try_get_with(digest, Box::pin(load)).await;
@@ -666,7 +694,10 @@ impl KeyCache {
                             answer(None, outcome)
                         }
                         LoadFailure::Store(e) => Err(e.clone()),
-                        LoadFailure::Stale => continue,
+                        LoadFailure::Stale(proved) => {
+                            proof = proved.clone();
+                            continue;
+                        }
                     };
                 }
             };
@@ -685,14 +716,16 @@ impl KeyCache {
         ))
     }
 
-    /// Verifies a credential L1 does not hold: through L2 if another replica verified it,
-    /// otherwise with the store and argon2. Notes in `outcome` which it was.
+    /// Verifies a credential L1 does not hold: by `proof` when an earlier round of this
+    /// lookup verified it and the key still has that hash, through L2 if another replica
+    /// verified it, otherwise with the store and argon2. Notes in `outcome` which it was.
     async fn load(
         &self,
         credential: &str,
         locator: Locator<'_>,
         digest: &Digest,
         (epoch, deadline): (u64, Instant),
+        proof: Option<Proof>,
         outcome: &std::sync::OnceLock<CacheOutcome>,
     ) -> std::result::Result<Arc<CachedKey>, LoadFailure> {
         let cached = |key: KeyRecord, matched| {
@@ -706,14 +739,28 @@ impl KeyCache {
                 standing: RwLock::new(None),
             })
         };
+        let shared_and_cached = |key: KeyRecord, matched| async move {
+            if let Some(shared) = &self.shared
+                && let Some(proof) = Proof::of(&key, matched)
+            {
+                shared.put(digest, &proof, &self.stats).await;
+            }
+            cached(key, matched)
+        };
+        if let Some(proof) = proof
+            && let Some(key) = self.proved(&proof).await?
+        {
+            // Counted as a miss by the round that verified it.
+            let _ = outcome.set(CacheOutcome::Miss);
+            return Ok(shared_and_cached(key, proof.matched).await);
+        }
         if let Some(shared) = &self.shared
-            && let Some((id, matched, fingerprint)) = shared.get(digest, &self.stats).await
-            && let Some(key) = self.store.get_key(&id).await.map_err(LoadFailure::Store)?
-            && hash_fingerprint(&key, matched).is_some_and(|f| f == fingerprint)
+            && let Some(proof) = shared.get(digest, &self.stats).await
+            && let Some(key) = self.proved(&proof).await?
         {
             self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
             let _ = outcome.set(CacheOutcome::L2Hit);
-            return Ok(cached(key, matched));
+            return Ok(cached(key, proof.matched));
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let _ = outcome.set(CacheOutcome::Miss);
@@ -723,16 +770,23 @@ impl KeyCache {
             .await;
         match verified {
             // Changed while it was verified: nothing is kept, the caller loads it again.
-            Ok(Some((key, _))) if self.is_stale(&key.id, epoch) => Err(LoadFailure::Stale),
-            Ok(Some((key, matched))) => {
-                if let Some(shared) = &self.shared {
-                    shared.put(digest, &key, matched, &self.stats).await;
-                }
-                Ok(cached(key, matched))
+            Ok(Some((key, matched))) if self.is_stale(&key.id, epoch) => {
+                Err(LoadFailure::Stale(Proof::of(&key, matched)))
             }
+            Ok(Some((key, matched))) => Ok(shared_and_cached(key, matched).await),
             Ok(None) => Err(LoadFailure::Rejected),
             Err(e) => Err(LoadFailure::Store(e)),
         }
+    }
+
+    /// The key `proof` names, read now, if it still has the hash the proof was made against.
+    async fn proved(&self, proof: &Proof) -> std::result::Result<Option<KeyRecord>, LoadFailure> {
+        let key = self
+            .store
+            .get_key(&proof.id)
+            .await
+            .map_err(LoadFailure::Store)?;
+        Ok(key.filter(|key| proof.holds_for(key)))
     }
 
     /// Reads the key `credential` names (where `locator` says) and checks the secret: the
@@ -1237,6 +1291,8 @@ fn marker(kind: &str, id: &str) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
+    use tokio::sync::oneshot;
+
     use super::*;
     use crate::key::format::{Profiles, default_profile};
     use crate::key::hash::Argon2Config;
@@ -1649,6 +1705,111 @@ mod tests {
             before + 2,
             "cleared: verified again"
         );
+    }
+
+    /// A store hook that holds the first key read, once it has read, until the test lets it
+    /// go: a change made meanwhile is heard while the key is being verified.
+    struct HoldFirstKeyRead(std::sync::Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>);
+
+    impl crate::store::decorated::CallHook for HoldFirstKeyRead {
+        fn around<'a, T: Send + 'a>(
+            &'a self,
+            operation: &'static str,
+            call: crate::store::decorated::StoreFuture<'a, T>,
+        ) -> crate::store::decorated::StoreFuture<'a, T> {
+            let hold = (operation == "get_key")
+                .then(|| self.0.lock().unwrap().take())
+                .flatten();
+            Box::pin(async move {
+                let read = call.await;
+                if let Some((has_read, go_on)) = hold {
+                    has_read.send(()).unwrap();
+                    go_on.await.unwrap();
+                }
+                read
+            })
+        }
+    }
+
+    impl Fixture {
+        /// Verifies `secret` with a cache whose first key read waits, once done, while
+        /// `change` runs; the lookup's answer.
+        async fn verify_across(&self, secret: &str, change: impl Future<Output = ()>) -> Lookup {
+            let (has_read, read) = oneshot::channel();
+            let (go_on, going) = oneshot::channel();
+            let hook = HoldFirstKeyRead(std::sync::Mutex::new(Some((has_read, going))));
+            let store = crate::store::decorated::Decorated::with_hook(self.store.clone(), hook);
+            let profiles = Arc::new(Profiles::new(vec![default_profile()], "kg_live").unwrap());
+            let cache = KeyCache::new(
+                &CacheConfig::default(),
+                Arc::new(store),
+                self.hasher.clone(),
+                self.pepper.clone(),
+                profiles,
+                None,
+            );
+            let changing = async {
+                read.await.unwrap();
+                change.await;
+                cache.invalidate_key("pppppppppppp");
+                go_on.send(()).unwrap();
+            };
+            let (lookup, ()) = tokio::join!(cache.verify(secret, Instant::now(), None), changing);
+            lookup.unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_heard_while_a_key_is_verified_costs_no_second_argon2_while_its_hash_stays() {
+        let f = fixture().await;
+        let secret = f.key("pppppppppppp", true).await;
+        let before = f.hasher.verifications();
+        let given_an_expiry: KeyChange = Arc::new(|key| {
+            key.expires_at = Some(4_000_000_000);
+            Ok(())
+        });
+        let lookup = f
+            .verify_across(&secret, async {
+                f.store
+                    .update_key("pppppppppppp", given_an_expiry)
+                    .await
+                    .unwrap();
+            })
+            .await;
+        let key = lookup.key.expect("still proved");
+        assert_eq!(
+            key.key.expires_at,
+            Some(4_000_000_000),
+            "the record read after the change"
+        );
+        assert_eq!(f.hasher.verifications(), before + 1, "one argon2");
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_hash_changed_while_it_was_verified_is_verified_again() {
+        let f = fixture().await;
+        let secret = f.key("pppppppppppp", true).await;
+        let other = default_profile().issue("pppppppppppp").text().to_owned();
+        let rotated_hash = f.hasher.hash(&other).await.unwrap();
+        let rotated_check = f.pepper.secret_check(&other);
+        let before = f.hasher.verifications();
+        let rotated: KeyChange = Arc::new(move |key| {
+            key.secret_hash = rotated_hash.clone();
+            key.secret_check = Some(rotated_check.clone());
+            Ok(())
+        });
+        let lookup = f
+            .verify_across(&secret, async {
+                f.store.update_key("pppppppppppp", rotated).await.unwrap();
+            })
+            .await;
+        assert!(lookup.key.is_none(), "the old secret proves nothing");
+        assert_eq!(
+            f.hasher.verifications(),
+            before + 1,
+            "the new record's check refused it without a second argon2"
+        );
+        assert!(f.proves(&other).await.unwrap(), "the new secret works");
     }
 
     #[tokio::test]
