@@ -74,67 +74,40 @@ struct TlsRedis(Child, u16);
 
 impl TlsRedis {
     fn start(dir: &Path) -> TlsRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--tls-port",
-                &port.to_string(),
-            ])
-            .args([
-                "--tls-cert-file",
-                "server.pem",
-                "--tls-key-file",
-                "server.key",
-                "--tls-ca-cert-file",
-                "ca.pem",
-            ])
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("cannot run redis-server: run scripts/install-test-tools");
-        // Owned at once, so a failed start below still kills and reaps it.
-        let server = TlsRedis(child, port);
-        // Ready when redis-cli gets a PONG over TLS (bounded).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let pong = Command::new("redis-cli")
-                .args([
-                    "--tls",
-                    "--cacert",
-                    "ca.pem",
-                    "-p",
-                    &port.to_string(),
-                    "ping",
-                ])
-                .current_dir(dir)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-                .unwrap_or(false);
-            if pong {
-                return server;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server with TLS did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let file = |name: &str| dir.join(name).display().to_string();
+        let (child, port) = common::redis::start_on_free_port(
+            &dir.join("redis.log"),
+            |port| {
+                let port = port.to_string();
+                [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .into_iter()
+                .map(String::from)
+                .chain(["--tls-cert-file".into(), file("server.pem")])
+                .chain(["--tls-key-file".into(), file("server.key")])
+                .chain(["--tls-ca-cert-file".into(), file("ca.pem")])
+                .chain(["--save", "", "--appendonly", "no"].map(String::from))
+                .collect()
+            },
+            // Over TLS, with redis-cli.
+            |port, pid| {
+                Command::new("redis-cli")
+                    .args(["--tls", "--cacert", "ca.pem", "-p", &port.to_string()])
+                    .args(["info", "server"])
+                    .current_dir(dir)
+                    .output()
+                    .is_ok_and(|o| {
+                        common::redis::is_process(&String::from_utf8_lossy(&o.stdout), pid)
+                    })
+            },
+        );
+        TlsRedis(child, port)
     }
 }
 

@@ -38,7 +38,11 @@ impl RedisServer {
     fn start_with(durable: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("redis.log");
-        let (child, port) = start_on_free_port(&log, |port| server_args(port, durable, dir.path()));
+        let (child, port) = start_on_free_port(
+            &log,
+            |port| server_args(port, durable, dir.path()),
+            serves_plain,
+        );
         RedisServer {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -66,7 +70,7 @@ impl RedisServer {
         let port = self.addr.port();
         let log = self.dir.path().join("redis.log");
         let mut child = spawn(&server_args(port, self.durable, self.dir.path()), &log);
-        if let Err(why) = wait_until_serving(&mut child, port, &log) {
+        if let Err(why) = wait_until_serving(&mut child, port, &log, serves_plain) {
             panic!("{why}");
         }
         self.child = Some(child);
@@ -121,21 +125,25 @@ impl RedisCluster {
         for i in 0..3 {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let (child, port) = start_on_free_port(&node_dir.join("redis.log"), |port| {
-                let mut args = server_args(port, false, &node_dir);
-                // The cluster bus has a port of its own, port + 10,000 unless set, which may
-                // be taken or past 65,535: a free one too. A failed attempt may leave its
-                // node file behind: each port has its own.
-                let bus = free_port().to_string();
-                let nodes_file = format!("nodes-{port}.conf");
-                args.extend(
-                    ["--cluster-enabled", "yes", "--cluster-port", &bus]
-                        .into_iter()
-                        .chain(["--cluster-config-file", &nodes_file])
-                        .map(String::from),
-                );
-                args
-            });
+            let (child, port) = start_on_free_port(
+                &node_dir.join("redis.log"),
+                |port| {
+                    let mut args = server_args(port, false, &node_dir);
+                    // The cluster bus has a port of its own, port + 10,000 unless set, which may
+                    // be taken or past 65,535: a free one too. A failed attempt may leave its
+                    // node file behind: each port has its own.
+                    let bus = free_port().to_string();
+                    let nodes_file = format!("nodes-{port}.conf");
+                    args.extend(
+                        ["--cluster-enabled", "yes", "--cluster-port", &bus]
+                            .into_iter()
+                            .chain(["--cluster-config-file", &nodes_file])
+                            .map(String::from),
+                    );
+                    args
+                },
+                serves_plain,
+            );
             nodes.push(child);
             addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
         }
@@ -227,13 +235,17 @@ const PORT_ATTEMPTS: usize = 5;
 
 /// Runs redis-server with the arguments `args` gives for a port, on a free port, logging to
 /// `log`; when it cannot listen there, on another, up to [`PORT_ATTEMPTS`] times. Returns it
-/// serving, with its port.
-fn start_on_free_port(log: &Path, args: impl Fn(u16) -> Vec<String>) -> (Child, u16) {
+/// once `serves(port, pid)` says that it answers, with its port.
+pub fn start_on_free_port(
+    log: &Path,
+    args: impl Fn(u16) -> Vec<String>,
+    serves: impl Fn(u16, u32) -> bool,
+) -> (Child, u16) {
     let mut failures = Vec::new();
     for _ in 0..PORT_ATTEMPTS {
         let port = free_port();
         let mut child = spawn(&args(port), log);
-        match wait_until_serving(&mut child, port, log) {
+        match wait_until_serving(&mut child, port, log, &serves) {
             Ok(()) => return (child, port),
             Err(why) => failures.push(why),
         }
@@ -259,20 +271,17 @@ fn spawn(args: &[String], log: &Path) -> Child {
         })
 }
 
-/// Waits until `child` serves on `port`: the server answering there is this process (not
-/// another test's that took the port). `Err` with the end of its log if it exits first;
-/// panics if it does neither within ten seconds.
-fn wait_until_serving(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
+/// Waits until `child` serves on `port` (`serves(port, pid)`). `Err` with the end of its
+/// log if it exits first; kills it and panics if it does neither within ten seconds.
+fn wait_until_serving(
+    child: &mut Child,
+    port: u16,
+    log: &Path,
+    serves: impl Fn(u16, u32) -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let this_process = format!("process_id:{}", child.id());
     loop {
-        if let Ok(mut connection) = client.get_connection()
-            && let Ok(info) = redis::cmd("INFO")
-                .arg("server")
-                .query::<String>(&mut connection)
-            && info.lines().any(|line| line.trim_end() == this_process)
-        {
+        if serves(port, child.id()) {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -281,13 +290,32 @@ fn wait_until_serving(child: &mut Child, port: u16, log: &Path) -> Result<(), St
                 log_end(log)
             ));
         }
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on port {port} did not answer within ten seconds: {}",
-            log_end(log)
-        );
+        if Instant::now() >= deadline {
+            // Not left running after the test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "redis-server on port {port} did not answer within ten seconds: {}",
+                log_end(log)
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether the redis-server answering plain TCP on `port` is process `pid`, not another
+/// test's that took the port.
+fn serves_plain(port: u16, pid: u32) -> bool {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|client| client.get_connection())
+        .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+        .is_ok_and(|info| is_process(&info, pid))
+}
+
+/// Whether `info`, redis-server's answer to `INFO server`, is process `pid`'s.
+pub fn is_process(info: &str, pid: u32) -> bool {
+    let this_process = format!("process_id:{pid}");
+    info.lines().any(|line| line.trim_end() == this_process)
 }
 
 /// The last lines of redis-server's log at `log`.
