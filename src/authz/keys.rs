@@ -1334,15 +1334,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let profiles = Arc::new(Profiles::new(vec![default_profile()], "kg_live").unwrap());
-        let cache = KeyCache::new(
-            &CacheConfig::default(),
-            store.clone(),
-            hasher.clone(),
-            pepper.clone(),
-            profiles,
-            None,
-        );
+        let cache = cache_over(store.clone(), &hasher, &pepper);
         Fixture {
             cache,
             store,
@@ -1350,6 +1342,19 @@ mod tests {
             pepper,
             _dir: dir,
         }
+    }
+
+    /// A cache over `store` with the default settings and key profile, as each replica has.
+    fn cache_over(store: Arc<dyn Store>, hasher: &SecretHasher, pepper: &Pepper) -> KeyCache {
+        let profiles = Arc::new(Profiles::new(vec![default_profile()], "kg_live").unwrap());
+        KeyCache::new(
+            &CacheConfig::default(),
+            store,
+            hasher.clone(),
+            pepper.clone(),
+            profiles,
+            None,
+        )
     }
 
     #[tokio::test]
@@ -1394,15 +1399,7 @@ mod tests {
         /// Another cache over the same store, as another replica or a restart has, which
         /// knows the imported digests stored now.
         async fn replica(&self) -> KeyCache {
-            let profiles = Arc::new(Profiles::new(vec![default_profile()], "kg_live").unwrap());
-            let cache = KeyCache::new(
-                &CacheConfig::default(),
-                self.store.clone(),
-                self.hasher.clone(),
-                self.pepper.clone(),
-                profiles,
-                None,
-            );
+            let cache = cache_over(self.store.clone(), &self.hasher, &self.pepper);
             cache.load_imported().await.unwrap();
             cache
         }
@@ -1732,26 +1729,23 @@ mod tests {
     }
 
     impl Fixture {
-        /// Verifies `secret` with a cache whose first key read waits, once done, while
-        /// `change` runs; the lookup's answer.
-        async fn verify_across(&self, secret: &str, change: impl Future<Output = ()>) -> Lookup {
+        /// Verifies `secret` of key `id` with a cache whose first key read waits, once done,
+        /// while `change` runs and the cache hears that `id` changed; the lookup's answer.
+        async fn verify_across(
+            &self,
+            id: &str,
+            secret: &str,
+            change: impl Future<Output = ()>,
+        ) -> Lookup {
             let (has_read, read) = oneshot::channel();
             let (go_on, going) = oneshot::channel();
             let hook = HoldFirstKeyRead(std::sync::Mutex::new(Some((has_read, going))));
             let store = crate::store::decorated::Decorated::with_hook(self.store.clone(), hook);
-            let profiles = Arc::new(Profiles::new(vec![default_profile()], "kg_live").unwrap());
-            let cache = KeyCache::new(
-                &CacheConfig::default(),
-                Arc::new(store),
-                self.hasher.clone(),
-                self.pepper.clone(),
-                profiles,
-                None,
-            );
+            let cache = cache_over(Arc::new(store), &self.hasher, &self.pepper);
             let changing = async {
                 read.await.unwrap();
                 change.await;
-                cache.invalidate_key("pppppppppppp");
+                cache.invalidate_key(id);
                 go_on.send(()).unwrap();
             };
             let (lookup, ()) = tokio::join!(cache.verify(secret, Instant::now(), None), changing);
@@ -1769,7 +1763,7 @@ mod tests {
             Ok(())
         });
         let lookup = f
-            .verify_across(&secret, async {
+            .verify_across("pppppppppppp", &secret, async {
                 f.store
                     .update_key("pppppppppppp", given_an_expiry)
                     .await
@@ -1799,7 +1793,7 @@ mod tests {
             Ok(())
         });
         let lookup = f
-            .verify_across(&secret, async {
+            .verify_across("pppppppppppp", &secret, async {
                 f.store.update_key("pppppppppppp", rotated).await.unwrap();
             })
             .await;
